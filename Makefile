@@ -1,0 +1,73 @@
+# virtwire: QEMU's network data path as gRPC microservices.
+#   make run    bring up the default LAN on loopback and show traffic
+#   make test   install everything needed into .venv (and Debian packages), then test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard protos/virtwire/v1/*.proto)
+GEN_DIR := services
+# Debian packages the real-peer tests and benchmarks use.
+DEBS := qemu-system-x86 linux-image-amd64 busybox-static iproute2 iperf3 tcpdump \
+        tshark vde2 cpio kmod
+PYTEST_ARGS ?=
+
+.PHONY: install debs venv protos protos-check lint test run bench clean
+
+install: venv debs
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Installs the Debian packages when root (CI runs as root); otherwise says which
+# are missing so the tests that need them skip with that reason.
+debs:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+	    echo "not root: missing Debian packages ($$missing); tests needing them will skip"; \
+	fi
+
+# Regenerate the protobuf/gRPC code into services/virtwire/v1.
+protos: venv
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) \
+	    --grpc_python_out=$(GEN_DIR) $(PROTOS)
+
+# Fails when the committed generated code differs from what the protos produce.
+protos-check: venv
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --pyi_out=$$tmp \
+	    --grpc_python_out=$$tmp $(PROTOS) && \
+	for f in $$tmp/virtwire/v1/*; do \
+	    if ! cmp -s $$f $(GEN_DIR)/virtwire/v1/$$(basename $$f); then \
+	        echo "generated code is stale: $(GEN_DIR)/virtwire/v1/$$(basename $$f) (run 'make protos')"; \
+	        exit 1; fi; done; \
+	for f in $(GEN_DIR)/virtwire/v1/*_pb2*.py*; do \
+	    [ -e $$tmp/virtwire/v1/$$(basename $$f) ] || { echo "orphan generated file: $$f"; exit 1; }; \
+	done; echo "generated code matches the protos"
+
+lint: venv
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/mypy
+
+test: install protos-check lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+run: install
+	$(VENV)/bin/virtwire demo $(RUN_ARGS)
+
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

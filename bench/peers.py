@@ -1,0 +1,432 @@
+#!/usr/bin/env python3
+"""Reference hubs ("peers") for the hub benchmark, and a runner for them.
+
+A peer is an async context manager that starts a system under test (SUT) with
+two ports and yields the two load-generator endpoints for them::
+
+    async with QemuHubPeer() as (a, b):
+        result = await run_load(a, b, LoadConfig(size=64, count=200_000))
+
+Frames go in at ``a`` and are expected out at ``b``.  Leaving the context
+stops every process the peer started and removes its temporary directory,
+also on error or cancellation.  See :class:`Peer` for the protocol; a new
+peer (e.g. virtwire's own hub) only needs ``name``, ``__aenter__`` returning
+``(Endpoint, Endpoint)`` and ``__aexit__``.  For a SUT that connects *to* the
+load generator, create the listening sockets first with
+``Endpoint.bind("unix:/tmp/dir/a")`` inside ``__aenter__``, then start the SUT.
+
+Peers
+-----
+``loop``      No hub: the two ends of one ``socketpair`` (``loop-tcp``: a loopback
+              TCP connection; ``loop-dgram``: a unix datagram socketpair, i.e.
+              the ``vde`` peer's framing).  Measures the load generator itself.
+``qemu``      QEMU's own hub with no guest: two ``-netdev stream`` servers joined
+              by two ``hubport``s on hub 0, ``-machine none``.
+``vde``       ``vde_switch --hub``, attached natively: the load generator speaks
+              libvdeplug's protocol itself (``vde:DIR`` endpoints, see
+              ``loadgen._open_vde``), one datagram per frame, exactly what QEMU's
+              ``-netdev vde`` or a ``vde_plug`` would do against the switch.
+``vde_plug``  ``vde_switch --hub`` behind two ``vde_plug`` processes, each turning
+              the switch port into a byte stream on its stdin/stdout with
+              libvdeplug's ``vdestream`` framing (2-byte big-endian length,
+              verified here; ``len16`` endpoints over a socketpair).
+
+Why ``vde`` is the reference for vde_switch: it measures the switch and only
+the switch.  Debian's QEMU 7.2 is built without ``-netdev vde`` (``-netdev
+help`` lists socket, stream, dgram, hubport, tap, user, l2tpv3), and the
+``vde_plug`` attachment adds two extra processes and four extra copies per
+frame (stream -> vde_plug -> datagram -> switch -> datagram -> vde_plug ->
+stream), so it measures ``vde_plug`` at least as much as the switch; it is
+kept as ``vde_plug`` for comparison.  Note ``net.unix.max_dgram_qlen``
+(10 here) bounds the switch's per-port datagram queues.
+
+Running ``python bench/peers.py`` runs the matrix (peers x sizes, throughput
+and latency modes) and prints a table; see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from types import TracebackType
+from typing import Literal, Protocol, runtime_checkable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from loadgen import Endpoint, LoadConfig, LoadgenError, LoadResult, run_load  # noqa: E402
+
+__all__ = [
+    "Peer",
+    "PeerError",
+    "LoopPeer",
+    "QemuHubPeer",
+    "VdeHubPeer",
+    "PEER_NAMES",
+    "Endpoint",
+    "LoadConfig",
+    "LoadResult",
+    "run_load",
+    "run_one",
+    "make_peer",
+    "run_matrix",
+]
+
+
+@runtime_checkable
+class Peer(Protocol):
+    """A SUT with two ports.  ``async with peer as (a, b)``: send to a, receive at b."""
+
+    name: str
+
+    async def __aenter__(self) -> tuple[Endpoint, Endpoint]: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class PeerError(RuntimeError):
+    """A peer failed to start."""
+
+
+async def _wait_paths(paths: list[str], procs: list[asyncio.subprocess.Process], timeout: float) -> None:
+    """Wait until every path exists; fail early if a process dies."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not all(os.path.exists(p) for p in paths):
+        for proc in procs:
+            if proc.returncode is not None:
+                raise PeerError(f"process exited with {proc.returncode} during start-up")
+        if loop.time() > end:
+            raise PeerError(f"timed out waiting for {paths}")
+        await asyncio.sleep(0.01)
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float = 2.0) -> None:
+    """Terminate then kill one process we started."""
+    if proc.returncode is not None:
+        return
+    try:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), grace)
+    except ProcessLookupError:
+        pass
+    except asyncio.TimeoutError:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+
+
+class _ProcPeer:
+    """Shared plumbing: a temporary directory, child processes, a log."""
+
+    name = "proc"
+
+    def __init__(self) -> None:
+        self.tmp: str | None = None
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.endpoints: list[Endpoint] = []
+        self._logs: list[int] = []
+
+    def _mktemp(self) -> str:
+        # short path: unix socket paths are limited to 107 bytes
+        self.tmp = tempfile.mkdtemp(prefix=f"vw-{self.name}-")
+        return self.tmp
+
+    def log_path(self, what: str) -> str:
+        assert self.tmp is not None
+        return os.path.join(self.tmp, f"{what}.log")
+
+    async def _spawn(
+        self, *argv: str, stdin: int = asyncio.subprocess.DEVNULL, stdout: int | None = None
+    ) -> asyncio.subprocess.Process:
+        """Start one process in its own session; stderr (and stdout unless given) to a log."""
+        name = f"{os.path.basename(argv[0])}{len(self.procs)}"
+        log = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._logs.append(log)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=stdin,
+                stdout=log if stdout is None else stdout,
+                stderr=log,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise PeerError(f"{argv[0]} not found (apt-get install qemu-system-x86 vde2)") from exc
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        """The tail of every log of this peer (for error messages)."""
+        if self.tmp is None:
+            return ""
+        out = []
+        for name in sorted(os.listdir(self.tmp)):
+            if name.endswith(".log"):
+                with open(os.path.join(self.tmp, name), errors="replace") as f:
+                    text = f.read()[-1000:].strip()
+                if text:
+                    out.append(f"{name}: {text}")
+        return "\n".join(out)
+
+    async def _cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            await _stop(proc)
+        self.procs.clear()
+        for ep in self.endpoints:
+            ep.close()
+        self.endpoints.clear()
+        for fd in self._logs:
+            os.close(fd)
+        self._logs.clear()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    async def _start(self) -> tuple[Endpoint, Endpoint]:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> tuple[Endpoint, Endpoint]:
+        try:
+            return await self._start()
+        except BaseException as exc:
+            logs = self.logs()
+            await self._cleanup()
+            if isinstance(exc, PeerError) and logs:
+                raise PeerError(f"{exc}\n{logs}") from exc
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._cleanup()
+
+
+class LoopPeer(_ProcPeer):
+    """No SUT: A and B are the two ends of one connection (loadgen self-test)."""
+
+    def __init__(self, transport: Literal["socketpair", "tcp", "dgram"] = "socketpair") -> None:
+        super().__init__()
+        self.transport = transport
+        self.name = "loop" if transport == "socketpair" else f"loop-{transport}"
+
+    async def _start(self) -> tuple[Endpoint, Endpoint]:
+        if self.transport == "dgram":
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.endpoints = [Endpoint.from_socket(a, "dgram"), Endpoint.from_socket(b, "dgram")]
+            return self.endpoints[0], self.endpoints[1]
+        if self.transport == "socketpair":
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            with socket.create_server(("127.0.0.1", 0)) as srv:
+                a = socket.create_connection(srv.getsockname())
+                b, _ = srv.accept()
+        self.endpoints = [Endpoint.from_socket(a), Endpoint.from_socket(b)]
+        return self.endpoints[0], self.endpoints[1]
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class QemuHubPeer(_ProcPeer):
+    """QEMU's hub (``-netdev hubport``) between two ``-netdev stream`` servers."""
+
+    name = "qemu"
+
+    def __init__(self, qemu: str = "qemu-system-x86_64", transport: Literal["unix", "tcp"] = "unix") -> None:
+        super().__init__()
+        self.qemu = qemu
+        self.transport = transport
+        if transport != "unix":
+            self.name = f"qemu-{transport}"
+
+    async def _start(self) -> tuple[Endpoint, Endpoint]:
+        tmp = self._mktemp()
+        argv = [self.qemu, "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "none"]
+        eps: list[Endpoint] = []
+        for nid in ("a", "b"):
+            if self.transport == "unix":
+                path = os.path.join(tmp, nid)
+                argv += ["-netdev", f"stream,id={nid},server=on,addr.type=unix,addr.path={path}"]
+                eps.append(Endpoint("unix", path))
+            else:
+                port = _free_tcp_port()
+                argv += [
+                    "-netdev",
+                    f"stream,id={nid},server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
+                ]
+                eps.append(Endpoint("tcp", f"127.0.0.1:{port}"))
+        argv += ["-netdev", "hubport,id=ha,hubid=0,netdev=a", "-netdev", "hubport,id=hb,hubid=0,netdev=b"]
+        proc = await self._spawn(*argv)
+        if self.transport == "unix":
+            await _wait_paths([ep.address for ep in eps], [proc], 10.0)
+        else:
+            await _wait_tcp(eps, proc, 10.0)
+        return eps[0], eps[1]
+
+
+async def _wait_tcp(eps: list[Endpoint], proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """Wait until QEMU listens, without connecting (it accepts one client only)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    ports = {int(ep.address.rpartition(":")[2]) for ep in eps}
+    while True:
+        if proc.returncode is not None:
+            raise PeerError(f"qemu exited with {proc.returncode}")
+        listening = set()
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    listening.add(int(fields[1].rpartition(":")[2], 16))
+        if ports <= listening:
+            return
+        if loop.time() > end:
+            raise PeerError("timed out waiting for qemu to listen")
+        await asyncio.sleep(0.01)
+
+
+class VdeHubPeer(_ProcPeer):
+    """``vde_switch --hub``; ``attach='native'`` (default) or ``'vde_plug'``.
+
+    ``native``: both endpoints are ``vde:DIR``; the load generator registers two
+    ports on the switch with libvdeplug's request_v3 handshake and exchanges raw
+    frames as datagrams with it.  This is what any libvdeplug client does, so
+    the figures are vde_switch's own.
+
+    ``vde_plug``: two ``vde_plug DIR`` processes, each with a socketpair end as
+    stdin/stdout; the endpoints are the other ends with ``len16`` framing.
+    """
+
+    def __init__(self, attach: Literal["native", "vde_plug"] = "native", switch: str = "vde_switch") -> None:
+        super().__init__()
+        self.attach = attach
+        self.switch = switch
+        self.name = "vde" if attach == "native" else "vde_plug"
+
+    async def _start(self) -> tuple[Endpoint, Endpoint]:
+        tmp = self._mktemp()
+        swdir = os.path.join(tmp, "sw")
+        # vde_switch in the foreground exits on EOF of stdin: hold a pipe open.
+        sw = await self._spawn(self.switch, "--hub", "--sock", swdir, stdin=asyncio.subprocess.PIPE)
+        await _wait_paths([os.path.join(swdir, "ctl")], [sw], 10.0)
+        if self.attach == "native":
+            return Endpoint("vde", swdir, framing="dgram"), Endpoint("vde", swdir, framing="dgram")
+        eps: list[Endpoint] = []
+        for _ in range(2):
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                # stdin and stdout of vde_plug are both the socketpair end
+                await self._spawn("vde_plug", swdir, stdin=theirs.fileno(), stdout=theirs.fileno())
+            finally:
+                theirs.close()
+            eps.append(Endpoint.from_socket(mine, "len16"))
+        self.endpoints = eps
+        return eps[0], eps[1]
+
+
+def make_peer(name: str) -> Peer:
+    """A peer by name: loop, loop-tcp, loop-dgram, qemu, qemu-tcp, vde, vde_plug."""
+    if name == "loop":
+        return LoopPeer()
+    if name == "loop-tcp":
+        return LoopPeer("tcp")
+    if name == "loop-dgram":
+        return LoopPeer("dgram")
+    if name == "qemu":
+        return QemuHubPeer()
+    if name == "qemu-tcp":
+        return QemuHubPeer(transport="tcp")
+    if name == "vde":
+        return VdeHubPeer("native")
+    if name == "vde_plug":
+        return VdeHubPeer("vde_plug")
+    raise ValueError(f"unknown peer {name!r}")
+
+
+PEER_NAMES = ("loop", "loop-tcp", "loop-dgram", "qemu", "qemu-tcp", "vde", "vde_plug")
+
+
+async def run_one(peer: Peer, cfg: LoadConfig) -> LoadResult:
+    """Start ``peer``, run one load, stop the peer."""
+    async with peer as (a, b):
+        return await run_load(a, b, cfg)
+
+
+async def run_matrix(
+    peers: list[str],
+    sizes: list[int],
+    count: int,
+    lat_rate: float,
+    lat_count: int,
+    timeout: float,
+    repeat: int = 1,
+) -> list[tuple[str, LoadResult | str]]:
+    """Every peer x size, throughput then latency; a fresh peer for every run."""
+    out: list[tuple[str, LoadResult | str]] = []
+    for name in peers:
+        for size in sizes:
+            cfgs = [LoadConfig(size=size, count=count, timeout=timeout)] * repeat
+            if lat_count > 0:
+                cfgs.append(LoadConfig(size=size, count=lat_count, rate=lat_rate, timeout=timeout))
+            for cfg in cfgs:
+                try:
+                    res: LoadResult | str = await run_one(make_peer(name), cfg)
+                except (LoadgenError, PeerError) as exc:
+                    res = f"size={size} {'throughput' if cfg.rate is None else 'latency'} FAILED: {exc}"
+                out.append((name, res))
+                print(f"{name:9s} {res.summary() if isinstance(res, LoadResult) else res}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run the hub benchmark against reference peers.")
+    ap.add_argument("--peers", default="loop,qemu,vde", help=f"comma list of {', '.join(PEER_NAMES)}")
+    ap.add_argument("--sizes", default="64,1514", help="comma list of frame sizes")
+    ap.add_argument("--count", type=int, default=200_000, help="frames per throughput run")
+    ap.add_argument("--lat-rate", type=float, default=1000.0, help="latency mode rate, frames/s")
+    ap.add_argument("--lat-count", type=int, default=2000, help="frames per latency run (0: skip)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="hard deadline per run, s")
+    ap.add_argument("--repeat", type=int, default=1, help="throughput runs per peer and size")
+    ap.add_argument("--json", metavar="FILE", help="also write all results as JSON to FILE")
+    a = ap.parse_args(argv)
+    peers = [p for p in a.peers.split(",") if p]
+    for p in peers:
+        if p not in PEER_NAMES:
+            ap.error(f"unknown peer {p!r}")
+    t0 = time.monotonic()
+    results = asyncio.run(
+        run_matrix(peers, [int(s) for s in a.sizes.split(",")], a.count, a.lat_rate, a.lat_count, a.timeout, a.repeat)
+    )
+    print(f"total {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(
+                [{"peer": n, **(asdict(r) if isinstance(r, LoadResult) else {"error": r})} for n, r in results], f, indent=1
+            )
+    return 0 if all(isinstance(r, LoadResult) for _, r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

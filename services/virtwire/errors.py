@@ -1,0 +1,23 @@
+"""Domain exceptions. Each wraps its cause (``raise ... from exc``)."""
+
+from __future__ import annotations
+
+
+class VirtwireError(Exception):
+    """Base of every virtwire error."""
+
+
+class ConfigError(VirtwireError, ValueError):
+    """A bad address, option or argument; the message says which and why."""
+
+
+class NotFoundError(VirtwireError, LookupError):
+    """A named NetClient, port or backend does not exist."""
+
+
+class ConflictError(VirtwireError):
+    """The operation conflicts with the current state (name taken, already linked)."""
+
+
+class BackendError(VirtwireError, OSError):
+    """A host resource (TAP device, socket) could not be opened or used."""

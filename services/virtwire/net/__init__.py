@@ -1,0 +1,1 @@
+"""The frame plane: QEMU's net/ concepts (NetQueue, NetClient, hub, backends)."""

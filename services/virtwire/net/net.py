@@ -1,0 +1,189 @@
+"""NetClient: one end of a peer pair, with QEMU's net/net.c send and deliver paths.
+
+Subclasses override the NetClientInfo callbacks ``receive``, ``can_receive``,
+``link_status_changed`` and ``cleanup``. The peer may be a local NetClient or,
+across processes, a ``LinkPeer`` that stands in for the remote one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from virtwire.net.eth import NET_BUFSIZE
+from virtwire.net.queue import NET_PACKET_FLAG_NONE, NetQueue, SentCb
+
+logger = logging.getLogger(__name__)
+
+#: Called with (direction, frame) for every frame a NetClient sends ("tx") or
+#: receives ("rx"); see virtwire.net.capture.
+CaptureHook = Callable[[str, bytes], None]
+
+
+@dataclass
+class NetClientStats:
+    """Counters of one NetClient (mirrors virtwire.v1.NetClientCounters)."""
+
+    rx_frames: int = 0
+    rx_bytes: int = 0
+    tx_frames: int = 0
+    tx_bytes: int = 0
+    dropped_link_down: int = 0
+    dropped_refused: int = 0
+    dropped_malformed: int = 0
+
+
+class NetClient:
+    """QEMU's NetClientState: a named frame endpoint with one peer."""
+
+    #: NetClientInfo type name, e.g. "hubport", "tap", "stream".
+    kind = "generic"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.peer: NetClient | None = None
+        self.incoming_queue = NetQueue(self._deliver_packet)
+        #: The data path's link_down: admin_down or carrier_down.
+        self.link_down = False
+        #: Set by set_link (QMP).
+        self.admin_down = False
+        #: Set while the link to a remote peer is broken.
+        self.carrier_down = False
+        self.receive_disabled = False
+        self.stats = NetClientStats()
+        self.capture_hooks: list[CaptureHook] = []
+        #: Frames capture subscribers lost because they fell behind.
+        self.capture_dropped = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    # -- NetClientInfo callbacks -------------------------------------------
+    def receive(self, data: bytes) -> int:
+        """Consume a frame: > 0 consumed, 0 queue it (receive_disabled), < 0 drop."""
+        return len(data)
+
+    def can_receive(self) -> bool:
+        return True
+
+    def link_status_changed(self) -> None:
+        """Called after link_down changed."""
+
+    def peer_ready_changed(self) -> None:
+        """Hint that our peer's can_receive may have changed (used by links)."""
+
+    def cleanup(self) -> None:
+        """Release backend resources."""
+
+    def describe(self) -> str:
+        """One line of backend details for status output (QEMU's info_str)."""
+        return ""
+
+    # -- net.c ---------------------------------------------------------------
+    def can_receive_packet(self) -> bool:
+        """qemu_can_receive_packet."""
+        return not self.receive_disabled and self.can_receive()
+
+    def can_send_packet(self) -> bool:
+        """qemu_can_send_packet: True with no peer, else the peer can receive."""
+        peer = self.peer
+        return peer is None or peer.can_receive_packet()
+
+    def send_packet_async(self, data: bytes, sent_cb: SentCb | None) -> int:
+        """qemu_send_packet_async: 0 means queued, wait for sent_cb."""
+        peer = self.peer
+        if self.link_down or peer is None:
+            self.stats.dropped_link_down += 1
+            return len(data)
+        if len(data) > NET_BUFSIZE:
+            self.stats.dropped_malformed += 1
+            return len(data)
+        stats = self.stats
+        stats.tx_frames += 1
+        stats.tx_bytes += len(data)
+        if self.capture_hooks:
+            for hook in self.capture_hooks:
+                hook("tx", data)
+        return peer.incoming_queue.send(self, NET_PACKET_FLAG_NONE, data, sent_cb)
+
+    def send_packet(self, data: bytes) -> int:
+        """qemu_send_packet: no sent_cb, so a full peer queue drops the frame."""
+        return self.send_packet_async(data, None)
+
+    def _deliver_packet(self, sender: NetClient, flags: int, data: bytes) -> int:
+        """qemu_deliver_packet_iov for packets sent to this NetClient."""
+        if self.link_down:
+            self.stats.dropped_link_down += 1
+            return len(data)
+        if self.receive_disabled:
+            return 0
+        if len(data) > NET_BUFSIZE:
+            self.stats.dropped_malformed += 1
+            return -1
+        ret = self.receive_flags(data, flags)
+        if ret == 0:
+            self.receive_disabled = True
+        elif ret > 0:
+            stats = self.stats
+            stats.rx_frames += 1
+            stats.rx_bytes += len(data)
+            if self.capture_hooks:
+                for hook in self.capture_hooks:
+                    hook("rx", data)
+        else:
+            self.stats.dropped_refused += 1
+        return ret
+
+    def receive_flags(self, data: bytes, flags: int) -> int:
+        """receive() with the packet flags; LinkPeer needs them, others don't."""
+        return self.receive(data)
+
+    def flush_queued_packets(self) -> None:
+        """qemu_flush_queued_packets: clear receive_disabled and flush.
+
+        When our peer is a hub port, every other port of that hub is flushed
+        too. Links are told that readiness may have changed.
+        """
+        self.receive_disabled = False
+        peer = self.peer
+        if peer is not None:
+            peer.flush_peer_side()
+        self.incoming_queue.flush()
+        if peer is not None:
+            peer.peer_ready_changed()
+
+    def flush_peer_side(self) -> None:
+        """Extra flushing when our peer flushes (hub ports flush the other ports)."""
+
+    def purge_queued_packets(self) -> None:
+        """qemu_purge_queued_packets: drop what our peer queued for us."""
+        if self.peer is not None:
+            self.peer.incoming_queue.purge(self)
+
+    # -- link state --------------------------------------------------------
+    def _update_link_down(self) -> bool:
+        down = self.admin_down or self.carrier_down
+        if down == self.link_down:
+            return False
+        self.link_down = down
+        self.link_status_changed()
+        return True
+
+    def set_link(self, up: bool) -> None:
+        """QMP set_link on this NetClient: admin state, shared with a NIC peer."""
+        self.admin_down = not up
+        self._update_link_down()
+
+    def set_carrier(self, up: bool) -> None:
+        """The link to the remote peer went up or down."""
+        self.carrier_down = not up
+        if self._update_link_down() and up:
+            self.flush_queued_packets()
+
+    @property
+    def dropped_total(self) -> int:
+        s = self.stats
+        q = self.incoming_queue
+        return (s.dropped_link_down + s.dropped_refused + s.dropped_malformed
+                + q.dropped + q.purged)

@@ -1,0 +1,1 @@
+"""gRPC servers: thin adapters over the plain classes in virtwire.net."""

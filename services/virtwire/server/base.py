@@ -1,0 +1,266 @@
+"""What every virtwire server provides.
+
+- NetClientService (list, inject, capture, set_link) over its registry;
+- LinkService, so peers can dial its NetClients;
+- gRPC server reflection and grpc.health.v1;
+- graceful shutdown within a bounded grace.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from virtwire.address import SockAddr, parse_sockaddr
+from virtwire.errors import ConfigError, ConflictError, NotFoundError, VirtwireError
+from virtwire.link import GRPC_OPTIONS
+from virtwire.net.capture import CaptureFilter, CaptureSubscription
+from virtwire.net.eth import FrameError, check_frame, parse_mac
+from virtwire.net.net import NetClient
+from virtwire.server.registry import NetClientRegistry
+from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+MAX_INJECT_REPEAT = 100_000
+SHUTDOWN_GRACE_S = 3.0
+
+
+class ServerState(enum.Enum):
+    """Run state of a ServiceHost."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+async def abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    """Map a domain exception to a gRPC status with its message."""
+    if isinstance(exc, NotFoundError):
+        code = grpc.StatusCode.NOT_FOUND
+    elif isinstance(exc, ConflictError):
+        code = grpc.StatusCode.FAILED_PRECONDITION
+    elif isinstance(exc, (ConfigError, FrameError, ValueError)):
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        code = grpc.StatusCode.INTERNAL
+    await context.abort(code, str(exc))
+
+
+class _Injector(NetClient):
+    """Sends injected frames into a NetClient as if its peer had sent them."""
+
+    kind = "inject"
+
+    def __init__(self, target: NetClient) -> None:
+        super().__init__(f"inject>{target.name}")
+        self.peer = target
+
+    def can_send_packet(self) -> bool:
+        return self.peer is not None and self.peer.can_receive_packet()
+
+
+def parse_capture_filter(msg: netclient_pb2.CaptureFilter) -> CaptureFilter:
+    direction = msg.direction
+    if direction not in netclient_pb2.Direction.values():
+        raise ConfigError(f"unknown direction {direction}")
+    rx = direction in (netclient_pb2.DIRECTION_UNSPECIFIED, netclient_pb2.DIRECTION_RX,
+                       netclient_pb2.DIRECTION_BOTH)
+    tx = direction in (netclient_pb2.DIRECTION_UNSPECIFIED, netclient_pb2.DIRECTION_TX,
+                       netclient_pb2.DIRECTION_BOTH)
+    if msg.ethertype > 0xFFFF:
+        raise ConfigError(f"ethertype {msg.ethertype:#x} is not 16-bit")
+    return CaptureFilter(
+        rx=rx, tx=tx, ethertype=msg.ethertype,
+        mac=parse_mac(msg.mac) if msg.mac else b"",
+        src_mac=parse_mac(msg.src_mac) if msg.src_mac else b"",
+        dst_mac=parse_mac(msg.dst_mac) if msg.dst_mac else b"")
+
+
+class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
+    """virtwire.v1.NetClientService over a NetClientRegistry."""
+
+    def __init__(self, registry: NetClientRegistry) -> None:
+        self.registry = registry
+
+    async def ListNetClients(self, request: netclient_pb2.ListNetClientsRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]
+                             ) -> netclient_pb2.ListNetClientsResponse:
+        reg = self.registry
+        return netclient_pb2.ListNetClientsResponse(netclients=[reg.info(nc) for nc in reg.all()])
+
+    async def GetNetClient(self, request: netclient_pb2.GetNetClientRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> netclient_pb2.GetNetClientResponse:
+        try:
+            nc = self.registry.get(request.name)
+        except NotFoundError as exc:
+            await abort_for(context, exc)
+            raise
+        return netclient_pb2.GetNetClientResponse(netclient=self.registry.info(nc))
+
+    async def Inject(self, request: netclient_pb2.InjectRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]
+                     ) -> netclient_pb2.InjectResponse:
+        try:
+            nc = self.registry.get(request.name)
+            check_frame(request.frame)
+            if request.repeat > MAX_INJECT_REPEAT:
+                raise ConfigError(f"repeat {request.repeat} exceeds {MAX_INJECT_REPEAT}")
+        except (NotFoundError, FrameError, ConfigError) as exc:
+            await abort_for(context, exc)
+            raise
+        accepted, dropped = inject(nc, request.frame, request.repeat or 1)
+        return netclient_pb2.InjectResponse(accepted=accepted, dropped=dropped)
+
+    async def Capture(self, request: netclient_pb2.CaptureRequest,
+                      context: grpc.aio.ServicerContext[Any, Any]
+                      ) -> AsyncIterator[netclient_pb2.CaptureResponse]:
+        try:
+            nc = self.registry.get(request.name)
+            flt = parse_capture_filter(request.filter)
+        except (NotFoundError, FrameError, ConfigError) as exc:
+            await abort_for(context, exc)
+            raise
+        sent = 0
+        with CaptureSubscription(nc, flt) as sub:
+            while not request.count or sent < request.count:
+                item = await sub.get()
+                frame = item.frame
+                if request.snaplen:
+                    frame = frame[:request.snaplen]
+                yield netclient_pb2.CaptureResponse(
+                    frame=frame, orig_len=len(item.frame),
+                    direction=(netclient_pb2.DIRECTION_RX if item.direction == "rx"
+                               else netclient_pb2.DIRECTION_TX),
+                    timestamp_ns=item.timestamp_ns, dropped=sub.dropped)
+                sent += 1
+
+    async def SetLink(self, request: netclient_pb2.SetLinkRequest,
+                      context: grpc.aio.ServicerContext[Any, Any]
+                      ) -> netclient_pb2.SetLinkResponse:
+        try:
+            nc = self.registry.get(request.name)
+        except NotFoundError as exc:
+            await abort_for(context, exc)
+            raise
+        nc.set_link(request.up)
+        logger.info("set_link %s %s", nc.name, "up" if request.up else "down")
+        return netclient_pb2.SetLinkResponse(netclient=self.registry.info(nc))
+
+
+def inject(nc: NetClient, frame: bytes, repeat: int = 1) -> tuple[int, int]:
+    """Deliver ``frame`` to ``nc`` as if from its peer; (accepted, dropped)."""
+    injector = _Injector(nc)
+    queue = nc.incoming_queue
+    before = queue.dropped + nc.stats.dropped_link_down + nc.stats.dropped_refused
+    for _ in range(repeat):
+        queue.send(injector, 0, frame, None)
+    dropped = queue.dropped + nc.stats.dropped_link_down + nc.stats.dropped_refused - before
+    return repeat - dropped, dropped
+
+
+class LinkServicer(link_pb2_grpc.LinkServiceServicer):
+    """virtwire.v1.LinkService: accepts links to this server's NetClients."""
+
+    def __init__(self, registry: NetClientRegistry) -> None:
+        self.registry = registry
+
+    async def Connect(self, request_iterator: AsyncIterator[link_pb2.ConnectRequest],
+                      context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await self.registry.acceptor.serve(context)
+
+
+class ServiceHost:
+    """A grpc.aio server with reflection, health and the common services.
+
+    Subclasses add their own servicer in ``add_servicers`` and return the full
+    service names they registered (for reflection and health).
+    """
+
+    #: Name used in logs, e.g. "hub" or "tap".
+    service_name = "virtwire"
+
+    def __init__(self, listen: str = "127.0.0.1:0") -> None:
+        self.listen_addr: SockAddr = parse_sockaddr(listen)
+        self.registry = NetClientRegistry()
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.state = ServerState.IDLE
+        self.port = 0
+
+    def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
+        return ()
+
+    @property
+    def address(self) -> str:
+        if self.listen_addr.is_unix:
+            return str(self.listen_addr)
+        return str(SockAddr(self.listen_addr.host, self.port))
+
+    async def start(self) -> None:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        netclient_pb2_grpc.add_NetClientServiceServicer_to_server(
+            NetClientServicer(self.registry), server)
+        link_pb2_grpc.add_LinkServiceServicer_to_server(LinkServicer(self.registry), server)
+        names = [
+            netclient_pb2.DESCRIPTOR.services_by_name["NetClientService"].full_name,
+            link_pb2.DESCRIPTOR.services_by_name["LinkService"].full_name,
+            *self.add_servicers(server),
+        ]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
+        target = self.listen_addr.grpc_target
+        try:
+            port = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise ConfigError(f"{self.service_name}: cannot listen on {self.listen_addr}: "
+                              "address in use or not available") from exc
+        if port == 0 and not self.listen_addr.is_unix:
+            raise ConfigError(f"{self.service_name}: cannot listen on {self.listen_addr}: "
+                              "address in use or not available")
+        self.port = port
+        await server.start()
+        self.server = server
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.state = ServerState.RUNNING
+        logger.info("virtwire %s listening on %s", self.service_name, self.address)
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
+        if self.state in (ServerState.STOPPING, ServerState.STOPPED):
+            return
+        self.state = ServerState.STOPPING
+        logger.info("virtwire %s on %s stopping", self.service_name, self.address)
+        if self.server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+        await self.registry.close()
+        await self.close_backends()
+        self.state = ServerState.STOPPED
+
+    async def close_backends(self) -> None:
+        """Release what the subclass opened beyond its NetClients."""
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+    async def __aenter__(self) -> ServiceHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(grace=0.5)
+
+
+__all__ = ["ServerState", "ServiceHost", "VirtwireError", "abort_for", "inject"]

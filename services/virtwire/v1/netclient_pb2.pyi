@@ -1,0 +1,170 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIRECTION_UNSPECIFIED: _ClassVar[Direction]
+    DIRECTION_RX: _ClassVar[Direction]
+    DIRECTION_TX: _ClassVar[Direction]
+    DIRECTION_BOTH: _ClassVar[Direction]
+
+class LinkState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LINK_STATE_UNSPECIFIED: _ClassVar[LinkState]
+    LINK_STATE_NO_PEER: _ClassVar[LinkState]
+    LINK_STATE_CONNECTING: _ClassVar[LinkState]
+    LINK_STATE_UP: _ClassVar[LinkState]
+DIRECTION_UNSPECIFIED: Direction
+DIRECTION_RX: Direction
+DIRECTION_TX: Direction
+DIRECTION_BOTH: Direction
+LINK_STATE_UNSPECIFIED: LinkState
+LINK_STATE_NO_PEER: LinkState
+LINK_STATE_CONNECTING: LinkState
+LINK_STATE_UP: LinkState
+
+class NetClientCounters(_message.Message):
+    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped_queue_full", "dropped_link_down", "dropped_refused", "dropped_malformed", "dropped_purged", "queue_len", "capture_dropped")
+    RX_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TX_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_QUEUE_FULL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_LINK_DOWN_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_MALFORMED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_PURGED_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LEN_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    rx_frames: int
+    rx_bytes: int
+    tx_frames: int
+    tx_bytes: int
+    dropped_queue_full: int
+    dropped_link_down: int
+    dropped_refused: int
+    dropped_malformed: int
+    dropped_purged: int
+    queue_len: int
+    capture_dropped: int
+    def __init__(self, rx_frames: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_frames: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., dropped_queue_full: _Optional[int] = ..., dropped_link_down: _Optional[int] = ..., dropped_refused: _Optional[int] = ..., dropped_malformed: _Optional[int] = ..., dropped_purged: _Optional[int] = ..., queue_len: _Optional[int] = ..., capture_dropped: _Optional[int] = ...) -> None: ...
+
+class NetClientInfo(_message.Message):
+    __slots__ = ("name", "kind", "admin_down", "link_down", "link_state", "peer", "counters", "info")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_DOWN_FIELD_NUMBER: _ClassVar[int]
+    LINK_DOWN_FIELD_NUMBER: _ClassVar[int]
+    LINK_STATE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    admin_down: bool
+    link_down: bool
+    link_state: LinkState
+    peer: str
+    counters: NetClientCounters
+    info: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., admin_down: _Optional[bool] = ..., link_down: _Optional[bool] = ..., link_state: _Optional[_Union[LinkState, str]] = ..., peer: _Optional[str] = ..., counters: _Optional[_Union[NetClientCounters, _Mapping]] = ..., info: _Optional[str] = ...) -> None: ...
+
+class ListNetClientsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNetClientsResponse(_message.Message):
+    __slots__ = ("netclients",)
+    NETCLIENTS_FIELD_NUMBER: _ClassVar[int]
+    netclients: _containers.RepeatedCompositeFieldContainer[NetClientInfo]
+    def __init__(self, netclients: _Optional[_Iterable[_Union[NetClientInfo, _Mapping]]] = ...) -> None: ...
+
+class GetNetClientRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetNetClientResponse(_message.Message):
+    __slots__ = ("netclient",)
+    NETCLIENT_FIELD_NUMBER: _ClassVar[int]
+    netclient: NetClientInfo
+    def __init__(self, netclient: _Optional[_Union[NetClientInfo, _Mapping]] = ...) -> None: ...
+
+class InjectRequest(_message.Message):
+    __slots__ = ("name", "frame", "repeat")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    frame: bytes
+    repeat: int
+    def __init__(self, name: _Optional[str] = ..., frame: _Optional[bytes] = ..., repeat: _Optional[int] = ...) -> None: ...
+
+class InjectResponse(_message.Message):
+    __slots__ = ("accepted", "dropped")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    dropped: int
+    def __init__(self, accepted: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class CaptureFilter(_message.Message):
+    __slots__ = ("direction", "ethertype", "mac", "src_mac", "dst_mac")
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    ETHERTYPE_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    SRC_MAC_FIELD_NUMBER: _ClassVar[int]
+    DST_MAC_FIELD_NUMBER: _ClassVar[int]
+    direction: Direction
+    ethertype: int
+    mac: str
+    src_mac: str
+    dst_mac: str
+    def __init__(self, direction: _Optional[_Union[Direction, str]] = ..., ethertype: _Optional[int] = ..., mac: _Optional[str] = ..., src_mac: _Optional[str] = ..., dst_mac: _Optional[str] = ...) -> None: ...
+
+class CaptureRequest(_message.Message):
+    __slots__ = ("name", "filter", "count", "snaplen")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SNAPLEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    filter: CaptureFilter
+    count: int
+    snaplen: int
+    def __init__(self, name: _Optional[str] = ..., filter: _Optional[_Union[CaptureFilter, _Mapping]] = ..., count: _Optional[int] = ..., snaplen: _Optional[int] = ...) -> None: ...
+
+class CaptureResponse(_message.Message):
+    __slots__ = ("frame", "orig_len", "direction", "timestamp_ns", "dropped")
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    ORIG_LEN_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    frame: bytes
+    orig_len: int
+    direction: Direction
+    timestamp_ns: int
+    dropped: int
+    def __init__(self, frame: _Optional[bytes] = ..., orig_len: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., timestamp_ns: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class SetLinkRequest(_message.Message):
+    __slots__ = ("name", "up")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    up: bool
+    def __init__(self, name: _Optional[str] = ..., up: _Optional[bool] = ...) -> None: ...
+
+class SetLinkResponse(_message.Message):
+    __slots__ = ("netclient",)
+    NETCLIENT_FIELD_NUMBER: _ClassVar[int]
+    netclient: NetClientInfo
+    def __init__(self, netclient: _Optional[_Union[NetClientInfo, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,516 @@
+"""Boot throwaway QEMU VMs running Linux's e1000 driver, for integration tests.
+
+Each VM boots the host's Debian kernel (``find_kernel``) with a tiny
+initramfs (``build_initramfs``): static busybox, ``e1000.ko`` and optionally
+``iperf3``.  Its ``/init`` configures ``eth0`` from ``vw.ip=`` on the kernel
+command line (no default route: the VM can only reach its own subnet) and
+then runs a shell on the serial console, which :class:`QemuVM` drives over
+QEMU's stdio to run commands.
+
+The NIC is always ``-device e1000,netdev=n0``: callers pass the matching
+``-netdev ...,id=n0`` arguments (see :func:`stream_netdev` /
+:func:`dgram_netdev`, or a virtwire socket of their own).
+
+Example::
+
+    async with QemuVM("a", stream_netdev(port, server=True),
+                      "198.18.0.11/24", "52:54:00:12:34:11", tmp_path) as vm:
+        assert await vm.ping("198.18.0.12")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import gzip
+import hashlib
+import logging
+import lzma
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TextIO
+
+log = logging.getLogger(__name__)
+
+QEMU_BINARY = "qemu-system-x86_64"
+READY_MARKER = "VIRTWIRE-VM-READY"
+DEFAULT_CACHE_DIR = Path(
+    os.environ.get("VIRTWIRE_VM_CACHE", Path.home() / ".cache" / "virtwire-vm")
+)
+# Bump when the initramfs layout changes in a way the content key can't see.
+_LAYOUT_VERSION = "1"
+_E1000_DIR = "kernel/drivers/net/ethernet/intel/e1000"
+_BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+
+_INIT_SCRIPT = f"""#!/bin/sh
+export PATH=/bin HOME=/root PS1='' PS2='' TERM=dumb
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo 1 > /proc/sys/kernel/printk
+insmod /lib/modules/e1000.ko
+ip=''; name=vm
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    vw.ip=*) ip="${{arg#vw.ip=}}" ;;
+    vw.name=*) name="${{arg#vw.name=}}" ;;
+  esac
+done
+hostname "$name"
+ip link set lo up
+[ -n "$ip" ] && ip addr add "$ip" dev eth0
+ip link set eth0 up
+i=0
+while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt 100 ]; do
+  usleep 50000; i=$((i + 1))
+done
+stty -F /dev/ttyS0 -echo
+echo "{READY_MARKER} name=$name ip=$ip carrier=$(cat /sys/class/net/eth0/carrier)"
+while true; do setsid cttyhack sh; done
+"""
+
+
+class VMError(RuntimeError):
+    """QEMU failed to start, died, or the guest did not answer."""
+
+
+# --------------------------------------------------------------------------
+# kernel and initramfs
+
+
+def _version_key(path: Path) -> list[tuple[int, str]]:
+    parts = re.split(r"(\d+)", path.name)
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in parts if p]
+
+
+def find_kernel() -> Path:
+    """Return the newest ``/boot/vmlinuz-*`` that has a matching module tree."""
+    kernels = [
+        k
+        for k in Path("/boot").glob("vmlinuz-*")
+        if (Path("/lib/modules") / k.name.removeprefix("vmlinuz-")).is_dir()
+    ]
+    if not kernels:
+        raise FileNotFoundError("no /boot/vmlinuz-* with /lib/modules/<ver>")
+    return max(kernels, key=_version_key)
+
+
+def _e1000_module(kernel: Path) -> Path:
+    mod_dir = Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-") / _E1000_DIR
+    for suffix in ("", ".xz", ".zst", ".gz"):
+        path = mod_dir / f"e1000.ko{suffix}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"e1000.ko not found in {mod_dir}")
+
+
+def _read_module(path: Path) -> bytes:
+    """Module bytes, decompressed (busybox insmod only loads plain ELF)."""
+    if path.suffix == ".xz":
+        return lzma.decompress(path.read_bytes())
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes())
+    if path.suffix == ".zst":
+        return subprocess.run(
+            ["zstd", "-dc", str(path)], check=True, capture_output=True
+        ).stdout
+    return path.read_bytes()
+
+
+def _find_busybox() -> Path:
+    for cand in _BUSYBOX_CANDIDATES:
+        path = Path(cand)
+        if path.exists():
+            out = subprocess.run(["file", "-L", cand], capture_output=True, text=True)
+            if out.returncode != 0 or "statically linked" in out.stdout:
+                return path
+    raise FileNotFoundError("static busybox not found (apt-get install busybox-static)")
+
+
+def _ldd_closure(binary: Path) -> list[Path]:
+    """Shared libraries and loader of ``binary``, as the paths ldd names."""
+    out = subprocess.run(
+        ["ldd", str(binary)], check=True, capture_output=True, text=True
+    ).stdout
+    libs = []
+    for line in out.splitlines():
+        m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if m:
+            libs.append(Path(m.group(1)))
+    return libs
+
+
+def _content_key(parts: Sequence[bytes | Path]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            h.update(str(part).encode() + b"\0")
+            h.update(hashlib.sha256(part.read_bytes()).digest())
+        else:
+            h.update(part)
+    return h.hexdigest()[:16]
+
+
+class _Cpio:
+    """Minimal writer for the cpio 'newc' format the kernel unpacks."""
+
+    def __init__(self) -> None:
+        self._out = bytearray()
+        self._ino = 0
+        self._dirs: set[str] = set()
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: int = 0) -> None:
+        self._ino += 1
+        name_z = name.encode() + b"\0"
+        fields = (self._ino, mode, 0, 0, 1, 0, len(data), 0, 0,
+                  os.major(rdev), os.minor(rdev), len(name_z), 0)
+        self._out += b"070701" + "".join(f"{v:08X}" for v in fields).encode()
+        self._out += name_z + b"\0" * (-(110 + len(name_z)) % 4)
+        self._out += data + b"\0" * (-len(data) % 4)
+
+    def dir(self, name: str, perm: int = 0o755) -> None:
+        name = name.strip("/")
+        if not name or name in self._dirs:
+            return
+        self.dir(os.path.dirname(name))
+        self._dirs.add(name)
+        self._entry(name, stat.S_IFDIR | perm)
+
+    def file(self, name: str, data: bytes, perm: int = 0o755) -> None:
+        name = name.strip("/")
+        self.dir(os.path.dirname(name))
+        self._entry(name, stat.S_IFREG | perm, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        name = name.strip("/")
+        self.dir(os.path.dirname(name))
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name.strip("/"), stat.S_IFCHR | 0o600, rdev=os.makedev(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return bytes(self._out)
+
+
+def build_initramfs(cache_dir: Path, with_iperf3: bool = True) -> Path:
+    """Build (or reuse from ``cache_dir``) the guest's gzip'd newc initramfs.
+
+    The file name carries a hash of every input, so a changed kernel,
+    busybox, iperf3 or init script yields a new image.  Safe to call
+    concurrently (atomic rename).
+    """
+    kernel = find_kernel()
+    module = _e1000_module(kernel)
+    busybox = _find_busybox()
+    iperf3 = Path(shutil.which("iperf3") or "/usr/bin/iperf3") if with_iperf3 else None
+    libs = _ldd_closure(iperf3) if iperf3 else []
+    inputs: list[bytes | Path] = [_LAYOUT_VERSION.encode(), _INIT_SCRIPT.encode(),
+                                  module, busybox, *([iperf3] if iperf3 else []), *libs]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / f"initramfs-{_content_key(inputs)}.cpio.gz"
+    if target.exists():
+        return target
+
+    started = time.monotonic()
+    cpio = _Cpio()
+    for d in ("bin", "dev", "proc", "sys", "root", "etc", "lib/modules"):
+        cpio.dir(d)
+    cpio.dir("tmp", 0o1777)
+    cpio.chardev("dev/console", 5, 1)
+    cpio.chardev("dev/null", 1, 3)
+    cpio.file("init", _INIT_SCRIPT.encode())
+    cpio.file("bin/busybox", busybox.read_bytes())
+    applets = subprocess.run(
+        [str(busybox), "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            cpio.symlink(f"bin/{applet}", "busybox")
+    cpio.file("lib/modules/e1000.ko", _read_module(module), 0o644)
+    if iperf3:
+        cpio.file("bin/iperf3", iperf3.read_bytes())
+        for lib in libs:  # stored under ldd's path, content read through symlinks
+            cpio.file(str(lib), lib.read_bytes())
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".initramfs-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
+    os.replace(tmp, target)
+    log.info("built %s in %.1fs (%d bytes)", target, time.monotonic() - started,
+             target.stat().st_size)
+    return target
+
+
+# --------------------------------------------------------------------------
+# QEMU helpers
+
+
+def kvm_usable() -> bool:
+    """True if KVM can really run guests (``VIRTWIRE_VM_ACCEL`` overrides).
+
+    ``/dev/kvm`` alone is not enough: inside a VM without nested
+    virtualisation it may exist while guests hang, so require vmx/svm too.
+    """
+    forced = os.environ.get("VIRTWIRE_VM_ACCEL")
+    if forced:
+        return forced == "kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    flags = Path("/proc/cpuinfo").read_text()
+    return re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M) is not None
+
+
+def stream_netdev(port: int, server: bool, host: str = "127.0.0.1") -> list[str]:
+    """``-netdev stream`` args (id ``n0``); start the ``server=True`` side first."""
+    return ["-netdev", f"stream,id=n0,server={'on' if server else 'off'},"
+            f"addr.type=inet,addr.host={host},addr.port={port}"]
+
+
+def dgram_netdev(local_port: int, remote_port: int, host: str = "127.0.0.1") -> list[str]:
+    """``-netdev dgram`` (UDP) args (id ``n0``); no start ordering needed."""
+    return ["-netdev", f"dgram,id=n0,local.type=inet,local.host={host},"
+            f"local.port={local_port},remote.type=inet,remote.host={host},"
+            f"remote.port={remote_port}"]
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL QEMU if the test process dies without cleaning up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# --------------------------------------------------------------------------
+# the VM
+
+
+class QemuVM:
+    """One QEMU guest with an e1000 NIC, driven over its serial console.
+
+    ``netdev_args`` must define the backend with ``id=n0``.  Console output is
+    logged to ``workdir/<name>-console.log``, QEMU's stderr to
+    ``workdir/<name>-qemu.log``.  Use as ``async with`` (starts and stops), or
+    call :meth:`start` / :meth:`stop`; :meth:`launch` + :meth:`wait_ready`
+    split the start so that several VMs can boot in parallel.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        netdev_args: list[str],
+        ip_cidr: str,
+        mac: str,
+        workdir: Path,
+        mem_mb: int = 256,
+        *,
+        extra_args: Sequence[str] = (),
+        initrd: Path | None = None,
+        kernel: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.netdev_args = list(netdev_args)
+        self.ip_cidr = ip_cidr
+        self.ip = ip_cidr.split("/")[0]
+        self.mac = mac
+        self.workdir = workdir
+        self.mem_mb = mem_mb
+        self.extra_args = list(extra_args)
+        self.initrd = initrd
+        self.kernel = kernel
+        self.boot_seconds: float | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._console_log: TextIO | None = None
+        self._buf = ""
+        self._eof = False
+        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._launched_at = 0.0
+
+    # ---- lifecycle
+
+    def command(self) -> list[str]:
+        """The QEMU command line (kernel and initrd must be resolved)."""
+        assert self.kernel and self.initrd
+        append = (f"console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init "
+                  f"ipv6.disable=1 mitigations=off nokaslr tsc=reliable "
+                  f"no_timer_check lpj=4000000 vw.ip={self.ip_cidr} vw.name={self.name}")
+        accel = "kvm" if kvm_usable() else "tcg"
+        return [
+            QEMU_BINARY, "-nodefaults", "-no-user-config", "-no-reboot",
+            "-machine", "pc,usb=off,vmport=off,smbus=off",
+            "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+            "-smp", "1", "-m", str(self.mem_mb), "-display", "none",
+            "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", append,
+            "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
+            "-device", f"e1000,netdev=n0,mac={self.mac},romfile=",
+            *self.netdev_args, *self.extra_args,
+        ]
+
+    async def launch(self) -> None:
+        """Spawn QEMU without waiting for the guest to boot."""
+        if self._proc is not None:
+            raise VMError(f"{self.name}: already launched")
+        self.kernel = self.kernel or find_kernel()
+        if self.initrd is None:
+            self.initrd = await asyncio.to_thread(build_initramfs, DEFAULT_CACHE_DIR)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        log.info("%s: %s", self.name, shlex.join(cmd))
+        self._console_log = open(self.workdir / f"{self.name}-console.log", "w")
+        with open(self.workdir / f"{self.name}-qemu.log", "wb") as stderr:
+            self._launched_at = time.monotonic()
+            self._proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=stderr, preexec_fn=_die_with_parent,
+            )
+        self._pump_task = asyncio.create_task(self._pump(), name=f"{self.name}-console")
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait for the guest's ready marker; on failure stop QEMU and raise."""
+        try:
+            m = await self._expect(re.compile(rf"^{READY_MARKER} .*$", re.M), timeout)
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, (TimeoutError, VMError)):
+                raise VMError(f"{self.name}: guest not ready: {exc}\n{self._diagnostics()}") from exc
+            raise
+        self.boot_seconds = time.monotonic() - self._launched_at
+        log.info("%s: booted in %.1fs: %s", self.name, self.boot_seconds, m.group(0))
+
+    async def start(self, timeout: float = 90.0) -> None:
+        """Launch QEMU and wait until the guest shell is ready."""
+        try:
+            await self.launch()
+        except BaseException:
+            await self.stop()
+            raise
+        await self.wait_ready(timeout)
+
+    async def stop(self) -> None:
+        """Kill QEMU (SIGTERM, then SIGKILL) and release everything; idempotent."""
+        proc, self._proc = self._proc, None
+        try:
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except TimeoutError:
+                    log.warning("%s: QEMU ignored SIGTERM, killing", self.name)
+        finally:
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            if self._pump_task is not None:
+                self._pump_task.cancel()
+                self._pump_task = None
+            if self._console_log is not None:
+                self._console_log.close()
+                self._console_log = None
+
+    async def __aenter__(self) -> QemuVM:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ---- console
+
+    async def run(self, cmd: str, timeout: float = 60.0) -> tuple[int, str]:
+        """Run ``cmd`` in the guest shell; return (exit status, output).
+
+        stdin is /dev/null and stdout/stderr are merged.  The command runs in
+        a subshell, so ``cd``/``export`` do not persist.  Background jobs
+        should redirect their output, or it may interleave with later runs.
+        On timeout the command gets a Ctrl-C and TimeoutError is raised.
+        """
+        async with self._lock:
+            tag = uuid.uuid4().hex[:12]
+            # The '' split keeps the markers out of any echoed command line.
+            line = (f"echo VWB''{tag}; ( {cmd}\n) </dev/null; "
+                    f"echo VWE''{tag}:$?\n")
+            pattern = re.compile(rf"^VWB{tag}\n(.*?)^VWE{tag}:(\d+)\n", re.M | re.S)
+            await self._send(line)
+            try:
+                m = await self._expect(pattern, timeout)
+            except TimeoutError:
+                await self._send("\x03")
+                raise TimeoutError(f"{self.name}: {cmd!r} timed out after {timeout}s") from None
+            return int(m.group(2)), m.group(1)
+
+    async def check(self, cmd: str, timeout: float = 60.0) -> str:
+        """Like :meth:`run` but raise VMError on a non-zero exit status."""
+        rc, out = await self.run(cmd, timeout)
+        if rc != 0:
+            raise VMError(f"{self.name}: {cmd!r} exited {rc}:\n{out}")
+        return out
+
+    async def ping(self, ip: str, count: int = 3, timeout: float = 30.0) -> bool:
+        """Ping ``ip`` from the guest; True if at least one reply came back."""
+        rc, out = await self.run(f"ping -c {count} -W 2 {shlex.quote(ip)}", timeout)
+        log.debug("%s: ping %s -> %d\n%s", self.name, ip, rc, out)
+        return rc == 0
+
+    async def _send(self, text: str) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            raise VMError(f"{self.name}: QEMU is not running")
+        proc.stdin.write(text.encode())
+        await proc.stdin.drain()
+
+    async def _pump(self) -> None:
+        """Drain the serial console forever (a full pipe would stall the guest)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        stdout = self._proc.stdout
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            while chunk := await stdout.read(65536):
+                text = decoder.decode(chunk).replace("\r", "")
+                if self._console_log is not None:
+                    self._console_log.write(text)
+                    self._console_log.flush()
+                self._buf = (self._buf + text)[-(1 << 20):]
+                self._changed.set()
+        finally:
+            self._eof = True
+            self._changed.set()
+
+    async def _expect(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        """Wait for ``pattern`` in the console; consume output up to its end."""
+        async with asyncio.timeout(timeout):
+            while True:
+                m = pattern.search(self._buf)
+                if m:
+                    self._buf = self._buf[m.end():]
+                    return m
+                if self._eof:
+                    raise VMError(f"{self.name}: QEMU exited\n{self._diagnostics()}")
+                self._changed.clear()
+                await self._changed.wait()
+
+    def _diagnostics(self) -> str:
+        parts = []
+        for suffix in ("qemu", "console"):
+            path = self.workdir / f"{self.name}-{suffix}.log"
+            if path.exists():
+                tail = path.read_text(errors="replace")[-2000:]
+                parts.append(f"--- {path} (tail) ---\n{tail}")
+        return "\n".join(parts)
