@@ -104,6 +104,7 @@ class LinkPeer(NetClient):
         # Counters specific to links.
         self.completions_requested = 0
         self.completions_refused = 0
+        self.batches_sent = 0
         # Not up until a session attaches.
         self.set_carrier(False)
         local.set_carrier(False)
@@ -317,6 +318,7 @@ class LinkSession:
                     peer.peer_ready_changed()
                 continue
             await self.stream.write_batch(batch)
+            peer.batches_sent += 1
 
 
 def _describe(exc: BaseException) -> str:

@@ -48,8 +48,9 @@ class NetClient:
         self.link_down = False
         #: Set by set_link (QMP).
         self.admin_down = False
-        #: Set while the link to a remote peer is broken.
-        self.carrier_down = False
+        #: Why the carrier is down: "link" while the link to a remote peer is
+        #: broken, "backend" while e.g. a stream socket is disconnected.
+        self.carrier_down: set[str] = set()
         self.receive_disabled = False
         self.stats = NetClientStats()
         self.capture_hooks: list[CaptureHook] = []
@@ -163,7 +164,7 @@ class NetClient:
 
     # -- link state --------------------------------------------------------
     def _update_link_down(self) -> bool:
-        down = self.admin_down or self.carrier_down
+        down = self.admin_down or bool(self.carrier_down)
         if down == self.link_down:
             return False
         self.link_down = down
@@ -175,9 +176,16 @@ class NetClient:
         self.admin_down = not up
         self._update_link_down()
 
-    def set_carrier(self, up: bool) -> None:
-        """The link to the remote peer went up or down."""
-        self.carrier_down = not up
+    def set_carrier(self, up: bool, source: str = "link") -> None:
+        """Carrier from ``source`` ("link" or "backend") went up or down.
+
+        The NetClient is link_down while any source is down (or admin down),
+        as QEMU sets nc->link_down when a stream backend loses its socket.
+        """
+        if up:
+            self.carrier_down.discard(source)
+        else:
+            self.carrier_down.add(source)
         if self._update_link_down() and up:
             self.flush_queued_packets()
 

@@ -1,0 +1,324 @@
+"""The `virtwire` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from virtwire.address import parse_sockaddr
+from virtwire.errors import ConfigError, VirtwireError
+from virtwire.net.eth import FrameError, check_frame
+from virtwire.net.pcap import PcapWriter, read_pcap
+from virtwire.server.base import ServiceHost
+from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _ServiceLabel(logging.Filter):
+    """Puts "hub@127.0.0.1:5000" into every log record of a serving process."""
+
+    label = "virtwire"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.label
+        return True
+
+
+_label = _ServiceLabel()
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_label)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+# -- serve ------------------------------------------------------------------------
+async def run_host(host: ServiceHost, ready_file: str | None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop within the grace period."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await host.start()
+    _label.label = f"{host.service_name}@{host.address}"
+    if ready_file:
+        Path(ready_file).write_text(host.address + "\n")
+    try:
+        await stop.wait()
+        logger.info("signal received, shutting down")
+    finally:
+        await host.stop()
+
+
+def _build_hub(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.server.hub import HubServer
+
+    host = HubServer(args.listen, args.hub_id)
+    for i in range(args.ports):
+        host.add_port()
+    for spec in args.port:
+        name, sep, peer = spec.partition("=")
+        if not name:
+            raise ConfigError(f"bad --port {spec!r}: expected NAME or NAME=ADDR/NETCLIENT")
+        host.add_port(name, peer if sep else "")
+    return host
+
+
+def _build_tap(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.server.tap import TapServer, parse_backend_spec
+
+    if not args.backend:
+        raise ConfigError("serve tap needs at least one --backend SPEC")
+    if len(args.peer) > len(args.backend):
+        raise ConfigError(f"{len(args.peer)} --peer given for {len(args.backend)} --backend")
+    configs = [parse_backend_spec(spec) for spec in args.backend]
+    for config, peer in zip(configs, args.peer, strict=False):
+        config.peer = peer
+    host = TapServer(args.listen)
+    host.pending_configs.extend(configs)
+    return host
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    builders = {"hub": _build_hub, "tap": _build_tap}
+    host = builders[args.kind](args)
+    await run_host(host, args.ready_file)
+    return 0
+
+
+# -- client commands ------------------------------------------------------------
+def _channel(server: str) -> grpc.aio.Channel:
+    addr = parse_sockaddr(server, allow_port_zero=False)
+    return grpc.aio.insecure_channel(addr.grpc_target)
+
+
+def _parse_frame(args: argparse.Namespace) -> list[bytes]:
+    if args.hex is not None:
+        try:
+            frames = [bytes.fromhex(args.hex.replace(":", "").replace(" ", ""))]
+        except ValueError:
+            raise ConfigError(f"--hex {args.hex!r} is not hexadecimal") from None
+    else:
+        try:
+            frames = read_pcap(Path(args.pcap).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.pcap}: {exc.strerror}") from exc
+        except (ValueError, IndexError) as exc:
+            raise ConfigError(f"{args.pcap}: {exc}") from exc
+    for frame in frames:
+        try:
+            check_frame(frame)
+        except FrameError as exc:
+            raise ConfigError(str(exc)) from exc
+    return frames
+
+
+async def cmd_inject(args: argparse.Namespace) -> int:
+    frames = _parse_frame(args)
+    async with _channel(args.server) as channel:
+        stub = netclient_pb2_grpc.NetClientServiceStub(channel)
+        accepted = dropped = 0
+        for frame in frames:
+            resp = await stub.Inject(netclient_pb2.InjectRequest(
+                name=args.netclient, frame=frame, repeat=args.repeat), timeout=args.timeout)
+            accepted += resp.accepted
+            dropped += resp.dropped
+    print(f"injected into {args.netclient}: {accepted} accepted, {dropped} dropped")
+    return 0 if dropped == 0 else EXIT_ERROR
+
+
+_DIRECTIONS = {"rx": netclient_pb2.DIRECTION_RX, "tx": netclient_pb2.DIRECTION_TX,
+               "both": netclient_pb2.DIRECTION_BOTH}
+
+
+async def cmd_capture(args: argparse.Namespace) -> int:
+    flt = netclient_pb2.CaptureFilter(
+        direction=_DIRECTIONS[args.direction], ethertype=args.ethertype or 0,
+        mac=args.mac or "")
+    request = netclient_pb2.CaptureRequest(name=args.netclient, filter=flt, count=args.count,
+                                           snaplen=args.snaplen)
+    out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")  # noqa: SIM115
+    try:
+        writer = PcapWriter(out)
+        async with _channel(args.server) as channel:
+            stub = netclient_pb2_grpc.NetClientServiceStub(channel)
+            call = stub.Capture(request, timeout=args.duration or None)
+            lost = 0
+            try:
+                async for item in call:
+                    writer.write(item.frame, item.timestamp_ns, item.orig_len)
+                    lost = item.dropped
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    print(f"captured {writer.count} frames from {args.netclient} to {args.write}"
+          + (f" ({lost} lost: capture fell behind)" if lost else ""), file=sys.stderr)
+    return 0
+
+
+def _format_table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    async with _channel(args.server) as channel:
+        stub = netclient_pb2_grpc.NetClientServiceStub(channel)
+        resp = await stub.ListNetClients(netclient_pb2.ListNetClientsRequest(),
+                                         timeout=args.timeout)
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(resp, always_print_fields_with_no_presence=True))
+        return 0
+    rows = [("NAME", "KIND", "LINK", "PEER", "RX", "TX", "DROPPED", "QUEUED")]
+    for nc in resp.netclients:
+        c = nc.counters
+        dropped = (c.dropped_queue_full + c.dropped_link_down + c.dropped_refused
+                   + c.dropped_malformed + c.dropped_purged)
+        link = netclient_pb2.LinkState.Name(nc.link_state).removeprefix("LINK_STATE_").lower()
+        if nc.link_down:
+            link += " (down)"
+        rows.append((nc.name, nc.kind, link, nc.peer, str(c.rx_frames), str(c.tx_frames),
+                     str(dropped), str(c.queue_len)))
+    print(_format_table(rows))
+    return 0
+
+
+async def cmd_link(args: argparse.Namespace) -> int:
+    async with _channel(args.server) as channel:
+        stub = netclient_pb2_grpc.NetClientServiceStub(channel)
+        resp = await stub.SetLink(netclient_pb2.SetLinkRequest(
+            name=args.netclient, up=args.state == "up"), timeout=args.timeout)
+    print(f"{resp.netclient.name}: link {'down' if resp.netclient.link_down else 'up'}")
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from virtwire.demo import run_demo
+
+    return await run_demo(once=args.once)
+
+
+# -- argument parsing ---------------------------------------------------------------
+def _int_auto(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="virtwire", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run one service")
+    serve_sub = serve.add_subparsers(dest="kind", required=True)
+    for kind, help_text in (("hub", "a hub (QEMU's -netdev hubport)"),
+                            ("tap", "host-side backends: tap, stream, dgram")):
+        sp = serve_sub.add_parser(kind, help=help_text)
+        sp.add_argument("--listen", default="127.0.0.1:0",
+                        help="gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:0)")
+        sp.add_argument("--ready-file", help="write the bound address here once serving")
+        if kind == "hub":
+            sp.add_argument("--hub-id", type=int, default=0, help="QEMU's hubid (default 0)")
+            sp.add_argument("--ports", type=int, default=0,
+                            help="create N ports that wait to be dialled")
+            sp.add_argument("--port", action="append", default=[], metavar="NAME[=PEER]",
+                            help="create a named port; with =ADDR/NETCLIENT it dials that peer")
+        else:
+            sp.add_argument("--backend", action="append", default=[], metavar="SPEC",
+                            help="e.g. stream,listen=127.0.0.1:5000 | stream,connect=unix:/s "
+                                 "| tap,ifname=vw0,vnet_hdr=on | dgram,local=H:P,remote=H:P "
+                                 "| dgram,mcast=230.0.0.1:1234")
+            sp.add_argument("--peer", action="append", default=[], metavar="ADDR/NETCLIENT",
+                            help="peer of the n-th --backend (empty NETCLIENT: a new hub port)")
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("--server", "-s", required=True, help="the service, HOST:PORT")
+        sp.add_argument("--timeout", type=float, default=10.0, help="RPC timeout, seconds")
+        return sp
+
+    inj = client("inject", "deliver a frame to a NetClient as if from its peer")
+    inj.add_argument("netclient")
+    src = inj.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hex", help="the frame in hex")
+    src.add_argument("--pcap", help="inject every frame of this pcap file")
+    inj.add_argument("--repeat", type=int, default=1, help="inject each frame N times")
+
+    cap = client("capture", "write a NetClient's frames to a pcap file")
+    cap.add_argument("netclient")
+    cap.add_argument("-w", "--write", required=True, help="pcap file ('-' for stdout)")
+    cap.add_argument("--count", "-c", type=int, default=0, help="stop after N frames")
+    cap.add_argument("--duration", type=float, default=0, help="stop after S seconds")
+    cap.add_argument("--direction", choices=sorted(_DIRECTIONS), default="both")
+    cap.add_argument("--ethertype", type=_int_auto, help="e.g. 0x0806")
+    cap.add_argument("--mac", help="only frames from or to this MAC")
+    cap.add_argument("--snaplen", type=int, default=0, help="truncate frames to N bytes")
+
+    ls = client("list", "list a service's NetClients with their counters")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    link = client("link", "set a NetClient's link up or down (QMP set_link)")
+    link.add_argument("netclient")
+    link.add_argument("state", choices=["up", "down"])
+
+    demo = sub.add_parser("demo", help="bring up the default LAN on loopback (make run)")
+    demo.add_argument("--once", action="store_true", help="show traffic once and exit")
+    return p
+
+
+_COMMANDS = {"serve": cmd_serve, "inject": cmd_inject, "capture": cmd_capture,
+             "list": cmd_list, "link": cmd_link, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("repeat", "count", "snaplen"):
+        if getattr(args, name, 0) < 0 or (name == "repeat" and args.repeat == 0):
+            parser.error(f"--{name} must be positive")
+    setup_logging(args.verbose)
+    try:
+        return asyncio.run(_COMMANDS[args.command](args))
+    except (ConfigError, FrameError) as exc:
+        print(f"virtwire: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except VirtwireError as exc:
+        print(f"virtwire: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except grpc.aio.AioRpcError as exc:
+        server = getattr(args, "server", "")
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"virtwire: error: cannot reach {server}: {exc.details()}", file=sys.stderr)
+        else:
+            print(f"virtwire: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

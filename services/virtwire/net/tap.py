@@ -1,0 +1,285 @@
+"""TAP backend (QEMU's net/tap.c, net/tap-linux.c): a Linux TAP device as a NetClient.
+
+The device is opened with IFF_TAP|IFF_NO_PI (plus IFF_VNET_HDR on request) and
+set non-blocking. Frames read from it go to the peer with ``tap_send``: up to
+``TAP_SEND_BUDGET`` (50) per wakeup, each padded to ETH_ZLEN and sent with
+``tap_send_completed`` as sent_cb; a 0 from the send stops reading
+(``tap_read_poll(False)``) until that callback fires. Frames from the peer are
+written with ``receive``; EAGAIN keeps the frame queued and polls for
+writability (``tap_write_poll(True)``), which flushes the queue.
+
+``script IFNAME`` runs after the device exists and ``downscript IFNAME``
+before it is closed (QEMU's script=/downscript=); both run synchronously, as
+in QEMU. A script that fails makes the backend fail to open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import struct
+import subprocess
+
+from virtwire.errors import BackendError, ConfigError
+from virtwire.net.eth import ETH_ZLEN, NET_BUFSIZE
+from virtwire.net.net import NetClient
+
+logger = logging.getLogger(__name__)
+
+TUN_PATH = "/dev/net/tun"
+# <linux/if_tun.h>
+TUNSETIFF = 0x400454CA
+TUNSETVNETHDRSZ = 0x400454D8
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFNAMSIZ = 16
+#: sizeof(struct virtio_net_hdr): what QEMU's host_vnet_hdr_len is set to.
+VNET_HDR_LEN = 10
+_VNET_HDR_ZERO = bytes(VNET_HDR_LEN)
+#: tap_send reads at most this many frames per wakeup (QEMU: 50).
+TAP_SEND_BUDGET = 50
+#: Longest a script or downscript may run.
+SCRIPT_TIMEOUT_S = 30.0
+
+
+def check_ifname(ifname: str) -> None:
+    """The kernel's dev_valid_name; empty is allowed (the kernel picks tapN)."""
+    if not ifname:
+        return
+    if len(ifname.encode()) >= IFNAMSIZ:
+        raise ConfigError(f"bad ifname {ifname!r}: longer than {IFNAMSIZ - 1} bytes")
+    if ifname in (".", "..") or any(c in ifname for c in "/:") \
+            or any(c.isspace() for c in ifname):
+        raise ConfigError(f"bad ifname {ifname!r}: '/', ':', whitespace, '.' and '..' "
+                          "are not allowed in interface names")
+
+
+def check_script(option: str, path: str) -> None:
+    """A script= / downscript= must be an executable file."""
+    if not path:
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f"{option} {path!r} does not exist or is not a file")
+    if not os.access(path, os.X_OK):
+        raise ConfigError(f"{option} {path!r} is not executable")
+
+
+def tap_open(ifname: str, vnet_hdr: bool) -> tuple[int, str]:
+    """Open /dev/net/tun as a TAP: (non-blocking fd, the interface's name)."""
+    check_ifname(ifname)
+    try:
+        fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise BackendError(f"cannot open {TUN_PATH}: it does not exist "
+                           "(load the tun module, or pass --device /dev/net/tun "
+                           "to the container)") from exc
+    except PermissionError as exc:
+        raise BackendError(f"cannot open {TUN_PATH}: permission denied "
+                           "(needs CAP_NET_ADMIN)") from exc
+    except OSError as exc:
+        raise BackendError(f"cannot open {TUN_PATH}: {exc.strerror}") from exc
+    try:
+        flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        ifr = struct.pack(f"{IFNAMSIZ}sH", ifname.encode(), flags)
+        try:
+            ifr = fcntl.ioctl(fd, TUNSETIFF, ifr)
+        except OSError as exc:
+            raise BackendError(_tunsetiff_error(ifname, exc)) from exc
+        name = ifr[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+        if vnet_hdr:
+            try:
+                fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+            except OSError as exc:
+                raise BackendError(f"TAP {name}: TUNSETVNETHDRSZ {VNET_HDR_LEN} failed: "
+                                   f"{exc.strerror}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
+def _tunsetiff_error(ifname: str, exc: OSError) -> str:
+    what = f"TAP {ifname!r}" if ifname else "a TAP device"
+    if exc.errno == errno.EBUSY:
+        return f"cannot create {what}: the interface is busy (another process has it open)"
+    if exc.errno == errno.EPERM:
+        return f"cannot create {what}: operation not permitted (needs CAP_NET_ADMIN)"
+    if exc.errno == errno.EINVAL:
+        return (f"cannot create {what}: invalid name, or an interface of that name "
+                "exists and is not a TAP device")
+    return f"cannot create {what}: TUNSETIFF failed: {exc.strerror}"
+
+
+def launch_script(option: str, script: str, ifname: str) -> None:
+    """QEMU's launch_script: run ``script ifname``; BackendError unless it exits 0."""
+    try:
+        proc = subprocess.run([script, ifname], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=SCRIPT_TIMEOUT_S,
+                              check=False, close_fds=True)
+    except subprocess.TimeoutExpired as exc:
+        raise BackendError(f"{option} {script} {ifname}: still running after "
+                           f"{SCRIPT_TIMEOUT_S:g}s, killed") from exc
+    except OSError as exc:
+        raise BackendError(f"{option} {script} {ifname}: could not launch: "
+                           f"{exc.strerror}") from exc
+    output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+    if output:
+        logger.info("%s %s %s: %s", option, script, ifname, output)
+    if proc.returncode != 0:
+        detail = f": {output.splitlines()[-1]}" if output else ""
+        raise BackendError(f"{option} {script} {ifname} failed with status "
+                           f"{proc.returncode}{detail}")
+
+
+class TapBackend(NetClient):
+    """QEMU's TAPState: a TAP device whose frames go to and from the peer."""
+
+    kind = "tap"
+
+    def __init__(self, name: str, ifname: str = "", *, vnet_hdr: bool = False,
+                 no_padding: bool = False, script: str = "", downscript: str = "") -> None:
+        super().__init__(name)
+        self.vnet_hdr = vnet_hdr
+        self.no_padding = no_padding
+        self.script = script
+        self.downscript = downscript
+        self._loop = asyncio.get_running_loop()
+        self.fd, self.ifname = tap_open(ifname, vnet_hdr)
+        self.closed = False
+        self.read_poll = False
+        self.write_poll = False
+        #: Backend counters beyond NetClientStats.
+        self.read_errors = 0
+        self.write_errors = 0
+        self.write_eagain = 0
+        self._last_write_errno = 0
+        try:
+            if script:
+                launch_script("script", script, self.ifname)
+        except BaseException:
+            os.close(self.fd)
+            self.closed = True
+            raise
+        self.tap_read_poll(True)
+        logger.info("tap %s: opened %s%s", name, self.ifname, " (vnet_hdr)" if vnet_hdr else "")
+
+    # -- fd handlers (tap_update_fd_handler) -----------------------------------
+    def tap_read_poll(self, enable: bool) -> None:
+        if self.closed or enable == self.read_poll:
+            return
+        self.read_poll = enable
+        if enable:
+            self._loop.add_reader(self.fd, self.tap_send)
+        else:
+            self._loop.remove_reader(self.fd)
+
+    def tap_write_poll(self, enable: bool) -> None:
+        if self.closed or enable == self.write_poll:
+            return
+        self.write_poll = enable
+        if enable:
+            self._loop.add_writer(self.fd, self._tap_writable)
+        else:
+            self._loop.remove_writer(self.fd)
+
+    def _tap_writable(self) -> None:
+        """tap_writable: the fd drained, so stop polling and flush our queue."""
+        self.tap_write_poll(False)
+        self.flush_queued_packets()
+
+    # -- host -> peer ----------------------------------------------------------
+    def tap_send(self) -> None:
+        """Read up to TAP_SEND_BUDGET frames and send each to the peer."""
+        fd = self.fd
+        strip = VNET_HDR_LEN if self.vnet_hdr else 0
+        pad = not self.no_padding
+        completed = self.tap_send_completed
+        for _ in range(TAP_SEND_BUDGET):
+            try:
+                buf = os.read(fd, NET_BUFSIZE + strip)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.read_errors += 1
+                logger.warning("tap %s: read from %s failed: %s", self.name, self.ifname,
+                               exc.strerror)
+                return
+            if strip:
+                buf = buf[strip:]
+            if not buf:
+                return
+            if pad and len(buf) < ETH_ZLEN:
+                buf += bytes(ETH_ZLEN - len(buf))
+            ret = self.send_packet_async(buf, completed)
+            if ret == 0:
+                self.tap_read_poll(False)
+                return
+            if ret < 0:
+                return
+
+    def tap_send_completed(self, _sender: NetClient, _ret: int) -> None:
+        """The frame that stopped reading was delivered (or purged): read again."""
+        self.tap_read_poll(True)
+
+    # -- peer -> host: NetClientInfo ------------------------------------------
+    def receive(self, data: bytes) -> int:
+        """tap_receive: write the frame; 0 (queued) on EAGAIN, -1 on other errors."""
+        if self.closed:
+            return -1
+        try:
+            if self.vnet_hdr:
+                os.writev(self.fd, (_VNET_HDR_ZERO, data))
+            else:
+                os.write(self.fd, data)
+        except BlockingIOError:
+            self.write_eagain += 1
+            self.tap_write_poll(True)
+            return 0
+        except OSError as exc:
+            self.write_errors += 1
+            if exc.errno != self._last_write_errno:
+                self._last_write_errno = exc.errno or 0
+                hint = " (interface down?)" if exc.errno == errno.EIO else ""
+                logger.warning("tap %s: write to %s failed: %s%s", self.name, self.ifname,
+                               exc.strerror, hint)
+            return -1
+        self._last_write_errno = 0
+        return len(data)
+
+    def can_receive(self) -> bool:
+        return not self.write_poll
+
+    def cleanup(self) -> None:
+        """tap_cleanup: downscript, then stop polling and close the device."""
+        if self.closed:
+            return
+        if self.downscript:
+            try:
+                launch_script("downscript", self.downscript, self.ifname)
+            except BackendError as exc:
+                logger.error("tap %s: %s", self.name, exc)
+        self.tap_read_poll(False)
+        self.tap_write_poll(False)
+        self.closed = True
+        os.close(self.fd)
+        logger.info("tap %s: closed %s", self.name, self.ifname)
+
+    def describe(self) -> str:
+        parts = [f"ifname={self.ifname}"]
+        if self.vnet_hdr:
+            parts.append("vnet_hdr=on")
+        if self.no_padding:
+            parts.append("no_padding=on")
+        if self.script:
+            parts.append(f"script={self.script}")
+        if self.downscript:
+            parts.append(f"downscript={self.downscript}")
+        if not self.read_poll and not self.closed:
+            parts.append("paused")
+        if self.read_errors or self.write_errors:
+            parts.append(f"read_errors={self.read_errors} write_errors={self.write_errors}")
+        return " ".join(parts)

@@ -1,0 +1,77 @@
+"""Test doubles: NetClients whose receive and can_receive the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from virtwire.net.net import NetClient
+
+
+class Sink(NetClient):
+    """Records frames; ``ready`` switches can_receive; ``ret`` forces a return."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.frames: list[bytes] = []
+        self.ready = True
+        self.ret: int | None = None
+        self.arrived = asyncio.Event()
+
+    def receive(self, data: bytes) -> int:
+        if self.ret is not None:
+            return self.ret
+        self.frames.append(data)
+        self.arrived.set()
+        return len(data)
+
+    def can_receive(self) -> bool:
+        return self.ready
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        if ready:
+            self.flush_queued_packets()
+
+    async def wait_for(self, n: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.frames) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: {len(self.frames)} of {n} frames arrived")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), min(left, 0.05))
+            except TimeoutError:
+                pass
+
+
+async def pump(nc: NetClient, frames: list[bytes]) -> None:
+    """Send like a backend does: async, pausing while a frame is queued."""
+    resumed = asyncio.Event()
+
+    def sent_cb(_sender: NetClient, _ret: int) -> None:
+        resumed.set()
+
+    for i, data in enumerate(frames):
+        if nc.send_packet_async(data, sent_cb) == 0:
+            await resumed.wait()
+            resumed.clear()
+        elif i % 64 == 63:
+            await asyncio.sleep(0)
+
+
+def frame(n: int, size: int = 64, src: int = 1, dst: int = 0xFF) -> bytes:
+    """A frame with a 4-byte sequence number; EtherType 0x88B5 (local experimental)."""
+    body = bytes([dst] * 6) + bytes([2, 0, 0, 0, 0, src]) + b"\x88\xb5" + n.to_bytes(4, "big")
+    return body + bytes(max(0, size - len(body)))
+
+
+async def until(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate()`` until true; TimeoutError naming ``what`` otherwise."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
