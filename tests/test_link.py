@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from support.doubles import Sink, frame, pump, until
 
 from virtwire.address import parse_peer
 from virtwire.link import LinkDialer, LinkPeer
 from virtwire.net.queue import NQ_MAXLEN
 from virtwire.server.hub import HubServer
 from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
+
+from support.doubles import Sink, frame, pump, until
 
 
 @pytest.fixture

@@ -152,7 +152,7 @@ async def cmd_capture(args: argparse.Namespace) -> int:
         mac=args.mac or "")
     request = netclient_pb2.CaptureRequest(name=args.netclient, filter=flt, count=args.count,
                                            snaplen=args.snaplen)
-    out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")  # noqa: SIM115
+    out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
     try:
         writer = PcapWriter(out)
         async with _channel(args.server) as channel:

@@ -29,7 +29,7 @@ import grpc
 
 from virtwire.address import PeerSpec
 from virtwire.net.net import NetClient
-from virtwire.net.queue import NET_PACKET_FLAG_SENT_CB, NET_PACKET_FLAG_NONE
+from virtwire.net.queue import NET_PACKET_FLAG_NONE, NET_PACKET_FLAG_SENT_CB
 from virtwire.v1 import link_pb2, link_pb2_grpc
 
 logger = logging.getLogger(__name__)
