@@ -69,7 +69,7 @@ def _build_hub(args: argparse.Namespace) -> ServiceHost:
     from virtwire.server.hub import HubServer
 
     host = HubServer(args.listen, args.hub_id)
-    for i in range(args.ports):
+    for _ in range(args.ports):
         host.add_port()
     for spec in args.port:
         name, sep, peer = spec.partition("=")
@@ -296,9 +296,9 @@ _COMMANDS = {"serve": cmd_serve, "inject": cmd_inject, "capture": cmd_capture,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("repeat", "count", "snaplen"):
-        if getattr(args, name, 0) < 0 or (name == "repeat" and args.repeat == 0):
-            parser.error(f"--{name} must be positive")
+    for name, least in (("repeat", 1), ("count", 0), ("snaplen", 0), ("ports", 0)):
+        if getattr(args, name, least) < least:
+            parser.error(f"--{name} must be at least {least}")
     setup_logging(args.verbose)
     try:
         return asyncio.run(_COMMANDS[args.command](args))

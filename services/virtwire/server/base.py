@@ -206,7 +206,8 @@ class ServiceHost:
         return str(SockAddr(self.listen_addr.host, self.port))
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
+        server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
         netclient_pb2_grpc.add_NetClientServiceServicer_to_server(
             NetClientServicer(self.registry), server)
         link_pb2_grpc.add_LinkServiceServicer_to_server(LinkServicer(self.registry), server)

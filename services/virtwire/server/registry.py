@@ -131,6 +131,7 @@ class NetClientRegistry:
             dropped_purged=q.purged + out_purged,
             queue_len=len(q),
             capture_dropped=nc.capture_dropped,
+            peer_queue_len=len(peer.incoming_queue) if isinstance(peer, LinkPeer) else 0,
         )
         return netclient_pb2.NetClientInfo(
             name=nc.name, kind=nc.kind, admin_down=nc.admin_down, link_down=nc.link_down,

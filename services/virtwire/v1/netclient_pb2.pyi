@@ -30,7 +30,7 @@ LINK_STATE_CONNECTING: LinkState
 LINK_STATE_UP: LinkState
 
 class NetClientCounters(_message.Message):
-    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped_queue_full", "dropped_link_down", "dropped_refused", "dropped_malformed", "dropped_purged", "queue_len", "capture_dropped")
+    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped_queue_full", "dropped_link_down", "dropped_refused", "dropped_malformed", "dropped_purged", "queue_len", "capture_dropped", "peer_queue_len")
     RX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     RX_BYTES_FIELD_NUMBER: _ClassVar[int]
     TX_FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class NetClientCounters(_message.Message):
     DROPPED_PURGED_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LEN_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    PEER_QUEUE_LEN_FIELD_NUMBER: _ClassVar[int]
     rx_frames: int
     rx_bytes: int
     tx_frames: int
@@ -53,7 +54,8 @@ class NetClientCounters(_message.Message):
     dropped_purged: int
     queue_len: int
     capture_dropped: int
-    def __init__(self, rx_frames: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_frames: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., dropped_queue_full: _Optional[int] = ..., dropped_link_down: _Optional[int] = ..., dropped_refused: _Optional[int] = ..., dropped_malformed: _Optional[int] = ..., dropped_purged: _Optional[int] = ..., queue_len: _Optional[int] = ..., capture_dropped: _Optional[int] = ...) -> None: ...
+    peer_queue_len: int
+    def __init__(self, rx_frames: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_frames: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., dropped_queue_full: _Optional[int] = ..., dropped_link_down: _Optional[int] = ..., dropped_refused: _Optional[int] = ..., dropped_malformed: _Optional[int] = ..., dropped_purged: _Optional[int] = ..., queue_len: _Optional[int] = ..., capture_dropped: _Optional[int] = ..., peer_queue_len: _Optional[int] = ...) -> None: ...
 
 class NetClientInfo(_message.Message):
     __slots__ = ("name", "kind", "admin_down", "link_down", "link_state", "peer", "counters", "info")
