@@ -32,11 +32,14 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -107,6 +110,49 @@ def find_kernel() -> Path:
     return max(kernels, key=_version_key)
 
 
+def boot_kernel(cache_dir: Path) -> Path:
+    """The kernel image to boot: ``find_kernel()``, decompressed if possible.
+
+    Under TCG the bzImage's own xz decompressor costs ~2 s per boot, so when
+    the kernel supports PVH (CONFIG_PVH=y) the embedded vmlinux ELF is
+    extracted once into ``cache_dir``; QEMU boots such an ELF directly.
+    """
+    kernel = find_kernel()
+    ver = kernel.name.removeprefix("vmlinuz-")
+    config = Path("/boot") / f"config-{ver}"
+    if not config.exists() or "CONFIG_PVH=y" not in config.read_text().splitlines():
+        return kernel
+    image = kernel.read_bytes()
+    target = cache_dir / f"vmlinux-{ver}-{_content_key([image])}"
+    if target.exists():
+        return target
+    for magic, make in (
+        (b"\xfd7zXZ\x00", lzma.LZMADecompressor),
+        (b"\x1f\x8b\x08\x00", lambda: zlib.decompressobj(31)),
+    ):
+        pos = image.find(magic)
+        if pos < 0:
+            continue
+        try:
+            elf = make().decompress(image[pos:])
+        except (lzma.LZMAError, zlib.error):
+            continue
+        if elf.startswith(b"\x7fELF"):
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(target, elf)
+            log.info("extracted %s from %s", target, kernel)
+            return target
+    log.info("cannot extract vmlinux from %s; booting the bzImage", kernel)
+    return kernel
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, target)
+
+
 def _e1000_module(kernel: Path) -> Path:
     mod_dir = Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-") / _E1000_DIR
     for suffix in ("", ".xz", ".zst", ".gz"):
@@ -123,27 +169,39 @@ def _read_module(path: Path) -> bytes:
     if path.suffix == ".gz":
         return gzip.decompress(path.read_bytes())
     if path.suffix == ".zst":
-        return subprocess.run(
-            ["zstd", "-dc", str(path)], check=True, capture_output=True
-        ).stdout
+        return subprocess.run(["zstd", "-dc", str(path)], check=True, capture_output=True).stdout
     return path.read_bytes()
+
+
+def _is_static_elf(path: Path) -> bool:
+    """True for an ELF64 executable without a PT_INTERP (dynamic loader)."""
+    data = path.read_bytes()
+    if data[:5] != b"\x7fELF\x02":
+        return False
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    types = (struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum))
+    return 3 not in types  # PT_INTERP
 
 
 def _find_busybox() -> Path:
     for cand in _BUSYBOX_CANDIDATES:
         path = Path(cand)
-        if path.exists():
-            out = subprocess.run(["file", "-L", cand], capture_output=True, text=True)
-            if out.returncode != 0 or "statically linked" in out.stdout:
-                return path
+        if path.exists() and _is_static_elf(path):
+            return path
     raise FileNotFoundError("static busybox not found (apt-get install busybox-static)")
+
+
+def _find_iperf3() -> Path:
+    found = shutil.which("iperf3")
+    if not found:
+        raise FileNotFoundError("iperf3 not found (apt-get install iperf3)")
+    return Path(found)
 
 
 def _ldd_closure(binary: Path) -> list[Path]:
     """Shared libraries and loader of ``binary``, as the paths ldd names."""
-    out = subprocess.run(
-        ["ldd", str(binary)], check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(["ldd", str(binary)], check=True, capture_output=True, text=True).stdout
     libs = []
     for line in out.splitlines():
         m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
@@ -153,6 +211,7 @@ def _ldd_closure(binary: Path) -> list[Path]:
 
 
 def _content_key(parts: Sequence[bytes | Path]) -> str:
+    """Short hash of byte strings and of files' paths and contents."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path):
@@ -174,8 +233,10 @@ class _Cpio:
     def _entry(self, name: str, mode: int, data: bytes = b"", rdev: int = 0) -> None:
         self._ino += 1
         name_z = name.encode() + b"\0"
-        fields = (self._ino, mode, 0, 0, 1, 0, len(data), 0, 0,
-                  os.major(rdev), os.minor(rdev), len(name_z), 0)
+        # ino mode uid gid nlink mtime filesize devmajor devminor
+        fields = [self._ino, mode, 0, 0, 1, 0, len(data), 0, 0]
+        # rdevmajor rdevminor namesize check
+        fields += [os.major(rdev), os.minor(rdev), len(name_z), 0]
         self._out += b"070701" + "".join(f"{v:08X}" for v in fields).encode()
         self._out += name_z + b"\0" * (-(110 + len(name_z)) % 4)
         self._out += data + b"\0" * (-len(data) % 4)
@@ -216,10 +277,16 @@ def build_initramfs(cache_dir: Path, with_iperf3: bool = True) -> Path:
     kernel = find_kernel()
     module = _e1000_module(kernel)
     busybox = _find_busybox()
-    iperf3 = Path(shutil.which("iperf3") or "/usr/bin/iperf3") if with_iperf3 else None
+    iperf3 = _find_iperf3() if with_iperf3 else None
     libs = _ldd_closure(iperf3) if iperf3 else []
-    inputs: list[bytes | Path] = [_LAYOUT_VERSION.encode(), _INIT_SCRIPT.encode(),
-                                  module, busybox, *([iperf3] if iperf3 else []), *libs]
+    inputs: list[bytes | Path] = [
+        _LAYOUT_VERSION.encode(),
+        _INIT_SCRIPT.encode(),
+        module,
+        busybox,
+        *([iperf3] if iperf3 else []),
+        *libs,
+    ]
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"initramfs-{_content_key(inputs)}.cpio.gz"
     if target.exists():
@@ -245,12 +312,10 @@ def build_initramfs(cache_dir: Path, with_iperf3: bool = True) -> Path:
         cpio.file("bin/iperf3", iperf3.read_bytes())
         for lib in libs:  # stored under ldd's path, content read through symlinks
             cpio.file(str(lib), lib.read_bytes())
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".initramfs-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
-    os.replace(tmp, target)
-    log.info("built %s in %.1fs (%d bytes)", target, time.monotonic() - started,
-             target.stat().st_size)
+    _atomic_write(target, gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
+    log.info(
+        "built %s in %.1fs (%d bytes)", target, time.monotonic() - started, target.stat().st_size
+    )
     return target
 
 
@@ -274,16 +339,48 @@ def kvm_usable() -> bool:
 
 
 def stream_netdev(port: int, server: bool, host: str = "127.0.0.1") -> list[str]:
-    """``-netdev stream`` args (id ``n0``); start the ``server=True`` side first."""
-    return ["-netdev", f"stream,id=n0,server={'on' if server else 'off'},"
-            f"addr.type=inet,addr.host={host},addr.port={port}"]
+    """``-netdev stream`` (TCP) args, id ``n0``.
+
+    QEMU 7.2's client never retries: launch the ``server=True`` VM first and
+    :func:`wait_tcp_listening` on the port before launching the client.
+    """
+    return [
+        "-netdev",
+        f"stream,id=n0,server={'on' if server else 'off'},"
+        f"addr.type=inet,addr.host={host},addr.port={port}",
+    ]
 
 
 def dgram_netdev(local_port: int, remote_port: int, host: str = "127.0.0.1") -> list[str]:
     """``-netdev dgram`` (UDP) args (id ``n0``); no start ordering needed."""
-    return ["-netdev", f"dgram,id=n0,local.type=inet,local.host={host},"
-            f"local.port={local_port},remote.type=inet,remote.host={host},"
-            f"remote.port={remote_port}"]
+    return [
+        "-netdev",
+        f"dgram,id=n0,local.type=inet,local.host={host},"
+        f"local.port={local_port},remote.type=inet,remote.host={host},"
+        f"remote.port={remote_port}",
+    ]
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A currently unused 127.0.0.1 port (TCP by default, or SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_tcp_listening(port: int, timeout: float = 10.0) -> None:
+    """Wait until something listens on TCP ``port`` (IPv4), without connecting.
+
+    A ``stream`` netdev server accepts a single peer, so probing it with a
+    connect would steal the VM's link; read /proc/net/tcp instead.
+    """
+    needle = re.compile(rf"^\s*\d+: [0-9A-F]{{8}}:{port:04X} [0-9A-F]{{8}}:0000 0A ", re.M)
+    async with asyncio.timeout(timeout):
+        while True:  # polling: there is no event for "port is listening"
+            if needle.search(Path("/proc/net/tcp").read_text()):
+                return
+            await asyncio.sleep(0.05)
 
 
 def _die_with_parent() -> None:
@@ -304,6 +401,12 @@ class QemuVM:
     ``workdir/<name>-qemu.log``.  Use as ``async with`` (starts and stops), or
     call :meth:`start` / :meth:`stop`; :meth:`launch` + :meth:`wait_ready`
     split the start so that several VMs can boot in parallel.
+
+    ``extra_args`` are appended to QEMU's command line; ``wrapper`` is put
+    before it and must exec QEMU (e.g. ``NetNs.exec_prefix`` to run it in a
+    network namespace with a TAP).  ``kernel``/``initrd`` default to
+    :func:`boot_kernel` / :func:`build_initramfs` in ``DEFAULT_CACHE_DIR``
+    (``$VIRTWIRE_VM_CACHE`` or ~/.cache/virtwire-vm).
     """
 
     def __init__(
@@ -318,6 +421,7 @@ class QemuVM:
         extra_args: Sequence[str] = (),
         initrd: Path | None = None,
         kernel: Path | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.netdev_args = list(netdev_args)
@@ -329,6 +433,7 @@ class QemuVM:
         self.extra_args = list(extra_args)
         self.initrd = initrd
         self.kernel = kernel
+        self.wrapper = list(wrapper)
         self.boot_seconds: float | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -344,26 +449,37 @@ class QemuVM:
     def command(self) -> list[str]:
         """The QEMU command line (kernel and initrd must be resolved)."""
         assert self.kernel and self.initrd
-        append = (f"console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init "
-                  f"ipv6.disable=1 mitigations=off nokaslr tsc=reliable "
-                  f"no_timer_check lpj=4000000 vw.ip={self.ip_cidr} vw.name={self.name}")
+        # ipv6.disable keeps the wire quiet (no RS/DAD/MLD frames); the rest
+        # trims boot work that only matters on real hardware.
+        append = (
+            f"console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init "
+            f"ipv6.disable=1 mitigations=off nokaslr tsc=reliable "
+            f"no_timer_check vw.ip={self.ip_cidr} vw.name={self.name}"
+        )
         accel = "kvm" if kvm_usable() else "tcg"
         return [
-            QEMU_BINARY, "-nodefaults", "-no-user-config", "-no-reboot",
-            "-machine", "pc,usb=off,vmport=off,smbus=off",
-            "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
-            "-smp", "1", "-m", str(self.mem_mb), "-display", "none",
-            "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", append,
-            "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
-            "-device", f"e1000,netdev=n0,mac={self.mac},romfile=",
-            *self.netdev_args, *self.extra_args,
+            *self.wrapper,
+            QEMU_BINARY,
+            *"-nodefaults -no-user-config -no-reboot -display none -smp 1".split(),
+            *("-machine", "pc,usb=off,vmport=off,smbus=off", "-accel", accel),
+            *("-cpu", "host" if accel == "kvm" else "max", "-m", str(self.mem_mb)),
+            *("-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", append),
+            *("-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0"),
+            # romfile=: skip the iPXE option ROM (slow, and ipxe-qemu may be
+            # missing); autonegotiation=off: carrier is up at once instead of
+            # at the driver's next 2 s watchdog run.
+            "-device",
+            f"e1000,netdev=n0,mac={self.mac},romfile=,autonegotiation=off",
+            *self.netdev_args,
+            *self.extra_args,
         ]
 
     async def launch(self) -> None:
         """Spawn QEMU without waiting for the guest to boot."""
         if self._proc is not None:
             raise VMError(f"{self.name}: already launched")
-        self.kernel = self.kernel or find_kernel()
+        if self.kernel is None:
+            self.kernel = await asyncio.to_thread(boot_kernel, DEFAULT_CACHE_DIR)
         if self.initrd is None:
             self.initrd = await asyncio.to_thread(build_initramfs, DEFAULT_CACHE_DIR)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -373,8 +489,11 @@ class QemuVM:
         with open(self.workdir / f"{self.name}-qemu.log", "wb") as stderr:
             self._launched_at = time.monotonic()
             self._proc = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=stderr, preexec_fn=_die_with_parent,
+                *cmd,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                preexec_fn=_die_with_parent,
             )
         self._pump_task = asyncio.create_task(self._pump(), name=f"{self.name}-console")
 
@@ -382,10 +501,13 @@ class QemuVM:
         """Wait for the guest's ready marker; on failure stop QEMU and raise."""
         try:
             m = await self._expect(re.compile(rf"^{READY_MARKER} .*$", re.M), timeout)
-        except BaseException as exc:
+        except TimeoutError:
             await self.stop()
-            if isinstance(exc, (TimeoutError, VMError)):
-                raise VMError(f"{self.name}: guest not ready: {exc}\n{self._diagnostics()}") from exc
+            raise VMError(
+                f"{self.name}: guest not ready after {timeout}s\n{self._diagnostics()}"
+            ) from None
+        except BaseException:
+            await self.stop()
             raise
         self.boot_seconds = time.monotonic() - self._launched_at
         log.info("%s: booted in %.1fs: %s", self.name, self.boot_seconds, m.group(0))
@@ -440,20 +562,23 @@ class QemuVM:
         stdin is /dev/null and stdout/stderr are merged.  The command runs in
         a subshell, so ``cd``/``export`` do not persist.  Background jobs
         should redirect their output, or it may interleave with later runs.
-        On timeout the command gets a Ctrl-C and TimeoutError is raised.
+        On timeout (or cancellation) the command gets a Ctrl-C, and
+        TimeoutError is raised.  Output is meant to be small (< 1 MiB).
         """
         async with self._lock:
             tag = uuid.uuid4().hex[:12]
             # The '' split keeps the markers out of any echoed command line.
-            line = (f"echo VWB''{tag}; ( {cmd}\n) </dev/null; "
-                    f"echo VWE''{tag}:$?\n")
+            line = f"echo VWB''{tag}; ( {cmd}\n) </dev/null; echo VWE''{tag}:$?\n"
             pattern = re.compile(rf"^VWB{tag}\n(.*?)^VWE{tag}:(\d+)\n", re.M | re.S)
             await self._send(line)
             try:
                 m = await self._expect(pattern, timeout)
             except TimeoutError:
-                await self._send("\x03")
+                self._interrupt()
                 raise TimeoutError(f"{self.name}: {cmd!r} timed out after {timeout}s") from None
+            except asyncio.CancelledError:
+                self._interrupt()
+                raise
             return int(m.group(2)), m.group(1)
 
     async def check(self, cmd: str, timeout: float = 60.0) -> str:
@@ -465,7 +590,8 @@ class QemuVM:
 
     async def ping(self, ip: str, count: int = 3, timeout: float = 30.0) -> bool:
         """Ping ``ip`` from the guest; True if at least one reply came back."""
-        rc, out = await self.run(f"ping -c {count} -W 2 {shlex.quote(ip)}", timeout)
+        cmd = f"ping -c {count} -i 0.2 -W 2 {shlex.quote(ip)}"
+        rc, out = await self.run(cmd, timeout)
         log.debug("%s: ping %s -> %d\n%s", self.name, ip, rc, out)
         return rc == 0
 
@@ -475,6 +601,12 @@ class QemuVM:
             raise VMError(f"{self.name}: QEMU is not running")
         proc.stdin.write(text.encode())
         await proc.stdin.drain()
+
+    def _interrupt(self) -> None:
+        """Ctrl-C the foreground command so the shell takes input again."""
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and proc.returncode is None:
+            proc.stdin.write(b"\x03")
 
     async def _pump(self) -> None:
         """Drain the serial console forever (a full pipe would stall the guest)."""
@@ -487,7 +619,7 @@ class QemuVM:
                 if self._console_log is not None:
                     self._console_log.write(text)
                     self._console_log.flush()
-                self._buf = (self._buf + text)[-(1 << 20):]
+                self._buf = (self._buf + text)[-(1 << 20) :]
                 self._changed.set()
         finally:
             self._eof = True
@@ -499,7 +631,7 @@ class QemuVM:
             while True:
                 m = pattern.search(self._buf)
                 if m:
-                    self._buf = self._buf[m.end():]
+                    self._buf = self._buf[m.end() :]
                     return m
                 if self._eof:
                     raise VMError(f"{self.name}: QEMU exited\n{self._diagnostics()}")
