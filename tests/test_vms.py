@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from virtwire.launch import ServiceProcess
+
 from support import netns
 from support.procs import serve
 from support.qemu_vm import QemuVM, free_port, stream_netdev, wait_tcp_listening
-from virtwire.launch import ServiceProcess
 
 pytestmark = pytest.mark.qemu
 
