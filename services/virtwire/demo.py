@@ -77,7 +77,7 @@ async def _ping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         if frame[0:6] == MAC_A and frame[12:14] == struct.pack(">H", ETH_P_DEMO):
             got_seq, sent_ns = struct.unpack(">IQ", frame[14:26])
             if got_seq == seq:
-                return (time.perf_counter_ns() - sent_ns) / 1e6
+                return float(time.perf_counter_ns() - int(sent_ns)) / 1e6
 
 
 async def _print_counters(address: str) -> None:

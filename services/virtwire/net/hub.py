@@ -63,11 +63,14 @@ class Hub:
 
     def add_port(self, name: str = "") -> HubPort:
         """net_hub_add_port: the new port goes to the head of the list."""
-        port_id = self._next_port
-        name = name or f"hub{self.id}port{port_id}"
-        if any(p.name == name for p in self.ports):
+        taken = {p.name for p in self.ports}
+        if name and name in taken:
             raise HubError(f"hub {self.id} already has a port named {name!r}")
-        self._next_port += 1
+        port_id = self._next_port
+        while not name and f"hub{self.id}port{port_id}" in taken:
+            port_id += 1
+        name = name or f"hub{self.id}port{port_id}"
+        self._next_port = port_id + 1
         port = HubPort(self, name, port_id)
         self.ports.insert(0, port)
         logger.info("hub %d: added port %s", self.id, name)
@@ -84,4 +87,7 @@ class Hub:
         port = self.port(name)
         port.cleanup()
         port.purge_queued_packets()
+        if port.peer is not None and port.peer.peer is port:
+            port.peer.peer = None
+        port.peer = None
         logger.info("hub %d: removed port %s", self.id, name)

@@ -39,6 +39,8 @@ class NetClient:
 
     #: NetClientInfo type name, e.g. "hubport", "tap", "stream".
     kind = "generic"
+    #: NET_CLIENT_DRIVER_NIC: set_link on a NIC's peer changes the NIC too.
+    is_nic = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -112,7 +114,13 @@ class NetClient:
         """qemu_send_packet: no sent_cb, so a full peer queue drops the frame."""
         return self.send_packet_async(data, None)
 
-    def _deliver_packet(self, sender: NetClient, flags: int, data: bytes) -> int:
+    def receive_packet(self, data: bytes) -> int:
+        """qemu_receive_packet: deliver to ourselves (NIC loopback), guarded."""
+        if not self.can_receive_packet():
+            return 0
+        return self.incoming_queue.receive(data)
+
+    def _deliver_packet(self, sender: NetClient | None, flags: int, data: bytes) -> int:
         """qemu_deliver_packet_iov for packets sent to this NetClient."""
         if self.link_down:
             self.stats.dropped_link_down += 1
@@ -140,17 +148,19 @@ class NetClient:
         """receive() with the packet flags; LinkPeer needs them, others don't."""
         return self.receive(data)
 
-    def flush_queued_packets(self) -> None:
-        """qemu_flush_queued_packets: clear receive_disabled and flush.
+    def flush_queued_packets(self, purge: bool = False) -> None:
+        """qemu_flush_or_purge_queued_packets: clear receive_disabled and flush.
 
         When our peer is a hub port, every other port of that hub is flushed
-        too. Links are told that readiness may have changed.
+        too. With ``purge``, what our peer queued is dropped if the flush
+        could not empty the queue. Links are told readiness may have changed.
         """
         self.receive_disabled = False
         peer = self.peer
         if peer is not None:
             peer.flush_peer_side()
-        self.incoming_queue.flush()
+        if not self.incoming_queue.flush() and purge and peer is not None:
+            self.incoming_queue.purge(peer)
         if peer is not None:
             peer.peer_ready_changed()
 
@@ -172,9 +182,16 @@ class NetClient:
         return True
 
     def set_link(self, up: bool) -> None:
-        """QMP set_link on this NetClient: admin state, shared with a NIC peer."""
+        """QMP set_link: this NetClient, and its peer too if that is a NIC.
+
+        Hub ports and backends on the peer side keep their state.
+        """
         self.admin_down = not up
         self._update_link_down()
+        peer = self.peer
+        if peer is not None and peer.is_nic:
+            peer.admin_down = not up
+            peer._update_link_down()
 
     def set_carrier(self, up: bool, source: str = "link") -> None:
         """Carrier from ``source`` ("link" or "backend") went up or down.

@@ -35,7 +35,7 @@ NET_PACKET_FLAG_SENT_CB = 2
 #: ``sent_cb(sender, ret)``: ret > 0 delivered, 0 purged, < 0 refused.
 SentCb = Callable[["NetClient", int], None]
 #: ``deliver(sender, flags, data) -> ret``, QEMU's qemu_deliver_packet_iov.
-DeliverFunc = Callable[["NetClient", int, bytes], int]
+DeliverFunc = Callable[["NetClient | None", int, bytes], int]
 
 
 class NetPacket:
@@ -80,7 +80,7 @@ class NetQueue:
         self.packets.append(NetPacket(sender, flags, data, sent_cb))
         return True
 
-    def deliver(self, sender: NetClient, flags: int, data: bytes) -> int:
+    def deliver(self, sender: NetClient | None, flags: int, data: bytes) -> int:
         """One delivery with the ``delivering`` guard set around it."""
         self.delivering = True
         try:
@@ -104,16 +104,26 @@ class NetQueue:
         self.flush()
         return ret
 
+    def receive(self, data: bytes) -> int:
+        """qemu_net_queue_receive: deliver with no sender; 0 while delivering.
+
+        This is the re-entrancy guard a NIC's loopback relies on
+        (CVE-2021-3416): a frame looped back from inside a delivery is refused.
+        """
+        if self.delivering:
+            return 0
+        return self.deliver(None, NET_PACKET_FLAG_NONE, data)
+
     def flush(self) -> bool:
         """qemu_net_queue_flush: deliver from the head; True when empty."""
         if self.delivering:
             return False
-        packets = self.packets
-        while packets:
-            packet = packets.popleft()
+        # self.packets is re-read on every pass: a sent_cb may purge it.
+        while self.packets:
+            packet = self.packets.popleft()
             ret = self.deliver(packet.sender, packet.flags, packet.data)
             if ret == 0:
-                packets.appendleft(packet)
+                self.packets.appendleft(packet)
                 return False
             if packet.sent_cb is not None:
                 packet.sent_cb(packet.sender, ret)
@@ -121,11 +131,13 @@ class NetQueue:
 
     def purge(self, sender: NetClient) -> int:
         """qemu_net_queue_purge: remove ``sender``'s packets, sent_cb(sender, 0) each."""
-        keep: collections.deque[NetPacket] = collections.deque()
+        keep: list[NetPacket] = []
         removed: list[NetPacket] = []
         for packet in self.packets:
             (removed if packet.sender is sender else keep).append(packet)
-        self.packets = keep
+        # In place: a flush in progress must not deliver what was purged.
+        self.packets.clear()
+        self.packets.extend(keep)
         self.purged += len(removed)
         for packet in removed:
             if packet.sent_cb is not None:
