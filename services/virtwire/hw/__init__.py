@@ -1,0 +1,1 @@
+"""Emulated hardware: the e1000 NIC and the DMA interface to guest memory."""
