@@ -114,14 +114,20 @@ class LinkPeer(NetClient):
         return LinkRunState.UP if self.session is not None else LinkRunState.CONNECTING
 
     # -- NetClientInfo: frames from the local NetClient towards the wire ------
+    def _wire_open(self) -> bool:
+        """A frame may go on the wire now: link up, a credit, the remote ready."""
+        return self.session is not None and self.credits > 0 and self.remote_ready
+
     def can_receive(self) -> bool:
         if self.session is None:
             # A broken link drops (counted, link_down) rather than stalls.
             return True
-        return self.credits > 0 and self.remote_ready
+        # While a backlog waits for the wire, new frames queue behind it: so a
+        # hub port does not count as ready while its link is still catching up.
+        return self._wire_open() and not self.incoming_queue.packets
 
     def receive_flags(self, data: bytes, flags: int) -> int:
-        if self.session is None or self.credits <= 0 or not self.remote_ready:
+        if not self._wire_open():
             return 0
         self.credits -= 1
         if flags & NET_PACKET_FLAG_SENT_CB:
@@ -131,6 +137,16 @@ class LinkPeer(NetClient):
         self.out_frames.append(data)
         self._wakeup.set()
         return len(data)
+
+    def flush_queued_packets(self, purge: bool = False) -> None:
+        """Our backlog goes on the wire first, then the usual flush.
+
+        Flushing our own queue before the hub peers' means that, when they
+        look at our readiness, the backlog that made us not ready is gone.
+        """
+        self.receive_disabled = False
+        self.incoming_queue.flush()
+        super().flush_queued_packets(purge)
 
     def peer_ready_changed(self) -> None:
         ready = self.local.can_receive_packet()
@@ -180,7 +196,7 @@ class LinkPeer(NetClient):
             self._wakeup.set()
         # Newly sendable (credits, remote ready): flush what waits for us, and,
         # if our NetClient is a hub port, what the other ports hold back.
-        if self.can_receive() and (
+        if self._wire_open() and (
             not was_sendable or self.receive_disabled or self.incoming_queue.packets
         ):
             self.flush_queued_packets()
@@ -226,12 +242,15 @@ class LinkPeer(NetClient):
         self.session = session
         self.credits = credits
         self.remote_ready = remote_ready
-        self.advertised_ready = self.local.can_receive_packet()
         self.out_frames.clear()
         self.out_requests.clear()
         self.out_completions.clear()
         self.out_credits = 0
-        self.out_ready = None
+        # The hello/welcome carried can_receive as it was then; restate it now
+        # in the first batch, since it may have changed in between.
+        self.advertised_ready = self.local.can_receive_packet()
+        self.out_ready = self.advertised_ready
+        self._wakeup.set()
         self.set_carrier(True)
         self.local.set_carrier(True)
         self.flush_queued_packets()

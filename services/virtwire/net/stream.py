@@ -132,10 +132,16 @@ class NetStreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.dead:
             return
-        if self._rbuf:
-            self._rbuf += data
-            data = bytes(self._rbuf)
-            self._rbuf.clear()
+        rbuf = self._rbuf
+        if rbuf:
+            rbuf += data
+            if len(rbuf) < 4:
+                return
+            need = 4 + _LEN.unpack_from(rbuf)[0]
+            if len(rbuf) < need <= 4 + NET_BUFSIZE:
+                return  # a large frame still arriving: no need to parse yet
+            data = bytes(rbuf)
+            rbuf.clear()
         self.net_stream_send(data)
 
     def eof_received(self) -> bool:

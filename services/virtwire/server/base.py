@@ -18,7 +18,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from virtwire.address import SockAddr, parse_sockaddr
-from virtwire.errors import ConfigError, ConflictError, NotFoundError, VirtwireError
+from virtwire.errors import (
+    BackendError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    VirtwireError,
+)
 from virtwire.link import GRPC_OPTIONS
 from virtwire.net.capture import CaptureFilter, CaptureSubscription
 from virtwire.net.eth import FrameError, check_frame, parse_mac
@@ -45,7 +51,9 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception)
     """Map a domain exception to a gRPC status with its message."""
     if isinstance(exc, NotFoundError):
         code = grpc.StatusCode.NOT_FOUND
-    elif isinstance(exc, ConflictError):
+    elif isinstance(exc, (ConflictError, BackendError)):
+        # A taken name, a busy TAP, a port in use: the request is fine, the
+        # state of the host is not.
         code = grpc.StatusCode.FAILED_PRECONDITION
     elif isinstance(exc, (ConfigError, FrameError, ValueError)):
         code = grpc.StatusCode.INVALID_ARGUMENT
