@@ -48,8 +48,10 @@ is ``CLOCK_MONOTONIC`` and so comparable across processes.
   frame of a batch carries the time at which the batch was handed to the
   kernel, so latency figures in this mode include queueing (the batch and the
   SUT's buffers).
-* latency mode (``rate=R``): one frame per ``send``, paced at R frames/s, each
-  stamped just before its own ``send``.
+* latency mode (``rate=R``): one frame per ``send`` (``burst`` frames with
+  ``burst > 1``), paced at R frames/s on an absolute schedule, each send
+  stamped just before it is made.  With a high R and a burst this also serves
+  to find the highest rate a lossy SUT forwards without loss.
 
 The receiver parses whole buffers with ``struct.iter_unpack`` (C speed) and
 only falls back to a per-frame loop when a buffer holds a foreign frame or an
@@ -57,16 +59,33 @@ out-of-order sequence.  Latency is measured when ``recv`` returns the buffer
 holding the frame.
 
 ``frames/s = received / (last receive - first send)``; ``Mbit/s`` counts the
-Ethernet frame bytes (``size``) only, not the length prefix.  Everything is
-bounded: a hard deadline (``timeout``, default 30 s) for the whole run, and
-the receiver stops waiting after ``idle`` seconds (default 1.5 s) without a
-frame once frames have started flowing.
+Ethernet frame bytes (``size``) only, not the length prefix; ``offered`` is
+``sent / sending time`` (below the target rate, or far above ``frames/s``,
+means the SUT pushed back or dropped).  ``send_cpu_s``/``recv_cpu_s`` are the
+workers' CPU time during the run: a receiver near 100% of ``elapsed`` means
+the figure is bounded by the load generator (or, on a 2-core machine, by the
+machine), not by the SUT.  Everything is bounded: a hard deadline
+(``timeout``, default 30 s) for the whole run, and the receiver stops waiting
+after ``idle`` seconds (default 1.5 s) without a frame once frames have
+started flowing.
+
+Python API::
+
+    result = await run_load(Endpoint.parse("unix:/tmp/a"), Endpoint.parse("unix:/tmp/b"),
+                            LoadConfig(size=64, count=1_000_000))
+    print(result.summary())
+
+CLI::
+
+    python bench/loadgen.py --send unix:/path/a --recv unix:/path/b --size 64 --count 200000
+    python bench/loadgen.py --send vde:/tmp/sw --recv vde:/tmp/sw --size 64 --count 2000 --rate 1000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -156,7 +175,7 @@ class Endpoint:
             return cls("fd", tail, listen, framing)
         if rest.startswith("/") or rest.startswith("."):
             return cls("unix", rest, listen, framing)
-        if sep and tail.isdigit():
+        if rest.startswith("[") or (sep and tail.isdigit()):
             return cls("tcp", rest, listen, framing)
         raise ValueError(f"cannot parse endpoint {spec!r}")
 
@@ -237,6 +256,7 @@ class LoadConfig:
     idle: float = 1.5
     connect_timeout: float = 10.0
     batch_bytes: int = 64 * 1024
+    burst: int = 1  # latency mode: frames per send (one timestamp per burst)
 
     def validate(self) -> None:
         if not MIN_FRAME <= self.size <= MAX_FRAME:
@@ -245,6 +265,8 @@ class LoadConfig:
             raise ValueError("count must be >= 1")
         if self.rate is not None and self.rate <= 0:
             raise ValueError("rate must be > 0")
+        if self.burst < 1:
+            raise ValueError("burst must be >= 1")
         if self.timeout <= 0 or self.idle <= 0:
             raise ValueError("timeout and idle must be > 0")
 
@@ -264,8 +286,11 @@ class LoadResult:
     foreign: int
     elapsed_s: float
     send_s: float
+    offered_per_s: float
     frames_per_s: float
     mbit_per_s: float
+    send_cpu_s: float
+    recv_cpu_s: float
     lat_p50_us: float | None
     lat_p90_us: float | None
     lat_p99_us: float | None
@@ -281,11 +306,16 @@ class LoadResult:
 
         text = (
             f"{self.mode} size={self.size} sent={self.sent} received={self.received} "
-            f"lost={self.lost} elapsed={self.elapsed_s:.3f}s "
+            f"lost={self.lost} elapsed={self.elapsed_s:.3f}s offered={self.offered_per_s:,.0f}/s "
             f"{self.frames_per_s:,.0f} frames/s {self.mbit_per_s:,.1f} Mbit/s "
             f"latency p50={us(self.lat_p50_us)}us p99={us(self.lat_p99_us)}us "
             f"max={us(self.lat_max_us)}us"
         )
+        if self.elapsed_s > 0:
+            text += (
+                f" loadgen-cpu send={self.send_cpu_s / self.elapsed_s:.0%}"
+                f" recv={self.recv_cpu_s / self.elapsed_s:.0%}"
+            )
         if self.duplicates or self.reordered or self.foreign:
             text += f" dup={self.duplicates} reordered={self.reordered} foreign={self.foreign}"
         for err in (self.send_error, self.recv_error):
@@ -550,14 +580,15 @@ def _worker_send(cfg: dict[str, Any]) -> None:
     if rate is None:
         nrec = max(1, min(count, cfg["batch_bytes"] // rec_len))
     else:
-        nrec = 1
+        nrec = max(1, min(count, int(cfg["burst"])))
     st = _record_struct(framing, size, nrec)
     args = _record_args(framing, size, MAGIC_DATA, run_id, nrec)
     stride = len(args) // nrec
     buf = bytearray(st.size)
     mv = memoryview(buf)
     perf = time.perf_counter_ns
-    period_ns = 0 if rate is None else int(1e9 / rate)
+    ns_per_frame = 0.0 if rate is None else 1e9 / rate
+    cpu0 = time.process_time()
     t_first = perf()
     seq = 0
     try:
@@ -569,8 +600,8 @@ def _worker_send(cfg: dict[str, Any]) -> None:
                 args = args[: stride * n]
                 buf = bytearray(st.size)
                 mv = memoryview(buf)
-            if period_ns:
-                due = t_first + seq * period_ns
+            if ns_per_frame:
+                due = t_first + int(seq * ns_per_frame)
                 now = perf()
                 if due > now:
                     time.sleep((due - now) / 1e9)
@@ -594,7 +625,13 @@ def _worker_send(cfg: dict[str, Any]) -> None:
     except OSError as exc:
         error = f"send failed: {exc}"
     t_last = perf()
-    _emit("RESULT " + json.dumps({"sent": sent, "t_first": t_first, "t_last": t_last, "error": error}))
+    cpu = time.process_time() - cpu0
+    _emit(
+        "RESULT "
+        + json.dumps(
+            {"sent": sent, "t_first": t_first, "t_last": t_last, "cpu": cpu, "error": error}
+        )
+    )
     # Keep the port open until the receiver is done: closing could make the
     # SUT drop frames still queued for it (or reset a TCP connection).
     while time.perf_counter_ns() < deadline_ns:
@@ -619,6 +656,7 @@ class _Receiver:
         self.foreign = 0
         self.probes = 0
         self.max_seq = -1
+        self.cpu0 = 0.0  # process time when the first probe arrived
         self.t_first = 0
         self.t_last = 0
         # (receive time, send timestamps of the frames in that receive)
@@ -680,7 +718,13 @@ class _Receiver:
             k = max(0, min(n - 1, int(-(-p * n // 100)) - 1))
             return lat[k] / 1000.0
 
-        return {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": lat[-1] / 1000.0, "min": lat[0] / 1000.0}
+        return {
+            "p50": pct(50),
+            "p90": pct(90),
+            "p99": pct(99),
+            "max": lat[-1] / 1000.0,
+            "min": lat[0] / 1000.0,
+        }
 
 
 def _worker_recv(cfg: dict[str, Any]) -> None:
@@ -695,6 +739,7 @@ def _worker_recv(cfg: dict[str, Any]) -> None:
     conn = _open(ep, cfg["fd"], connect_deadline_ns, "loadgen-recv")
     sock = conn.data
     _set_timeouts(sock, 0.1)
+
     _emit("OPEN")
     st = _Receiver(size, count, run_id)
     error: str | None = None
@@ -707,7 +752,9 @@ def _worker_recv(cfg: dict[str, Any]) -> None:
         error = stop.reason
     except OSError as exc:
         error = f"recv failed: {exc}"
+    cpu = time.process_time() - st.cpu0 if st.cpu0 else 0.0
     result = {
+        "cpu": cpu,
         "received": st.unique,
         "duplicates": st.dups,
         "reordered": st.reordered,
@@ -728,7 +775,9 @@ class _Stop(Exception):
         self.reason = reason
 
 
-def _check_stop(st: _Receiver, now: int, idle_ns: int, connect_deadline_ns: int, deadline_ns: int) -> None:
+def _check_stop(
+    st: _Receiver, now: int, idle_ns: int, connect_deadline_ns: int, deadline_ns: int
+) -> None:
     if st.unique >= st.count:
         raise _Stop(None)
     if now >= deadline_ns:
@@ -742,7 +791,9 @@ def _check_stop(st: _Receiver, now: int, idle_ns: int, connect_deadline_ns: int,
         raise _Stop("no probe frame arrived")
 
 
-def _recv_dgram(sock: socket.socket, st: _Receiver, idle_ns: int, cdl: int, deadline_ns: int) -> None:
+def _recv_dgram(
+    sock: socket.socket, st: _Receiver, idle_ns: int, cdl: int, deadline_ns: int
+) -> None:
     buf = bytearray(MAX_FRAME + 1)
     mv = memoryview(buf)
     perf = time.perf_counter_ns
@@ -762,7 +813,13 @@ def _recv_dgram(sock: socket.socket, st: _Receiver, idle_ns: int, cdl: int, dead
         now = perf()
         if n >= MIN_FRAME:
             et, magic, run, seq, ts = unpack(buf)
-            if magic == MAGIC_DATA and run == run_id and et == ETHERTYPE and 0 <= seq < count and seq > st.max_seq:
+            if (
+                magic == MAGIC_DATA
+                and run == run_id
+                and et == ETHERTYPE
+                and 0 <= seq < count
+                and seq > st.max_seq
+            ):
                 # fast path: in order, in range
                 if not st.t_first:
                     st.t_first = now
@@ -780,11 +837,14 @@ def _recv_dgram(sock: socket.socket, st: _Receiver, idle_ns: int, cdl: int, dead
         st.frame_in(mv[:n], now)
         if st.probes and not announced:
             announced = True
+            st.cpu0 = time.process_time()
             _emit("PROBE")
         _check_stop(st, now, idle_ns, cdl, deadline_ns)
 
 
-def _recv_stream(sock: socket.socket, st: _Receiver, framing: str, idle_ns: int, cdl: int, deadline_ns: int) -> None:
+def _recv_stream(
+    sock: socket.socket, st: _Receiver, framing: str, idle_ns: int, cdl: int, deadline_ns: int
+) -> None:
     size = st.size
     plen = _PREFIX_LEN[framing]
     rec_len = plen + size
@@ -819,7 +879,7 @@ def _recv_stream(sock: socket.socket, st: _Receiver, framing: str, idle_ns: int,
         tail += n
         k = (tail - head) // rec_len
         if k:
-            cols = list(zip(*iter_unpack(mv[head : head + k * rec_len])))
+            cols = list(zip(*iter_unpack(mv[head : head + k * rec_len]), strict=True))
             seqs = cols[4]
             first = seqs[0]
             if (
@@ -848,6 +908,7 @@ def _recv_stream(sock: socket.socket, st: _Receiver, framing: str, idle_ns: int,
                     head += plen + flen
                 if st.probes and not announced:
                     announced = True
+                    st.cpu0 = time.process_time()
                     _emit("PROBE")
         if st.unique >= count:
             return
@@ -881,7 +942,7 @@ class _Worker:
                 raise LoadgenError(f"{self.role} worker: timed out waiting for {prefix}")
             try:
                 raw = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise LoadgenError(f"{self.role} worker: timed out waiting for {prefix}") from None
             if not raw:
                 err = await self._stderr()
@@ -896,7 +957,7 @@ class _Worker:
         try:
             await asyncio.wait_for(self.proc.wait(), 1.0)
             data = await asyncio.wait_for(self.proc.stderr.read(), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "(no stderr)"
         return data.decode(errors="replace").strip()[-2000:]
 
@@ -913,7 +974,7 @@ class _Worker:
                 self.proc.stdin.close()
             try:
                 await asyncio.wait_for(self.proc.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
 
@@ -965,6 +1026,7 @@ async def run_load(send: Endpoint, recv: Endpoint, cfg: LoadConfig) -> LoadResul
         "idle": idle,
         "run_id": random.getrandbits(32),
         "batch_bytes": cfg.batch_bytes,
+        "burst": cfg.burst,
         "deadline_ns": deadline_ns,
         "connect_deadline_ns": connect_deadline_ns,
         "send_deadline_ns": send_deadline_ns,
@@ -981,7 +1043,10 @@ async def run_load(send: Endpoint, recv: Endpoint, cfg: LoadConfig) -> LoadResul
         await sender.line("OPEN", setup)
         what, rest = await receiver.line_any(("PROBE", "RESULT"), setup)
         if what == "RESULT":
-            raise LoadgenError(f"no frame crossed the SUT: {json.loads(rest).get('error')}")
+            err = json.loads(rest).get("error")
+            raise LoadgenError(
+                f"no frame crossed the SUT ({err}; is another client attached to its port?)"
+            )
         sender.tell("GO")
         left = total - (time.perf_counter_ns() - t0) / 1e9 + 2.0
         srep = json.loads(await sender.line("RESULT", left))
@@ -999,6 +1064,7 @@ async def run_load(send: Endpoint, recv: Endpoint, cfg: LoadConfig) -> LoadResul
     elapsed = (t_last_rx - t_first) / 1e9 if received and t_first else 0.0
     fps = received / elapsed if elapsed > 0 else 0.0
     lat = rrep["latency_us"]
+    send_s = (int(srep.get("t_last") or 0) - t_first) / 1e9 if t_first else 0.0
     return LoadResult(
         mode="throughput" if cfg.rate is None else "latency",
         size=cfg.size,
@@ -1010,7 +1076,10 @@ async def run_load(send: Endpoint, recv: Endpoint, cfg: LoadConfig) -> LoadResul
         reordered=int(rrep["reordered"]),
         foreign=int(rrep["foreign"]),
         elapsed_s=elapsed,
-        send_s=(int(srep.get("t_last") or 0) - t_first) / 1e9 if t_first else 0.0,
+        send_s=send_s,
+        send_cpu_s=float(srep.get("cpu") or 0.0),
+        recv_cpu_s=float(rrep.get("cpu") or 0.0),
+        offered_per_s=sent / send_s if send_s > 0 else 0.0,
         frames_per_s=fps,
         mbit_per_s=fps * cfg.size * 8 / 1e6,
         lat_p50_us=lat["p50"],
@@ -1036,6 +1105,9 @@ def run_load_sync(send: Endpoint, recv: Endpoint, cfg: LoadConfig) -> LoadResult
 
 def _worker_main(cfg_json: str) -> int:
     cfg: dict[str, Any] = json.loads(cfg_json)
+    # short-lived, no reference cycles: a full collection over a million
+    # latency samples would stall the receiver for milliseconds
+    gc.disable()
     try:
         if cfg["role"] == "send":
             _worker_send(cfg)
@@ -1057,13 +1129,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64, help="Ethernet frame size, bytes (default 64)")
     ap.add_argument("--count", type=int, default=200_000, help="frames to send (default 200000)")
     ap.add_argument("--rate", type=float, default=None, help="latency mode: pace at RATE frames/s")
+    ap.add_argument("--burst", type=int, default=1, help="latency mode: frames per send")
     ap.add_argument("--timeout", type=float, default=30.0, help="hard deadline, s (default 30)")
     ap.add_argument("--idle", type=float, default=1.5, help="stop after this much silence, s")
-    ap.add_argument("--batch-bytes", type=int, default=64 * 1024, help="bytes per send in throughput mode")
+    ap.add_argument(
+        "--batch-bytes", type=int, default=64 * 1024, help="bytes per send in throughput mode"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     a = ap.parse_args(args_list)
     cfg = LoadConfig(
-        size=a.size, count=a.count, rate=a.rate, timeout=a.timeout, idle=a.idle, batch_bytes=a.batch_bytes
+        size=a.size,
+        count=a.count,
+        rate=a.rate,
+        timeout=a.timeout,
+        idle=a.idle,
+        batch_bytes=a.batch_bytes,
+        burst=a.burst,
     )
     send = Endpoint.parse(a.send)
     recv = Endpoint.parse(a.recv)

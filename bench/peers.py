@@ -13,7 +13,8 @@ also on error or cancellation.  See :class:`Peer` for the protocol; a new
 peer (e.g. virtwire's own hub) only needs ``name``, ``__aenter__`` returning
 ``(Endpoint, Endpoint)`` and ``__aexit__``.  For a SUT that connects *to* the
 load generator, create the listening sockets first with
-``Endpoint.bind("unix:/tmp/dir/a")`` inside ``__aenter__``, then start the SUT.
+``Endpoint.bind("unix:/tmp/dir/a")`` inside ``__aenter__``, then start the SUT
+(and ``close()`` those endpoints in ``__aexit__``).
 
 Peers
 -----
@@ -34,14 +35,20 @@ Peers
 Why ``vde`` is the reference for vde_switch: it measures the switch and only
 the switch.  Debian's QEMU 7.2 is built without ``-netdev vde`` (``-netdev
 help`` lists socket, stream, dgram, hubport, tap, user, l2tpv3), and the
-``vde_plug`` attachment adds two extra processes and four extra copies per
-frame (stream -> vde_plug -> datagram -> switch -> datagram -> vde_plug ->
-stream), so it measures ``vde_plug`` at least as much as the switch; it is
-kept as ``vde_plug`` for comparison.  Note ``net.unix.max_dgram_qlen``
-(10 here) bounds the switch's per-port datagram queues.
+``vde_plug`` attachment puts a ``vde_plug`` process (stream <-> datagram
+conversion, one more hop and two more copies) on each side of the switch, so
+it measures ``vde_plug`` as much as the switch; it is kept for comparison.
 
-Running ``python bench/peers.py`` runs the matrix (peers x sizes, throughput
-and latency modes) and prints a table; see ``--help``.
+Reading the figures: vde_switch has no end-to-end backpressure.  A sender is
+only throttled by the switch's input socket, and when a receiving port's
+socket is full the switch drops the frame.  Under a blast it therefore loses
+frames where QEMU's stream hub holds the sender back; compare it by the rate
+it delivers (``frames/s``) and by its no-drop rate (``--nodrop``, a bisection
+over paced rates, :func:`find_nodrop_rate`).
+
+``python bench/peers.py`` runs the matrix (peers x sizes, throughput then
+latency mode, a fresh peer per run) and prints one line per run; see
+``--help``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import socket
 import sys
@@ -61,22 +69,27 @@ from typing import Literal, Protocol, runtime_checkable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from loadgen import Endpoint, LoadConfig, LoadgenError, LoadResult, run_load  # noqa: E402
+from loadgen import Endpoint, LoadConfig, LoadgenError, LoadResult, run_load
 
 __all__ = [
-    "Peer",
-    "PeerError",
-    "LoopPeer",
-    "QemuHubPeer",
-    "VdeHubPeer",
     "PEER_NAMES",
     "Endpoint",
     "LoadConfig",
     "LoadResult",
-    "run_load",
-    "run_one",
+    "LoadgenError",
+    "LoopPeer",
+    "Peer",
+    "PeerError",
+    "ProcPeer",
+    "QemuHubPeer",
+    "VdeHubPeer",
+    "find_nodrop_rate",
     "make_peer",
+    "run_load",
     "run_matrix",
+    "run_one",
+    "wait_for_idle",
+    "wait_paths",
 ]
 
 
@@ -100,7 +113,9 @@ class PeerError(RuntimeError):
     """A peer failed to start."""
 
 
-async def _wait_paths(paths: list[str], procs: list[asyncio.subprocess.Process], timeout: float) -> None:
+async def wait_paths(
+    paths: list[str], procs: list[asyncio.subprocess.Process], timeout: float
+) -> None:
     """Wait until every path exists; fail early if a process dies."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
@@ -122,7 +137,7 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float = 2.0) -> None:
         await asyncio.wait_for(proc.wait(), grace)
     except ProcessLookupError:
         pass
-    except asyncio.TimeoutError:
+    except TimeoutError:
         try:
             proc.kill()
         except ProcessLookupError:
@@ -130,8 +145,16 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float = 2.0) -> None:
         await proc.wait()
 
 
-class _ProcPeer:
-    """Shared plumbing: a temporary directory, child processes, a log."""
+class ProcPeer:
+    """Base for peers that run processes: subclass and implement :meth:`start`.
+
+    ``start`` typically calls :meth:`mktemp` for a socket directory, starts
+    the SUT with :meth:`spawn` (own session, output to a log in that
+    directory) and waits with :func:`wait_paths`.  Every spawned process is
+    terminated (then killed), every endpoint in ``self.endpoints`` closed and
+    the directory removed on exit, and also when ``start`` fails, in which
+    case a :class:`PeerError` carries the tail of the logs.
+    """
 
     name = "proc"
 
@@ -141,7 +164,7 @@ class _ProcPeer:
         self.endpoints: list[Endpoint] = []
         self._logs: list[int] = []
 
-    def _mktemp(self) -> str:
+    def mktemp(self) -> str:
         # short path: unix socket paths are limited to 107 bytes
         self.tmp = tempfile.mkdtemp(prefix=f"vw-{self.name}-")
         return self.tmp
@@ -150,7 +173,7 @@ class _ProcPeer:
         assert self.tmp is not None
         return os.path.join(self.tmp, f"{what}.log")
 
-    async def _spawn(
+    async def spawn(
         self, *argv: str, stdin: int = asyncio.subprocess.DEVNULL, stdout: int | None = None
     ) -> asyncio.subprocess.Process:
         """Start one process in its own session; stderr (and stdout unless given) to a log."""
@@ -184,25 +207,35 @@ class _ProcPeer:
         return "\n".join(out)
 
     async def _cleanup(self) -> None:
-        for proc in reversed(self.procs):
-            await _stop(proc)
-        self.procs.clear()
-        for ep in self.endpoints:
-            ep.close()
-        self.endpoints.clear()
-        for fd in self._logs:
-            os.close(fd)
-        self._logs.clear()
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
+        try:
+            for proc in reversed(self.procs):
+                await _stop(proc)
+        finally:
+            # if cancelled while stopping: kill what is left, without awaiting
+            for proc in self.procs:
+                if proc.returncode is None:
+                    try:
+                        proc.kill()
+                    except ProcessLookupError:
+                        pass
+            self.procs.clear()
+            for ep in self.endpoints:
+                ep.close()
+            self.endpoints.clear()
+            for fd in self._logs:
+                os.close(fd)
+            self._logs.clear()
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
 
-    async def _start(self) -> tuple[Endpoint, Endpoint]:
+    async def start(self) -> tuple[Endpoint, Endpoint]:
+        """Start the SUT; return (endpoint A, endpoint B)."""
         raise NotImplementedError
 
     async def __aenter__(self) -> tuple[Endpoint, Endpoint]:
         try:
-            return await self._start()
+            return await self.start()
         except BaseException as exc:
             logs = self.logs()
             await self._cleanup()
@@ -219,7 +252,7 @@ class _ProcPeer:
         await self._cleanup()
 
 
-class LoopPeer(_ProcPeer):
+class LoopPeer(ProcPeer):
     """No SUT: A and B are the two ends of one connection (loadgen self-test)."""
 
     def __init__(self, transport: Literal["socketpair", "tcp", "dgram"] = "socketpair") -> None:
@@ -227,7 +260,7 @@ class LoopPeer(_ProcPeer):
         self.transport = transport
         self.name = "loop" if transport == "socketpair" else f"loop-{transport}"
 
-    async def _start(self) -> tuple[Endpoint, Endpoint]:
+    async def start(self) -> tuple[Endpoint, Endpoint]:
         if self.transport == "dgram":
             a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.endpoints = [Endpoint.from_socket(a, "dgram"), Endpoint.from_socket(b, "dgram")]
@@ -243,27 +276,61 @@ class LoopPeer(_ProcPeer):
 
 
 def _free_tcp_port() -> int:
+    """A free loopback port *outside* the ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` may just have been given up by
+    another program whose clients still retry it; QEMU's stream server accepts
+    exactly one client, so such a stray connection would take the port.
+    """
+    lo, hi = 32768, 60999
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        if lo <= port <= hi:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        any_port: int = s.getsockname()[1]
+        return any_port
 
 
-class QemuHubPeer(_ProcPeer):
+class QemuHubPeer(ProcPeer):
     """QEMU's hub (``-netdev hubport``) between two ``-netdev stream`` servers."""
 
     name = "qemu"
 
-    def __init__(self, qemu: str = "qemu-system-x86_64", transport: Literal["unix", "tcp"] = "unix") -> None:
+    def __init__(
+        self, qemu: str = "qemu-system-x86_64", transport: Literal["unix", "tcp"] = "unix"
+    ) -> None:
         super().__init__()
         self.qemu = qemu
         self.transport = transport
         if transport != "unix":
             self.name = f"qemu-{transport}"
 
-    async def _start(self) -> tuple[Endpoint, Endpoint]:
-        tmp = self._mktemp()
-        argv = [self.qemu, "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "none"]
+    async def start(self) -> tuple[Endpoint, Endpoint]:
+        tmp = self.mktemp()
+        argv = [
+            self.qemu,
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+        ]
         eps: list[Endpoint] = []
         for nid in ("a", "b"):
             if self.transport == "unix":
@@ -277,10 +344,15 @@ class QemuHubPeer(_ProcPeer):
                     f"stream,id={nid},server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
                 ]
                 eps.append(Endpoint("tcp", f"127.0.0.1:{port}"))
-        argv += ["-netdev", "hubport,id=ha,hubid=0,netdev=a", "-netdev", "hubport,id=hb,hubid=0,netdev=b"]
-        proc = await self._spawn(*argv)
+        argv += [
+            "-netdev",
+            "hubport,id=ha,hubid=0,netdev=a",
+            "-netdev",
+            "hubport,id=hb,hubid=0,netdev=b",
+        ]
+        proc = await self.spawn(*argv)
         if self.transport == "unix":
-            await _wait_paths([ep.address for ep in eps], [proc], 10.0)
+            await wait_paths([ep.address for ep in eps], [proc], 10.0)
         else:
             await _wait_tcp(eps, proc, 10.0)
         return eps[0], eps[1]
@@ -307,7 +379,7 @@ async def _wait_tcp(eps: list[Endpoint], proc: asyncio.subprocess.Process, timeo
         await asyncio.sleep(0.01)
 
 
-class VdeHubPeer(_ProcPeer):
+class VdeHubPeer(ProcPeer):
     """``vde_switch --hub``; ``attach='native'`` (default) or ``'vde_plug'``.
 
     ``native``: both endpoints are ``vde:DIR``; the load generator registers two
@@ -319,18 +391,20 @@ class VdeHubPeer(_ProcPeer):
     stdin/stdout; the endpoints are the other ends with ``len16`` framing.
     """
 
-    def __init__(self, attach: Literal["native", "vde_plug"] = "native", switch: str = "vde_switch") -> None:
+    def __init__(
+        self, attach: Literal["native", "vde_plug"] = "native", switch: str = "vde_switch"
+    ) -> None:
         super().__init__()
         self.attach = attach
         self.switch = switch
         self.name = "vde" if attach == "native" else "vde_plug"
 
-    async def _start(self) -> tuple[Endpoint, Endpoint]:
-        tmp = self._mktemp()
+    async def start(self) -> tuple[Endpoint, Endpoint]:
+        tmp = self.mktemp()
         swdir = os.path.join(tmp, "sw")
         # vde_switch in the foreground exits on EOF of stdin: hold a pipe open.
-        sw = await self._spawn(self.switch, "--hub", "--sock", swdir, stdin=asyncio.subprocess.PIPE)
-        await _wait_paths([os.path.join(swdir, "ctl")], [sw], 10.0)
+        sw = await self.spawn(self.switch, "--hub", "--sock", swdir, stdin=asyncio.subprocess.PIPE)
+        await wait_paths([os.path.join(swdir, "ctl")], [sw], 10.0)
         if self.attach == "native":
             return Endpoint("vde", swdir, framing="dgram"), Endpoint("vde", swdir, framing="dgram")
         eps: list[Endpoint] = []
@@ -338,7 +412,7 @@ class VdeHubPeer(_ProcPeer):
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 # stdin and stdout of vde_plug are both the socketpair end
-                await self._spawn("vde_plug", swdir, stdin=theirs.fileno(), stdout=theirs.fileno())
+                await self.spawn("vde_plug", swdir, stdin=theirs.fileno(), stdout=theirs.fileno())
             finally:
                 theirs.close()
             eps.append(Endpoint.from_socket(mine, "len16"))
@@ -346,8 +420,51 @@ class VdeHubPeer(_ProcPeer):
         return eps[0], eps[1]
 
 
+class VirtwireHubPeer(ProcPeer):
+    """virtwire: `serve hub` plus `stream` backends (unix, listen) on new hub ports.
+
+    ``taps=1``: one tap service hosts both backends (2 processes: hub, tap).
+    ``taps=2``: one tap service per backend (3 processes), as when the two
+    ends of the LAN live in different containers.
+    """
+
+    def __init__(self, taps: int = 1) -> None:
+        super().__init__()
+        self.taps = taps
+        self.name = "virtwire" if taps == 1 else "virtwire-3p"
+
+    async def _serve(self, kind: str, *args: str) -> str:
+        assert self.tmp is not None
+        ready = os.path.join(self.tmp, f"{kind}{len(self.procs)}.ready")
+        proc = await self.spawn(sys.executable, "-m", "virtwire.cli", "serve", kind, *args,
+                                "--ready-file", ready)
+        await wait_paths([ready], [proc], 20.0)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5.0
+        while True:
+            with open(ready) as f:
+                address = f.read().strip()
+            if address or loop.time() > end:
+                return address
+            await asyncio.sleep(0.01)
+
+    async def start(self) -> tuple[Endpoint, Endpoint]:
+        tmp = self.mktemp()
+        hub = await self._serve("hub")
+        socks = [os.path.join(tmp, "a"), os.path.join(tmp, "b")]
+        backends = [["--backend", f"stream,listen=unix:{path}", "--peer", f"{hub}/"]
+                    for path in socks]
+        if self.taps == 1:
+            await self._serve("tap", *backends[0], *backends[1])
+        else:
+            for args in backends:
+                await self._serve("tap", *args)
+        await wait_paths(socks, self.procs, 10.0)
+        return Endpoint("unix", socks[0]), Endpoint("unix", socks[1])
+
+
 def make_peer(name: str) -> Peer:
-    """A peer by name: loop, loop-tcp, loop-dgram, qemu, qemu-tcp, vde, vde_plug."""
+    """A peer by name, one of PEER_NAMES."""
     if name == "loop":
         return LoopPeer()
     if name == "loop-tcp":
@@ -362,16 +479,80 @@ def make_peer(name: str) -> Peer:
         return VdeHubPeer("native")
     if name == "vde_plug":
         return VdeHubPeer("vde_plug")
+    if name == "virtwire":
+        return VirtwireHubPeer(taps=1)
+    if name == "virtwire-3p":
+        return VirtwireHubPeer(taps=2)
     raise ValueError(f"unknown peer {name!r}")
 
 
-PEER_NAMES = ("loop", "loop-tcp", "loop-dgram", "qemu", "qemu-tcp", "vde", "vde_plug")
+PEER_NAMES = ("loop", "loop-tcp", "loop-dgram", "qemu", "qemu-tcp", "vde", "vde_plug",
+              "virtwire", "virtwire-3p")
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return idle, sum(fields)
+
+
+async def wait_for_idle(max_wait: float, busy_below: float = 0.1, sample: float = 0.5) -> float:
+    """Wait (up to ``max_wait`` s) until the machine's CPU use over ``sample``
+    seconds is below ``busy_below``; return the last busy fraction measured.
+
+    Benchmarks on a 2-core machine are meaningless while something else runs.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + max_wait
+    while True:
+        i0, t0 = _cpu_times()
+        await asyncio.sleep(sample)
+        i1, t1 = _cpu_times()
+        busy = 1.0 - (i1 - i0) / max(1, t1 - t0)
+        if busy < busy_below or loop.time() >= end:
+            return busy
+        await asyncio.sleep(0.5)
 
 
 async def run_one(peer: Peer, cfg: LoadConfig) -> LoadResult:
     """Start ``peer``, run one load, stop the peer."""
     async with peer as (a, b):
         return await run_load(a, b, cfg)
+
+
+async def find_nodrop_rate(
+    name: str,
+    size: int,
+    lo: float = 10_000.0,
+    hi: float = 1_000_000.0,
+    steps: int = 7,
+    trial_s: float = 0.5,
+    burst: int = 16,
+    timeout: float = 10.0,
+) -> tuple[float, LoadResult | None]:
+    """Bisect the highest paced rate at which peer ``name`` loses no frame.
+
+    Each trial is a fresh peer and ``trial_s`` seconds of paced load in bursts
+    of ``burst``; a trial passes when nothing is lost and the sender really
+    offered at least 95% of the rate.  Returns ``(rate, result)``; ``(0.0,
+    None)`` if every trial lost frames (the answer is then below ``lo``).
+    """
+    best: tuple[float, LoadResult | None] = (0.0, None)
+    for _ in range(steps):
+        rate = (lo * hi) ** 0.5
+        count = max(2000, int(rate * trial_s))
+        cfg = LoadConfig(size=size, count=count, rate=rate, burst=burst, timeout=timeout, idle=1.0)
+        res = await run_one(make_peer(name), cfg)
+        ok = res.lost == 0 and res.offered_per_s >= 0.95 * rate
+        if ok:
+            best = (rate, res)
+            lo = rate
+        else:
+            hi = rate
+        if hi / lo < 1.05:
+            break
+    return best
 
 
 async def run_matrix(
@@ -382,6 +563,7 @@ async def run_matrix(
     lat_count: int,
     timeout: float,
     repeat: int = 1,
+    wait_idle: float = 0.0,
 ) -> list[tuple[str, LoadResult | str]]:
     """Every peer x size, throughput then latency; a fresh peer for every run."""
     out: list[tuple[str, LoadResult | str]] = []
@@ -391,40 +573,76 @@ async def run_matrix(
             if lat_count > 0:
                 cfgs.append(LoadConfig(size=size, count=lat_count, rate=lat_rate, timeout=timeout))
             for cfg in cfgs:
+                note = ""
+                if wait_idle > 0:
+                    busy = await wait_for_idle(wait_idle)
+                    if busy >= 0.1:
+                        note = f" [machine {busy:.0%} busy before the run]"
                 try:
                     res: LoadResult | str = await run_one(make_peer(name), cfg)
                 except (LoadgenError, PeerError) as exc:
-                    res = f"size={size} {'throughput' if cfg.rate is None else 'latency'} FAILED: {exc}"
+                    mode = "throughput" if cfg.rate is None else "latency"
+                    res = f"size={size} {mode} FAILED: {exc}"
                 out.append((name, res))
-                print(f"{name:9s} {res.summary() if isinstance(res, LoadResult) else res}", flush=True)
+                print(
+                    f"{name:9s} {res.summary() if isinstance(res, LoadResult) else res}{note}",
+                    flush=True,
+                )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run the hub benchmark against reference peers.")
-    ap.add_argument("--peers", default="loop,qemu,vde", help=f"comma list of {', '.join(PEER_NAMES)}")
+    ap.add_argument(
+        "--peers", default="loop,qemu,vde", help=f"comma list of {', '.join(PEER_NAMES)}"
+    )
     ap.add_argument("--sizes", default="64,1514", help="comma list of frame sizes")
-    ap.add_argument("--count", type=int, default=200_000, help="frames per throughput run")
+    ap.add_argument("--count", type=int, default=1_000_000, help="frames per throughput run")
     ap.add_argument("--lat-rate", type=float, default=1000.0, help="latency mode rate, frames/s")
     ap.add_argument("--lat-count", type=int, default=2000, help="frames per latency run (0: skip)")
     ap.add_argument("--timeout", type=float, default=30.0, help="hard deadline per run, s")
     ap.add_argument("--repeat", type=int, default=1, help="throughput runs per peer and size")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each run wait up to S s for an idle CPU",
+    )
+    ap.add_argument(
+        "--nodrop", action="store_true", help="also bisect the no-drop rate of each peer and size"
+    )
     ap.add_argument("--json", metavar="FILE", help="also write all results as JSON to FILE")
     a = ap.parse_args(argv)
     peers = [p for p in a.peers.split(",") if p]
     for p in peers:
         if p not in PEER_NAMES:
             ap.error(f"unknown peer {p!r}")
+    sizes = [int(x) for x in a.sizes.split(",")]
     t0 = time.monotonic()
     results = asyncio.run(
-        run_matrix(peers, [int(s) for s in a.sizes.split(",")], a.count, a.lat_rate, a.lat_count, a.timeout, a.repeat)
+        run_matrix(peers, sizes, a.count, a.lat_rate, a.lat_count, a.timeout, a.repeat, a.wait_idle)
     )
+    if a.nodrop:
+
+        async def nodrop(name: str, size: int) -> tuple[float, LoadResult | None]:
+            if a.wait_idle > 0:
+                await wait_for_idle(a.wait_idle)
+            return await find_nodrop_rate(name, size)
+
+        for name in peers:
+            for size in sizes:
+                rate, res = asyncio.run(nodrop(name, size))
+                text = res.summary() if res is not None else "loses frames even at the lowest rate"
+                print(f"{name:9s} no-drop rate ~{rate:,.0f} frames/s: {text}", flush=True)
     print(f"total {time.monotonic() - t0:.1f}s", file=sys.stderr)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(
-                [{"peer": n, **(asdict(r) if isinstance(r, LoadResult) else {"error": r})} for n, r in results], f, indent=1
-            )
+            rows = [
+                {"peer": n, **(asdict(r) if isinstance(r, LoadResult) else {"error": r})}
+                for n, r in results
+            ]
+            json.dump(rows, f, indent=1)
     return 0 if all(isinstance(r, LoadResult) for _, r in results) else 1
 
 
