@@ -69,8 +69,9 @@ def print_hub_table(results: dict[str, dict[int, Any]]) -> None:
         for ref in ("vde", "qemu"):
             other = results[ref][size]["throughput"]
             ratio = vw / max(1.0, other.frames_per_s)
+            lost = 100.0 * other.lost / max(1, other.sent)
             print(f"ratio virtwire/{ref} at {size} B: {ratio:.2f} "
-                  f"({ref} lost {100.0 * other.lost / max(1, other.sent):.0f}% of what it was sent)")
+                  f"({ref} lost {lost:.0f}% of what it was sent)")
 
 
 def load_note() -> str:
