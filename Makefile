@@ -12,7 +12,10 @@ DEBS := qemu-system-x86 linux-image-amd64 busybox-static iproute2 iperf3 tcpdump
         tshark vde2 cpio kmod
 PYTEST_ARGS ?=
 
-.PHONY: install debs venv protos protos-check lint test run bench clean
+BUF_VERSION := 1.75.0
+BUF := .cache/buf/node_modules/.bin/buf
+
+.PHONY: install debs venv protos protos-check proto-lint lint test run bench clean
 
 install: venv debs
 
@@ -56,7 +59,16 @@ protos-check: venv
 	    [ -e $$tmp/virtwire/v1/$$(basename $$f) ] || { echo "orphan generated file: $$f"; exit 1; }; \
 	done; echo "generated code matches the protos"
 
-lint: venv
+# buf's STANDARD and COMMENTS rules (protos/buf.yaml), with buf from the npm registry.
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf@$(BUF_VERSION)
+
+proto-lint:
+	@if command -v npm >/dev/null; then $(MAKE) -s $(BUF) && cd protos && ../$(BUF) lint \
+	    && echo "buf lint: protos follow STANDARD and COMMENTS"; \
+	else echo "npm not found: skipping buf lint of the protos"; fi
+
+lint: venv proto-lint
 	$(VENV)/bin/ruff check services tests bench
 	$(VENV)/bin/mypy
 

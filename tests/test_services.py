@@ -212,3 +212,18 @@ async def test_flood_into_hub_with_slow_consumer_is_accounted_and_bounded(
         assert rss_max - rss_before < 120 * 1024, (rss_before, rss_max)
         for dialer in dialers:
             await dialer.stop()
+
+
+def test_unreachable_peer_is_reported_and_logged(tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    with serve("tap", ["--backend", f"stream,listen=unix:{sock}", "--peer", "127.0.0.1:1/"],
+               tmp_path) as tap:
+        for _ in range(100):
+            out = cli("list", "-s", tap.address, "--json")
+            nc = json.loads(out.stdout)["netclients"][0]
+            if "unreachable" in nc.get("info", ""):
+                break
+        assert nc["link_state"] == "LINK_STATE_CONNECTING"
+        assert nc["link_down"] is True
+        assert "peer 127.0.0.1:1/ unreachable" in nc["info"]
+        assert "unreachable" in tap.log.read_text()

@@ -188,7 +188,8 @@ async def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         from google.protobuf import json_format
 
-        print(json_format.MessageToJson(resp, always_print_fields_with_no_presence=True))
+        print(json_format.MessageToJson(resp, always_print_fields_with_no_presence=True,
+                                        preserving_proto_field_name=True))
         return 0
     rows = [("NAME", "KIND", "LINK", "PEER", "RX", "TX", "DROPPED", "QUEUED")]
     for nc in resp.netclients:
