@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from virtwire.launch import ServiceProcess
 
 from support import netns
 from support.procs import serve
-from support.qemu_vm import QemuVM, free_port, stream_netdev, wait_tcp_listening
+from support.qemu_vm import (
+    QemuVM,
+    dgram_netdev,
+    free_port,
+    stream_netdev,
+    wait_tcp_listening,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -84,3 +91,25 @@ async def test_tap_in_netns_pings_qemu_vm_across_the_hub(
                                               "5", "198.18.0.12", check=False, timeout=60)
                 assert out.returncode == 0, out.stdout + out.stderr
                 assert await vm.ping("198.18.0.21", count=3)
+
+
+async def test_qemu_vm_joins_over_dgram(hub: ServiceProcess, tmp_path: Path) -> None:
+    """-netdev dgram (one frame per UDP datagram) against a dgram backend."""
+    stream_port = free_port()
+    vm_udp, our_udp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    with serve("tap", [
+        "--backend", f"stream,listen=127.0.0.1:{stream_port}", "--peer", f"{hub.address}/",
+        "--backend", f"dgram,local=127.0.0.1:{our_udp},remote=127.0.0.1:{vm_udp}",
+        "--peer", f"{hub.address}/",
+    ], tmp_path):
+        await wait_tcp_listening(stream_port)
+        vm_a = QemuVM("a", stream_netdev(stream_port, server=False), "198.18.0.11/24",
+                      "52:54:00:12:34:11", tmp_path)
+        vm_b = QemuVM("b", dgram_netdev(vm_udp, our_udp), "198.18.0.12/24",
+                      "52:54:00:12:34:12", tmp_path)
+        try:
+            await asyncio.gather(vm_a.launch(), vm_b.launch())
+            await asyncio.gather(vm_a.wait_ready(), vm_b.wait_ready())
+            assert await vm_b.ping("198.18.0.11", count=3)
+        finally:
+            await asyncio.gather(vm_a.stop(), vm_b.stop())
