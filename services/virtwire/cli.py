@@ -94,8 +94,19 @@ def _build_tap(args: argparse.Namespace) -> ServiceHost:
     return host
 
 
+def _build_guestmem(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.mem.guestmem import parse_size
+    from virtwire.server.guestmem import GuestMemServer
+
+    if args.size:
+        size: int | None = parse_size(args.size)
+    else:
+        size = None if args.shm_path else 64 << 20
+    return GuestMemServer(args.listen, size, args.shm_path, prealloc=not args.no_prealloc)
+
+
 async def cmd_serve(args: argparse.Namespace) -> int:
-    builders = {"hub": _build_hub, "tap": _build_tap}
+    builders = {"hub": _build_hub, "tap": _build_tap, "guestmem": _build_guestmem}
     host = builders[args.kind](args)
     await run_host(host, args.ready_file)
     return 0
@@ -236,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one service")
     serve_sub = serve.add_subparsers(dest="kind", required=True)
     for kind, help_text in (("hub", "a hub (QEMU's -netdev hubport)"),
-                            ("tap", "host-side backends: tap, stream, dgram")):
+                            ("tap", "host-side backends: tap, stream, dgram"),
+                            ("guestmem", "one guest's RAM: shared memory + DMA RPCs")):
         sp = serve_sub.add_parser(kind, help=help_text)
         sp.add_argument("--listen", default="127.0.0.1:0",
                         help="gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:0)")
@@ -247,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
                             help="create N ports that wait to be dialled")
             sp.add_argument("--port", action="append", default=[], metavar="NAME[=PEER]",
                             help="create a named port; with =ADDR/NETCLIENT it dials that peer")
+        elif kind == "guestmem":
+            sp.add_argument("--size", metavar="SIZE",
+                            help="guest RAM, e.g. 64M or 1G (binary units; default 64M, "
+                                 "or the size of an existing --shm-path file)")
+            sp.add_argument("--shm-path", metavar="PATH",
+                            help="back the RAM by this file: opened if it exists (and left "
+                                 "there), else created (and removed at exit); default: a "
+                                 "unique file in /dev/shm")
+            sp.add_argument("--no-prealloc", action="store_true",
+                            help="do not reserve the RAM up front (a full /dev/shm then "
+                                 "means SIGBUS, not an error)")
         else:
             sp.add_argument("--backend", action="append", default=[], metavar="SPEC",
                             help="e.g. stream,listen=127.0.0.1:5000 | stream,connect=unix:/s "
