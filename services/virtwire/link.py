@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 GRPC_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 #: Frames a receiver lets be in flight towards it (its initial credit grant).
-DEFAULT_WINDOW = 1024
+DEFAULT_WINDOW = 2048
 #: Most frames and bytes in one LinkBatch.
-MAX_BATCH_FRAMES = 128
+MAX_BATCH_FRAMES = 512
 MAX_BATCH_BYTES = 1 << 20
 #: How often a LinkPeer that advertised "cannot receive" re-checks by itself.
 READY_POLL_S = 0.02
@@ -50,7 +50,8 @@ HELLO_TIMEOUT_S = 10.0
 #: windows stay small and credits (not hidden buffers) bound what is in flight.
 GRPC_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", 256 * 1024),
+    ("grpc.http2.lookahead_bytes", 1024 * 1024),
+    ("grpc.http2.max_frame_size", 1024 * 1024),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 10000),
@@ -273,7 +274,8 @@ class LinkPeer(NetClient):
         self.incoming_queue.purge(self.local)
         self.local.incoming_queue.purge(self)
         self._wakeup.set()
-        logger.warning("link %s: down (%s)", self.name, reason)
+        logger.warning("link %s: down (%s); sent %d frames in %d batches", self.name, reason,
+                       self.stats.rx_frames, self.batches_sent)
 
     def close(self) -> None:
         """Unplug from the local NetClient for good."""
