@@ -105,8 +105,17 @@ def _build_guestmem(args: argparse.Namespace) -> ServiceHost:
     return GuestMemServer(args.listen, size, args.shm_path, prealloc=not args.no_prealloc)
 
 
+def _build_e1000(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.server.e1000 import E1000Server
+
+    return E1000Server(args.listen, guestmem=args.guestmem, mac=args.mac, model=args.model,
+                       name=args.name, peer=args.peer or "", force_rpc=args.dma == "rpc",
+                       compat=args.compat)
+
+
 async def cmd_serve(args: argparse.Namespace) -> int:
-    builders = {"hub": _build_hub, "tap": _build_tap, "guestmem": _build_guestmem}
+    builders = {"hub": _build_hub, "tap": _build_tap, "guestmem": _build_guestmem,
+                "e1000": _build_e1000}
     host = builders[args.kind](args)
     await run_host(host, args.ready_file)
     return 0
@@ -248,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_sub = serve.add_subparsers(dest="kind", required=True)
     for kind, help_text in (("hub", "a hub (QEMU's -netdev hubport)"),
                             ("tap", "host-side backends: tap, stream, dgram"),
-                            ("guestmem", "one guest's RAM: shared memory + DMA RPCs")):
+                            ("guestmem", "one guest's RAM: shared memory + DMA RPCs"),
+                            ("e1000", "an emulated Intel e1000 NIC (QEMU's hw/net/e1000.c)")):
         sp = serve_sub.add_parser(kind, help=help_text)
         sp.add_argument("--listen", default="127.0.0.1:0",
                         help="gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:0)")
@@ -259,6 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
                             help="create N ports that wait to be dialled")
             sp.add_argument("--port", action="append", default=[], metavar="NAME[=PEER]",
                             help="create a named port; with =ADDR/NETCLIENT it dials that peer")
+        elif kind == "e1000":
+            sp.add_argument("--guestmem", required=True, metavar="ADDR",
+                            help="the guestmem service the NIC DMAs to")
+            sp.add_argument("--mac", default="52:54:00:12:34:56", help="MAC address")
+            sp.add_argument("--model", default="82540EM",
+                            choices=["82540EM", "82544GC", "82545EM"],
+                            help="82540EM (0x100E, default), 82544GC (0x100C), 82545EM (0x100F)")
+            sp.add_argument("--name", default="e1000", help="the NIC's NetClient name")
+            sp.add_argument("--peer", metavar="ADDR/NETCLIENT",
+                            help="dial this peer, e.g. a hub (HUB_ADDR/ for a new port)")
+            sp.add_argument("--compat", choices=["9.0", "7.2"], default="9.0",
+                            help="the QEMU whose e1000 to reproduce (7.2: Debian 12's)")
+            sp.add_argument("--dma", choices=["auto", "rpc"], default="auto",
+                            help="auto: shared memory when on the same host; rpc: always RPCs")
         elif kind == "guestmem":
             sp.add_argument("--size", metavar="SIZE",
                             help="guest RAM, e.g. 64M or 1G (binary units; default 64M, "

@@ -1,0 +1,234 @@
+"""How a driver reaches its NIC: BAR0 accesses and the interrupt line.
+
+``MmioPort`` is what the e1000 driver uses. ``LocalMmio`` calls an in-process
+E1000 directly (tests, single process); ``GrpcMmio`` talks to an e1000 service
+over its Mmio stream: writes are posted (batched with whatever else is
+written in the same event-loop turn, never one round trip each), a read waits
+for its answer, and the WatchIrq stream drives the ``IrqLine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+import grpc
+
+from virtwire.errors import BackendError
+from virtwire.link import GRPC_EOF, GRPC_OPTIONS
+from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class IrqLine:
+    """A level-triggered interrupt line as the driver sees it (INTx)."""
+
+    def __init__(self) -> None:
+        self.level = False
+        self.changes = 0
+        self._raised = asyncio.Event()
+
+    def set(self, level: bool) -> None:
+        self.changes += 1
+        self.level = level
+        if level:
+            self._raised.set()
+        else:
+            self._raised.clear()
+
+    async def wait_high(self) -> None:
+        """Return once the line is (or becomes) asserted."""
+        await self._raised.wait()
+
+
+class MmioPort(Protocol):
+    """BAR0 of one NIC, PCI COMMAND, and its interrupt line."""
+
+    irq: IrqLine
+
+    def write(self, offset: int, value: int) -> None:
+        """A posted 32-bit write."""
+        ...
+
+    async def read(self, offset: int) -> int:
+        """A 32-bit read (all posted writes before it are done first)."""
+        ...
+
+    async def sync(self) -> None:
+        """Wait until every posted write has been done."""
+        ...
+
+    async def set_pci_command(self, *, bus_master: bool, memory: bool = True) -> None:
+        """PCI COMMAND bits 2 (bus master) and 1 (memory decode)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalNic(Protocol):
+    """What LocalMmio needs of an in-process NIC (virtwire.hw.e1000.E1000)."""
+
+    def mmio_read(self, offset: int) -> int: ...
+    def mmio_write(self, offset: int, value: int) -> None: ...
+    def set_bus_master(self, enable: bool) -> None: ...
+
+
+class LocalMmio:
+    """An in-process NIC. Create the NIC with ``set_irq=port.irq.set``."""
+
+    def __init__(self) -> None:
+        self.irq = IrqLine()
+        self.nic: LocalNic | None = None
+
+    def attach(self, nic: LocalNic) -> None:
+        self.nic = nic
+
+    def _nic(self) -> LocalNic:
+        if self.nic is None:
+            raise BackendError("LocalMmio has no NIC attached")
+        return self.nic
+
+    def write(self, offset: int, value: int) -> None:
+        self._nic().mmio_write(offset, value)
+
+    async def read(self, offset: int) -> int:
+        return self._nic().mmio_read(offset)
+
+    async def sync(self) -> None:
+        pass
+
+    async def set_pci_command(self, *, bus_master: bool, memory: bool = True) -> None:
+        self._nic().set_bus_master(bus_master)
+
+    async def close(self) -> None:
+        pass
+
+
+class GrpcMmio:
+    """An e1000 service's BAR0 over its Mmio stream, and its WatchIrq stream."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.irq = IrqLine()
+        self._channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self._stub = e1000_pb2_grpc.E1000ServiceStub(self._channel)
+        self._call: grpc.aio.StreamStreamCall[e1000_pb2.MmioRequest,
+                                              e1000_pb2.MmioResponse] | None = None
+        self._posted: list[e1000_pb2.RegisterAccess] = []
+        self._flush_scheduled = False
+        self._tag = 0
+        self._waiting: dict[int, asyncio.Future[list[int]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._send_lock = asyncio.Lock()
+        self.error: BaseException | None = None
+        #: Requests sent and accesses carried (posted writes share requests).
+        self.requests = 0
+        self.accesses = 0
+
+    async def connect(self, timeout: float = 10.0) -> GrpcMmio:
+        """Open the streams; BackendError if the e1000 service is unreachable."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            await self._channel.close(None)
+            raise BackendError(f"e1000 service {self.address} unreachable") from None
+        self._call = self._stub.Mmio()
+        irq_call = self._stub.WatchIrq(e1000_pb2.WatchIrqRequest())
+        self._tasks = [asyncio.create_task(self._read_responses()),
+                       asyncio.create_task(self._watch_irq(irq_call))]
+        return self
+
+    def write(self, offset: int, value: int) -> None:
+        self._check()
+        self._posted.append(e1000_pb2.RegisterAccess(offset=offset, write=True, value=value))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_posted)
+
+    def _flush_posted(self) -> None:
+        self._flush_scheduled = False
+        if self._posted:
+            accesses, self._posted = self._posted, []
+            task = asyncio.ensure_future(self._send(accesses, sync=False))
+            task.add_done_callback(self._note_error)
+
+    def _note_error(self, task: asyncio.Future[list[int] | None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.error = task.exception()
+
+    async def _send(self, accesses: list[e1000_pb2.RegisterAccess],
+                    sync: bool) -> list[int] | None:
+        assert self._call is not None
+        waiter: asyncio.Future[list[int]] | None = None
+        async with self._send_lock:
+            self._tag += 1
+            has_reads = any(not a.write for a in accesses)
+            if has_reads or sync:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiting[self._tag] = waiter
+            await self._call.write(e1000_pb2.MmioRequest(accesses=accesses, sync=sync,
+                                                         tag=self._tag))
+            self.requests += 1
+            self.accesses += len(accesses)
+        return await waiter if waiter is not None else None
+
+    async def read(self, offset: int) -> int:
+        self._check()
+        accesses, self._posted = self._posted, []
+        accesses.append(e1000_pb2.RegisterAccess(offset=offset))
+        values = await self._send(accesses, sync=False)
+        assert values is not None
+        return values[-1]
+
+    async def sync(self) -> None:
+        self._check()
+        accesses, self._posted = self._posted, []
+        await self._send(accesses, sync=True)
+
+    async def set_pci_command(self, *, bus_master: bool, memory: bool = True) -> None:
+        await self.sync()
+        await self._stub.SetPciCommand(e1000_pb2.SetPciCommandRequest(
+            bus_master=bus_master, memory=memory))
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise BackendError(f"e1000 service {self.address}: MMIO stream failed: "
+                               f"{self.error}") from self.error
+
+    async def _read_responses(self) -> None:
+        assert self._call is not None
+        try:
+            while True:
+                msg = await self._call.read()
+                if msg is GRPC_EOF:
+                    raise BackendError("the e1000 service closed the MMIO stream")
+                assert isinstance(msg, e1000_pb2.MmioResponse)
+                waiter = self._waiting.pop(msg.tag, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(list(msg.values))
+        except (grpc.aio.AioRpcError, BackendError) as exc:
+            self.error = exc
+            for waiter in self._waiting.values():
+                if not waiter.done():
+                    waiter.set_exception(BackendError(f"MMIO stream failed: {exc}"))
+            self._waiting.clear()
+
+    async def _watch_irq(self, call: grpc.aio.UnaryStreamCall[
+            e1000_pb2.WatchIrqRequest, e1000_pb2.WatchIrqResponse]) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for change in call:
+                self.irq.set(change.level)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._call is not None and self.error is None:
+                await self.sync()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._channel.close(None)

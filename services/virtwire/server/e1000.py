@@ -1,0 +1,253 @@
+"""The e1000 service: virtwire.v1.E1000Service over a hw.e1000.E1000.
+
+The NIC is a NetClient of this server, so NetClientService (inject, capture,
+set_link) and LinkService (its peer dials in, or it dials ``--peer``) cover it
+like any other. Its DMA goes to a guestmem service through GuestMemClient:
+shared memory on the same host, batched RPCs otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from virtwire.address import parse_peer, parse_sockaddr
+from virtwire.errors import ConfigError
+from virtwire.hw.e1000 import COMPAT_VERSIONS, E1000, MODELS
+from virtwire.hw.e1000_regs import E1000_STATUS_LU, STATUS
+from virtwire.hw.timer import AsyncioScheduler
+from virtwire.mem.client import GuestMemClient
+from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.server.base import ServiceHost, abort_for
+from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+BAR0_SIZE = 0x20000
+MAX_ACCESSES = 4096
+#: What a read of BAR0 returns while memory decode is off (a master abort).
+MASTER_ABORT = 0xFFFFFFFF
+IRQ_QUEUE_LEN = 1024
+
+
+def check_offset(offset: int) -> None:
+    """A BAR0 offset must be 4-byte aligned and inside the 128 KiB BAR."""
+    if offset % 4:
+        raise ConfigError(f"register offset {offset:#x} is not 4-byte aligned")
+    if offset >= BAR0_SIZE:
+        raise IndexError(f"register offset {offset:#x} is outside BAR0 (size {BAR0_SIZE:#x})")
+
+
+class E1000Server(ServiceHost):
+    """One e1000 NIC; the NetClient is named ``name`` (default "e1000")."""
+
+    service_name = "e1000"
+
+    def __init__(self, listen: str = "127.0.0.1:0", *, guestmem: str, mac: str,
+                 model: str = "82540EM", name: str = "e1000", peer: str = "",
+                 force_rpc: bool = False, compat: str = "9.0") -> None:
+        super().__init__(listen)
+        if model not in MODELS:
+            raise ConfigError(f"unknown e1000 model {model!r}: use one of "
+                              f"{', '.join(sorted(MODELS))}")
+        try:
+            self.mac = parse_mac(mac)
+        except FrameError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.mac[0] & 1:
+            raise ConfigError(f"MAC {mac} is a multicast address")
+        if compat not in COMPAT_VERSIONS:
+            raise ConfigError(f"unknown QEMU compat {compat!r}: use one of "
+                              f"{', '.join(COMPAT_VERSIONS)}")
+        self.compat = compat
+        parse_sockaddr(guestmem, allow_port_zero=False)
+        if peer:
+            parse_peer(peer)
+        self.guestmem_address = guestmem
+        self.model = model
+        self.nic_name = name
+        self.peer = peer
+        self.force_rpc = force_rpc
+        self.dma: GuestMemClient | None = None
+        self.nic: E1000 | None = None
+        self.memory_enabled = True
+        self.irq_seq = 0
+        self._irq_watchers: list[asyncio.Queue[tuple[bool, int]]] = []
+
+    def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
+        e1000_pb2_grpc.add_E1000ServiceServicer_to_server(E1000Servicer(self), server)
+        return [e1000_pb2.DESCRIPTOR.services_by_name["E1000Service"].full_name]
+
+    async def start(self) -> None:
+        self.dma = await GuestMemClient.connect(self.guestmem_address,
+                                                prefer_shm=not self.force_rpc)
+        try:
+            self.nic = E1000(self.nic_name, self.mac, self.dma,
+                             model=self.model,  # type: ignore[arg-type]
+                             set_irq=self._on_irq, scheduler=AsyncioScheduler(),
+                             compat=self.compat)  # type: ignore[arg-type]
+            self.registry.add(self.nic)
+            if self.peer:
+                self.registry.connect(self.nic, self.peer)
+            await super().start()
+        except BaseException:
+            await self.registry.close()
+            await self.dma.close()
+            raise
+        logger.info("e1000 %s model=%s mac=%s, DMA to %s over %s", self.nic_name, self.model,
+                    format_mac(self.mac), self.guestmem_address, self.dma.path)
+
+    async def close_backends(self) -> None:
+        if self.dma is not None:
+            await self.dma.close()
+
+    # -- register file ------------------------------------------------------------
+    def device(self) -> E1000:
+        assert self.nic is not None, "the e1000 service is not started"
+        return self.nic
+
+    def access(self, acc: e1000_pb2.RegisterAccess) -> int | None:
+        """One access; the read value, or None for a write."""
+        check_offset(acc.offset)
+        nic = self.device()
+        if acc.write:
+            if self.memory_enabled:
+                nic.mmio_write(acc.offset, acc.value)
+            return None
+        return nic.mmio_read(acc.offset) if self.memory_enabled else MASTER_ABORT
+
+    def access_all(self, accesses: Sequence[e1000_pb2.RegisterAccess]) -> list[int]:
+        if len(accesses) > MAX_ACCESSES:
+            raise ConfigError(f"{len(accesses)} accesses in one request (at most {MAX_ACCESSES})")
+        for acc in accesses:
+            check_offset(acc.offset)
+        values = []
+        for acc in accesses:
+            value = self.access(acc)
+            if value is not None:
+                values.append(value)
+        return values
+
+    def set_pci_command(self, bus_master: bool, memory: bool) -> None:
+        self.memory_enabled = memory
+        self.device().set_bus_master(bus_master)
+
+    # -- interrupt line -------------------------------------------------------------
+    def _on_irq(self, level: bool) -> None:
+        self.irq_seq += 1
+        for queue in self._irq_watchers:
+            if queue.full():
+                queue.get_nowait()  # the newest level matters; the seq shows the gap
+            queue.put_nowait((level, self.irq_seq))
+
+    async def watch_irq(self) -> AsyncIterator[tuple[bool, int]]:
+        queue: asyncio.Queue[tuple[bool, int]] = asyncio.Queue(IRQ_QUEUE_LEN)
+        queue.put_nowait((self.device().irq_level, self.irq_seq))
+        self._irq_watchers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._irq_watchers.remove(queue)
+
+
+def _abort_code(exc: Exception) -> grpc.StatusCode | None:
+    return grpc.StatusCode.OUT_OF_RANGE if isinstance(exc, IndexError) else None
+
+
+class E1000Servicer(e1000_pb2_grpc.E1000ServiceServicer):
+    """Thin adapter: RPCs to E1000Server methods."""
+
+    def __init__(self, host: E1000Server) -> None:
+        self.host = host
+
+    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+        code = _abort_code(exc)
+        if code is not None:
+            await context.abort(code, str(exc))
+        await abort_for(context, exc)
+
+    async def ReadRegister(self, request: e1000_pb2.ReadRegisterRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> e1000_pb2.ReadRegisterResponse:
+        try:
+            value = self.host.access(e1000_pb2.RegisterAccess(offset=request.offset))
+        except (ConfigError, IndexError) as exc:
+            await self._fail(context, exc)
+            raise
+        assert value is not None
+        return e1000_pb2.ReadRegisterResponse(value=value)
+
+    async def WriteRegister(self, request: e1000_pb2.WriteRegisterRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]
+                            ) -> e1000_pb2.WriteRegisterResponse:
+        try:
+            self.host.access(e1000_pb2.RegisterAccess(offset=request.offset, write=True,
+                                                      value=request.value))
+        except (ConfigError, IndexError) as exc:
+            await self._fail(context, exc)
+            raise
+        return e1000_pb2.WriteRegisterResponse()
+
+    async def AccessRegisters(self, request: e1000_pb2.AccessRegistersRequest,
+                              context: grpc.aio.ServicerContext[Any, Any]
+                              ) -> e1000_pb2.AccessRegistersResponse:
+        try:
+            values = self.host.access_all(request.accesses)
+        except (ConfigError, IndexError) as exc:
+            await self._fail(context, exc)
+            raise
+        return e1000_pb2.AccessRegistersResponse(values=values)
+
+    async def Mmio(self, request_iterator: AsyncIterator[e1000_pb2.MmioRequest],
+                   context: grpc.aio.ServicerContext[Any, Any]
+                   ) -> AsyncIterator[e1000_pb2.MmioResponse]:
+        async for request in request_iterator:
+            try:
+                values = self.host.access_all(request.accesses)
+            except (ConfigError, IndexError) as exc:
+                await self._fail(context, exc)
+                raise
+            if values or request.sync:
+                yield e1000_pb2.MmioResponse(tag=request.tag, values=values)
+
+    async def SetPciCommand(self, request: e1000_pb2.SetPciCommandRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]
+                            ) -> e1000_pb2.SetPciCommandResponse:
+        self.host.set_pci_command(request.bus_master, request.memory)
+        return e1000_pb2.SetPciCommandResponse()
+
+    async def WatchIrq(self, request: e1000_pb2.WatchIrqRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]
+                       ) -> AsyncIterator[e1000_pb2.WatchIrqResponse]:
+        async for level, seq in self.host.watch_irq():
+            yield e1000_pb2.WatchIrqResponse(level=level, seq=seq)
+
+    async def GetStats(self, request: e1000_pb2.GetStatsRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]
+                       ) -> e1000_pb2.GetStatsResponse:
+        nic = self.host.device()
+        return e1000_pb2.GetStatsResponse(
+            registers=nic.hw_stats(), drops=nic.drop_counters(),
+            link_up=bool(nic.mac_reg[STATUS] & E1000_STATUS_LU),
+            irq_level=nic.irq_level)
+
+    async def DescribeDevice(self, request: e1000_pb2.DescribeDeviceRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]
+                             ) -> e1000_pb2.DescribeDeviceResponse:
+        host = self.host
+        nic = host.device()
+        return e1000_pb2.DescribeDeviceResponse(
+            model=host.model, device_id=nic.device_id, mac=format_mac(host.mac),
+            guestmem=host.guestmem_address, dma_path=host.dma.path if host.dma else "",
+            netclient=nic.name)
+
+    async def ResetDevice(self, request: e1000_pb2.ResetDeviceRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]
+                          ) -> e1000_pb2.ResetDeviceResponse:
+        self.host.device().reset()
+        return e1000_pb2.ResetDeviceResponse()
