@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from support.doubles import until
 from virtwire.errors import ConfigError
 from virtwire.guest.mmio import GrpcMmio
 from virtwire.hw import e1000_regs as r
 from virtwire.server.e1000 import E1000Server
 from virtwire.server.guestmem import GuestMemServer
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
+
+from support.doubles import until
 
 
 @pytest.fixture
