@@ -28,6 +28,7 @@ from typing import Protocol
 import grpc
 
 from virtwire.address import PeerSpec
+from virtwire.errors import ConflictError, NotFoundError
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NET_PACKET_FLAG_NONE, NET_PACKET_FLAG_SENT_CB
 from virtwire.v1 import link_pb2, link_pb2_grpc
@@ -468,8 +469,6 @@ class LinkAcceptor:
 
     async def serve(self, context: grpc.aio.ServicerContext[link_pb2.ConnectRequest,
                                                              link_pb2.ConnectResponse]) -> None:
-        from virtwire.errors import ConflictError, NotFoundError
-
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
         except TimeoutError:
