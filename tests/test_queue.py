@@ -793,10 +793,10 @@ def test_set_link_sets_link_down_and_notifies() -> None:
     assert r.link_down is True and r.admin_down is True
     assert r.link_changes == 1
     r.set_link(False)
-    assert r.link_changes == 1  # no change, no notification
+    assert r.link_changes == 2  # qmp_set_link notifies even without a change
     r.set_link(True)
     assert r.link_down is False and r.admin_down is False
-    assert r.link_changes == 2
+    assert r.link_changes == 3
 
 
 def test_set_link_on_a_backend_leaves_a_non_nic_peer_alone() -> None:

@@ -184,14 +184,18 @@ class NetClient:
     def set_link(self, up: bool) -> None:
         """QMP set_link: this NetClient, and its peer too if that is a NIC.
 
-        Hub ports and backends on the peer side keep their state.
+        As qmp_set_link does, link_status_changed is called even when the
+        state does not change (an e1000 then restarts autonegotiation). Hub
+        ports and backends on the peer side keep their state.
         """
         self.admin_down = not up
-        self._update_link_down()
+        self.link_down = self.admin_down or bool(self.carrier_down)
+        self.link_status_changed()
         peer = self.peer
         if peer is not None and peer.is_nic:
             peer.admin_down = not up
-            peer._update_link_down()
+            peer.link_down = peer.admin_down or bool(peer.carrier_down)
+            peer.link_status_changed()
 
     def set_carrier(self, up: bool, source: str = "link") -> None:
         """Carrier from ``source`` ("link" or "backend") went up or down.
