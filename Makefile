@@ -9,13 +9,13 @@ PROTOS := $(wildcard protos/virtwire/v1/*.proto)
 GEN_DIR := services
 # Debian packages the real-peer tests and benchmarks use.
 DEBS := qemu-system-x86 linux-image-amd64 busybox-static iproute2 iperf3 tcpdump \
-        tshark vde2 cpio kmod
+        tshark vde2 cpio kmod docker.io debootstrap
 PYTEST_ARGS ?=
 
 BUF_VERSION := 1.75.0
 BUF := .cache/buf/node_modules/.bin/buf
 
-.PHONY: install debs venv protos protos-check proto-lint lint test run bench clean
+.PHONY: install debs venv protos protos-check proto-lint lint test run bench image clean
 
 install: venv debs
 
@@ -69,7 +69,7 @@ proto-lint:
 	else echo "npm not found: skipping buf lint of the protos"; fi
 
 lint: venv proto-lint
-	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff check services tests bench deploy
 	$(VENV)/bin/mypy
 
 test: install protos-check lint
@@ -80,6 +80,10 @@ run: install
 
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The container image virtwire:<version> (deploy/Dockerfile), from a debootstrap base.
+image: install
+	$(PY) deploy/image.py build
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,251 @@
+"""The container image: deploy/Dockerfile, built by deploy/image.py, run by Docker.
+
+Needs root (to apt-get install docker.io and debootstrap when missing, to start
+dockerd and to debootstrap the base image) or an already running Docker engine
+with the base image present; skips otherwise. Containers join only an internal
+network this module creates in 198.18.0.0/15 (or none at all), and everything it
+creates is removed again, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# A cold machine debootstraps the base image (~1 min) before the first test runs.
+pytestmark = pytest.mark.timeout(900)
+
+SUBNET = "198.18.10.0/24"
+HUB_IP = "198.18.10.10"
+GRPC_PORT = 50051
+# Every container and network made here carries this label; leftovers of a run that
+# was killed are removed by the next one.
+LABEL_KEY = "org.virtwire.test"
+LABEL = f"{LABEL_KEY}=test_docker_image"
+
+HEALTH_PROBE = """\
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+channel = grpc.insecure_channel(sys.argv[1])
+grpc.channel_ready_future(channel).result(timeout=30)
+status = health_pb2_grpc.HealthStub(channel).Check(
+    health_pb2.HealthCheckRequest(service=""), timeout=5).status
+print(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+for answer in answers:
+    for service in answer.list_services_response.service:
+        print(service.name)
+"""
+
+
+def _load_image_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("virtwire_deploy_image", ROOT / "deploy/image.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def docker(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["docker", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"docker {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def _remove_labelled() -> None:
+    """Removes every container and network that carries LABEL."""
+    ids = docker("container", "ls", "--all", "--quiet", "--filter", f"label={LABEL}",
+                 check=False).stdout.split()
+    if ids:
+        docker("container", "rm", "--force", *ids, check=False)
+    ids = docker("network", "ls", "--quiet", "--filter", f"label={LABEL}",
+                 check=False).stdout.split()
+    if ids:
+        docker("network", "rm", *ids, check=False)
+
+
+@pytest.fixture(scope="module")
+def image_mod() -> ModuleType:
+    return _load_image_module()
+
+
+@pytest.fixture(scope="module")
+def engine(image_mod: ModuleType) -> Iterator[None]:
+    """A Docker engine that answers (installing and starting it when root)."""
+    root = os.geteuid() == 0
+    if not root and not (shutil.which("docker") and image_mod.docker_ready()):
+        pytest.skip("needs root (apt-get install docker.io debootstrap, start dockerd) "
+                    "or a running Docker engine")
+    if root:
+        try:
+            image_mod.install_host_packages()
+        except image_mod.ImageError as exc:
+            pytest.skip(f"cannot install docker.io/debootstrap: {exc}")
+    image_mod.ensure_dockerd()
+    _remove_labelled()
+    yield
+    _remove_labelled()
+
+
+@pytest.fixture(scope="module")
+def image(image_mod: ModuleType, engine: None) -> str:
+    """virtwire:<version>, built (or found up to date) by deploy/image.py."""
+    if os.geteuid() != 0 and image_mod.image_id(image_mod.DEFAULT_BASE) is None:
+        pytest.skip(f"not root and no {image_mod.DEFAULT_BASE} image: debootstrap needs root")
+    start = time.monotonic()
+    tag: str = image_mod.build_image(quiet=True)
+    print(f"build_image: {time.monotonic() - start:.1f}s")
+    return tag
+
+
+@pytest.fixture
+def network(engine: None) -> Iterator[str]:
+    """An internal network (no route out of it) with an explicit 198.18.0.0/15 subnet."""
+    name = f"vw-test-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", "--internal", "--subnet", SUBNET, "--label", LABEL, name)
+    try:
+        yield name
+    finally:
+        for cid in docker("ps", "--all", "--quiet", "--filter", f"network={name}",
+                          check=False).stdout.split():
+            docker("rm", "--force", cid, check=False)
+        docker("network", "rm", name, check=False)
+
+
+@pytest.fixture
+def containers(engine: None) -> Iterator[list[str]]:
+    """Names of containers a test starts; all are removed afterwards."""
+    names: list[str] = []
+    try:
+        yield names
+    finally:
+        if names:
+            docker("rm", "--force", *names, check=False)
+
+
+def _name(prefix: str) -> str:
+    return f"vw-test-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def run(image: str, *args: str, docker_args: tuple[str, ...] = ("--network", "none"),
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`docker run --rm` of the image; no network unless docker_args say otherwise."""
+    return docker("run", "--rm", "--label", LABEL, *docker_args, image, *args, timeout=timeout)
+
+
+def test_help(image: str) -> None:
+    out = run(image, "--help").stdout
+    assert out.startswith("usage: virtwire")
+    for command in ("serve", "inject", "capture", "list", "link"):
+        assert command in out
+    # The default command is --help too.
+    assert run(image).stdout == out
+    serve = run(image, "serve", "--help").stdout
+    for service in ("hub", "tap", "guestmem", "e1000"):
+        assert service in serve
+
+
+def test_image_contents(image: str, image_mod: ModuleType) -> None:
+    version = image_mod.project_version()
+    assert image == f"virtwire:{version}"
+    labels = json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}",
+                               image).stdout)
+    assert labels["org.opencontainers.image.version"] == version
+    script = ("id -u; ip -V; python3 --version; /opt/virtwire/bin/python -c "
+              "'import grpc, virtwire; print(grpc.__version__)'; "
+              "for c in gcc cc g++ clang make pip; do command -v $c; done; true")
+    out = run(image, "-c", script, docker_args=("--network", "none", "--entrypoint", "sh"))
+    lines = out.stdout.splitlines()
+    assert lines[0] == "10000", "the default user is unprivileged"
+    assert "iproute2" in lines[1]
+    assert lines[2].startswith("Python 3.")
+    assert len(lines) == 4, f"compilers or pip in the image: {lines[4:]}"
+    size = image_mod.image_size(image)
+    print(f"{image}: {size / 1e6:.0f} MB")
+    assert size < 250e6
+
+
+def test_hub_answers_on_internal_network(
+    image: str, network: str, containers: list[str]
+) -> None:
+    hub = _name("hub")
+    containers.append(hub)
+    docker("run", "--detach", "--name", hub, "--label", LABEL, "--network", network,
+           "--ip", HUB_IP, image, "serve", "hub", "--listen", f"0.0.0.0:{GRPC_PORT}",
+           "--ports", "2")
+    target = f"{HUB_IP}:{GRPC_PORT}"
+    on_net = ("--network", network)
+
+    # From a second container on the same internal network: grpc.health.v1 and reflection.
+    probe = run(image, "-c", HEALTH_PROBE, target,
+                docker_args=(*on_net, "--entrypoint", "python"), timeout=90)
+    lines = probe.stdout.split()
+    assert lines[0] == "SERVING"
+    assert "grpc.health.v1.Health" in lines
+    assert any(name.startswith("virtwire.v1.") for name in lines), lines
+
+    # ... and the CLI's list, as an operator would use it.
+    listed = json.loads(run(image, "list", "-s", target, "--json", docker_args=on_net).stdout)
+    names = [nc["name"] for nc in listed["netclients"]]
+    assert len(names) == 2, names
+
+    # SIGTERM (docker stop) shuts it down gracefully, well before docker's SIGKILL.
+    start = time.monotonic()
+    docker("stop", "--time", "20", hub)
+    assert time.monotonic() - start < 15
+    assert docker("inspect", "--format", "{{.State.ExitCode}}", hub).stdout.strip() == "0"
+    assert "listening on 0.0.0.0:50051" in docker("logs", hub).stderr
+
+
+def test_tap_needs_and_gets_net_admin(image: str, containers: list[str]) -> None:
+    if not Path("/dev/net/tun").exists():
+        pytest.skip("no /dev/net/tun on this host")
+    backend = ("serve", "tap", "--listen", f"127.0.0.1:{GRPC_PORT}",
+               "--backend", "tap,ifname=vw0")
+    # As the default, unprivileged user it fails with a clear message.
+    denied = docker("run", "--rm", "--label", LABEL, "--network", "none",
+                    "--device", "/dev/net/tun", image, *backend, check=False)
+    assert denied.returncode != 0
+    assert "CAP_NET_ADMIN" in denied.stderr
+
+    # As the orchestrator runs it: root in the container, NET_ADMIN, /dev/net/tun.
+    tap = _name("tap")
+    containers.append(tap)
+    docker("run", "--detach", "--name", tap, "--label", LABEL, "--network", "none",
+           "--user", "0", "--cap-add", "NET_ADMIN", "--device", "/dev/net/tun", image, *backend)
+    deadline = time.monotonic() + 30
+    while True:
+        link = docker("exec", tap, "ip", "-br", "link", "show", "vw0", check=False)
+        listed = docker("exec", tap, "virtwire", "list", "-s", f"127.0.0.1:{GRPC_PORT}",
+                        "--json", check=False)
+        if link.returncode == 0 and listed.returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"{link.stderr}{listed.stderr}{docker('logs', tap)}"
+        time.sleep(0.5)
+    assert link.stdout.startswith("vw0")
+    assert [nc["kind"] for nc in json.loads(listed.stdout)["netclients"]] == ["tap"]
