@@ -227,3 +227,14 @@ def test_unreachable_peer_is_reported_and_logged(tmp_path: Path) -> None:
         assert nc["link_down"] is True
         assert "peer 127.0.0.1:1/ unreachable" in nc["info"]
         assert "unreachable" in tap.log.read_text()
+
+
+def test_cli_validate_topology_files(tmp_path: Path) -> None:
+    examples = Path(__file__).parent.parent / "examples"
+    out = cli("validate", str(examples / "default.yaml"))
+    assert out.returncode == 0 and "LAN 'default'" in out.stdout, out.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nnodes:\n  a: {kind: hub}\nlinks:\n  - [a, nosuch]\n")
+    out = cli("validate", str(bad))
+    assert out.returncode == 2
+    assert f"{bad}:5" in out.stderr and "nosuch" in out.stderr and "Traceback" not in out.stderr

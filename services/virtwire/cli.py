@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -113,9 +114,15 @@ def _build_e1000(args: argparse.Namespace) -> ServiceHost:
                        compat=args.compat)
 
 
+def _build_guest(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.server.guest import build
+
+    return build(args)
+
+
 async def cmd_serve(args: argparse.Namespace) -> int:
     builders = {"hub": _build_hub, "tap": _build_tap, "guestmem": _build_guestmem,
-                "e1000": _build_e1000}
+                "e1000": _build_e1000, "guest": _build_guest}
     host = builders[args.kind](args)
     await run_host(host, args.ready_file)
     return 0
@@ -234,6 +241,28 @@ async def cmd_link(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_ping(args: argparse.Namespace) -> int:
+    from virtwire.server.guest import ping_command
+
+    return await ping_command(args.server, args.address, count=args.count,
+                              interval_ms=max(1, round(args.interval * 1000)),
+                              timeout_ms=max(1, round(args.wait * 1000)), size=args.size)
+
+
+async def cmd_validate(args: argparse.Namespace) -> int:
+    from virtwire.topology import load_topology
+
+    topo = load_topology(args.file)
+    if args.json:
+        print(json.dumps(topo.to_dict(), indent=1))
+    else:
+        print(f"{args.file}: LAN {topo.name!r}: {len(topo.nodes)} nodes, "
+              f"{len(topo.links)} links, {len(topo.services)} services")
+    for warning in topo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from virtwire.demo import run_demo
 
@@ -258,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, help_text in (("hub", "a hub (QEMU's -netdev hubport)"),
                             ("tap", "host-side backends: tap, stream, dgram"),
                             ("guestmem", "one guest's RAM: shared memory + DMA RPCs"),
-                            ("e1000", "an emulated Intel e1000 NIC (QEMU's hw/net/e1000.c)")):
+                            ("e1000", "an emulated Intel e1000 NIC (QEMU's hw/net/e1000.c)"),
+                            ("guest", "a guest's e1000 driver: send/receive, ping, TAP bridge")):
         sp = serve_sub.add_parser(kind, help=help_text)
         sp.add_argument("--listen", default="127.0.0.1:0",
                         help="gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:0)")
@@ -283,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the QEMU whose e1000 to reproduce (7.2: Debian 12's)")
             sp.add_argument("--dma", choices=["auto", "rpc"], default="auto",
                             help="auto: shared memory when on the same host; rpc: always RPCs")
+        elif kind == "guest":
+            from virtwire.server.guest import add_arguments
+
+            add_arguments(sp)
         elif kind == "guestmem":
             sp.add_argument("--size", metavar="SIZE",
                             help="guest RAM, e.g. 64M or 1G (binary units; default 64M, "
@@ -332,13 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("netclient")
     link.add_argument("state", choices=["up", "down"])
 
+    png = client("ping", "ICMP echo from a guest service's address through its e1000")
+    png.add_argument("address", help="an IPv4 address on the guest's subnet")
+    png.add_argument("--count", "-c", type=int, default=3, help="echo requests (default 3)")
+    png.add_argument("--interval", "-i", type=float, default=0.2,
+                     help="seconds between requests (default 0.2)")
+    png.add_argument("--wait", "-W", type=float, default=1.0,
+                     help="seconds to wait for each reply (default 1)")
+    png.add_argument("--size", type=int, default=56, help="ICMP payload bytes (default 56)")
+
+    val = sub.add_parser("validate", help="check a topology file (YAML) and show its plan")
+    val.add_argument("file")
+    val.add_argument("--json", action="store_true", help="print the resolved topology")
+
     demo = sub.add_parser("demo", help="bring up the default LAN on loopback (make run)")
     demo.add_argument("--once", action="store_true", help="show traffic once and exit")
     return p
 
 
 _COMMANDS = {"serve": cmd_serve, "inject": cmd_inject, "capture": cmd_capture,
-             "list": cmd_list, "link": cmd_link, "demo": cmd_demo}
+             "list": cmd_list, "link": cmd_link, "ping": cmd_ping, "validate": cmd_validate,
+             "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

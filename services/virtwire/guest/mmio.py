@@ -151,8 +151,7 @@ class GrpcMmio:
     def _flush_posted(self) -> None:
         self._flush_scheduled = False
         if self._posted:
-            accesses, self._posted = self._posted, []
-            task = asyncio.ensure_future(self._send(accesses, sync=False))
+            task = asyncio.ensure_future(self._send([], sync=False))
             task.add_done_callback(self._note_error)
 
     def _note_error(self, task: asyncio.Future[list[int] | None]) -> None:
@@ -161,9 +160,19 @@ class GrpcMmio:
 
     async def _send(self, accesses: list[e1000_pb2.RegisterAccess],
                     sync: bool) -> list[int] | None:
+        """Send the posted writes, then ``accesses``, as one request.
+
+        The posted writes are taken while holding the (FIFO) send lock, so a
+        request never overtakes writes posted before it: PCI ordering.
+        """
         assert self._call is not None
         waiter: asyncio.Future[list[int]] | None = None
         async with self._send_lock:
+            if self._posted:
+                accesses = [*self._posted, *accesses]
+                self._posted = []
+            if not accesses and not sync:
+                return None
             self._tag += 1
             has_reads = any(not a.write for a in accesses)
             if has_reads or sync:
@@ -177,16 +186,13 @@ class GrpcMmio:
 
     async def read(self, offset: int) -> int:
         self._check()
-        accesses, self._posted = self._posted, []
-        accesses.append(e1000_pb2.RegisterAccess(offset=offset))
-        values = await self._send(accesses, sync=False)
+        values = await self._send([e1000_pb2.RegisterAccess(offset=offset)], sync=False)
         assert values is not None
         return values[-1]
 
     async def sync(self) -> None:
         self._check()
-        accesses, self._posted = self._posted, []
-        await self._send(accesses, sync=True)
+        await self._send([], sync=True)
 
     async def set_pci_command(self, *, bus_master: bool, memory: bool = True) -> None:
         await self.sync()

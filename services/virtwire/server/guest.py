@@ -1,0 +1,386 @@
+"""The guest service: virtwire.v1.GuestService over an E1000Driver.
+
+``GuestServer`` maps the guest's RAM (a guestmem service, shared memory when
+on the same host), opens the e1000 service's MMIO and IRQ streams, brings the
+NIC up as Linux's e1000 driver does, and then serves Send / Receive / Ping /
+GetStatus. With ``ip`` it answers ARP and ICMP echo for that address (and
+Ping uses it as the source); with ``bridge_tap`` the NIC also appears as a
+Linux TAP interface (optionally moved into ``netns`` and addressed with
+``bridge_ip`` there), so a real kernel stack runs over the emulated NIC.
+
+Run it with ``python -m virtwire.server.guest --e1000 ADDR --guestmem ADDR
+[--ip CIDR] [--bridge-tap IFNAME [--netns NS] [--bridge-ip CIDR]]`` (the
+``virtwire serve guest`` CLI takes the same options: ``add_arguments`` /
+``build``; ``virtwire ping`` is ``ping_command``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from ipaddress import IPv4Interface
+from typing import Any
+
+import grpc
+
+from virtwire.address import parse_sockaddr
+from virtwire.errors import BackendError, ConfigError
+from virtwire.guest.bridge import TapBridge, check_netns
+from virtwire.guest.driver import (
+    DEFAULT_BUF_SIZE,
+    DEFAULT_MEM_BASE,
+    DEFAULT_RING,
+    MAX_FRAME,
+    DriverError,
+    E1000Driver,
+)
+from virtwire.guest.mmio import GrpcMmio
+from virtwire.guest.responder import (
+    MAX_PING_COUNT,
+    MAX_PING_SIZE,
+    MAX_PING_TIMEOUT_MS,
+    Responder,
+    parse_interface,
+)
+from virtwire.mem.client import GuestMemClient
+from virtwire.net.eth import format_mac
+from virtwire.net.tap import check_ifname
+from virtwire.server.base import ServiceHost, abort_for
+from virtwire.v1 import guest_pb2, guest_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+#: The service's ring sizes: Linux's default is 256; 1024 absorbs the e1000 service's
+#: bursts (whole link batches) and keeps more of a Send in flight.
+SERVICE_RING = 1024
+#: Frames one Send may carry.
+MAX_SEND_FRAMES = 65536
+MIN_SEND_FRAME = 14
+#: Frames a Receive subscriber may fall behind by before frames are dropped for it.
+RECEIVE_QUEUE_LEN = 8192
+DEFAULT_PING_COUNT = 3
+DEFAULT_PING_INTERVAL_MS = 200
+DEFAULT_PING_TIMEOUT_MS = 1000
+DEFAULT_PING_SIZE = 56
+
+
+class _Subscriber:
+    """One Receive stream: a bounded queue of (frame, timestamp_ns)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue(RECEIVE_QUEUE_LEN)
+        self.dropped = 0
+
+
+class GuestServer(ServiceHost):
+    """One guest: the driver of one e1000 service, plus responder and bridge."""
+
+    service_name = "guest"
+
+    def __init__(self, listen: str = "127.0.0.1:0", *, e1000: str, guestmem: str,
+                 ip: str = "", bridge_tap: str = "", netns: str = "", bridge_ip: str = "",
+                 rx_ring: int = SERVICE_RING, tx_ring: int = SERVICE_RING,
+                 mem_base: int = DEFAULT_MEM_BASE, force_rpc: bool = False,
+                 connect_timeout: float = 10.0, up_timeout: float = 30.0) -> None:
+        super().__init__(listen)
+        self.e1000_target = parse_sockaddr(e1000, allow_port_zero=False).grpc_target
+        parse_sockaddr(guestmem, allow_port_zero=False)
+        self.e1000_address = e1000
+        self.guestmem_address = guestmem
+        try:
+            self.iface: IPv4Interface | None = parse_interface(ip, "--ip") if ip else None
+            self.bridge_iface: IPv4Interface | None = (
+                parse_interface(bridge_ip, "--bridge-ip") if bridge_ip else None)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if (netns or bridge_ip) and not bridge_tap:
+            raise ConfigError("--netns and --bridge-ip need --bridge-tap")
+        if bridge_tap:
+            check_ifname(bridge_tap)
+        if netns:
+            check_netns(netns)
+        if self.iface is not None and self.bridge_iface is not None and \
+                self.iface.ip == self.bridge_iface.ip:
+            raise ConfigError(f"--ip and --bridge-ip are both {self.iface.ip}: the responder "
+                              "and the TAP's kernel stack would both answer it")
+        # Checked here so that a bad ring size is a usage error, not a start failure.
+        E1000Driver.check_config(rx_ring=rx_ring, tx_ring=tx_ring, buf_size=DEFAULT_BUF_SIZE,
+                                 mem_base=mem_base)
+        self.bridge_tap = bridge_tap
+        self.netns = netns
+        self.rx_ring = rx_ring
+        self.tx_ring = tx_ring
+        self.mem_base = mem_base
+        self.force_rpc = force_rpc
+        self.connect_timeout = connect_timeout
+        self.up_timeout = up_timeout
+        self.mem: GuestMemClient | None = None
+        self.mmio: GrpcMmio | None = None
+        self.driver: E1000Driver | None = None
+        self.responder: Responder | None = None
+        self.bridge: TapBridge | None = None
+        self.subscribers: list[_Subscriber] = []
+        self.subscriber_dropped = 0
+
+    def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
+        guest_pb2_grpc.add_GuestServiceServicer_to_server(GuestServicer(self), server)
+        return [guest_pb2.DESCRIPTOR.services_by_name["GuestService"].full_name]
+
+    async def start(self) -> None:
+        try:
+            self.mem = await GuestMemClient.connect(self.guestmem_address,
+                                                    prefer_shm=not self.force_rpc,
+                                                    timeout=self.connect_timeout)
+            if self.mem.path != "shm":
+                logger.warning("guest memory over RPC (%s): the driver's ring accesses "
+                               "block on round trips; run next to the guestmem service for "
+                               "the shared-memory path", self.mem.reason)
+            self.mmio = GrpcMmio(self.e1000_target)
+            await self.mmio.connect(self.connect_timeout)
+            driver = E1000Driver(self.mmio, self.mem, mem_base=self.mem_base,
+                                 rx_ring=self.rx_ring, tx_ring=self.tx_ring,
+                                 multicast_promiscuous=bool(self.bridge_tap))
+            self.driver = driver
+            await driver.up(self.up_timeout)
+            driver.rx_handlers.append(self._publish)
+            if self.iface is not None:
+                self.responder = Responder(driver.mac, self.iface, driver.try_send)
+                driver.rx_handlers.append(self.responder.handle)
+            if self.bridge_tap:
+                self.bridge = TapBridge(driver, self.bridge_tap, netns=self.netns,
+                                        cidr=self.bridge_iface)
+                await self.bridge.open()
+            await super().start()
+        except BaseException:
+            await self.close_backends()
+            raise
+        logger.info("guest: e1000 %s up (mac %s, link %s), guest memory %s over %s%s%s",
+                    self.e1000_address, format_mac(driver.mac),
+                    "up" if driver.link_up else "down", self.guestmem_address, self.mem.path,
+                    f", responder {self.iface}" if self.iface else "",
+                    f", bridged to {self.bridge.ifname}" if self.bridge else "")
+
+    async def close_backends(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.close()
+            self.bridge = None
+        if self.driver is not None:
+            await self.driver.down()
+        if self.mmio is not None:
+            await self.mmio.close()
+            self.mmio = None
+        if self.mem is not None:
+            await self.mem.close()
+            self.mem = None
+
+    # -- receive subscribers -------------------------------------------------------------
+    def _publish(self, frames: list[bytes]) -> None:
+        if not self.subscribers:
+            return
+        now = time.time_ns()
+        for sub in self.subscribers:
+            queue = sub.queue
+            for frame in frames:
+                if queue.full():
+                    sub.dropped += 1
+                    self.subscriber_dropped += 1
+                else:
+                    queue.put_nowait((frame, now))
+
+    def ready_driver(self, need_link: bool = True) -> E1000Driver:
+        """The driver if the NIC is up (and its link, if asked); BackendError if not."""
+        driver = self.driver
+        if driver is None or driver.state != "up":
+            why = f": {driver.error}" if driver is not None and driver.error else ""
+            raise DriverError(f"the NIC is not up{why}")
+        if need_link and not driver.link_up:
+            raise DriverError("the NIC's link is down")
+        return driver
+
+    def status(self) -> guest_pb2.GetStatusResponse:
+        driver = self.driver
+        c = driver.counters if driver is not None else None
+        dropped = self.subscriber_dropped
+        if c is not None:
+            dropped += c.tx_dropped + c.rx_dropped
+        if self.bridge is not None:
+            dropped += self.bridge.counters.rx_dropped + self.bridge.counters.tx_dropped
+        return guest_pb2.GetStatusResponse(
+            mac=format_mac(driver.mac) if driver is not None and driver.mac else "",
+            ip=str(self.iface) if self.iface else "",
+            link_up=bool(driver and driver.link_up),
+            tx_frames=c.tx_frames if c else 0,
+            rx_frames=c.rx_frames if c else 0,
+            dropped=dropped,
+            interrupts=c.interrupts if c else 0,
+            responder_replies=self.responder.replies if self.responder else 0,
+            bridge_tap=self.bridge.ifname if self.bridge else "",
+            e1000=self.e1000_address)
+
+
+def check_send_frames(frames: Sequence[bytes]) -> None:
+    """ConfigError unless 1..MAX_SEND_FRAMES frames, each 14..16384 bytes."""
+    if len(frames) > MAX_SEND_FRAMES:
+        raise ConfigError(f"{len(frames)} frames in one Send (at most {MAX_SEND_FRAMES})")
+    for i, frame in enumerate(frames):
+        if not MIN_SEND_FRAME <= len(frame) <= MAX_FRAME:
+            raise ConfigError(f"frame {i} has {len(frame)} bytes: an Ethernet frame without "
+                              f"FCS has {MIN_SEND_FRAME} to {MAX_FRAME}")
+
+
+def ping_parameters(request: guest_pb2.PingRequest) -> tuple[int, float, float, int]:
+    """(count, interval s, timeout s, size) with defaults; ConfigError when out of range."""
+    count = request.count or DEFAULT_PING_COUNT
+    if count > MAX_PING_COUNT:
+        raise ConfigError(f"count {count}: at most {MAX_PING_COUNT}")
+    interval_ms = request.interval_ms or DEFAULT_PING_INTERVAL_MS
+    if interval_ms > 60000:
+        raise ConfigError(f"interval_ms {interval_ms}: at most 60000")
+    timeout_ms = request.timeout_ms or DEFAULT_PING_TIMEOUT_MS
+    if timeout_ms > MAX_PING_TIMEOUT_MS:
+        raise ConfigError(f"timeout_ms {timeout_ms}: at most {MAX_PING_TIMEOUT_MS}")
+    size = request.size or DEFAULT_PING_SIZE
+    if size > MAX_PING_SIZE:
+        raise ConfigError(f"size {size}: at most {MAX_PING_SIZE} bytes")
+    return count, interval_ms / 1000, timeout_ms / 1000, size
+
+
+class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
+    """Thin adapter: RPCs to GuestServer and its driver."""
+
+    def __init__(self, host: GuestServer) -> None:
+        self.host = host
+
+    async def Send(self, request: guest_pb2.SendRequest,
+                   context: grpc.aio.ServicerContext[Any, Any]) -> guest_pb2.SendResponse:
+        frames = list(request.frames)
+        try:
+            check_send_frames(frames)
+            driver = self.host.ready_driver()
+            queued, dropped = await driver.send(frames)
+        except (ConfigError, BackendError) as exc:
+            await abort_for(context, exc)
+            raise
+        return guest_pb2.SendResponse(queued=queued, dropped=dropped)
+
+    async def Receive(self, request: guest_pb2.ReceiveRequest,
+                      context: grpc.aio.ServicerContext[Any, Any]
+                      ) -> AsyncIterator[guest_pb2.ReceiveResponse]:
+        try:
+            self.host.ready_driver(need_link=False)
+        except BackendError as exc:
+            await abort_for(context, exc)
+            raise
+        sub = _Subscriber()
+        self.host.subscribers.append(sub)
+        try:
+            sent = 0
+            while not request.count or sent < request.count:
+                frame, ts = await sub.queue.get()
+                yield guest_pb2.ReceiveResponse(frame=frame, timestamp_ns=ts)
+                sent += 1
+        finally:
+            self.host.subscribers.remove(sub)
+
+    async def Ping(self, request: guest_pb2.PingRequest,
+                   context: grpc.aio.ServicerContext[Any, Any]) -> guest_pb2.PingResponse:
+        host = self.host
+        try:
+            count, interval, timeout, size = ping_parameters(request)
+            if host.responder is None:
+                raise DriverError("this guest has no IPv4 address: start it with --ip CIDR")
+            try:
+                host.responder.check_target(request.address)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            host.ready_driver()
+            result = await host.responder.ping(request.address, count=count,
+                                               interval=interval, timeout=timeout,
+                                               size=size)
+        except (ConfigError, BackendError) as exc:
+            await abort_for(context, exc)
+            raise
+        return guest_pb2.PingResponse(
+            replies=[guest_pb2.PingReply(seq=seq, rtt_us=rtt) if rtt is not None
+                     else guest_pb2.PingReply(seq=seq) for seq, rtt in result.replies],
+            transmitted=result.transmitted, received=result.received)
+
+    async def GetStatus(self, request: guest_pb2.GetStatusRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]
+                        ) -> guest_pb2.GetStatusResponse:
+        return self.host.status()
+
+
+# -- command line -------------------------------------------------------------------------
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    """The options of `virtwire serve guest` (besides --listen and --ready-file)."""
+    sp.add_argument("--e1000", required=True, metavar="ADDR",
+                    help="the e1000 service this guest drives")
+    sp.add_argument("--guestmem", required=True, metavar="ADDR",
+                    help="the guestmem service holding this guest's RAM (the e1000's)")
+    sp.add_argument("--ip", default="", metavar="CIDR",
+                    help="answer ARP and ping for this address, e.g. 198.18.0.1/24; "
+                         "Ping RPCs use it as their source")
+    sp.add_argument("--bridge-tap", default="", metavar="IFNAME",
+                    help="also make the NIC a Linux TAP interface of this name (root)")
+    sp.add_argument("--netns", default="", metavar="NS",
+                    help="move the bridge TAP into this existing network namespace")
+    sp.add_argument("--bridge-ip", default="", metavar="CIDR",
+                    help="address the bridge TAP with this (inside --netns if given)")
+    sp.add_argument("--rx-ring", type=int, default=SERVICE_RING, metavar="N",
+                    help=f"RX descriptors, 8 to 4096 (default {SERVICE_RING}; Linux: "
+                         f"{DEFAULT_RING})")
+    sp.add_argument("--tx-ring", type=int, default=SERVICE_RING, metavar="N",
+                    help=f"TX descriptors, 8 to 4096 (default {SERVICE_RING}; Linux: "
+                         f"{DEFAULT_RING})")
+    sp.add_argument("--dma", choices=["auto", "rpc"], default="auto",
+                    help="auto: shared memory when on the same host; rpc: always RPCs")
+    sp.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                    help="give up if the e1000 or guestmem service is not reachable in S s")
+
+
+def build(args: argparse.Namespace) -> GuestServer:
+    """A GuestServer from parsed `serve guest` arguments."""
+    return GuestServer(args.listen, e1000=args.e1000, guestmem=args.guestmem, ip=args.ip,
+                       bridge_tap=args.bridge_tap, netns=args.netns, bridge_ip=args.bridge_ip,
+                       rx_ring=args.rx_ring, tx_ring=args.tx_ring,
+                       force_rpc=args.dma == "rpc", connect_timeout=args.connect_timeout)
+
+
+def format_ping(address: str, server: str, resp: guest_pb2.PingResponse) -> str:
+    lines = [f"PING {address} from guest {server}"]
+    rtts = []
+    for reply in resp.replies:
+        if reply.HasField("rtt_us"):
+            rtts.append(reply.rtt_us / 1000)
+            lines.append(f"seq={reply.seq} time={reply.rtt_us / 1000:.3f} ms")
+        else:
+            lines.append(f"seq={reply.seq} no reply")
+    tx, rx = resp.transmitted, resp.received
+    loss = 100 * (tx - rx) / tx if tx else 0
+    lines.append(f"--- {address} ping statistics ---")
+    summary = f"{tx} transmitted, {rx} received, {loss:.0f}% packet loss"
+    if rtts:
+        summary += (f", rtt min/avg/max = {min(rtts):.3f}/{sum(rtts) / len(rtts):.3f}/"
+                    f"{max(rtts):.3f} ms")
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+async def ping_command(server: str, address: str, *, count: int = DEFAULT_PING_COUNT,
+                       interval_ms: int = DEFAULT_PING_INTERVAL_MS,
+                       timeout_ms: int = DEFAULT_PING_TIMEOUT_MS,
+                       size: int = DEFAULT_PING_SIZE) -> int:
+    """`virtwire ping -s GUEST IP`: print ping-style lines; 0 if any reply came."""
+    target = parse_sockaddr(server, allow_port_zero=False).grpc_target
+    request = guest_pb2.PingRequest(address=address, count=count, interval_ms=interval_ms,
+                                    timeout_ms=timeout_ms, size=size)
+    deadline = 10 + (count * (interval_ms + timeout_ms)) / 1000
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = guest_pb2_grpc.GuestServiceStub(channel)
+        resp = await stub.Ping(request, timeout=deadline)
+    print(format_ping(address, server, resp))
+    return 0 if resp.received else 1

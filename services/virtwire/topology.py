@@ -1,0 +1,1241 @@
+"""Topology files: a virtwire LAN described in YAML, validated before anything starts.
+
+A topology names the LAN, its nodes and the links between them::
+
+    version: 1                      # optional; the only version so far
+    name: lab1                      # LAN name: state dir, container names
+    hosts:                          # optional: machines to place nodes on
+      h1: {address: 198.18.1.1}
+    nodes:
+      hub0: {kind: hub}
+      vm1:                          # a virtwire VM: guestmem + e1000 + guest services
+        kind: vm
+        mac: 52:54:00:12:34:01      # default: QEMU's 52:54:00:12:34:56, +1 per VM
+        model: 82540EM              # 82540EM (default) | 82544GC | 82545EM
+        compat: "9.0"               # the QEMU whose e1000 to reproduce: 9.0 | 7.2
+        memory: 64M                 # guest RAM (binary units)
+        ip: 198.18.0.1/24           # the built-in ARP/ICMP responder
+        bridge: {ifname: vw1, netns: ns1, ip: 198.18.0.11/24}   # TAP bridge (root)
+        host: h1                    # placement (default: this machine)
+      qemu0:                        # a tap service with one backend
+        kind: tap
+        backend: stream             # tap | stream | dgram
+        listen: 127.0.0.1:10555     # the backend's options, as in `serve tap --backend`
+    links:
+      - [vm1, hub0]                 # NODE or HUB:PORT; a hub without a port gets a new one
+      - [qemu0, hub0:uplink]
+
+``load_topology`` / ``parse_topology`` return a ``Topology`` or raise one
+``TopologyError`` listing every problem, one per line, each as
+``FILE:LINE: WHERE: WHAT`` (WHERE is ``node 'vm1'``, ``host 'h1'`` or
+``links[2] (vm1 -- hub0)``, links counted from 0).
+
+Scalars follow YAML 1.2's core schema, not PyYAML's YAML 1.1 default: an
+unquoted MAC such as ``52:54:00:12:34:01`` stays a string (YAML 1.1 reads it
+as a base-60 number), ``on``/``yes``/``no`` are strings (only ``true`` and
+``false`` are booleans) and ``010`` is ten. Duplicate keys are errors.
+
+Start order and dialling: hubs start first, then each VM's guestmem, e1000 and
+guest services, then the tap services, in file order within each kind. In
+every link the endpoint that starts later dials the one that started earlier,
+so a dialler is always given the address of a service that is already up: a VM
+or tap dials its hub, the later of two peered VMs or taps dials the earlier, a
+tap dials the VM it is peered with, and of two hubs the later-declared one
+dials the other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections import deque
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from yaml.nodes import Node as YamlNode
+from yaml.reader import ReaderError
+
+from virtwire.address import parse_sockaddr
+from virtwire.errors import ConfigError
+from virtwire.guest.responder import parse_interface
+from virtwire.mem.guestmem import check_size, parse_size
+from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.net.tap import check_ifname
+from virtwire.server.tap import backend_config_from_args
+from virtwire.v1 import tap_pb2
+
+__all__ = [
+    "Bridge",
+    "Endpoint",
+    "Host",
+    "HubNode",
+    "Link",
+    "Node",
+    "Service",
+    "TapNode",
+    "Topology",
+    "TopologyError",
+    "TopologySpec",
+    "VmNode",
+    "json_schema",
+    "load_topology",
+    "parse_topology",
+]
+
+NodeKind = Literal["hub", "vm", "tap"]
+ServiceKind = Literal["hub", "guestmem", "e1000", "guest", "tap"]
+E1000ModelName = Literal["82540EM", "82544GC", "82545EM"]
+QemuCompat = Literal["9.0", "7.2"]
+
+NODE_KINDS: tuple[NodeKind, ...] = ("hub", "vm", "tap")
+#: The services a vm node runs, in start order; each is named NODE-KIND.
+VM_SERVICES: tuple[ServiceKind, ...] = ("guestmem", "e1000", "guest")
+#: QEMU's default MAC (qemu_macaddr_default_if_unset): 52:54:00:12:34:56, then
+#: the last byte counts up for each NIC that has none.
+DEFAULT_MAC_PREFIX = "52:54:00:12:34"
+DEFAULT_MAC_FIRST = 0x56
+
+#: Longest LAN and node names: "LAN-NODE-guestmem" stays a 63-character DNS
+#: label (container, Swarm service and Kubernetes names).
+LAN_NAME_MAX = 24
+NODE_NAME_MAX = 28
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+_PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Names a hub gives its unnamed ports (hub0port0, ...): not for named ports.
+_AUTO_PORT_RE = re.compile(r"^hub[0-9]+port[0-9]+$")
+_NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_DNS_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LINK_FORM = "a link is a pair [NODE, NODE] where a hub end may be HUB:PORT"
+
+
+class TopologyError(ConfigError):
+    """An unreadable or invalid topology; ``problems`` has one line per problem."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# -- YAML: core-schema scalars, line numbers, duplicate keys ----------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema scalars and only the plain types."""
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}
+
+
+def _construct_bool(loader: _Loader, node: ScalarNode) -> bool:
+    text = str(loader.construct_scalar(node))
+    if text.lower() not in ("true", "false"):
+        raise ConstructorError(None, None, f"{text!r} is not a boolean (true or false)",
+                               node.start_mark)
+    return text.lower() == "true"
+
+
+def _construct_int(loader: _Loader, node: ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    try:
+        # Decimal with leading zeros is still decimal (YAML 1.2: 010 is ten).
+        return int(text, 10) if re.fullmatch(r"[-+]?[0-9]+", text) else int(text, 0)
+    except ValueError:
+        raise ConstructorError(None, None, f"{text!r} is not an integer",
+                               node.start_mark) from None
+
+
+def _construct_float(loader: _Loader, node: ScalarNode) -> float:
+    text = str(loader.construct_scalar(node)).replace("_", "").lower()
+    special = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+    if text in special:
+        return special[text]
+    try:
+        return float(text)
+    except ValueError:
+        raise ConstructorError(None, None, f"{text!r} is not a number",
+                               node.start_mark) from None
+
+
+for _tag, _pattern, _first in (
+        ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                  r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+        ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+        ("merge", r"^(?:<<)$", "<")):
+    _Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern),
+                                  list(_first))
+_SAFE = yaml.SafeLoader.yaml_constructors
+_Loader.yaml_constructors = {
+    **{tag: _SAFE[tag] for tag in (f"tag:yaml.org,2002:{name}"
+                                   for name in ("null", "str", "seq", "map"))},
+    "tag:yaml.org,2002:bool": _construct_bool,
+    "tag:yaml.org,2002:int": _construct_int,
+    "tag:yaml.org,2002:float": _construct_float,
+    None: _SAFE[None],  # any other tag (!!binary, !!python/..., !foo): an error
+}
+
+_Path = tuple[Hashable, ...]
+#: Deepest path whose line is recorded (nodes.NAME.bridge.ip is 4 deep).
+_MAX_POSITION_DEPTH = 6
+
+
+@dataclass
+class _Document:
+    data: Any
+    #: The line (1-based) of each mapping key and sequence item, by path.
+    lines: dict[_Path, int]
+    #: (path of the mapping, key, first line, repeated line) for each duplicate key.
+    duplicates: list[tuple[_Path, Hashable, int, int]]
+
+
+def _read_yaml(text: str, source: str) -> _Document:
+    try:
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                raise TopologyError(source, [f"{source}: the file is empty: a topology needs "
+                                             "at least 'name' and 'nodes'"])
+            lines: dict[_Path, int] = {(): root.start_mark.line + 1}
+            duplicates: list[tuple[_Path, Hashable, int, int]] = []
+            _scan(loader, root, (), lines, duplicates, set())
+            data = loader.construct_document(root)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        what = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem:
+            where = (f" at line {exc.context_mark.line + 1}"
+                     if exc.context_mark is not None and exc.context_mark is not mark else "")
+            what = f"{exc.context}{where}, {exc.problem}"
+        raise TopologyError(source, [f"{source}{line}: YAML: {what}"]) from None
+    except ReaderError as exc:
+        at = text[:exc.position].count("\n") + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        raise TopologyError(source, [f"{source}:{at}: YAML: character {char!r} is "
+                                     "not allowed in YAML"]) from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(source, [f"{source}: YAML: {exc}"]) from None
+    except RecursionError:
+        raise TopologyError(source, [f"{source}: YAML: nested too deeply"]) from None
+    if isinstance(data, dict):
+        # Top-level x-* keys are extension fields for anchors (as in Compose files).
+        data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    return _Document(data, lines, duplicates)
+
+
+def _scan(loader: _Loader, node: YamlNode, path: _Path, lines: dict[_Path, int],
+          duplicates: list[tuple[_Path, Hashable, int, int]], seen: set[int]) -> None:
+    """Record the line of every key and item, and find duplicate keys.
+
+    Each YAML node is visited once (aliases share nodes), so the walk is
+    linear even for a "billion laughs" document.
+    """
+    if id(node) in seen or len(path) >= _MAX_POSITION_DEPTH:
+        return
+    seen.add(id(node))
+    if isinstance(node, MappingNode):
+        first: dict[Hashable, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    duplicates.append((path, key, first[key], line))
+                    continue
+            except TypeError:  # unhashable: the constructor reports it
+                continue
+            first[key] = line
+            lines[(*path, key)] = line
+            _scan(loader, value_node, (*path, key), lines, duplicates, seen)
+    elif isinstance(node, SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = item.start_mark.line + 1
+            _scan(loader, item, (*path, index), lines, duplicates, seen)
+
+
+# -- field checks (each raises ConfigError saying what is wrong) -------------------
+def _check_name(what: str, max_len: int) -> Any:
+    def check(name: str) -> str:
+        if len(name) > max_len or not _NAME_RE.match(name):
+            raise ConfigError(f"bad {what} name {name!r}: use 1 to {max_len} of a-z, 0-9 "
+                              "and '-', starting and ending with a letter or digit")
+        return name
+    return check
+
+
+def _check_mac(text: str) -> str:
+    try:
+        mac = parse_mac(text)
+    except FrameError as exc:
+        raise ConfigError(str(exc)) from None
+    if mac[0] & 1:
+        raise ConfigError(f"{text} is a multicast MAC address (the first octet is odd): "
+                          "a NIC needs a unicast one, e.g. 52:54:00:12:34:01")
+    if not any(mac):
+        raise ConfigError(f"{text} is the all-zero MAC address: a NIC needs a real one")
+    return format_mac(mac)
+
+
+def _check_cidr(text: str) -> str:
+    """An IPv4 interface address with its prefix length, as the guest service takes it."""
+    if ":" in text:
+        raise ConfigError(f"address {text!r} is IPv6: the responder and the bridge "
+                          "address are IPv4")
+    try:
+        return str(parse_interface(text, "address"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_host_address(text: str) -> str:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        labels = text.rstrip(".").split(".")
+        if len(text) > 253 or not all(_DNS_LABEL_RE.match(label) for label in labels):
+            raise ConfigError(f"bad host address {text!r}: expected an IP address "
+                              "or a DNS name") from None
+        return text
+    if ip.is_unspecified or ip.is_multicast:
+        raise ConfigError(f"host address {text!r} is not one other hosts can dial")
+    return str(ip)
+
+
+def _check_bridge_ifname(ifname: str) -> str:
+    if not ifname:
+        raise ConfigError("the bridge needs an interface name")
+    check_ifname(ifname)
+    return ifname
+
+
+def _check_netns(name: str) -> str:
+    if not _NETNS_RE.match(name) or name in (".", ".."):
+        raise ConfigError(f"bad netns name {name!r}: use 1 to 64 of A-Z, a-z, 0-9, "
+                          "'_', '.' and '-'")
+    return name
+
+
+def _check_port_name(name: str) -> str:
+    if not _PORT_RE.match(name):
+        raise ConfigError(f"bad hub port name {name!r}: use 1 to 64 of A-Z, a-z, 0-9, "
+                          "'_', '.' and '-', starting with a letter or digit")
+    if _AUTO_PORT_RE.match(name):
+        raise ConfigError(f"hub port name {name!r} is how the hub numbers its unnamed "
+                          "ports: pick another name")
+    return name
+
+
+def _memory_bytes(value: object) -> int:
+    """``64M``, ``64MiB`` or a number of bytes -> a checked guest RAM size."""
+    if isinstance(value, str):
+        return check_size(parse_size(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check_size(value)
+    raise ConfigError(f"expected a size such as 64M, or a number of bytes, "
+                      f"not {_describe(value)}")
+
+
+def _option_text(value: object) -> str | None:
+    """A backend option as the CLI spec has it: true/false are on/off, numbers text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int | float):
+        return str(value)
+    raise ConfigError(f"expected a string, a number or true/false, not {_describe(value)}")
+
+
+# -- the schema (pydantic): what a file may say ------------------------------------
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+HostName = Annotated[str, AfterValidator(_check_name("host", NODE_NAME_MAX))]
+NodeName = Annotated[str, AfterValidator(_check_name("node", NODE_NAME_MAX))]
+#: A backend option: text, or a YAML number or boolean (true is "on").
+_Option = Annotated[str | None, BeforeValidator(_option_text),
+                    WithJsonSchema({"type": ["string", "number", "boolean", "null"]})]
+#: Guest RAM: "64M", "1G", or bytes; stored as bytes.
+_Memory = Annotated[int, BeforeValidator(_memory_bytes),
+                    WithJsonSchema({"type": ["string", "integer"], "default": "64M"})]
+
+
+class HostSpec(_Spec):
+    """A machine nodes can be placed on; ``address`` is how other hosts reach it."""
+
+    address: Annotated[str, AfterValidator(_check_host_address)]
+
+
+class HubSpec(_Spec):
+    """A hub (QEMU's -netdev hubport): frames go to every port but the source."""
+
+    kind: Literal["hub"]
+    host: HostName | None = None
+
+
+class BridgeSpec(_Spec):
+    """Bridge the guest's NIC to a Linux TAP (a real kernel stack on the LAN; root)."""
+
+    ifname: Annotated[str, AfterValidator(_check_bridge_ifname)]
+    netns: Annotated[str, AfterValidator(_check_netns)] | None = None
+    ip: Annotated[str, AfterValidator(_check_cidr)] | None = None
+
+
+class VmSpec(_Spec):
+    """A virtwire VM: its guest RAM, e1000 NIC and driver, three services."""
+
+    kind: Literal["vm"]
+    mac: Annotated[str, AfterValidator(_check_mac)] | None = None
+    model: E1000ModelName = "82540EM"
+    compat: QemuCompat = "9.0"
+    memory: _Memory = 64 << 20
+    ip: Annotated[str, AfterValidator(_check_cidr)] | None = None
+    bridge: BridgeSpec | None = None
+    host: HostName | None = None
+
+    @field_validator("compat", mode="before")
+    @classmethod
+    def _compat_as_text(cls, value: object) -> object:
+        # An unquoted 9.0 or 7.2 is a YAML float.
+        return f"{value:.1f}" if isinstance(value, float) else value
+
+
+class _TapSpec(_Spec):
+    """A tap service with one backend; the fields past kind/backend/host are its options."""
+
+    kind: Literal["tap"]
+    backend: str
+    host: HostName | None = None
+
+    def options(self, base_dir: Path | None = None) -> dict[str, str]:
+        """The backend options as `serve tap --backend` takes them.
+
+        Relative script= / downscript= paths are taken from ``base_dir`` (the
+        topology file's directory) and made absolute.
+        """
+        opts: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in ("kind", "backend", "host") or value is None:
+                continue
+            text = str(value)
+            if name in ("script", "downscript") and text not in ("", "no") \
+                    and base_dir is not None and not Path(text).is_absolute():
+                text = str(base_dir / text)
+            opts[name] = text
+        return opts
+
+    @model_validator(mode="after")
+    def _backend_options(self, info: ValidationInfo) -> Self:
+        context = info.context if isinstance(info.context, dict) else {}
+        base_dir = context.get("base_dir")
+        opts = self.options(base_dir if isinstance(base_dir, Path) else None)
+        if self.host is not None:
+            # The scripts live on that host: they cannot be checked from here.
+            opts = {k: v for k, v in opts.items() if k not in ("script", "downscript")}
+        backend_config_from_args(self.backend, opts)
+        return self
+
+
+class TapTapSpec(_TapSpec):
+    """backend: tap, a Linux TAP device (root)."""
+
+    backend: Literal["tap"]
+    ifname: _Option = None
+    vnet_hdr: _Option = None
+    no_padding: _Option = None
+    script: _Option = None
+    downscript: _Option = None
+
+
+class TapStreamSpec(_TapSpec):
+    """backend: stream, QEMU's -netdev stream (TCP or unix socket)."""
+
+    backend: Literal["stream"]
+    listen: _Option = None
+    connect: _Option = None
+    reconnect: _Option = None
+
+
+class TapDgramSpec(_TapSpec):
+    """backend: dgram, QEMU's -netdev dgram (UDP unicast or multicast)."""
+
+    backend: Literal["dgram"]
+    local: _Option = None
+    remote: _Option = None
+    mcast: _Option = None
+    localaddr: _Option = None
+
+
+TAP_SPECS: dict[str, type[_TapSpec]] = {
+    "tap": TapTapSpec, "stream": TapStreamSpec, "dgram": TapDgramSpec}
+TapSpec = Annotated[TapTapSpec | TapStreamSpec | TapDgramSpec, Field(discriminator="backend")]
+NodeSpec = Annotated[HubSpec | VmSpec | TapSpec, Field(discriminator="kind")]
+LinkSpec = Annotated[list[str], Field(min_length=2, max_length=2)]
+
+
+class TopologySpec(_Spec):
+    """A topology file as written (before cross-checks); see the module docstring."""
+
+    version: Literal[1] = 1
+    name: Annotated[str, AfterValidator(_check_name("LAN", LAN_NAME_MAX))]
+    hosts: dict[HostName, HostSpec] = {}
+    nodes: Annotated[dict[NodeName, NodeSpec], Field(min_length=1)]
+    links: list[LinkSpec] = []
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a topology file (for editors, e.g. yaml-language-server)."""
+    return TopologySpec.model_json_schema()
+
+
+# -- the validated topology: what the orchestrator uses ----------------------------
+@dataclass(frozen=True, kw_only=True)
+class Host:
+    name: str
+    address: str
+    line: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Node:
+    """A node of the LAN; ``host`` is None for this machine."""
+
+    kind: ClassVar[NodeKind]
+    name: str
+    host: str | None = None
+    #: Where the node is defined in the file (0 if unknown).
+    line: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "host": self.host, "line": self.line}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubNode(Node):
+    kind: ClassVar[NodeKind] = "hub"
+    #: Named ports that other nodes dial, in link order: create them at start
+    #: (`serve hub --port NAME`). A port this hub dials from is in its link.
+    ports: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "ports": list(self.ports)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bridge:
+    ifname: str
+    netns: str | None = None
+    ip: ipaddress.IPv4Interface | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ifname": self.ifname, "netns": self.netns,
+                "ip": str(self.ip) if self.ip else None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmNode(Node):
+    """A VM; its e1000's NetClient is named after the node."""
+
+    kind: ClassVar[NodeKind] = "vm"
+    mac: str
+    #: True when the MAC was assigned (QEMU's default scheme), not written.
+    mac_assigned: bool = False
+    model: E1000ModelName = "82540EM"
+    compat: QemuCompat = "9.0"
+    #: Guest RAM in bytes.
+    memory: int = 64 << 20
+    ip: ipaddress.IPv4Interface | None = None
+    bridge: Bridge | None = None
+
+    def service(self, kind: ServiceKind) -> str:
+        """The name of one of this VM's services (guestmem, e1000, guest)."""
+        if kind not in VM_SERVICES:
+            raise ValueError(f"a vm has no {kind} service")
+        return f"{self.name}-{kind}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "mac": self.mac, "mac_assigned": self.mac_assigned,
+                "model": self.model, "compat": self.compat, "memory": self.memory,
+                "ip": str(self.ip) if self.ip else None,
+                "bridge": self.bridge.to_dict() if self.bridge else None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TapNode(Node):
+    """A tap service with one backend, named after the node."""
+
+    kind: ClassVar[NodeKind] = "tap"
+    backend: str
+    #: The backend's options as `serve tap --backend` takes them (scripts absolute).
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def backend_spec(self) -> str:
+        """The `serve tap --backend` spec, e.g. ``stream,listen=127.0.0.1:10555,id=qemu0``."""
+        items = [self.backend, *(f"{k}={v.replace(',', ',,')}" for k, v in self.options.items()),
+                 f"id={self.name}"]
+        return ",".join(items)
+
+    def backend_config(self, peer: str = "") -> tap_pb2.BackendConfig:
+        """The AddBackend config, dialling ``peer`` (ADDR/NETCLIENT) if given.
+
+        Validates on this machine (script= must exist here).
+        """
+        opts = {**self.options, "id": self.name}
+        if peer:
+            opts["peer"] = peer
+        return backend_config_from_args(self.backend, opts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "backend": self.backend, "options": dict(self.options),
+                "spec": self.backend_spec()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service:
+    """One process or container to start; ``needs`` are the services it needs
+    the addresses of at start (all earlier in ``Topology.services``)."""
+
+    name: str
+    kind: ServiceKind
+    node: str
+    host: str | None = None
+    needs: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "node": self.node, "host": self.host,
+                "needs": list(self.needs)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """One end of a link: the NetClient ``netclient`` of ``service`` on ``node``.
+
+    For a hub, ``netclient`` is the port name, or "" for a new port.
+    """
+
+    node: str
+    service: str
+    netclient: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "service": self.service, "netclient": self.netclient}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Link:
+    """A peer pair: ``dialer`` dials ``listener`` (started before it).
+
+    The dialer's peer address is ``LISTENER_SERVICE_ADDR/listener.netclient``.
+    """
+
+    index: int
+    dialer: Endpoint
+    listener: Endpoint
+    #: The two ends as written, e.g. ("qemu0", "hub0:uplink").
+    ends: tuple[str, str]
+    line: int = 0
+
+    @property
+    def nodes(self) -> tuple[str, str]:
+        return (self.dialer.node, self.listener.node)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "ends": list(self.ends), "line": self.line,
+                "dialer": self.dialer.to_dict(), "listener": self.listener.to_dict()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topology:
+    """A validated LAN. ``nodes`` and ``services`` are in start order."""
+
+    name: str
+    source: str
+    hosts: Mapping[str, Host]
+    nodes: Mapping[str, Node]
+    services: tuple[Service, ...]
+    links: tuple[Link, ...]
+    warnings: tuple[str, ...] = ()
+
+    def node(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def vms(self) -> list[VmNode]:
+        return [n for n in self.nodes.values() if isinstance(n, VmNode)]
+
+    def hubs(self) -> list[HubNode]:
+        return [n for n in self.nodes.values() if isinstance(n, HubNode)]
+
+    def taps(self) -> list[TapNode]:
+        return [n for n in self.nodes.values() if isinstance(n, TapNode)]
+
+    def links_of(self, node: str) -> list[Link]:
+        return [link for link in self.links if node in link.nodes]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (``json.dumps(topology.to_dict())``)."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "hosts": {h.name: {"address": h.address} for h in self.hosts.values()},
+            "nodes": {n.name: n.to_dict() for n in self.nodes.values()},
+            "services": [s.to_dict() for s in self.services],
+            "links": [link.to_dict() for link in self.links],
+            "warnings": list(self.warnings),
+        }
+
+
+# -- entry points --------------------------------------------------------------------
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology file; TopologyError names every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TopologyError(source, [f"{source}: not UTF-8 text ({exc.reason} at byte "
+                                     f"{exc.start})"]) from None
+    except OSError as exc:
+        raise TopologyError(source, [f"{source}: cannot read: {exc.strerror or exc}"]) from None
+    return parse_topology(text, source, base_dir=path.parent.resolve())
+
+
+def parse_topology(text: str, source: str = "<string>", *,
+                   base_dir: Path | None = None) -> Topology:
+    """Validate topology YAML; ``source`` names it in messages, ``base_dir``
+    anchors relative script paths (default: the current directory)."""
+    base = base_dir if base_dir is not None else Path.cwd()
+    doc = _read_yaml(text, source)
+    report = _Report(source, doc)
+    for path, key, first, again in doc.duplicates:
+        if path in (("nodes",), ("hosts",)):
+            what = "node" if path == ("nodes",) else "host"
+            report.error(path, f"{what} {key!r} is defined twice (lines {first} and {again})",
+                         line=again, label=False)
+        else:
+            lines = f"lines {first} and {again}" if first != again else f"twice on line {first}"
+            report.error(path, f"{key!r} is given twice ({lines})", line=again)
+    report.raise_if_any()
+    try:
+        spec = TopologySpec.model_validate(doc.data, context={"base_dir": base})
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            report.pydantic_error(err)
+        report.raise_if_any()
+        raise  # unreachable: every error was reported
+    topology = _Resolver(spec, report, base).resolve()
+    report.raise_if_any()
+    return topology
+
+
+# -- reporting ---------------------------------------------------------------------
+def _describe(value: object) -> str:
+    """A short description of an input value (never the repr of a container)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        text = repr(value[:40] if isinstance(value, str) else value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+class _Report:
+    """Collects problems and warnings as ``FILE:LINE: WHERE: WHAT``."""
+
+    def __init__(self, source: str, doc: _Document) -> None:
+        self.source = source
+        self.doc = doc
+        self.errors: list[tuple[int, str]] = []
+        self.warnings: list[tuple[int, str]] = []
+
+    def line(self, path: _Path) -> int:
+        for end in range(len(path), -1, -1):
+            line = self.doc.lines.get(path[:end])
+            if line is not None:
+                return line
+        return 0
+
+    def where(self, path: _Path) -> str:
+        """``node 'vm1': bridge.ip`` for ("nodes", "vm1", "bridge", "ip")."""
+        head: str
+        if len(path) >= 2 and path[0] in ("nodes", "hosts"):
+            head, rest = f"{'node' if path[0] == 'nodes' else 'host'} {path[1]!r}", path[2:]
+        elif len(path) >= 2 and path[0] == "links" and isinstance(path[1], int):
+            head, rest = f"links[{path[1]}]", path[2:]
+            raw = self._raw_link(path[1])
+            if raw is not None:
+                head += f" ({raw[0]} -- {raw[1]})"
+        else:
+            head, rest = "", path
+        tail = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in rest)
+        tail = tail.replace(".[", "[")
+        return ": ".join(p for p in (head, tail) if p)
+
+    def _raw_link(self, index: int) -> tuple[str, str] | None:
+        data = self.doc.data
+        links = data.get("links") if isinstance(data, dict) else None
+        if isinstance(links, list) and index < len(links):
+            item = links[index]
+            if isinstance(item, list) and len(item) == 2 \
+                    and all(isinstance(e, str) and len(e) <= 64 for e in item):
+                return (item[0], item[1])
+        return None
+
+    def _format(self, path: _Path, what: str, line: int | None, label: bool,
+                warning: bool) -> tuple[int, str]:
+        line = self.line(path) if line is None else line
+        where = self.where(path) if label else ""
+        parts = [f"{self.source}:{line}" if line else self.source]
+        if warning:
+            parts.append("warning")
+        parts.extend(p for p in (where, what) if p)
+        return line, ": ".join(parts)
+
+    def error(self, path: _Path, what: str, *, line: int | None = None,
+              label: bool = True) -> None:
+        self.errors.append(self._format(path, what, line, label, warning=False))
+
+    def warn(self, path: _Path, what: str) -> None:
+        self.warnings.append(self._format(path, what, None, True, warning=True))
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            self.errors.sort(key=lambda e: e[0])
+            raise TopologyError(self.source, [text for _, text in self.errors])
+
+    def warning_lines(self) -> tuple[str, ...]:
+        return tuple(text for _, text in sorted(self.warnings, key=lambda w: w[0]))
+
+    # pydantic's errors, in the file's terms
+    def pydantic_error(self, err: Mapping[str, Any]) -> None:
+        loc = tuple(err["loc"])
+        kind: str = err["type"]
+        ctx: Mapping[str, Any] = err.get("ctx") or {}
+        value = err.get("input")
+        is_key = bool(loc) and loc[-1] == "[key]"
+        path, model = _strip_tags(loc[:-1] if is_key else loc)
+        if is_key:
+            group = {"nodes": "node", "hosts": "host"}.get(str(path[0]), "key")
+            what = (str(ctx["error"]) if kind == "value_error"
+                    else f"{group} name {_describe(value)} is not a string: quote it")
+            self.error(path, what, label=False)
+            return
+        if kind == "missing":
+            self.error(path[:-1], f"missing field {path[-1]!r}"
+                       + _allowed_hint(model, "required"))
+        elif kind == "extra_forbidden":
+            self.error(path[:-1], f"unknown field {path[-1]!r}" + _unknown_hint(model, path[-1]),
+                       line=self.line(path))
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            disc = "backend" if "backend" in str(ctx.get("discriminator", "")) else "kind"
+            choices = ", ".join(TAP_SPECS if disc == "backend" else NODE_KINDS)
+            if kind == "union_tag_invalid":
+                tag = value.get(disc) if isinstance(value, dict) else ctx.get("tag")
+                self.error((*path, disc), f"unknown {disc} {_describe(tag)}: "
+                           f"expected one of {choices}")
+            else:
+                self.error(path, f"missing field {disc!r} (one of {choices})")
+        elif kind in ("model_attributes_type", "model_type", "dict_type"):
+            if not path:
+                what = f"a topology is a mapping with name, nodes and links, not {_describe(value)}"
+            elif len(path) == 2 and path[0] == "nodes" and value is None:
+                what = "the node is empty: give at least its kind (hub, vm or tap)"
+            else:
+                what = f"expected a mapping, not {_describe(value)}"
+            self.error(path, what)
+        elif path[:1] == ("links",) and len(path) == 2:
+            size = f" of {len(value)}" if isinstance(value, list) else ""
+            self.error(path, f"{_LINK_FORM}, not {_describe(value)}{size}")
+        elif path[:1] == ("links",) and len(path) == 3:
+            self.error(path[:2], f"{_LINK_FORM}; end {path[2]} is {_describe(value)}")
+        elif kind == "value_error":
+            self.error(path, str(ctx.get("error", err["msg"])))
+        elif kind == "too_short" and path == ("nodes",):
+            self.error(path, "no nodes: a topology needs at least one")
+        else:
+            msg = str(err["msg"])
+            msg = msg[:1].lower() + msg[1:]
+            self.error(path, f"{msg}, not {_describe(value)}")
+
+
+def _strip_tags(loc: _Path) -> tuple[_Path, type[BaseModel] | None]:
+    """Drop pydantic's union tags from a loc; also return the model the loc is in."""
+    path = list(loc)
+    if len(path) >= 2 and path[0] == "hosts":
+        return tuple(path), HostSpec
+    if len(path) < 2 or path[0] != "nodes":
+        return tuple(path), TopologySpec
+    if len(path) < 3:
+        return tuple(path), None
+    tag = str(path.pop(2))
+    if tag == "tap":
+        if len(path) < 3:
+            return tuple(path), None
+        backend = str(path.pop(2))
+        return tuple(path), TAP_SPECS.get(backend)
+    if tag == "vm" and len(path) >= 4 and path[2] == "bridge":
+        return tuple(path), BridgeSpec
+    models: dict[str, type[BaseModel]] = {"hub": HubSpec, "vm": VmSpec}
+    return tuple(path), models.get(tag)
+
+
+def _field_names(model: type[BaseModel], required_only: bool = False) -> str:
+    return ", ".join(n for n, f in model.model_fields.items()
+                     if f.is_required() or not required_only)
+
+
+def _allowed_hint(model: type[BaseModel] | None, which: str) -> str:
+    """`` (required: kind, backend)`` or `` (allowed: ...)``; "" if not known."""
+    if model is None:
+        return ""
+    names = _field_names(model, required_only=which == "required")
+    return f" ({which}: {names})" if names else ""
+
+
+def _unknown_hint(model: type[BaseModel] | None, name: Hashable) -> str:
+    if model is not None and issubclass(model, _TapSpec):
+        if name in ("id", "name"):
+            return ": a tap node's backend is named after the node"
+        if name == "peer":
+            return ": a tap node's peer comes from its link"
+        for backend, other in TAP_SPECS.items():
+            if other is not model and name in other.model_fields:
+                return (f": {name!r} is an option of the {backend} backend"
+                        + _allowed_hint(model, "allowed here"))
+    return _allowed_hint(model, "allowed")
+
+
+# -- cross-checks and resolution ------------------------------------------------------
+@dataclass
+class _End:
+    node: str
+    port: str | None  # a hub's named port
+
+
+class _Resolver:
+    def __init__(self, spec: TopologySpec, report: _Report, base_dir: Path) -> None:
+        self.spec = spec
+        self.report = report
+        self.base_dir = base_dir
+        rank = {"hub": 0, "vm": 1, "tap": 2}
+        #: Node names in start order: hubs, vms, taps; file order within a kind.
+        self.order = sorted(spec.nodes, key=lambda n: rank[spec.nodes[n].kind])
+        self.position = {name: i for i, name in enumerate(self.order)}
+
+    def resolve(self) -> Topology:
+        spec, report = self.spec, self.report
+        self._check_hosts()
+        macs = self._assign_macs()
+        self._check_unique_ips()
+        self._check_host_resources()
+        services = self._services_by_node()
+        links, hub_ports = self._links()
+        for name in self.order:
+            node = spec.nodes[name]
+            if node.kind != "hub" and not any(name in link.nodes for link in links):
+                report.warn(("nodes", name), "not in any link: it has no peer")
+            elif node.kind == "hub" and not any(name in link.nodes for link in links):
+                report.warn(("nodes", name), "no links: nothing is plugged into this hub")
+        used_hosts = {n.host for n in spec.nodes.values()}
+        for host in spec.hosts:
+            if host not in used_hosts:
+                report.warn(("hosts", host), "no node is placed on this host")
+        nodes = {name: self._node(name, macs.get(name), hub_ports.get(name, ()))
+                 for name in self.order}
+        start: list[Service] = []
+        for name in self.order:
+            needs = {link.dialer.service: link.listener.service for link in links
+                     if link.dialer.node == name}
+            for svc in services[name]:
+                start.append(Service(
+                    name=svc.name, kind=svc.kind, node=name, host=svc.host,
+                    needs=(*svc.needs, *([needs[svc.name]] if svc.name in needs else []))))
+        return Topology(
+            name=spec.name, source=report.source,
+            hosts={n: Host(name=n, address=h.address, line=report.line(("hosts", n)))
+                   for n, h in spec.hosts.items()},
+            nodes=nodes, services=tuple(start), links=tuple(links),
+            warnings=report.warning_lines())
+
+    def _node(self, name: str, mac: tuple[str, bool] | None, ports: Sequence[str]) -> Node:
+        node = self.spec.nodes[name]
+        line = self.report.line(("nodes", name))
+        if isinstance(node, HubSpec):
+            return HubNode(name=name, host=node.host, line=line, ports=tuple(ports))
+        if isinstance(node, VmSpec):
+            bridge = None
+            if node.bridge is not None:
+                b = node.bridge
+                bridge = Bridge(ifname=b.ifname, netns=b.netns,
+                                ip=ipaddress.IPv4Interface(b.ip) if b.ip else None)
+            mac_text, assigned = mac if mac is not None else ("", False)
+            return VmNode(name=name, host=node.host, line=line, mac=mac_text,
+                          mac_assigned=assigned, model=node.model, compat=node.compat,
+                          memory=node.memory,
+                          ip=ipaddress.IPv4Interface(node.ip) if node.ip else None,
+                          bridge=bridge)
+        return TapNode(name=name, host=node.host, line=line, backend=node.backend,
+                       options=node.options(self.base_dir))
+
+    def _check_hosts(self) -> None:
+        known = (f"known: {', '.join(self.spec.hosts)}" if self.spec.hosts
+                 else "the file defines no hosts")
+        for name, node in self.spec.nodes.items():
+            if node.host is not None and node.host not in self.spec.hosts:
+                self.report.error(("nodes", name, "host"),
+                                  f"unknown host {node.host!r} ({known})")
+        seen: dict[str, str] = {}
+        for name, host in self.spec.hosts.items():
+            if host.address in seen:
+                self.report.error(("hosts", name, "address"),
+                                  f"{host.address} is already host {seen[host.address]!r}'s "
+                                  "address")
+            seen.setdefault(host.address, name)
+
+    def _assign_macs(self) -> dict[str, tuple[str, bool]]:
+        """Each vm's MAC: its own, or QEMU's next free default."""
+        macs: dict[str, tuple[str, bool]] = {}
+        owner: dict[str, str] = {}
+        vms = [(n, s) for n, s in self.spec.nodes.items() if isinstance(s, VmSpec)]
+        for name, vm in vms:
+            if vm.mac is None:
+                continue
+            if vm.mac in owner:
+                self.report.error(("nodes", name, "mac"),
+                                  f"MAC {vm.mac} is also node {owner[vm.mac]!r}'s (line "
+                                  f"{self.report.line(('nodes', owner[vm.mac], 'mac'))})")
+            owner.setdefault(vm.mac, name)
+            macs[name] = (vm.mac, False)
+        candidates = (f"{DEFAULT_MAC_PREFIX}:{(DEFAULT_MAC_FIRST + i) % 256:02x}"
+                      for i in range(256))
+        for name, vm in vms:
+            if vm.mac is not None:
+                continue
+            mac = next((m for m in candidates if m not in owner), None)
+            if mac is None:
+                self.report.error(("nodes", name), f"no free default MAC in "
+                                  f"{DEFAULT_MAC_PREFIX}:xx left: give this vm a mac")
+                continue
+            owner[mac] = name
+            macs[name] = (mac, True)
+        return macs
+
+    def _check_unique_ips(self) -> None:
+        owner: dict[ipaddress.IPv4Address, _Path] = {}
+        for name, node in self.spec.nodes.items():
+            if not isinstance(node, VmSpec):
+                continue
+            fields: list[tuple[_Path, str | None]] = [(("nodes", name, "ip"), node.ip)]
+            if node.bridge is not None:
+                fields.append((("nodes", name, "bridge", "ip"), node.bridge.ip))
+            for path, text in fields:
+                if text is None:
+                    continue
+                ip = ipaddress.IPv4Interface(text).ip
+                if ip in owner:
+                    first = owner[ip]
+                    self.report.error(path, f"IP address {ip} is already used by "
+                                      f"{self.report.where(first)} "
+                                      f"(line {self.report.line(first)})")
+                owner.setdefault(ip, path)
+
+    def _check_host_resources(self) -> None:
+        """Interface names and bound sockets must not clash on one host."""
+        ifnames: dict[tuple[str | None, str], _Path] = {}
+        sockets: dict[tuple[str | None, str], _Path] = {}
+
+        def claim(table: dict[tuple[str | None, str], _Path], host: str | None, key: str,
+                  path: _Path, what: str) -> None:
+            first = table.get((host, key))
+            if first is not None:
+                on = f" on host {host!r}" if host else ""
+                self.report.error(path, f"{what} {key}{on} is already used by "
+                                  f"{self.report.where(first)} (line {self.report.line(first)})")
+            else:
+                table[(host, key)] = path
+
+        for name, node in self.spec.nodes.items():
+            if isinstance(node, VmSpec) and node.bridge is not None:
+                claim(ifnames, node.host, node.bridge.ifname,
+                      ("nodes", name, "bridge", "ifname"), "interface")
+            elif isinstance(node, _TapSpec):
+                opts = node.options(self.base_dir)
+                if opts.get("ifname"):
+                    claim(ifnames, node.host, opts["ifname"], ("nodes", name, "ifname"),
+                          "interface")
+                for option in ("listen", "local"):
+                    if option in opts:
+                        addr = str(parse_sockaddr(opts[option]))
+                        if addr.endswith(":0"):
+                            continue  # port 0: the kernel picks a free one
+                        claim(sockets, node.host, addr, ("nodes", name, option), "address")
+
+    def _services_by_node(self) -> dict[str, list[Service]]:
+        """Each node's services (without link needs); reports clashing names."""
+        out: dict[str, list[Service]] = {}
+        vm_services: dict[str, str] = {}
+        for name in self.order:
+            node = self.spec.nodes[name]
+            if node.kind == "vm":
+                mem, nic, drv = (f"{name}-{k}" for k in VM_SERVICES)
+                out[name] = [
+                    Service(name=mem, kind="guestmem", node=name, host=node.host),
+                    Service(name=nic, kind="e1000", node=name, host=node.host, needs=(mem,)),
+                    Service(name=drv, kind="guest", node=name, host=node.host,
+                            needs=(nic, mem))]
+                vm_services.update((svc.name, name) for svc in out[name])
+            else:
+                kind: ServiceKind = "hub" if node.kind == "hub" else "tap"
+                out[name] = [Service(name=name, kind=kind, node=name, host=node.host)]
+        for name in self.spec.nodes:
+            if name in vm_services and vm_services[name] != name:
+                vm = vm_services[name]
+                self.report.error(("nodes", name), f"the name is taken by the {name[len(vm) + 1:]} "
+                                  f"service of vm {vm!r} (a vm's services are named "
+                                  "NODE-guestmem, NODE-e1000 and NODE-guest)")
+        return out
+
+    def _service_of(self, name: str) -> str:
+        return f"{name}-e1000" if self.spec.nodes[name].kind == "vm" else name
+
+    def _parse_end(self, index: int, text: str) -> _End | None:
+        path: _Path = ("links", index)
+        node, sep, port = text.partition(":")
+        if node not in self.spec.nodes:
+            known = ", ".join(self.spec.nodes)
+            self.report.error(path, f"unknown node {node!r} (known: {known})")
+            return None
+        if not sep:
+            return _End(node, None)
+        kind = self.spec.nodes[node].kind
+        if kind != "hub":
+            self.report.error(path, f"{text!r}: a {kind} node has a single port: "
+                              f"write just {node!r}")
+            return None
+        try:
+            return _End(node, _check_port_name(port))
+        except ConfigError as exc:
+            self.report.error(path, str(exc))
+            return None
+
+    def _links(self) -> tuple[list[Link], dict[str, list[str]]]:
+        spec, report = self.spec, self.report
+        links: list[Link] = []
+        hub_ports: dict[str, list[str]] = {}
+        taken: dict[tuple[str, str | None], int] = {}
+        parent = {name: name for name in spec.nodes}
+        adjacent: dict[str, list[str]] = {name: [] for name in spec.nodes}
+
+        def root(name: str) -> str:
+            while parent[name] != name:
+                parent[name] = parent[parent[name]]
+                name = parent[name]
+            return name
+
+        for index, raw in enumerate(spec.links):
+            path: _Path = ("links", index)
+            ends = [self._parse_end(index, text) for text in raw]
+            a, b = ends
+            if a is None or b is None:
+                continue
+            if a.node == b.node:
+                report.error(path, f"node {a.node!r} is linked to itself")
+                continue
+            clash = False
+            for end in (a, b):
+                kind = spec.nodes[end.node].kind
+                key = (end.node, end.port)
+                if kind == "hub" and end.port is None:
+                    continue  # a new port each time
+                if key in taken:
+                    first = f"links[{taken[key]}] (line {report.line(('links', taken[key]))})"
+                    if kind == "hub":
+                        report.error(path, f"hub port {end.node}:{end.port} is already "
+                                     f"linked by {first}")
+                    else:
+                        report.error(path, f"node {end.node!r} is already linked by {first}: "
+                                     f"a {kind} has a single port; link both to a hub to "
+                                     "join more nodes")
+                    clash = True
+                else:
+                    taken[key] = index
+            if clash:
+                continue
+            if root(a.node) == root(b.node):
+                loop = self._path(adjacent, b.node, a.node)
+                report.error(path, "closes a loop " + " -- ".join([*loop, a.node])
+                             + ": hubs flood every frame to all other ports, so a broadcast "
+                             "would circle forever; remove one link of the loop")
+                continue
+            parent[root(a.node)] = root(b.node)
+            adjacent[a.node].append(b.node)
+            adjacent[b.node].append(a.node)
+            dialer, listener = (a, b) if self.position[a.node] > self.position[b.node] else (b, a)
+            if listener.port is not None:
+                hub_ports.setdefault(listener.node, []).append(listener.port)
+            self._check_reachable(index, dialer.node, listener.node)
+            links.append(Link(index=index, dialer=self._endpoint(dialer),
+                              listener=self._endpoint(listener), ends=(raw[0], raw[1]),
+                              line=report.line(path)))
+        return links, hub_ports
+
+    def _endpoint(self, end: _End) -> Endpoint:
+        is_hub = self.spec.nodes[end.node].kind == "hub"
+        return Endpoint(node=end.node, service=self._service_of(end.node),
+                        netclient=(end.port or "") if is_hub else end.node)
+
+    @staticmethod
+    def _path(adjacent: Mapping[str, list[str]], start: str, goal: str) -> list[str]:
+        """The node names from start to goal in the (acyclic) link graph."""
+        previous: dict[str, str] = {start: start}
+        queue = deque([start])
+        while queue:
+            here = queue.popleft()
+            if here == goal:
+                break
+            for there in adjacent[here]:
+                if there not in previous:
+                    previous[there] = here
+                    queue.append(there)
+        out = [goal]
+        while out[-1] != start:
+            out.append(previous[out[-1]])
+        return out
+
+    def _check_reachable(self, index: int, dialer: str, listener: str) -> None:
+        """A dialler on another host cannot reach a service on this machine's loopback."""
+        d_host, l_host = self.spec.nodes[dialer].host, self.spec.nodes[listener].host
+        if d_host is not None and l_host is None:
+            self.report.error(("links", index),
+                              f"{dialer!r} on host {d_host!r} dials {listener!r}, which runs "
+                              "on this machine (loopback only): place it on a host too")
+

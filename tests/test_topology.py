@@ -1,0 +1,858 @@
+"""Topology files: the examples, every kind of error (with file, place and line), fuzzing."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from virtwire.errors import ConfigError
+from virtwire.server import tap as tap_server
+from virtwire.server.tap import parse_backend_spec
+from virtwire.topology import (
+    TAP_SPECS,
+    HubNode,
+    TapNode,
+    Topology,
+    TopologyError,
+    VmNode,
+    json_schema,
+    load_topology,
+    parse_topology,
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(tmp_path: Path, text: str, name: str = "lab.yaml") -> Topology:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return load_topology(path)
+
+
+def problems(tmp_path: Path, text: str) -> str:
+    """The TopologyError message for ``text`` saved as lab.yaml."""
+    with pytest.raises(TopologyError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    assert str(tmp_path / "lab.yaml") in message
+    return message
+
+
+def one_problem(tmp_path: Path, text: str, *parts: str) -> str:
+    """Exactly one problem, at ``lab.yaml:LINE: WHERE``, containing every part."""
+    message = problems(tmp_path, text)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+    return message
+
+
+# -- the examples ---------------------------------------------------------------------
+def test_the_examples_exist() -> None:
+    names = {p.name for p in EXAMPLES.glob("*.yaml")}
+    assert {"default.yaml", "qemu-lan.yaml", "bridged.yaml", "two-hosts.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_parses_without_warnings(path: Path) -> None:
+    topology = load_topology(path)
+    assert topology.warnings == ()
+    json.dumps(topology.to_dict())  # plain data
+    assert topology.name == path.stem
+
+
+def test_the_default_example() -> None:
+    topology = load_topology(EXAMPLES / "default.yaml")
+    assert [s.name for s in topology.services] == [
+        "hub0", "vm1-guestmem", "vm1-e1000", "vm1-guest",
+        "vm2-guestmem", "vm2-e1000", "vm2-guest", "qemu0"]
+    assert [s.kind for s in topology.services] == [
+        "hub", "guestmem", "e1000", "guest", "guestmem", "e1000", "guest", "tap"]
+    vm1, vm2 = topology.vms()
+    assert (str(vm1.ip), str(vm2.ip)) == ("198.18.0.1/24", "198.18.0.2/24")
+    assert vm1.memory == 64 << 20 and vm1.model == "82540EM" and vm1.compat == "9.0"
+    (qemu0,) = topology.taps()
+    assert qemu0.backend == "stream" and dict(qemu0.options) == {"listen": "127.0.0.1:10555"}
+    # Every VM and the tap dial the hub; the tap gets the named port.
+    ends = [(link.dialer.node, link.listener.node, link.listener.netclient)
+            for link in topology.links]
+    assert ends == [("vm1", "hub0", ""), ("vm2", "hub0", ""), ("qemu0", "hub0", "qemu0")]
+    assert topology.links[0].dialer.service == "vm1-e1000"
+    assert topology.links[0].dialer.netclient == "vm1"
+    hub = topology.node("hub0")
+    assert isinstance(hub, HubNode) and hub.ports == ("qemu0",)
+
+
+def test_the_two_hosts_example_places_services() -> None:
+    topology = load_topology(EXAMPLES / "two-hosts.yaml")
+    assert {h.name: h.address for h in topology.hosts.values()} == {
+        "h1": "198.18.1.1", "h2": "198.18.1.2"}
+    assert {s.name: s.host for s in topology.services}["vm2-guest"] == "h2"
+
+
+# -- the resolved topology ------------------------------------------------------------
+LAN = """\
+name: lab
+nodes:
+  t1: {kind: tap, backend: stream, connect: 127.0.0.1:10600, reconnect: 2}
+  vm1: {kind: vm, ip: 198.18.0.1/24}
+  hubb: {kind: hub}
+  vm2: {kind: vm, ip: 198.18.0.2/24, mac: 52:54:00:12:34:56}
+  huba: {kind: hub}
+  vm3: {kind: vm, memory: 32MiB, model: 82545EM, compat: 7.2}
+  t2: {kind: tap, backend: dgram, mcast: 230.0.0.1:10700}
+  t3: {kind: tap, backend: tap, ifname: vw0, vnet_hdr: on}
+links:
+  - [vm1, vm2]
+  - [t1, vm3]
+  - [huba:trunk, hubb]
+  - [t2, t3]
+"""
+
+
+def test_start_order_is_hubs_then_vms_then_taps_in_file_order(tmp_path: Path) -> None:
+    topology = load(tmp_path, LAN)
+    assert list(topology.nodes) == ["hubb", "huba", "vm1", "vm2", "vm3", "t1", "t2", "t3"]
+    names = [s.name for s in topology.services]
+    assert names[:2] == ["hubb", "huba"] and names[-3:] == ["t1", "t2", "t3"]
+    seen: set[str] = set()
+    for service in topology.services:  # every service needs only earlier ones
+        assert set(service.needs) <= seen, service
+        seen.add(service.name)
+
+
+def test_the_later_started_end_dials(tmp_path: Path) -> None:
+    topology = load(tmp_path, LAN)
+    dials = {link.index: (link.dialer.node, link.listener.node) for link in topology.links}
+    assert dials == {0: ("vm2", "vm1"),      # peer pair: the later vm dials
+                     1: ("t1", "vm3"),       # taps start after vms
+                     2: ("huba", "hubb"),    # the later-declared hub dials
+                     3: ("t3", "t2")}
+    trunk = topology.links[2]
+    assert (trunk.dialer.netclient, trunk.listener.netclient) == ("trunk", "")
+    assert trunk.ends == ("huba:trunk", "hubb")
+    huba = topology.node("huba")  # its port "trunk" dials: created with its peer
+    assert isinstance(huba, HubNode) and huba.ports == ()
+    assert topology.links[1].listener.service == "vm3-e1000"
+    assert topology.links[1].listener.netclient == "vm3"
+    e1000 = next(s for s in topology.services if s.name == "vm2-e1000")
+    assert e1000.needs == ("vm2-guestmem", "vm1-e1000")
+
+
+def test_macs_default_as_qemu_does_and_skip_used_ones(tmp_path: Path) -> None:
+    topology = load(tmp_path, LAN)
+    macs = {vm.name: (vm.mac, vm.mac_assigned) for vm in topology.vms()}
+    assert macs == {"vm1": ("52:54:00:12:34:57", True), "vm2": ("52:54:00:12:34:56", False),
+                    "vm3": ("52:54:00:12:34:58", True)}
+
+
+def test_values_are_normalised(tmp_path: Path) -> None:
+    topology = load(tmp_path, LAN)
+    vm3 = topology.node("vm3")
+    assert isinstance(vm3, VmNode)
+    assert (vm3.memory, vm3.model, vm3.compat) == (32 << 20, "82545EM", "7.2")
+    t3 = topology.node("t3")
+    assert isinstance(t3, TapNode) and dict(t3.options) == {"ifname": "vw0", "vnet_hdr": "on"}
+    t1 = topology.node("t1")
+    assert isinstance(t1, TapNode) and t1.options["reconnect"] == "2"
+
+
+def test_backend_spec_round_trips_through_the_tap_parser(tmp_path: Path) -> None:
+    topology = load(tmp_path, LAN)
+    for tap in topology.taps():
+        assert parse_backend_spec(tap.backend_spec()) == tap.backend_config()
+        assert tap.backend_config("127.0.0.1:7000/").peer == "127.0.0.1:7000/"
+        assert tap.backend_config().name == tap.name
+
+
+def test_to_dict_is_json(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(load(tmp_path, LAN).to_dict()))
+    assert data["nodes"]["vm3"]["memory"] == 32 << 20
+    assert data["links"][0]["dialer"] == {"node": "vm2", "service": "vm2-e1000",
+                                          "netclient": "vm2"}
+    assert data["services"][0] == {"name": "hubb", "kind": "hub", "node": "hubb",
+                                   "host": None, "needs": []}
+
+
+def test_parse_topology_names_its_source() -> None:
+    with pytest.raises(TopologyError, match=r"^<string>:1: "):
+        parse_topology("name: Bad\nnodes: {h: {kind: hub}}\n")
+    with pytest.raises(TopologyError, match=r"^inline\.yaml:1: "):
+        parse_topology("name: Bad\nnodes: {h: {kind: hub}}\n", "inline.yaml")
+
+
+def test_a_topology_error_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        parse_topology("name: lab\n")
+
+
+def test_the_tap_schema_has_exactly_the_tap_services_options() -> None:
+    for backend, model in TAP_SPECS.items():
+        fields = set(model.model_fields) - {"kind", "backend", "host"}
+        assert fields == set(tap_server._KIND_OPTS[backend])
+
+
+def test_json_schema() -> None:
+    schema = json_schema()
+    assert schema["additionalProperties"] is False
+    assert {"name", "nodes"} <= set(schema["required"])
+
+
+# -- YAML ------------------------------------------------------------------------------
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub
+        links: []
+        """, "lab.yaml:4: YAML: ", "flow mapping", "line 3")
+
+
+def test_yaml_scalars_follow_the_core_schema(tmp_path: Path) -> None:
+    # YAML 1.1 would read the MAC as a base-60 integer, "on"/"no" as booleans, 010 as 8.
+    topology = load(tmp_path, """\
+        name: lab
+        nodes:
+          no: {kind: hub}
+          vm1: {kind: vm, mac: 52:54:00:12:34:01}
+          t: {kind: tap, backend: tap, vnet_hdr: on, no_padding: off}
+        links: [[vm1, no], [t, no]]
+        """)
+    assert next(iter(topology.nodes)) == "no"
+    vm1 = topology.node("vm1")
+    assert isinstance(vm1, VmNode) and vm1.mac == "52:54:00:12:34:01"
+
+
+def test_anchors_merge_keys_and_extension_fields(tmp_path: Path) -> None:
+    topology = load(tmp_path, """\
+        name: lab
+        x-vm: &vm {kind: vm, memory: 16M}
+        nodes:
+          hub0: {kind: hub}
+          vm1: {<<: *vm, ip: 198.18.0.1/24}
+          vm2: {<<: *vm, ip: 198.18.0.2/24, memory: 8M}
+        links: [[vm1, hub0], [vm2, hub0]]
+        """)
+    memory = {vm.name: vm.memory for vm in topology.vms()}
+    assert memory == {"vm1": 16 << 20, "vm2": 8 << 20}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "lab.yaml: the file is empty"),
+    ("- a\n- b\n", "lab.yaml:1: a topology is a mapping"),
+    ("name: a\n---\nname: b\n",
+     "lab.yaml:2: YAML: expected a single document in the stream at line 1, but found"),
+    ("name: !!python/object:os.system x\n", "lab.yaml:1: YAML: could not determine"),
+    ("name: !!int abc\n", "lab.yaml:1: YAML: 'abc' is not an integer"),
+    ("name: lab\nnodes: {[a]: {kind: hub}}\n", "lab.yaml:2: YAML: "),
+    ("[" * 5000 + "]" * 5000, "lab.yaml: YAML: nested too deeply"),
+    ("name: lab\x00\n", "lab.yaml:1: YAML: character '\\x00' is not allowed"),
+])
+def test_unreadable_yaml(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in problems(tmp_path, text)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match=r"missing\.yaml: cannot read"):
+        load_topology(tmp_path / "missing.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(TopologyError, match=r"latin1\.yaml: not UTF-8"):
+        load_topology(tmp_path / "latin1.yaml")
+
+
+# -- one test per kind of error ------------------------------------------------------------
+def test_unknown_field_lists_the_allowed_ones(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          vm1:
+            kind: vm
+            macaddr: 52:54:00:12:34:01
+        """, "lab.yaml:5: node 'vm1': unknown field 'macaddr'",
+        "(allowed: kind, mac, model, compat, memory, ip, bridge, host)")
+
+
+def test_unknown_top_level_and_bridge_fields(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: lab
+        link: []
+        nodes:
+          vm1: {kind: vm, bridge: {ifname: vw0, mtu: 1500}}
+        """)
+    assert "lab.yaml:2: unknown field 'link' (allowed: version, name, hosts, nodes, links)" \
+        in message
+    assert "lab.yaml:4: node 'vm1': bridge: unknown field 'mtu' (allowed: ifname, netns, ip)" \
+        in message
+
+
+def test_an_option_of_another_backend_is_named_as_such(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          q: {kind: tap, backend: stream, ifname: vw0}
+        """, "lab.yaml:3: node 'q': unknown field 'ifname': 'ifname' is an option of the "
+        "tap backend (allowed here: kind, backend, host, listen, connect, reconnect)")
+
+
+def test_missing_fields(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        nodes:
+          hub0: {host: h1}
+          q: {kind: tap}
+          vm1: {kind: vm, bridge: {netns: ns1}}
+          empty:
+        """)
+    assert "lab.yaml:1: missing field 'name' (required: name, nodes)" in message
+    assert "lab.yaml:2: node 'hub0': missing field 'kind' (one of hub, vm, tap)" in message
+    assert "lab.yaml:3: node 'q': missing field 'backend' (one of tap, stream, dgram)" \
+        in message
+    assert "lab.yaml:4: node 'vm1': bridge: missing field 'ifname' (required: ifname)" \
+        in message
+    assert "lab.yaml:5: node 'empty': the node is empty: give at least its kind" in message
+
+
+def test_unknown_kind_and_backend(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: lab
+        nodes:
+          a: {kind: switch}
+          b: {kind: tap, backend: vde}
+        """)
+    assert "lab.yaml:3: node 'a': kind: unknown kind 'switch': expected one of hub, vm, tap" \
+        in message
+    assert "lab.yaml:4: node 'b': backend: unknown backend 'vde'" in message
+
+
+def test_duplicate_node_names(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm}
+          hub0: {kind: vm}
+        """, "lab.yaml:5: node 'hub0' is defined twice (lines 3 and 5)")
+
+
+def test_duplicate_keys_anywhere(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          vm1:
+            kind: vm
+            ip: 198.18.0.1/24
+            ip: 198.18.0.2/24
+        """, "lab.yaml:6: node 'vm1': 'ip' is given twice (lines 5 and 6)")
+
+
+def test_bad_names(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: Lab_1
+        nodes:
+          VM1: {kind: vm}
+          7: {kind: hub}
+        """)
+    assert "lab.yaml:1: name: bad LAN name 'Lab_1'" in message
+    assert "lab.yaml:3: bad node name 'VM1': use 1 to 28 of a-z, 0-9 and '-'" in message
+    assert "lab.yaml:4: node name 7 is not a string: quote it" in message
+
+
+def test_duplicate_mac(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm, mac: 52:54:00:12:34:01}
+          vm2: {kind: vm, mac: 52:54:00:12:34:01}
+        links: [[vm1, hub0], [vm2, hub0]]
+        """, "lab.yaml:5: node 'vm2': mac: MAC 52:54:00:12:34:01 is also node 'vm1''s "
+        "(line 4)")
+
+
+@pytest.mark.parametrize(("mac", "problem"), [
+    ("01:00:5e:00:00:01", "01:00:5e:00:00:01 is a multicast MAC address"),
+    ("ff:ff:ff:ff:ff:ff", "ff:ff:ff:ff:ff:ff is a multicast MAC address"),
+    ("52:54:00:12:34", "bad MAC address '52:54:00:12:34': expected aa:bb:cc:dd:ee:ff"),
+    ("52-54-00-12-34-01", "bad MAC address '52-54-00-12-34-01'"),
+    ("'00:00:00:00:00:00'", "00:00:00:00:00:00 is the all-zero MAC address"),
+])
+def test_bad_mac(tmp_path: Path, mac: str, problem: str) -> None:
+    one_problem(tmp_path, f"""\
+        name: lab
+        nodes:
+          vm1:
+            kind: vm
+            mac: {mac}
+        """, f"lab.yaml:5: node 'vm1': mac: {problem}")
+
+
+@pytest.mark.parametrize(("ip", "problem"), [
+    ("198.18.0.300/24", "bad address '198.18.0.300/24': Octet 300"),
+    ("198.18.0.1", "address '198.18.0.1' needs a prefix length"),
+    ("198.18.0.1/33", "bad address '198.18.0.1/33'"),
+    ("198.18.0.0/24", "address '198.18.0.0/24' is the network or broadcast address of "
+     "198.18.0.0/24"),
+    ("198.18.0.255/24", "address '198.18.0.255/24' is the network or broadcast"),
+    ("224.0.0.1/24", "address '224.0.0.1/24' is not a unicast host address"),
+    ("'2001:db8::1/64'", "address '2001:db8::1/64' is IPv6"),
+])
+def test_bad_cidr(tmp_path: Path, ip: str, problem: str) -> None:
+    one_problem(tmp_path, f"""\
+        name: lab
+        nodes:
+          vm1:
+            kind: vm
+            bridge:
+              ifname: vw0
+              ip: {ip}
+        """, f"lab.yaml:7: node 'vm1': bridge.ip: {problem}")
+
+
+def test_duplicate_ips(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm, ip: 198.18.0.1/24}
+          vm2:
+            kind: vm
+            bridge: {ifname: vw2, ip: 198.18.0.1/16}
+        links: [[vm1, hub0], [vm2, hub0]]
+        """, "lab.yaml:7: node 'vm2': bridge.ip: IP address 198.18.0.1 is already used by "
+        "node 'vm1': ip (line 4)")
+
+
+def test_link_to_a_missing_node(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm}
+        links:
+          - [vm1, hub1]
+        """, "lab.yaml:6: links[0] (vm1 -- hub1): unknown node 'hub1' (known: hub0, vm1)")
+
+
+@pytest.mark.parametrize(("link", "problem"), [
+    ("[vm1]", "a link is a pair [NODE, NODE] where a hub end may be HUB:PORT, not a list of 1"),
+    ("[vm1, hub0, hub0]", "not a list of 3"),
+    ("vm1 -- hub0", "not 'vm1 -- hub0'"),
+    ("[vm1, 5]", "end 1 is 5"),
+])
+def test_malformed_links(tmp_path: Path, link: str, problem: str) -> None:
+    one_problem(tmp_path, f"""\
+        name: lab
+        nodes:
+          hub0: {{kind: hub}}
+          vm1: {{kind: vm}}
+        links:
+          - {link}
+        """, "lab.yaml:6: links[0]", problem)
+
+
+def test_a_vm_or_tap_port_used_twice(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          hub1: {kind: hub}
+          vm1: {kind: vm}
+        links:
+          - [vm1, hub0]
+          - [vm1, hub1]
+        """, "lab.yaml:8: links[1] (vm1 -- hub1): node 'vm1' is already linked by links[0] "
+        "(line 7): a vm has a single port")
+
+
+def test_a_named_hub_port_used_twice(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm}
+          q: {kind: tap, backend: stream, listen: 127.0.0.1:10555}
+        links:
+          - [vm1, hub0:up]
+          - [q, hub0:up]
+        """, "lab.yaml:8: links[1] (q -- hub0:up): hub port hub0:up is already linked by "
+        "links[0] (line 7)")
+
+
+def test_unnamed_hub_ports_are_new_each_time(tmp_path: Path) -> None:
+    topology = load(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm}
+          vm2: {kind: vm}
+        links: [[hub0, vm1], [vm2, hub0]]
+        """)
+    assert [link.listener.netclient for link in topology.links] == ["", ""]
+    assert [link.dialer.node for link in topology.links] == ["vm1", "vm2"]
+
+
+def test_port_names(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm}
+          vm2: {kind: vm}
+        links:
+          - [vm1:eth0, hub0]
+          - [vm2, "hub0:hub0port1"]
+        """)
+    assert "lab.yaml:7: links[0] (vm1:eth0 -- hub0): 'vm1:eth0': a vm node has a single " \
+           "port: write just 'vm1'" in message
+    assert "lab.yaml:8: links[1] (vm2 -- hub0:hub0port1): hub port name 'hub0port1' is how " \
+           "the hub numbers its unnamed ports" in message
+
+
+def test_a_peer_pair_is_allowed_but_not_a_self_link(tmp_path: Path) -> None:
+    load(tmp_path, """\
+        name: lab
+        nodes:
+          vm1: {kind: vm}
+          vm2: {kind: vm}
+        links: [[vm1, vm2]]
+        """)
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+        links:
+          - [hub0:a, hub0:b]
+        """, "lab.yaml:5: links[0] (hub0:a -- hub0:b): node 'hub0' is linked to itself")
+
+
+def test_a_loop_of_hubs(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          h0: {kind: hub}
+          h1: {kind: hub}
+          h2: {kind: hub}
+        links:
+          - [h0, h1]
+          - [h1, h2]
+          - [h2, h0]
+        """, "lab.yaml:9: links[2] (h2 -- h0): closes a loop h2 -- h1 -- h0 -- h2")
+
+
+def test_unknown_host(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+        nodes:
+          hub0:
+            kind: hub
+            host: h2
+        """, "lab.yaml:7: node 'hub0': host: unknown host 'h2' (known: h1)")
+
+
+def test_bad_and_duplicate_host_addresses(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 0.0.0.0}
+          h2: {address: "bad host!"}
+        nodes:
+          hub0: {kind: hub}
+        """)
+    assert "lab.yaml:3: host 'h1': address: host address '0.0.0.0' is not one" in message
+    assert "lab.yaml:4: host 'h2': address: bad host address 'bad host!'" in message
+    one_problem(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+          h2: {address: 198.18.1.1}
+        nodes:
+          hub0: {kind: hub, host: h1}
+          vm1: {kind: vm, host: h2}
+        links: [[vm1, hub0]]
+        """, "lab.yaml:4: host 'h2': address: 198.18.1.1 is already host 'h1''s address")
+
+
+def test_a_remote_node_cannot_dial_this_machines_loopback(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm, host: h1}
+        links:
+          - [vm1, hub0]
+        """, "lab.yaml:8: links[0] (vm1 -- hub0): 'vm1' on host 'h1' dials 'hub0', which "
+        "runs on this machine")
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ("backend: stream", "a stream backend needs exactly one of listen=ADDR or connect=ADDR"),
+    ("{backend: stream, listen: 127.0.0.1:10555, reconnect: 5}", "reconnect= only applies"),
+    ("{backend: stream, connect: 127.0.0.1:10555, reconnect: 0}", "must be at least 1"),
+    ("{backend: stream, listen: 'nowhere'}", "bad address 'nowhere'"),
+    ("{backend: dgram, local: 127.0.0.1:10555}", "needs remote=HOST:PORT"),
+    ("{backend: dgram, mcast: 127.0.0.1:10555}", "127.0.0.1"),
+    ("{backend: tap, vnet_hdr: maybe}", "option vnet_hdr='maybe': expected on or off"),
+    ("{backend: tap, ifname: a/b}", "bad ifname 'a/b'"),
+    ("{backend: tap, script: ./missing.sh}", "missing.sh' does not exist"),
+])
+def test_backend_options_use_the_tap_services_checks(tmp_path: Path, options: str,
+                                                       problem: str) -> None:
+    if not options.startswith("{"):
+        options = "{" + options + "}"
+    one_problem(tmp_path, f"""\
+        name: lab
+        nodes:
+          q: {{kind: tap, {options[1:]}
+        """, "lab.yaml:3: node 'q': ", problem)
+
+
+def test_backend_id_and_peer_come_from_the_topology(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: lab
+        nodes:
+          q: {kind: tap, backend: stream, listen: 127.0.0.1:1, id: x, peer: 127.0.0.1:2/}
+        """)
+    assert "unknown field 'id': a tap node's backend is named after the node" in message
+    assert "unknown field 'peer': a tap node's peer comes from its link" in message
+
+
+def test_scripts_are_relative_to_the_file_and_checked_only_here(tmp_path: Path) -> None:
+    script = tmp_path / "up.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    topology = load(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+        nodes:
+          here: {kind: tap, backend: tap, script: up.sh, downscript: no}
+          there: {kind: tap, backend: tap, script: /etc/vw/up.sh, host: h1}
+        """)
+    here, there = topology.taps()
+    assert here.options["script"] == str(script) and here.options["downscript"] == "no"
+    assert there.options["script"] == "/etc/vw/up.sh"
+
+
+def test_host_resources_must_not_clash(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+        nodes:
+          a: {kind: tap, backend: stream, listen: 127.0.0.1:10555}
+          b: {kind: tap, backend: stream, listen: 127.0.0.1:10555}
+          c: {kind: tap, backend: stream, listen: 127.0.0.1:10555, host: h1}
+          d: {kind: tap, backend: tap, ifname: vw0}
+          vm1: {kind: vm, bridge: {ifname: vw0}}
+        """)
+    assert "lab.yaml:6: node 'b': listen: address 127.0.0.1:10555 is already used by " \
+           "node 'a': listen (line 5)" in message
+    assert "lab.yaml:9: node 'vm1': bridge.ifname: interface vw0 is already used by " \
+           "node 'd': ifname (line 8)" in message
+    assert "node 'c'" not in message  # another host
+
+
+def test_a_node_name_taken_by_a_vm_service(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          vm1-e1000: {kind: hub}
+          vm1: {kind: vm}
+        links: [[vm1, vm1-e1000]]
+        """, "lab.yaml:3: node 'vm1-e1000': the name is taken by the e1000 service of vm 'vm1'")
+
+
+@pytest.mark.parametrize(("memory", "problem"), [
+    ("12Q", "bad size '12Q'"),
+    ("512K", "guest memory size 512 KiB out of range"),
+    ("128G", "guest memory size 128 GiB out of range"),
+    ("1048577", "is not a multiple of the page size"),
+    ("true", "expected a size such as 64M, or a number of bytes, not true"),
+    ("[64M]", "expected a size such as 64M, or a number of bytes, not a list"),
+])
+def test_memory_sizes(tmp_path: Path, memory: str, problem: str) -> None:
+    one_problem(tmp_path, f"""\
+        name: lab
+        nodes:
+          vm1:
+            kind: vm
+            memory: {memory}
+        """, "lab.yaml:5: node 'vm1': memory: ", problem)
+
+
+def test_bad_model_compat_version_and_netns(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        version: 2
+        name: lab
+        nodes:
+          vm1: {kind: vm, model: 82574L, compat: 8.2, bridge: {ifname: vw0, netns: "a/b"}}
+        """)
+    assert "lab.yaml:1: version: input should be 1" in message
+    assert "lab.yaml:4: node 'vm1': model: input should be '82540EM', '82544GC' or " \
+           "'82545EM', not '82574L'" in message
+    assert "lab.yaml:4: node 'vm1': compat: input should be '9.0' or '7.2'" in message
+    assert "lab.yaml:4: node 'vm1': bridge.netns: bad netns name 'a/b'" in message
+
+
+def test_every_problem_is_reported_in_line_order(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: lab
+        nodes:
+          vm1: {kind: vm, mac: 52:54:00:12:34:01, ip: 198.18.0.1/24}
+          vm2: {kind: vm, mac: 52:54:00:12:34:01, ip: 198.18.0.1/24}
+        links:
+          - [vm1, nope]
+        """)
+    lines = message.splitlines()
+    assert len(lines) == 3
+    assert [line.split(":")[0:2] for line in lines] == [
+        [str(tmp_path / "lab.yaml"), "4"], [str(tmp_path / "lab.yaml"), "4"],
+        [str(tmp_path / "lab.yaml"), "6"]]
+
+
+def test_unlinked_nodes_and_unused_hosts_are_warnings(tmp_path: Path) -> None:
+    topology = load(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm}
+          q: {kind: tap, backend: stream, listen: 127.0.0.1:10555}
+        """)
+    path = tmp_path / "lab.yaml"
+    assert topology.warnings == (
+        f"{path}:3: warning: host 'h1': no node is placed on this host",
+        f"{path}:5: warning: node 'hub0': no links: nothing is plugged into this hub",
+        f"{path}:6: warning: node 'vm1': not in any link: it has no peer",
+        f"{path}:7: warning: node 'q': not in any link: it has no peer",
+    )
+
+
+# -- fuzzing: whatever the input, only TopologyError ------------------------------------
+def expect_topology_or_error(text: str) -> None:
+    try:
+        topology = parse_topology(text, "fuzz.yaml")
+    except TopologyError as exc:
+        assert str(exc).startswith("fuzz.yaml")
+        assert exc.problems and all(p.startswith("fuzz.yaml") for p in exc.problems)
+    else:
+        json.dumps(topology.to_dict())
+
+
+TOKENS = ["name", "nodes", "links", "hosts", "kind", "hub", "vm", "tap", "backend", "stream",
+          "dgram", "listen", "connect", "mac", "ip", "memory", "bridge", "ifname", "netns",
+          "host", "address", "model", "compat", "version", "hub0", "vm1", "vm2", "lab",
+          "52:54:00:12:34:01", "01:00:5e:00:00:01", "198.18.0.1/24", "198.18.0.300",
+          "127.0.0.1:10555", "unix:/tmp/x", "64M", "0", "-1", "1e999", ".nan", "~", "null",
+          "true", "on", "<<", "&a", "*a", "!!int", "!!binary", "!!python/name:os.system",
+          "!foo", "x-a", "- ", ": ", ":", "[", "]", "{", "}", ",", "\n", "\n  ", "\n    ",
+          " ", "'", '"', "#", "|", ">", "?", "%YAML 1.2\n", "---\n", "...\n", "\t", "\\",
+          "\x00", "\u2028", "é", "\ufeff"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(TOKENS), max_size=60).map("".join))
+def test_fuzz_yaml_tokens(text: str) -> None:
+    expect_topology_or_error(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_any_text(text: str) -> None:
+    expect_topology_or_error(text)
+
+
+SCALARS = st.one_of(st.sampled_from(TOKENS), st.integers(), st.floats(), st.booleans(),
+                    st.none(), st.text(max_size=10))
+KEYS = st.one_of(st.sampled_from(TOKENS[:30]), st.text(max_size=6), st.integers(0, 9))
+TREES = st.recursive(SCALARS, lambda children: st.one_of(
+    st.lists(children, max_size=4), st.dictionaries(KEYS, children, max_size=5)),
+    max_leaves=25)
+
+
+def mostly(values: list[object], other: st.SearchStrategy[object] = SCALARS
+           ) -> st.SearchStrategy[object]:
+    """Values close to valid ones, sometimes anything."""
+    return st.integers(0, 9).flatmap(lambda i: st.sampled_from(values) if i else other)
+
+
+NAMES = ["hub0", "hub1", "vm1", "vm2", "q1", "q2", "vm1-e1000"]
+ENDS = mostly([*NAMES, "hub0:up", "hub1:up", "vm1:x", "hub0:hub0port0", "hub0:", "nope"])
+HOSTS = mostly(["h1", "h2", "h3", None])
+CIDRS = mostly(["198.18.0.1/24", "198.18.0.2/24", "198.18.0.1", "198.18.0.0/24", None])
+HUB = st.fixed_dictionaries({"kind": st.just("hub")}, optional={"host": HOSTS})
+VM = st.fixed_dictionaries({"kind": st.just("vm")}, optional={
+    "mac": mostly(["52:54:00:12:34:01", "52:54:00:12:34:56", "01:00:5e:00:00:01", "x"]),
+    "ip": CIDRS, "memory": mostly(["64M", "1G", 1 << 20, "1K", "0"]),
+    "model": mostly(["82540EM", "82545EM", "e1000"]), "compat": mostly(["9.0", 7.2, 8.0]),
+    "host": HOSTS,
+    "bridge": st.one_of(TREES, st.fixed_dictionaries(
+        {"ifname": mostly(["vw0", "vw1", "", "a/b"])},
+        optional={"netns": mostly(["ns1", ".."]), "ip": CIDRS}))})
+TAP = st.fixed_dictionaries(
+    {"kind": st.just("tap"), "backend": mostly(["tap", "stream", "dgram", "vde"])},
+    optional={"host": HOSTS, "ifname": mostly(["vw0", "vw1"]), "vnet_hdr": mostly([True, "on"]),
+              "listen": mostly(["127.0.0.1:10555", "unix:/tmp/vw.sock", "127.0.0.1:0"]),
+              "connect": mostly(["127.0.0.1:10555"]), "reconnect": mostly([1, 0, "x"]),
+              "local": mostly(["127.0.0.1:10600"]), "remote": mostly(["127.0.0.1:10601"]),
+              "mcast": mostly(["230.0.0.1:10700", "127.0.0.1:1"]), "localaddr": SCALARS,
+              "script": mostly(["/bin/true", "no", "./x.sh"]), "id": SCALARS})
+DOCUMENTS = st.fixed_dictionaries(
+    {"name": mostly(["lab", "Lab"], TREES),
+     "nodes": st.integers(0, 9).flatmap(lambda i: st.dictionaries(
+         st.sampled_from(NAMES), st.one_of(HUB, VM, TAP), min_size=1, max_size=6) if i
+         else TREES)},
+    optional={"version": mostly([1, 2]),
+              "hosts": mostly([{}], TREES).flatmap(lambda h: st.dictionaries(
+                  st.sampled_from(["h1", "h2"]), st.fixed_dictionaries(
+                      {"address": mostly(["198.18.1.1", "198.18.1.2", "0.0.0.0", "a b"])}),
+                  max_size=2) if h == {} else st.just(h)),
+              "links": st.integers(0, 9).flatmap(lambda i: st.lists(
+                  st.lists(ENDS, min_size=2, max_size=2), max_size=6) if i else TREES),
+              "x-any": TREES})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(DOCUMENTS)
+def test_fuzz_yaml_documents(document: dict[str, object]) -> None:
+    expect_topology_or_error(yaml.safe_dump(document, allow_unicode=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(EXAMPLES.glob("*.yaml"))), st.data())
+def test_fuzz_mutated_examples(path: Path, data: st.DataObject) -> None:
+    text = path.read_text()
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(text)))
+        cut = data.draw(st.integers(0, 8))
+        insert = data.draw(st.sampled_from(["", ":", " ", "\n", "-", "[", "x", "0", "#", "'"]))
+        text = text[:at] + insert + text[at + cut:]
+    expect_topology_or_error(text)
+
+
+def test_a_billion_laughs_stays_cheap(tmp_path: Path) -> None:
+    lines = ["name: lab", "x-0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"x-{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    lines += ["nodes: {hub0: {kind: hub, host: *a9}}", "links: *a9"]
+    message = problems(tmp_path, "\n".join(lines) + "\n")
+    assert "node 'hub0': host:" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text("name: lab\n")
+    path.chmod(0)
+    with pytest.raises(TopologyError, match="cannot read: Permission denied"):
+        load_topology(path)
