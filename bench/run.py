@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """`make bench`: every virtwire benchmark, with the reference peers, in one run.
 
+Hub hop (below), guest-memory DMA (dma_bench), guest to guest through
+e1000 -> hub -> e1000 (guest_bench), and iperf3 between two guests bridged to
+TAPs (iperf_bench, root).
+
 Hub hop: stream backend -> hub -> stream backend, at 64 and 1514 bytes,
 through virtwire (hub + one tap service: 2 processes; and hub + two tap
 services: 3 processes), QEMU's own hub, and `vde_switch --hub`. Throughput
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller counts, one repeat")
     ap.add_argument("--json", metavar="FILE", help="write all figures to FILE")
-    ap.add_argument("--only", choices=["hub", "dma"], help="run one benchmark")
+    ap.add_argument("--only", choices=["hub", "dma", "guest", "iperf"],
+                    help="run one benchmark")
     a = ap.parse_args(argv)
     count, lat_count, repeat = (100_000, 1000, 1) if a.quick else (300_000, 2000, 3)
     report: dict[str, Any] = {"machine": load_note(), "started": time.time()}
@@ -95,13 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         report["hub"] = {n: {str(s): {k: asdict(v) for k, v in r.items()}
                              for s, r in by.items()} for n, by in hub.items()}
     if a.only in (None, "dma"):
-        try:
-            import dma_bench
-        except ImportError:
-            print("\n(dma benchmark not available)")
-        else:
-            print("\nguest memory DMA")
-            report["dma"] = dma_bench.run(quick=a.quick)
+        import dma_bench
+
+        print("\nguest memory DMA")
+        report["dma"] = dma_bench.run(quick=a.quick)
+    if a.only in (None, "guest"):
+        import guest_bench
+
+        print("\nguest to guest: e1000 -> hub -> e1000")
+        report["guest"] = guest_bench.run(quick=a.quick)
+    if a.only in (None, "iperf"):
+        import iperf_bench
+
+        print("\niperf3 between two guests bridged to TAPs")
+        report["iperf"] = iperf_bench.run(quick=a.quick)
     print(f"\nafter: {load_note()}")
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1))
