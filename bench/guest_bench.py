@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from virtwire.launch import ServiceProcess, start_service
-from virtwire.v1 import guest_pb2, guest_pb2_grpc
+from virtwire.v1 import e1000_pb2, e1000_pb2_grpc, guest_pb2, guest_pb2_grpc
 
 MACS = ("52:54:00:00:0b:01", "52:54:00:00:0b:02")
 IPS = ("198.18.0.1/24", "198.18.0.2/24")
@@ -36,6 +36,7 @@ class TwoGuests:
         self.workdir = workdir
         self.procs: list[ServiceProcess] = []
         self.guests: list[str] = []
+        self.nics: list[str] = []
 
     def __enter__(self) -> TwoGuests:
         try:
@@ -44,6 +45,7 @@ class TwoGuests:
                 mem = self._start("guestmem", ["--size", "64M"])
                 nic = self._start("e1000", ["--guestmem", mem.address, "--mac", mac,
                                             "--peer", f"{hub.address}/"])
+                self.nics.append(nic.address)
                 guest = self._start("guest", ["--e1000", nic.address, "--guestmem",
                                               mem.address, "--ip", ip])
                 self.guests.append(guest.address)
@@ -74,7 +76,14 @@ async def _rx_frames(stub: guest_pb2_grpc.GuestServiceStub) -> int:
     return int(status.rx_frames)
 
 
-async def measure(guests: list[str], size: int, count: int,
+async def _nic_drops(address: str) -> dict[str, int]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stats = await e1000_pb2_grpc.E1000ServiceStub(channel).GetStats(
+            e1000_pb2.GetStatsRequest(), timeout=5)
+    return {k: int(v) for k, v in stats.drops.items() if v}
+
+
+async def measure(guests: list[str], size: int, count: int, nic_b: str,
                   timeout: float = 30.0) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(guests[0]) as ch_a, \
             grpc.aio.insecure_channel(guests[1]) as ch_b:
@@ -108,10 +117,12 @@ async def measure(guests: list[str], size: int, count: int,
             await asyncio.sleep(0.02)
         received = last - base
         elapsed = last_change - start
+    drops = await _nic_drops(nic_b)
     fps = received / elapsed if elapsed > 0 else 0.0
     return {"size": size, "sent": sent, "queued": queued, "tx_ring_full": dropped,
             "received": received, "elapsed_s": round(elapsed, 3),
-            "frames_per_s": round(fps), "mbit_per_s": round(fps * size * 8 / 1e6, 1)}
+            "frames_per_s": round(fps), "mbit_per_s": round(fps * size * 8 / 1e6, 1),
+            "receiver_nic_drops_total": drops}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -120,11 +131,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vw-guestbench-") as tmp, \
             TwoGuests(Path(tmp)) as lan:
         for size in (64, 1514):
-            res = asyncio.run(measure(lan.guests, size, count))
+            res = asyncio.run(measure(lan.guests, size, count, lan.nics[1]))
             out["results"].append(res)
             print(f"  e1000 -> hub -> e1000 {size:5d} B: {res['frames_per_s']:>8,} frames/s "
                   f"{res['mbit_per_s']:>8,} Mbit/s (received {res['received']} of "
-                  f"{res['sent']}, TX ring full {res['tx_ring_full']})", flush=True)
+                  f"{res['sent']}, TX ring full {res['tx_ring_full']}; B's e1000 drops so far: "
+                  f"{res['receiver_nic_drops_total'] or 'none'})", flush=True)
     return out
 
 
