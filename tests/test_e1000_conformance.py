@@ -147,7 +147,6 @@ from support.e1000_program import (
     inet_checksum,
     ipv4,
     ipv6,
-    model_import_error,
     payload_pattern,
     pseudo_sum_v4,
     quantize,
@@ -195,19 +194,12 @@ ALL_STATS = (*STATS, BPRC, MPRC)
 #: counts BPRC/MPRC by filter match, where 9.0 (the reference) does not.
 
 
-def _model_missing() -> str | None:
-    return model_import_error()
-
-
 def check(program: list[Op], model: str = "82540EM", *, settle_rctl: bool = True,
           **options: object) -> Trace:
     """Run on both; fail with a readable diff on any difference. Returns QEMU's trace.
 
     ``options`` go to the model's constructor.
     """
-    missing = _model_missing()
-    if missing is not None:
-        pytest.skip(f"virtwire.hw.e1000 not usable yet: {missing}")
     qemu, ours = compare(program, model, settle_rctl=settle_rctl, **options)
     assert not diff(qemu, ours), format_diff(program, qemu, ours, settle_rctl=settle_rctl)
     return qemu

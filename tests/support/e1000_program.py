@@ -39,14 +39,15 @@ operations; see the ``support.qtest`` docstring for why):
 from __future__ import annotations
 
 import contextlib
-import importlib
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from virtwire.hw.dma import RamDma
+from virtwire.hw.e1000 import E1000
+from virtwire.hw.timer import ManualScheduler
 from virtwire.net.net import NetClient
 
 from support.qtest import CLOCK_QUANTUM_NS as CLOCK_QUANTUM_NS
@@ -291,34 +292,6 @@ class QemuBackend:
         return self.machine.irq_level
 
 
-class _NicLike(Protocol):
-    """What VirtwireBackend uses of virtwire.hw.e1000.E1000 (a NetClient)."""
-
-    peer: Any
-    incoming_queue: Any
-    link_down: bool
-
-    def mmio_read(self, offset: int) -> int: ...
-    def mmio_write(self, offset: int, value: int) -> None: ...
-    def set_bus_master(self, enable: bool) -> None: ...
-    def can_receive_packet(self) -> bool: ...
-    def flush_queued_packets(self, purge: bool = False) -> None: ...
-
-
-class _SchedulerLike(Protocol):
-    def advance(self, ns: int) -> int: ...
-
-
-def model_import_error() -> str | None:
-    """Why virtwire's e1000 model cannot be used (None if it can)."""
-    try:
-        importlib.import_module("virtwire.hw.e1000")
-        importlib.import_module("virtwire.hw.timer")
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 class Wire(NetClient):
     """The netdev behind the model: records what the NIC sends.
 
@@ -343,11 +316,7 @@ class Wire(NetClient):
 
 
 class VirtwireBackend:
-    """virtwire's e1000 model in-process, mirroring QemuBackend's VM semantics.
-
-    The model's modules are imported when the backend is created, so this file
-    imports (and QEMU-only tests run) while the model is missing or broken.
-    """
+    """virtwire's e1000 model in-process, mirroring QemuBackend's VM semantics."""
 
     name = "virtwire"
 
@@ -359,16 +328,13 @@ class VirtwireBackend:
         Debian 12's 7.2.
         """
         options.setdefault("compat", "7.2")
-        e1000_mod = importlib.import_module("virtwire.hw.e1000")
-        timer_mod = importlib.import_module("virtwire.hw.timer")
         self.ram = RamDma(RAM_SIZE)
-        self.scheduler = cast(_SchedulerLike, timer_mod.ManualScheduler())
+        self.scheduler = ManualScheduler()
         self._irq = False
-        self.nic = cast(_NicLike, e1000_mod.E1000(
-            "e1000", mac, self.ram, model=model, set_irq=self._set_irq,
-            scheduler=self.scheduler, **options))
+        self.nic = E1000("e1000", mac, self.ram, model=model,  # type: ignore[arg-type]
+                         set_irq=self._set_irq, scheduler=self.scheduler, **options)
         self.wire = Wire("n0")
-        self.wire.peer = cast(NetClient, self.nic)
+        self.wire.peer = self.nic
         self.nic.peer = self.wire
         self._bus_master = True
         self.nic.set_bus_master(True)
