@@ -114,6 +114,12 @@ def _build_e1000(args: argparse.Namespace) -> ServiceHost:
                        compat=args.compat)
 
 
+def _build_orchestrator(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.server.orchestrator import OrchestratorServer
+
+    return OrchestratorServer(args.listen, exit_on_down=True)
+
+
 def _build_guest(args: argparse.Namespace) -> ServiceHost:
     from virtwire.server.guest import build
 
@@ -122,7 +128,8 @@ def _build_guest(args: argparse.Namespace) -> ServiceHost:
 
 async def cmd_serve(args: argparse.Namespace) -> int:
     builders = {"hub": _build_hub, "tap": _build_tap, "guestmem": _build_guestmem,
-                "e1000": _build_e1000, "guest": _build_guest}
+                "e1000": _build_e1000, "guest": _build_guest,
+                "orchestrator": _build_orchestrator}
     host = builders[args.kind](args)
     await run_host(host, args.ready_file)
     return 0
@@ -233,6 +240,10 @@ async def cmd_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_link(args: argparse.Namespace) -> int:
+    if not args.server:
+        from virtwire.orchestrator.cli import cmd_link_node
+
+        return await cmd_link_node(args)
     async with _channel(args.server) as channel:
         stub = netclient_pb2_grpc.NetClientServiceStub(channel)
         resp = await stub.SetLink(netclient_pb2.SetLinkRequest(
@@ -242,6 +253,14 @@ async def cmd_link(args: argparse.Namespace) -> int:
 
 
 async def cmd_ping(args: argparse.Namespace) -> int:
+    if not args.server:
+        from virtwire.orchestrator.cli import cmd_ping_node
+
+        if args.to is None:
+            raise ConfigError("ping without -s takes FROM_VM TO")
+        return await cmd_ping_node(args)
+    if args.to is not None:
+        raise ConfigError("ping -s GUEST takes one ADDRESS")
     from virtwire.server.guest import ping_command
 
     return await ping_command(args.server, args.address, count=args.count,
@@ -261,6 +280,24 @@ async def cmd_validate(args: argparse.Namespace) -> int:
     for warning in topo.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    from virtwire.orchestrator.cli import cmd_up as run
+
+    return await run(args)
+
+
+async def cmd_down(args: argparse.Namespace) -> int:
+    from virtwire.orchestrator.cli import cmd_down as run
+
+    return await run(args)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from virtwire.orchestrator.cli import cmd_status as run
+
+    return await run(args)
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
@@ -288,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("tap", "host-side backends: tap, stream, dgram"),
                             ("guestmem", "one guest's RAM: shared memory + DMA RPCs"),
                             ("e1000", "an emulated Intel e1000 NIC (QEMU's hw/net/e1000.c)"),
-                            ("guest", "a guest's e1000 driver: send/receive, ping, TAP bridge")):
+                            ("guest", "a guest's e1000 driver: send/receive, ping, TAP bridge"),
+                            ("orchestrator", "runs LANs from topology files (virtwire up)")):
         sp = serve_sub.add_parser(kind, help=help_text)
         sp.add_argument("--listen", default="127.0.0.1:0",
                         help="gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:0)")
@@ -328,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--no-prealloc", action="store_true",
                             help="do not reserve the RAM up front (a full /dev/shm then "
                                  "means SIGBUS, not an error)")
-        else:
+        elif kind == "tap":
             sp.add_argument("--backend", action="append", default=[], metavar="SPEC",
                             help="e.g. stream,listen=127.0.0.1:5000 | stream,connect=unix:/s "
                                  "| tap,ifname=vw0,vnet_hdr=on | dgram,local=H:P,remote=H:P "
@@ -336,9 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--peer", action="append", default=[], metavar="ADDR/NETCLIENT",
                             help="peer of the n-th --backend (empty NETCLIENT: a new hub port)")
 
-    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+    def client(name: str, help_text: str, server_required: bool = True
+               ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text)
-        sp.add_argument("--server", "-s", required=True, help="the service, HOST:PORT")
+        sp.add_argument("--server", "-s", required=server_required,
+                        help="the service, HOST:PORT")
         sp.add_argument("--timeout", type=float, default=10.0, help="RPC timeout, seconds")
         return sp
 
@@ -362,12 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls = client("list", "list a service's NetClients with their counters")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
-    link = client("link", "set a NetClient's link up or down (QMP set_link)")
-    link.add_argument("netclient")
+    link = client("link", "set a NetClient's link up or down (QMP set_link): "
+                  "-s SERVER NETCLIENT, or NODE[:PORT] of a running LAN", server_required=False)
+    link.add_argument("netclient", help="a NetClient of -s SERVER, or NODE / HUB:PORT")
+    link.add_argument("--lan", help="the LAN, when several run (without -s)")
     link.add_argument("state", choices=["up", "down"])
 
-    png = client("ping", "ICMP echo from a guest service's address through its e1000")
-    png.add_argument("address", help="an IPv4 address on the guest's subnet")
+    png = client("ping", "ICMP echo from a guest service's address through its e1000: "
+                 "-s GUEST ADDRESS, or FROM_VM TO (a vm node or an address) of a running LAN",
+                 server_required=False)
+    png.add_argument("address", help="an IPv4 address on the guest's subnet (with -s), "
+                                     "else the vm node to ping from")
+    png.add_argument("to", nargs="?", help="without -s: a vm node or an IPv4 address")
+    png.add_argument("--lan", help="the LAN, when several run (without -s)")
     png.add_argument("--count", "-c", type=int, default=3, help="echo requests (default 3)")
     png.add_argument("--interval", "-i", type=float, default=0.2,
                      help="seconds between requests (default 0.2)")
@@ -379,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("file")
     val.add_argument("--json", action="store_true", help="print the resolved topology")
 
+    up = sub.add_parser("up", help="run a LAN from a topology file")
+    up.add_argument("file")
+    up.add_argument("--detach", "-d", action="store_true",
+                    help="leave the LAN running in the background")
+    down = sub.add_parser("down", help="stop a running LAN")
+    down.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
+    status = sub.add_parser("status", help="nodes, health, links and counters of a LAN")
+    status.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
     demo = sub.add_parser("demo", help="bring up the default LAN on loopback (make run)")
     demo.add_argument("--once", action="store_true", help="show traffic once and exit")
     return p
@@ -386,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {"serve": cmd_serve, "inject": cmd_inject, "capture": cmd_capture,
              "list": cmd_list, "link": cmd_link, "ping": cmd_ping, "validate": cmd_validate,
-             "demo": cmd_demo}
+             "demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -405,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"virtwire: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except grpc.aio.AioRpcError as exc:
-        server = getattr(args, "server", "")
+        server = getattr(args, "server", "") or "the LAN's orchestrator"
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             print(f"virtwire: error: cannot reach {server}: {exc.details()}", file=sys.stderr)
         else:

@@ -1,0 +1,262 @@
+"""`virtwire up / down / status / link NODE`: clients of the OrchestratorService.
+
+``up`` runs the orchestrator server in-process (until Ctrl-C or ``down``) or,
+with ``--detach``, as a background ``virtwire serve orchestrator`` process;
+either way it streams Up's progress. The others find the LAN's orchestrator
+through its state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from virtwire.errors import BackendError, NotFoundError
+from virtwire.launch import VIRTWIRE_CMD
+from virtwire.orchestrator.core import LanState, lan_dir, read_state, state_root
+from virtwire.topology import load_topology
+from virtwire.v1 import netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+_DONE = orchestrator_pb2.UP_EVENT_KIND_DONE
+_ERROR = orchestrator_pb2.UP_EVENT_KIND_ERROR
+RPC_TIMEOUT_S = 30.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is gone
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+async def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _clear_stale(name: str) -> None:
+    """Remove the state of a LAN whose orchestrator is gone (and its leftovers)."""
+    try:
+        state = read_state(name)
+    except NotFoundError:
+        return
+    if _alive(state.orchestrator_pid):
+        return
+    _kill_services(state)
+    shutil.rmtree(lan_dir(name), ignore_errors=True)
+
+
+def _kill_services(state: LanState) -> None:
+    for rec in state.services:
+        if rec.pid and _alive(rec.pid):
+            try:
+                os.killpg(rec.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _spawn_detached(ready: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`virtwire serve orchestrator` in its own session: it outlives this command."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([*VIRTWIRE_CMD, "serve", "orchestrator",
+                                 "--ready-file", str(ready)],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+async def _stream_up(address: str, text: str, source: str) -> bool:
+    """Call Up and print its progress; True when the LAN came up."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        async for event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
+                topology=text, source=source)):
+            kind = orchestrator_pb2.UpEventKind.Name(event.kind).removeprefix(
+                "UP_EVENT_KIND_").lower()
+            print(f"{kind:16} {event.message}", flush=True)
+            if event.kind == _ERROR:
+                return False
+            if event.kind == _DONE:
+                return True
+    return False
+
+
+async def cmd_up(args: Any) -> int:
+    from virtwire.server.orchestrator import OrchestratorServer
+
+    topo = load_topology(args.file)  # TopologyError: exit 2 with FILE:LINE
+    for warning in topo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    text = Path(args.file).read_text(encoding="utf-8")
+    _clear_stale(topo.name)
+    if args.detach:
+        root = state_root()
+        root.mkdir(parents=True, exist_ok=True)
+        ready = root / f".{topo.name}.orchestrator.ready"
+        ready.unlink(missing_ok=True)
+        log = root / f"{topo.name}.orchestrator.log"
+        proc = _spawn_detached(ready, log)
+        deadline = time.monotonic() + 20
+        while not (ready.exists() and ready.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise BackendError(f"the orchestrator did not start; see {log}")
+            await asyncio.sleep(0.02)
+        address = ready.read_text().strip()
+        ready.unlink()
+        if await _stream_up(address, text, args.file):
+            print(f"LAN {topo.name!r} is up (orchestrator {address}, pid {proc.pid}); "
+                  f"'virtwire down {topo.name}' stops it")
+            return 0
+        proc.terminate()
+        proc.wait()
+        return 1
+    host = OrchestratorServer()
+    await host.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        up = asyncio.create_task(_stream_up(host.address, text, args.file))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({up, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not up.done():
+            up.cancel()
+            return 130
+        if not up.result():
+            return 1
+        print(f"LAN {topo.name!r} is up (orchestrator {host.address}); Ctrl-C stops it",
+              flush=True)
+        down = asyncio.create_task(host.lan_down.wait())
+        await asyncio.wait({stopper, down}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        down.cancel()
+        return 0
+    finally:
+        await host.stop(grace=0.5)
+
+
+def _stub(state: LanState
+          ) -> tuple[grpc.aio.Channel, orchestrator_pb2_grpc.OrchestratorServiceStub]:
+    ch = grpc.aio.insecure_channel(state.orchestrator)
+    return ch, orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+
+
+async def cmd_down(args: Any) -> int:
+    state = read_state(args.name)
+    ch, stub = _stub(state)
+    try:
+        async with ch:
+            resp = await stub.Down(orchestrator_pb2.OrchestratorServiceDownRequest(),
+                                   timeout=RPC_TIMEOUT_S)
+        stopped = resp.stopped
+    except grpc.aio.AioRpcError as exc:
+        # The orchestrator is gone: kill what it left and forget the LAN.
+        print(f"virtwire: warning: orchestrator at {state.orchestrator} did not answer "
+              f"({exc.code().name}); killing the services it recorded", file=sys.stderr)
+        _kill_services(state)
+        stopped = len(state.services)
+    shutil.rmtree(lan_dir(state.name), ignore_errors=True)
+    if state.orchestrator_pid != os.getpid():
+        # After Down the orchestrator exits by itself; SIGTERM it if it does not.
+        if not await _wait_exit(state.orchestrator_pid, 5.0):
+            os.kill(state.orchestrator_pid, signal.SIGTERM)
+            await _wait_exit(state.orchestrator_pid, 5.0)
+    print(f"LAN {state.name!r} is down ({stopped} services stopped)")
+    return 0
+
+
+def _counters_dropped(c: netclient_pb2.NetClientCounters) -> int:
+    return int(c.dropped_queue_full + c.dropped_link_down + c.dropped_refused
+               + c.dropped_malformed + c.dropped_purged)
+
+
+async def cmd_status(args: Any) -> int:
+    from virtwire.cli import _format_table
+
+    state = read_state(args.name)
+    ch, stub = _stub(state)
+    async with ch:
+        resp = await stub.GetStatus(orchestrator_pb2.OrchestratorServiceGetStatusRequest(),
+                                    timeout=RPC_TIMEOUT_S)
+    if args.json:
+        print(json_format.MessageToJson(resp, always_print_fields_with_no_presence=True,
+                                        preserving_proto_field_name=True))
+    else:
+        print(f"LAN {resp.name!r}: {resp.state} (orchestrator {state.orchestrator})")
+        rows = [("NODE", "KIND", "SERVICE", "ADDRESS", "PID", "HEALTH", "RESTARTS")]
+        for node in resp.nodes:
+            for svc in node.services:
+                rows.append((node.name, node.kind, svc.name, svc.address, str(svc.pid),
+                             "serving" if svc.healthy else "NOT SERVING", str(svc.restarts)))
+        print(_format_table(rows))
+        rows2: list[tuple[str, ...]] = [("NODE", "NETCLIENT", "LINK", "PEER", "RX FRAMES",
+                                         "RX BYTES", "TX FRAMES", "TX BYTES", "DROPPED")]
+        for node in resp.nodes:
+            for nc in node.netclients:
+                info = nc.info
+                link = netclient_pb2.LinkState.Name(info.link_state).removeprefix(
+                    "LINK_STATE_").lower()
+                if info.admin_down:
+                    link += " (set down)"
+                elif info.link_down:
+                    link += " (down)"
+                c = info.counters
+                rows2.append((node.name, nc.name, link, info.peer, str(c.rx_frames),
+                             str(c.rx_bytes), str(c.tx_frames), str(c.tx_bytes),
+                             str(_counters_dropped(c))))
+        print()
+        print(_format_table(rows2))
+    unhealthy = any(not s.healthy for n in resp.nodes for s in n.services)
+    return 1 if unhealthy else 0
+
+
+async def cmd_link_node(args: Any) -> int:
+    state = read_state(args.lan)
+    ch, stub = _stub(state)
+    async with ch:
+        resp = await stub.SetLink(orchestrator_pb2.OrchestratorServiceSetLinkRequest(
+            target=args.netclient, up=args.state == "up"), timeout=RPC_TIMEOUT_S)
+    print(f"{args.netclient} ({resp.netclient.name}): link "
+          f"{'down' if resp.netclient.link_down else 'up'}")
+    return 0
+
+
+async def cmd_ping_node(args: Any) -> int:
+    """`virtwire ping FROM_VM TO`: through the orchestrator; 0 if any reply came."""
+    state = read_state(args.lan)
+    ch, stub = _stub(state)
+    timeout_ms = max(1, round(args.wait * 1000))
+    async with ch:
+        resp = await stub.Ping(orchestrator_pb2.OrchestratorServicePingRequest(
+            from_node=args.address, to=args.to, count=args.count, timeout_ms=timeout_ms),
+            timeout=RPC_TIMEOUT_S + args.count * (timeout_ms + 100) / 1000)
+    lost = resp.transmitted - resp.received
+    print(f"{args.address} -> {resp.address}: {resp.transmitted} transmitted, "
+          f"{resp.received} received, {lost * 100 // max(1, resp.transmitted)}% loss")
+    return 0 if resp.received else 1
+
+
+def status_json(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse) -> Any:
+    return json.loads(json_format.MessageToJson(resp, preserving_proto_field_name=True))

@@ -1,0 +1,459 @@
+"""Run a LAN: start a Topology's services in order, wire links, watch health.
+
+``Orchestrator`` is plain asyncio; ``ProcessBackend`` starts each service as a
+local ``virtwire serve KIND`` child on 127.0.0.1:0, in its own process group
+and with PR_SET_PDEATHSIG, so no child outlives the orchestrator. A state
+directory (``state_root()/LAN``) holds ``state.json`` (services, pids,
+addresses, the orchestrator's address and pid), so ``virtwire down`` and
+``virtwire status`` from another process find a running LAN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from virtwire.errors import BackendError, ConfigError, NotFoundError
+from virtwire.launch import VIRTWIRE_CMD
+from virtwire.topology import HubNode, TapNode, Topology, VmNode
+from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+START_TIMEOUT_S = 20.0
+HEALTH_TIMEOUT_S = 20.0
+WATCH_INTERVAL_S = 0.3
+#: Every this many watch rounds, the hubs' port lists are refreshed.
+PORT_SNAPSHOT_ROUNDS = 10
+
+
+class RunState(enum.Enum):
+    """Run state of an Orchestrator."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class UpEvent:
+    """A progress event of ``Orchestrator.up``.
+
+    ``kind``: starting, started, link, healthy, done or error.
+    """
+
+    kind: str
+    service: str = ""
+    address: str = ""
+    message: str = ""
+
+
+@dataclass
+class ServiceRecord:
+    """One service of the running LAN, as kept in the state file."""
+
+    name: str
+    kind: str
+    node: str
+    address: str = ""
+    pid: int = 0
+    args: list[str] = field(default_factory=list)
+    restarts: int = 0
+    healthy: bool = False
+    #: A hub's ports as last seen (the ones it numbered included): a restarted
+    #: hub gets them back, since its dialers redial the port they were given.
+    ports: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LanState:
+    """The state file of a LAN."""
+
+    name: str
+    source: str
+    orchestrator: str
+    orchestrator_pid: int
+    services: list[ServiceRecord]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LanState:
+        return cls(name=str(data["name"]), source=str(data["source"]),
+                   orchestrator=str(data["orchestrator"]),
+                   orchestrator_pid=int(data["orchestrator_pid"]),
+                   services=[ServiceRecord(**s) for s in data["services"]])
+
+
+def state_root() -> Path:
+    """``$XDG_RUNTIME_DIR/virtwire``, else ``/tmp/virtwire-$UID``."""
+    env = os.environ.get("VIRTWIRE_STATE_DIR")
+    if env:
+        return Path(env)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "virtwire"
+    return Path(f"/tmp/virtwire-{os.getuid()}")
+
+
+def lan_dir(name: str, root: Path | None = None) -> Path:
+    return (root or state_root()) / name
+
+
+def read_state(name: str | None = None, root: Path | None = None) -> LanState:
+    """The state of LAN ``name`` (or of the only running LAN)."""
+    base = root or state_root()
+    if name is None:
+        names = sorted(p.parent.name for p in base.glob(f"*/{STATE_FILE}"))
+        if not names:
+            raise NotFoundError(f"no LAN is running (no state in {base})")
+        if len(names) > 1:
+            raise ConfigError(f"several LANs are running ({', '.join(names)}): name one")
+        name = names[0]
+    path = base / name / STATE_FILE
+    try:
+        return LanState.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise NotFoundError(f"LAN {name!r} is not running (no {path})") from None
+
+
+#: Run before the service's own command: PR_SET_PDEATHSIG(SIGKILL), then exec.
+#: A wrapper, not preexec_fn: Python code between fork and exec would run
+#: grpc's at-fork handlers in the child, which breaks its poller.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, 9)\n"  # PR_SET_PDEATHSIG, SIGKILL
+    "if os.getppid() != int(sys.argv[1]): os._exit(1)\n"  # the parent already died
+    "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """A child in its own process group that dies with this process."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()),
+                                 *cmd], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                process_group=0)
+
+
+class ProcessBackend:
+    """Services as local child processes (``virtwire serve KIND``)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def start(self, name: str, kind: str, args: list[str],
+                    listen: str = "127.0.0.1:0") -> tuple[str, int]:
+        """Start a service and wait for its ready file; (address, pid)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ready = self.workdir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        log = self.workdir / f"{name}.log"
+        # Spawned from the event loop's thread: PDEATHSIG follows the thread
+        # that forked, and this one lives as long as the orchestrator.
+        proc = _spawn([*VIRTWIRE_CMD, "serve", kind, "--listen", listen, *args,
+                       "--ready-file", str(ready)], log)
+        self.procs[name] = proc
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (ready.exists() and ready.read_text().strip()):
+            if proc.poll() is not None:
+                raise BackendError(f"{name}: virtwire serve {kind} exited with "
+                                   f"{proc.returncode}:\n{log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill(name)
+                raise BackendError(f"{name}: did not start in {START_TIMEOUT_S:.0f}s:\n"
+                                   + log.read_text()[-2000:])
+            await asyncio.sleep(0.02)
+        return ready.read_text().strip(), proc.pid
+
+    def alive(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    async def stop(self, name: str, timeout: float = 5.0) -> None:
+        """SIGTERM the service's process group, then SIGKILL it."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                await asyncio.to_thread(proc.wait, timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s (pid %d) ignored SIGTERM; killing", name, proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left in its group
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+
+async def check_health(address: str, timeout: float = 2.0) -> bool:
+    """grpc.health.v1 Check("") == SERVING."""
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            resp = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class Orchestrator:
+    """Runs one LAN: ``up``, ``down``, ``resolve`` node names, a restart watcher."""
+
+    def __init__(self, *, state_dir: Path | None = None, address: str = "") -> None:
+        self.state_root = state_dir or state_root()
+        #: The address of the OrchestratorServer fronting this object (state file).
+        self.address = address
+        self.state = RunState.IDLE
+        self.topology: Topology | None = None
+        self.services: dict[str, ServiceRecord] = {}
+        self.backend: ProcessBackend | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.events: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+    @property
+    def dir(self) -> Path:
+        if self.topology is None:
+            raise ConfigError("no LAN is up")
+        return lan_dir(self.topology.name, self.state_root)
+
+    def _args(self, topo: Topology, name: str) -> list[str]:
+        svc = next(s for s in topo.services if s.name == name)
+        node = topo.node(svc.node)
+        addr = {n: r.address for n, r in self.services.items()}
+        peers = [f"{addr[link.listener.service]}/{link.listener.netclient}"
+                 for link in topo.links if link.dialer.service == name]
+        if isinstance(node, HubNode):
+            args = [a for port in node.ports for a in ("--port", port)]
+            for link in topo.links:
+                if link.dialer.service == name:
+                    port = link.dialer.netclient or f"to-{link.listener.node}"
+                    args += ["--port", f"{port}={addr[link.listener.service]}/"
+                                       f"{link.listener.netclient}"]
+            return args
+        if isinstance(node, TapNode):
+            return ["--backend", node.backend_spec(), *(a for p in peers for a in ("--peer", p))]
+        assert isinstance(node, VmNode)
+        if svc.kind == "guestmem":
+            return ["--size", str(node.memory)]
+        if svc.kind == "e1000":
+            args = ["--guestmem", addr[node.service("guestmem")], "--mac", node.mac,
+                    "--model", node.model, "--compat", node.compat, "--name", node.name]
+            return args + (["--peer", peers[0]] if peers else [])
+        args = ["--e1000", addr[node.service("e1000")],
+                "--guestmem", addr[node.service("guestmem")]]
+        if node.ip is not None:
+            args += ["--ip", str(node.ip)]
+        if node.bridge is not None:
+            args += ["--bridge-tap", node.bridge.ifname]
+            if node.bridge.netns:
+                args += ["--netns", node.bridge.netns]
+            if node.bridge.ip is not None:
+                args += ["--bridge-ip", str(node.bridge.ip)]
+        return args
+
+    async def up(self, topo: Topology) -> AsyncIterator[UpEvent]:
+        """Start every service in order, then wait for health; yields progress.
+
+        On failure everything started is stopped and an ``error`` event is the last.
+        """
+        if self.state not in (RunState.IDLE, RunState.STOPPED, RunState.FAILED):
+            raise ConfigError(f"a LAN is already {self.state.value}")
+        remote = [s.name for s in topo.services if s.host is not None]
+        if remote:
+            raise ConfigError(f"the process backend runs services on this machine only; "
+                              f"placed on other hosts: {', '.join(remote)}")
+        existing = lan_dir(topo.name, self.state_root) / STATE_FILE
+        if existing.exists():
+            raise ConfigError(f"LAN {topo.name!r} is already up ({existing}); "
+                              f"run 'virtwire down {topo.name}' first")
+        self.topology = topo
+        self.services = {}
+        self.state = RunState.STARTING
+        self.backend = ProcessBackend(self.dir)
+        try:
+            for svc in topo.services:
+                args = self._args(topo, svc.name)
+                yield UpEvent("starting", svc.name, message=f"starting {svc.kind} {svc.name}")
+                address, pid = await self.backend.start(svc.name, svc.kind, args)
+                self.services[svc.name] = ServiceRecord(svc.name, svc.kind, svc.node,
+                                                        address, pid, args)
+                self._write_state()
+                yield UpEvent("started", svc.name, address,
+                              f"{svc.name} serves at {address} (pid {pid})")
+                for link in topo.links:
+                    if link.dialer.service == svc.name:
+                        yield UpEvent("link", svc.name, message=(
+                            f"link {link.ends[0]} -- {link.ends[1]}: {svc.name} dials "
+                            f"{link.listener.service}/{link.listener.netclient}"))
+            await self._wait_healthy()
+            await self._snapshot_ports()
+            yield UpEvent("healthy", message=f"{len(self.services)} services SERVING")
+        except Exception as exc:
+            logger.error("up failed: %s", exc)
+            self.state = RunState.FAILED
+            await self._stop_all()
+            yield UpEvent("error", message=str(exc))
+            return
+        self.state = RunState.RUNNING
+        self._watcher = asyncio.create_task(self._watch(), name="orchestrator-watch")
+        yield UpEvent("done", message=f"LAN {topo.name!r} is up")
+
+    async def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        for rec in self.services.values():
+            while not await check_health(rec.address):
+                if time.monotonic() > deadline:
+                    raise BackendError(f"{rec.name} at {rec.address} is not SERVING")
+                await asyncio.sleep(0.05)
+            rec.healthy = True
+
+    async def _snapshot_ports(self) -> None:
+        for rec in self.services.values():
+            if rec.kind != "hub":
+                continue
+            try:
+                async with grpc.aio.insecure_channel(rec.address) as channel:
+                    got = await netclient_pb2_grpc.NetClientServiceStub(channel).ListNetClients(
+                        netclient_pb2.ListNetClientsRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError:
+                continue
+            rec.ports = [nc.name for nc in got.netclients]
+
+    def _restart_args(self, rec: ServiceRecord) -> list[str]:
+        named = {a.partition("=")[0] for a in rec.args[1::2]} if rec.kind == "hub" else set()
+        return rec.args + [a for port in reversed(rec.ports) if port not in named
+                           for a in ("--port", port)]
+
+    async def down(self) -> int:
+        """Stop every service (reverse start order) and remove the state dir."""
+        if self.state in (RunState.IDLE, RunState.STOPPED):
+            return 0
+        self.state = RunState.STOPPING
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+            self._watcher = None
+        stopped = await self._stop_all()
+        self.state = RunState.STOPPED
+        return stopped
+
+    async def _stop_all(self) -> int:
+        stopped = 0
+        if self.backend is not None:
+            for name in reversed(list(self.backend.procs)):
+                await self.backend.stop(name)
+                stopped += 1
+        if self.topology is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return stopped
+
+    def _write_state(self) -> None:
+        assert self.topology is not None
+        state = LanState(self.topology.name, self.topology.source, self.address, os.getpid(),
+                         list(self.services.values()))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=1))
+        tmp.replace(self.dir / STATE_FILE)
+
+    async def _watch(self) -> None:
+        """Restart a service whose process died, on its old address."""
+        assert self.backend is not None
+        rounds = 0
+        while self.state is RunState.RUNNING:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            rounds += 1
+            if rounds % PORT_SNAPSHOT_ROUNDS == 0:
+                await self._snapshot_ports()
+            for rec in list(self.services.values()):
+                if self.state is not RunState.RUNNING or self.backend.alive(rec.name):
+                    continue
+                proc = self.backend.procs.get(rec.name)
+                code = proc.returncode if proc is not None else None
+                msg = f"{rec.name} (pid {rec.pid}) died (exit {code}); restarting"
+                logger.warning("%s", msg)
+                self.events.append(msg)
+                rec.healthy = False
+                await self.backend.stop(rec.name, timeout=0)
+                try:
+                    rec.address, rec.pid = await self.backend.start(
+                        rec.name, rec.kind, self._restart_args(rec), listen=rec.address)
+                except BackendError as exc:
+                    logger.error("restart of %s failed: %s", rec.name, exc)
+                    self.events.append(f"restart of {rec.name} failed: {exc}")
+                    continue
+                rec.restarts += 1
+                rec.healthy = await check_health(rec.address)
+                self._write_state()
+
+    # -- names -----------------------------------------------------------------------
+    def resolve(self, target: str) -> tuple[str, str]:
+        """NODE or HUB:PORT -> (service address, NetClient name)."""
+        if self.topology is None:
+            raise ConfigError("no LAN is up")
+        node_name, _, port = target.partition(":")
+        node = self.topology.nodes.get(node_name)
+        if node is None:
+            raise NotFoundError(f"no node {node_name!r} in LAN {self.topology.name!r}")
+        if isinstance(node, HubNode):
+            if not port:
+                raise ConfigError(f"{node_name} is a hub: name a port, {node_name}:PORT")
+            return self.services[node_name].address, port
+        if port:
+            raise ConfigError(f"{node_name} is a {node.kind}: it has no ports")
+        service = node.service("e1000") if isinstance(node, VmNode) else node_name
+        return self.services[service].address, node_name
+
+    def guest_address(self, node_name: str) -> str:
+        """The guest service of vm node ``node_name``."""
+        if self.topology is None:
+            raise ConfigError("no LAN is up")
+        node = self.topology.nodes.get(node_name)
+        if not isinstance(node, VmNode):
+            raise NotFoundError(f"no vm node {node_name!r}")
+        return self.services[node.service("guest")].address
+
+    def ip_of(self, target: str) -> str:
+        """A vm node's IPv4 address, or ``target`` itself."""
+        if self.topology is not None:
+            node = self.topology.nodes.get(target)
+            if isinstance(node, VmNode):
+                if node.ip is None:
+                    raise ConfigError(f"vm {target} has no ip")
+                return str(node.ip.ip)
+        return target

@@ -1,0 +1,205 @@
+"""The orchestrator service: virtwire.v1.OrchestratorService over an Orchestrator.
+
+Node names (NODE or HUB:PORT) are resolved to the service address and
+NetClient name, and the call is forwarded to that service's NetClientService
+(or, for Ping, to the vm's GuestService).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from virtwire.errors import ConfigError, NotFoundError
+from virtwire.orchestrator import Orchestrator
+from virtwire.server.base import ServiceHost, abort_for
+from virtwire.topology import TopologyError, parse_topology
+from virtwire.v1 import (
+    guest_pb2,
+    guest_pb2_grpc,
+    netclient_pb2,
+    netclient_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_EVENT_KINDS = {
+    "starting": orchestrator_pb2.UP_EVENT_KIND_SERVICE_STARTING,
+    "started": orchestrator_pb2.UP_EVENT_KIND_SERVICE_STARTED,
+    "link": orchestrator_pb2.UP_EVENT_KIND_LINK_WIRED,
+    "healthy": orchestrator_pb2.UP_EVENT_KIND_HEALTHY,
+    "done": orchestrator_pb2.UP_EVENT_KIND_DONE,
+    "error": orchestrator_pb2.UP_EVENT_KIND_ERROR,
+}
+_RPC_TIMEOUT_S = 10.0
+
+
+class OrchestratorServer(ServiceHost):
+    """An Orchestrator behind gRPC; ``stopped`` is set after Down."""
+
+    service_name = "orchestrator"
+
+    def __init__(self, listen: str = "127.0.0.1:0", state_dir: Path | None = None,
+                 exit_on_down: bool = False) -> None:
+        super().__init__(listen)
+        #: `virtwire serve orchestrator`: SIGTERM this process after Down (its
+        #: handler stops the server), so a detached orchestrator goes with its LAN.
+        self.exit_on_down = exit_on_down
+        self.orchestrator = Orchestrator(state_dir=state_dir)
+        self.lan_down = asyncio.Event()
+
+    def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+            OrchestratorServicer(self), server)
+        return [orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name]
+
+    async def start(self) -> None:
+        await super().start()
+        self.orchestrator.address = self.address
+
+    async def close_backends(self) -> None:
+        await self.orchestrator.down()
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    """Thin adapter: RPCs to Orchestrator methods and the services' own RPCs."""
+
+    def __init__(self, host: OrchestratorServer) -> None:
+        self.host = host
+        self.orch = host.orchestrator
+
+    async def Up(self, request: orchestrator_pb2.OrchestratorServiceUpRequest,
+                 context: grpc.aio.ServicerContext[Any, Any]
+                 ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceUpResponse]:
+        try:
+            topo = parse_topology(request.topology, request.source or "<topology>")
+            events = self.orch.up(topo)
+            async for event in events:
+                yield orchestrator_pb2.OrchestratorServiceUpResponse(
+                    kind=_EVENT_KINDS[event.kind], service=event.service,
+                    address=event.address, message=event.message)
+        except (TopologyError, ConfigError) as exc:
+            await abort_for(context, exc)
+            raise
+
+    async def Down(self, request: orchestrator_pb2.OrchestratorServiceDownRequest,
+                   context: grpc.aio.ServicerContext[Any, Any]
+                   ) -> orchestrator_pb2.OrchestratorServiceDownResponse:
+        stopped = await self.orch.down()
+        self.host.lan_down.set()
+        if self.host.exit_on_down:
+            asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+        return orchestrator_pb2.OrchestratorServiceDownResponse(stopped=stopped)
+
+    async def GetStatus(self, request: orchestrator_pb2.OrchestratorServiceGetStatusRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]
+                        ) -> orchestrator_pb2.OrchestratorServiceGetStatusResponse:
+        from virtwire.orchestrator.core import check_health
+
+        orch = self.orch
+        resp = orchestrator_pb2.OrchestratorServiceGetStatusResponse(
+            state=orch.state.value, name=orch.topology.name if orch.topology else "")
+        if orch.topology is None:
+            return resp
+        listed: dict[str, list[netclient_pb2.NetClientInfo]] = {}
+        for rec in orch.services.values():
+            rec.healthy = await check_health(rec.address)
+            if rec.kind in ("hub", "tap", "e1000") and rec.healthy:
+                try:
+                    async with grpc.aio.insecure_channel(rec.address) as ch:
+                        got = await netclient_pb2_grpc.NetClientServiceStub(ch).ListNetClients(
+                            netclient_pb2.ListNetClientsRequest(), timeout=_RPC_TIMEOUT_S)
+                    listed[rec.name] = list(got.netclients)
+                except grpc.aio.AioRpcError as exc:
+                    logger.warning("status: %s: %s", rec.name, exc.details())
+        for node in orch.topology.nodes.values():
+            ns = resp.nodes.add(name=node.name, kind=node.kind)
+            for rec in orch.services.values():
+                if rec.node != node.name:
+                    continue
+                ns.services.add(name=rec.name, kind=rec.kind, node=rec.node,
+                                address=rec.address, pid=rec.pid, healthy=rec.healthy,
+                                restarts=rec.restarts)
+                for nc in listed.get(rec.name, []):
+                    ns.netclients.add(name=nc.name, service=rec.name, info=nc)
+        return resp
+
+    async def _resolve(self, target: str,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, str]:
+        try:
+            return self.orch.resolve(target)
+        except (NotFoundError, ConfigError) as exc:
+            await abort_for(context, exc)
+            raise
+
+    async def SetLink(self, request: orchestrator_pb2.OrchestratorServiceSetLinkRequest,
+                      context: grpc.aio.ServicerContext[Any, Any]
+                      ) -> orchestrator_pb2.OrchestratorServiceSetLinkResponse:
+        address, name = await self._resolve(request.target, context)
+        async with grpc.aio.insecure_channel(address) as ch:
+            got = await _forward(context, netclient_pb2_grpc.NetClientServiceStub(ch).SetLink(
+                netclient_pb2.SetLinkRequest(name=name, up=request.up), timeout=_RPC_TIMEOUT_S))
+        return orchestrator_pb2.OrchestratorServiceSetLinkResponse(netclient=got.netclient)
+
+    async def Inject(self, request: orchestrator_pb2.OrchestratorServiceInjectRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]
+                     ) -> orchestrator_pb2.OrchestratorServiceInjectResponse:
+        address, name = await self._resolve(request.target, context)
+        async with grpc.aio.insecure_channel(address) as ch:
+            got = await _forward(context, netclient_pb2_grpc.NetClientServiceStub(ch).Inject(
+                netclient_pb2.InjectRequest(name=name, frame=request.frame,
+                                            repeat=request.repeat), timeout=_RPC_TIMEOUT_S))
+        return orchestrator_pb2.OrchestratorServiceInjectResponse(
+            accepted=got.accepted, dropped=got.dropped)
+
+    async def Capture(self, request: orchestrator_pb2.OrchestratorServiceCaptureRequest,
+                      context: grpc.aio.ServicerContext[Any, Any]
+                      ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceCaptureResponse]:
+        address, name = await self._resolve(request.target, context)
+        async with grpc.aio.insecure_channel(address) as ch:
+            call = netclient_pb2_grpc.NetClientServiceStub(ch).Capture(
+                netclient_pb2.CaptureRequest(name=name, filter=request.filter,
+                                             count=request.count))
+            try:
+                async for item in call:
+                    yield orchestrator_pb2.OrchestratorServiceCaptureResponse(frame=item)
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "")
+
+    async def Ping(self, request: orchestrator_pb2.OrchestratorServicePingRequest,
+                   context: grpc.aio.ServicerContext[Any, Any]
+                   ) -> orchestrator_pb2.OrchestratorServicePingResponse:
+        try:
+            guest = self.orch.guest_address(request.from_node)
+            ip = self.orch.ip_of(request.to)
+        except (NotFoundError, ConfigError) as exc:
+            await abort_for(context, exc)
+            raise
+        count = request.count or 3
+        timeout_ms = request.timeout_ms or 1000
+        async with grpc.aio.insecure_channel(guest) as ch:
+            got = await _forward(context, guest_pb2_grpc.GuestServiceStub(ch).Ping(
+                guest_pb2.PingRequest(address=ip, count=count, interval_ms=100,
+                                      timeout_ms=timeout_ms),
+                timeout=_RPC_TIMEOUT_S + count * (timeout_ms + 100) / 1000))
+        return orchestrator_pb2.OrchestratorServicePingResponse(
+            address=ip, transmitted=got.transmitted, received=got.received)
+
+
+async def _forward(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:
+    """Await a forwarded call; its error becomes this RPC's error."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        await context.abort(exc.code(), exc.details() or "")
+        raise

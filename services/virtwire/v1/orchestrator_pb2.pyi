@@ -1,0 +1,180 @@
+from virtwire.v1 import netclient_pb2 as _netclient_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UP_EVENT_KIND_UNSPECIFIED: _ClassVar[UpEventKind]
+    UP_EVENT_KIND_SERVICE_STARTING: _ClassVar[UpEventKind]
+    UP_EVENT_KIND_SERVICE_STARTED: _ClassVar[UpEventKind]
+    UP_EVENT_KIND_LINK_WIRED: _ClassVar[UpEventKind]
+    UP_EVENT_KIND_HEALTHY: _ClassVar[UpEventKind]
+    UP_EVENT_KIND_DONE: _ClassVar[UpEventKind]
+    UP_EVENT_KIND_ERROR: _ClassVar[UpEventKind]
+UP_EVENT_KIND_UNSPECIFIED: UpEventKind
+UP_EVENT_KIND_SERVICE_STARTING: UpEventKind
+UP_EVENT_KIND_SERVICE_STARTED: UpEventKind
+UP_EVENT_KIND_LINK_WIRED: UpEventKind
+UP_EVENT_KIND_HEALTHY: UpEventKind
+UP_EVENT_KIND_DONE: UpEventKind
+UP_EVENT_KIND_ERROR: UpEventKind
+
+class OrchestratorServiceUpRequest(_message.Message):
+    __slots__ = ("topology", "source")
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    topology: str
+    source: str
+    def __init__(self, topology: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class OrchestratorServiceUpResponse(_message.Message):
+    __slots__ = ("kind", "service", "address", "message")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    kind: UpEventKind
+    service: str
+    address: str
+    message: str
+    def __init__(self, kind: _Optional[_Union[UpEventKind, str]] = ..., service: _Optional[str] = ..., address: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class OrchestratorServiceDownRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OrchestratorServiceDownResponse(_message.Message):
+    __slots__ = ("stopped",)
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    stopped: int
+    def __init__(self, stopped: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceGetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServiceStatus(_message.Message):
+    __slots__ = ("name", "kind", "node", "address", "pid", "healthy", "restarts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    node: str
+    address: str
+    pid: int
+    healthy: bool
+    restarts: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., restarts: _Optional[int] = ...) -> None: ...
+
+class NodeNetClient(_message.Message):
+    __slots__ = ("name", "service", "info")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    service: str
+    info: _netclient_pb2.NetClientInfo
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., info: _Optional[_Union[_netclient_pb2.NetClientInfo, _Mapping]] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("name", "kind", "services", "netclients")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    NETCLIENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
+    netclients: _containers.RepeatedCompositeFieldContainer[NodeNetClient]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., netclients: _Optional[_Iterable[_Union[NodeNetClient, _Mapping]]] = ...) -> None: ...
+
+class OrchestratorServiceGetStatusResponse(_message.Message):
+    __slots__ = ("name", "state", "nodes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+
+class OrchestratorServiceSetLinkRequest(_message.Message):
+    __slots__ = ("target", "up")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    up: bool
+    def __init__(self, target: _Optional[str] = ..., up: _Optional[bool] = ...) -> None: ...
+
+class OrchestratorServiceSetLinkResponse(_message.Message):
+    __slots__ = ("netclient",)
+    NETCLIENT_FIELD_NUMBER: _ClassVar[int]
+    netclient: _netclient_pb2.NetClientInfo
+    def __init__(self, netclient: _Optional[_Union[_netclient_pb2.NetClientInfo, _Mapping]] = ...) -> None: ...
+
+class OrchestratorServiceInjectRequest(_message.Message):
+    __slots__ = ("target", "frame", "repeat")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    frame: bytes
+    repeat: int
+    def __init__(self, target: _Optional[str] = ..., frame: _Optional[bytes] = ..., repeat: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceInjectResponse(_message.Message):
+    __slots__ = ("accepted", "dropped")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    dropped: int
+    def __init__(self, accepted: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceCaptureRequest(_message.Message):
+    __slots__ = ("target", "filter", "count")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    filter: _netclient_pb2.CaptureFilter
+    count: int
+    def __init__(self, target: _Optional[str] = ..., filter: _Optional[_Union[_netclient_pb2.CaptureFilter, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceCaptureResponse(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: _netclient_pb2.CaptureResponse
+    def __init__(self, frame: _Optional[_Union[_netclient_pb2.CaptureResponse, _Mapping]] = ...) -> None: ...
+
+class OrchestratorServicePingRequest(_message.Message):
+    __slots__ = ("from_node", "to", "count", "timeout_ms")
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    from_node: str
+    to: str
+    count: int
+    timeout_ms: int
+    def __init__(self, from_node: _Optional[str] = ..., to: _Optional[str] = ..., count: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServicePingResponse(_message.Message):
+    __slots__ = ("address", "transmitted", "received")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TRANSMITTED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    transmitted: int
+    received: int
+    def __init__(self, address: _Optional[str] = ..., transmitted: _Optional[int] = ..., received: _Optional[int] = ...) -> None: ...

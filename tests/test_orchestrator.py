@@ -1,0 +1,261 @@
+"""The orchestrator: `virtwire up/status/link/down` on examples/default.yaml.
+
+The LAN runs as real processes (process backend) with its state in a
+temporary directory; ping goes through the OrchestratorService.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from virtwire.v1 import netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+from support.procs import VIRTWIRE
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "default.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (not yet reaped) counts as gone.
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+class Lan:
+    def __init__(self, tmp: Path) -> None:
+        self.state_dir = tmp / "state"
+        self.env = {**os.environ, "VIRTWIRE_STATE_DIR": str(self.state_dir)}
+        self.file = tmp / "lan.yaml"
+        self.file.write_text(EXAMPLE.read_text().replace("127.0.0.1:10555",
+                                                         f"127.0.0.1:{_free_port()}"))
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*VIRTWIRE, *args], capture_output=True, text=True,
+                              timeout=timeout, env=self.env)
+
+    def state(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.state_dir / "default" / "state.json").read_text())
+        return data
+
+    def status(self) -> dict[str, Any]:
+        out = self.cli("status", "--json")
+        assert out.returncode in (0, 1), out.stderr
+        data: dict[str, Any] = json.loads(out.stdout)
+        return data
+
+    def ping(self, src: str, dst: str, count: int = 3) -> int:
+        with grpc.insecure_channel(self.state()["orchestrator"]) as ch:
+            resp = orchestrator_pb2_grpc.OrchestratorServiceStub(ch).Ping(
+                orchestrator_pb2.OrchestratorServicePingRequest(
+                    from_node=src, to=dst, count=count, timeout_ms=400), timeout=30)
+        return int(resp.received)
+
+
+def _until_ping(lan: Lan, src: str, dst: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if lan.ping(src, dst, count=1) == 1:
+                return
+        except grpc.RpcError:  # e.g. the NIC's link is not up yet
+            pass
+        assert time.monotonic() < deadline, f"no ping {src} -> {dst}"
+
+
+def _drops(status: dict[str, Any]) -> int:
+    total = 0
+    for node in status["nodes"]:
+        for nc in node.get("netclients", []):
+            c = nc["info"]["counters"]
+            total += sum(int(c.get(k, 0)) for k in (
+                "dropped_queue_full", "dropped_link_down", "dropped_refused",
+                "dropped_malformed", "dropped_purged"))
+    return total
+
+
+def _services(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for node in status["nodes"] for s in node["services"]]
+
+
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
+    lan = Lan(tmp_path_factory.mktemp("orch"))
+    out = lan.cli("up", str(lan.file), "--detach")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "done" in out.stdout and "service_started" in out.stdout
+    try:
+        yield lan
+    finally:
+        if (lan.state_dir / "default").exists():
+            lan.cli("down", "default")
+
+
+def test_up_status_ping_and_link_state(lan: Lan) -> None:
+    status = lan.status()
+    assert status["state"] == "running"
+    assert {n["name"] for n in status["nodes"]} == {"hub0", "vm1", "vm2", "qemu0"}
+    services = _services(status)
+    assert len(services) == 8 and all(s["healthy"] for s in services), services
+    table = lan.cli("status")
+    assert table.returncode == 0 and "vm2-e1000" in table.stdout, table.stderr
+
+    assert lan.ping("vm1", "vm2") == 3
+    before = _drops(lan.status())
+    out = lan.cli("link", "vm2", "down")
+    assert out.returncode == 0 and "link down" in out.stdout, out.stderr
+    assert lan.ping("vm1", "vm2", count=2) == 0
+    status = lan.status()
+    vm2 = next(nc for n in status["nodes"] for nc in n.get("netclients", [])
+               if nc["name"] == "vm2")
+    assert vm2["info"]["admin_down"]
+    assert _drops(status) > before
+    out = lan.cli("link", "vm2", "up")
+    assert out.returncode == 0 and "link up" in out.stdout, out.stderr
+    # link_up reaches the hub side one link round trip later.
+    _until_ping(lan, "vm1", "198.18.0.2")
+    assert lan.ping("vm1", "198.18.0.2") == 3
+
+
+def test_bad_node_names(lan: Lan) -> None:
+    out = lan.cli("link", "nosuch", "down")
+    assert out.returncode == 1 and "no node 'nosuch'" in out.stderr
+    out = lan.cli("link", "hub0", "down")
+    assert out.returncode == 1 and "hub0:PORT" in out.stderr
+
+
+def test_inject_and_capture_by_node_name(lan: Lan) -> None:
+    arp = (b"\xff" * 6 + bytes.fromhex("525400123499") + b"\x08\x06"
+           + bytes.fromhex("0001080006040001525400123499c6120063") + b"\x00" * 6
+           + bytes.fromhex("c6120002") + b"\x00" * 18)
+    with grpc.insecure_channel(lan.state()["orchestrator"]) as ch:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        capture = stub.Capture(orchestrator_pb2.OrchestratorServiceCaptureRequest(
+            target="vm2", count=1, filter=netclient_pb2.CaptureFilter(
+                ethertype=0x0806, src_mac="52:54:00:12:34:99")), timeout=20)
+        deadline = time.monotonic() + 10
+        got: list[bytes] = []
+
+        def read() -> None:
+            got.extend(item.frame.frame for item in capture)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        # Inject until the capture (subscribed asynchronously) sees one.
+        while reader.is_alive():
+            assert time.monotonic() < deadline
+            resp = stub.Inject(orchestrator_pb2.OrchestratorServiceInjectRequest(
+                target="hub0:qemu0", frame=arp), timeout=10)
+            assert resp.accepted == 1
+            reader.join(0.2)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Inject(orchestrator_pb2.OrchestratorServiceInjectRequest(
+                target="hub0:nosuch", frame=arp), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert got and got[0][:len(arp)] == arp
+
+
+def test_killed_service_is_restarted(lan: Lan) -> None:
+    hub = next(s for s in _services(lan.status()) if s["name"] == "hub0")
+    os.kill(int(hub["pid"]), signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while True:
+        now = next(s for s in _services(lan.status()) if s["name"] == "hub0")
+        if now.get("restarts") and now["healthy"] and now["pid"] != hub["pid"]:
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.2)
+    assert now["address"] == hub["address"]
+    # The e1000s redial the restarted hub on their own.
+    _until_ping(lan, "vm1", "vm2")
+    assert lan.ping("vm2", "vm1") == 3
+    out = lan.cli("ping", "vm2", "vm1", "--count", "2")
+    assert out.returncode == 0 and "2 received" in out.stdout, out.stdout + out.stderr
+
+
+def test_down_leaves_no_processes(lan: Lan) -> None:
+    state = lan.state()
+    pids = [int(s["pid"]) for s in state["services"]] + [int(state["orchestrator_pid"])]
+    out = lan.cli("down")
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, [p for p in pids if _alive(p)]
+        time.sleep(0.05)
+    assert not (lan.state_dir / "default").exists()
+    out = lan.cli("status")
+    assert out.returncode == 1 and "no LAN is running" in out.stderr
+
+
+def test_foreground_up_stops_on_down(tmp_path: Path) -> None:
+    lan = Lan(tmp_path)
+    lan.file.write_text("name: fg\nnodes:\n  hub0: {kind: hub}\n  vm1: {kind: vm, ip: "
+                        "198.18.0.1/24}\nlinks:\n  - [vm1, hub0]\n")
+    proc = subprocess.Popen([*VIRTWIRE, "up", str(lan.file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=lan.env)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "is up" in line:
+                break
+        state = json.loads((lan.state_dir / "fg" / "state.json").read_text())
+        assert state["orchestrator_pid"] == proc.pid
+        out = lan.cli("down", "fg")
+        assert out.returncode == 0, out.stderr
+        assert proc.wait(15) == 0
+        assert not any(_alive(int(s["pid"])) for s in state["services"])
+        assert not (lan.state_dir / "fg").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_invalid_topology_exits_2(tmp_path: Path) -> None:
+    lan = Lan(tmp_path)
+    lan.file.write_text("name: bad\nnodes:\n  hub0: {kind: hub}\nlinks:\n  - [hub0, vm9]\n")
+    out = lan.cli("up", str(lan.file), "--detach")
+    assert out.returncode == 2
+    assert f"{lan.file}:5" in out.stderr and "vm9" in out.stderr, out.stderr
+    assert not (lan.state_dir / "bad").exists()
+
+
+def test_killed_orchestrator_leaves_no_processes(tmp_path: Path) -> None:
+    lan = Lan(tmp_path)
+    lan.file.write_text("name: crash\nnodes:\n  hub0: {kind: hub}\n  vm1: {kind: vm}\n"
+                        "links:\n  - [vm1, hub0]\n")
+    out = lan.cli("up", str(lan.file), "--detach")
+    assert out.returncode == 0, out.stdout + out.stderr
+    state = json.loads((lan.state_dir / "crash" / "state.json").read_text())
+    os.kill(state["orchestrator_pid"], signal.SIGKILL)  # PR_SET_PDEATHSIG takes the rest
+    pids = [int(s["pid"]) for s in state["services"]]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, [p for p in pids if _alive(p)]
+        time.sleep(0.05)
+    out = lan.cli("down", "crash")  # forgets the dead LAN
+    assert out.returncode == 0, out.stderr
+    assert not (lan.state_dir / "crash").exists()
