@@ -238,3 +238,24 @@ def test_cli_validate_topology_files(tmp_path: Path) -> None:
     out = cli("validate", str(bad))
     assert out.returncode == 2
     assert f"{bad}:5" in out.stderr and "nosuch" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_once_brings_up_pings_and_tears_down(tmp_path: Path) -> None:
+    """`make run RUN_ARGS=--once`: up, ping with RTTs, counters, recipes, down."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = (Path(__file__).parent.parent / "examples" / "default.yaml").read_text()
+    topo = tmp_path / "default.yaml"
+    topo.write_text(text.replace("127.0.0.1:10555", f"127.0.0.1:{port}"))
+    env = {**os.environ, "VIRTWIRE_STATE_DIR": str(tmp_path / "state")}
+    out = subprocess.run([*VIRTWIRE, "demo", str(topo), "--once"], capture_output=True,
+                         text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "5 received, 0% packet loss" in out.stdout
+    assert "time=" in out.stdout and "hub0port1" in out.stdout and "grpcurl" in out.stdout
+    assert "is down (8 services stopped)" in out.stdout
+    assert not any((tmp_path / "state").glob("*/state.json"))

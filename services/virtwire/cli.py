@@ -303,7 +303,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_demo(args: argparse.Namespace) -> int:
     from virtwire.demo import run_demo
 
-    return await run_demo(once=args.once)
+    return await run_demo(once=args.once, file=args.file or "")
 
 
 # -- argument parsing ---------------------------------------------------------------
@@ -437,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = sub.add_parser("demo", help="bring up the default LAN on loopback (make run)")
+    demo.add_argument("file", nargs="?", help="topology file (default examples/default.yaml)")
     demo.add_argument("--once", action="store_true", help="show traffic once and exit")
     return p
 

@@ -26,7 +26,7 @@ from virtwire.errors import BackendError, NotFoundError
 from virtwire.launch import VIRTWIRE_CMD
 from virtwire.orchestrator.core import LanState, lan_dir, read_state, state_root
 from virtwire.topology import load_topology
-from virtwire.v1 import netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from virtwire.v1 import guest_pb2, netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 _DONE = orchestrator_pb2.UP_EVENT_KIND_DONE
 _ERROR = orchestrator_pb2.UP_EVENT_KIND_ERROR
@@ -252,9 +252,10 @@ async def cmd_ping_node(args: Any) -> int:
         resp = await stub.Ping(orchestrator_pb2.OrchestratorServicePingRequest(
             from_node=args.address, to=args.to, count=args.count, timeout_ms=timeout_ms),
             timeout=RPC_TIMEOUT_S + args.count * (timeout_ms + 100) / 1000)
-    lost = resp.transmitted - resp.received
-    print(f"{args.address} -> {resp.address}: {resp.transmitted} transmitted, "
-          f"{resp.received} received, {lost * 100 // max(1, resp.transmitted)}% loss")
+    from virtwire.server.guest import format_ping
+
+    print(format_ping(resp.address, args.address, guest_pb2.PingResponse(
+        replies=resp.replies, transmitted=resp.transmitted, received=resp.received)))
     return 0 if resp.received else 1
 
 

@@ -350,8 +350,8 @@ def build(args: argparse.Namespace) -> GuestServer:
                        force_rpc=args.dma == "rpc", connect_timeout=args.connect_timeout)
 
 
-def format_ping(address: str, server: str, resp: guest_pb2.PingResponse) -> str:
-    lines = [f"PING {address} from guest {server}"]
+def format_ping(address: str, source: str, resp: guest_pb2.PingResponse) -> str:
+    lines = [f"PING {address} from {source}"]
     rtts = []
     for reply in resp.replies:
         if reply.HasField("rtt_us"):
@@ -382,5 +382,5 @@ async def ping_command(server: str, address: str, *, count: int = DEFAULT_PING_C
     async with grpc.aio.insecure_channel(target) as channel:
         stub = guest_pb2_grpc.GuestServiceStub(channel)
         resp = await stub.Ping(request, timeout=deadline)
-    print(format_ping(address, server, resp))
+    print(format_ping(address, f"guest {server}", resp))
     return 0 if resp.received else 1

@@ -193,7 +193,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                                       timeout_ms=timeout_ms),
                 timeout=_RPC_TIMEOUT_S + count * (timeout_ms + 100) / 1000))
         return orchestrator_pb2.OrchestratorServicePingResponse(
-            address=ip, transmitted=got.transmitted, received=got.received)
+            address=ip, transmitted=got.transmitted, received=got.received,
+            replies=got.replies)
 
 
 async def _forward(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:

@@ -22,52 +22,53 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from virtwire.v1 import guest_pb2 as virtwire_dot_v1_dot_guest__pb2
 from virtwire.v1 import netclient_pb2 as virtwire_dot_v1_dot_netclient__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evirtwire/v1/orchestrator.proto\x12\x0bvirtwire.v1\x1a\x1bvirtwire/v1/netclient.proto\"@\n\x1cOrchestratorServiceUpRequest\x12\x10\n\x08topology\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"z\n\x1dOrchestratorServiceUpResponse\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.virtwire.v1.UpEventKind\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\" \n\x1eOrchestratorServiceDownRequest\"2\n\x1fOrchestratorServiceDownResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\r\"%\n#OrchestratorServiceGetStatusRequest\"z\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\x03\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\x10\n\x08restarts\x18\x07 \x01(\r\"X\n\rNodeNetClient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12(\n\x04info\x18\x03 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo\"\x86\x01\n\nNodeStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12,\n\x08services\x18\x03 \x03(\x0b\x32\x1a.virtwire.v1.ServiceStatus\x12.\n\nnetclients\x18\x04 \x03(\x0b\x32\x1a.virtwire.v1.NodeNetClient\"k\n$OrchestratorServiceGetStatusResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12&\n\x05nodes\x18\x03 \x03(\x0b\x32\x17.virtwire.v1.NodeStatus\"?\n!OrchestratorServiceSetLinkRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\n\n\x02up\x18\x02 \x01(\x08\"S\n\"OrchestratorServiceSetLinkResponse\x12-\n\tnetclient\x18\x01 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo\"Q\n OrchestratorServiceInjectRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05\x66rame\x18\x02 \x01(\x0c\x12\x0e\n\x06repeat\x18\x03 \x01(\r\"F\n!OrchestratorServiceInjectResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\r\"n\n!OrchestratorServiceCaptureRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12*\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1a.virtwire.v1.CaptureFilter\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"Q\n\"OrchestratorServiceCaptureResponse\x12+\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1c.virtwire.v1.CaptureResponse\"b\n\x1eOrchestratorServicePingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"Y\n\x1fOrchestratorServicePingResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x13\n\x0btransmitted\x18\x02 \x01(\r\x12\x10\n\x08received\x18\x03 \x01(\r*\xdd\x01\n\x0bUpEventKind\x12\x1d\n\x19UP_EVENT_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eUP_EVENT_KIND_SERVICE_STARTING\x10\x01\x12!\n\x1dUP_EVENT_KIND_SERVICE_STARTED\x10\x02\x12\x1c\n\x18UP_EVENT_KIND_LINK_WIRED\x10\x03\x12\x19\n\x15UP_EVENT_KIND_HEALTHY\x10\x04\x12\x16\n\x12UP_EVENT_KIND_DONE\x10\x05\x12\x17\n\x13UP_EVENT_KIND_ERROR\x10\x06\x32\xef\x05\n\x13OrchestratorService\x12]\n\x02Up\x12).virtwire.v1.OrchestratorServiceUpRequest\x1a*.virtwire.v1.OrchestratorServiceUpResponse0\x01\x12\x61\n\x04\x44own\x12+.virtwire.v1.OrchestratorServiceDownRequest\x1a,.virtwire.v1.OrchestratorServiceDownResponse\x12p\n\tGetStatus\x12\x30.virtwire.v1.OrchestratorServiceGetStatusRequest\x1a\x31.virtwire.v1.OrchestratorServiceGetStatusResponse\x12j\n\x07SetLink\x12..virtwire.v1.OrchestratorServiceSetLinkRequest\x1a/.virtwire.v1.OrchestratorServiceSetLinkResponse\x12g\n\x06Inject\x12-.virtwire.v1.OrchestratorServiceInjectRequest\x1a..virtwire.v1.OrchestratorServiceInjectResponse\x12l\n\x07\x43\x61pture\x12..virtwire.v1.OrchestratorServiceCaptureRequest\x1a/.virtwire.v1.OrchestratorServiceCaptureResponse0\x01\x12\x61\n\x04Ping\x12+.virtwire.v1.OrchestratorServicePingRequest\x1a,.virtwire.v1.OrchestratorServicePingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evirtwire/v1/orchestrator.proto\x12\x0bvirtwire.v1\x1a\x17virtwire/v1/guest.proto\x1a\x1bvirtwire/v1/netclient.proto\"@\n\x1cOrchestratorServiceUpRequest\x12\x10\n\x08topology\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"z\n\x1dOrchestratorServiceUpResponse\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.virtwire.v1.UpEventKind\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\" \n\x1eOrchestratorServiceDownRequest\"2\n\x1fOrchestratorServiceDownResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\r\"%\n#OrchestratorServiceGetStatusRequest\"z\n\rServiceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\x03\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\x10\n\x08restarts\x18\x07 \x01(\r\"X\n\rNodeNetClient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12(\n\x04info\x18\x03 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo\"\x86\x01\n\nNodeStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12,\n\x08services\x18\x03 \x03(\x0b\x32\x1a.virtwire.v1.ServiceStatus\x12.\n\nnetclients\x18\x04 \x03(\x0b\x32\x1a.virtwire.v1.NodeNetClient\"k\n$OrchestratorServiceGetStatusResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12&\n\x05nodes\x18\x03 \x03(\x0b\x32\x17.virtwire.v1.NodeStatus\"?\n!OrchestratorServiceSetLinkRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\n\n\x02up\x18\x02 \x01(\x08\"S\n\"OrchestratorServiceSetLinkResponse\x12-\n\tnetclient\x18\x01 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo\"Q\n OrchestratorServiceInjectRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05\x66rame\x18\x02 \x01(\x0c\x12\x0e\n\x06repeat\x18\x03 \x01(\r\"F\n!OrchestratorServiceInjectResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\r\"n\n!OrchestratorServiceCaptureRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12*\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1a.virtwire.v1.CaptureFilter\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"Q\n\"OrchestratorServiceCaptureResponse\x12+\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1c.virtwire.v1.CaptureResponse\"b\n\x1eOrchestratorServicePingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"\x82\x01\n\x1fOrchestratorServicePingResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x13\n\x0btransmitted\x18\x02 \x01(\r\x12\x10\n\x08received\x18\x03 \x01(\r\x12\'\n\x07replies\x18\x04 \x03(\x0b\x32\x16.virtwire.v1.PingReply*\xdd\x01\n\x0bUpEventKind\x12\x1d\n\x19UP_EVENT_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eUP_EVENT_KIND_SERVICE_STARTING\x10\x01\x12!\n\x1dUP_EVENT_KIND_SERVICE_STARTED\x10\x02\x12\x1c\n\x18UP_EVENT_KIND_LINK_WIRED\x10\x03\x12\x19\n\x15UP_EVENT_KIND_HEALTHY\x10\x04\x12\x16\n\x12UP_EVENT_KIND_DONE\x10\x05\x12\x17\n\x13UP_EVENT_KIND_ERROR\x10\x06\x32\xef\x05\n\x13OrchestratorService\x12]\n\x02Up\x12).virtwire.v1.OrchestratorServiceUpRequest\x1a*.virtwire.v1.OrchestratorServiceUpResponse0\x01\x12\x61\n\x04\x44own\x12+.virtwire.v1.OrchestratorServiceDownRequest\x1a,.virtwire.v1.OrchestratorServiceDownResponse\x12p\n\tGetStatus\x12\x30.virtwire.v1.OrchestratorServiceGetStatusRequest\x1a\x31.virtwire.v1.OrchestratorServiceGetStatusResponse\x12j\n\x07SetLink\x12..virtwire.v1.OrchestratorServiceSetLinkRequest\x1a/.virtwire.v1.OrchestratorServiceSetLinkResponse\x12g\n\x06Inject\x12-.virtwire.v1.OrchestratorServiceInjectRequest\x1a..virtwire.v1.OrchestratorServiceInjectResponse\x12l\n\x07\x43\x61pture\x12..virtwire.v1.OrchestratorServiceCaptureRequest\x1a/.virtwire.v1.OrchestratorServiceCaptureResponse0\x01\x12\x61\n\x04Ping\x12+.virtwire.v1.OrchestratorServicePingRequest\x1a,.virtwire.v1.OrchestratorServicePingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtwire.v1.orchestrator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPEVENTKIND']._serialized_start=1543
-  _globals['_UPEVENTKIND']._serialized_end=1764
-  _globals['_ORCHESTRATORSERVICEUPREQUEST']._serialized_start=76
-  _globals['_ORCHESTRATORSERVICEUPREQUEST']._serialized_end=140
-  _globals['_ORCHESTRATORSERVICEUPRESPONSE']._serialized_start=142
-  _globals['_ORCHESTRATORSERVICEUPRESPONSE']._serialized_end=264
-  _globals['_ORCHESTRATORSERVICEDOWNREQUEST']._serialized_start=266
-  _globals['_ORCHESTRATORSERVICEDOWNREQUEST']._serialized_end=298
-  _globals['_ORCHESTRATORSERVICEDOWNRESPONSE']._serialized_start=300
-  _globals['_ORCHESTRATORSERVICEDOWNRESPONSE']._serialized_end=350
-  _globals['_ORCHESTRATORSERVICEGETSTATUSREQUEST']._serialized_start=352
-  _globals['_ORCHESTRATORSERVICEGETSTATUSREQUEST']._serialized_end=389
-  _globals['_SERVICESTATUS']._serialized_start=391
-  _globals['_SERVICESTATUS']._serialized_end=513
-  _globals['_NODENETCLIENT']._serialized_start=515
-  _globals['_NODENETCLIENT']._serialized_end=603
-  _globals['_NODESTATUS']._serialized_start=606
-  _globals['_NODESTATUS']._serialized_end=740
-  _globals['_ORCHESTRATORSERVICEGETSTATUSRESPONSE']._serialized_start=742
-  _globals['_ORCHESTRATORSERVICEGETSTATUSRESPONSE']._serialized_end=849
-  _globals['_ORCHESTRATORSERVICESETLINKREQUEST']._serialized_start=851
-  _globals['_ORCHESTRATORSERVICESETLINKREQUEST']._serialized_end=914
-  _globals['_ORCHESTRATORSERVICESETLINKRESPONSE']._serialized_start=916
-  _globals['_ORCHESTRATORSERVICESETLINKRESPONSE']._serialized_end=999
-  _globals['_ORCHESTRATORSERVICEINJECTREQUEST']._serialized_start=1001
-  _globals['_ORCHESTRATORSERVICEINJECTREQUEST']._serialized_end=1082
-  _globals['_ORCHESTRATORSERVICEINJECTRESPONSE']._serialized_start=1084
-  _globals['_ORCHESTRATORSERVICEINJECTRESPONSE']._serialized_end=1154
-  _globals['_ORCHESTRATORSERVICECAPTUREREQUEST']._serialized_start=1156
-  _globals['_ORCHESTRATORSERVICECAPTUREREQUEST']._serialized_end=1266
-  _globals['_ORCHESTRATORSERVICECAPTURERESPONSE']._serialized_start=1268
-  _globals['_ORCHESTRATORSERVICECAPTURERESPONSE']._serialized_end=1349
-  _globals['_ORCHESTRATORSERVICEPINGREQUEST']._serialized_start=1351
-  _globals['_ORCHESTRATORSERVICEPINGREQUEST']._serialized_end=1449
-  _globals['_ORCHESTRATORSERVICEPINGRESPONSE']._serialized_start=1451
-  _globals['_ORCHESTRATORSERVICEPINGRESPONSE']._serialized_end=1540
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=1767
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=2518
+  _globals['_UPEVENTKIND']._serialized_start=1610
+  _globals['_UPEVENTKIND']._serialized_end=1831
+  _globals['_ORCHESTRATORSERVICEUPREQUEST']._serialized_start=101
+  _globals['_ORCHESTRATORSERVICEUPREQUEST']._serialized_end=165
+  _globals['_ORCHESTRATORSERVICEUPRESPONSE']._serialized_start=167
+  _globals['_ORCHESTRATORSERVICEUPRESPONSE']._serialized_end=289
+  _globals['_ORCHESTRATORSERVICEDOWNREQUEST']._serialized_start=291
+  _globals['_ORCHESTRATORSERVICEDOWNREQUEST']._serialized_end=323
+  _globals['_ORCHESTRATORSERVICEDOWNRESPONSE']._serialized_start=325
+  _globals['_ORCHESTRATORSERVICEDOWNRESPONSE']._serialized_end=375
+  _globals['_ORCHESTRATORSERVICEGETSTATUSREQUEST']._serialized_start=377
+  _globals['_ORCHESTRATORSERVICEGETSTATUSREQUEST']._serialized_end=414
+  _globals['_SERVICESTATUS']._serialized_start=416
+  _globals['_SERVICESTATUS']._serialized_end=538
+  _globals['_NODENETCLIENT']._serialized_start=540
+  _globals['_NODENETCLIENT']._serialized_end=628
+  _globals['_NODESTATUS']._serialized_start=631
+  _globals['_NODESTATUS']._serialized_end=765
+  _globals['_ORCHESTRATORSERVICEGETSTATUSRESPONSE']._serialized_start=767
+  _globals['_ORCHESTRATORSERVICEGETSTATUSRESPONSE']._serialized_end=874
+  _globals['_ORCHESTRATORSERVICESETLINKREQUEST']._serialized_start=876
+  _globals['_ORCHESTRATORSERVICESETLINKREQUEST']._serialized_end=939
+  _globals['_ORCHESTRATORSERVICESETLINKRESPONSE']._serialized_start=941
+  _globals['_ORCHESTRATORSERVICESETLINKRESPONSE']._serialized_end=1024
+  _globals['_ORCHESTRATORSERVICEINJECTREQUEST']._serialized_start=1026
+  _globals['_ORCHESTRATORSERVICEINJECTREQUEST']._serialized_end=1107
+  _globals['_ORCHESTRATORSERVICEINJECTRESPONSE']._serialized_start=1109
+  _globals['_ORCHESTRATORSERVICEINJECTRESPONSE']._serialized_end=1179
+  _globals['_ORCHESTRATORSERVICECAPTUREREQUEST']._serialized_start=1181
+  _globals['_ORCHESTRATORSERVICECAPTUREREQUEST']._serialized_end=1291
+  _globals['_ORCHESTRATORSERVICECAPTURERESPONSE']._serialized_start=1293
+  _globals['_ORCHESTRATORSERVICECAPTURERESPONSE']._serialized_end=1374
+  _globals['_ORCHESTRATORSERVICEPINGREQUEST']._serialized_start=1376
+  _globals['_ORCHESTRATORSERVICEPINGREQUEST']._serialized_end=1474
+  _globals['_ORCHESTRATORSERVICEPINGRESPONSE']._serialized_start=1477
+  _globals['_ORCHESTRATORSERVICEPINGRESPONSE']._serialized_end=1607
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=1834
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=2585
 # @@protoc_insertion_point(module_scope)

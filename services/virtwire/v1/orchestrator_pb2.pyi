@@ -1,3 +1,4 @@
+from virtwire.v1 import guest_pb2 as _guest_pb2
 from virtwire.v1 import netclient_pb2 as _netclient_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -170,11 +171,13 @@ class OrchestratorServicePingRequest(_message.Message):
     def __init__(self, from_node: _Optional[str] = ..., to: _Optional[str] = ..., count: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class OrchestratorServicePingResponse(_message.Message):
-    __slots__ = ("address", "transmitted", "received")
+    __slots__ = ("address", "transmitted", "received", "replies")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TRANSMITTED_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
     address: str
     transmitted: int
     received: int
-    def __init__(self, address: _Optional[str] = ..., transmitted: _Optional[int] = ..., received: _Optional[int] = ...) -> None: ...
+    replies: _containers.RepeatedCompositeFieldContainer[_guest_pb2.PingReply]
+    def __init__(self, address: _Optional[str] = ..., transmitted: _Optional[int] = ..., received: _Optional[int] = ..., replies: _Optional[_Iterable[_Union[_guest_pb2.PingReply, _Mapping]]] = ...) -> None: ...
