@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
+from virtwire.net.pcap import read_pcap
 from virtwire.v1 import netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 from support.procs import VIRTWIRE
@@ -47,6 +48,7 @@ def _alive(pid: int) -> bool:
 
 class Lan:
     def __init__(self, tmp: Path) -> None:
+        self.dir = tmp
         self.state_dir = tmp / "state"
         self.env = {**os.environ, "VIRTWIRE_STATE_DIR": str(self.state_dir)}
         self.file = tmp / "lan.yaml"
@@ -142,9 +144,9 @@ def test_up_status_ping_and_link_state(lan: Lan) -> None:
 
 def test_bad_node_names(lan: Lan) -> None:
     out = lan.cli("link", "nosuch", "down")
-    assert out.returncode == 1 and "no node 'nosuch'" in out.stderr
+    assert out.returncode == 2 and "no node 'nosuch'" in out.stderr
     out = lan.cli("link", "hub0", "down")
-    assert out.returncode == 1 and "hub0:PORT" in out.stderr
+    assert out.returncode == 2 and "hub0:PORT" in out.stderr
 
 
 def test_inject_and_capture_by_node_name(lan: Lan) -> None:
@@ -176,6 +178,28 @@ def test_inject_and_capture_by_node_name(lan: Lan) -> None:
                 target="hub0:nosuch", frame=arp), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert got and got[0][:len(arp)] == arp
+
+
+def test_cli_inject_and_capture_by_node_name(lan: Lan) -> None:
+    """`virtwire capture vm2 -w F` and `virtwire inject hub0:qemu0` with no -s."""
+    frame = (bytes.fromhex("525400123402525400123477") + b"\x88\xb5" + b"cli-node-form"
+             ).ljust(60, b"\0")
+    pcap = lan.dir / "vm2.pcap"
+    cap = subprocess.Popen([*VIRTWIRE, "capture", "vm2", "-w", str(pcap), "--count", "1",
+                            "--duration", "20", "--mac", "52:54:00:12:34:77"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=lan.env)
+    deadline = time.monotonic() + 15
+    while cap.poll() is None:
+        assert time.monotonic() < deadline, "capture never saw the injected frame"
+        out = lan.cli("inject", "hub0:qemu0", "--hex", frame.hex())
+        assert out.returncode == 0 and "1 accepted" in out.stdout, out.stderr
+        time.sleep(0.2)
+    _, err = cap.communicate(timeout=10)
+    assert cap.returncode == 0 and "captured 1 frames" in err, err
+    assert read_pcap(pcap.read_bytes())[0][:len(frame)] == frame
+    out = lan.cli("inject", "hub0:nosuch", "--hex", frame.hex())
+    assert out.returncode == 2 and "nosuch" in out.stderr
 
 
 def test_killed_service_is_restarted(lan: Lan) -> None:

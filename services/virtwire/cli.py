@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -19,7 +19,7 @@ from virtwire.errors import ConfigError, VirtwireError
 from virtwire.net.eth import FrameError, check_frame
 from virtwire.net.pcap import PcapWriter, read_pcap
 from virtwire.server.base import ServiceHost
-from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
+from virtwire.v1 import netclient_pb2, netclient_pb2_grpc, orchestrator_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -164,14 +164,28 @@ def _parse_frame(args: argparse.Namespace) -> list[bytes]:
 
 async def cmd_inject(args: argparse.Namespace) -> int:
     frames = _parse_frame(args)
-    async with _channel(args.server) as channel:
-        stub = netclient_pb2_grpc.NetClientServiceStub(channel)
-        accepted = dropped = 0
-        for frame in frames:
-            resp = await stub.Inject(netclient_pb2.InjectRequest(
-                name=args.netclient, frame=frame, repeat=args.repeat), timeout=args.timeout)
-            accepted += resp.accepted
-            dropped += resp.dropped
+    accepted = dropped = 0
+    if not args.server:
+        # NODE[:PORT] of a running LAN, through its orchestrator.
+        from virtwire.orchestrator.cli import orchestrator_stub
+
+        channel, orch = orchestrator_stub(args.lan)
+        async with channel:
+            for frame in frames:
+                got = await orch.Inject(orchestrator_pb2.OrchestratorServiceInjectRequest(
+                    target=args.netclient, frame=frame, repeat=args.repeat),
+                    timeout=args.timeout)
+                accepted += got.accepted
+                dropped += got.dropped
+    else:
+        async with _channel(args.server) as channel:
+            stub = netclient_pb2_grpc.NetClientServiceStub(channel)
+            for frame in frames:
+                resp = await stub.Inject(netclient_pb2.InjectRequest(
+                    name=args.netclient, frame=frame, repeat=args.repeat),
+                    timeout=args.timeout)
+                accepted += resp.accepted
+                dropped += resp.dropped
     print(f"injected into {args.netclient}: {accepted} accepted, {dropped} dropped")
     return 0 if dropped == 0 else EXIT_ERROR
 
@@ -189,23 +203,41 @@ async def cmd_capture(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
     try:
         writer = PcapWriter(out)
-        async with _channel(args.server) as channel:
-            stub = netclient_pb2_grpc.NetClientServiceStub(channel)
-            call = stub.Capture(request, timeout=args.duration or None)
-            lost = 0
-            try:
-                async for item in call:
-                    writer.write(item.frame, item.timestamp_ns, item.orig_len)
-                    lost = item.dropped
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise
+        lost = 0
+        try:
+            async for item in _capture_stream(args, request):
+                frame = item.frame[:args.snaplen] if args.snaplen else item.frame
+                writer.write(frame, item.timestamp_ns, item.orig_len)
+                lost = item.dropped
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
     finally:
         if out is not sys.stdout.buffer:
             out.close()
     print(f"captured {writer.count} frames from {args.netclient} to {args.write}"
           + (f" ({lost} lost: capture fell behind)" if lost else ""), file=sys.stderr)
     return 0
+
+
+async def _capture_stream(args: argparse.Namespace, request: netclient_pb2.CaptureRequest
+                          ) -> AsyncIterator[netclient_pb2.CaptureResponse]:
+    """Captured frames from -s SERVER's NetClient, or from NODE[:PORT] of a LAN."""
+    timeout = args.duration or None
+    if args.server:
+        async with _channel(args.server) as channel:
+            stub = netclient_pb2_grpc.NetClientServiceStub(channel)
+            async for item in stub.Capture(request, timeout=timeout):
+                yield item
+        return
+    from virtwire.orchestrator.cli import orchestrator_stub
+
+    channel, orch = orchestrator_stub(args.lan)
+    async with channel:
+        async for got in orch.Capture(orchestrator_pb2.OrchestratorServiceCaptureRequest(
+                target=request.name, filter=request.filter, count=request.count),
+                timeout=timeout):
+            yield got.frame
 
 
 def _format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -382,15 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--timeout", type=float, default=10.0, help="RPC timeout, seconds")
         return sp
 
-    inj = client("inject", "deliver a frame to a NetClient as if from its peer")
-    inj.add_argument("netclient")
+    inj = client("inject", "deliver a frame to a NetClient as if from its peer: "
+                 "-s SERVER NETCLIENT, or NODE[:PORT] of a running LAN", server_required=False)
+    inj.add_argument("netclient", help="a NetClient of -s SERVER, or NODE / HUB:PORT")
+    inj.add_argument("--lan", help="the LAN, when several run (without -s)")
     src = inj.add_mutually_exclusive_group(required=True)
     src.add_argument("--hex", help="the frame in hex")
     src.add_argument("--pcap", help="inject every frame of this pcap file")
     inj.add_argument("--repeat", type=int, default=1, help="inject each frame N times")
 
-    cap = client("capture", "write a NetClient's frames to a pcap file")
-    cap.add_argument("netclient")
+    cap = client("capture", "write a NetClient's frames to a pcap file: "
+                 "-s SERVER NETCLIENT, or NODE[:PORT] of a running LAN", server_required=False)
+    cap.add_argument("netclient", help="a NetClient of -s SERVER, or NODE / HUB:PORT")
+    cap.add_argument("--lan", help="the LAN, when several run (without -s)")
     cap.add_argument("-w", "--write", required=True, help="pcap file ('-' for stdout)")
     cap.add_argument("--count", "-c", type=int, default=0, help="stop after N frames")
     cap.add_argument("--duration", type=float, default=0, help="stop after S seconds")
@@ -468,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"virtwire: error: cannot reach {server}: {exc.details()}", file=sys.stderr)
         else:
             print(f"virtwire: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        # A name or argument the server refused is the caller's mistake.
+        if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+            return EXIT_USAGE
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -163,6 +163,12 @@ def _stub(state: LanState
     return ch, orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
 
 
+def orchestrator_stub(lan: str | None
+                      ) -> tuple[grpc.aio.Channel, orchestrator_pb2_grpc.OrchestratorServiceStub]:
+    """A channel to the orchestrator of LAN (or of the only LAN running)."""
+    return _stub(read_state(lan))
+
+
 async def cmd_down(args: Any) -> int:
     state = read_state(args.name)
     ch, stub = _stub(state)
