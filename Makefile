@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/virtwire/v1/*.proto)
 GEN_DIR := services
 # Debian packages the real-peer tests and benchmarks use.
 DEBS := qemu-system-x86 linux-image-amd64 busybox-static iproute2 iperf3 tcpdump \
-        tshark vde2 cpio kmod docker.io debootstrap
+        tshark vde2 cpio kmod docker.io debootstrap docker-compose
 PYTEST_ARGS ?=
 
 BUF_VERSION := 1.75.0

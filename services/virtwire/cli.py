@@ -314,6 +314,24 @@ async def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_render(args: argparse.Namespace) -> int:
+    from virtwire.render import render
+    from virtwire.topology import load_topology
+
+    topo = load_topology(args.file)
+    text = render(topo, args.format)
+    for warning in topo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise VirtwireError(f"cannot write {args.output}: {exc.strerror}") from exc
+    return 0
+
+
 async def cmd_up(args: argparse.Namespace) -> int:
     from virtwire.orchestrator.cli import cmd_up as run
 
@@ -462,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("file")
     val.add_argument("--json", action="store_true", help="print the resolved topology")
 
+    rnd = sub.add_parser("render", help="render a topology as a compose file or "
+                         "Kubernetes manifests")
+    rnd.add_argument("format", choices=["compose", "k8s"])
+    rnd.add_argument("file")
+    rnd.add_argument("-o", "--output", help="write here instead of stdout")
+
     up = sub.add_parser("up", help="run a LAN from a topology file")
     up.add_argument("file")
     up.add_argument("--detach", "-d", action="store_true",
@@ -480,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {"serve": cmd_serve, "inject": cmd_inject, "capture": cmd_capture,
              "list": cmd_list, "link": cmd_link, "ping": cmd_ping, "validate": cmd_validate,
+             "render": cmd_render,
              "demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status}
 
 

@@ -1,0 +1,249 @@
+"""`virtwire render compose|k8s`: every example and a mixed LAN, both formats."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from virtwire import __version__
+from virtwire.cli import main
+from virtwire.render import PORT, render
+from virtwire.topology import TapNode, Topology, VmNode, load_topology
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BENCHMARK = ipaddress.ip_network("198.18.0.0/15")
+LISTEN = f"0.0.0.0:{PORT}"
+
+# Hub-to-hub trunk, a vm peer pair, a Linux TAP, a bridged guest, a loopback
+# dgram backend and a big guest RAM: every case the renderer handles.
+MIXED = """\
+name: mixed
+nodes:
+  hubb: {kind: hub}
+  huba: {kind: hub}
+  vm1: {kind: vm, ip: 198.18.0.1/24, memory: 256MiB}
+  vm2: {kind: vm, ip: 198.18.0.2/24}
+  vm3: {kind: vm, bridge: {ifname: vw-b0, ip: 198.18.0.13/24}}
+  vm4: {kind: vm, ip: 198.18.0.4/24}
+  t1: {kind: tap, backend: tap, ifname: vw0, vnet_hdr: on}
+  t2: {kind: tap, backend: dgram, local: 127.0.0.1:6000, remote: 198.18.9.9:6001}
+  t3: {kind: tap, backend: stream, connect: 198.18.9.9:5555, reconnect: 1}
+links:
+  - [vm1, vm2]
+  - [huba:trunk, hubb]
+  - [vm3, huba]
+  - [vm4, hubb:vm4]
+  - [t1, hubb]
+  - [t2, huba]
+  - [t3, hubb]
+"""
+
+
+def _topologies(tmp_path: Path) -> list[Path]:
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(MIXED)
+    return [*sorted(EXAMPLES.glob("*.yaml")), mixed]
+
+
+@pytest.fixture(params=[*sorted(p.name for p in EXAMPLES.glob("*.yaml")), "mixed.yaml"])
+def topo_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    name = str(request.param)
+    if name == "mixed.yaml":
+        path = tmp_path / name
+        path.write_text(MIXED)
+        return path
+    return EXAMPLES / name
+
+
+def _render(topo_file: Path, fmt: str, tmp_path: Path) -> Path:
+    out = tmp_path / f"out-{fmt}.yaml"
+    assert main(["render", fmt, str(topo_file), "-o", str(out)]) == 0
+    return out
+
+
+def _expected_targets(topo: Topology) -> dict[str, list[str]]:
+    """For each dialing service: the ``LISTENER:50051/NETCLIENT`` it must dial."""
+    want: dict[str, list[str]] = {}
+    for link in topo.links:
+        want.setdefault(link.dialer.service, []).append(
+            f"{link.listener.service}:{PORT}/{link.listener.netclient}")
+    return want
+
+
+def _dial_targets(command: list[str]) -> list[str]:
+    """The addresses a command dials: --peer ADDR, or a hub's --port NAME=ADDR."""
+    targets = []
+    for flag, value in itertools.pairwise(command):
+        if flag == "--peer":
+            targets.append(value)
+        elif flag == "--port" and "=" in value:
+            targets.append(value.split("=", 1)[1])
+    return targets
+
+
+def _check_commands(topo: Topology, commands: dict[str, list[str]]) -> None:
+    assert list(commands) == [s.name for s in topo.services]
+    want = _expected_targets(topo)
+    for svc in topo.services:
+        cmd = commands[svc.name]
+        assert cmd[:4] == ["serve", svc.kind, "--listen", LISTEN], cmd
+        assert _dial_targets(cmd) == want.get(svc.name, []), svc.name
+        assert not any("127.0.0.1" in arg for arg in cmd), cmd
+        node = topo.node(svc.node)
+        if isinstance(node, TapNode):
+            spec = cmd[cmd.index("--backend") + 1]
+            assert spec.split(",")[0] == node.backend and f"id={node.name}" in spec
+        if svc.kind in ("e1000", "guest"):
+            assert isinstance(node, VmNode)
+            assert cmd[cmd.index("--guestmem") + 1] == f"{node.name}-guestmem:{PORT}"
+
+
+def _needs_caps(topo: Topology, name: str) -> bool:
+    svc = next(s for s in topo.services if s.name == name)
+    node = topo.node(svc.node)
+    if isinstance(node, TapNode):
+        return node.backend == "tap"
+    return isinstance(node, VmNode) and svc.kind == "guest" and node.bridge is not None
+
+
+def _parse_shm(text: str) -> int:
+    assert text.endswith("m")
+    return int(text[:-1]) << 20
+
+
+def test_compose(topo_file: Path, tmp_path: Path) -> None:
+    topo = load_topology(topo_file)
+    doc: dict[str, Any] = yaml.safe_load(_render(topo_file, "compose", tmp_path).read_text())
+    assert doc["version"] == "3.8"
+    services = doc["services"]
+    assert list(services) == [s.name for s in topo.services]
+    _check_commands(topo, {name: spec["command"] for name, spec in services.items()})
+    (net_name, net), = doc["networks"].items()
+    (ipam,) = net["ipam"]["config"]
+    assert ipaddress.ip_network(ipam["subnet"]).subnet_of(BENCHMARK)  # type: ignore[arg-type]
+    for svc in topo.services:
+        spec = services[svc.name]
+        assert spec["image"] == f"virtwire:{__version__}"
+        assert spec["networks"] == [net_name]
+        assert "ports" not in spec  # nothing is published by default
+        assert spec.get("depends_on", []) == list(svc.needs)
+        if _needs_caps(topo, svc.name):
+            assert "NET_ADMIN" in spec["cap_add"]
+            assert spec["devices"] == ["/dev/net/tun:/dev/net/tun"] and spec["user"] == "0"
+        else:
+            assert not {"cap_add", "devices", "user"} & set(spec), svc.name
+        node = topo.node(svc.node)
+        if svc.kind == "guestmem":
+            assert isinstance(node, VmNode)
+            assert _parse_shm(spec["shm_size"]) >= node.memory
+            assert spec["ipc"] == "shareable"
+        elif isinstance(node, VmNode):
+            assert spec["ipc"] == f"service:{node.name}-guestmem"
+            assert "shm_size" not in spec
+        else:
+            assert "shm_size" not in spec and "ipc" not in spec
+
+
+def test_k8s(topo_file: Path, tmp_path: Path) -> None:
+    topo = load_topology(topo_file)
+    docs = list(yaml.safe_load_all(_render(topo_file, "k8s", tmp_path).read_text()))
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    k8s_services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    names = [s.name for s in topo.services]
+    assert len(docs) == 2 * len(names)
+    assert list(deployments) == names and list(k8s_services) == names
+    commands = {}
+    for svc in topo.services:
+        dep, kvc = deployments[svc.name], k8s_services[svc.name]
+        for obj in (dep, kvc, dep["spec"]["template"]):
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/part-of"] == "virtwire"
+            assert labels["virtwire/lan"] == topo.name
+        assert dep["apiVersion"] == "apps/v1" and dep["spec"]["replicas"] == 1
+        selector = dep["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+        assert kvc["spec"]["selector"] == selector
+        assert kvc["spec"]["type"] == "ClusterIP"
+        assert [p["port"] for p in kvc["spec"]["ports"]] == [PORT]
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == f"virtwire:{__version__}"
+        assert [p["containerPort"] for p in container["ports"]] == [PORT]
+        commands[svc.name] = container["args"]
+        if _needs_caps(topo, svc.name):
+            assert "NET_ADMIN" in container["securityContext"]["capabilities"]["add"]
+        else:
+            assert "securityContext" not in container, svc.name
+        node = topo.node(svc.node)
+        if svc.kind == "guestmem":
+            assert isinstance(node, VmNode)
+            (shm,) = [v for v in pod["volumes"] if v["name"] == "shm"]
+            assert shm["emptyDir"]["medium"] == "Memory"
+            assert int(shm["emptyDir"]["sizeLimit"].removesuffix("Mi")) << 20 >= node.memory
+    _check_commands(topo, commands)
+
+
+def test_both_formats_give_the_same_commands(topo_file: Path) -> None:
+    topo = load_topology(topo_file)
+    compose = yaml.safe_load(render(topo, "compose"))
+    k8s = [d for d in yaml.safe_load_all(render(topo, "k8s")) if d["kind"] == "Deployment"]
+    assert [d["spec"]["template"]["spec"]["containers"][0]["args"] for d in k8s] == [
+        spec["command"] for spec in compose["services"].values()]
+
+
+def test_loopback_backends_listen_on_all_addresses(tmp_path: Path) -> None:
+    topo = load_topology(_topologies(tmp_path)[-1])
+    compose = yaml.safe_load(render(topo, "compose"))
+    t2 = compose["services"]["t2"]["command"]
+    assert t2[t2.index("--backend") + 1] == (
+        "dgram,local=0.0.0.0:6000,remote=198.18.9.9:6001,id=t2")
+    t3 = compose["services"]["t3"]["command"]
+    assert "connect=198.18.9.9:5555" in t3[t3.index("--backend") + 1]
+    default = yaml.safe_load(render(load_topology(EXAMPLES / "default.yaml"), "compose"))
+    qemu0 = default["services"]["qemu0"]["command"]
+    assert "stream,listen=0.0.0.0:10555,id=qemu0" in qemu0
+    # The trunk: huba's port "trunk" dials a new port of hubb.
+    huba = compose["services"]["huba"]["command"]
+    assert f"trunk=hubb:{PORT}/" in huba
+
+
+def test_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "compose", str(EXAMPLES / "default.yaml")]) == 0
+    assert "hub0" in yaml.safe_load(capsys.readouterr().out)["services"]
+
+
+@pytest.mark.parametrize("fmt", ["compose", "k8s"])
+def test_bad_topology_exits_2(tmp_path: Path, fmt: str,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nnodes:\n  hub0: {kind: hub, colour: red}\n")
+    out = tmp_path / "out.yaml"
+    assert main(["render", fmt, str(bad), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "colour" in err
+    assert not out.exists()
+    assert main(["render", fmt, str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_unknown_format_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["render", "helm", str(EXAMPLES / "default.yaml")])
+    assert exc.value.code == 2
+    assert "invalid choice: 'helm'" in capsys.readouterr().err
+
+
+def test_docker_compose_accepts_it(topo_file: Path, tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+    out = _render(topo_file, "compose", tmp_path)
+    result = subprocess.run([compose, "-f", str(out), "config", "-q"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
