@@ -836,6 +836,43 @@ async def test_mmio_requests_keep_posted_writes_in_order() -> None:
         await mem.stop(grace=0.1)
 
 
+async def test_cancelled_mmio_callers_leave_the_stream_working() -> None:
+    """A caller cancelled mid-request (a timeout, a driver going down) must not
+    end the MMIO stream: grpc.aio cancels the RPC when write() is cancelled.
+
+    Regression: the guest service failed its shutdown with "RPC already
+    finished" after its interrupt task was cancelled inside a read.
+    """
+    mem = GuestMemServer("127.0.0.1:0", 4 << 20)
+    await mem.start()
+    nic = E1000Server("127.0.0.1:0", guestmem=mem.address, mac="52:54:00:00:00:01")
+    await nic.start()
+    port = GrpcMmio(nic.address)
+    await port.connect()
+    try:
+        for turns in range(6):
+            task = asyncio.create_task(port.read(r.E1000_STATUS))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        port.write(r.E1000_RDTR, 7)
+        await port.sync()
+        assert await port.read(r.E1000_RDTR) == 7
+        assert port.error is None
+        # The NIC going away fails later calls with a BackendError, never a hang.
+        await nic.stop(grace=0.1)
+        with pytest.raises(BackendError):
+            async with asyncio.timeout(10):
+                while True:
+                    await port.read(r.E1000_RDTR)
+    finally:
+        await port.close()
+        await nic.stop(grace=0.1)
+        await mem.stop(grace=0.1)
+
+
 async def test_service_refuses_to_send_while_the_link_is_down(lan: Lan) -> None:
     c = stub(lan.guests[2])
     async with grpc.aio.insecure_channel(lan.nics[2].address) as channel:

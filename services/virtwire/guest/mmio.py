@@ -122,7 +122,11 @@ class GrpcMmio:
         self._tag = 0
         self._waiting: dict[int, asyncio.Future[list[int]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._send_lock = asyncio.Lock()
+        # Requests go out through one writer task, in the order they were made.
+        # Callers never await the stream's write() themselves: grpc.aio cancels
+        # the whole RPC when a task is cancelled inside write(), and a caller's
+        # timeout or a driver going down must not take the NIC's stream with it.
+        self._outbox: asyncio.Queue[e1000_pb2.MmioRequest] = asyncio.Queue()
         self.error: BaseException | None = None
         #: Requests sent and accesses carried (posted writes share requests).
         self.requests = 0
@@ -137,7 +141,8 @@ class GrpcMmio:
             raise BackendError(f"e1000 service {self.address} unreachable") from None
         self._call = self._stub.Mmio()
         irq_call = self._stub.WatchIrq(e1000_pb2.WatchIrqRequest())
-        self._tasks = [asyncio.create_task(self._read_responses()),
+        self._tasks = [asyncio.create_task(self._write_requests()),
+                       asyncio.create_task(self._read_responses()),
                        asyncio.create_task(self._watch_irq(irq_call))]
         return self
 
@@ -150,38 +155,37 @@ class GrpcMmio:
 
     def _flush_posted(self) -> None:
         self._flush_scheduled = False
-        if self._posted:
-            task = asyncio.ensure_future(self._send([], sync=False))
-            task.add_done_callback(self._note_error)
+        if self._posted and self.error is None:
+            self._enqueue([], sync=False)
 
-    def _note_error(self, task: asyncio.Future[list[int] | None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.error = task.exception()
+    def _enqueue(self, accesses: list[e1000_pb2.RegisterAccess],
+                 sync: bool) -> asyncio.Future[list[int]] | None:
+        """Queue the posted writes, then ``accesses``, as one request.
+
+        Synchronous, so a request never overtakes writes posted before it (PCI
+        ordering); returns the future for its response when it has reads or sync.
+        """
+        if self._posted:
+            accesses = [*self._posted, *accesses]
+            self._posted = []
+        if not accesses and not sync:
+            return None
+        self._tag += 1
+        waiter: asyncio.Future[list[int]] | None = None
+        if sync or any(not a.write for a in accesses):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting[self._tag] = waiter
+        self._outbox.put_nowait(e1000_pb2.MmioRequest(accesses=accesses, sync=sync,
+                                                      tag=self._tag))
+        self.requests += 1
+        self.accesses += len(accesses)
+        return waiter
 
     async def _send(self, accesses: list[e1000_pb2.RegisterAccess],
                     sync: bool) -> list[int] | None:
-        """Send the posted writes, then ``accesses``, as one request.
-
-        The posted writes are taken while holding the (FIFO) send lock, so a
-        request never overtakes writes posted before it: PCI ordering.
-        """
-        assert self._call is not None
-        waiter: asyncio.Future[list[int]] | None = None
-        async with self._send_lock:
-            if self._posted:
-                accesses = [*self._posted, *accesses]
-                self._posted = []
-            if not accesses and not sync:
-                return None
-            self._tag += 1
-            has_reads = any(not a.write for a in accesses)
-            if has_reads or sync:
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiting[self._tag] = waiter
-            await self._call.write(e1000_pb2.MmioRequest(accesses=accesses, sync=sync,
-                                                         tag=self._tag))
-            self.requests += 1
-            self.accesses += len(accesses)
+        self._check()
+        waiter = self._enqueue(accesses, sync)
+        # A cancelled caller cancels only its waiter; the response is dropped.
         return await waiter if waiter is not None else None
 
     async def read(self, offset: int) -> int:
@@ -216,11 +220,25 @@ class GrpcMmio:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(list(msg.values))
         except (grpc.aio.AioRpcError, BackendError) as exc:
+            self._fail(exc)
+
+    async def _write_requests(self) -> None:
+        assert self._call is not None
+        try:
+            while True:
+                await self._call.write(await self._outbox.get())
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The stream is gone: fail every waiting request, and every later one."""
+        if self.error is None:
             self.error = exc
-            for waiter in self._waiting.values():
-                if not waiter.done():
-                    waiter.set_exception(BackendError(f"MMIO stream failed: {exc}"))
-            self._waiting.clear()
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(BackendError(
+                    f"e1000 service {self.address}: MMIO stream failed: {exc}"))
+        self._waiting.clear()
 
     async def _watch_irq(self, call: grpc.aio.UnaryStreamCall[
             e1000_pb2.WatchIrqRequest, e1000_pb2.WatchIrqResponse]) -> None:
