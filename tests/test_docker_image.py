@@ -9,12 +9,8 @@ creates is removed again, also when a test fails.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +19,8 @@ from types import ModuleType
 
 import pytest
 
+from support.docker_engine import LABEL, docker
+
 ROOT = Path(__file__).resolve().parent.parent
 # A cold machine debootstraps the base image (~1 min) before the first test runs.
 pytestmark = pytest.mark.timeout(900)
@@ -30,10 +28,6 @@ pytestmark = pytest.mark.timeout(900)
 SUBNET = "198.18.10.0/24"
 HUB_IP = "198.18.10.10"
 GRPC_PORT = 50051
-# Every container and network made here carries this label; leftovers of a run that
-# was killed are removed by the next one.
-LABEL_KEY = "org.virtwire.test"
-LABEL = f"{LABEL_KEY}=test_docker_image"
 
 HEALTH_PROBE = """\
 import sys, grpc
@@ -50,77 +44,6 @@ for answer in answers:
     for service in answer.list_services_response.service:
         print(service.name)
 """
-
-
-def _load_image_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("virtwire_deploy_image", ROOT / "deploy/image.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def docker(
-    *args: str, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        ["docker", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"docker {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
-def _remove_labelled() -> None:
-    """Removes every container and network that carries LABEL."""
-    ids = docker("container", "ls", "--all", "--quiet", "--filter", f"label={LABEL}",
-                 check=False).stdout.split()
-    if ids:
-        docker("container", "rm", "--force", *ids, check=False)
-    ids = docker("network", "ls", "--quiet", "--filter", f"label={LABEL}",
-                 check=False).stdout.split()
-    if ids:
-        docker("network", "rm", *ids, check=False)
-
-
-@pytest.fixture(scope="module")
-def image_mod() -> ModuleType:
-    return _load_image_module()
-
-
-@pytest.fixture(scope="module")
-def engine(image_mod: ModuleType) -> Iterator[None]:
-    """A Docker engine that answers (installing and starting it when root)."""
-    root = os.geteuid() == 0
-    if not root and not (shutil.which("docker") and image_mod.docker_ready()):
-        pytest.skip("needs root (apt-get install docker.io debootstrap, start dockerd) "
-                    "or a running Docker engine")
-    if root:
-        try:
-            image_mod.install_host_packages()
-        except image_mod.ImageError as exc:
-            pytest.skip(f"cannot install docker.io/debootstrap: {exc}")
-    image_mod.ensure_dockerd()
-    _remove_labelled()
-    yield
-    _remove_labelled()
-
-
-@pytest.fixture(scope="module")
-def image(image_mod: ModuleType, engine: None) -> str:
-    """virtwire:<version>, built (or found up to date) by deploy/image.py."""
-    if os.geteuid() != 0 and image_mod.image_id(image_mod.DEFAULT_BASE) is None:
-        pytest.skip(f"not root and no {image_mod.DEFAULT_BASE} image: debootstrap needs root")
-    start = time.monotonic()
-    tag: str = image_mod.build_image(quiet=True)
-    print(f"build_image: {time.monotonic() - start:.1f}s")
-    return tag
 
 
 @pytest.fixture
