@@ -490,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("file")
     up.add_argument("--detach", "-d", action="store_true",
                     help="leave the LAN running in the background")
+    up.add_argument("--backend", choices=["process", "docker"], default="process",
+                    help="how this machine runs its services: local processes on "
+                         "loopback (default) or a container each (image virtwire:VERSION, "
+                         "'make image'); nodes with a host: run on that host")
+    up.add_argument("--subnet", default="",
+                    help="docker: the LAN network's subnet, inside 198.18.0.0/15 "
+                         "(default: the highest free 198.19.N.0/24)")
     down = sub.add_parser("down", help="stop a running LAN")
     down.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
     status = sub.add_parser("status", help="nodes, health, links and counters of a LAN")

@@ -6,6 +6,17 @@ with the same arguments the orchestrator's process backend gives it
 ``0.0.0.0:50051`` and reaches the others by their service DNS name
 (``NAME:50051``), and stream/dgram backends that listen on loopback in the
 topology listen on ``0.0.0.0`` inside their container (nothing is published).
+
+The compose file runs under ``docker-compose up`` and, unchanged, as a Swarm
+stack (``docker stack deploy``); tests/test_compose.py runs both. Swarm
+ignores ``restart`` (hence also ``deploy.restart_policy``: it restarts failed
+tasks, which also covers ``depends_on``, ignored there too), ``ipc``,
+``shm_size`` and ``devices``. So on a Swarm a VM's e1000 and guest reach its
+RAM by guestmem RPCs (RPC DMA, slower) instead of a shared /dev/shm, the
+guestmem's /dev/shm is Docker's default 64 MiB (a larger guest RAM fails with
+ENOSPC), and ``tap`` backends and bridged guests get no /dev/net/tun: those
+need compose. The network's subnet is fixed, so one rendered LAN runs at a
+time per engine.
 """
 
 from __future__ import annotations
@@ -137,6 +148,8 @@ def render_compose(topo: Topology) -> dict[str, Any]:
             else:
                 spec["ipc"] = f"service:{vm.service('guestmem')}"
         spec["restart"] = "on-failure"
+        # Swarm's equivalent (it ignores `restart`); docker-compose 1.29 accepts it.
+        spec["deploy"] = {"restart_policy": {"condition": "on-failure"}}
         services[svc.name] = spec
     return {
         "version": "3.8",

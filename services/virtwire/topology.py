@@ -4,8 +4,9 @@ A topology names the LAN, its nodes and the links between them::
 
     version: 1                      # optional; the only version so far
     name: lab1                      # LAN name: state dir, container names
-    hosts:                          # optional: machines to place nodes on
-      h1: {address: 198.18.1.1}
+    hosts:                          # optional: machines to place nodes on, each
+      h1: {address: 198.18.1.1}     # running `virtwire serve orchestrator` on
+                                    # ADDRESS:PORT (port: default 50050)
     nodes:
       hub0: {kind: hub}
       vm1:                          # a virtwire VM: guestmem + e1000 + guest services
@@ -117,6 +118,8 @@ DEFAULT_MAC_FIRST = 0x56
 #: label (container, Swarm service and Kubernetes names).
 LAN_NAME_MAX = 24
 NODE_NAME_MAX = 28
+#: Default port of a host's ``virtwire serve orchestrator`` (hosts: PORT).
+AGENT_PORT = 50050
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 _PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Names a hub gives its unnamed ports (hub0port0, ...): not for named ports.
@@ -384,9 +387,13 @@ _Memory = Annotated[int, BeforeValidator(_memory_bytes),
 
 
 class HostSpec(_Spec):
-    """A machine nodes can be placed on; ``address`` is how other hosts reach it."""
+    """A machine nodes can be placed on; ``address`` is how other hosts reach it.
+
+    ``port``: where that host's ``virtwire serve orchestrator`` listens (on ``address``).
+    """
 
     address: Annotated[str, AfterValidator(_check_host_address)]
+    port: Annotated[int, Field(ge=1, le=65535)] = AGENT_PORT
 
 
 class HubSpec(_Spec):
@@ -517,7 +524,15 @@ def json_schema() -> dict[str, Any]:
 class Host:
     name: str
     address: str
+    #: The port of the host's ``virtwire serve orchestrator``.
+    port: int = AGENT_PORT
     line: int = 0
+
+    @property
+    def agent(self) -> str:
+        """The address of the host's orchestrator (``virtwire serve orchestrator``)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -700,7 +715,8 @@ class Topology:
         return {
             "name": self.name,
             "source": self.source,
-            "hosts": {h.name: {"address": h.address} for h in self.hosts.values()},
+            "hosts": {h.name: {"address": h.address, "port": h.port}
+                      for h in self.hosts.values()},
             "nodes": {n.name: n.to_dict() for n in self.nodes.values()},
             "services": [s.to_dict() for s in self.services],
             "links": [link.to_dict() for link in self.links],
@@ -981,7 +997,8 @@ class _Resolver:
                     needs=(*svc.needs, *([needs[svc.name]] if svc.name in needs else []))))
         return Topology(
             name=spec.name, source=report.source,
-            hosts={n: Host(name=n, address=h.address, line=report.line(("hosts", n)))
+            hosts={n: Host(name=n, address=h.address, port=h.port,
+                           line=report.line(("hosts", n)))
                    for n, h in spec.hosts.items()},
             nodes=nodes, services=tuple(start), links=tuple(links),
             warnings=report.warning_lines())

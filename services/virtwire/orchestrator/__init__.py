@@ -1,9 +1,9 @@
 """The orchestrator: runs a LAN from a topology file (see ``Orchestrator``)."""
 
+from virtwire.orchestrator.backend import Backend, ProcessBackend
 from virtwire.orchestrator.core import (
     LanState,
     Orchestrator,
-    ProcessBackend,
     RunState,
     ServiceRecord,
     UpEvent,
@@ -12,5 +12,5 @@ from virtwire.orchestrator.core import (
     state_root,
 )
 
-__all__ = ["LanState", "Orchestrator", "ProcessBackend", "RunState", "ServiceRecord",
+__all__ = ["Backend", "LanState", "Orchestrator", "ProcessBackend", "RunState", "ServiceRecord",
            "UpEvent", "lan_dir", "read_state", "state_root"]

@@ -55,7 +55,7 @@ async def _wait_exit(pid: int, timeout: float) -> bool:
     return True
 
 
-def _clear_stale(name: str) -> None:
+async def _clear_stale(name: str) -> None:
     """Remove the state of a LAN whose orchestrator is gone (and its leftovers)."""
     try:
         state = read_state(name)
@@ -63,17 +63,33 @@ def _clear_stale(name: str) -> None:
         return
     if _alive(state.orchestrator_pid):
         return
-    _kill_services(state)
+    await _kill_services(state)
     shutil.rmtree(lan_dir(name), ignore_errors=True)
 
 
-def _kill_services(state: LanState) -> None:
+async def _kill_services(state: LanState) -> None:
+    """Stop what a dead orchestrator left: processes, containers, other hosts' services."""
     for rec in state.services:
-        if rec.pid and _alive(rec.pid):
+        if rec.backend == "process" and rec.pid and _alive(rec.pid):
             try:
                 os.killpg(rec.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+    if state.backend == "docker":
+        from virtwire.orchestrator.docker import remove_lan
+
+        try:
+            await asyncio.to_thread(remove_lan, state.name)
+        except BackendError as exc:
+            print(f"virtwire: warning: {exc}", file=sys.stderr)
+    from virtwire.orchestrator.remote import stop_remote_lan
+
+    for agent in sorted({rec.agent for rec in state.services if rec.agent}):
+        try:
+            await stop_remote_lan(agent, state.name)
+        except grpc.aio.AioRpcError as exc:
+            print(f"virtwire: warning: the orchestrator at {agent} did not stop LAN "
+                  f"{state.name!r}'s services there: {exc}", file=sys.stderr)
 
 
 def _spawn_detached(ready: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -85,12 +101,13 @@ def _spawn_detached(ready: Path, log: Path) -> subprocess.Popen[bytes]:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-async def _stream_up(address: str, text: str, source: str) -> bool:
+async def _stream_up(address: str, text: str, source: str, args: Any) -> bool:
     """Call Up and print its progress; True when the LAN came up."""
     async with grpc.aio.insecure_channel(address) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         async for event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
-                topology=text, source=source)):
+                topology=text, source=source, backend=getattr(args, "backend", ""),
+                subnet=getattr(args, "subnet", ""))):
             kind = orchestrator_pb2.UpEventKind.Name(event.kind).removeprefix(
                 "UP_EVENT_KIND_").lower()
             print(f"{kind:16} {event.message}", flush=True)
@@ -108,7 +125,7 @@ async def cmd_up(args: Any) -> int:
     for warning in topo.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     text = Path(args.file).read_text(encoding="utf-8")
-    _clear_stale(topo.name)
+    await _clear_stale(topo.name)
     if args.detach:
         root = state_root()
         root.mkdir(parents=True, exist_ok=True)
@@ -124,7 +141,7 @@ async def cmd_up(args: Any) -> int:
             await asyncio.sleep(0.02)
         address = ready.read_text().strip()
         ready.unlink()
-        if await _stream_up(address, text, args.file):
+        if await _stream_up(address, text, args.file, args):
             print(f"LAN {topo.name!r} is up (orchestrator {address}, pid {proc.pid}); "
                   f"'virtwire down {topo.name}' stops it")
             return 0
@@ -138,7 +155,7 @@ async def cmd_up(args: Any) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        up = asyncio.create_task(_stream_up(host.address, text, args.file))
+        up = asyncio.create_task(_stream_up(host.address, text, args.file, args))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({up, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not up.done():
@@ -181,7 +198,7 @@ async def cmd_down(args: Any) -> int:
         # The orchestrator is gone: kill what it left and forget the LAN.
         print(f"virtwire: warning: orchestrator at {state.orchestrator} did not answer "
               f"({exc.code().name}); killing the services it recorded", file=sys.stderr)
-        _kill_services(state)
+        await _kill_services(state)
         stopped = len(state.services)
     shutil.rmtree(lan_dir(state.name), ignore_errors=True)
     if state.orchestrator_pid != os.getpid():
@@ -211,10 +228,12 @@ async def cmd_status(args: Any) -> int:
                                         preserving_proto_field_name=True))
     else:
         print(f"LAN {resp.name!r}: {resp.state} (orchestrator {state.orchestrator})")
-        rows = [("NODE", "KIND", "SERVICE", "ADDRESS", "PID", "HEALTH", "RESTARTS")]
+        rows = [("NODE", "KIND", "SERVICE", "RUNS AS", "ADDRESS", "PID", "HEALTH",
+                 "RESTARTS")]
         for node in resp.nodes:
             for svc in node.services:
-                rows.append((node.name, node.kind, svc.name, svc.address, str(svc.pid),
+                runs = f"host {svc.host}" if svc.host else svc.backend
+                rows.append((node.name, node.kind, svc.name, runs, svc.address, str(svc.pid),
                              "serving" if svc.healthy else "NOT SERVING", str(svc.restarts)))
         print(_format_table(rows))
         rows2: list[tuple[str, ...]] = [("NODE", "NETCLIENT", "LINK", "PEER", "RX FRAMES",

@@ -1,11 +1,14 @@
 """Run a LAN: start a Topology's services in order, wire links, watch health.
 
-``Orchestrator`` is plain asyncio; ``ProcessBackend`` starts each service as a
-local ``virtwire serve KIND`` child on 127.0.0.1:0, in its own process group
-and with PR_SET_PDEATHSIG, so no child outlives the orchestrator. A state
-directory (``state_root()/LAN``) holds ``state.json`` (services, pids,
-addresses, the orchestrator's address and pid), so ``virtwire down`` and
-``virtwire status`` from another process find a running LAN.
+``Orchestrator`` is plain asyncio. Its backends (``backend.py``) run the
+services: this machine's by ``ProcessBackend`` (local ``virtwire serve KIND``
+children on 127.0.0.1:0, in their own process groups with PR_SET_PDEATHSIG,
+so none outlives the orchestrator) or ``DockerBackend`` (a container each),
+and those of nodes placed on other hosts by ``RemoteBackend`` (that host's
+orchestrator). A state directory (``state_root()/LAN``) holds ``state.json``
+(services, where they run, pids, addresses, the orchestrator's address and
+pid), so ``virtwire down`` and ``virtwire status`` from another process find
+a running LAN.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -29,14 +29,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from virtwire.errors import BackendError, ConfigError, NotFoundError
-from virtwire.launch import VIRTWIRE_CMD
+from virtwire.orchestrator.backend import Backend, ProcessBackend
 from virtwire.topology import HubNode, TapNode, Topology, VmNode
 from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-START_TIMEOUT_S = 20.0
+#: Backends for this machine's services (other hosts' run through their orchestrator).
+LOCAL_BACKENDS = ("process", "docker")
 HEALTH_TIMEOUT_S = 20.0
 WATCH_INTERVAL_S = 0.3
 #: Every this many watch rounds, the hubs' port lists are refreshed.
@@ -82,6 +83,11 @@ class ServiceRecord:
     #: A hub's ports as last seen (the ones it numbered included): a restarted
     #: hub gets them back, since its dialers redial the port they were given.
     ports: list[str] = field(default_factory=list)
+    #: The topology host it runs on ("" for this machine), and what runs it:
+    #: process, docker or remote (``agent``: that host's orchestrator).
+    host: str = ""
+    backend: str = "process"
+    agent: str = ""
 
 
 @dataclass
@@ -93,13 +99,16 @@ class LanState:
     orchestrator: str
     orchestrator_pid: int
     services: list[ServiceRecord]
+    #: This machine's backend: process or docker.
+    backend: str = "process"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LanState:
         return cls(name=str(data["name"]), source=str(data["source"]),
                    orchestrator=str(data["orchestrator"]),
                    orchestrator_pid=int(data["orchestrator_pid"]),
-                   services=[ServiceRecord(**s) for s in data["services"]])
+                   services=[ServiceRecord(**s) for s in data["services"]],
+                   backend=str(data.get("backend", "process")))
 
 
 def state_root() -> Path:
@@ -134,88 +143,6 @@ def read_state(name: str | None = None, root: Path | None = None) -> LanState:
         raise NotFoundError(f"LAN {name!r} is not running (no {path})") from None
 
 
-#: Run before the service's own command: PR_SET_PDEATHSIG(SIGKILL), then exec.
-#: A wrapper, not preexec_fn: Python code between fork and exec would run
-#: grpc's at-fork handlers in the child, which breaks its poller.
-_DIE_WITH_PARENT = (
-    "import ctypes, os, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, 9)\n"  # PR_SET_PDEATHSIG, SIGKILL
-    "if os.getppid() != int(sys.argv[1]): os._exit(1)\n"  # the parent already died
-    "os.execv(sys.argv[2], sys.argv[2:])\n")
-
-
-def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """A child in its own process group that dies with this process."""
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()),
-                                 *cmd], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                process_group=0)
-
-
-class ProcessBackend:
-    """Services as local child processes (``virtwire serve KIND``)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    async def start(self, name: str, kind: str, args: list[str],
-                    listen: str = "127.0.0.1:0") -> tuple[str, int]:
-        """Start a service and wait for its ready file; (address, pid)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        ready = self.workdir / f"{name}.ready"
-        ready.unlink(missing_ok=True)
-        log = self.workdir / f"{name}.log"
-        # Spawned from the event loop's thread: PDEATHSIG follows the thread
-        # that forked, and this one lives as long as the orchestrator.
-        proc = _spawn([*VIRTWIRE_CMD, "serve", kind, "--listen", listen, *args,
-                       "--ready-file", str(ready)], log)
-        self.procs[name] = proc
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (ready.exists() and ready.read_text().strip()):
-            if proc.poll() is not None:
-                raise BackendError(f"{name}: virtwire serve {kind} exited with "
-                                   f"{proc.returncode}:\n{log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.kill(name)
-                raise BackendError(f"{name}: did not start in {START_TIMEOUT_S:.0f}s:\n"
-                                   + log.read_text()[-2000:])
-            await asyncio.sleep(0.02)
-        return ready.read_text().strip(), proc.pid
-
-    def alive(self, name: str) -> bool:
-        proc = self.procs.get(name)
-        return proc is not None and proc.poll() is None
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.get(name)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    async def stop(self, name: str, timeout: float = 5.0) -> None:
-        """SIGTERM the service's process group, then SIGKILL it."""
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                await asyncio.to_thread(proc.wait, timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s (pid %d) ignored SIGTERM; killing", name, proc.pid)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-
-
 async def check_health(address: str, timeout: float = 2.0) -> bool:
     """grpc.health.v1 Check("") == SERVING."""
     try:
@@ -237,7 +164,11 @@ class Orchestrator:
         self.state = RunState.IDLE
         self.topology: Topology | None = None
         self.services: dict[str, ServiceRecord] = {}
-        self.backend: ProcessBackend | None = None
+        #: By topology host ("" for this machine).
+        self.backends: dict[str, Backend] = {}
+        self.backend_kind = "process"
+        #: Services handed to a backend, in start order (started or not).
+        self._launched: list[tuple[str, str]] = []
         self._watcher: asyncio.Task[None] | None = None
         self.events: list[str] = []
 
@@ -283,35 +214,53 @@ class Orchestrator:
                 args += ["--bridge-ip", str(node.bridge.ip)]
         return args
 
-    async def up(self, topo: Topology) -> AsyncIterator[UpEvent]:
+    async def up(self, topo: Topology, backend: str = "process",
+                 subnet: str = "") -> AsyncIterator[UpEvent]:
         """Start every service in order, then wait for health; yields progress.
 
-        On failure everything started is stopped and an ``error`` event is the last.
+        ``backend`` runs this machine's services (process or docker; ``subnet``
+        is the docker network's); nodes placed on a host run through that host's
+        orchestrator. On failure everything started is stopped and an ``error``
+        event is the last.
         """
         if self.state not in (RunState.IDLE, RunState.STOPPED, RunState.FAILED):
             raise ConfigError(f"a LAN is already {self.state.value}")
-        remote = [s.name for s in topo.services if s.host is not None]
-        if remote:
-            raise ConfigError(f"the process backend runs services on this machine only; "
-                              f"placed on other hosts: {', '.join(remote)}")
+        if backend not in LOCAL_BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}: use one of "
+                              f"{', '.join(LOCAL_BACKENDS)}")
+        if subnet and backend != "docker":
+            raise ConfigError("a subnet is for the docker backend only")
         existing = lan_dir(topo.name, self.state_root) / STATE_FILE
         if existing.exists():
             raise ConfigError(f"LAN {topo.name!r} is already up ({existing}); "
                               f"run 'virtwire down {topo.name}' first")
         self.topology = topo
         self.services = {}
+        self.backends = {}
+        self._launched = []
+        self.backend_kind = backend
         self.state = RunState.STARTING
-        self.backend = ProcessBackend(self.dir)
         try:
+            for host in sorted({s.host or "" for s in topo.services}):
+                yield UpEvent("starting", message=self._backend_message(topo, host, backend))
+                self.backends[host] = self._make_backend(topo, host, backend, subnet)
+                await self.backends[host].open()
             for svc in topo.services:
                 args = self._args(topo, svc.name)
-                yield UpEvent("starting", svc.name, message=f"starting {svc.kind} {svc.name}")
-                address, pid = await self.backend.start(svc.name, svc.kind, args)
-                self.services[svc.name] = ServiceRecord(svc.name, svc.kind, svc.node,
-                                                        address, pid, args)
+                runner = self.backends[svc.host or ""]
+                where = f" on host {svc.host}" if svc.host else ""
+                yield UpEvent("starting", svc.name,
+                              message=f"starting {svc.kind} {svc.name}{where}")
+                self._launched.append((svc.host or "", svc.name))
+                address, pid = await runner.start(svc.name, svc.kind, args,
+                                                  runner.listen_address(svc.name))
+                agent = topo.hosts[svc.host].agent if svc.host else ""
+                self.services[svc.name] = ServiceRecord(
+                    svc.name, svc.kind, svc.node, address, pid, args, host=svc.host or "",
+                    backend=runner.kind, agent=agent)
                 self._write_state()
                 yield UpEvent("started", svc.name, address,
-                              f"{svc.name} serves at {address} (pid {pid})")
+                              f"{svc.name} serves at {address} (pid {pid}{where})")
                 for link in topo.links:
                     if link.dialer.service == svc.name:
                         yield UpEvent("link", svc.name, message=(
@@ -329,6 +278,25 @@ class Orchestrator:
         self.state = RunState.RUNNING
         self._watcher = asyncio.create_task(self._watch(), name="orchestrator-watch")
         yield UpEvent("done", message=f"LAN {topo.name!r} is up")
+
+    def _make_backend(self, topo: Topology, host: str, backend: str, subnet: str) -> Backend:
+        if host:
+            from virtwire.orchestrator.remote import RemoteBackend
+
+            return RemoteBackend(topo.hosts[host], topo.name)
+        if backend == "docker":
+            from virtwire.orchestrator.docker import DockerBackend
+
+            return DockerBackend(topo, subnet)
+        return ProcessBackend(self.dir)
+
+    @staticmethod
+    def _backend_message(topo: Topology, host: str, backend: str) -> str:
+        if host:
+            return f"host {host}: services through {topo.hosts[host].agent}"
+        if backend == "docker":
+            return "this machine: a container per service (docker)"
+        return "this machine: a process per service"
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
@@ -373,11 +341,20 @@ class Orchestrator:
         return stopped
 
     async def _stop_all(self) -> int:
-        stopped = 0
-        if self.backend is not None:
-            for name in reversed(list(self.backend.procs)):
-                await self.backend.stop(name)
-                stopped += 1
+        """Stop every service handed to a backend (reverse order), then the backends."""
+        for host, name in reversed(self._launched):
+            try:
+                await self.backends[host].stop(name)
+            except Exception as exc:  # one failure must not leave the rest running
+                logger.error("stopping %s: %s", name, exc)
+        for backend in self.backends.values():
+            try:
+                await backend.close()
+            except Exception as exc:
+                logger.error("closing the %s backend: %s", backend.kind, exc)
+        stopped = len(self._launched)
+        self._launched = []
+        self.backends = {}
         if self.topology is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
         return stopped
@@ -385,15 +362,14 @@ class Orchestrator:
     def _write_state(self) -> None:
         assert self.topology is not None
         state = LanState(self.topology.name, self.topology.source, self.address, os.getpid(),
-                         list(self.services.values()))
+                         list(self.services.values()), self.backend_kind)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(asdict(state), indent=1))
         tmp.replace(self.dir / STATE_FILE)
 
     async def _watch(self) -> None:
-        """Restart a service whose process died, on its old address."""
-        assert self.backend is not None
+        """Restart a service that died, on its old address."""
         rounds = 0
         while self.state is RunState.RUNNING:
             await asyncio.sleep(WATCH_INTERVAL_S)
@@ -401,17 +377,19 @@ class Orchestrator:
             if rounds % PORT_SNAPSHOT_ROUNDS == 0:
                 await self._snapshot_ports()
             for rec in list(self.services.values()):
-                if self.state is not RunState.RUNNING or self.backend.alive(rec.name):
+                if self.state is not RunState.RUNNING:
+                    break
+                backend = self.backends[rec.host]
+                why = await backend.exited(rec.name)
+                if why is None:
                     continue
-                proc = self.backend.procs.get(rec.name)
-                code = proc.returncode if proc is not None else None
-                msg = f"{rec.name} (pid {rec.pid}) died (exit {code}); restarting"
+                msg = f"{rec.name} (pid {rec.pid}) died ({why}); restarting"
                 logger.warning("%s", msg)
                 self.events.append(msg)
                 rec.healthy = False
-                await self.backend.stop(rec.name, timeout=0)
+                await backend.stop(rec.name, timeout=0)
                 try:
-                    rec.address, rec.pid = await self.backend.start(
+                    rec.address, rec.pid = await backend.start(
                         rec.name, rec.kind, self._restart_args(rec), listen=rec.address)
                 except BackendError as exc:
                     logger.error("restart of %s failed: %s", rec.name, exc)

@@ -2,7 +2,8 @@
 
 Node names (NODE or HUB:PORT) are resolved to the service address and
 NetClient name, and the call is forwarded to that service's NetClientService
-(or, for Ping, to the vm's GuestService).
+(or, for Ping, to the vm's GuestService). StartService, StopServices and
+ListServices serve another host's orchestrator (``orchestrator.remote.Agent``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from virtwire.errors import ConfigError, NotFoundError
+from virtwire.errors import BackendError, ConfigError, NotFoundError
 from virtwire.orchestrator import Orchestrator
+from virtwire.orchestrator.core import state_root
+from virtwire.orchestrator.remote import Agent
 from virtwire.server.base import ServiceHost, abort_for
 from virtwire.topology import TopologyError, parse_topology
 from virtwire.v1 import (
@@ -56,6 +59,8 @@ class OrchestratorServer(ServiceHost):
         #: handler stops the server), so a detached orchestrator goes with its LAN.
         self.exit_on_down = exit_on_down
         self.orchestrator = Orchestrator(state_dir=state_dir)
+        #: Services this host runs for other hosts' orchestrators.
+        self.agent = Agent((state_dir or state_root()) / "agent")
         self.lan_down = asyncio.Event()
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -69,6 +74,7 @@ class OrchestratorServer(ServiceHost):
 
     async def close_backends(self) -> None:
         await self.orchestrator.down()
+        await self.agent.close()
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -83,7 +89,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                  ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceUpResponse]:
         try:
             topo = parse_topology(request.topology, request.source or "<topology>")
-            events = self.orch.up(topo)
+            events = self.orch.up(topo, request.backend or "process", request.subnet)
             async for event in events:
                 yield orchestrator_pb2.OrchestratorServiceUpResponse(
                     kind=_EVENT_KINDS[event.kind], service=event.service,
@@ -129,7 +135,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                     continue
                 ns.services.add(name=rec.name, kind=rec.kind, node=rec.node,
                                 address=rec.address, pid=rec.pid, healthy=rec.healthy,
-                                restarts=rec.restarts)
+                                restarts=rec.restarts, host=rec.host, backend=rec.backend)
                 for nc in listed.get(rec.name, []):
                     ns.netclients.add(name=nc.name, service=rec.name, info=nc)
         return resp
@@ -195,6 +201,42 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return orchestrator_pb2.OrchestratorServicePingResponse(
             address=ip, transmitted=got.transmitted, received=got.received,
             replies=got.replies)
+
+    # -- agent: services of another host's LAN ------------------------------------------
+    async def StartService(self, request: orchestrator_pb2.OrchestratorServiceStartServiceRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> orchestrator_pb2.OrchestratorServiceStartServiceResponse:
+        try:
+            rec = await self.host.agent.start(request.lan, request.name, request.kind,
+                                              list(request.args), request.listen)
+        except (ConfigError, BackendError) as exc:
+            await abort_for(context, exc)
+            raise
+        return orchestrator_pb2.OrchestratorServiceStartServiceResponse(
+            address=rec.address, pid=rec.pid)
+
+    async def StopServices(self, request: orchestrator_pb2.OrchestratorServiceStopServicesRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> orchestrator_pb2.OrchestratorServiceStopServicesResponse:
+        if request.timeout_ms > 60_000:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"timeout_ms {request.timeout_ms} is over 60000")
+        try:
+            stopped = await self.host.agent.stop(request.lan, list(request.names),
+                                                 request.timeout_ms / 1000)
+        except (ConfigError, NotFoundError) as exc:
+            await abort_for(context, exc)
+            raise
+        return orchestrator_pb2.OrchestratorServiceStopServicesResponse(stopped=stopped)
+
+    async def ListServices(self, request: orchestrator_pb2.OrchestratorServiceListServicesRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> orchestrator_pb2.OrchestratorServiceListServicesResponse:
+        resp = orchestrator_pb2.OrchestratorServiceListServicesResponse()
+        for rec, exited in await self.host.agent.list(request.lan):
+            resp.services.add(lan=rec.lan, name=rec.name, kind=rec.kind, address=rec.address,
+                              pid=rec.pid, exited=exited)
+        return resp
 
 
 async def _forward(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:

@@ -27,12 +27,16 @@ UP_EVENT_KIND_DONE: UpEventKind
 UP_EVENT_KIND_ERROR: UpEventKind
 
 class OrchestratorServiceUpRequest(_message.Message):
-    __slots__ = ("topology", "source")
+    __slots__ = ("topology", "source", "backend", "subnet")
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
     topology: str
     source: str
-    def __init__(self, topology: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    backend: str
+    subnet: str
+    def __init__(self, topology: _Optional[str] = ..., source: _Optional[str] = ..., backend: _Optional[str] = ..., subnet: _Optional[str] = ...) -> None: ...
 
 class OrchestratorServiceUpResponse(_message.Message):
     __slots__ = ("kind", "service", "address", "message")
@@ -61,7 +65,7 @@ class OrchestratorServiceGetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("name", "kind", "node", "address", "pid", "healthy", "restarts")
+    __slots__ = ("name", "kind", "node", "address", "pid", "healthy", "restarts", "host", "backend")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +73,8 @@ class ServiceStatus(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     node: str
@@ -76,7 +82,9 @@ class ServiceStatus(_message.Message):
     pid: int
     healthy: bool
     restarts: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., restarts: _Optional[int] = ...) -> None: ...
+    host: str
+    backend: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., restarts: _Optional[int] = ..., host: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class NodeNetClient(_message.Message):
     __slots__ = ("name", "service", "info")
@@ -181,3 +189,69 @@ class OrchestratorServicePingResponse(_message.Message):
     received: int
     replies: _containers.RepeatedCompositeFieldContainer[_guest_pb2.PingReply]
     def __init__(self, address: _Optional[str] = ..., transmitted: _Optional[int] = ..., received: _Optional[int] = ..., replies: _Optional[_Iterable[_Union[_guest_pb2.PingReply, _Mapping]]] = ...) -> None: ...
+
+class OrchestratorServiceStartServiceRequest(_message.Message):
+    __slots__ = ("lan", "name", "kind", "args", "listen")
+    LAN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    lan: str
+    name: str
+    kind: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    listen: str
+    def __init__(self, lan: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., listen: _Optional[str] = ...) -> None: ...
+
+class OrchestratorServiceStartServiceResponse(_message.Message):
+    __slots__ = ("address", "pid")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    pid: int
+    def __init__(self, address: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceStopServicesRequest(_message.Message):
+    __slots__ = ("lan", "names", "timeout_ms")
+    LAN_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    lan: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    timeout_ms: int
+    def __init__(self, lan: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceStopServicesResponse(_message.Message):
+    __slots__ = ("stopped",)
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    stopped: int
+    def __init__(self, stopped: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceListServicesRequest(_message.Message):
+    __slots__ = ("lan",)
+    LAN_FIELD_NUMBER: _ClassVar[int]
+    lan: str
+    def __init__(self, lan: _Optional[str] = ...) -> None: ...
+
+class AgentService(_message.Message):
+    __slots__ = ("lan", "name", "kind", "address", "pid", "exited")
+    LAN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    lan: str
+    name: str
+    kind: str
+    address: str
+    pid: int
+    exited: str
+    def __init__(self, lan: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., exited: _Optional[str] = ...) -> None: ...
+
+class OrchestratorServiceListServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[AgentService]
+    def __init__(self, services: _Optional[_Iterable[_Union[AgentService, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,21 @@ class OrchestratorServiceStub:
                 request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingRequest.SerializeToString,
                 response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingResponse.FromString,
                 _registered_method=True)
+        self.StartService = channel.unary_unary(
+                '/virtwire.v1.OrchestratorService/StartService',
+                request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStartServiceRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStartServiceResponse.FromString,
+                _registered_method=True)
+        self.StopServices = channel.unary_unary(
+                '/virtwire.v1.OrchestratorService/StopServices',
+                request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStopServicesRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStopServicesResponse.FromString,
+                _registered_method=True)
+        self.ListServices = channel.unary_unary(
+                '/virtwire.v1.OrchestratorService/ListServices',
+                request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceListServicesRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceListServicesResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -125,6 +140,27 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartService(self, request, context):
+        """Agent: start one service on this host for a LAN spanning hosts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopServices(self, request, context):
+        """Agent: stop services this host runs for a LAN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServices(self, request, context):
+        """Agent: the services this host runs, and whether they still do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +198,21 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingRequest.FromString,
                     response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingResponse.SerializeToString,
+            ),
+            'StartService': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartService,
+                    request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStartServiceRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStartServiceResponse.SerializeToString,
+            ),
+            'StopServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopServices,
+                    request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStopServicesRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStopServicesResponse.SerializeToString,
+            ),
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceListServicesRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceListServicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +405,87 @@ class OrchestratorService:
             '/virtwire.v1.OrchestratorService/Ping',
             virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingRequest.SerializeToString,
             virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.OrchestratorService/StartService',
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStartServiceRequest.SerializeToString,
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStartServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.OrchestratorService/StopServices',
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStopServicesRequest.SerializeToString,
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStopServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.OrchestratorService/ListServices',
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceListServicesRequest.SerializeToString,
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceListServicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

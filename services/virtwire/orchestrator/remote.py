@@ -1,0 +1,210 @@
+"""One LAN on several hosts: each host's orchestrator runs its nodes' services.
+
+On every host of a topology's ``hosts:`` the user runs ``virtwire serve
+orchestrator --listen ADDRESS:PORT``. The orchestrator that runs ``up`` (on
+any machine that reaches those addresses) starts a service placed on host H
+through H's orchestrator, whose ``Agent`` runs it with a ProcessBackend
+listening on H's address; links then dial across hosts over TCP. Both sides
+are here: ``Agent`` (the StartService/StopServices/ListServices RPCs) and
+``RemoteBackend`` (the Backend the controlling orchestrator uses for H).
+
+An agent trusts whoever reaches its address, as QEMU's QMP socket does: keep
+it on a network only the LAN's hosts share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from virtwire.address import parse_sockaddr
+from virtwire.errors import BackendError, ConfigError, NotFoundError
+from virtwire.orchestrator.backend import SERVICE_KINDS, START_TIMEOUT_S, ProcessBackend
+from virtwire.topology import Host
+from virtwire.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+#: LAN and service names: what topology files allow (and safe as file names).
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+#: Arguments the agent sets itself.
+_RESERVED_ARGS = ("--listen", "--ready-file")
+RPC_TIMEOUT_S = 10.0
+
+
+def _check_name(what: str, name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"bad {what} name {name!r}: lowercase letters, digits and '-', "
+                          "at most 64")
+    return name
+
+
+@dataclass
+class AgentRecord:
+    lan: str
+    name: str
+    kind: str
+    address: str
+    pid: int
+
+
+class Agent:
+    """Services this host runs for other hosts' orchestrators, per LAN."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.backends: dict[str, ProcessBackend] = {}
+        self.records: dict[tuple[str, str], AgentRecord] = {}
+
+    async def start(self, lan: str, name: str, kind: str, args: list[str],
+                    listen: str) -> AgentRecord:
+        _check_name("LAN", lan)
+        _check_name("service", name)
+        if kind not in SERVICE_KINDS:
+            raise ConfigError(f"unknown service kind {kind!r}: one of "
+                              f"{', '.join(SERVICE_KINDS)}")
+        for arg in args:
+            if arg.partition("=")[0] in _RESERVED_ARGS:
+                raise ConfigError(f"{arg.partition('=')[0]} is set by the agent, not in args")
+        host = parse_sockaddr(listen, allow_unix=False).host
+        if (lan, name) in self.records:
+            await self.stop(lan, [name], timeout=0)
+        backend = self.backends.get(lan)
+        if backend is None:
+            backend = self.backends[lan] = ProcessBackend(self.workdir / lan, host)
+            await backend.open()
+        address, pid = await backend.start(name, kind, args, listen)
+        rec = self.records[(lan, name)] = AgentRecord(lan, name, kind, address, pid)
+        logger.info("agent: LAN %s: %s %s serves at %s (pid %d)", lan, kind, name, address, pid)
+        return rec
+
+    async def stop(self, lan: str, names: list[str], timeout: float) -> int:
+        backend = self.backends.get(lan)
+        if backend is None:
+            if names:
+                raise NotFoundError(f"this host runs no service of LAN {lan!r}")
+            return 0
+        unknown = [n for n in names if (lan, n) not in self.records]
+        if unknown:
+            raise NotFoundError(f"LAN {lan!r} has no service {', '.join(unknown)} here")
+        targets = names or [n for (lan_, n) in reversed(list(self.records)) if lan_ == lan]
+        for name in targets:
+            await backend.stop(name, timeout)
+            del self.records[(lan, name)]
+        if not any(lan_ == lan for lan_, _ in self.records):
+            del self.backends[lan]
+        logger.info("agent: LAN %s: stopped %s", lan, ", ".join(targets) or "nothing")
+        return len(targets)
+
+    async def list(self, lan: str = "") -> list[tuple[AgentRecord, str]]:
+        """(record, why it is not running or "") for LAN ``lan`` (or all)."""
+        out = []
+        for (lan_, name), rec in self.records.items():
+            if lan and lan_ != lan:
+                continue
+            out.append((rec, await self.backends[lan_].exited(name) or ""))
+        return out
+
+    async def close(self) -> None:
+        for lan in list(self.backends):
+            await self.stop(lan, [], timeout=5.0)
+
+
+class RemoteBackend:
+    """Services on topology host ``host``, through its ``virtwire serve orchestrator``."""
+
+    kind = "remote"
+
+    def __init__(self, host: Host, lan: str) -> None:
+        self.host = host
+        self.lan = lan
+        self.names: list[str] = []
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: orchestrator_pb2_grpc.OrchestratorServiceStub | None = None
+
+    def listen_address(self, name: str) -> str:
+        address = f"[{self.host.address}]" if ":" in self.host.address else self.host.address
+        return f"{address}:0"
+
+    def _where(self) -> str:
+        return f"host {self.host.name!r} ({self.host.agent})"
+
+    async def open(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.host.agent)
+        self._stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel)
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), RPC_TIMEOUT_S)
+            got = await self._stub.ListServices(
+                orchestrator_pb2.OrchestratorServiceListServicesRequest(lan=self.lan),
+                timeout=RPC_TIMEOUT_S)
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            await self.close()
+            raise BackendError(
+                f"{self._where()}: no virtwire orchestrator answers; run 'virtwire serve "
+                f"orchestrator --listen {self.host.agent}' there ({exc or 'timeout'})") from None
+        if got.services:
+            await self.close()
+            raise BackendError(f"{self._where()} already runs services of LAN {self.lan!r}: "
+                               f"run 'virtwire down {self.lan}' first")
+
+    async def start(self, name: str, kind: str, args: list[str],
+                    listen: str) -> tuple[str, int]:
+        assert self._stub is not None
+        self.names.append(name)
+        try:
+            got = await self._stub.StartService(
+                orchestrator_pb2.OrchestratorServiceStartServiceRequest(
+                    lan=self.lan, name=name, kind=kind, args=args, listen=listen),
+                timeout=START_TIMEOUT_S + RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise BackendError(f"{name} on {self._where()}: {exc.details()}") from exc
+        return got.address, got.pid
+
+    async def exited(self, name: str) -> str | None:
+        if self._stub is None or name not in self.names:
+            return "not started"
+        try:
+            got = await self._stub.ListServices(
+                orchestrator_pb2.OrchestratorServiceListServicesRequest(lan=self.lan),
+                timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            # The host is unreachable: not a reason to restart what may still run.
+            logger.warning("%s: cannot list services: %s", self._where(), exc.details())
+            return None
+        for svc in got.services:
+            if svc.name == name:
+                return svc.exited or None
+        return "gone from its host"
+
+    async def stop(self, name: str, timeout: float = 5.0) -> None:
+        if self._stub is None or name not in self.names:
+            return
+        self.names.remove(name)
+        try:
+            await self._stub.StopServices(orchestrator_pb2.OrchestratorServiceStopServicesRequest(
+                lan=self.lan, names=[name], timeout_ms=round(timeout * 1000)),
+                timeout=timeout + RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                logger.warning("%s: stopping %s: %s", self._where(), name, exc.details())
+
+    async def close(self) -> None:
+        for name in reversed(list(self.names)):
+            await self.stop(name)
+        if self._channel is not None:
+            await self._channel.close(None)
+        self._channel = self._stub = None
+
+
+async def stop_remote_lan(agent: str, lan: str) -> int:
+    """Stop every service ``agent`` runs for ``lan`` (``down`` of a dead orchestrator)."""
+    async with grpc.aio.insecure_channel(agent) as channel:
+        got = await orchestrator_pb2_grpc.OrchestratorServiceStub(channel).StopServices(
+            orchestrator_pb2.OrchestratorServiceStopServicesRequest(lan=lan, timeout_ms=5000),
+            timeout=RPC_TIMEOUT_S + 5)
+    return int(got.stopped)
