@@ -228,8 +228,12 @@ class Orchestrator:
         if backend not in LOCAL_BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}: use one of "
                               f"{', '.join(LOCAL_BACKENDS)}")
-        if subnet and backend != "docker":
-            raise ConfigError("a subnet is for the docker backend only")
+        if subnet:
+            if backend != "docker":
+                raise ConfigError("a subnet is for the docker backend only")
+            from virtwire.orchestrator.docker import check_subnet
+
+            check_subnet(subnet)
         existing = lan_dir(topo.name, self.state_root) / STATE_FILE
         if existing.exists():
             raise ConfigError(f"LAN {topo.name!r} is already up ({existing}); "

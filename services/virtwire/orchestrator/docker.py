@@ -240,7 +240,8 @@ class DockerBackend:
         api = self._client.api
         ip = listen.rpartition(":")[0]
         cname = container_name(self.topo.name, name)
-        host_config = api.create_host_config(init=True, **self._host_config(name))
+        extra = self._host_config(name)
+        host_config = api.create_host_config(init=True, **extra)
         endpoint = api.create_endpoint_config(ipv4_address=ip, aliases=[name])
         # docker-py takes {network: endpoint config}; its stubs say otherwise.
         networking = api.create_networking_config(
@@ -252,7 +253,7 @@ class DockerBackend:
                 self.image, command=self._command(name, kind, args), name=cname,
                 hostname=name, labels=labels, host_config=host_config,
                 networking_config=networking,
-                user="0" if "cap_add" in host_config else None)
+                user="0" if "cap_add" in extra else None)
             api.start(created["Id"])
         except docker.errors.APIError as exc:
             with_ = f" ({exc.explanation})" if exc.explanation else ""
