@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from virtwire.orchestrator.docker import AUTO_SUBNETS, check_subnet, pick_subnet
 from virtwire.errors import ConfigError
+from virtwire.orchestrator.docker import AUTO_SUBNETS, check_subnet, pick_subnet
 
 from support.docker_engine import docker
 from support.procs import VIRTWIRE
