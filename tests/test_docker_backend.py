@@ -120,8 +120,8 @@ def test_up_ping_restart_down(lan: DockerLan) -> None:
     [net] = lan.networks()
     info = json.loads(docker("network", "inspect", net).stdout)[0]
     assert info["Internal"] is True
-    subnet = ipaddress.ip_network(info["IPAM"]["Config"][0]["Subnet"])
-    assert subnet.subnet_of(ipaddress.ip_network("198.18.0.0/15"))
+    subnet = ipaddress.IPv4Network(info["IPAM"]["Config"][0]["Subnet"])
+    assert subnet.subnet_of(ipaddress.IPv4Network("198.18.0.0/15"))
     for svc in services.values():
         assert ipaddress.ip_address(svc["address"].rpartition(":")[0]) in subnet
 

@@ -128,11 +128,15 @@ def test_compose(topo_file: Path, tmp_path: Path) -> None:
     (net_name, net), = doc["networks"].items()
     (ipam,) = net["ipam"]["config"]
     assert ipaddress.ip_network(ipam["subnet"]).subnet_of(BENCHMARK)  # type: ignore[arg-type]
+    assert net["internal"] is True
     for svc in topo.services:
         spec = services[svc.name]
         assert spec["image"] == f"virtwire:{__version__}"
         assert spec["networks"] == [net_name]
         assert "ports" not in spec  # nothing is published by default
+        # compose restarts by `restart`, a Swarm by deploy.restart_policy.
+        assert spec["restart"] == "on-failure"
+        assert spec["deploy"] == {"restart_policy": {"condition": "on-failure"}}
         assert spec.get("depends_on", []) == list(svc.needs)
         if _needs_caps(topo, svc.name):
             assert "NET_ADMIN" in spec["cap_add"]
