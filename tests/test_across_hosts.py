@@ -219,6 +219,25 @@ def test_one_lan_on_two_hosts(hosts: tuple[Host, Host], tmp_path: Path) -> None:
     assert all(h.proc is not None and h.proc.poll() is None for h in hosts)
 
 
+def test_down_after_the_orchestrator_was_killed(hosts: tuple[Host, Host],
+                                               tmp_path: Path) -> None:
+    a, b = hosts
+    topo = tmp_path / "twohosts.yaml"
+    topo.write_text(TOPOLOGY)
+    ctl = Host(a.ns, a.address, tmp_path / "controller")
+    up = ctl.virtwire("up", str(topo), "--detach", timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = json.loads((ctl.state_dir / "twohosts" / "state.json").read_text())
+    os.kill(state["orchestrator_pid"], signal.SIGKILL)
+    # The hosts' services outlive it (their parents are the hosts' orchestrators) ...
+    assert len(_agent_services(b, "twohosts")) == 4
+    # ... until down finds the LAN's state and stops them through their hosts.
+    down = ctl.virtwire("down", "twohosts")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "did not answer" in down.stderr
+    assert _agent_services(a, "twohosts") == [] and _agent_services(b, "twohosts") == []
+
+
 def test_unreachable_host_is_a_clear_error(hosts: tuple[Host, Host], tmp_path: Path) -> None:
     a, _ = hosts
     topo = tmp_path / "lost.yaml"
