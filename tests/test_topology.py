@@ -580,6 +580,33 @@ def test_bad_and_duplicate_host_addresses(tmp_path: Path) -> None:
         """, "lab.yaml:4: host 'h2': address: 198.18.1.1 is already host 'h1''s address")
 
 
+def test_host_orchestrator_ports(tmp_path: Path) -> None:
+    message = problems(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1, port: 0}
+          h2: {address: 198.18.1.2, port: "x"}
+          h3: {address: 198.18.1.3, port: 65536}
+        nodes:
+          hub0: {kind: hub, host: h1}
+          hub1: {kind: hub, host: h2}
+          hub2: {kind: hub, host: h3}
+        """)
+    assert "lab.yaml:3: host 'h1': port: input should be greater than or equal to 1" in message
+    assert "lab.yaml:4: host 'h2': port: input should be a valid integer" in message
+    assert "lab.yaml:5: host 'h3': port: input should be less than or equal to 65535" in message
+    topo = parse_topology(textwrap.dedent("""\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+          h2: {address: "2001:db8::2", port: 7000}
+        nodes:
+          hub0: {kind: hub, host: h1}
+          hub1: {kind: hub, host: h2}
+        """), "lab.yaml")
+    assert [h.agent for h in topo.hosts.values()] == ["198.18.1.1:50050", "[2001:db8::2]:7000"]
+
+
 def test_a_remote_node_cannot_dial_this_machines_loopback(tmp_path: Path) -> None:
     one_problem(tmp_path, """\
         name: lab
