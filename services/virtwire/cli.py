@@ -537,7 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"virtwire: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         # A name or argument the server refused is the caller's mistake.
-        if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+        if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                          grpc.StatusCode.OUT_OF_RANGE):
             return EXIT_USAGE
         return EXIT_ERROR
     except KeyboardInterrupt:
