@@ -236,6 +236,18 @@ def test_bad_topology_exits_2(tmp_path: Path, fmt: str,
     assert main(["render", fmt, str(tmp_path / "missing.yaml")]) == 2
 
 
+def test_subnet(capsys: pytest.CaptureFixture[str]) -> None:
+    example = str(EXAMPLES / "default.yaml")
+    assert main(["render", "compose", example, "--subnet", "198.18.77.0/24"]) == 0
+    net = yaml.safe_load(capsys.readouterr().out)["networks"]["lan"]
+    assert net["ipam"]["config"] == [{"subnet": "198.18.77.0/24"}]
+    for args, message in ((["compose", example, "--subnet", "10.0.0.0/24"], "not inside"),
+                          (["compose", example, "--subnet", "junk"], "bad subnet"),
+                          (["k8s", example, "--subnet", "198.18.77.0/24"], "compose format only")):
+        assert main(["render", *args]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_unknown_format_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["render", "helm", str(EXAMPLES / "default.yaml")])

@@ -319,7 +319,7 @@ async def cmd_render(args: argparse.Namespace) -> int:
     from virtwire.topology import load_topology
 
     topo = load_topology(args.file)
-    text = render(topo, args.format)
+    text = render(topo, args.format, args.subnet)
     for warning in topo.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.output in (None, "-"):
@@ -485,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     rnd.add_argument("format", choices=["compose", "k8s"])
     rnd.add_argument("file")
     rnd.add_argument("-o", "--output", help="write here instead of stdout")
+    rnd.add_argument("--subnet", default="",
+                     help="compose: the network's subnet, inside 198.18.0.0/15 "
+                          "(default 198.18.20.0/24)")
 
     up = sub.add_parser("up", help="run a LAN from a topology file")
     up.add_argument("file")

@@ -118,7 +118,7 @@ def _vm(topo: Topology, svc: Service) -> VmNode | None:
     return node if isinstance(node, VmNode) else None
 
 
-def render_compose(topo: Topology) -> dict[str, Any]:
+def render_compose(topo: Topology, subnet: str = SUBNET) -> dict[str, Any]:
     """A version 3.8 compose file (docker-compose v1, ``docker compose``, ``docker stack``)."""
     commands = service_commands(topo)
     services: dict[str, Any] = {}
@@ -155,7 +155,7 @@ def render_compose(topo: Topology) -> dict[str, Any]:
         "version": "3.8",
         "services": services,
         "networks": {NETWORK: {"internal": True,
-                               "ipam": {"config": [{"subnet": SUBNET}]},
+                               "ipam": {"config": [{"subnet": subnet}]},
                                "labels": {"virtwire.lan": topo.name}}},
     }
 
@@ -232,11 +232,20 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def render(topo: Topology, fmt: str) -> str:
-    """The rendered YAML text for ``fmt`` (compose or k8s)."""
+def render(topo: Topology, fmt: str, subnet: str = "") -> str:
+    """The rendered YAML text for ``fmt`` (compose or k8s).
+
+    ``subnet``: the compose network's (inside 198.18.0.0/15; default SUBNET), so
+    that several rendered LANs can run on one engine.
+    """
     header = f"# virtwire {fmt} for LAN {topo.name!r}, rendered from {topo.source}\n"
+    if subnet and fmt != "compose":
+        raise ConfigError("--subnet is for the compose format only")
     if fmt == "compose":
-        return header + yaml.dump(render_compose(topo), Dumper=_Dumper, sort_keys=False)
+        from virtwire.orchestrator.docker import check_subnet
+
+        net = str(check_subnet(subnet)) if subnet else SUBNET
+        return header + yaml.dump(render_compose(topo, net), Dumper=_Dumper, sort_keys=False)
     if fmt == "k8s":
         return header + yaml.dump_all(render_k8s(topo), Dumper=_Dumper, sort_keys=False)
     raise ConfigError(f"unknown render format {fmt!r}: use one of {', '.join(FORMATS)}")
