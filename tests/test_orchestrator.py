@@ -220,6 +220,42 @@ def test_killed_service_is_restarted(lan: Lan) -> None:
     assert out.returncode == 0 and "2 received" in out.stdout, out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("dead", ["vm2-e1000", "vm2-guestmem"])
+def test_a_vm_reboots_when_its_nic_or_memory_dies(lan: Lan, dead: str) -> None:
+    """A VM's e1000 or guestmem dies: it and the VM's later services restart."""
+    before = {s["name"]: s for s in _services(lan.status())}
+    hub_ports = _hub_ports(lan)
+    os.kill(int(before[dead]["pid"]), signal.SIGKILL)
+    rebooted = {"vm2-e1000", "vm2-guest"} | {dead}
+    deadline = time.monotonic() + 30
+    while True:
+        now = {s["name"]: s for s in _services(lan.status())}
+        if all(now[n].get("restarts", 0) > before[n].get("restarts", 0) and now[n]["healthy"]
+               for n in rebooted):
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.2)
+    for name, svc in now.items():
+        assert svc["address"] == before[name]["address"]
+        if name not in rebooted:
+            assert svc.get("restarts", 0) == before[name].get("restarts", 0), name
+    _until_ping(lan, "vm1", "vm2", timeout=30)
+    assert lan.ping("vm2", "vm1") == 3
+    # The new e1000 dialled its old hub port: no port was added, vm2's is up.
+    assert _hub_ports(lan) == hub_ports
+    assert any("restarting with" in e for e in _events(lan)) or dead == "vm2-guest"
+
+
+def _hub_ports(lan: Lan) -> dict[str, str]:
+    hub = next(n for n in lan.status()["nodes"] if n["name"] == "hub0")
+    return {nc["name"]: nc["info"].get("peer", "") for nc in hub["netclients"]}
+
+
+def _events(lan: Lan) -> list[str]:
+    log = (lan.state_dir / "default.orchestrator.log").read_text()
+    return [line for line in log.splitlines() if "restarting" in line]
+
+
 def test_down_leaves_no_processes(lan: Lan) -> None:
     state = lan.state()
     pids = [int(s["pid"]) for s in state["services"]] + [int(state["orchestrator_pid"])]

@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from virtwire.errors import BackendError, ConfigError, NotFoundError
 from virtwire.orchestrator.backend import Backend, ProcessBackend
-from virtwire.topology import HubNode, TapNode, Topology, VmNode
+from virtwire.topology import HubNode, Link, TapNode, Topology, VmNode
 from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -179,20 +179,46 @@ class Orchestrator:
             raise ConfigError("no LAN is up")
         return lan_dir(self.topology.name, self.state_root)
 
+    @staticmethod
+    def auto_ports(topo: Topology, hub: str) -> dict[int, str]:
+        """The names hub node ``hub``'s unnamed link ends get (link index -> port).
+
+        A link to a hub without a port is given a port created with the hub,
+        named as the hub would name it when dialled (``hub0portN``, counting
+        every port before it). The dialer dials that name, so a restarted
+        dialer gets its old port back instead of a new one.
+        """
+        node = topo.node(hub)
+        assert isinstance(node, HubNode)
+        count = len(node.ports) + sum(1 for link in topo.links if link.dialer.service == hub)
+        auto: dict[int, str] = {}
+        for link in topo.links:
+            if link.listener.service == hub and not link.listener.netclient:
+                auto[link.index] = f"hub0port{count}"
+                count += 1
+        return auto
+
+    def _peer(self, topo: Topology, link: Link) -> str:
+        """The dialer's peer: ``LISTENER_ADDRESS/NETCLIENT``."""
+        netclient = link.listener.netclient
+        if not netclient:
+            netclient = self.auto_ports(topo, link.listener.node)[link.index]
+        return f"{self.services[link.listener.service].address}/{netclient}"
+
     def _args(self, topo: Topology, name: str) -> list[str]:
         svc = next(s for s in topo.services if s.name == name)
         node = topo.node(svc.node)
         addr = {n: r.address for n, r in self.services.items()}
-        peers = [f"{addr[link.listener.service]}/{link.listener.netclient}"
-                 for link in topo.links if link.dialer.service == name]
+        peers = [self._peer(topo, link) for link in topo.links if link.dialer.service == name]
         if isinstance(node, HubNode):
+            # In the hub's creation order: named ports, ports that dial, link ends.
             args = [a for port in node.ports for a in ("--port", port)]
             for link in topo.links:
                 if link.dialer.service == name:
                     port = link.dialer.netclient or f"to-{link.listener.node}"
-                    args += ["--port", f"{port}={addr[link.listener.service]}/"
-                                       f"{link.listener.netclient}"]
-            return args
+                    args += ["--port", f"{port}={self._peer(topo, link)}"]
+            return args + [a for port in self.auto_ports(topo, name).values()
+                           for a in ("--port", port)]
         if isinstance(node, TapNode):
             return ["--backend", node.backend_spec(), *(a for p in peers for a in ("--peer", p))]
         assert isinstance(node, VmNode)
@@ -373,7 +399,12 @@ class Orchestrator:
         tmp.replace(self.dir / STATE_FILE)
 
     async def _watch(self) -> None:
-        """Restart a service that died, on its old address."""
+        """Restart a service that died, on its old address.
+
+        A VM's guestmem or e1000 holds state the services started after it
+        depend on (the guest RAM its e1000 maps, the registers the guest's
+        driver programmed), so those are restarted with it: the VM reboots.
+        """
         rounds = 0
         while self.state is RunState.RUNNING:
             await asyncio.sleep(WATCH_INTERVAL_S)
@@ -383,25 +414,43 @@ class Orchestrator:
             for rec in list(self.services.values()):
                 if self.state is not RunState.RUNNING:
                     break
-                backend = self.backends[rec.host]
-                why = await backend.exited(rec.name)
+                why = await self.backends[rec.host].exited(rec.name)
                 if why is None:
                     continue
-                msg = f"{rec.name} (pid {rec.pid}) died ({why}); restarting"
-                logger.warning("%s", msg)
-                self.events.append(msg)
-                rec.healthy = False
-                await backend.stop(rec.name, timeout=0)
-                try:
-                    rec.address, rec.pid = await backend.start(
-                        rec.name, rec.kind, self._restart_args(rec), listen=rec.address)
-                except BackendError as exc:
-                    logger.error("restart of %s failed: %s", rec.name, exc)
-                    self.events.append(f"restart of {rec.name} failed: {exc}")
+                self._event(f"{rec.name} (pid {rec.pid}) died ({why}); restarting")
+                if not await self._restart(rec):
                     continue
-                rec.restarts += 1
-                rec.healthy = await check_health(rec.address)
-                self._write_state()
+                for dep in self._vm_dependents(rec):
+                    self._event(f"{dep.name}: restarting with {rec.name} (its VM reboots)")
+                    await self._restart(dep)
+
+    def _event(self, msg: str) -> None:
+        logger.warning("%s", msg)
+        self.events.append(msg)
+
+    def _vm_dependents(self, rec: ServiceRecord) -> list[ServiceRecord]:
+        """The services of rec's VM started after it, when rec is its guestmem or e1000."""
+        if rec.kind not in ("guestmem", "e1000"):
+            return []
+        names = list(self.services)
+        return [self.services[n] for n in names[names.index(rec.name) + 1:]
+                if self.services[n].node == rec.node]
+
+    async def _restart(self, rec: ServiceRecord) -> bool:
+        backend = self.backends[rec.host]
+        rec.healthy = False
+        await backend.stop(rec.name, timeout=0 if await backend.exited(rec.name) else 5.0)
+        try:
+            rec.address, rec.pid = await backend.start(
+                rec.name, rec.kind, self._restart_args(rec), listen=rec.address)
+        except BackendError as exc:
+            self._event(f"restart of {rec.name} failed: {exc}")
+            self._write_state()
+            return False
+        rec.restarts += 1
+        rec.healthy = await check_health(rec.address)
+        self._write_state()
+        return True
 
     # -- names -----------------------------------------------------------------------
     def resolve(self, target: str) -> tuple[str, str]:
