@@ -40,8 +40,9 @@ from virtwire.server.base import ServerState
 from virtwire.server.guestmem import GuestMemServer
 from virtwire.v1 import guestmem_pb2, guestmem_pb2_grpc
 
+from support.procs import GRPCURL
+
 SIZE = 4 << 20
-GRPCURL = Path(sys.executable).parent / "grpcurl"
 
 
 async def sync(fn: Callable[..., Any], *args: Any) -> Any:

