@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 #: Arguments the agent sets itself.
 _RESERVED_ARGS = ("--listen", "--ready-file")
 RPC_TIMEOUT_S = 10.0
+#: How long one ListServices answer stands for a host's services.
+LIST_CACHE_S = 0.2
 
 
 def _check_name(what: str, name: str) -> str:
@@ -124,6 +127,8 @@ class RemoteBackend:
         self.host = host
         self.lan = lan
         self.names: list[str] = []
+        self._listed: dict[str, str] = {}
+        self._listed_at = -1e9
         self._channel: grpc.aio.Channel | None = None
         self._stub: orchestrator_pb2_grpc.OrchestratorServiceStub | None = None
 
@@ -156,6 +161,7 @@ class RemoteBackend:
                     listen: str) -> tuple[str, int]:
         assert self._stub is not None
         self.names.append(name)
+        self._listed_at = -1e9
         try:
             got = await self._stub.StartService(
                 orchestrator_pb2.OrchestratorServiceStartServiceRequest(
@@ -168,18 +174,21 @@ class RemoteBackend:
     async def exited(self, name: str) -> str | None:
         if self._stub is None or name not in self.names:
             return "not started"
-        try:
-            got = await self._stub.ListServices(
-                orchestrator_pb2.OrchestratorServiceListServicesRequest(lan=self.lan),
-                timeout=RPC_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            # The host is unreachable: not a reason to restart what may still run.
-            logger.warning("%s: cannot list services: %s", self._where(), exc.details())
-            return None
-        for svc in got.services:
-            if svc.name == name:
-                return svc.exited or None
-        return "gone from its host"
+        # One ListServices answers for every service of this host in a watch round.
+        if time.monotonic() - self._listed_at > LIST_CACHE_S:
+            try:
+                got = await self._stub.ListServices(
+                    orchestrator_pb2.OrchestratorServiceListServicesRequest(lan=self.lan),
+                    timeout=RPC_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                # The host is unreachable: not a reason to restart what may still run.
+                logger.warning("%s: cannot list services: %s", self._where(), exc.details())
+                return None
+            self._listed = {svc.name: svc.exited for svc in got.services}
+            self._listed_at = time.monotonic()
+        if name not in self._listed:
+            return "gone from its host"
+        return self._listed[name] or None
 
     async def stop(self, name: str, timeout: float = 5.0) -> None:
         if self._stub is None or name not in self.names:
