@@ -6,12 +6,14 @@ orchestrator` on its own address. `virtwire up` (in host A) starts hub0 and
 vm1 on A and vm2 plus a QEMU-compatible stream port on B through those
 orchestrators; vm2's e1000 dials the hub on A over TCP. Then: ping crosses
 between the hosts, a client on B speaking QEMU's stream framing gets vm1's
-ARP reply from A, a killed hub is restarted through its host and the LAN
+ARP reply from A, a real QEMU VM joined to that port on B pings both
+virtwire VMs (and is pinged from vm1), a killed hub is restarted through its host and the LAN
 works again, and `down` leaves no service on either host.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -30,6 +32,7 @@ from virtwire.net.eth import parse_mac
 
 from support import netns
 from support.procs import VIRTWIRE
+from support.qemu_vm import QemuVM, require_qemu, stream_netdev
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -218,6 +221,28 @@ def test_one_lan_on_two_hosts(hosts: tuple[Host, Host], tmp_path: Path) -> None:
         time.sleep(0.1)
     # The hosts' orchestrators keep serving, for the next LAN.
     assert all(h.proc is not None and h.proc.poll() is None for h in hosts)
+
+
+async def test_a_qemu_vm_on_host_b_pings_vm1_on_host_a(hosts: tuple[Host, Host],
+                                                         tmp_path: Path) -> None:
+    """A real QEMU VM (Linux's e1000 driver) joins the stream port on host B."""
+    require_qemu()
+    a, b = hosts
+    topo = tmp_path / "twohosts.yaml"
+    topo.write_text(TOPOLOGY)
+    ctl = Host(a.ns, a.address, tmp_path / "controller")
+    up = await asyncio.to_thread(ctl.virtwire, "up", str(topo), "--detach", timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        async with QemuVM("q", stream_netdev(STREAM_PORT, server=False), "198.18.0.20/24",
+                          "52:54:00:12:34:20", tmp_path, wrapper=b.ns.exec_prefix) as vm:
+            assert await vm.ping("198.18.0.1", count=3)  # vm1, on host A
+            assert await vm.ping("198.18.0.2", count=3)  # vm2, beside it on host B
+            ping = await asyncio.to_thread(ctl.virtwire, "ping", "vm1", "198.18.0.20")
+            assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        down = await asyncio.to_thread(ctl.virtwire, "down", "twohosts")
+        assert down.returncode == 0, down.stdout + down.stderr
 
 
 def test_down_after_the_orchestrator_was_killed(hosts: tuple[Host, Host],

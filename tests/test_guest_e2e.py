@@ -28,7 +28,13 @@ from virtwire.v1 import guest_pb2, guest_pb2_grpc
 
 from support import netns
 from support.procs import serve
-from support.qemu_vm import QemuVM, free_port, stream_netdev, wait_tcp_listening
+from support.qemu_vm import (
+    QemuVM,
+    free_port,
+    require_qemu,
+    stream_netdev,
+    wait_tcp_listening,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -43,10 +49,7 @@ def _require_tools(vm: bool) -> None:
     if shutil.which("busybox") is None:
         pytest.skip("busybox not installed (Debian package busybox-static)")
     if vm:
-        if shutil.which("qemu-system-x86_64") is None:
-            pytest.skip("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
-        if not list(Path("/boot").glob("vmlinuz-*")):
-            pytest.skip("no kernel in /boot (Debian package linux-image-amd64)")
+        require_qemu()
 
 
 def _ping(ns: netns.NetNs, ip: str) -> None:

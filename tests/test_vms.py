@@ -7,7 +7,6 @@ user's VM would: `-netdev stream,server=off,addr.type=inet,...`.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from support.qemu_vm import (
     QemuVM,
     dgram_netdev,
     free_port,
+    require_qemu,
     stream_netdev,
     wait_tcp_listening,
 )
@@ -29,18 +29,9 @@ from support.qemu_vm import (
 pytestmark = pytest.mark.qemu
 
 
-def _require_qemu() -> None:
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
-    if not list(Path("/boot").glob("vmlinuz-*")):
-        pytest.skip("no kernel in /boot (Debian package linux-image-amd64)")
-    if shutil.which("busybox") is None:
-        pytest.skip("busybox not installed (Debian package busybox-static)")
-
-
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[ServiceProcess]:
-    _require_qemu()
+    require_qemu()
     with serve("hub", [], tmp_path) as proc:
         yield proc
 

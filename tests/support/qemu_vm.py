@@ -85,6 +85,18 @@ while true; do setsid cttyhack sh; done
 """
 
 
+def require_qemu() -> None:
+    """Skip the calling test, with the Debian package to install, unless QEMU VMs can boot."""
+    import pytest
+
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
+    if not list(Path("/boot").glob("vmlinuz-*")):
+        pytest.skip("no kernel in /boot (Debian package linux-image-amd64)")
+    if shutil.which("busybox") is None:
+        pytest.skip("busybox not installed (Debian package busybox-static)")
+
+
 class VMError(RuntimeError):
     """QEMU failed to start, died, or the guest did not answer."""
 
