@@ -132,13 +132,6 @@ class ProcessBackend:
         code = proc.poll()
         return None if code is None else f"exit {code}"
 
-    def kill(self, name: str) -> None:
-        """SIGKILL service ``name`` (tests use it to play a crash)."""
-        proc = self.procs.get(name)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
     async def stop(self, name: str, timeout: float = 5.0) -> None:
         """SIGTERM the service's process group, then SIGKILL it."""
         proc = self.procs.pop(name, None)

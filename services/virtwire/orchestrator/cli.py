@@ -101,13 +101,13 @@ def _spawn_detached(ready: Path, log: Path) -> subprocess.Popen[bytes]:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-async def _stream_up(address: str, text: str, source: str, args: Any) -> bool:
+async def _stream_up(address: str, text: str, source: str, backend: str,
+                     subnet: str) -> bool:
     """Call Up and print its progress; True when the LAN came up."""
     async with grpc.aio.insecure_channel(address) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         async for event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
-                topology=text, source=source, backend=getattr(args, "backend", ""),
-                subnet=getattr(args, "subnet", ""))):
+                topology=text, source=source, backend=backend, subnet=subnet)):
             kind = orchestrator_pb2.UpEventKind.Name(event.kind).removeprefix(
                 "UP_EVENT_KIND_").lower()
             print(f"{kind:16} {event.message}", flush=True)
@@ -141,7 +141,7 @@ async def cmd_up(args: Any) -> int:
             await asyncio.sleep(0.02)
         address = ready.read_text().strip()
         ready.unlink()
-        if await _stream_up(address, text, args.file, args):
+        if await _stream_up(address, text, args.file, args.backend, args.subnet):
             print(f"LAN {topo.name!r} is up (orchestrator {address}, pid {proc.pid}); "
                   f"'virtwire down {topo.name}' stops it")
             return 0
@@ -155,7 +155,8 @@ async def cmd_up(args: Any) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        up = asyncio.create_task(_stream_up(host.address, text, args.file, args))
+        up = asyncio.create_task(_stream_up(host.address, text, args.file, args.backend,
+                                             args.subnet))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({up, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not up.done():
