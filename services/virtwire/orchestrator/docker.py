@@ -32,7 +32,7 @@ from virtwire.orchestrator.backend import START_TIMEOUT_S
 if TYPE_CHECKING:
     import docker
 
-    from virtwire.topology import Topology
+    from virtwire.topology import Service, Topology
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class DockerBackend:
     def listen_address(self, name: str) -> str:
         return f"{self._ips[name]}:{PORT}"
 
-    def _service(self, name: str) -> Any:
+    def _service(self, name: str) -> Service:
         return next(s for s in self.topo.services if s.name == name)
 
     def _command(self, name: str, kind: str, args: list[str]) -> list[str]:
