@@ -37,10 +37,16 @@ nodes:
   hub0: {{kind: hub}}
   vm1: {{kind: vm, mac: "52:54:00:12:34:01", ip: 198.18.0.1/24, memory: 16M}}
   vm2: {{kind: vm, mac: "52:54:00:12:34:02", ip: 198.18.0.2/24, memory: 16M}}
+  vm3:
+    kind: vm
+    mac: "52:54:00:12:34:03"
+    memory: 16M
+    bridge: {{ifname: vwb0, netns: lab, ip: 198.18.0.13/24}}
   tap0: {{kind: tap, backend: tap, ifname: vwt0}}
 links:
   - [vm1, hub0]
   - [vm2, hub0]
+  - [vm3, hub0]
   - [tap0, hub0]
 """
 
@@ -112,7 +118,7 @@ def test_up_ping_restart_down(lan: DockerLan) -> None:
     state = lan.state()
     assert state["backend"] == "docker"
     services = {s["name"]: s for s in state["services"]}
-    assert len(services) == 8
+    assert len(services) == 11
 
     # One container per service, on one internal network with a 198.18.0.0/15 subnet.
     names = sorted(lan.containers())
@@ -133,6 +139,9 @@ def test_up_ping_restart_down(lan: DockerLan) -> None:
         if svc == "tap0":
             assert caps == ["NET_ADMIN"] and devices == ["/dev/net/tun"]
             assert host["Config"]["User"] == "0"
+        elif svc == "vm3-guest":  # a bridged guest also makes its netns
+            assert caps == ["NET_ADMIN", "SYS_ADMIN"] and devices == ["/dev/net/tun"]
+            assert host["Config"]["User"] == "0"
         else:
             assert not caps and not devices, svc
             assert host["Config"]["User"] != "0", svc
@@ -144,10 +153,14 @@ def test_up_ping_restart_down(lan: DockerLan) -> None:
     ping = lan.ping()
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert "3 received" in ping.stdout
+    # vm3's NIC is a TAP in netns "lab" inside its guest container: a kernel answers.
+    assert "lab" in docker("exec", f"virtwire-{lan.name}-vm3-guest", "ip", "netns").stdout
+    kernel = lan.cli("ping", "vm1", "198.18.0.13", "-c", "3", "--lan", lan.name)
+    assert kernel.returncode == 0, kernel.stdout + kernel.stderr
 
     status = lan.cli("status", lan.name)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert status.stdout.count(" docker ") == 8
+    assert status.stdout.count(" docker ") == 11
 
     # A container that dies is restarted on its address; the LAN works again.
     docker("kill", f"virtwire-{lan.name}-hub0")

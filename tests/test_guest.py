@@ -791,6 +791,9 @@ def test_service_refuses_bad_options(tmp_path: Path) -> None:
                           (["--netns", "x"], "need --bridge-tap"),
                           (["--bridge-tap", "vw-bad/name"], "bad ifname"),
                           (["--bridge-tap", "vwx", "--netns", "vw-missing-ns"], "does not exist"),
+                          (["--netns-create"], "--netns-create needs --netns"),
+                          (["--bridge-tap", "vwx", "--netns", "a/b", "--netns-create"],
+                           "bad network namespace name"),
                           (["--rx-ring", "100"], "rx_ring")):
         with pytest.raises(BackendError) as err:
             start_guest(["--e1000", "127.0.0.1:1", "--guestmem", "127.0.0.1:2", *args],

@@ -114,6 +114,9 @@ def _check_commands(topo: Topology, commands: dict[str, list[str]]) -> None:
         if svc.kind in ("e1000", "guest"):
             assert isinstance(node, VmNode)
             assert cmd[cmd.index("--guestmem") + 1] == f"{node.name}-guestmem:{PORT}"
+            # A bridged guest's netns is made inside its container, by the guest.
+            netns = svc.kind == "guest" and node.bridge is not None and bool(node.bridge.netns)
+            assert ("--netns-create" in cmd) == netns, cmd
 
 
 def _needs_caps(topo: Topology, name: str) -> bool:

@@ -69,21 +69,31 @@ def container_tap_node(node: TapNode) -> TapNode:
     return dataclasses.replace(node, options=opts)
 
 
+def container_command(topo: Topology, svc: Service, args: list[str]) -> list[str]:
+    """``serve KIND --listen 0.0.0.0:50051 ARGS`` for ``svc`` in its own container.
+
+    ``args`` are the orchestrator's (:meth:`Orchestrator._args`); in a container,
+    loopback binds of stream/dgram backends move to 0.0.0.0, and a bridged
+    guest creates its network namespace (the container's own) itself.
+    """
+    args = list(args)
+    node = topo.node(svc.node)
+    if isinstance(node, TapNode):
+        i = args.index("--backend")
+        args[i + 1] = container_tap_node(node).backend_spec()
+    if isinstance(node, VmNode) and svc.kind == "guest" and "--netns" in args:
+        args.append("--netns-create")
+    return ["serve", svc.kind, "--listen", LISTEN, *args]
+
+
 def service_commands(topo: Topology) -> dict[str, list[str]]:
     """``serve KIND --listen 0.0.0.0:50051 ...`` for every service, in start order."""
     orch = Orchestrator(state_dir=Path("/nonexistent/virtwire-render"))
     orch.services = {s.name: ServiceRecord(name=s.name, kind=s.kind, node=s.node,
                                            address=address_of(s.name))
                      for s in topo.services}
-    commands: dict[str, list[str]] = {}
-    for svc in topo.services:
-        args = orch._args(topo, svc.name)
-        node = topo.node(svc.node)
-        if isinstance(node, TapNode):
-            i = args.index("--backend")
-            args[i + 1] = container_tap_node(node).backend_spec()
-        commands[svc.name] = ["serve", svc.kind, "--listen", LISTEN, *args]
-    return commands
+    return {svc.name: container_command(topo, svc, orch._args(topo, svc.name))
+            for svc in topo.services}
 
 
 def needs_net_admin(topo: Topology, svc: Service) -> bool:

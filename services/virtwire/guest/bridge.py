@@ -73,11 +73,12 @@ IP_TIMEOUT_S = 15.0
 NETNS_DIR = Path("/run/netns")
 
 
-def check_netns(name: str) -> None:
-    """ConfigError unless ``name`` is an existing named network namespace."""
-    if not name or "/" in name or name in (".", ".."):
+def check_netns(name: str, *, must_exist: bool = True) -> None:
+    """ConfigError unless ``name`` is a valid (and, if ``must_exist``, existing)
+    named network namespace."""
+    if not name or "/" in name or name in (".", "..") or len(name) > 255:
         raise ConfigError(f"bad network namespace name {name!r}")
-    if not (NETNS_DIR / name).exists():
+    if must_exist and not (NETNS_DIR / name).exists():
         raise ConfigError(f"network namespace {name!r} does not exist "
                           f"(create it first: ip netns add {name})")
 
@@ -233,7 +234,8 @@ class BridgeCounters:
         return asdict(self)
 
 
-async def _run_ip(*args: str) -> None:
+async def run_ip(*args: str) -> None:
+    """``ip ARGS``; BackendError with its output if it fails or hangs."""
     proc = await asyncio.create_subprocess_exec(
         "ip", *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
@@ -282,15 +284,15 @@ class TapBridge:
                 raise BackendError(f"TAP {self.ifname}: TUNSETOFFLOAD failed: "
                                    f"{exc.strerror}") from exc
             mac = format_mac(self.driver.mac)
-            await _run_ip("link", "set", "dev", self.ifname, "address", mac)
+            await run_ip("link", "set", "dev", self.ifname, "address", mac)
             if self.netns:
-                await _run_ip("link", "set", "dev", self.ifname, "netns", self.netns)
+                await run_ip("link", "set", "dev", self.ifname, "netns", self.netns)
                 prefix = ["-n", self.netns]
             else:
                 prefix = []
             if self.cidr is not None:
-                await _run_ip(*prefix, "addr", "add", str(self.cidr), "dev", self.ifname)
-            await _run_ip(*prefix, "link", "set", "dev", self.ifname, "up")
+                await run_ip(*prefix, "addr", "add", str(self.cidr), "dev", self.ifname)
+            await run_ip(*prefix, "link", "set", "dev", self.ifname, "up")
         except BaseException:
             os.close(self.fd)
             self.fd = -1
@@ -425,4 +427,4 @@ class TapBridge:
 
 
 __all__ = ["BRIDGE_OFFLOADS", "BridgeCounters", "TapBridge", "check_netns", "coalesce",
-           "parse_vnet_packet"]
+           "parse_vnet_packet", "run_ip"]

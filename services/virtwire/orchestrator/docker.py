@@ -25,9 +25,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from virtwire import __version__
 from virtwire.errors import BackendError, ConfigError
 from virtwire.orchestrator.backend import START_TIMEOUT_S
+from virtwire.render import IMAGE, PORT, capabilities, container_command, shm_bytes
 
 if TYPE_CHECKING:
     import docker
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE = f"virtwire:{__version__}"
-PORT = 50051
 #: Where automatic subnets come from (the top of 198.18.0.0/15, downwards).
 AUTO_SUBNETS = ipaddress.IPv4Network("198.19.0.0/16")
 BENCHMARK_NET = ipaddress.IPv4Network("198.18.0.0/15")
@@ -141,20 +139,10 @@ class DockerBackend:
     def _service(self, name: str) -> Service:
         return next(s for s in self.topo.services if s.name == name)
 
-    def _command(self, name: str, kind: str, args: list[str]) -> list[str]:
-        from virtwire.render import container_tap_node
-        from virtwire.topology import TapNode
-
-        node = self.topo.node(self._service(name).node)
-        args = list(args)
-        if isinstance(node, TapNode):
-            # Loopback binds of stream/dgram backends move to 0.0.0.0 in the container.
-            i = args.index("--backend")
-            args[i + 1] = container_tap_node(node).backend_spec()
-        return ["serve", kind, "--listen", f"0.0.0.0:{PORT}", *args]
+    def _command(self, name: str, args: list[str]) -> list[str]:
+        return container_command(self.topo, self._service(name), args)
 
     def _host_config(self, name: str) -> dict[str, Any]:
-        from virtwire.render import capabilities, shm_bytes
         from virtwire.topology import VmNode
 
         svc = self._service(name)
@@ -250,7 +238,7 @@ class DockerBackend:
                   "virtwire.kind": kind}
         try:
             created = api.create_container(
-                self.image, command=self._command(name, kind, args), name=cname,
+                self.image, command=self._command(name, args), name=cname,
                 hostname=name, labels=labels, host_config=host_config,
                 networking_config=networking,
                 user="0" if "cap_add" in extra else None)

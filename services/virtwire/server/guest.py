@@ -28,7 +28,7 @@ import grpc
 
 from virtwire.address import parse_sockaddr
 from virtwire.errors import BackendError, ConfigError
-from virtwire.guest.bridge import TapBridge, check_netns
+from virtwire.guest.bridge import NETNS_DIR, TapBridge, check_netns, run_ip
 from virtwire.guest.driver import (
     DEFAULT_BUF_SIZE,
     DEFAULT_MEM_BASE,
@@ -84,7 +84,8 @@ class GuestServer(ServiceHost):
                  ip: str = "", bridge_tap: str = "", netns: str = "", bridge_ip: str = "",
                  rx_ring: int = SERVICE_RING, tx_ring: int = SERVICE_RING,
                  mem_base: int = DEFAULT_MEM_BASE, force_rpc: bool = False,
-                 connect_timeout: float = 10.0, up_timeout: float = 30.0) -> None:
+                 connect_timeout: float = 10.0, up_timeout: float = 30.0,
+                 netns_create: bool = False) -> None:
         super().__init__(listen)
         self.e1000_target = parse_sockaddr(e1000, allow_port_zero=False).grpc_target
         parse_sockaddr(guestmem, allow_port_zero=False)
@@ -98,10 +99,12 @@ class GuestServer(ServiceHost):
             raise ConfigError(str(exc)) from None
         if (netns or bridge_ip) and not bridge_tap:
             raise ConfigError("--netns and --bridge-ip need --bridge-tap")
+        if netns_create and not netns:
+            raise ConfigError("--netns-create needs --netns")
         if bridge_tap:
             check_ifname(bridge_tap)
         if netns:
-            check_netns(netns)
+            check_netns(netns, must_exist=not netns_create)
         if self.iface is not None and self.bridge_iface is not None and \
                 self.iface.ip == self.bridge_iface.ip:
             raise ConfigError(f"--ip and --bridge-ip are both {self.iface.ip}: the responder "
@@ -111,6 +114,9 @@ class GuestServer(ServiceHost):
                                  mem_base=mem_base)
         self.bridge_tap = bridge_tap
         self.netns = netns
+        self.netns_create = netns_create
+        #: The namespace this service made (--netns-create), deleted when it stops.
+        self.created_netns = ""
         self.rx_ring = rx_ring
         self.tx_ring = tx_ring
         self.mem_base = mem_base
@@ -150,6 +156,10 @@ class GuestServer(ServiceHost):
                 self.responder = Responder(driver.mac, self.iface, driver.try_send)
                 driver.rx_handlers.append(self.responder.handle)
             if self.bridge_tap:
+                if self.netns_create and not (NETNS_DIR / self.netns).exists():
+                    await run_ip("netns", "add", self.netns)
+                    self.created_netns = self.netns
+                    logger.info("guest: created network namespace %s", self.netns)
                 self.bridge = TapBridge(driver, self.bridge_tap, netns=self.netns,
                                         cidr=self.bridge_iface)
                 await self.bridge.open()
@@ -167,6 +177,12 @@ class GuestServer(ServiceHost):
         if self.bridge is not None:
             await self.bridge.close()
             self.bridge = None
+        if self.created_netns:
+            try:
+                await run_ip("netns", "del", self.created_netns)
+            except BackendError as exc:
+                logger.warning("guest: %s", exc)
+            self.created_netns = ""
         if self.driver is not None:
             await self.driver.down()
         if self.mmio is not None:
@@ -328,6 +344,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="also make the NIC a Linux TAP interface of this name (root)")
     sp.add_argument("--netns", default="", metavar="NS",
                     help="move the bridge TAP into this existing network namespace")
+    sp.add_argument("--netns-create", action="store_true",
+                    help="create the --netns namespace if it does not exist, and delete it "
+                         "on exit (in a container, whose namespaces are its own)")
     sp.add_argument("--bridge-ip", default="", metavar="CIDR",
                     help="address the bridge TAP with this (inside --netns if given)")
     sp.add_argument("--rx-ring", type=int, default=SERVICE_RING, metavar="N",
@@ -347,7 +366,8 @@ def build(args: argparse.Namespace) -> GuestServer:
     return GuestServer(args.listen, e1000=args.e1000, guestmem=args.guestmem, ip=args.ip,
                        bridge_tap=args.bridge_tap, netns=args.netns, bridge_ip=args.bridge_ip,
                        rx_ring=args.rx_ring, tx_ring=args.tx_ring,
-                       force_rpc=args.dma == "rpc", connect_timeout=args.connect_timeout)
+                       force_rpc=args.dma == "rpc", connect_timeout=args.connect_timeout,
+                       netns_create=args.netns_create)
 
 
 def format_ping(address: str, source: str, resp: guest_pb2.PingResponse) -> str:
