@@ -21,3 +21,11 @@ class ConflictError(VirtwireError):
 
 class BackendError(VirtwireError, OSError):
     """A host resource (TAP device, socket) could not be opened or used."""
+
+
+class PermissionDeniedError(VirtwireError, PermissionError):
+    """The caller may not do this: its role, or this host's configuration, forbids it."""
+
+
+class LimitError(ConflictError):
+    """A configured cap (ports, subscribers, sizes) is reached; the refusal is counted."""

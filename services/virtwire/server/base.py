@@ -23,6 +23,7 @@ from virtwire.errors import (
     ConfigError,
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     VirtwireError,
 )
 from virtwire.link import GRPC_OPTIONS
@@ -51,6 +52,8 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception)
     """Map a domain exception to a gRPC status with its message."""
     if isinstance(exc, NotFoundError):
         code = grpc.StatusCode.NOT_FOUND
+    elif isinstance(exc, PermissionDeniedError):
+        code = grpc.StatusCode.PERMISSION_DENIED
     elif isinstance(exc, (ConflictError, BackendError)):
         # A taken name, a busy TAP, a port in use: the request is fine, the
         # state of the host is not.
