@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from virtwire import tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import ConfigError, VirtwireError
 from virtwire.net.eth import FrameError, check_frame
@@ -131,6 +132,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                 "e1000": _build_e1000, "guest": _build_guest,
                 "orchestrator": _build_orchestrator}
     host = builders[args.kind](args)
+    host.insecure = args.insecure
     await run_host(host, args.ready_file)
     return 0
 
@@ -138,7 +140,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 # -- client commands ------------------------------------------------------------
 def _channel(server: str) -> grpc.aio.Channel:
     addr = parse_sockaddr(server, allow_port_zero=False)
-    return grpc.aio.insecure_channel(addr.grpc_target)
+    return tls.aio_channel(addr.grpc_target)
 
 
 def _parse_frame(args: argparse.Namespace) -> list[bytes]:
@@ -350,6 +352,12 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return await run(args)
 
 
+async def cmd_certs(args: argparse.Namespace) -> int:
+    from virtwire import certs_cli
+
+    return certs_cli.run(args)
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from virtwire.demo import run_demo
 
@@ -381,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--listen", default="127.0.0.1:0",
                         help="gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:0)")
         sp.add_argument("--ready-file", help="write the bound address here once serving")
+        tls.add_arguments(sp, default_name=kind, server=True)
         if kind == "hub":
             sp.add_argument("--hub-id", type=int, default=0, help="QEMU's hubid (default 0)")
             sp.add_argument("--ports", type=int, default=0,
@@ -427,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     def client(name: str, help_text: str, server_required: bool = True
                ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text)
+        tls.add_arguments(sp, default_name=tls.DEFAULT_CLIENT_NAME)
         sp.add_argument("--server", "-s", required=server_required,
                         help="the service, HOST:PORT")
         sp.add_argument("--timeout", type=float, default=10.0, help="RPC timeout, seconds")
@@ -491,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run a LAN from a topology file")
     up.add_argument("file")
+    tls.add_arguments(up, default_name=tls.DEFAULT_CLIENT_NAME)
     up.add_argument("--detach", "-d", action="store_true",
                     help="leave the LAN running in the background")
     up.add_argument("--backend", choices=["process", "docker"], default="process",
@@ -501,10 +512,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="docker: the LAN network's subnet, inside 198.18.0.0/15 "
                          "(default: the highest free 198.19.N.0/24)")
     down = sub.add_parser("down", help="stop a running LAN")
+    tls.add_arguments(down, default_name=tls.DEFAULT_CLIENT_NAME)
     down.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
     status = sub.add_parser("status", help="nodes, health, links and counters of a LAN")
+    tls.add_arguments(status, default_name=tls.DEFAULT_CLIENT_NAME)
     status.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from virtwire import certs_cli
+
+    certs_cli.add_parser(sub)
 
     demo = sub.add_parser("demo", help="bring up the default LAN on loopback (make run)")
     demo.add_argument("file", nargs="?", help="topology file (default examples/default.yaml)")
@@ -514,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {"serve": cmd_serve, "inject": cmd_inject, "capture": cmd_capture,
              "list": cmd_list, "link": cmd_link, "ping": cmd_ping, "validate": cmd_validate,
-             "render": cmd_render,
+             "render": cmd_render, "certs": cmd_certs,
              "demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status}
 
 
@@ -526,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name} must be at least {least}")
     setup_logging(args.verbose)
     try:
+        tls.configure(tls.config_from_args(args))
         return asyncio.run(_COMMANDS[args.command](args))
     except (ConfigError, FrameError) as exc:
         print(f"virtwire: error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import grpc
 
+from virtwire import tls
 from virtwire.address import PeerSpec
 from virtwire.errors import ConflictError, NotFoundError
 from virtwire.net.net import NetClient
@@ -413,7 +414,7 @@ class LinkDialer:
         backoff = self.min_backoff
         target = self.spec.addr.grpc_target
         while True:
-            async with grpc.aio.insecure_channel(target, options=GRPC_OPTIONS) as channel:
+            async with tls.aio_channel(target, options=GRPC_OPTIONS) as channel:
                 stub = link_pb2_grpc.LinkServiceStub(channel)
                 call = stub.Connect(wait_for_ready=False)
                 try:

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import grpc
 
+from virtwire import tls
 from virtwire.errors import BackendError
 from virtwire.link import GRPC_EOF, GRPC_OPTIONS
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
@@ -113,7 +114,7 @@ class GrpcMmio:
     def __init__(self, address: str) -> None:
         self.address = address
         self.irq = IrqLine()
-        self._channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self._channel = tls.aio_channel(address, options=GRPC_OPTIONS)
         self._stub = e1000_pb2_grpc.E1000ServiceStub(self._channel)
         self._call: grpc.aio.StreamStreamCall[e1000_pb2.MmioRequest,
                                               e1000_pb2.MmioResponse] | None = None

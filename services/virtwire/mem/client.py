@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import grpc
 
+from virtwire import tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import VirtwireError
 from virtwire.link import GRPC_OPTIONS
@@ -147,7 +148,7 @@ class GuestMemClient:
                       rpc_timeout: float = DEFAULT_RPC_TIMEOUT_S) -> GuestMemClient:
         """Describe the service's RAM and pick the path (``local_host``: for tests)."""
         target = parse_sockaddr(address, allow_port_zero=False).grpc_target
-        channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+        channel = tls.aio_channel(target, options=GRPC_OPTIONS)
         try:
             stub: Any = guestmem_pb2_grpc.GuestMemServiceStub(channel)
             info = await stub.Describe(guestmem_pb2.GuestMemServiceDescribeRequest(),
@@ -320,7 +321,7 @@ class GuestMemClient:
         if self.closed:
             raise GuestMemError(f"guestmem client for {self.address} is closed")
         if self._sync_stub is None:
-            self._sync_channel = grpc.insecure_channel(self._target, options=GRPC_OPTIONS)
+            self._sync_channel = tls.sync_channel(self._target, options=GRPC_OPTIONS)
             self._sync_stub = guestmem_pb2_grpc.GuestMemServiceStub(self._sync_channel)
         return self._sync_stub
 

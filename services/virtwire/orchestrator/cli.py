@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from virtwire import tls
 from virtwire.errors import BackendError, NotFoundError
 from virtwire.launch import VIRTWIRE_CMD
 from virtwire.orchestrator.core import LanState, lan_dir, read_state, state_root
@@ -104,7 +105,7 @@ def _spawn_detached(ready: Path, log: Path) -> subprocess.Popen[bytes]:
 async def _stream_up(address: str, text: str, source: str, backend: str,
                      subnet: str) -> bool:
     """Call Up and print its progress; True when the LAN came up."""
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with tls.aio_channel(address) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         async for event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
                 topology=text, source=source, backend=backend, subnet=subnet)):
@@ -177,7 +178,7 @@ async def cmd_up(args: Any) -> int:
 
 def _stub(state: LanState
           ) -> tuple[grpc.aio.Channel, orchestrator_pb2_grpc.OrchestratorServiceStub]:
-    ch = grpc.aio.insecure_channel(state.orchestrator)
+    ch = tls.aio_channel(state.orchestrator)
     return ch, orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
 
 

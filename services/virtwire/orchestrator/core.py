@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from virtwire import tls
 from virtwire.errors import BackendError, ConfigError, NotFoundError
 from virtwire.orchestrator.backend import Backend, ProcessBackend
 from virtwire.topology import HubNode, Link, TapNode, Topology, VmNode
@@ -146,7 +147,7 @@ def read_state(name: str | None = None, root: Path | None = None) -> LanState:
 async def check_health(address: str, timeout: float = 2.0) -> bool:
     """grpc.health.v1 Check("") == SERVING."""
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with tls.aio_channel(address) as channel:
             resp = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout)
     except grpc.aio.AioRpcError:
@@ -342,7 +343,7 @@ class Orchestrator:
             if rec.kind != "hub":
                 continue
             try:
-                async with grpc.aio.insecure_channel(rec.address) as channel:
+                async with tls.aio_channel(rec.address) as channel:
                     got = await netclient_pb2_grpc.NetClientServiceStub(channel).ListNetClients(
                         netclient_pb2.ListNetClientsRequest(), timeout=2.0)
             except grpc.aio.AioRpcError:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from virtwire import tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import BackendError, ConfigError, NotFoundError
 from virtwire.orchestrator.backend import SERVICE_KINDS, START_TIMEOUT_S, ProcessBackend
@@ -140,7 +141,7 @@ class RemoteBackend:
         return f"host {self.host.name!r} ({self.host.agent})"
 
     async def open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.host.agent)
+        self._channel = tls.aio_channel(self.host.agent)
         self._stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel)
         try:
             await asyncio.wait_for(self._channel.channel_ready(), RPC_TIMEOUT_S)
@@ -212,7 +213,7 @@ class RemoteBackend:
 
 async def stop_remote_lan(agent: str, lan: str) -> int:
     """Stop every service ``agent`` runs for ``lan`` (``down`` of a dead orchestrator)."""
-    async with grpc.aio.insecure_channel(agent) as channel:
+    async with tls.aio_channel(agent) as channel:
         got = await orchestrator_pb2_grpc.OrchestratorServiceStub(channel).StopServices(
             orchestrator_pb2.OrchestratorServiceStopServicesRequest(lan=lan, timeout_ms=5000),
             timeout=RPC_TIMEOUT_S + 5)

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from virtwire import tls
 from virtwire.address import SockAddr, parse_sockaddr
 from virtwire.errors import (
     BackendError,
@@ -30,6 +31,7 @@ from virtwire.link import GRPC_OPTIONS
 from virtwire.net.capture import CaptureFilter, CaptureSubscription
 from virtwire.net.eth import FrameError, check_frame, parse_mac
 from virtwire.net.net import NetClient
+from virtwire.server.authz import AuthorizationInterceptor
 from virtwire.server.registry import NetClientRegistry
 from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
@@ -206,6 +208,10 @@ class ServiceHost:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state = ServerState.IDLE
         self.port = 0
+        #: Plaintext on a non-loopback address is allowed (``--insecure``).
+        self.insecure = False
+        #: With TLS on: refuses callers whose certificate's role does not allow the RPC.
+        self.authz = AuthorizationInterceptor(self.service_name)
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         return ()
@@ -218,7 +224,9 @@ class ServiceHost:
 
     async def start(self) -> None:
         # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
-        server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
+        interceptors = [self.authz] if tls.active() is not None else []
+        server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)],
+                                 interceptors=interceptors)
         netclient_pb2_grpc.add_NetClientServiceServicer_to_server(
             NetClientServicer(self.registry), server)
         link_pb2_grpc.add_LinkServiceServicer_to_server(LinkServicer(self.registry), server)
@@ -231,9 +239,9 @@ class ServiceHost:
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
-        target = self.listen_addr.grpc_target
         try:
-            port = server.add_insecure_port(target)
+            port = tls.add_port(server, self.listen_addr, insecure=self.insecure,
+                                what=self.service_name)
         except RuntimeError as exc:
             raise ConfigError(f"{self.service_name}: cannot listen on {self.listen_addr}: "
                               "address in use or not available") from exc
@@ -246,7 +254,8 @@ class ServiceHost:
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.state = ServerState.RUNNING
-        logger.info("virtwire %s listening on %s", self.service_name, self.address)
+        logger.info("virtwire %s listening on %s (%s)", self.service_name, self.address,
+                    "mutual TLS" if tls.active() is not None else "plaintext")
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
         if self.state in (ServerState.STOPPING, ServerState.STOPPED):

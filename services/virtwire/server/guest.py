@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from virtwire import tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import BackendError, ConfigError
 from virtwire.guest.bridge import NETNS_DIR, TapBridge, check_netns, run_ip
@@ -399,7 +400,7 @@ async def ping_command(server: str, address: str, *, count: int = DEFAULT_PING_C
     request = guest_pb2.PingRequest(address=address, count=count, interval_ms=interval_ms,
                                     timeout_ms=timeout_ms, size=size)
     deadline = 10 + (count * (interval_ms + timeout_ms)) / 1000
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with tls.aio_channel(target) as channel:
         stub = guest_pb2_grpc.GuestServiceStub(channel)
         resp = await stub.Ping(request, timeout=deadline)
     print(format_ping(address, f"guest {server}", resp))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from virtwire import tls
 from virtwire.errors import BackendError, ConfigError, NotFoundError
 from virtwire.orchestrator import Orchestrator
 from virtwire.orchestrator.core import state_root
@@ -122,7 +123,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             rec.healthy = await check_health(rec.address)
             if rec.kind in ("hub", "tap", "e1000") and rec.healthy:
                 try:
-                    async with grpc.aio.insecure_channel(rec.address) as ch:
+                    async with tls.aio_channel(rec.address) as ch:
                         got = await netclient_pb2_grpc.NetClientServiceStub(ch).ListNetClients(
                             netclient_pb2.ListNetClientsRequest(), timeout=_RPC_TIMEOUT_S)
                     listed[rec.name] = list(got.netclients)
@@ -152,7 +153,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                       context: grpc.aio.ServicerContext[Any, Any]
                       ) -> orchestrator_pb2.OrchestratorServiceSetLinkResponse:
         address, name = await self._resolve(request.target, context)
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with tls.aio_channel(address) as ch:
             got = await _forward(context, netclient_pb2_grpc.NetClientServiceStub(ch).SetLink(
                 netclient_pb2.SetLinkRequest(name=name, up=request.up), timeout=_RPC_TIMEOUT_S))
         return orchestrator_pb2.OrchestratorServiceSetLinkResponse(netclient=got.netclient)
@@ -161,7 +162,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                      context: grpc.aio.ServicerContext[Any, Any]
                      ) -> orchestrator_pb2.OrchestratorServiceInjectResponse:
         address, name = await self._resolve(request.target, context)
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with tls.aio_channel(address) as ch:
             got = await _forward(context, netclient_pb2_grpc.NetClientServiceStub(ch).Inject(
                 netclient_pb2.InjectRequest(name=name, frame=request.frame,
                                             repeat=request.repeat), timeout=_RPC_TIMEOUT_S))
@@ -172,7 +173,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                       context: grpc.aio.ServicerContext[Any, Any]
                       ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceCaptureResponse]:
         address, name = await self._resolve(request.target, context)
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with tls.aio_channel(address) as ch:
             call = netclient_pb2_grpc.NetClientServiceStub(ch).Capture(
                 netclient_pb2.CaptureRequest(name=name, filter=request.filter,
                                              count=request.count))
@@ -193,7 +194,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise
         count = request.count or 3
         timeout_ms = request.timeout_ms or 1000
-        async with grpc.aio.insecure_channel(guest) as ch:
+        async with tls.aio_channel(guest) as ch:
             got = await _forward(context, guest_pb2_grpc.GuestServiceStub(ch).Ping(
                 guest_pb2.PingRequest(address=ip, count=count, interval_ms=100,
                                       timeout_ms=timeout_ms),

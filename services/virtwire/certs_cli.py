@@ -1,0 +1,66 @@
+"""`virtwire certs init|issue|ls`: a LAN's CA and its certificates (docs/security.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from virtwire import certs
+from virtwire.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "certs", help="make a CA and issue certificates for mutual TLS",
+        description="A CA directory for a LAN's mutual TLS: 'init' makes ca.pem and "
+                    "ca-key.pem; 'issue' makes NAME.pem and NAME-key.pem (0600) signed by it.",
+        epilog="example:\n  virtwire certs init pki\n"
+               "  virtwire certs issue pki controller --role controller\n"
+               "  virtwire certs issue pki hostb --san 198.18.7.2 --role service\n"
+               "  VIRTWIRE_TLS_DIR=pki virtwire status",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="certs_command", required=True)
+    init = verbs.add_parser("init", help="create the CA (ca.pem, ca-key.pem) in DIR")
+    init.add_argument("dir", help="the CA directory (created 0700)")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    issue = verbs.add_parser("issue", help="issue NAME.pem and NAME-key.pem from DIR's CA")
+    issue.add_argument("dir", help="the CA directory")
+    issue.add_argument("name", help="the identity (file names and the certificate's CN)")
+    issue.add_argument("--san", action="append", default=[], metavar="HOST_OR_IP",
+                       help="an address or DNS name servers are reached at (repeatable; "
+                            "localhost and 127.0.0.1 are always included)")
+    issue.add_argument("--role", choices=certs.ROLES, default="service",
+                       help="controller: every RPC; viewer: read only; service: what "
+                            "services call on each other (default)")
+    ls = verbs.add_parser("ls", help="the certificates in DIR with their roles")
+    ls.add_argument("dir", help="the CA directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if args.certs_command == "init":
+        certs.init_ca(directory, force=args.force)
+        print(f"CA created: {directory / certs.CA_CERT} (key {directory / certs.CA_KEY}, 0600)")
+        return 0
+    if args.certs_command == "issue":
+        authority = certs.Authority.load(directory)
+        cert, key = authority.issue_to(directory, args.name, args.san, args.role)
+        print(f"issued {args.name} ({args.role}): {cert}, key {key} (0600)")
+        return 0
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory")
+    rows = [("NAME", "ROLE", "NAMES (SAN)", "EXPIRES", "FILE")]
+    for path in sorted(directory.glob("*.pem")):
+        if path.name.endswith("-key.pem"):
+            continue
+        try:
+            info = certs.describe(path.read_bytes())
+        except ValueError:
+            continue
+        rows.append((info["name"], info["role"] or ("ca" if path.name == certs.CA_CERT
+                                                     else "-"),
+                     info["sans"], info["expires"], path.name))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,189 @@
+"""Who may call what: the role in a client's certificate decides, per RPC.
+
+With TLS on, every server requires a client certificate from the LAN's CA;
+this interceptor then reads the role the certificate carries
+(``virtwire.certs.role_of``) and checks it against ``PERMISSIONS``, as the
+kubelet authorizes each verb after authenticating the client:
+
+- ``controller`` may call everything;
+- ``viewer`` may read: status, lists, stats, capture, ping;
+- ``service`` is what services present to each other: links, DMA, MMIO and
+  interrupts, plus what a viewer may do.
+
+A method missing from the table is for controllers only, so a new RPC is
+closed until it is classified. Health checks and reflection are open to any
+authenticated client (grpcurl ``list``/``describe`` and health probes need no
+role). Without TLS nothing is checked: plaintext is loopback-only (or
+``--insecure``), which is the same trust as QEMU's QMP socket.
+Refusals are PERMISSION_DENIED and are counted per method (``denied``).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from virtwire import certs
+
+logger = logging.getLogger(__name__)
+
+
+class Access(enum.Enum):
+    """What an RPC needs of its caller."""
+
+    OPEN = "open"          # any authenticated client
+    READ = "read"          # viewer, service, controller
+    SERVICE = "service"    # service, controller
+    CONTROL = "control"    # controller
+
+
+_ROLE_ACCESS = {
+    "controller": {Access.OPEN, Access.READ, Access.SERVICE, Access.CONTROL},
+    "service": {Access.OPEN, Access.READ, Access.SERVICE},
+    "viewer": {Access.OPEN, Access.READ},
+    "": {Access.OPEN},
+}
+
+_V1 = "/virtwire.v1."
+PERMISSIONS: dict[str, Access] = {
+    # Open: health and reflection.
+    "/grpc.health.v1.Health/Check": Access.OPEN,
+    "/grpc.health.v1.Health/Watch": Access.OPEN,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Access.OPEN,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Access.OPEN,
+    # Read.
+    **{_V1 + m: Access.READ for m in (
+        "NetClientService/ListNetClients", "NetClientService/GetNetClient",
+        "NetClientService/Capture",
+        "OrchestratorService/GetStatus", "OrchestratorService/Capture",
+        "OrchestratorService/Ping", "OrchestratorService/ListServices",
+        "HubService/ListPorts", "TapService/ListBackends",
+        "GuestService/GetStatus", "GuestService/Ping",
+        "E1000Service/GetStats", "E1000Service/DescribeDevice",
+        "GuestMemService/Describe", "GuestMemService/Stats")},
+    # Between services: links, DMA, MMIO and interrupts.
+    **{_V1 + m: Access.SERVICE for m in (
+        "LinkService/Connect",
+        "GuestMemService/Read", "GuestMemService/Write", "GuestMemService/Batch",
+        "E1000Service/ReadRegister", "E1000Service/WriteRegister",
+        "E1000Service/AccessRegisters", "E1000Service/Mmio", "E1000Service/SetPciCommand",
+        "E1000Service/WatchIrq", "E1000Service/ResetDevice")},
+    # Everything else (Up, Down, StartService, StopServices, SetLink, Inject,
+    # AddPort, RemovePort, AddBackend, RemoveBackend, Send, Receive) is CONTROL.
+}
+
+
+def access_of(method: str) -> Access:
+    return PERMISSIONS.get(method, Access.CONTROL)
+
+
+def allowed(role: str, method: str) -> bool:
+    return access_of(method) in _ROLE_ACCESS.get(role, _ROLE_ACCESS[""])
+
+
+#: Roles of certificates already seen, by PEM (bounded: a few identities per LAN).
+_ROLE_CACHE: dict[bytes, str] = {}
+_ROLE_CACHE_MAX = 1024
+
+
+def peer_role(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The role of the verified client certificate ("" without one)."""
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        return ""
+    pem = next(iter(pems))
+    role = _ROLE_CACHE.get(pem)
+    if role is None:
+        role = certs.role_of(pem)
+        if len(_ROLE_CACHE) >= _ROLE_CACHE_MAX:
+            _ROLE_CACHE.clear()
+        _ROLE_CACHE[pem] = role
+    return role
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses an RPC with PERMISSION_DENIED unless the caller's role may make it."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        #: Refusals per method.
+        self.denied: Counter[str] = Counter()
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        access = access_of(method)
+        if access is Access.OPEN:
+            return handler
+        return self._guard(handler, method, access)
+
+    async def _check(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+                     access: Access) -> None:
+        role = peer_role(context)
+        if access in _ROLE_ACCESS.get(role, _ROLE_ACCESS[""]):
+            return
+        self.denied[method] += 1
+        who = f"role {role!r}" if role else "a certificate without a virtwire role"
+        logger.warning("%s: denied %s to %s (%s)", self.service, method, context.peer(), who)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{method.rsplit('/', 1)[-1]} needs the {_needs(access)} role; "
+                            f"this client has {who}")
+
+    def _guard(self, handler: grpc.RpcMethodHandler[Any, Any], method: str,
+               access: Access) -> grpc.RpcMethodHandler[Any, Any]:
+        check = self._check
+        kwargs = {"request_deserializer": handler.request_deserializer,
+                  "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                await check(context, method, access)
+                return await inner_uu(request, context)
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(request_iterator: Any, context: Any) -> Any:
+                await check(context, method, access)
+                return await inner_su(request_iterator, context)
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _streaming(handler.unary_stream, check, method, access), **kwargs)
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(
+            _streaming(handler.stream_stream, check, method, access), **kwargs)
+
+
+def _streaming(inner: Callable[..., Any],
+               check: Callable[[Any, str, Access], Awaitable[None]],
+               method: str, access: Access) -> Callable[..., Any]:
+    """Wrap a streaming handler, keeping its form (async generator or coroutine)."""
+    if inspect.isasyncgenfunction(inner):
+        async def generator(request: Any, context: Any) -> AsyncIterator[Any]:
+            await check(context, method, access)
+            async for item in inner(request, context):
+                yield item
+        return generator
+
+    async def coroutine(request: Any, context: Any) -> Any:
+        await check(context, method, access)
+        return await inner(request, context)
+    return coroutine
+
+
+def _needs(access: Access) -> str:
+    return {Access.READ: "viewer, service or controller", Access.SERVICE: "service or controller",
+            Access.CONTROL: "controller"}.get(access, "any")
