@@ -55,7 +55,7 @@ def key_path(directory: Path, name: str) -> Path:
     return directory / f"{name}-key.pem"
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file readable by its owner only (0600 from the start)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -66,7 +66,7 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_public(path: Path, data: bytes) -> None:
+def write_public(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
@@ -154,8 +154,8 @@ class Authority:
                  role: str = "service") -> tuple[Path, Path]:
         """Issue ``name`` into ``directory`` (``NAME.pem``, ``NAME-key.pem`` 0600)."""
         cert, key = self.issue(name, sans, role)
-        _write_private(key_path(directory, name), key)
-        _write_public(cert_path(directory, name), cert)
+        write_private(key_path(directory, name), key)
+        write_public(cert_path(directory, name), cert)
         return cert_path(directory, name), key_path(directory, name)
 
 
@@ -206,8 +206,8 @@ def init_ca(directory: str | Path, name: str = "virtwire CA",
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .sign(key, hashes.SHA256()))
-    _write_private(directory / CA_KEY, _key_pem(key))
-    _write_public(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(directory / CA_KEY, _key_pem(key))
+    write_public(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
     return Authority(cert, key, directory)
 
 
