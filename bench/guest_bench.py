@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
+import benchtls
 
+from virtwire import tls
 from virtwire.launch import ServiceProcess, start_service
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc, guest_pb2, guest_pb2_grpc
 
@@ -32,8 +33,10 @@ BATCH = 256
 class TwoGuests:
     """hub + 2 x (guestmem, e1000, guest) as real processes."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls_args: list[str] | None = None) -> None:
         self.workdir = workdir
+        #: `--tls-dir D --tls-name svc` for a TLS-on run.
+        self.tls_args = tls_args or []
         self.procs: list[ServiceProcess] = []
         self.guests: list[str] = []
         self.nics: list[str] = []
@@ -55,7 +58,7 @@ class TwoGuests:
         return self
 
     def _start(self, kind: str, args: list[str]) -> ServiceProcess:
-        proc = start_service(kind, args, self.workdir, timeout=30)
+        proc = start_service(kind, [*args, *self.tls_args], self.workdir, timeout=30)
         self.procs.append(proc)
         return proc
 
@@ -77,7 +80,7 @@ async def _rx_frames(stub: guest_pb2_grpc.GuestServiceStub) -> int:
 
 
 async def _nic_drops(address: str) -> dict[str, int]:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with tls.aio_channel(address) as channel:
         stats = await e1000_pb2_grpc.E1000ServiceStub(channel).GetStats(
             e1000_pb2.GetStatsRequest(), timeout=5)
     return {k: int(v) for k, v in stats.drops.items() if v}
@@ -85,8 +88,8 @@ async def _nic_drops(address: str) -> dict[str, int]:
 
 async def measure(guests: list[str], size: int, count: int, nic_b: str,
                   timeout: float = 30.0) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(guests[0]) as ch_a, \
-            grpc.aio.insecure_channel(guests[1]) as ch_b:
+    async with tls.aio_channel(guests[0]) as ch_a, \
+            tls.aio_channel(guests[1]) as ch_b:
         a = guest_pb2_grpc.GuestServiceStub(ch_a)
         b = guest_pb2_grpc.GuestServiceStub(ch_b)
         # Wait for both links (ping through the responders), then count from here.
@@ -125,27 +128,48 @@ async def measure(guests: list[str], size: int, count: int, nic_b: str,
             "receiver_nic_drops_total": drops}
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    count = 20_000 if quick else 100_000
+def run(quick: bool = False, with_tls: bool = False) -> dict[str, Any]:
+    """Both sizes, plaintext; with ``with_tls`` also every service on mutual TLS."""
     out: dict[str, Any] = {"bench": "guest-to-guest", "results": []}
-    with tempfile.TemporaryDirectory(prefix="vw-guestbench-") as tmp, \
-            TwoGuests(Path(tmp)) as lan:
-        for size in (64, 1514):
-            res = asyncio.run(measure(lan.guests, size, count, lan.nics[1]))
-            out["results"].append(res)
-            print(f"  e1000 -> hub -> e1000 {size:5d} B: {res['frames_per_s']:>8,} frames/s "
-                  f"{res['mbit_per_s']:>8,} Mbit/s (received {res['received']} of "
-                  f"{res['sent']}, TX ring full {res['tx_ring_full']}; B's e1000 drops so far: "
-                  f"{res['receiver_nic_drops_total'] or 'none'})", flush=True)
+    for secure in (False, True) if with_tls else (False,):
+        out["results"] += _run(quick, secure)
     return out
 
 
+def _run(quick: bool, secure: bool) -> list[dict[str, Any]]:
+    count = 20_000 if quick else 100_000
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vw-guestbench-") as tmp:
+        pki = benchtls.make_pki(Path(tmp) / "pki") if secure else None
+        benchtls.use_controller(pki)
+        try:
+            with TwoGuests(Path(tmp), benchtls.service_args(pki) if pki else None) as lan:
+                for size in (64, 1514):
+                    res = asyncio.run(measure(lan.guests, size, count, lan.nics[1]))
+                    res["tls"] = secure
+                    results.append(res)
+                    _print(res)
+        finally:
+            benchtls.use_controller(None)
+    return results
+
+
+def _print(res: dict[str, Any]) -> None:
+    size = res["size"]
+    mode = "TLS" if res["tls"] else "plaintext"
+    print(f"  e1000 -> hub -> e1000 {size:5d} B {mode:9s}: {res['frames_per_s']:>8,} frames/s "
+          f"{res['mbit_per_s']:>8,} Mbit/s (received {res['received']} of "
+          f"{res['sent']}, TX ring full {res['tx_ring_full']}; B's e1000 drops so far: "
+          f"{res['receiver_nic_drops_total'] or 'none'})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tls", action="store_true", help="also run with mutual TLS on")
     a = ap.parse_args(argv)
-    res = run(a.quick)
+    res = run(a.quick, a.tls)
     if a.json:
         print(json.dumps(res, indent=1))
     return 0

@@ -57,6 +57,7 @@ import argparse
 import asyncio
 import json
 import os
+import pathlib
 import random
 import shutil
 import socket
@@ -428,16 +429,19 @@ class VirtwireHubPeer(ProcPeer):
     ends of the LAN live in different containers.
     """
 
-    def __init__(self, taps: int = 1) -> None:
+    def __init__(self, taps: int = 1, secure: bool = False) -> None:
         super().__init__()
         self.taps = taps
-        self.name = "virtwire" if taps == 1 else "virtwire-3p"
+        #: Every service on mutual TLS (a throwaway CA, made in start()).
+        self.secure = secure
+        self.tls_args: list[str] = []
+        self.name = ("virtwire" if taps == 1 else "virtwire-3p") + ("-tls" if secure else "")
 
     async def _serve(self, kind: str, *args: str) -> str:
         assert self.tmp is not None
         ready = os.path.join(self.tmp, f"{kind}{len(self.procs)}.ready")
         proc = await self.spawn(sys.executable, "-m", "virtwire.cli", "serve", kind, *args,
-                                "--ready-file", ready)
+                                *self.tls_args, "--ready-file", ready)
         await wait_paths([ready], [proc], 20.0)
         loop = asyncio.get_running_loop()
         end = loop.time() + 5.0
@@ -450,6 +454,10 @@ class VirtwireHubPeer(ProcPeer):
 
     async def start(self) -> tuple[Endpoint, Endpoint]:
         tmp = self.mktemp()
+        if self.secure:
+            import benchtls
+
+            self.tls_args = benchtls.service_args(benchtls.make_pki(pathlib.Path(tmp, "pki")))
         hub = await self._serve("hub")
         socks = [os.path.join(tmp, "a"), os.path.join(tmp, "b")]
         backends = [["--backend", f"stream,listen=unix:{path}", "--peer", f"{hub}/"]
@@ -483,11 +491,13 @@ def make_peer(name: str) -> Peer:
         return VirtwireHubPeer(taps=1)
     if name == "virtwire-3p":
         return VirtwireHubPeer(taps=2)
+    if name == "virtwire-tls":
+        return VirtwireHubPeer(taps=1, secure=True)
     raise ValueError(f"unknown peer {name!r}")
 
 
 PEER_NAMES = ("loop", "loop-tcp", "loop-dgram", "qemu", "qemu-tcp", "vde", "vde_plug",
-              "virtwire", "virtwire-3p")
+              "virtwire", "virtwire-3p", "virtwire-tls")
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -592,7 +602,8 @@ async def run_matrix(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the hub benchmark against reference peers.")
+    ap = argparse.ArgumentParser(allow_abbrev=False,
+                                 description="Run the hub benchmark against reference peers.")
     ap.add_argument(
         "--peers", default="loop,qemu,vde", help=f"comma list of {', '.join(PEER_NAMES)}"
     )

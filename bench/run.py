@@ -6,9 +6,10 @@ e1000 -> hub -> e1000 (guest_bench), and iperf3 between two guests bridged to
 TAPs (iperf_bench, root).
 
 Hub hop: stream backend -> hub -> stream backend, at 64 and 1514 bytes,
-through virtwire (hub + one tap service: 2 processes; and hub + two tap
-services: 3 processes), QEMU's own hub, and `vde_switch --hub`. Throughput
-runs blast a bounded number of frames; latency runs pace 1000 frames/s.
+through virtwire (hub + one tap service: 2 processes, plaintext and with
+mutual TLS; and hub + two tap services: 3 processes), QEMU's own hub, and
+`vde_switch --hub`. Throughput runs blast a bounded number of frames;
+latency runs pace 1000 frames/s.
 Prints a table, the ratios against vde_switch and QEMU, and the machine
 load, and writes everything as JSON (--json).
 """
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from loadgen import LoadConfig, LoadResult
 from peers import make_peer, run_one, wait_for_idle
 
-PEERS = ("virtwire", "virtwire-3p", "vde", "qemu")
+PEERS = ("virtwire", "virtwire-tls", "virtwire-3p", "vde", "qemu")
 SIZES = (64, 1514)
 
 
@@ -76,6 +77,11 @@ def print_hub_table(results: dict[str, dict[int, Any]]) -> None:
             lost = 100.0 * other.lost / max(1, other.sent)
             print(f"ratio virtwire/{ref} at {size} B: {ratio:.2f} "
                   f"({ref} lost {lost:.0f}% of what it was sent)")
+        if "virtwire-tls" in results:
+            secure = results["virtwire-tls"][size]
+            print(f"TLS on/off at {size} B: {secure['throughput'].frames_per_s / max(1.0, vw):.2f}"
+                  f" of the frames/s, p50 {secure['latency'].lat_p50_us or 0:,.0f} µs against "
+                  f"{results['virtwire'][size]['latency'].lat_p50_us or 0:,.0f} µs")
 
 
 def load_note() -> str:
@@ -84,7 +90,7 @@ def load_note() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller counts, one repeat")
     ap.add_argument("--json", metavar="FILE", help="write all figures to FILE")
     ap.add_argument("--only", choices=["hub", "dma", "guest", "iperf"],
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         import guest_bench
 
         print("\nguest to guest: e1000 -> hub -> e1000")
-        report["guest"] = guest_bench.run(quick=a.quick)
+        report["guest"] = guest_bench.run(quick=a.quick, with_tls=True)
     if a.only in (None, "iperf"):
         import iperf_bench
 
