@@ -1123,7 +1123,8 @@ def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if len(args_list) == 2 and args_list[0] == "--worker":
         return _worker_main(args_list[1])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(allow_abbrev=False,
+                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--send", required=True, help="endpoint A (frames go in here)")
     ap.add_argument("--recv", required=True, help="endpoint B (frames come out here)")
     ap.add_argument("--size", type=int, default=64, help="Ethernet frame size, bytes (default 64)")

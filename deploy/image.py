@@ -739,19 +739,23 @@ def image_size(tag: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python deploy/image.py", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="python deploy/image.py", allow_abbrev=False,
+        description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_build = sub.add_parser("build", help="build virtwire:<version> (all steps)")
+    p_build = sub.add_parser("build", allow_abbrev=False,
+                             help="build virtwire:<version> (all steps)")
     p_build.add_argument(
         "--base", default=DEFAULT_BASE, help=f"base image (default {DEFAULT_BASE}, made here)"
     )
     p_build.add_argument("--tag", help="image tag (default virtwire:<version of pyproject>)")
     p_build.add_argument("--force", action="store_true", help="docker build even if up to date")
-    p_base = sub.add_parser("base", help=f"only create {DEFAULT_BASE}")
+    p_base = sub.add_parser("base", allow_abbrev=False, help=f"only create {DEFAULT_BASE}")
     p_base.add_argument("--rebuild", action="store_true", help="debootstrap again")
-    sub.add_parser("dockerd", help="only make sure a Docker engine answers (start dockerd)")
-    sub.add_parser("deps", help=f"apt-get install {' '.join(HOST_PACKAGES)} when missing")
+    sub.add_parser("dockerd", allow_abbrev=False,
+                   help="only make sure a Docker engine answers (start dockerd)")
+    sub.add_parser("deps", allow_abbrev=False,
+                   help=f"apt-get install {' '.join(HOST_PACKAGES)} when missing")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":

@@ -120,7 +120,7 @@ def hosts(tmp_path: Path) -> Iterator[tuple[Host, Host]]:
                 log = open(host.state_dir / "agent.log", "wb")
                 host.proc = host.ns.popen(
                     "env", f"VIRTWIRE_STATE_DIR={host.state_dir}", *VIRTWIRE, "serve",
-                    "orchestrator", "--listen", f"{host.address}:{AGENT_PORT}",
+                    "orchestrator", "--listen", f"{host.address}:{AGENT_PORT}", "--insecure",
                     "--ready-file", str(ready), stdout=log, stderr=subprocess.STDOUT)
                 log.close()
                 deadline = time.monotonic() + 20
@@ -280,18 +280,22 @@ def test_agent_rpcs_refuse_bad_requests(hosts: tuple[Host, Host]) -> None:
     a, _ = hosts
     script = ("import sys, grpc\n"
               "from virtwire.v1 import orchestrator_pb2 as p, orchestrator_pb2_grpc as g\n"
+              "from virtwire.v1 import tap_pb2 as t\n"
               "stub = g.OrchestratorServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
+              "hub = p.StartHubOptions()\n"
               "cases = [\n"
-              "  p.OrchestratorServiceStartServiceRequest(lan='x', name='h', kind='orchestrator',"
+              "  p.OrchestratorServiceStartServiceRequest(lan='x', name='h',"
               " listen='127.0.0.1:0'),\n"
-              "  p.OrchestratorServiceStartServiceRequest(lan='X Y', name='h', kind='hub',"
+              "  p.OrchestratorServiceStartServiceRequest(lan='X Y', name='h', hub=hub,"
               " listen='127.0.0.1:0'),\n"
-              "  p.OrchestratorServiceStartServiceRequest(lan='x', name='h', kind='hub',"
-              " args=['--ready-file=/etc/passwd'], listen='127.0.0.1:0'),\n"
-              "  p.OrchestratorServiceStartServiceRequest(lan='x', name='h', kind='hub',"
+              "  p.OrchestratorServiceStartServiceRequest(lan='x', name='h', listen='127.0.0.1:0',"
+              " tap=p.StartTapOptions(backend=t.BackendConfig(tap=t.TapBackendConfig("
+              "script='/bin/sh')))),\n"
+              "  p.OrchestratorServiceStartServiceRequest(lan='x', name='h', hub=hub,"
               " listen='nowhere'),\n"
-              "  p.OrchestratorServiceStartServiceRequest(lan='x', name='h', kind='hub',"
-              " args=['--bogus'], listen='127.0.0.1:0'),\n"
+              "  p.OrchestratorServiceStartServiceRequest(lan='x', name='h', listen='127.0.0.1:0',"
+              " tap=p.StartTapOptions(backend=t.BackendConfig(stream=t.StreamBackendConfig("
+              "address='198.18.255.254:5000', listen=True)))),\n"
               "]\n"
               "for req in cases:\n"
               "    try:\n"
@@ -307,12 +311,11 @@ def test_agent_rpcs_refuse_bad_requests(hosts: tuple[Host, Host]) -> None:
               "    except grpc.RpcError as e:\n"
               "        print(e.code().name, e.details().splitlines()[0])\n")
     out = a.ns.exec(VIRTWIRE[0], "-c", script, f"{A_IP}:{AGENT_PORT}").stdout.splitlines()
-    assert out[0].startswith("INVALID_ARGUMENT unknown service kind 'orchestrator'")
+    assert out[0].startswith("INVALID_ARGUMENT StartService needs the service's options")
     assert out[1].startswith("INVALID_ARGUMENT bad LAN name 'X Y'")
-    assert out[2].startswith("INVALID_ARGUMENT --ready-file is set by the agent")
+    assert out[2].startswith("PERMISSION_DENIED script: '/bin/sh' is a path")
     assert out[3].startswith("INVALID_ARGUMENT bad address 'nowhere'")
-    assert out[4].startswith("FAILED_PRECONDITION h: virtwire serve hub exited with 2")
+    assert out[4].startswith("FAILED_PRECONDITION h: virtwire serve tap exited with 1")
     assert out[5].startswith("NOT_FOUND")
     assert out[6].startswith("OUT_OF_RANGE")
     assert _agent_services(a, "x") == []
-

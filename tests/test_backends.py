@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from virtwire.address import SockAddr
 from virtwire.errors import BackendError, ConfigError
@@ -32,10 +33,10 @@ from virtwire.net.eth import ETH_ZLEN, NET_BUFSIZE
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NQ_MAXLEN
 from virtwire.net.stream import StreamBackend
-from virtwire.net.tap import TapBackend
+from virtwire.net.tap import SCRIPT_OUTPUT_MAX, TapBackend, launch_script
 from virtwire.server.hub import HubServer
 from virtwire.server.tap import TapServer, parse_backend_spec
-from virtwire.v1 import tap_pb2, tap_pb2_grpc
+from virtwire.v1 import netclient_pb2, netclient_pb2_grpc, tap_pb2, tap_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until
 from support.netns import NetNs, netns, require_root, unique_name
@@ -91,6 +92,12 @@ async def open_client(addr: SockAddr) -> tuple[asyncio.StreamReader, asyncio.Str
     if addr.is_unix:
         return await asyncio.open_unix_connection(addr.path)
     return await asyncio.open_connection(addr.host, addr.port)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def free_udp_port() -> int:
@@ -525,12 +532,13 @@ def move_into(ns: NetNs, ifname: str) -> None:
     ns.ip("link", "set", ifname, "up")
 
 
-@contextlib.contextmanager
-def tap_in(ns: NetNs, *, vnet_hdr: bool = False, no_padding: bool = False, script: str = "",
-           downscript: str = "") -> Iterator[tuple[TapBackend, Sink, Wire]]:
+@contextlib.asynccontextmanager
+async def tap_in(ns: NetNs, *, vnet_hdr: bool = False, no_padding: bool = False,
+                 script: str = "", downscript: str = ""
+                 ) -> AsyncIterator[tuple[TapBackend, Sink, Wire]]:
     """A TapBackend whose device was moved into ``ns``, its Sink, and a Wire on it."""
-    be = TapBackend("t0", unique_name("vwt"), vnet_hdr=vnet_hdr, no_padding=no_padding,
-                    script=script, downscript=downscript)
+    be = await TapBackend.create("t0", unique_name("vwt"), vnet_hdr=vnet_hdr,
+                                 no_padding=no_padding, script=script, downscript=downscript)
     wire = None
     try:
         move_into(ns, be.ifname)
@@ -539,7 +547,7 @@ def tap_in(ns: NetNs, *, vnet_hdr: bool = False, no_padding: bool = False, scrip
     finally:
         if wire is not None:
             wire.close()
-        be.cleanup()
+        await be.close()
 
 
 def exp_frame(n: int, size: int) -> bytes:
@@ -550,7 +558,7 @@ def exp_frame(n: int, size: int) -> bytes:
 
 @pytest.mark.root
 async def test_tap_frames_both_ways_with_padding(tapns: NetNs) -> None:
-    with tap_in(tapns) as (be, sink, wire):
+    async with tap_in(tapns) as (be, sink, wire):
         assert be.describe().startswith(f"ifname={be.ifname}")
         sink.send_packet(exp_frame(1, 1514))
         sink.send_packet(exp_frame(2, 60))
@@ -567,7 +575,7 @@ async def test_tap_frames_both_ways_with_padding(tapns: NetNs) -> None:
 
 @pytest.mark.root
 async def test_tap_no_padding(tapns: NetNs) -> None:
-    with tap_in(tapns, no_padding=True) as (_be, sink, wire):
+    async with tap_in(tapns, no_padding=True) as (_be, sink, wire):
         wire.send(exp_frame(3, 42))
         await until(lambda: any(f[12:14] == b"\x88\xb5" for f in sink.frames), what="frame")
         assert [f for f in sink.frames if f[12:14] == b"\x88\xb5"] == [exp_frame(3, 42)]
@@ -575,7 +583,7 @@ async def test_tap_no_padding(tapns: NetNs) -> None:
 
 @pytest.mark.root
 async def test_tap_vnet_hdr_stripped_and_prepended(tapns: NetNs) -> None:
-    with tap_in(tapns, vnet_hdr=True) as (be, sink, wire):
+    async with tap_in(tapns, vnet_hdr=True) as (be, sink, wire):
         assert "vnet_hdr=on" in be.describe()
         sink.send_packet(exp_frame(1, 100))
         assert await wire.recv() == exp_frame(1, 100)
@@ -589,7 +597,7 @@ async def test_tap_vnet_hdr_stripped_and_prepended(tapns: NetNs) -> None:
 
 @pytest.mark.root
 async def test_tap_slow_peer_pauses_reading(tapns: NetNs) -> None:
-    with tap_in(tapns) as (be, sink, wire):
+    async with tap_in(tapns) as (be, sink, wire):
         sink.ready = False
         for i in range(200):
             wire.send(exp_frame(i, 100))
@@ -607,7 +615,7 @@ async def test_tap_slow_peer_pauses_reading(tapns: NetNs) -> None:
 @pytest.mark.root
 async def test_tap_write_eagain_keeps_frame_queued(tapns: NetNs,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    with tap_in(tapns) as (be, sink, wire):
+    async with tap_in(tapns) as (be, sink, wire):
         real_write = os.write
         calls = 0
 
@@ -627,7 +635,7 @@ async def test_tap_write_eagain_keeps_frame_queued(tapns: NetNs,
 
 @pytest.mark.root
 async def test_tap_write_to_down_interface_is_counted(tapns: NetNs) -> None:
-    with tap_in(tapns) as (be, sink, _wire):
+    async with tap_in(tapns) as (be, sink, _wire):
         tapns.ip("link", "set", be.ifname, "down")
         sink.send_packet(exp_frame(1, 60))
         assert be.write_errors == 1 and be.stats.dropped_refused == 1
@@ -642,7 +650,7 @@ async def test_tap_script_and_downscript(tapns: NetNs, tmp_path: Path) -> None:
     down.write_text(f"#!/bin/sh\necho \"down $1\" >> {log}\n")
     script.chmod(0o755)
     down.chmod(0o755)
-    with tap_in(tapns, script=str(script), downscript=str(down)) as (be, _sink, _wire):
+    async with tap_in(tapns, script=str(script), downscript=str(down)) as (be, _sink, _wire):
         ifname = be.ifname
         assert log.read_text() == f"up {ifname}\n"
     assert log.read_text() == f"up {ifname}\ndown {ifname}\n"
@@ -656,7 +664,7 @@ async def test_tap_failing_script_closes_the_device(tmp_path: Path) -> None:
     script.chmod(0o755)
     ifname = unique_name("vwt")
     with pytest.raises(BackendError, match=r"failed with status 3: no bridge here"):
-        TapBackend("t0", ifname, script=str(script))
+        await TapBackend.create("t0", ifname, script=str(script))
     assert not Path(f"/sys/class/net/{ifname}").exists()
 
 
@@ -687,6 +695,135 @@ async def test_tap_kernel_picks_a_name() -> None:
         assert Path(f"/sys/class/net/{be.ifname}").exists()
     finally:
         be.cleanup()
+
+
+# -- scripts: asyncio subprocesses with a timeout ------------------------------------------
+def write_script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+#: Touches $0.started, then waits (at most 20 s) for $0.go to appear.
+WAIT_FOR_GO = ('touch "$0.started"\ni=0\nwhile [ ! -e "$0.go" ] && [ $i -lt 400 ]; do\n'
+               '  sleep 0.05; i=$((i+1))\ndone\necho "up $1" >> "$0.log"\n')
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_script_runs_while_the_loop_goes_on(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "ifup", WAIT_FOR_GO)
+    run = asyncio.create_task(launch_script("script", str(script), "vw0"))
+    # `until` polls from the loop: with a blocking script it could not run.
+    await until(lambda: Path(f"{script}.started").exists(), what="the script to start")
+    ticks = 0
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks == 5 and not run.done()
+    Path(f"{script}.go").touch()
+    await asyncio.wait_for(run, 30)
+    assert Path(f"{script}.log").read_text() == "up vw0\n"
+
+
+async def test_a_script_past_its_timeout_is_killed_with_its_group(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "ifup", 'sleep 60 &\necho $! > "$0.pid"\nwait\n')
+    with pytest.raises(BackendError, match=r"script .*ifup vw0: still running after 0\.5s, killed"):
+        await launch_script("script", str(script), "vw0", timeout=0.5)
+    child = int(Path(f"{script}.pid").read_text())
+    await until(lambda: pid_gone(child), what="the script's child to be killed")
+
+
+async def test_a_cancelled_script_is_killed(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "ifup", 'echo $$ > "$0.pid"\nsleep 60\n')
+    run = asyncio.create_task(launch_script("script", str(script), "vw0"))
+    await until(lambda: Path(f"{script}.pid").exists() and Path(f"{script}.pid").read_text(),
+                what="the script to start")
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    pid = int(Path(f"{script}.pid").read_text())
+    await until(lambda: pid_gone(pid), what="the cancelled script to be killed")
+
+
+async def test_a_script_leaving_a_child_on_its_output_does_not_hang(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "ifup", 'sleep 60 &\necho $! > "$0.pid"\necho started\n')
+    try:
+        await asyncio.wait_for(launch_script("script", str(script), "vw0"), 30)
+    finally:
+        os.kill(int(Path(f"{script}.pid").read_text()), 9)
+
+
+async def test_script_failure_reports_the_end_of_its_output(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    script = write_script(tmp_path / "ifup", "head -c 2000000 /dev/zero | tr '\\0' x\necho\n"
+                                             "echo 'no bridge here' >&2\nexit 4\n")
+    with caplog.at_level("INFO", logger="virtwire.net.tap"), \
+            pytest.raises(BackendError, match=r"failed with status 4: no bridge here$"):
+        await launch_script("script", str(script), "vw0")
+    logged = [r.getMessage() for r in caplog.records if "ifup vw0:" in r.getMessage()]
+    assert logged and len(logged[0]) < SCRIPT_OUTPUT_MAX + 200  # the tail, not 2 MB
+
+
+@pytest.mark.root
+async def test_tap_script_timeout_closes_the_device(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    require_root()
+    monkeypatch.setattr("virtwire.net.tap.SCRIPT_TIMEOUT_S", 0.5)
+    script = write_script(tmp_path / "ifup", "sleep 60\n")
+    ifname = unique_name("vwt")
+    with pytest.raises(BackendError, match=r"still running after 0\.5s, killed"):
+        await TapBackend.create("t0", ifname, script=str(script))
+    assert not Path(f"/sys/class/net/{ifname}").exists()
+
+
+@pytest.mark.root
+async def test_tap_service_answers_while_a_script_runs(tapsrv: TapServer,
+                                                       tmp_path: Path) -> None:
+    """A TAP's script= that takes its time does not block the service's RPCs."""
+    require_root()
+    script = write_script(tmp_path / "ifup", WAIT_FOR_GO)
+    ifname = unique_name("vwt")
+    add = asyncio.create_task(tapsrv.add_backend(parse_backend_spec(
+        f"tap,ifname={ifname},script={script},id=slow")))
+    await until(lambda: Path(f"{script}.started").exists(), what="the script to start")
+    async with grpc.aio.insecure_channel(tapsrv.address) as channel:
+        listed = await netclient_pb2_grpc.NetClientServiceStub(channel).ListNetClients(
+            netclient_pb2.ListNetClientsRequest(), timeout=10)
+        assert "slow" in [nc.name for nc in listed.netclients]
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert not add.done()
+    Path(f"{script}.go").touch()
+    backend = await asyncio.wait_for(add, 30)
+    assert isinstance(backend, TapBackend) and backend.read_poll
+    assert Path(f"{script}.log").read_text() == f"up {ifname}\n"
+
+
+@pytest.mark.root
+async def test_tap_server_stop_runs_the_downscripts(tmp_path: Path) -> None:
+    require_root()
+    log = tmp_path / "log"
+    up = write_script(tmp_path / "ifup", f'echo "up $1" >> {log}\n')
+    down = write_script(tmp_path / "ifdown", f'echo "down $1" >> {log}\n')
+    ifname = unique_name("vwt")
+    host = TapServer("127.0.0.1:0")
+    host.pending_configs.append(parse_backend_spec(
+        f"tap,ifname={ifname},script={up},downscript={down}"))
+    await host.start()
+    try:
+        assert log.read_text() == f"up {ifname}\n"
+    finally:
+        await host.stop(grace=0.1)
+    assert log.read_text() == f"up {ifname}\ndown {ifname}\n"
+    assert not Path(f"/sys/class/net/{ifname}").exists()
 
 
 # -- specs ---------------------------------------------------------------------------------
@@ -722,7 +859,7 @@ def test_parse_backend_specs() -> None:
     ("stream", "exactly one of listen=ADDR or connect=ADDR"),
     ("stream,listen=a:1,connect=b:2", "exactly one of"),
     ("stream,connect=nohost", "expected HOST:PORT"),
-    ("stream,connect=127.0.0.1:0", "port 0 out of range"),
+    ("stream,connect=127.0.0.1:0", "port .0. out of range"),
     ("stream,connect=127.0.0.1:99999", "out of range"),
     ("stream,listen=127.0.0.1:1,reconnect=2", "only applies with connect"),
     ("stream,connect=127.0.0.1:1,reconnect=soon", "whole number"),
@@ -760,9 +897,9 @@ async def tapsrv() -> AsyncIterator[TapServer]:
 
 async def test_stream_hub_stream_path_keeps_qemu_framing(hub: HubServer, tapsrv: TapServer,
                                                          sockdir: Path) -> None:
-    a = tapsrv.add_backend(parse_backend_spec(
+    a = await tapsrv.add_backend(parse_backend_spec(
         f"stream,listen=unix:{sockdir}/a.sock,peer={hub.address}/"))
-    b = tapsrv.add_backend(parse_backend_spec(
+    b = await tapsrv.add_backend(parse_backend_spec(
         f"stream,listen=127.0.0.1:0,id=vmb,peer={hub.address}/"))
     assert (a.name, b.name) == ("stream0", "vmb")
     assert isinstance(b, StreamBackend)
@@ -790,9 +927,9 @@ async def test_stream_hub_stream_path_keeps_qemu_framing(hub: HubServer, tapsrv:
 async def test_stream_hub_stream_throughput(hub: HubServer, tapsrv: TapServer,
                                             sockdir: Path) -> None:
     """Many small frames through stream -> hub -> stream: none lost, a floor on speed."""
-    a = tapsrv.add_backend(parse_backend_spec(f"stream,listen=unix:{sockdir}/a.sock,"
+    a = await tapsrv.add_backend(parse_backend_spec(f"stream,listen=unix:{sockdir}/a.sock,"
                                               f"peer={hub.address}/"))
-    b = tapsrv.add_backend(parse_backend_spec(f"stream,listen=unix:{sockdir}/b.sock,"
+    b = await tapsrv.add_backend(parse_backend_spec(f"stream,listen=unix:{sockdir}/b.sock,"
                                               f"peer={hub.address}/"))
     _ra, wa = await asyncio.open_unix_connection(f"{sockdir}/a.sock")
     rb, wb = await asyncio.open_unix_connection(f"{sockdir}/b.sock", limit=1 << 20)
@@ -826,21 +963,23 @@ async def test_stream_hub_stream_throughput(hub: HubServer, tapsrv: TapServer,
         w.close()
 
 
-async def test_tap_server_add_list_remove_over_grpc(tapsrv: TapServer, sockdir: Path) -> None:
+async def test_tap_server_add_list_remove_over_grpc(tapsrv: TapServer) -> None:
+    port = free_tcp_port()
     async with grpc.aio.insecure_channel(tapsrv.address) as channel:
         stub = tap_pb2_grpc.TapServiceStub(channel)
         resp = await stub.AddBackend(tap_pb2.AddBackendRequest(config=tap_pb2.BackendConfig(
-            stream=tap_pb2.StreamBackendConfig(address=f"unix:{sockdir}/g.sock",
-                                               listen=True))))
+            stream=tap_pb2.StreamBackendConfig(address=f"127.0.0.1:{port}", listen=True))))
         assert resp.backend.name == "stream0" and resp.backend.kind == "stream"
         assert resp.backend.link_down  # nobody connected yet
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
         resp = await stub.AddBackend(tap_pb2.AddBackendRequest(config=parse_backend_spec(
             "dgram,local=127.0.0.1:0,remote=127.0.0.1:9,id=d")))
         assert resp.backend.name == "d"
         listed = await stub.ListBackends(tap_pb2.ListBackendsRequest())
         assert sorted(b.name for b in listed.backends) == ["d", "stream0"]
         await stub.RemoveBackend(tap_pb2.RemoveBackendRequest(name="stream0"))
-        assert not (sockdir / "g.sock").exists()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
         listed = await stub.ListBackends(tap_pb2.ListBackendsRequest())
         assert [b.name for b in listed.backends] == ["d"]
 
@@ -865,12 +1004,32 @@ async def test_tap_server_add_list_remove_over_grpc(tapsrv: TapServer, sockdir: 
         address="127.0.0.1:0", listen=True)),
      grpc.StatusCode.FAILED_PRECONDITION, "already exists"),
     (tap_pb2.BackendConfig(stream=tap_pb2.StreamBackendConfig(
+        address="198.18.255.254:5000", listen=True)),
+     grpc.StatusCode.FAILED_PRECONDITION, "cannot listen on 198.18.255.254:5000"),
+    # Host paths come from the command line only (virtwire serve tap --backend ...).
+    (tap_pb2.BackendConfig(stream=tap_pb2.StreamBackendConfig(
         address="unix:/nonexistent-dir/x.sock", listen=True)),
-     grpc.StatusCode.FAILED_PRECONDITION, "cannot listen on unix:/nonexistent-dir"),
+     grpc.StatusCode.PERMISSION_DENIED, "listen=: 'unix:/nonexistent-dir/x.sock' is a unix "
+     "socket path: over an RPC only HOST:PORT addresses are allowed"),
+    (tap_pb2.BackendConfig(dgram=tap_pb2.DgramBackendConfig(local="unix:/tmp/a",
+                                                            remote="unix:/tmp/b")),
+     grpc.StatusCode.PERMISSION_DENIED, "local=: 'unix:/tmp/a' is a unix socket path"),
+    (tap_pb2.BackendConfig(peer="unix:/tmp/hub.sock/", stream=tap_pb2.StreamBackendConfig(
+        address="127.0.0.1:0", listen=True)),
+     grpc.StatusCode.PERMISSION_DENIED, "peer: 'unix:/tmp/hub.sock/' is a unix socket path"),
+    (tap_pb2.BackendConfig(tap=tap_pb2.TapBackendConfig(ifname="f", script="/usr/bin/touch")),
+     grpc.StatusCode.PERMISSION_DENIED, "script: '/usr/bin/touch' is a path: over an RPC a "
+     "script is a NAME that the receiving host allows (virtwire serve tap --allow-script "
+     "NAME=PATH there)"),
+    (tap_pb2.BackendConfig(tap=tap_pb2.TapBackendConfig(ifname="f", downscript="up")),
+     grpc.StatusCode.PERMISSION_DENIED, "downscript: script 'up' is not allowed on this host "
+     "(none is allowed); allow it with 'virtwire serve tap --allow-script up=PATH'"),
+    (tap_pb2.BackendConfig(tap=tap_pb2.TapBackendConfig(ifname="f", script="x" * 100_000)),
+     grpc.StatusCode.INVALID_ARGUMENT, "bad script name 'xxxx"),
 ])
 async def test_add_backend_bad_input_over_grpc(tapsrv: TapServer, config: tap_pb2.BackendConfig,
                                                code: grpc.StatusCode, message: str) -> None:
-    tapsrv.add_backend(parse_backend_spec("stream,listen=127.0.0.1:0,id=dup"))
+    await tapsrv.add_backend(parse_backend_spec("stream,listen=127.0.0.1:0,id=dup"))
     async with grpc.aio.insecure_channel(tapsrv.address) as channel:
         stub = tap_pb2_grpc.TapServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -907,16 +1066,22 @@ async def test_tap_server_starts_pending_backends(sockdir: Path) -> None:
 
 
 @pytest.mark.root
-async def test_tap_server_tap_backend_runs_scripts(tapsrv: TapServer, tmp_path: Path) -> None:
+async def test_tap_server_tap_backend_runs_allowed_scripts(tmp_path: Path) -> None:
+    """AddBackend names scripts the server's --allow-script allows; it runs their paths."""
     require_root()
     log = tmp_path / "log"
     for name, word in (("ifup", "up"), ("ifdown", "down")):
         (tmp_path / name).write_text(f"#!/bin/sh\necho \"{word} $1\" >> {log}\n")
         (tmp_path / name).chmod(0o755)
     ifname = unique_name("vwt")
-    config = parse_backend_spec(f"tap,ifname={ifname},script={tmp_path}/ifup,"
-                                f"downscript={tmp_path}/ifdown,id=t")
-    async with grpc.aio.insecure_channel(tapsrv.address) as channel:
+    config = tap_pb2.BackendConfig(name="t", tap=tap_pb2.TapBackendConfig(
+        ifname=ifname, script="up", downscript="down"))
+    tapsrv = TapServer("127.0.0.1:0", allowed_scripts={"up": str(tmp_path / "ifup"),
+                                                       "down": str(tmp_path / "ifdown")})
+    await tapsrv.start()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(tapsrv.stop, 0.2)
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(tapsrv.address))
         stub = tap_pb2_grpc.TapServiceStub(channel)
         resp = await stub.AddBackend(tap_pb2.AddBackendRequest(config=config))
         assert resp.backend.kind == "tap" and f"ifname={ifname}" in resp.backend.info

@@ -12,6 +12,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from virtwire import topology as topology_mod
+from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError
 from virtwire.server import tap as tap_server
 from virtwire.server.tap import parse_backend_spec
@@ -286,7 +288,7 @@ def test_unknown_top_level_and_bridge_fields(tmp_path: Path) -> None:
         nodes:
           vm1: {kind: vm, bridge: {ifname: vw0, mtu: 1500}}
         """)
-    assert "lab.yaml:2: unknown field 'link' (allowed: version, name, hosts, nodes, links)" \
+    assert "lab.yaml:2: unknown field 'link' (allowed: version, name, hosts, tls, nodes, links)" \
         in message
     assert "lab.yaml:4: node 'vm1': bridge: unknown field 'mtu' (allowed: ifname, netns, ip)" \
         in message
@@ -653,7 +655,7 @@ def test_backend_id_and_peer_come_from_the_topology(tmp_path: Path) -> None:
     assert "unknown field 'peer': a tap node's peer comes from its link" in message
 
 
-def test_scripts_are_relative_to_the_file_and_checked_only_here(tmp_path: Path) -> None:
+def test_scripts_are_relative_to_the_file_and_names_on_other_hosts(tmp_path: Path) -> None:
     script = tmp_path / "up.sh"
     script.write_text("#!/bin/sh\n")
     script.chmod(0o755)
@@ -663,11 +665,89 @@ def test_scripts_are_relative_to_the_file_and_checked_only_here(tmp_path: Path) 
           h1: {address: 198.18.1.1}
         nodes:
           here: {kind: tap, backend: tap, script: up.sh, downscript: no}
-          there: {kind: tap, backend: tap, script: /etc/vw/up.sh, host: h1}
+          there: {kind: tap, backend: tap, script: up.sh, host: h1}
         """)
     here, there = topology.taps()
     assert here.options["script"] == str(script) and here.options["downscript"] == "no"
-    assert there.options["script"] == "/etc/vw/up.sh"
+    # On h1 a script is a NAME its orchestrator allows (--allow-script up.sh=PATH).
+    assert there.options["script"] == "up.sh"
+    assert there.backend_config().tap.script == "up.sh"
+    one_problem(tmp_path, """\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+        nodes:
+          there: {kind: tap, backend: tap, script: /etc/vw/up.sh, host: h1}
+        """, "lab.yaml:5: node 'there': script: '/etc/vw/up.sh' is a path: a node on host "
+        "'h1' names its script by a NAME", "--allow-script NAME=PATH")
+
+
+# -- topologies sent by RPC (remote=): no programs, paths or namespaces of this host ------
+REMOTE = RpcPolicy(command="virtwire serve orchestrator", scripts={"up": "/bin/true"})
+
+
+def remote_problems(text: str, policy: RpcPolicy = REMOTE) -> TopologyError:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(textwrap.dedent(text), "rpc.yaml", remote=policy)
+    return info.value
+
+
+@pytest.mark.parametrize(("node", "field", "problem"), [
+    ("{kind: tap, backend: tap, script: /usr/bin/touch}", "script",
+     "'/usr/bin/touch' is a path: over an RPC a script is a NAME"),
+    ("{kind: tap, backend: tap, downscript: ./down.sh}", "downscript", "is a path"),
+    ("{kind: tap, backend: tap, script: nope}", "script",
+     "script 'nope' is not allowed on this host (allowed: up)"),
+    ("{kind: tap, backend: stream, listen: 'unix:/tmp/x.sock'}", "listen",
+     "'unix:/tmp/x.sock' is a unix socket path"),
+    ("{kind: tap, backend: stream, connect: 'unix:/run/y'}", "connect", "unix socket path"),
+    ("{kind: tap, backend: dgram, local: 'unix:/a', remote: 'unix:/b'}", "local",
+     "unix socket path"),
+    ("{kind: vm, bridge: {ifname: vw0, netns: ns1}}", "bridge.netns",
+     "network namespace 'ns1' is not allowed over an RPC on this host; allow it with "
+     "'virtwire serve orchestrator --allow-netns'"),
+])
+def test_a_remote_topology_names_nothing_of_this_host(node: str, field: str,
+                                                      problem: str) -> None:
+    err = remote_problems(f"name: lab\nnodes:\n  n1: {node}\n")
+    assert err.denied, err
+    assert f"rpc.yaml:3: node 'n1': {field}: " in str(err) and problem in str(err), str(err)
+
+
+def test_a_remote_topology_may_name_allowed_scripts_and_keeps_names_for_hosts() -> None:
+    topo = parse_topology(textwrap.dedent("""\
+        name: lab
+        hosts:
+          h1: {address: 198.18.1.1}
+        nodes:
+          here: {kind: tap, backend: tap, script: up, downscript: no}
+          there: {kind: tap, backend: tap, script: other, host: h1}
+          vm1: {kind: vm, bridge: {ifname: vw0, netns: ns1}, host: h1}
+          q: {kind: tap, backend: stream, listen: 127.0.0.1:10555}
+        """), "rpc.yaml", remote=REMOTE)
+    here, there, q = topo.taps()
+    assert here.options["script"] == "/bin/true" and here.options["downscript"] == "no"
+    # Names for h1 are h1's to resolve (its agent refuses what it does not allow).
+    assert there.options["script"] == "other"
+    vm1 = topo.node("vm1")
+    assert isinstance(vm1, VmNode) and vm1.bridge is not None and vm1.bridge.netns == "ns1"
+    assert q.options["listen"] == "127.0.0.1:10555"
+    allowing = RpcPolicy(command="virtwire serve orchestrator", allow_netns=True)
+    topo = parse_topology("name: lab\nnodes:\n  vm1: {kind: vm, bridge: {ifname: vw0, "
+                          "netns: ns1}}\n", remote=allowing)
+    assert topo.vms()[0].bridge is not None
+
+
+def test_a_remote_topology_mistake_is_not_only_a_refusal() -> None:
+    err = remote_problems("name: lab\nnodes:\n  t: {kind: tap, backend: tap, "
+                          "script: /bin/sh, ifname: a/b}\n")
+    assert not err.denied and "bad ifname" in str(err)
+    err = remote_problems("name: lab\nnodes:\n  t: {kind: tap, backend: tap, "
+                          "script: 'bad name'}\n")
+    assert not err.denied and "bad script name" in str(err)
+    # The same text read from a file on this host is fine: scripts are its own.
+    assert parse_topology("name: lab\nnodes:\n  t: {kind: tap, backend: tap, "
+                          "script: /bin/true}\n").taps()[0].options["script"] == "/bin/true"
 
 
 def test_host_resources_must_not_clash(tmp_path: Path) -> None:
@@ -883,3 +963,52 @@ def test_an_unreadable_file(tmp_path: Path) -> None:
     path.chmod(0)
     with pytest.raises(TopologyError, match="cannot read: Permission denied"):
         load_topology(path)
+
+
+# -- size: a topology over 1 MiB is refused before any YAML is parsed ---------------
+_SMALL = "name: big\nnodes:\n  hub0: {kind: hub}\n"
+
+
+def _padded(size: int) -> str:
+    """_SMALL padded with one comment line to exactly ``size`` bytes."""
+    return _SMALL + "#" + "x" * (size - len(_SMALL) - 2) + "\n"
+
+
+def test_a_topology_of_1_mib_parses_and_one_byte_more_is_refused() -> None:
+    limit = topology_mod.TOPOLOGY_MAX_BYTES
+    assert limit == 1 << 20
+    assert parse_topology(_padded(limit)).name == "big"
+    with pytest.raises(TopologyError, match=r"too large \(1048577 bytes; at most 1 MiB"):
+        parse_topology(_padded(limit + 1))
+
+
+def test_the_size_counts_utf8_bytes_not_characters() -> None:
+    text = _SMALL + "# " + "\u00e9" * (600 << 10) + "\n"  # 600 Ki characters, 1.2 MB
+    assert len(text) < topology_mod.TOPOLOGY_MAX_BYTES
+    with pytest.raises(TopologyError, match="too large"):
+        parse_topology(text)
+
+
+def test_a_big_topology_is_refused_before_yaml_parsing(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    def no_yaml(*args: object, **kwargs: object) -> None:
+        raise AssertionError("YAML was parsed")
+
+    monkeypatch.setattr(topology_mod, "_read_yaml", no_yaml)
+    with pytest.raises(TopologyError, match="too large"):
+        parse_topology("#" * (10 << 20), "big.yaml")
+    path = tmp_path / "big.yaml"
+    path.write_text(_padded(2 << 20))
+    with pytest.raises(TopologyError, match=rf"{path}: the topology is too large"):
+        load_topology(path)
+
+
+def test_load_topology_checks_the_size_without_reading_the_file(tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse.yaml"
+    with open(sparse, "wb") as f:
+        f.truncate(64 << 30)  # 64 GiB of holes: reading it would take minutes
+    with pytest.raises(TopologyError, match=r"too large \(68719476736 bytes"):
+        load_topology(sparse)
+    # Not a regular file: no more than the cap is read.
+    with pytest.raises(TopologyError, match="too large"):
+        load_topology("/dev/zero")

@@ -10,8 +10,8 @@ from virtwire.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "certs", help="make a CA and issue certificates for mutual TLS",
+    p = sub.add_parser("certs", allow_abbrev=False,
+                       help="make a CA and issue certificates for mutual TLS",
         description="A CA directory for a LAN's mutual TLS: 'init' makes ca.pem and "
                     "ca-key.pem; 'issue' makes NAME.pem and NAME-key.pem (0600) signed by it.",
         epilog="example:\n  virtwire certs init pki\n"
@@ -20,10 +20,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                "  VIRTWIRE_TLS_DIR=pki virtwire status",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = p.add_subparsers(dest="certs_command", required=True)
-    init = verbs.add_parser("init", help="create the CA (ca.pem, ca-key.pem) in DIR")
+    init = verbs.add_parser("init", allow_abbrev=False,
+                            help="create the CA (ca.pem, ca-key.pem) in DIR")
     init.add_argument("dir", help="the CA directory (created 0700)")
     init.add_argument("--force", action="store_true", help="replace an existing CA")
-    issue = verbs.add_parser("issue", help="issue NAME.pem and NAME-key.pem from DIR's CA")
+    issue = verbs.add_parser("issue", allow_abbrev=False,
+                             help="issue NAME.pem and NAME-key.pem from DIR's CA")
     issue.add_argument("dir", help="the CA directory")
     issue.add_argument("name", help="the identity (file names and the certificate's CN)")
     issue.add_argument("--san", action="append", default=[], metavar="HOST_OR_IP",
@@ -32,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     issue.add_argument("--role", choices=certs.ROLES, default="service",
                        help="controller: every RPC; viewer: read only; service: what "
                             "services call on each other (default)")
-    ls = verbs.add_parser("ls", help="the certificates in DIR with their roles")
+    ls = verbs.add_parser("ls", allow_abbrev=False, help="the certificates in DIR with their roles")
     ls.add_argument("dir", help="the CA directory")
 
 

@@ -70,7 +70,7 @@ async def run_host(host: ServiceHost, ready_file: str | None) -> None:
 def _build_hub(args: argparse.Namespace) -> ServiceHost:
     from virtwire.server.hub import HubServer
 
-    host = HubServer(args.listen, args.hub_id)
+    host = HubServer(args.listen, args.hub_id, max_ports=args.max_ports)
     for _ in range(args.ports):
         host.add_port()
     for spec in args.port:
@@ -82,6 +82,7 @@ def _build_hub(args: argparse.Namespace) -> ServiceHost:
 
 
 def _build_tap(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.allowlist import parse_allow_scripts
     from virtwire.server.tap import TapServer, parse_backend_spec
 
     if not args.backend:
@@ -91,7 +92,7 @@ def _build_tap(args: argparse.Namespace) -> ServiceHost:
     configs = [parse_backend_spec(spec) for spec in args.backend]
     for config, peer in zip(configs, args.peer, strict=False):
         config.peer = peer
-    host = TapServer(args.listen)
+    host = TapServer(args.listen, allowed_scripts=parse_allow_scripts(args.allow_script))
     host.pending_configs.extend(configs)
     return host
 
@@ -104,7 +105,8 @@ def _build_guestmem(args: argparse.Namespace) -> ServiceHost:
         size: int | None = parse_size(args.size)
     else:
         size = None if args.shm_path else 64 << 20
-    return GuestMemServer(args.listen, size, args.shm_path, prealloc=not args.no_prealloc)
+    return GuestMemServer(args.listen, size, args.shm_path, prealloc=not args.no_prealloc,
+                          max_size=parse_size(args.max_size) if args.max_size else None)
 
 
 def _build_e1000(args: argparse.Namespace) -> ServiceHost:
@@ -116,9 +118,15 @@ def _build_e1000(args: argparse.Namespace) -> ServiceHost:
 
 
 def _build_orchestrator(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.allowlist import parse_allow_scripts
     from virtwire.server.orchestrator import OrchestratorServer
+    from virtwire.topology import load_topology
 
-    return OrchestratorServer(args.listen, exit_on_down=True)
+    # Read here, on this host: Up with an empty topology runs it, trusted.
+    topo = load_topology(args.topology) if args.topology else None
+    return OrchestratorServer(args.listen, exit_on_down=True, local_topology=topo,
+                              allowed_scripts=parse_allow_scripts(args.allow_script),
+                              allow_netns=args.allow_netns)
 
 
 def _build_guest(args: argparse.Namespace) -> ServiceHost:
@@ -132,6 +140,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                 "e1000": _build_e1000, "guest": _build_guest,
                 "orchestrator": _build_orchestrator}
     host = builders[args.kind](args)
+    host.registry.max_captures = args.max_captures
     host.insecure = args.insecure
     await run_host(host, args.ready_file)
     return 0
@@ -372,12 +381,18 @@ def _int_auto(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _add_allow_script(sp: argparse.ArgumentParser, who: str) -> None:
+    sp.add_argument("--allow-script", action="append", default=[], metavar="NAME=PATH",
+                    help=f"{who} may name script NAME (script=NAME, downscript=NAME) to run "
+                         "PATH; over RPCs scripts are only such names (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="virtwire", description=__doc__)
+    p = argparse.ArgumentParser(prog="virtwire", description=__doc__, allow_abbrev=False)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run one service")
+    serve = sub.add_parser("serve", allow_abbrev=False, help="run one service")
     serve_sub = serve.add_subparsers(dest="kind", required=True)
     for kind, help_text in (("hub", "a hub (QEMU's -netdev hubport)"),
                             ("tap", "host-side backends: tap, stream, dgram"),
@@ -385,10 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
                             ("e1000", "an emulated Intel e1000 NIC (QEMU's hw/net/e1000.c)"),
                             ("guest", "a guest's e1000 driver: send/receive, ping, TAP bridge"),
                             ("orchestrator", "runs LANs from topology files (virtwire up)")):
-        sp = serve_sub.add_parser(kind, help=help_text)
+        sp = serve_sub.add_parser(kind, allow_abbrev=False, help=help_text)
         sp.add_argument("--listen", default="127.0.0.1:0",
                         help="gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:0)")
         sp.add_argument("--ready-file", help="write the bound address here once serving")
+        sp.add_argument("--max-captures", type=int, default=16, metavar="N",
+                        help="Capture streams one NetClient takes (default 16)")
         tls.add_arguments(sp, default_name=kind, server=True)
         if kind == "hub":
             sp.add_argument("--hub-id", type=int, default=0, help="QEMU's hubid (default 0)")
@@ -396,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="create N ports that wait to be dialled")
             sp.add_argument("--port", action="append", default=[], metavar="NAME[=PEER]",
                             help="create a named port; with =ADDR/NETCLIENT it dials that peer")
+            sp.add_argument("--max-ports", type=int, default=256, metavar="N",
+                            help="refuse AddPort and anonymous links beyond N ports "
+                                 "(default 256)")
         elif kind == "e1000":
             sp.add_argument("--guestmem", required=True, metavar="ADDR",
                             help="the guestmem service the NIC DMAs to")
@@ -425,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--no-prealloc", action="store_true",
                             help="do not reserve the RAM up front (a full /dev/shm then "
                                  "means SIGBUS, not an error)")
+            sp.add_argument("--max-size", metavar="SIZE",
+                            help="the largest guest RAM this host serves (default: 4G, or "
+                                 "half of MemTotal if less)")
         elif kind == "tap":
             sp.add_argument("--backend", action="append", default=[], metavar="SPEC",
                             help="e.g. stream,listen=127.0.0.1:5000 | stream,connect=unix:/s "
@@ -432,10 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  "| dgram,mcast=230.0.0.1:1234")
             sp.add_argument("--peer", action="append", default=[], metavar="ADDR/NETCLIENT",
                             help="peer of the n-th --backend (empty NETCLIENT: a new hub port)")
+            _add_allow_script(sp, "AddBackend")
+        elif kind == "orchestrator":
+            sp.add_argument("--topology", metavar="FILE",
+                            help="read this topology file now: Up with an empty topology "
+                                 "runs it (virtwire up --detach starts this)")
+            _add_allow_script(sp, "a topology sent by Up, or StartService,")
+            sp.add_argument("--allow-netns", action="store_true",
+                            help="let a topology sent by Up, or StartService, move a bridged "
+                                 "guest's TAP into a network namespace (bridge netns:)")
 
     def client(name: str, help_text: str, server_required: bool = True
                ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_text)
+        sp = sub.add_parser(name, allow_abbrev=False, help=help_text)
         tls.add_arguments(sp, default_name=tls.DEFAULT_CLIENT_NAME)
         sp.add_argument("--server", "-s", required=server_required,
                         help="the service, HOST:PORT")
@@ -486,11 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds to wait for each reply (default 1)")
     png.add_argument("--size", type=int, default=56, help="ICMP payload bytes (default 56)")
 
-    val = sub.add_parser("validate", help="check a topology file (YAML) and show its plan")
+    val = sub.add_parser("validate", allow_abbrev=False,
+                         help="check a topology file (YAML) and show its plan")
     val.add_argument("file")
     val.add_argument("--json", action="store_true", help="print the resolved topology")
 
-    rnd = sub.add_parser("render", help="render a topology as a compose file or "
+    rnd = sub.add_parser("render", allow_abbrev=False,
+                         help="render a topology as a compose file or "
                          "Kubernetes manifests")
     rnd.add_argument("format", choices=["compose", "k8s"])
     rnd.add_argument("file")
@@ -499,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compose: the network's subnet, inside 198.18.0.0/15 "
                           "(default 198.18.20.0/24)")
 
-    up = sub.add_parser("up", help="run a LAN from a topology file")
+    up = sub.add_parser("up", allow_abbrev=False, help="run a LAN from a topology file")
     up.add_argument("file")
     tls.add_arguments(up, default_name=tls.DEFAULT_CLIENT_NAME)
     up.add_argument("--detach", "-d", action="store_true",
@@ -511,10 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--subnet", default="",
                     help="docker: the LAN network's subnet, inside 198.18.0.0/15 "
                          "(default: the highest free 198.19.N.0/24)")
-    down = sub.add_parser("down", help="stop a running LAN")
+    down = sub.add_parser("down", allow_abbrev=False, help="stop a running LAN")
     tls.add_arguments(down, default_name=tls.DEFAULT_CLIENT_NAME)
     down.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
-    status = sub.add_parser("status", help="nodes, health, links and counters of a LAN")
+    status = sub.add_parser("status", allow_abbrev=False,
+                            help="nodes, health, links and counters of a LAN")
     tls.add_arguments(status, default_name=tls.DEFAULT_CLIENT_NAME)
     status.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -523,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     certs_cli.add_parser(sub)
 
-    demo = sub.add_parser("demo", help="bring up the default LAN on loopback (make run)")
+    demo = sub.add_parser("demo", allow_abbrev=False,
+                          help="bring up the default LAN on loopback (make run)")
     demo.add_argument("file", nargs="?", help="topology file (default examples/default.yaml)")
     demo.add_argument("--once", action="store_true", help="show traffic once and exit")
     return p
@@ -538,12 +574,14 @@ _COMMANDS = {"serve": cmd_serve, "inject": cmd_inject, "capture": cmd_capture,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name, least in (("repeat", 1), ("count", 0), ("snaplen", 0), ("ports", 0)):
+    for name, least in (("repeat", 1), ("count", 0), ("snaplen", 0), ("ports", 0),
+                        ("max_ports", 1), ("max_captures", 1)):
         if getattr(args, name, least) < least:
-            parser.error(f"--{name} must be at least {least}")
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}")
     setup_logging(args.verbose)
     try:
-        tls.configure(tls.config_from_args(args))
+        if args.command != "up":  # up takes the LAN's identity from its topology's tls:
+            tls.configure(tls.config_from_args(args))
         return asyncio.run(_COMMANDS[args.command](args))
     except (ConfigError, FrameError) as exc:
         print(f"virtwire: error: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Each virtwire service becomes one container running ``virtwire serve KIND ...``
 with the same arguments the orchestrator's process backend gives it
-(:meth:`Orchestrator._args`), except that every service listens on
+(:meth:`Orchestrator.service_spec`), except that every service listens on
 ``0.0.0.0:50051`` and reaches the others by their service DNS name
 (``NAME:50051``), and stream/dgram backends that listen on loopback in the
 topology listen on ``0.0.0.0`` inside their container (nothing is published).
@@ -22,6 +22,7 @@ time per engine.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import yaml
 from virtwire import __version__
 from virtwire.errors import ConfigError
 from virtwire.orchestrator.core import Orchestrator, ServiceRecord
+from virtwire.orchestrator.spec import GuestServiceSpec, ServiceSpec, TapServiceSpec
 from virtwire.topology import Service, TapNode, Topology, VmNode
 
 PORT = 50051
@@ -60,30 +62,32 @@ def _unloop(value: str) -> str:
     return value
 
 
-def container_tap_node(node: TapNode) -> TapNode:
-    """The tap node with its loopback bind addresses moved to 0.0.0.0."""
-    opts = dict(node.options)
-    for key in _BIND_OPTIONS.get(node.backend, ()):
+def container_tap_options(backend: str, options: Mapping[str, str]) -> dict[str, str]:
+    """A tap backend's options with its loopback bind addresses moved to 0.0.0.0."""
+    opts = dict(options)
+    for key in _BIND_OPTIONS.get(backend, ()):
         if key in opts:
             opts[key] = _unloop(opts[key])
-    return dataclasses.replace(node, options=opts)
+    return opts
 
 
-def container_command(topo: Topology, svc: Service, args: list[str]) -> list[str]:
-    """``serve KIND --listen 0.0.0.0:50051 ARGS`` for ``svc`` in its own container.
+def container_spec(spec: ServiceSpec) -> ServiceSpec:
+    """``spec`` for a service in its own container.
 
-    ``args`` are the orchestrator's (:meth:`Orchestrator._args`); in a container,
-    loopback binds of stream/dgram backends move to 0.0.0.0, and a bridged
+    Loopback binds of stream/dgram backends move to 0.0.0.0, and a bridged
     guest creates its network namespace (the container's own) itself.
     """
-    args = list(args)
-    node = topo.node(svc.node)
-    if isinstance(node, TapNode):
-        i = args.index("--backend")
-        args[i + 1] = container_tap_node(node).backend_spec()
-    if isinstance(node, VmNode) and svc.kind == "guest" and "--netns" in args:
-        args.append("--netns-create")
-    return ["serve", svc.kind, "--listen", LISTEN, *args]
+    if isinstance(spec, TapServiceSpec):
+        return dataclasses.replace(spec, options=container_tap_options(spec.backend,
+                                                                       spec.options))
+    if isinstance(spec, GuestServiceSpec) and spec.bridge_tap and spec.netns:
+        return dataclasses.replace(spec, netns_create=True)
+    return spec
+
+
+def container_command(svc: Service, spec: ServiceSpec) -> list[str]:
+    """``serve KIND --listen 0.0.0.0:50051 ARGS`` for ``svc`` in its own container."""
+    return ["serve", svc.kind, "--listen", LISTEN, *container_spec(spec).argv()]
 
 
 def service_commands(topo: Topology) -> dict[str, list[str]]:
@@ -92,7 +96,7 @@ def service_commands(topo: Topology) -> dict[str, list[str]]:
     orch.services = {s.name: ServiceRecord(name=s.name, kind=s.kind, node=s.node,
                                            address=address_of(s.name))
                      for s in topo.services}
-    return {svc.name: container_command(topo, svc, orch._args(topo, svc.name))
+    return {svc.name: container_command(svc, orch.service_spec(topo, svc.name))
             for svc in topo.services}
 
 

@@ -7,6 +7,7 @@ A topology names the LAN, its nodes and the links between them::
     hosts:                          # optional: machines to place nodes on, each
       h1: {address: 198.18.1.1}     # running `virtwire serve orchestrator` on
                                     # ADDRESS:PORT (port: default 50050)
+    tls: {dir: pki}                 # optional: mutual TLS from `virtwire certs init pki`
     nodes:
       hub0: {kind: hub}
       vm1:                          # a virtwire VM: guestmem + e1000 + guest services
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
@@ -74,13 +76,14 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from yaml.nodes import Node as YamlNode
 from yaml.reader import ReaderError
 
-from virtwire.address import parse_sockaddr
-from virtwire.errors import ConfigError
+from virtwire.address import parse_sockaddr, shorten
+from virtwire.allowlist import RpcPolicy
+from virtwire.errors import ConfigError, PermissionDeniedError
 from virtwire.guest.responder import parse_interface
 from virtwire.mem.guestmem import check_size, parse_size
 from virtwire.net.eth import FrameError, format_mac, parse_mac
 from virtwire.net.tap import check_ifname
-from virtwire.server.tap import backend_config_from_args
+from virtwire.server.tap import backend_config_from_args, format_backend_spec
 from virtwire.v1 import tap_pb2
 
 __all__ = [
@@ -130,11 +133,16 @@ _LINK_FORM = "a link is a pair [NODE, NODE] where a hub end may be HUB:PORT"
 
 
 class TopologyError(ConfigError):
-    """An unreadable or invalid topology; ``problems`` has one line per problem."""
+    """An unreadable or invalid topology; ``problems`` has one line per problem.
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
+    ``denied``: every problem is something this host does not let a topology
+    sent by an RPC use (a script path, a unix socket, a netns...), not a mistake.
+    """
+
+    def __init__(self, source: str, problems: Sequence[str], *, denied: bool = False) -> None:
         self.source = source
         self.problems = tuple(problems)
+        self.denied = denied
         super().__init__("\n".join(self.problems))
 
 
@@ -288,6 +296,11 @@ def _check_name(what: str, max_len: int) -> Any:
     return check
 
 
+#: The LAN and node name rules, for names read back from elsewhere (a state file).
+check_lan_name = _check_name("LAN", LAN_NAME_MAX)
+check_node_name = _check_name("node", NODE_NAME_MAX)
+
+
 def _check_mac(text: str) -> str:
     try:
         mac = parse_mac(text)
@@ -396,6 +409,15 @@ class HostSpec(_Spec):
     port: Annotated[int, Field(ge=1, le=65535)] = AGENT_PORT
 
 
+class TlsSpec(_Spec):
+    """``tls: {dir: PKI}``: mutual TLS for the whole LAN from the CA directory PKI
+    (relative to the topology file): ``virtwire certs init PKI`` made it. With its
+    ``ca-key.pem`` the orchestrator issues every service its certificate; without
+    it, ``controller.pem`` and ``service.pem`` there are handed out."""
+
+    dir: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
 class HubSpec(_Spec):
     """A hub (QEMU's -netdev hubport): frames go to every port but the source."""
 
@@ -441,7 +463,8 @@ class _TapSpec(_Spec):
         """The backend options as `serve tap --backend` takes them.
 
         Relative script= / downscript= paths are taken from ``base_dir`` (the
-        topology file's directory) and made absolute.
+        topology file's directory) and made absolute; on another host a script
+        is a NAME that host's orchestrator allows, kept as written.
         """
         opts: dict[str, str] = {}
         for name in type(self).model_fields:
@@ -450,7 +473,8 @@ class _TapSpec(_Spec):
                 continue
             text = str(value)
             if name in ("script", "downscript") and text not in ("", "no") \
-                    and base_dir is not None and not Path(text).is_absolute():
+                    and base_dir is not None and self.host is None \
+                    and not Path(text).is_absolute():
                 text = str(base_dir / text)
             opts[name] = text
         return opts
@@ -460,8 +484,8 @@ class _TapSpec(_Spec):
         context = info.context if isinstance(info.context, dict) else {}
         base_dir = context.get("base_dir")
         opts = self.options(base_dir if isinstance(base_dir, Path) else None)
-        if self.host is not None:
-            # The scripts live on that host: they cannot be checked from here.
+        if self.host is not None or context.get("remote"):
+            # Names, looked up by the host running the backend (_Resolver._tap_options).
             opts = {k: v for k, v in opts.items() if k not in ("script", "downscript")}
         backend_config_from_args(self.backend, opts)
         return self
@@ -510,6 +534,7 @@ class TopologySpec(_Spec):
     version: Literal[1] = 1
     name: Annotated[str, AfterValidator(_check_name("LAN", LAN_NAME_MAX))]
     hosts: dict[HostName, HostSpec] = {}
+    tls: TlsSpec | None = None
     nodes: Annotated[dict[NodeName, NodeSpec], Field(min_length=1)]
     links: list[LinkSpec] = []
 
@@ -610,19 +635,18 @@ class TapNode(Node):
 
     def backend_spec(self) -> str:
         """The `serve tap --backend` spec, e.g. ``stream,listen=127.0.0.1:10555,id=qemu0``."""
-        items = [self.backend, *(f"{k}={v.replace(',', ',,')}" for k, v in self.options.items()),
-                 f"id={self.name}"]
-        return ",".join(items)
+        return format_backend_spec(self.backend, {**self.options, "id": self.name})
 
     def backend_config(self, peer: str = "") -> tap_pb2.BackendConfig:
         """The AddBackend config, dialling ``peer`` (ADDR/NETCLIENT) if given.
 
-        Validates on this machine (script= must exist here).
+        Validates on this machine (script= must exist here, unless the node is
+        on another host: there it is a NAME).
         """
         opts = {**self.options, "id": self.name}
         if peer:
             opts["peer"] = peer
-        return backend_config_from_args(self.backend, opts)
+        return backend_config_from_args(self.backend, opts, check_scripts=self.host is None)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "backend": self.backend, "options": dict(self.options),
@@ -694,6 +718,8 @@ class Topology:
     services: tuple[Service, ...]
     links: tuple[Link, ...]
     warnings: tuple[str, ...] = ()
+    #: ``tls.dir``, absolute (None: plaintext on loopback).
+    tls_dir: Path | None = None
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -721,16 +747,46 @@ class Topology:
             "services": [s.to_dict() for s in self.services],
             "links": [link.to_dict() for link in self.links],
             "warnings": list(self.warnings),
+            "tls": {"dir": str(self.tls_dir)} if self.tls_dir else None,
         }
 
 
 # -- entry points --------------------------------------------------------------------
+#: Largest topology accepted, in bytes of UTF-8: a bigger one is refused
+#: before any YAML is parsed (a topology for hundreds of nodes is ~100 KiB).
+TOPOLOGY_MAX_BYTES = 1 << 20
+
+
+def _check_size(source: str, size: int, exact: bool = True) -> None:
+    if size > TOPOLOGY_MAX_BYTES:
+        what = f"{size} bytes" if exact else f"more than {TOPOLOGY_MAX_BYTES} bytes"
+        raise TopologyError(source, [f"{source[:200]}: the topology is too large ({what}; "
+                                     f"at most 1 MiB, {TOPOLOGY_MAX_BYTES} bytes)"])
+
+
+def _check_text_size(source: str, text: str) -> None:
+    """Refuse text over TOPOLOGY_MAX_BYTES without encoding text that is surely over."""
+    if text.isascii():  # O(1) in CPython: a byte per character
+        _check_size(source, len(text))
+    elif len(text) > TOPOLOGY_MAX_BYTES:  # each character is at least one byte
+        _check_size(source, len(text), exact=False)
+    elif len(text) * 4 > TOPOLOGY_MAX_BYTES:
+        _check_size(source, len(text.encode("utf-8", "surrogatepass")))
+
+
 def load_topology(path: str | Path) -> Topology:
-    """Read and validate a topology file; TopologyError names every problem."""
+    """Read and validate a topology file; TopologyError names every problem.
+
+    A file over TOPOLOGY_MAX_BYTES is refused by its size, not read.
+    """
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as file:
+            if os.fstat(file.fileno()).st_size > TOPOLOGY_MAX_BYTES:
+                _check_size(source, os.fstat(file.fileno()).st_size)
+            # Not a regular file (a pipe, /dev/zero): read no more than the cap.
+            text = file.read(TOPOLOGY_MAX_BYTES + 1)
     except UnicodeDecodeError as exc:
         raise TopologyError(source, [f"{source}: not UTF-8 text ({exc.reason} at byte "
                                      f"{exc.start})"]) from None
@@ -740,9 +796,18 @@ def load_topology(path: str | Path) -> Topology:
 
 
 def parse_topology(text: str, source: str = "<string>", *,
-                   base_dir: Path | None = None) -> Topology:
+                   base_dir: Path | None = None, remote: RpcPolicy | None = None) -> Topology:
     """Validate topology YAML; ``source`` names it in messages, ``base_dir``
-    anchors relative script paths (default: the current directory)."""
+    anchors relative script paths (default: the current directory). Text over
+    TOPOLOGY_MAX_BYTES is refused before it is parsed.
+
+    ``remote``: the text came over an RPC, not from a file on this host. Then
+    a script is a NAME ``remote`` allows (for this machine's nodes; a node on
+    another host keeps it for that host), and unix socket paths, network
+    namespaces (unless allowed) and ``tls:`` are refused; ``TopologyError.denied``
+    says when those are the only problems.
+    """
+    _check_text_size(source, text)
     base = base_dir if base_dir is not None else Path.cwd()
     doc = _read_yaml(text, source)
     report = _Report(source, doc)
@@ -756,13 +821,14 @@ def parse_topology(text: str, source: str = "<string>", *,
             report.error(path, f"{key!r} is given twice ({lines})", line=again)
     report.raise_if_any()
     try:
-        spec = TopologySpec.model_validate(doc.data, context={"base_dir": base})
+        spec = TopologySpec.model_validate(doc.data, context={"base_dir": base,
+                                                              "remote": remote is not None})
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             report.pydantic_error(err)
         report.raise_if_any()
         raise  # unreachable: every error was reported
-    topology = _Resolver(spec, report, base).resolve()
+    topology = _Resolver(spec, report, base, remote).resolve()
     report.raise_if_any()
     return topology
 
@@ -792,6 +858,8 @@ class _Report:
         self.doc = doc
         self.errors: list[tuple[int, str]] = []
         self.warnings: list[tuple[int, str]] = []
+        #: Errors that are not refusals of what an RPC may not name (see TopologyError).
+        self.mistakes = 0
 
     def line(self, path: _Path) -> int:
         for end in range(len(path), -1, -1):
@@ -837,8 +905,9 @@ class _Report:
         return line, ": ".join(parts)
 
     def error(self, path: _Path, what: str, *, line: int | None = None,
-              label: bool = True) -> None:
+              label: bool = True, denied: bool = False) -> None:
         self.errors.append(self._format(path, what, line, label, warning=False))
+        self.mistakes += not denied
 
     def warn(self, path: _Path, what: str) -> None:
         self.warnings.append(self._format(path, what, None, True, warning=True))
@@ -846,7 +915,8 @@ class _Report:
     def raise_if_any(self) -> None:
         if self.errors:
             self.errors.sort(key=lambda e: e[0])
-            raise TopologyError(self.source, [text for _, text in self.errors])
+            raise TopologyError(self.source, [text for _, text in self.errors],
+                                denied=self.mistakes == 0)
 
     def warning_lines(self) -> tuple[str, ...]:
         return tuple(text for _, text in sorted(self.warnings, key=lambda w: w[0]))
@@ -958,10 +1028,14 @@ class _End:
 
 
 class _Resolver:
-    def __init__(self, spec: TopologySpec, report: _Report, base_dir: Path) -> None:
+    def __init__(self, spec: TopologySpec, report: _Report, base_dir: Path,
+                 remote: RpcPolicy | None = None) -> None:
         self.spec = spec
         self.report = report
         self.base_dir = base_dir
+        #: Set when the text came over an RPC (parse_topology's ``remote``).
+        self.remote = remote
+        self._opts: dict[str, dict[str, str]] = {}
         rank = {"hub": 0, "vm": 1, "tap": 2}
         #: Node names in start order: hubs, vms, taps; file order within a kind.
         self.order = sorted(spec.nodes, key=lambda n: rank[spec.nodes[n].kind])
@@ -970,6 +1044,7 @@ class _Resolver:
     def resolve(self) -> Topology:
         spec, report = self.spec, self.report
         self._check_hosts()
+        self._check_trust()
         macs = self._assign_macs()
         self._check_unique_ips()
         self._check_host_resources()
@@ -1001,7 +1076,8 @@ class _Resolver:
                            line=report.line(("hosts", n)))
                    for n, h in spec.hosts.items()},
             nodes=nodes, services=tuple(start), links=tuple(links),
-            warnings=report.warning_lines())
+            warnings=report.warning_lines(),
+            tls_dir=(self.base_dir / spec.tls.dir).resolve() if spec.tls else None)
 
     def _node(self, name: str, mac: tuple[str, bool] | None, ports: Sequence[str]) -> Node:
         node = self.spec.nodes[name]
@@ -1021,7 +1097,63 @@ class _Resolver:
                           ip=ipaddress.IPv4Interface(node.ip) if node.ip else None,
                           bridge=bridge)
         return TapNode(name=name, host=node.host, line=line, backend=node.backend,
-                       options=node.options(self.base_dir))
+                       options=self._tap_options(name))
+
+    def _tap_options(self, name: str) -> dict[str, str]:
+        """Tap node ``name``'s options, each script as the host running it takes it.
+
+        On this machine a path (from a file read here, or the path a NAME sent
+        by RPC is allowed as); on another host a NAME. Refusals are reported.
+        """
+        if name in self._opts:
+            return self._opts[name]
+        node = self.spec.nodes[name]
+        assert isinstance(node, _TapSpec)
+        opts = node.options(None if self.remote is not None else self.base_dir)
+        policy = self.remote or RpcPolicy(command="virtwire serve orchestrator")
+        for option in ("script", "downscript"):
+            value = opts.get(option, "")
+            if value in ("", "no") or (node.host is None and self.remote is None):
+                continue
+            try:
+                opts[option] = policy.script("", value, resolve=node.host is None)
+            except ConfigError as exc:
+                self.report.error(("nodes", name, option), str(exc))
+            except PermissionDeniedError as exc:
+                if self.remote is not None:
+                    self.report.error(("nodes", name, option), str(exc), denied=True)
+                else:  # a file's mistake: that host takes names only
+                    self.report.error(("nodes", name, option), (
+                        f"{shorten(value)} is a path: a node on host {node.host!r} names its "
+                        "script by a NAME that host's orchestrator allows ('virtwire serve "
+                        "orchestrator --allow-script NAME=PATH' there)"))
+        self._opts[name] = opts
+        return opts
+
+    def _check_trust(self) -> None:
+        """What a topology sent by RPC may not name on this host (see parse_topology)."""
+        policy = self.remote
+        if policy is None:
+            return
+        for name, node in self.spec.nodes.items():
+            try:
+                if isinstance(node, _TapSpec):
+                    self._tap_options(name)
+                    for option in ("listen", "connect", "local", "remote", "mcast"):
+                        value = getattr(node, option, None)
+                        if isinstance(value, str):
+                            path: _Path = ("nodes", name, option)
+                            policy.no_unix("", value)
+                elif isinstance(node, VmSpec) and node.bridge is not None \
+                        and node.bridge.netns and node.host is None:
+                    path = ("nodes", name, "bridge", "netns")
+                    policy.netns("", node.bridge.netns)
+            except PermissionDeniedError as exc:
+                self.report.error(path, str(exc), denied=True)
+        if getattr(self.spec, "tls", None) is not None:
+            self.report.error(("tls",), "a topology sent by RPC may not name a directory on "
+                              "this host: run 'virtwire up FILE' here for a LAN with tls:",
+                              denied=True)
 
     def _check_hosts(self) -> None:
         known = (f"known: {', '.join(self.spec.hosts)}" if self.spec.hosts
@@ -1105,7 +1237,7 @@ class _Resolver:
                 claim(ifnames, node.host, node.bridge.ifname,
                       ("nodes", name, "bridge", "ifname"), "interface")
             elif isinstance(node, _TapSpec):
-                opts = node.options(self.base_dir)
+                opts = self._tap_options(name)
                 if opts.get("ifname"):
                     claim(ifnames, node.host, opts["ifname"], ("nodes", name, "ifname"),
                           "interface")

@@ -1,7 +1,8 @@
 """Where an Orchestrator's services run: the Backend protocol and ProcessBackend.
 
-A backend starts one virtwire service (``virtwire serve KIND ARGS``), says
-whether it still runs, and stops it. Three exist, one per module:
+A backend starts one virtwire service (``virtwire serve KIND ARGS``, from
+its typed ``spec.ServiceSpec``), says whether it still runs, and stops it.
+Three exist, one per module:
 
 - ``ProcessBackend`` (here): local child processes on loopback ports;
 - ``DockerBackend`` (``docker.py``): one container per service on an internal
@@ -19,15 +20,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from virtwire.errors import BackendError
 from virtwire.launch import VIRTWIRE_CMD
+from virtwire.orchestrator.statedir import private_dir
+
+if TYPE_CHECKING:
+    from virtwire.orchestrator.spec import ServiceSpec
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 20.0
+#: (service name, the host it listens on) -> the TLS flags it is started with.
+TlsArgs = Callable[[str, str], list[str]]
 #: The service kinds a backend runs (``serve orchestrator`` is not one of them).
 SERVICE_KINDS = ("hub", "tap", "guestmem", "e1000", "guest")
 
@@ -44,9 +52,8 @@ class Backend(Protocol):
     async def open(self) -> None:
         """Prepare (a network, a connection); BackendError when impossible."""
 
-    async def start(self, name: str, kind: str, args: list[str],
-                    listen: str) -> tuple[str, int]:
-        """Start ``virtwire serve KIND --listen LISTEN ARGS``; (address, pid).
+    async def start(self, name: str, spec: ServiceSpec, listen: str) -> tuple[str, int]:
+        """Start ``virtwire serve KIND --listen LISTEN ARGS`` (``spec``); (address, pid).
 
         Returns once the service listens; BackendError (with its log) if it
         exits or does not come up in time.
@@ -82,42 +89,75 @@ def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
                                 process_group=0)
 
 
+def _exit_status(proc: subprocess.Popen[bytes]) -> int | None:
+    """The child's exit status (Popen's convention), None while it runs.
+
+    It is not reaped: its zombie keeps its pid, and so its process group's
+    number, from being reused until ``proc.wait()``, so a killpg of that
+    group can only reach this service's processes.
+    """
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped by someone else
+        return proc.poll()
+    if info is None:
+        return None
+    if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return -info.si_status
+    return info.si_status
+
+
 class ProcessBackend:
     """Services as local child processes (``virtwire serve KIND``), logs in ``workdir``.
 
     ``host`` is the address services listen on (loopback unless the LAN spans hosts).
+    ``workdir`` and every directory from ``root`` (default: its parent, the
+    state root) down to it are private (statedir.py).
     """
 
     kind = "process"
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1",
+                 tls_args: TlsArgs | None = None, root: Path | None = None) -> None:
         self.workdir = workdir
+        self.root = root or workdir.parent
         self.host = host
+        #: The TLS flags service NAME is started with (its identity), or none.
+        self.tls_args = tls_args
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def listen_address(self, name: str) -> str:
         return f"{self.host}:0"
 
     async def open(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._private_workdir()
 
-    async def start(self, name: str, kind: str, args: list[str],
-                    listen: str) -> tuple[str, int]:
+    def _private_workdir(self) -> Path:
+        path = private_dir(self.root, *self.workdir.relative_to(self.root).parts)
+        assert path is not None
+        return path
+
+    async def start(self, name: str, spec: ServiceSpec, listen: str) -> tuple[str, int]:
         """Start a service and wait for its ready file; (address, pid)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        kind, args = spec.kind, spec.argv()
+        self._private_workdir()
         ready = self.workdir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         log = self.workdir / f"{name}.log"
         # Spawned from the event loop's thread: PDEATHSIG follows the thread
         # that forked, and this one lives as long as the orchestrator.
-        proc = _spawn([*VIRTWIRE_CMD, "serve", kind, "--listen", listen, *args,
+        tls_args = self.tls_args(name, self.host) if self.tls_args is not None else []
+        proc = _spawn([*VIRTWIRE_CMD, "serve", kind, "--listen", listen, *args, *tls_args,
                        "--ready-file", str(ready)], log)
         self.procs[name] = proc
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (ready.exists() and ready.read_text().strip()):
-            if proc.poll() is not None:
+            code = _exit_status(proc)
+            if code is not None:
                 raise BackendError(f"{name}: virtwire serve {kind} exited with "
-                                   f"{proc.returncode}:\n{log.read_text()[-2000:]}")
+                                   f"{code}:\n{log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 await self.stop(name, timeout=0)
                 raise BackendError(f"{name}: did not start in {START_TIMEOUT_S:.0f}s:\n"
@@ -129,27 +169,34 @@ class ProcessBackend:
         proc = self.procs.get(name)
         if proc is None:
             return "not started"
-        code = proc.poll()
+        code = _exit_status(proc)
         return None if code is None else f"exit {code}"
 
     async def stop(self, name: str, timeout: float = 5.0) -> None:
-        """SIGTERM the service's process group, then SIGKILL it."""
+        """SIGTERM the service's process group, then SIGKILL it, then reap it.
+
+        The service is reaped last: until then its pid (and group number) is
+        still its own, so neither signal can reach a process that reused it.
+        """
         proc = self.procs.pop(name, None)
         if proc is None:
             return
-        if proc.poll() is None and timeout > 0:
+        if _exit_status(proc) is None and timeout > 0:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+            deadline = time.monotonic() + timeout
+            while _exit_status(proc) is None:
+                if time.monotonic() > deadline:
+                    logger.warning("%s (pid %d) ignored SIGTERM; killing", name, proc.pid)
+                    break
+                await asyncio.sleep(0.02)
+        if proc.returncode is None:  # not reaped: the group is still this service's
             try:
-                await asyncio.to_thread(proc.wait, timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s (pid %d) ignored SIGTERM; killing", name, proc.pid)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
+                os.killpg(proc.pid, signal.SIGKILL)  # anything left in its group
+            except (ProcessLookupError, PermissionError):
+                pass
         await asyncio.to_thread(proc.wait)
 
     async def close(self) -> None:

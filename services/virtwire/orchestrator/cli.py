@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,10 @@ from google.protobuf import json_format
 from virtwire import tls
 from virtwire.errors import BackendError, NotFoundError
 from virtwire.launch import VIRTWIRE_CMD
-from virtwire.orchestrator.core import LanState, lan_dir, read_state, state_root
+from virtwire.orchestrator import pids
+from virtwire.orchestrator.core import LanState, lan_dir, read_state, remove_lan_dir, state_root
+from virtwire.orchestrator.pki import LanPki, lan_identity, lan_tls_dir
+from virtwire.orchestrator.statedir import private_dir
 from virtwire.topology import load_topology
 from virtwire.v1 import guest_pb2, netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -34,22 +36,15 @@ _ERROR = orchestrator_pb2.UP_EVENT_KIND_ERROR
 RPC_TIMEOUT_S = 30.0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is gone
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
+def _orchestrator_alive(state: LanState) -> bool:
+    """The LAN's orchestrator still runs: its pid is still the process that
+    wrote the state (same start time, same boot), and not a zombie."""
+    return pids.running(state.orchestrator_pid, state.orchestrator_start_time, state.boot_id)
 
 
-async def _wait_exit(pid: int, timeout: float) -> bool:
+async def _wait_exit(state: LanState, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while _orchestrator_alive(state):
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.02)
@@ -62,20 +57,22 @@ async def _clear_stale(name: str) -> None:
         state = read_state(name)
     except NotFoundError:
         return
-    if _alive(state.orchestrator_pid):
+    if _orchestrator_alive(state):
         return
     await _kill_services(state)
-    shutil.rmtree(lan_dir(name), ignore_errors=True)
+    remove_lan_dir(name)
 
 
 async def _kill_services(state: LanState) -> None:
-    """Stop what a dead orchestrator left: processes, containers, other hosts' services."""
+    """Stop what a dead orchestrator left: processes, containers, other hosts' services.
+
+    A recorded process group is killed only while its leader is still the
+    service that was started (pid, start time and boot as recorded).
+    """
     for rec in state.services:
-        if rec.backend == "process" and rec.pid and _alive(rec.pid):
-            try:
-                os.killpg(rec.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if rec.backend == "process" and rec.pid:
+            pids.signal_process(rec.pid, rec.start_time, signal.SIGKILL, boot=state.boot_id,
+                                group=True, what=f"service {rec.name}")
     if state.backend == "docker":
         from virtwire.orchestrator.docker import remove_lan
 
@@ -93,22 +90,30 @@ async def _kill_services(state: LanState) -> None:
                   f"{state.name!r}'s services there: {exc}", file=sys.stderr)
 
 
-def _spawn_detached(ready: Path, log: Path) -> subprocess.Popen[bytes]:
-    """`virtwire serve orchestrator` in its own session: it outlives this command."""
+def _spawn_detached(ready: Path, log: Path, topology: Path) -> subprocess.Popen[bytes]:
+    """`virtwire serve orchestrator --topology FILE` in its own session: it
+    outlives this command, and reads the topology itself (trusted, as here)."""
     with open(log, "ab") as out:
+        identity = tls.active()
         return subprocess.Popen([*VIRTWIRE_CMD, "serve", "orchestrator",
+                                 "--topology", str(topology.resolve()),
+                                 *(identity.args() if identity else []),
                                  "--ready-file", str(ready)],
                                 stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-async def _stream_up(address: str, text: str, source: str, backend: str,
-                     subnet: str) -> bool:
-    """Call Up and print its progress; True when the LAN came up."""
+async def _stream_up(address: str, source: str, backend: str, subnet: str) -> bool:
+    """Call Up and print its progress; True when the LAN came up.
+
+    The topology field stays empty: the orchestrator runs the file it was
+    given on this host (a topology sent as text is a remote caller's, with
+    no scripts, paths or namespaces).
+    """
     async with tls.aio_channel(address) as ch:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
         async for event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
-                topology=text, source=source, backend=backend, subnet=subnet)):
+                source=source, backend=backend, subnet=subnet)):
             kind = orchestrator_pb2.UpEventKind.Name(event.kind).removeprefix(
                 "UP_EVENT_KIND_").lower()
             print(f"{kind:16} {event.message}", flush=True)
@@ -125,15 +130,21 @@ async def cmd_up(args: Any) -> int:
     topo = load_topology(args.file)  # TopologyError: exit 2 with FILE:LINE
     for warning in topo.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    text = Path(args.file).read_text(encoding="utf-8")
+    root = private_dir(state_root())  # 0700 and ours, or PermissionDeniedError
+    assert root is not None
     await _clear_stale(topo.name)
+    if topo.tls_dir is not None:
+        private_dir(root, topo.name)  # before the LAN's certificates go there
+        # The LAN runs mutual TLS: this process (the orchestrator, and the CLI
+        # that calls it) is the LAN's controller.
+        tls.configure(LanPki(topo.tls_dir, lan_tls_dir(lan_dir(topo.name))).controller())
     if args.detach:
-        root = state_root()
-        root.mkdir(parents=True, exist_ok=True)
+        # The ready and log files are in the private root: nobody else can
+        # plant them or a symlink in their place.
         ready = root / f".{topo.name}.orchestrator.ready"
         ready.unlink(missing_ok=True)
         log = root / f"{topo.name}.orchestrator.log"
-        proc = _spawn_detached(ready, log)
+        proc = _spawn_detached(ready, log, Path(args.file))
         deadline = time.monotonic() + 20
         while not (ready.exists() and ready.read_text().strip()):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -142,21 +153,21 @@ async def cmd_up(args: Any) -> int:
             await asyncio.sleep(0.02)
         address = ready.read_text().strip()
         ready.unlink()
-        if await _stream_up(address, text, args.file, args.backend, args.subnet):
+        if await _stream_up(address, args.file, args.backend, args.subnet):
             print(f"LAN {topo.name!r} is up (orchestrator {address}, pid {proc.pid}); "
                   f"'virtwire down {topo.name}' stops it")
             return 0
         proc.terminate()
         proc.wait()
         return 1
-    host = OrchestratorServer()
+    host = OrchestratorServer(local_topology=topo)
     await host.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        up = asyncio.create_task(_stream_up(host.address, text, args.file, args.backend,
+        up = asyncio.create_task(_stream_up(host.address, args.file, args.backend,
                                              args.subnet))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({up, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -178,6 +189,10 @@ async def cmd_up(args: Any) -> int:
 
 def _stub(state: LanState
           ) -> tuple[grpc.aio.Channel, orchestrator_pb2_grpc.OrchestratorServiceStub]:
+    if tls.active() is None:
+        # No --tls-* flags nor VIRTWIRE_TLS_DIR: the identity the LAN's own
+        # orchestrator made for its controller, if the LAN runs TLS.
+        tls.configure(lan_identity(lan_dir(state.name)))
     ch = tls.aio_channel(state.orchestrator)
     return ch, orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
 
@@ -202,12 +217,14 @@ async def cmd_down(args: Any) -> int:
               f"({exc.code().name}); killing the services it recorded", file=sys.stderr)
         await _kill_services(state)
         stopped = len(state.services)
-    shutil.rmtree(lan_dir(state.name), ignore_errors=True)
+    remove_lan_dir(state.name)
     if state.orchestrator_pid != os.getpid():
-        # After Down the orchestrator exits by itself; SIGTERM it if it does not.
-        if not await _wait_exit(state.orchestrator_pid, 5.0):
-            os.kill(state.orchestrator_pid, signal.SIGTERM)
-            await _wait_exit(state.orchestrator_pid, 5.0)
+        # After Down the orchestrator exits by itself; SIGTERM it if it does not
+        # (only if that pid is still the orchestrator that wrote the state).
+        if not await _wait_exit(state, 5.0) and pids.signal_process(
+                state.orchestrator_pid, state.orchestrator_start_time, signal.SIGTERM,
+                boot=state.boot_id, what="the orchestrator"):
+            await _wait_exit(state, 5.0)
     print(f"LAN {state.name!r} is down ({stopped} services stopped)")
     return 0
 

@@ -8,7 +8,10 @@ and those of nodes placed on other hosts by ``RemoteBackend`` (that host's
 orchestrator). A state directory (``state_root()/LAN``) holds ``state.json``
 (services, where they run, pids, addresses, the orchestrator's address and
 pid), so ``virtwire down`` and ``virtwire status`` from another process find
-a running LAN.
+a running LAN. The root and LAN dirs are private (``statedir.py``), a state
+read back is validated (names by the topology's rules), and each pid comes
+with its start time and the boot id (``pids.py``): one that no longer
+matches is never signalled.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -27,11 +31,37 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import TypeAdapter, ValidationError
 
 from virtwire import tls
-from virtwire.errors import BackendError, ConfigError, NotFoundError
+from virtwire.address import parse_sockaddr
+from virtwire.errors import BackendError, ConfigError, NotFoundError, PermissionDeniedError
+from virtwire.orchestrator import pids
 from virtwire.orchestrator.backend import Backend, ProcessBackend
-from virtwire.topology import HubNode, Link, TapNode, Topology, VmNode
+from virtwire.orchestrator.pki import LanPki, lan_tls_dir
+from virtwire.orchestrator.spec import (
+    E1000ServiceSpec,
+    GuestMemServiceSpec,
+    GuestServiceSpec,
+    HubPortSpec,
+    HubServiceSpec,
+    ServiceSpec,
+    TapServiceSpec,
+    with_hub_ports,
+)
+from virtwire.orchestrator.statedir import private_dir
+from virtwire.topology import (
+    LAN_NAME_MAX,
+    NODE_NAME_MAX,
+    VM_SERVICES,
+    HubNode,
+    Link,
+    TapNode,
+    Topology,
+    VmNode,
+    check_lan_name,
+    check_node_name,
+)
 from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -78,6 +108,7 @@ class ServiceRecord:
     node: str
     address: str = ""
     pid: int = 0
+    #: What it was started with, as `virtwire serve KIND` arguments (for people).
     args: list[str] = field(default_factory=list)
     restarts: int = 0
     healthy: bool = False
@@ -89,6 +120,9 @@ class ServiceRecord:
     host: str = ""
     backend: str = "process"
     agent: str = ""
+    #: The process's start time (``pids.start_time``; 0 when not a local process):
+    #: its pid is only signalled while that still matches.
+    start_time: int = 0
 
 
 @dataclass
@@ -102,14 +136,52 @@ class LanState:
     services: list[ServiceRecord]
     #: This machine's backend: process or docker.
     backend: str = "process"
+    #: The orchestrator's start time and the boot both pids belong to.
+    orchestrator_start_time: int = 0
+    boot_id: str = ""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LanState:
-        return cls(name=str(data["name"]), source=str(data["source"]),
-                   orchestrator=str(data["orchestrator"]),
-                   orchestrator_pid=int(data["orchestrator_pid"]),
-                   services=[ServiceRecord(**s) for s in data["services"]],
-                   backend=str(data.get("backend", "process")))
+    def from_dict(cls, data: Any, path: Path | str = STATE_FILE,
+                  lan: str | None = None) -> LanState:
+        """A state read from ``path`` (of LAN ``lan``), validated.
+
+        ConfigError naming the file for anything malformed: wrong types, a LAN
+        or service name outside the topology's rules, a negative pid, a
+        ``name`` that is not the directory's.
+        """
+        try:
+            state = _STATE_ADAPTER.validate_python(data)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in err["loc"]) or "the top level"
+            raise ConfigError(f"bad state file {path}: {where}: {err['msg'][:200]} "
+                              f"({exc.error_count()} problems)") from None
+        try:
+            check_lan_name(state.name)
+            if lan is not None and state.name != lan:
+                raise ConfigError(f"it names LAN {state.name!r}, not {lan!r}")
+            if state.orchestrator_pid < 0 or state.orchestrator_start_time < 0:
+                raise ConfigError("a negative orchestrator pid or start time")
+            for rec in state.services:
+                _check_record(rec)
+        except ConfigError as exc:
+            raise ConfigError(f"bad state file {path}: {str(exc)[:300]}") from None
+        return state
+
+
+def _check_record(rec: ServiceRecord) -> None:
+    """A service record's names follow the topology's rules (NODE or NODE-KIND)."""
+    check_node_name(rec.node[:NODE_NAME_MAX + 1])
+    if rec.name != rec.node and rec.name not in (f"{rec.node}-{k}" for k in VM_SERVICES):
+        raise ConfigError(f"service {rec.name[:80]!r} is not a service name of node "
+                          f"{rec.node!r}")
+    if rec.pid < 0 or rec.start_time < 0:
+        raise ConfigError(f"service {rec.name}: a negative pid or start time")
+
+
+_STATE_ADAPTER = TypeAdapter(LanState)
+#: Largest state file read (a 1 MiB topology's state is far smaller).
+STATE_MAX_BYTES = 16 << 20
 
 
 def state_root() -> Path:
@@ -123,25 +195,79 @@ def state_root() -> Path:
     return Path(f"/tmp/virtwire-{os.getuid()}")
 
 
+def check_lan(name: str) -> str:
+    """``name`` if it is a LAN name by the topology's rule, else ConfigError."""
+    try:
+        return str(check_lan_name(name[:LAN_NAME_MAX + 1]))
+    except ConfigError:
+        raise ConfigError(f"bad LAN name {name[:40]!r}: use 1 to {LAN_NAME_MAX} of a-z, "
+                          "0-9 and '-', starting and ending with a letter or digit") from None
+
+
 def lan_dir(name: str, root: Path | None = None) -> Path:
-    return (root or state_root()) / name
+    """``root/NAME`` for a valid LAN name (never a path from elsewhere)."""
+    return (root or state_root()) / check_lan(name)
+
+
+def remove_lan_dir(name: str, root: Path | None = None) -> None:
+    """Remove LAN ``name``'s state directory: only ``root/NAME``, only when the
+    root and it are private directories of ours (PermissionDeniedError if not)."""
+    path = private_dir(root or state_root(), check_lan(name), create=False)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_state_file(path: Path) -> Any:
+    """The JSON in ``path``: not through a symlink, at most STATE_MAX_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"bad state file {path}: cannot open it: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"bad state file {path}: not a regular file")
+        data = file.read(STATE_MAX_BYTES + 1)
+    if len(data) > STATE_MAX_BYTES:
+        raise ConfigError(f"bad state file {path}: larger than {STATE_MAX_BYTES} bytes")
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"bad state file {path}: not JSON ({str(exc)[:100]})") from None
 
 
 def read_state(name: str | None = None, root: Path | None = None) -> LanState:
-    """The state of LAN ``name`` (or of the only running LAN)."""
+    """The state of LAN ``name`` (or of the only running LAN).
+
+    The state root and the LAN's directory must be private (statedir.py);
+    the file is validated (``LanState.from_dict``).
+    """
     base = root or state_root()
+    if name is not None:
+        check_lan(name)
+    if private_dir(base, create=False) is None:
+        raise NotFoundError(f"no LAN is running (no state in {base})")
     if name is None:
         names = sorted(p.parent.name for p in base.glob(f"*/{STATE_FILE}"))
         if not names:
             raise NotFoundError(f"no LAN is running (no state in {base})")
         if len(names) > 1:
-            raise ConfigError(f"several LANs are running ({', '.join(names)}): name one")
+            shown = ", ".join(n[:40] for n in names[:10])
+            raise ConfigError(f"several LANs are running ({shown}): name one")
         name = names[0]
+        try:
+            check_lan(name)
+        except ConfigError as exc:
+            raise ConfigError(f"bad state directory {base / name[:40]}: {exc}") from None
     path = base / name / STATE_FILE
     try:
-        return LanState.from_dict(json.loads(path.read_text()))
+        if private_dir(base, name, create=False) is None:
+            raise FileNotFoundError(path)
+        data = _read_state_file(path)
     except FileNotFoundError:
         raise NotFoundError(f"LAN {name!r} is not running (no {path})") from None
+    return LanState.from_dict(data, path, name)
 
 
 async def check_health(address: str, timeout: float = 2.0) -> bool:
@@ -165,6 +291,8 @@ class Orchestrator:
         self.state = RunState.IDLE
         self.topology: Topology | None = None
         self.services: dict[str, ServiceRecord] = {}
+        #: What each service is started with (``service_spec``), by name.
+        self.specs: dict[str, ServiceSpec] = {}
         #: By topology host ("" for this machine).
         self.backends: dict[str, Backend] = {}
         self.backend_kind = "process"
@@ -172,6 +300,8 @@ class Orchestrator:
         self._launched: list[tuple[str, str]] = []
         self._watcher: asyncio.Task[None] | None = None
         self.events: list[str] = []
+        #: The LAN's certificates (topology ``tls:``), None for plaintext.
+        self.pki: LanPki | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -206,40 +336,38 @@ class Orchestrator:
             netclient = self.auto_ports(topo, link.listener.node)[link.index]
         return f"{self.services[link.listener.service].address}/{netclient}"
 
-    def _args(self, topo: Topology, name: str) -> list[str]:
+    def service_spec(self, topo: Topology, name: str) -> ServiceSpec:
+        """What service ``name`` is started with; the services it needs are up."""
         svc = next(s for s in topo.services if s.name == name)
         node = topo.node(svc.node)
         addr = {n: r.address for n, r in self.services.items()}
         peers = [self._peer(topo, link) for link in topo.links if link.dialer.service == name]
         if isinstance(node, HubNode):
             # In the hub's creation order: named ports, ports that dial, link ends.
-            args = [a for port in node.ports for a in ("--port", port)]
+            ports = [HubPortSpec(port) for port in node.ports]
             for link in topo.links:
                 if link.dialer.service == name:
                     port = link.dialer.netclient or f"to-{link.listener.node}"
-                    args += ["--port", f"{port}={self._peer(topo, link)}"]
-            return args + [a for port in self.auto_ports(topo, name).values()
-                           for a in ("--port", port)]
+                    ports.append(HubPortSpec(port, self._peer(topo, link)))
+            ports += [HubPortSpec(port) for port in self.auto_ports(topo, name).values()]
+            return HubServiceSpec(ports=tuple(ports))
         if isinstance(node, TapNode):
-            return ["--backend", node.backend_spec(), *(a for p in peers for a in ("--peer", p))]
+            return TapServiceSpec(backend=node.backend, options={**node.options, "id": node.name},
+                                  peer=peers[0] if peers else "")
         assert isinstance(node, VmNode)
         if svc.kind == "guestmem":
-            return ["--size", str(node.memory)]
+            return GuestMemServiceSpec(size=node.memory)
         if svc.kind == "e1000":
-            args = ["--guestmem", addr[node.service("guestmem")], "--mac", node.mac,
-                    "--model", node.model, "--compat", node.compat, "--name", node.name]
-            return args + (["--peer", peers[0]] if peers else [])
-        args = ["--e1000", addr[node.service("e1000")],
-                "--guestmem", addr[node.service("guestmem")]]
-        if node.ip is not None:
-            args += ["--ip", str(node.ip)]
-        if node.bridge is not None:
-            args += ["--bridge-tap", node.bridge.ifname]
-            if node.bridge.netns:
-                args += ["--netns", node.bridge.netns]
-            if node.bridge.ip is not None:
-                args += ["--bridge-ip", str(node.bridge.ip)]
-        return args
+            return E1000ServiceSpec(guestmem=addr[node.service("guestmem")], mac=node.mac,
+                                    model=node.model, compat=node.compat, name=node.name,
+                                    peer=peers[0] if peers else "")
+        bridge = node.bridge
+        return GuestServiceSpec(
+            e1000=addr[node.service("e1000")], guestmem=addr[node.service("guestmem")],
+            ip=str(node.ip) if node.ip is not None else "",
+            bridge_tap=bridge.ifname if bridge else "",
+            netns=(bridge.netns or "") if bridge else "",
+            bridge_ip=str(bridge.ip) if bridge and bridge.ip is not None else "")
 
     async def up(self, topo: Topology, backend: str = "process",
                  subnet: str = "") -> AsyncIterator[UpEvent]:
@@ -265,8 +393,12 @@ class Orchestrator:
         if existing.exists():
             raise ConfigError(f"LAN {topo.name!r} is already up ({existing}); "
                               f"run 'virtwire down {topo.name}' first")
+        # The root and the LAN's dir: 0700 and ours, or PermissionDeniedError.
+        private_dir(self.state_root, topo.name)
         self.topology = topo
+        self.pki = LanPki(topo.tls_dir, lan_tls_dir(self.dir)) if topo.tls_dir else None
         self.services = {}
+        self.specs = {}
         self.backends = {}
         self._launched = []
         self.backend_kind = backend
@@ -277,18 +409,19 @@ class Orchestrator:
                 self.backends[host] = self._make_backend(topo, host, backend, subnet)
                 await self.backends[host].open()
             for svc in topo.services:
-                args = self._args(topo, svc.name)
+                spec = self.specs[svc.name] = self.service_spec(topo, svc.name)
                 runner = self.backends[svc.host or ""]
                 where = f" on host {svc.host}" if svc.host else ""
                 yield UpEvent("starting", svc.name,
                               message=f"starting {svc.kind} {svc.name}{where}")
                 self._launched.append((svc.host or "", svc.name))
-                address, pid = await runner.start(svc.name, svc.kind, args,
+                address, pid = await runner.start(svc.name, spec,
                                                   runner.listen_address(svc.name))
                 agent = topo.hosts[svc.host].agent if svc.host else ""
                 self.services[svc.name] = ServiceRecord(
-                    svc.name, svc.kind, svc.node, address, pid, args, host=svc.host or "",
-                    backend=runner.kind, agent=agent)
+                    svc.name, svc.kind, svc.node, address, pid, spec.argv(), host=svc.host or "",
+                    backend=runner.kind, agent=agent,
+                    start_time=self._start_time(runner, pid))
                 self._write_state()
                 yield UpEvent("started", svc.name, address,
                               f"{svc.name} serves at {address} (pid {pid}{where})")
@@ -310,6 +443,13 @@ class Orchestrator:
         self._watcher = asyncio.create_task(self._watch(), name="orchestrator-watch")
         yield UpEvent("done", message=f"LAN {topo.name!r} is up")
 
+    def _tls_args(self, name: str, host: str) -> list[str]:
+        """The TLS flags of service ``name`` listening on ``host``: its own
+        certificate with the LAN's tls, else plaintext (``--insecure`` off loopback)."""
+        if self.pki is not None:
+            return self.pki.identity(name, [host]).args()
+        return [] if tls.is_local(parse_sockaddr(f"{host}:0")) else ["--insecure"]
+
     def _make_backend(self, topo: Topology, host: str, backend: str, subnet: str) -> Backend:
         if host:
             from virtwire.orchestrator.remote import RemoteBackend
@@ -319,7 +459,7 @@ class Orchestrator:
             from virtwire.orchestrator.docker import DockerBackend
 
             return DockerBackend(topo, subnet)
-        return ProcessBackend(self.dir)
+        return ProcessBackend(self.dir, tls_args=self._tls_args)
 
     @staticmethod
     def _backend_message(topo: Topology, host: str, backend: str) -> str:
@@ -350,10 +490,8 @@ class Orchestrator:
                 continue
             rec.ports = [nc.name for nc in got.netclients]
 
-    def _restart_args(self, rec: ServiceRecord) -> list[str]:
-        named = {a.partition("=")[0] for a in rec.args[1::2]} if rec.kind == "hub" else set()
-        return rec.args + [a for port in reversed(rec.ports) if port not in named
-                           for a in ("--port", port)]
+    def _restart_spec(self, rec: ServiceRecord) -> ServiceSpec:
+        return with_hub_ports(self.specs[rec.name], rec.ports)
 
     async def down(self) -> int:
         """Stop every service (reverse start order) and remove the state dir."""
@@ -387,17 +525,32 @@ class Orchestrator:
         self._launched = []
         self.backends = {}
         if self.topology is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            try:
+                remove_lan_dir(self.topology.name, self.state_root)
+            except PermissionDeniedError as exc:  # not ours: left alone
+                logger.error("not removing the LAN's state: %s", exc)
         return stopped
+
+    @staticmethod
+    def _start_time(backend: Backend, pid: int) -> int:
+        """A local child's start time, read while it is our unreaped child (so
+        ``pid`` is surely that process); 0 for services run elsewhere."""
+        return pids.start_time(pid) if backend.kind == "process" else 0
 
     def _write_state(self) -> None:
         assert self.topology is not None
         state = LanState(self.topology.name, self.topology.source, self.address, os.getpid(),
-                         list(self.services.values()), self.backend_kind)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=1))
-        tmp.replace(self.dir / STATE_FILE)
+                         list(self.services.values()), self.backend_kind,
+                         orchestrator_start_time=pids.start_time(os.getpid()),
+                         boot_id=pids.boot_id())
+        lan = private_dir(self.state_root, self.topology.name)
+        assert lan is not None
+        tmp = lan / (STATE_FILE + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(asdict(state), indent=1))
+        tmp.replace(lan / STATE_FILE)
 
     async def _watch(self) -> None:
         """Restart a service that died, on its old address.
@@ -443,7 +596,8 @@ class Orchestrator:
         await backend.stop(rec.name, timeout=0 if await backend.exited(rec.name) else 5.0)
         try:
             rec.address, rec.pid = await backend.start(
-                rec.name, rec.kind, self._restart_args(rec), listen=rec.address)
+                rec.name, self._restart_spec(rec), listen=rec.address)
+            rec.start_time = self._start_time(backend, rec.pid)
         except BackendError as exc:
             self._event(f"restart of {rec.name} failed: {exc}")
             self._write_state()

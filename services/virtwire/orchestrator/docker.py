@@ -32,6 +32,7 @@ from virtwire.render import IMAGE, PORT, capabilities, container_command, shm_by
 if TYPE_CHECKING:
     import docker
 
+    from virtwire.orchestrator.spec import ServiceSpec
     from virtwire.topology import Service, Topology
 
 logger = logging.getLogger(__name__)
@@ -139,8 +140,8 @@ class DockerBackend:
     def _service(self, name: str) -> Service:
         return next(s for s in self.topo.services if s.name == name)
 
-    def _command(self, name: str, args: list[str]) -> list[str]:
-        return container_command(self.topo, self._service(name), args)
+    def _command(self, name: str, spec: ServiceSpec) -> list[str]:
+        return container_command(self._service(name), spec)
 
     def _host_config(self, name: str) -> dict[str, Any]:
         from virtwire.topology import VmNode
@@ -200,9 +201,8 @@ class DockerBackend:
                                f"({self.subnet}): {exc.explanation or exc}") from exc
         logger.info("docker: network %s, internal, subnet %s", self.network, self.subnet)
 
-    async def start(self, name: str, kind: str, args: list[str],
-                    listen: str) -> tuple[str, int]:
-        cid = await asyncio.to_thread(self._create, name, kind, args, listen)
+    async def start(self, name: str, spec: ServiceSpec, listen: str) -> tuple[str, int]:
+        cid = await asyncio.to_thread(self._create, name, spec, listen)
         self.containers[name] = cid
         from virtwire.orchestrator.core import check_health
 
@@ -221,7 +221,7 @@ class DockerBackend:
                                    f"{START_TIMEOUT_S:.0f}s:\n{logs}")
             await asyncio.sleep(0.1)
 
-    def _create(self, name: str, kind: str, args: list[str], listen: str) -> str:
+    def _create(self, name: str, spec: ServiceSpec, listen: str) -> str:
         import docker.errors
 
         assert self._client is not None
@@ -235,10 +235,10 @@ class DockerBackend:
         networking = api.create_networking_config(
             {self.network: endpoint})  # type: ignore[arg-type]
         labels = {LABEL_BACKEND: "docker", LABEL_LAN: self.topo.name, LABEL_SERVICE: name,
-                  "virtwire.kind": kind}
+                  "virtwire.kind": spec.kind}
         try:
             created = api.create_container(
-                self.image, command=self._command(name, args), name=cname,
+                self.image, command=self._command(name, spec), name=cname,
                 hostname=name, labels=labels, host_config=host_config,
                 networking_config=networking,
                 user="0" if "cap_add" in extra else None)

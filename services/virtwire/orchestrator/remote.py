@@ -8,8 +8,11 @@ listening on H's address; links then dial across hosts over TCP. Both sides
 are here: ``Agent`` (the StartService/StopServices/ListServices RPCs) and
 ``RemoteBackend`` (the Backend the controlling orchestrator uses for H).
 
-An agent trusts whoever reaches its address, as QEMU's QMP socket does: keep
-it on a network only the LAN's hosts share.
+StartService carries typed options, never argv: the agent checks them and
+builds the command line itself (``start_options``). Nothing in a request
+names a program or a path on the agent's host: a tap's script is a NAME its
+own ``--allow-script NAME=PATH`` defines, a bridge's netns needs its
+``--allow-netns``, and guest RAM is always a new file of its own.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ import grpc
 
 from virtwire import tls
 from virtwire.address import parse_sockaddr
+from virtwire.allowlist import RpcPolicy
 from virtwire.errors import BackendError, ConfigError, NotFoundError
-from virtwire.orchestrator.backend import SERVICE_KINDS, START_TIMEOUT_S, ProcessBackend
+from virtwire.orchestrator.backend import START_TIMEOUT_S, ProcessBackend
+from virtwire.orchestrator.spec import ServiceSpec
+from virtwire.orchestrator.start_options import from_start_request, to_start_options
 from virtwire.topology import Host
 from virtwire.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -34,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 #: LAN and service names: what topology files allow (and safe as file names).
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
-#: Arguments the agent sets itself.
-_RESERVED_ARGS = ("--listen", "--ready-file")
 RPC_TIMEOUT_S = 10.0
 #: How long one ListServices answer stands for a host's services.
 LIST_CACHE_S = 0.2
@@ -57,32 +61,49 @@ class AgentRecord:
     pid: int
 
 
+def agent_tls_args(name: str, host: str) -> list[str]:
+    """Services an agent starts present the agent's own certificate (its host's
+    identity, from its command line), or run plaintext as the agent does."""
+    identity = tls.active()
+    if identity is not None:
+        return identity.args()
+    return [] if tls.is_local(parse_sockaddr(f"{host}:0")) else ["--insecure"]
+
+
 class Agent:
     """Services this host runs for other hosts' orchestrators, per LAN."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, policy: RpcPolicy | None = None) -> None:
         self.workdir = workdir
+        #: What a StartService may use of this host (its command line's --allow-*).
+        self.policy = policy or RpcPolicy(command="virtwire serve orchestrator")
         self.backends: dict[str, ProcessBackend] = {}
         self.records: dict[tuple[str, str], AgentRecord] = {}
 
-    async def start(self, lan: str, name: str, kind: str, args: list[str],
-                    listen: str) -> AgentRecord:
+    async def start_request(self, request: orchestrator_pb2.OrchestratorServiceStartServiceRequest
+                            ) -> AgentRecord:
+        """StartService: check the request against this host's policy, then ``start``."""
+        _check_name("LAN", request.lan)
+        _check_name("service", request.name)
+        parse_sockaddr(request.listen, allow_unix=False)
+        spec = from_start_request(request, self.policy)
+        return await self.start(request.lan, request.name, spec, request.listen)
+
+    async def start(self, lan: str, name: str, spec: ServiceSpec, listen: str) -> AgentRecord:
         _check_name("LAN", lan)
         _check_name("service", name)
-        if kind not in SERVICE_KINDS:
-            raise ConfigError(f"unknown service kind {kind!r}: one of "
-                              f"{', '.join(SERVICE_KINDS)}")
-        for arg in args:
-            if arg.partition("=")[0] in _RESERVED_ARGS:
-                raise ConfigError(f"{arg.partition('=')[0]} is set by the agent, not in args")
+        kind = spec.kind
         host = parse_sockaddr(listen, allow_unix=False).host
         if (lan, name) in self.records:
             await self.stop(lan, [name], timeout=0)
         backend = self.backends.get(lan)
         if backend is None:
-            backend = self.backends[lan] = ProcessBackend(self.workdir / lan, host)
+            # The state root (the workdir's parent) and agent/LAN below it: private.
+            backend = self.backends[lan] = ProcessBackend(self.workdir / lan, host,
+                                                          tls_args=agent_tls_args,
+                                                          root=self.workdir.parent)
             await backend.open()
-        address, pid = await backend.start(name, kind, args, listen)
+        address, pid = await backend.start(name, spec, listen)
         rec = self.records[(lan, name)] = AgentRecord(lan, name, kind, address, pid)
         logger.info("agent: LAN %s: %s %s serves at %s (pid %d)", lan, kind, name, address, pid)
         return rec
@@ -158,15 +179,15 @@ class RemoteBackend:
             raise BackendError(f"{self._where()} already runs services of LAN {self.lan!r}: "
                                f"run 'virtwire down {self.lan}' first")
 
-    async def start(self, name: str, kind: str, args: list[str],
-                    listen: str) -> tuple[str, int]:
+    async def start(self, name: str, spec: ServiceSpec, listen: str) -> tuple[str, int]:
         assert self._stub is not None
+        options = to_start_options(spec)
         self.names.append(name)
         self._listed_at = -1e9
         try:
             got = await self._stub.StartService(
                 orchestrator_pb2.OrchestratorServiceStartServiceRequest(
-                    lan=self.lan, name=name, kind=kind, args=args, listen=listen),
+                    lan=self.lan, name=name, listen=listen, **options),
                 timeout=START_TIMEOUT_S + RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             raise BackendError(f"{name} on {self._where()}: {exc.details()}") from exc

@@ -4,6 +4,11 @@ Node names (NODE or HUB:PORT) are resolved to the service address and
 NetClient name, and the call is forwarded to that service's NetClientService
 (or, for Ping, to the vm's GuestService). StartService, StopServices and
 ListServices serve another host's orchestrator (``orchestrator.remote.Agent``).
+
+Up with an empty topology runs the one this server was given at start (read
+from a file on this host, trusted); topology text in the request is a
+remote caller's, parsed with this host's ``RpcPolicy``: no script paths,
+unix sockets, namespaces or directories unless the command line allows them.
 """
 
 from __future__ import annotations
@@ -12,19 +17,20 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 from virtwire import tls
-from virtwire.errors import BackendError, ConfigError, NotFoundError
+from virtwire.allowlist import RpcPolicy
+from virtwire.errors import BackendError, ConfigError, NotFoundError, PermissionDeniedError
 from virtwire.orchestrator import Orchestrator
 from virtwire.orchestrator.core import state_root
 from virtwire.orchestrator.remote import Agent
 from virtwire.server.base import ServiceHost, abort_for
-from virtwire.topology import TopologyError, parse_topology
+from virtwire.topology import Topology, TopologyError, parse_topology
 from virtwire.v1 import (
     guest_pb2,
     guest_pb2_grpc,
@@ -46,22 +52,35 @@ _EVENT_KINDS = {
     "error": orchestrator_pb2.UP_EVENT_KIND_ERROR,
 }
 _RPC_TIMEOUT_S = 10.0
+#: Characters of an Up request's ``source`` kept (it prefixes every message).
+_SOURCE_MAX = 128
 
 
 class OrchestratorServer(ServiceHost):
-    """An Orchestrator behind gRPC; ``stopped`` is set after Down."""
+    """An Orchestrator behind gRPC; ``stopped`` is set after Down.
+
+    ``local_topology``: read on this host (``--topology FILE``, or ``virtwire up``
+    in-process), what Up with an empty topology runs. ``allowed_scripts`` and
+    ``allow_netns`` (``--allow-script``, ``--allow-netns``): what topologies sent
+    by Up and StartService requests may use of this host.
+    """
 
     service_name = "orchestrator"
 
     def __init__(self, listen: str = "127.0.0.1:0", state_dir: Path | None = None,
-                 exit_on_down: bool = False) -> None:
+                 exit_on_down: bool = False, *, local_topology: Topology | None = None,
+                 allowed_scripts: Mapping[str, str] | None = None,
+                 allow_netns: bool = False) -> None:
         super().__init__(listen)
+        self.local_topology = local_topology
+        self.rpc_policy = RpcPolicy(command="virtwire serve orchestrator",
+                                    scripts=dict(allowed_scripts or {}), allow_netns=allow_netns)
         #: `virtwire serve orchestrator`: SIGTERM this process after Down (its
         #: handler stops the server), so a detached orchestrator goes with its LAN.
         self.exit_on_down = exit_on_down
         self.orchestrator = Orchestrator(state_dir=state_dir)
         #: Services this host runs for other hosts' orchestrators.
-        self.agent = Agent((state_dir or state_root()) / "agent")
+        self.agent = Agent((state_dir or state_root()) / "agent", self.rpc_policy)
         self.lan_down = asyncio.Event()
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -77,6 +96,19 @@ class OrchestratorServer(ServiceHost):
         await self.orchestrator.down()
         await self.agent.close()
 
+    async def topology_for(self, request: orchestrator_pb2.OrchestratorServiceUpRequest
+                           ) -> Topology:
+        """The topology an Up runs: this host's own, or the request's, parsed untrusted."""
+        if not request.topology:
+            if self.local_topology is None:
+                raise ConfigError("Up sent no topology and this orchestrator was started "
+                                  "without one (virtwire serve orchestrator --topology FILE)")
+            return self.local_topology
+        source = request.source[:_SOURCE_MAX] or "<topology>"
+        # Parsing a big file takes a while: not on the event loop.
+        return await asyncio.to_thread(parse_topology, request.topology, source,
+                                       remote=self.rpc_policy)
+
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """Thin adapter: RPCs to Orchestrator methods and the services' own RPCs."""
@@ -89,13 +121,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                  context: grpc.aio.ServicerContext[Any, Any]
                  ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceUpResponse]:
         try:
-            topo = parse_topology(request.topology, request.source or "<topology>")
+            topo = await self.host.topology_for(request)
             events = self.orch.up(topo, request.backend or "process", request.subnet)
             async for event in events:
                 yield orchestrator_pb2.OrchestratorServiceUpResponse(
                     kind=_EVENT_KINDS[event.kind], service=event.service,
                     address=event.address, message=event.message)
-        except (TopologyError, ConfigError) as exc:
+        except TopologyError as exc:
+            await abort_for(context, PermissionDeniedError(str(exc)) if exc.denied else exc)
+            raise
+        except (ConfigError, PermissionDeniedError) as exc:  # e.g. an unsafe state dir
             await abort_for(context, exc)
             raise
 
@@ -208,9 +243,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> orchestrator_pb2.OrchestratorServiceStartServiceResponse:
         try:
-            rec = await self.host.agent.start(request.lan, request.name, request.kind,
-                                              list(request.args), request.listen)
-        except (ConfigError, BackendError) as exc:
+            rec = await self.host.agent.start_request(request)
+        except (ConfigError, BackendError, PermissionDeniedError) as exc:
             await abort_for(context, exc)
             raise
         return orchestrator_pb2.OrchestratorServiceStartServiceResponse(

@@ -10,23 +10,30 @@ net/dgram.py), each a NetClient whose peer is usually reached over a link
 
 ADDR is HOST:PORT or unix:PATH; every spec also takes ``id=NAME`` (or
 ``name=``) and ``peer=ADDR/NETCLIENT``. A ``,,`` stands for a literal comma.
+
+Unlike QEMU's netdev_add, AddBackend names no program and no host path: its
+``script=``/``downscript=`` are NAMEs this service's command line maps to
+paths (``--allow-script NAME=PATH``), and unix socket addresses are refused
+(``rpc_backend_config``); the command line's ``--backend`` specs may use both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from virtwire.address import parse_peer, parse_sockaddr
+from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError, ConflictError, NotFoundError
 from virtwire.net.dgram import DgramBackend, check_interface_addr, check_multicast_group
 from virtwire.net.net import NetClient
 from virtwire.net.stream import DEFAULT_RECONNECT_S, StreamBackend
 from virtwire.net.tap import TapBackend, check_ifname, check_script
-from virtwire.server.base import ServiceHost, abort_for
+from virtwire.server.base import SHUTDOWN_GRACE_S, ServerState, ServiceHost, abort_for
 from virtwire.v1 import tap_pb2, tap_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -54,8 +61,12 @@ def check_backend_name(name: str) -> None:
         raise ConfigError(f"backend name {name!r} must not contain '/', ',' or whitespace")
 
 
-def check_backend_config(config: tap_pb2.BackendConfig) -> str:
-    """Validate what can be checked without opening anything; returns the kind."""
+def check_backend_config(config: tap_pb2.BackendConfig, *, check_scripts: bool = True) -> str:
+    """Validate what can be checked without opening anything; returns the kind.
+
+    ``check_scripts=False``: script= / downscript= are names another host
+    resolves, not checked here.
+    """
     kind: str | None = config.WhichOneof("kind")
     if kind is None:
         raise ConfigError("the backend config sets no kind: give one of tap, stream, dgram")
@@ -66,8 +77,9 @@ def check_backend_config(config: tap_pb2.BackendConfig) -> str:
     if kind == "tap":
         tap = config.tap
         check_ifname(tap.ifname)
-        check_script("script", tap.script)
-        check_script("downscript", tap.downscript)
+        if check_scripts:
+            check_script("script", tap.script)
+            check_script("downscript", tap.downscript)
     elif kind == "stream":
         stream = config.stream
         if not stream.address:
@@ -130,8 +142,13 @@ def _parse_bool(option: str, value: str) -> bool:
     raise ConfigError(f"option {option}={value!r}: expected on or off")
 
 
-def backend_config_from_args(kind: str, opts: dict[str, str]) -> tap_pb2.BackendConfig:
-    """Build and validate a BackendConfig from QEMU-like options."""
+def backend_config_from_args(kind: str, opts: Mapping[str, str], *,
+                             check_scripts: bool = True) -> tap_pb2.BackendConfig:
+    """Build and validate a BackendConfig from QEMU-like options.
+
+    ``check_scripts=False`` leaves script= / downscript= unchecked (names
+    that the host running the backend resolves).
+    """
     if kind not in _KIND_OPTS:
         raise ConfigError(f"unknown backend kind {kind!r}: expected one of "
                           f"{', '.join(BACKEND_KINDS)}")
@@ -189,8 +206,72 @@ def backend_config_from_args(kind: str, opts: dict[str, str]) -> tap_pb2.Backend
                                       "(or use mcast=GROUP:PORT)")
             config.dgram.CopyFrom(tap_pb2.DgramBackendConfig(
                 local=opts["local"], remote=opts["remote"]))
-    check_backend_config(config)
+    check_backend_config(config, check_scripts=check_scripts)
     return config
+
+
+def backend_options(config: tap_pb2.BackendConfig) -> tuple[str, dict[str, str]]:
+    """(kind, options) of a BackendConfig: the inverse of ``backend_config_from_args``."""
+    kind = check_backend_config(config, check_scripts=False)
+    opts: dict[str, str] = {}
+    if kind == "tap":
+        tap = config.tap
+        for option, value in (("ifname", tap.ifname), ("script", tap.script),
+                              ("downscript", tap.downscript)):
+            if value:
+                opts[option] = value
+        for option, flag in (("vnet_hdr", tap.vnet_hdr), ("no_padding", tap.no_padding)):
+            if flag:
+                opts[option] = "on"
+    elif kind == "stream":
+        stream = config.stream
+        opts["listen" if stream.listen else "connect"] = stream.address
+        if stream.reconnect_seconds:
+            opts["reconnect"] = str(stream.reconnect_seconds)
+    else:
+        dgram = config.dgram
+        if dgram.multicast:
+            opts["mcast"] = dgram.local
+            if dgram.multicast_interface:
+                opts["localaddr"] = dgram.multicast_interface
+        else:
+            opts["local"] = dgram.local
+            opts["remote"] = dgram.remote
+    if config.name:
+        opts["id"] = config.name
+    if config.peer:
+        opts["peer"] = config.peer
+    return kind, opts
+
+
+def format_backend_spec(kind: str, opts: Mapping[str, str]) -> str:
+    """``KIND,opt=value,...`` with ',' doubled: what ``parse_backend_spec`` reads back."""
+    return ",".join([kind, *(f"{k}={v.replace(',', ',,')}" for k, v in opts.items())])
+
+
+def rpc_backend_config(config: tap_pb2.BackendConfig, policy: RpcPolicy
+                       ) -> tap_pb2.BackendConfig:
+    """A BackendConfig that arrived over an RPC, made safe to open on this host.
+
+    Its script= / downscript= NAMEs become the paths ``policy`` allows; a path,
+    an unknown name or a unix socket address (to listen on, connect to, bind,
+    send to or dial as peer) is a PermissionDeniedError. Returns a copy.
+    """
+    out = tap_pb2.BackendConfig()
+    out.CopyFrom(config)
+    policy.no_unix("peer", config.peer)
+    kind = config.WhichOneof("kind")
+    if kind == "tap":
+        out.tap.script = policy.script("script", config.tap.script)
+        out.tap.downscript = policy.script("downscript", config.tap.downscript)
+    elif kind == "stream":
+        policy.no_unix("listen=" if config.stream.listen else "connect=",
+                       config.stream.address)
+    elif kind == "dgram":
+        policy.no_unix("local=", config.dgram.local)
+        policy.no_unix("remote=", config.dgram.remote)
+    check_backend_config(out)
+    return out
 
 
 def _split_spec(spec: str) -> list[str]:
@@ -236,12 +317,20 @@ def parse_backend_spec(spec: str) -> tap_pb2.BackendConfig:
 
 # -- the server -------------------------------------------------------------------
 class TapServer(ServiceHost):
-    """Host-side backends; each is a NetClient of this server."""
+    """Host-side backends; each is a NetClient of this server.
+
+    ``allowed_scripts`` (``--allow-script NAME=PATH``): the scripts AddBackend
+    may name.
+    """
 
     service_name = "tap"
 
-    def __init__(self, listen: str = "127.0.0.1:0") -> None:
+    def __init__(self, listen: str = "127.0.0.1:0", *,
+                 allowed_scripts: Mapping[str, str] | None = None) -> None:
         super().__init__(listen)
+        #: What AddBackend may use of this host.
+        self.rpc_policy = RpcPolicy(command="virtwire serve tap",
+                                    scripts=dict(allowed_scripts or {}))
         #: Backends to create when the server starts (from the command line).
         self.pending_configs: list[tap_pb2.BackendConfig] = []
 
@@ -253,17 +342,30 @@ class TapServer(ServiceHost):
         """Create the pending backends, then serve; nothing stays open on failure."""
         try:
             while self.pending_configs:
-                self.add_backend(self.pending_configs.pop(0))
+                await self.add_backend(self.pending_configs.pop(0))
             await super().start()
         except BaseException:
+            await self._run_downscripts()
             await self.registry.close()
             raise
 
-    def add_backend(self, config: tap_pb2.BackendConfig) -> NetClient:
+    async def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop serving; each TAP's downscript runs first, while its device is open."""
+        if self.state not in (ServerState.STOPPING, ServerState.STOPPED):
+            await self._run_downscripts()
+        await super().stop(grace)
+
+    async def _run_downscripts(self) -> None:
+        await asyncio.gather(*(nc.run_downscript() for nc in self.registry.all()
+                               if isinstance(nc, TapBackend)))
+
+    async def add_backend(self, config: tap_pb2.BackendConfig) -> NetClient:
         """Open a backend and, if ``config.peer`` is set, dial its peer.
 
         ConfigError for bad input, ConflictError for a taken name, BackendError
-        when the host resource can't be opened.
+        when the host resource can't be opened. A TAP's script runs as a
+        subprocess: the server answers other RPCs meanwhile (the backend is
+        listed, its name taken, but its device is not read until the script is done).
         """
         kind = check_backend_config(config)
         name = config.name or self.registry.unique_name(kind)
@@ -275,6 +377,13 @@ class TapServer(ServiceHost):
         except BaseException:
             backend.cleanup()
             raise
+        if isinstance(backend, TapBackend):
+            try:
+                await backend.run_script()
+            except BaseException:
+                if name in self.registry and self.registry.get(name) is backend:
+                    await self.registry.remove(name)
+                raise
         if config.peer:
             self.registry.connect(backend, config.peer)
         logger.info("added %s backend %s: %s%s", kind, name, backend.describe(),
@@ -286,6 +395,8 @@ class TapServer(ServiceHost):
         nc = self.registry.get(name)
         if nc.kind not in BACKEND_KINDS:
             raise NotFoundError(f"{name!r} is not a backend of this server")
+        if isinstance(nc, TapBackend):
+            await nc.run_downscript()  # a subprocess: other RPCs go on
         await self.registry.remove(name)
         logger.info("removed backend %s", name)
 
@@ -303,7 +414,8 @@ class TapServicer(tap_pb2_grpc.TapServiceServicer):
                          context: grpc.aio.ServicerContext[Any, Any]
                          ) -> tap_pb2.AddBackendResponse:
         try:
-            backend = self.host.add_backend(request.config)
+            config = rpc_backend_config(request.config, self.host.rpc_policy)
+            backend = await self.host.add_backend(config)
         except Exception as exc:
             await abort_for(context, exc)
             raise

@@ -1,5 +1,6 @@
 from virtwire.v1 import guest_pb2 as _guest_pb2
 from virtwire.v1 import netclient_pb2 as _netclient_pb2
+from virtwire.v1 import tap_pb2 as _tap_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -190,19 +191,91 @@ class OrchestratorServicePingResponse(_message.Message):
     replies: _containers.RepeatedCompositeFieldContainer[_guest_pb2.PingReply]
     def __init__(self, address: _Optional[str] = ..., transmitted: _Optional[int] = ..., received: _Optional[int] = ..., replies: _Optional[_Iterable[_Union[_guest_pb2.PingReply, _Mapping]]] = ...) -> None: ...
 
+class StartHubPort(_message.Message):
+    __slots__ = ("name", "peer")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    peer: str
+    def __init__(self, name: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
+
+class StartHubOptions(_message.Message):
+    __slots__ = ("hub_id", "ports")
+    HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    hub_id: int
+    ports: _containers.RepeatedCompositeFieldContainer[StartHubPort]
+    def __init__(self, hub_id: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[StartHubPort, _Mapping]]] = ...) -> None: ...
+
+class StartTapOptions(_message.Message):
+    __slots__ = ("backend",)
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    backend: _tap_pb2.BackendConfig
+    def __init__(self, backend: _Optional[_Union[_tap_pb2.BackendConfig, _Mapping]] = ...) -> None: ...
+
+class StartGuestMemOptions(_message.Message):
+    __slots__ = ("size", "no_prealloc")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    NO_PREALLOC_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    no_prealloc: bool
+    def __init__(self, size: _Optional[int] = ..., no_prealloc: _Optional[bool] = ...) -> None: ...
+
+class StartE1000Options(_message.Message):
+    __slots__ = ("guestmem", "mac", "model", "compat", "name", "peer", "rpc_dma")
+    GUESTMEM_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    COMPAT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    RPC_DMA_FIELD_NUMBER: _ClassVar[int]
+    guestmem: str
+    mac: str
+    model: str
+    compat: str
+    name: str
+    peer: str
+    rpc_dma: bool
+    def __init__(self, guestmem: _Optional[str] = ..., mac: _Optional[str] = ..., model: _Optional[str] = ..., compat: _Optional[str] = ..., name: _Optional[str] = ..., peer: _Optional[str] = ..., rpc_dma: _Optional[bool] = ...) -> None: ...
+
+class StartGuestOptions(_message.Message):
+    __slots__ = ("e1000", "guestmem", "ip", "bridge_tap", "bridge_ip", "netns", "rpc_dma")
+    E1000_FIELD_NUMBER: _ClassVar[int]
+    GUESTMEM_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_TAP_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_IP_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    RPC_DMA_FIELD_NUMBER: _ClassVar[int]
+    e1000: str
+    guestmem: str
+    ip: str
+    bridge_tap: str
+    bridge_ip: str
+    netns: str
+    rpc_dma: bool
+    def __init__(self, e1000: _Optional[str] = ..., guestmem: _Optional[str] = ..., ip: _Optional[str] = ..., bridge_tap: _Optional[str] = ..., bridge_ip: _Optional[str] = ..., netns: _Optional[str] = ..., rpc_dma: _Optional[bool] = ...) -> None: ...
+
 class OrchestratorServiceStartServiceRequest(_message.Message):
-    __slots__ = ("lan", "name", "kind", "args", "listen")
+    __slots__ = ("lan", "name", "listen", "hub", "tap", "guestmem", "e1000", "guest")
     LAN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    ARGS_FIELD_NUMBER: _ClassVar[int]
     LISTEN_FIELD_NUMBER: _ClassVar[int]
+    HUB_FIELD_NUMBER: _ClassVar[int]
+    TAP_FIELD_NUMBER: _ClassVar[int]
+    GUESTMEM_FIELD_NUMBER: _ClassVar[int]
+    E1000_FIELD_NUMBER: _ClassVar[int]
+    GUEST_FIELD_NUMBER: _ClassVar[int]
     lan: str
     name: str
-    kind: str
-    args: _containers.RepeatedScalarFieldContainer[str]
     listen: str
-    def __init__(self, lan: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., listen: _Optional[str] = ...) -> None: ...
+    hub: StartHubOptions
+    tap: StartTapOptions
+    guestmem: StartGuestMemOptions
+    e1000: StartE1000Options
+    guest: StartGuestOptions
+    def __init__(self, lan: _Optional[str] = ..., name: _Optional[str] = ..., listen: _Optional[str] = ..., hub: _Optional[_Union[StartHubOptions, _Mapping]] = ..., tap: _Optional[_Union[StartTapOptions, _Mapping]] = ..., guestmem: _Optional[_Union[StartGuestMemOptions, _Mapping]] = ..., e1000: _Optional[_Union[StartE1000Options, _Mapping]] = ..., guest: _Optional[_Union[StartGuestOptions, _Mapping]] = ...) -> None: ...
 
 class OrchestratorServiceStartServiceResponse(_message.Message):
     __slots__ = ("address", "pid")

@@ -1,0 +1,133 @@
+"""What one service of a LAN is started with: a typed spec per kind.
+
+``Orchestrator.service_spec`` builds one from the topology, once per service.
+Backends turn it into what they start: ``argv()`` gives the arguments of
+``virtwire serve KIND`` after ``--listen`` (ProcessBackend, DockerBackend,
+``virtwire render``), and ``orchestrator.remote`` turns it into the typed
+StartService options another host's orchestrator validates and runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from virtwire.server.tap import format_backend_spec
+
+__all__ = ["E1000ServiceSpec", "GuestMemServiceSpec", "GuestServiceSpec", "HubPortSpec",
+           "HubServiceSpec", "ServiceSpec", "TapServiceSpec", "with_hub_ports"]
+
+
+@dataclass(frozen=True)
+class HubPortSpec:
+    """A port the hub creates at start; with ``peer`` it dials that peer."""
+
+    name: str
+    peer: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubServiceSpec:
+    kind: ClassVar[str] = "hub"
+    hub_id: int = 0
+    #: In creation order.
+    ports: tuple[HubPortSpec, ...] = ()
+
+    def argv(self) -> list[str]:
+        args = ["--hub-id", str(self.hub_id)] if self.hub_id else []
+        for port in self.ports:
+            args += ["--port", f"{port.name}={port.peer}" if port.peer else port.name]
+        return args
+
+
+@dataclass(frozen=True, kw_only=True)
+class TapServiceSpec:
+    """One backend: ``backend`` (tap, stream, dgram) with QEMU-like ``options``.
+
+    ``options`` are as ``serve tap --backend`` takes them, ``id=`` included;
+    a script= is a path for this machine, a NAME for another host.
+    """
+
+    kind: ClassVar[str] = "tap"
+    backend: str
+    options: Mapping[str, str] = field(default_factory=dict)
+    peer: str = ""
+
+    def argv(self) -> list[str]:
+        args = ["--backend", format_backend_spec(self.backend, self.options)]
+        return args + (["--peer", self.peer] if self.peer else [])
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuestMemServiceSpec:
+    kind: ClassVar[str] = "guestmem"
+    #: Guest RAM in bytes.
+    size: int
+    prealloc: bool = True
+
+    def argv(self) -> list[str]:
+        return ["--size", str(self.size), *([] if self.prealloc else ["--no-prealloc"])]
+
+
+@dataclass(frozen=True, kw_only=True)
+class E1000ServiceSpec:
+    kind: ClassVar[str] = "e1000"
+    guestmem: str
+    mac: str
+    model: str
+    compat: str
+    name: str
+    peer: str = ""
+    rpc_dma: bool = False
+
+    def argv(self) -> list[str]:
+        args = ["--guestmem", self.guestmem, "--mac", self.mac, "--model", self.model,
+                "--compat", self.compat, "--name", self.name]
+        if self.peer:
+            args += ["--peer", self.peer]
+        return args + (["--dma", "rpc"] if self.rpc_dma else [])
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuestServiceSpec:
+    kind: ClassVar[str] = "guest"
+    e1000: str
+    guestmem: str
+    ip: str = ""
+    bridge_tap: str = ""
+    netns: str = ""
+    bridge_ip: str = ""
+    #: Create ``netns`` (a container's own namespaces): never over StartService.
+    netns_create: bool = False
+    rpc_dma: bool = False
+
+    def argv(self) -> list[str]:
+        args = ["--e1000", self.e1000, "--guestmem", self.guestmem]
+        if self.ip:
+            args += ["--ip", self.ip]
+        if self.bridge_tap:
+            args += ["--bridge-tap", self.bridge_tap]
+            if self.netns:
+                args += ["--netns", self.netns]
+            if self.bridge_ip:
+                args += ["--bridge-ip", self.bridge_ip]
+        if self.rpc_dma:
+            args += ["--dma", "rpc"]
+        return args + (["--netns-create"] if self.netns_create else [])
+
+
+ServiceSpec = (HubServiceSpec | TapServiceSpec | GuestMemServiceSpec | E1000ServiceSpec
+               | GuestServiceSpec)
+
+
+def with_hub_ports(spec: ServiceSpec, seen: list[str]) -> ServiceSpec:
+    """A hub's spec for a restart: also the ports it had (``seen``), numbered ones too.
+
+    Its dialers redial the port they were given, so the restarted hub must have it.
+    """
+    if not isinstance(spec, HubServiceSpec):
+        return spec
+    named = {port.name for port in spec.ports}
+    extra = tuple(HubPortSpec(name) for name in reversed(seen) if name not in named)
+    return replace(spec, ports=spec.ports + extra)

@@ -1,0 +1,167 @@
+"""A ServiceSpec as StartService's typed options, and back (validated) on the agent.
+
+The controlling orchestrator sends ``to_start_options(spec)``; the agent
+(``remote.Agent``) rebuilds the spec with ``from_start_request`` and starts
+``virtwire serve KIND`` from its own ``argv()``. The request carries no
+argv, so it cannot add flags (``--shm-path``, ``--ready-file``, an
+abbreviation of ``--listen``...); every field is checked here, and what the
+agent's own command line does not allow (script paths, unix sockets,
+namespaces) is a PermissionDeniedError (``allowlist.RpcPolicy``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from virtwire.address import check_name, parse_peer, parse_sockaddr, shorten
+from virtwire.allowlist import RpcPolicy
+from virtwire.errors import ConfigError
+from virtwire.guest.bridge import check_netns
+from virtwire.guest.responder import parse_interface
+from virtwire.hw.e1000 import COMPAT_VERSIONS, MODELS
+from virtwire.mem.guestmem import check_size
+from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.net.tap import check_ifname
+from virtwire.orchestrator.spec import (
+    E1000ServiceSpec,
+    GuestMemServiceSpec,
+    GuestServiceSpec,
+    HubPortSpec,
+    HubServiceSpec,
+    ServiceSpec,
+    TapServiceSpec,
+)
+from virtwire.server.tap import backend_config_from_args, backend_options, rpc_backend_config
+from virtwire.v1 import orchestrator_pb2
+
+__all__ = ["MAX_HUB_PORTS", "from_start_request", "to_start_options"]
+
+#: Ports one StartService may create on a hub.
+MAX_HUB_PORTS = 1024
+_HUB_ID_MAX = (1 << 31) - 1
+_OPTION_KINDS = ("hub", "tap", "guestmem", "e1000", "guest")
+
+
+def to_start_options(spec: ServiceSpec) -> dict[str, Any]:
+    """``{KIND: Start<Kind>Options}``: keyword arguments of the StartService request."""
+    if isinstance(spec, HubServiceSpec):
+        return {"hub": orchestrator_pb2.StartHubOptions(
+            hub_id=spec.hub_id, ports=[orchestrator_pb2.StartHubPort(name=p.name, peer=p.peer)
+                                       for p in spec.ports])}
+    if isinstance(spec, TapServiceSpec):
+        # Scripts are names the other host resolves: not checked here.
+        config = backend_config_from_args(spec.backend, {**spec.options, "peer": spec.peer},
+                                          check_scripts=False)
+        return {"tap": orchestrator_pb2.StartTapOptions(backend=config)}
+    if isinstance(spec, GuestMemServiceSpec):
+        return {"guestmem": orchestrator_pb2.StartGuestMemOptions(
+            size=spec.size, no_prealloc=not spec.prealloc)}
+    if isinstance(spec, E1000ServiceSpec):
+        return {"e1000": orchestrator_pb2.StartE1000Options(
+            guestmem=spec.guestmem, mac=spec.mac, model=spec.model, compat=spec.compat,
+            name=spec.name, peer=spec.peer, rpc_dma=spec.rpc_dma)}
+    if spec.netns_create:
+        raise ConfigError("a guest on another host cannot create its network namespace")
+    return {"guest": orchestrator_pb2.StartGuestOptions(
+        e1000=spec.e1000, guestmem=spec.guestmem, ip=spec.ip, bridge_tap=spec.bridge_tap,
+        bridge_ip=spec.bridge_ip, netns=spec.netns, rpc_dma=spec.rpc_dma)}
+
+
+def _address(option: str, text: str, policy: RpcPolicy) -> str:
+    """A service address to dial: HOST:PORT."""
+    if not text:
+        raise ConfigError(f"{option}: the address is missing (HOST:PORT)")
+    policy.no_unix(option, text)
+    return str(parse_sockaddr(text, allow_port_zero=False))
+
+
+def _peer(option: str, text: str, policy: RpcPolicy) -> str:
+    """A link peer to dial, HOST:PORT/NETCLIENT, or ""."""
+    if not text:
+        return ""
+    policy.no_unix(option, text)
+    return str(parse_peer(text))
+
+
+def _interface(option: str, text: str) -> str:
+    if not text:
+        return ""
+    try:
+        return str(parse_interface(text, option))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _hub(msg: orchestrator_pb2.StartHubOptions, policy: RpcPolicy) -> HubServiceSpec:
+    if msg.hub_id > _HUB_ID_MAX:
+        raise ConfigError(f"hub.hub_id {msg.hub_id} is above {_HUB_ID_MAX}")
+    if len(msg.ports) > MAX_HUB_PORTS:
+        raise ConfigError(f"hub.ports: {len(msg.ports)} ports, at most {MAX_HUB_PORTS}")
+    names: set[str] = set()
+    ports = []
+    for port in msg.ports:
+        name = check_name(port.name, "hub port")
+        if name in names:
+            raise ConfigError(f"hub.ports: port {name!r} is given twice")
+        names.add(name)
+        ports.append(HubPortSpec(name, _peer(f"hub.ports[{name}].peer", port.peer, policy)))
+    return HubServiceSpec(hub_id=msg.hub_id, ports=tuple(ports))
+
+
+def _tap(msg: orchestrator_pb2.StartTapOptions, policy: RpcPolicy) -> TapServiceSpec:
+    if not msg.HasField("backend"):
+        raise ConfigError("tap.backend is missing: give one backend (tap, stream or dgram)")
+    config = rpc_backend_config(msg.backend, policy)
+    kind, opts = backend_options(config)
+    peer = opts.pop("peer", "")
+    return TapServiceSpec(backend=kind, options=opts, peer=peer)
+
+
+def _e1000(msg: orchestrator_pb2.StartE1000Options, policy: RpcPolicy) -> E1000ServiceSpec:
+    try:
+        mac = format_mac(parse_mac(msg.mac))
+    except FrameError as exc:
+        raise ConfigError(f"e1000.mac: {exc}") from None
+    if msg.model not in MODELS:
+        raise ConfigError(f"e1000.model {shorten(msg.model)}: one of {', '.join(MODELS)}")
+    if msg.compat not in COMPAT_VERSIONS:
+        raise ConfigError(f"e1000.compat {shorten(msg.compat)}: one of "
+                          f"{', '.join(COMPAT_VERSIONS)}")
+    return E1000ServiceSpec(
+        guestmem=_address("e1000.guestmem", msg.guestmem, policy), mac=mac, model=msg.model,
+        compat=msg.compat, name=check_name(msg.name, "e1000 NetClient"),
+        peer=_peer("e1000.peer", msg.peer, policy), rpc_dma=msg.rpc_dma)
+
+
+def _guest(msg: orchestrator_pb2.StartGuestOptions, policy: RpcPolicy) -> GuestServiceSpec:
+    if not msg.bridge_tap and (msg.netns or msg.bridge_ip):
+        raise ConfigError("guest.netns and guest.bridge_ip need guest.bridge_tap")
+    if msg.bridge_tap:
+        check_ifname(msg.bridge_tap)
+    if msg.netns:
+        policy.netns("guest.netns", msg.netns)
+        check_netns(msg.netns, must_exist=False)
+    return GuestServiceSpec(
+        e1000=_address("guest.e1000", msg.e1000, policy),
+        guestmem=_address("guest.guestmem", msg.guestmem, policy),
+        ip=_interface("guest.ip", msg.ip), bridge_tap=msg.bridge_tap, netns=msg.netns,
+        bridge_ip=_interface("guest.bridge_ip", msg.bridge_ip), rpc_dma=msg.rpc_dma)
+
+
+def from_start_request(request: orchestrator_pb2.OrchestratorServiceStartServiceRequest,
+                       policy: RpcPolicy) -> ServiceSpec:
+    """The spec a StartService asks for, checked; ConfigError or PermissionDeniedError."""
+    kind = request.WhichOneof("options")
+    if kind is None:
+        raise ConfigError("StartService needs the service's options: set one of "
+                          f"{', '.join(_OPTION_KINDS)} (raw args are no longer accepted)")
+    if kind == "hub":
+        return _hub(request.hub, policy)
+    if kind == "tap":
+        return _tap(request.tap, policy)
+    if kind == "guestmem":
+        return GuestMemServiceSpec(size=check_size(request.guestmem.size),
+                                   prealloc=not request.guestmem.no_prealloc)
+    if kind == "e1000":
+        return _e1000(request.e1000, policy)
+    return _guest(request.guest, policy)
