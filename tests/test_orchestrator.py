@@ -6,6 +6,7 @@ temporary directory; ping goes through the OrchestratorService.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -22,6 +23,7 @@ import grpc
 import pytest
 
 from virtwire.net.pcap import read_pcap
+from virtwire.orchestrator import pids
 from virtwire.v1 import netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 from support.procs import GRPCURL, VIRTWIRE, grpcurl, serve
@@ -257,6 +259,18 @@ def _events(lan: Lan) -> list[str]:
     return [line for line in log.splitlines() if "restarting" in line]
 
 
+def test_the_state_is_private_and_records_who_started(lan: Lan) -> None:
+    """0700 dirs, a 0600 state file, and each pid with its start time and boot."""
+    assert os.stat(lan.state_dir).st_mode & 0o777 == 0o700
+    assert os.stat(lan.state_dir / "default").st_mode & 0o777 == 0o700
+    assert os.stat(lan.state_dir / "default" / "state.json").st_mode & 0o777 == 0o600
+    state = lan.state()
+    assert state["boot_id"] == pids.boot_id() != ""
+    assert state["orchestrator_start_time"] == pids.start_time(state["orchestrator_pid"]) > 0
+    for svc in state["services"]:
+        assert svc["start_time"] == pids.start_time(svc["pid"]) > 0, svc
+
+
 def test_down_leaves_no_processes(lan: Lan) -> None:
     state = lan.state()
     pids = [int(s["pid"]) for s in state["services"]] + [int(state["orchestrator_pid"])]
@@ -363,3 +377,57 @@ def test_everything_through_grpcurl(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert bad.returncode != 0 and "NotFound" in bad.stderr
         stopped = json.loads(grpcurl(addr, f"{svc}/Down", timeout=60))
         assert stopped["stopped"] == 7
+
+
+async def test_up_parses_the_topology_off_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While an Up's topology is being parsed, GetStatus is answered."""
+    from virtwire.server import orchestrator as orchestrator_server
+
+    parsing, release = threading.Event(), threading.Event()
+
+    def slow_parse(*args: Any, **kwargs: Any) -> Any:
+        parsing.set()
+        release.wait(20)  # on the event loop this would hold every RPC
+        raise orchestrator_server.TopologyError("<topology>", ["<topology>: parsed slowly"])
+
+    monkeypatch.setattr(orchestrator_server, "parse_topology", slow_parse)
+    host = orchestrator_server.OrchestratorServer(state_dir=tmp_path / "state")
+    await host.start()
+    try:
+        async with grpc.aio.insecure_channel(host.address) as ch:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+            up = stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(topology="name: x\n"))
+            reader = asyncio.ensure_future(up.read())
+            assert await asyncio.to_thread(parsing.wait, 20)
+            status = await stub.GetStatus(
+                orchestrator_pb2.OrchestratorServiceGetStatusRequest(), timeout=10)
+            assert status.state == "idle" and not reader.done()
+            release.set()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await reader
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "parsed slowly" in (info.value.details() or "")
+    finally:
+        release.set()
+        await host.stop(grace=0.1)
+
+
+async def test_up_refuses_a_topology_over_1_mib(tmp_path: Path) -> None:
+    from virtwire.server.orchestrator import OrchestratorServer
+
+    host = OrchestratorServer(state_dir=tmp_path / "state")
+    await host.start()
+    try:
+        text = "name: big\nnodes: {hub0: {kind: hub}}\n" + "#" * (2 << 20) + "\n"
+        async with grpc.aio.insecure_channel(host.address) as ch:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
+                        topology=text, source="big.yaml"), timeout=30):
+                    pass
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "too large" in (info.value.details() or "")
+        assert not (tmp_path / "state" / "big").exists()
+    finally:
+        await host.stop(grace=0.1)

@@ -9,8 +9,12 @@ written with ``receive``; EAGAIN keeps the frame queued and polls for
 writability (``tap_write_poll(True)``), which flushes the queue.
 
 ``script IFNAME`` runs after the device exists and ``downscript IFNAME``
-before it is closed (QEMU's script=/downscript=); both run synchronously, as
-in QEMU. A script that fails makes the backend fail to open.
+before it is closed (QEMU's script=/downscript=). Unlike QEMU, which waits
+for them with the main loop stopped, they run as asyncio subprocesses
+(``TapBackend.run_script`` / ``run_downscript``), so the service keeps
+answering while one runs; the device is not read until the script is done.
+A script that fails, or runs longer than SCRIPT_TIMEOUT_S (it is then
+killed, with its process group), makes the backend fail to open.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import errno
 import fcntl
 import logging
 import os
+import signal
 import struct
-import subprocess
 
 from virtwire.errors import BackendError, ConfigError
 from virtwire.net.eth import ETH_ZLEN, NET_BUFSIZE
@@ -44,6 +48,8 @@ _VNET_HDR_ZERO = bytes(VNET_HDR_LEN)
 TAP_SEND_BUDGET = 50
 #: Longest a script or downscript may run.
 SCRIPT_TIMEOUT_S = 30.0
+#: How much of a script's output is kept (the end of it), for the log.
+SCRIPT_OUTPUT_MAX = 4096
 
 
 def check_ifname(ifname: str) -> None:
@@ -114,29 +120,94 @@ def _tunsetiff_error(ifname: str, exc: OSError) -> str:
     return f"cannot create {what}: TUNSETIFF failed: {exc.strerror}"
 
 
-def launch_script(option: str, script: str, ifname: str) -> None:
-    """QEMU's launch_script: run ``script ifname``; BackendError unless it exits 0."""
+class _OutputTail:
+    """Reads a non-blocking pipe from the loop, keeping its last SCRIPT_OUTPUT_MAX bytes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.data = bytearray()
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self.read)
+
+    def read(self) -> None:
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._loop.remove_reader(self.fd)
+            return
+        self.data += chunk
+        del self.data[:-SCRIPT_OUTPUT_MAX]
+
+    def close(self) -> str:
+        """What was written up to now (a child the script left may hold the pipe)."""
+        self.read()
+        self._loop.remove_reader(self.fd)
+        os.close(self.fd)
+        return self.data.decode(errors="replace").strip()
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the script's process group (it leads one), while it is unreaped."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+async def launch_script(option: str, script: str, ifname: str,
+                        timeout: float | None = None) -> None:
+    """QEMU's launch_script: run ``script ifname``; BackendError unless it exits 0.
+
+    An asyncio subprocess in its own process group: past ``timeout`` (default
+    SCRIPT_TIMEOUT_S), or when the caller is cancelled, the group is killed.
+    Its output (stdout and stderr, the last SCRIPT_OUTPUT_MAX bytes) is logged.
+    """
+    timeout = SCRIPT_TIMEOUT_S if timeout is None else timeout
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = subprocess.run([script, ifname], stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=SCRIPT_TIMEOUT_S,
-                              check=False, close_fds=True)
-    except subprocess.TimeoutExpired as exc:
-        raise BackendError(f"{option} {script} {ifname}: still running after "
-                           f"{SCRIPT_TIMEOUT_S:g}s, killed") from exc
+        proc = await asyncio.create_subprocess_exec(
+            script, ifname, stdin=asyncio.subprocess.DEVNULL, stdout=write_end,
+            stderr=write_end, close_fds=True, process_group=0)
     except OSError as exc:
+        os.close(read_end)
         raise BackendError(f"{option} {script} {ifname}: could not launch: "
                            f"{exc.strerror}") from exc
-    output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+    finally:
+        os.close(write_end)
+    tail = _OutputTail(read_end)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        _kill_group(proc)
+        await proc.wait()
+        raise BackendError(f"{option} {script} {ifname}: still running after "
+                           f"{timeout:g}s, killed") from None
+    except BaseException:  # cancelled: the script goes with the request
+        _kill_group(proc)
+        raise
+    finally:
+        output = tail.close()
     if output:
         logger.info("%s %s %s: %s", option, script, ifname, output)
     if proc.returncode != 0:
-        detail = f": {output.splitlines()[-1]}" if output else ""
+        detail = f": {output.splitlines()[-1][:200]}" if output else ""
         raise BackendError(f"{option} {script} {ifname} failed with status "
                            f"{proc.returncode}{detail}")
 
 
 class TapBackend(NetClient):
-    """QEMU's TAPState: a TAP device whose frames go to and from the peer."""
+    """QEMU's TAPState: a TAP device whose frames go to and from the peer.
+
+    With a ``script`` the device is opened but not read until ``run_script``
+    (``TapBackend.create`` does both); ``close`` runs the downscript, then
+    ``cleanup`` closes the device.
+    """
 
     kind = "tap"
 
@@ -157,15 +228,60 @@ class TapBackend(NetClient):
         self.write_errors = 0
         self.write_eagain = 0
         self._last_write_errno = 0
-        try:
-            if script:
-                launch_script("script", script, self.ifname)
-        except BaseException:
-            os.close(self.fd)
-            self.closed = True
-            raise
+        self._script_due = bool(script)
+        #: Set once the backend is open (its script ran): QEMU's down_script.
+        self._downscript_due = False
+        if not script:
+            self._opened()
+
+    @classmethod
+    async def create(cls, name: str, ifname: str = "", *, vnet_hdr: bool = False,
+                     no_padding: bool = False, script: str = "",
+                     downscript: str = "") -> TapBackend:
+        """Open the device and run its script; BackendError (device closed) if it fails."""
+        backend = cls(name, ifname, vnet_hdr=vnet_hdr, no_padding=no_padding, script=script,
+                      downscript=downscript)
+        await backend.run_script()
+        return backend
+
+    def _opened(self) -> None:
+        self._downscript_due = bool(self.downscript)
         self.tap_read_poll(True)
-        logger.info("tap %s: opened %s%s", name, self.ifname, " (vnet_hdr)" if vnet_hdr else "")
+        logger.info("tap %s: opened %s%s", self.name, self.ifname,
+                    " (vnet_hdr)" if self.vnet_hdr else "")
+
+    async def run_script(self) -> None:
+        """Run ``script IFNAME`` (once), then start reading the device.
+
+        The script runs as a subprocess: the loop goes on meanwhile. If it
+        fails (or is cancelled) the device is closed, with no downscript.
+        """
+        if not self._script_due:
+            return
+        self._script_due = False
+        try:
+            await launch_script("script", self.script, self.ifname)
+        except BaseException:
+            self.cleanup()
+            raise
+        if self.closed:
+            raise BackendError(f"tap {self.name}: closed while its script ran")
+        self._opened()
+
+    async def run_downscript(self) -> None:
+        """Run ``downscript IFNAME`` (once, if the backend opened), before ``cleanup``."""
+        if not self._downscript_due or self.closed:
+            return
+        self._downscript_due = False
+        try:
+            await launch_script("downscript", self.downscript, self.ifname)
+        except BackendError as exc:
+            logger.error("tap %s: %s", self.name, exc)
+
+    async def close(self) -> None:
+        """tap_cleanup: the downscript, then close the device."""
+        await self.run_downscript()
+        self.cleanup()
 
     # -- fd handlers (tap_update_fd_handler) -----------------------------------
     def tap_read_poll(self, enable: bool) -> None:
@@ -254,14 +370,12 @@ class TapBackend(NetClient):
         return not self.write_poll
 
     def cleanup(self) -> None:
-        """tap_cleanup: downscript, then stop polling and close the device."""
+        """Stop polling and close the device (``close`` runs the downscript first)."""
         if self.closed:
             return
-        if self.downscript:
-            try:
-                launch_script("downscript", self.downscript, self.ifname)
-            except BackendError as exc:
-                logger.error("tap %s: %s", self.name, exc)
+        if self._downscript_due:
+            logger.warning("tap %s: closed without its downscript %s (not run: close() "
+                           "runs it)", self.name, self.downscript)
         self.tap_read_poll(False)
         self.tap_write_poll(False)
         self.closed = True
