@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from virtwire import certs
 from virtwire.guest.responder import ARP_REPLY, ARP_REQUEST, build_arp, parse_arp
 from virtwire.net.eth import parse_mac
 
@@ -93,22 +94,43 @@ class Host:
              *VIRTWIRE, *args], capture_output=True, text=True, timeout=timeout,
             stdin=subprocess.DEVNULL)
 
-def _agent_services(host: Host, lan: str) -> list[dict[str, Any]]:
-    """ListServices of a host's orchestrator, asked from inside that host."""
+def _agent_services(host: Host, lan: str, identity: str = "") -> list[dict[str, Any]]:
+    """ListServices of a host's orchestrator, asked from inside that host (over
+    mutual TLS as ``identity``, ``DIR:NAME``, when given)."""
     script = ("import sys, grpc, json\n"
               "from google.protobuf import json_format\n"
+              "from virtwire import tls\n"
               "from virtwire.v1 import orchestrator_pb2 as p, orchestrator_pb2_grpc as g\n"
-              "with grpc.insecure_channel(sys.argv[1]) as ch:\n"
+              "if sys.argv[3]:\n"
+              "    d, n = sys.argv[3].rsplit(':', 1)\n"
+              "    tls.configure(tls.TlsConfig.from_dir(d, n))\n"
+              "with tls.sync_channel(sys.argv[1]) as ch:\n"
               "    r = g.OrchestratorServiceStub(ch).ListServices(\n"
               "        p.OrchestratorServiceListServicesRequest(lan=sys.argv[2]), timeout=10)\n"
               "print(json_format.MessageToJson(r, preserving_proto_field_name=True))\n")
-    out = host.ns.exec(VIRTWIRE[0], "-c", script, f"{host.address}:{AGENT_PORT}", lan)
+    out = host.ns.exec(VIRTWIRE[0], "-c", script, f"{host.address}:{AGENT_PORT}", lan,
+                       identity)
     data: dict[str, Any] = json.loads(out.stdout)
     return list(data.get("services", []))
 
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[tuple[Host, Host]]:
+    yield from _two_hosts(tmp_path, None)
+
+
+@pytest.fixture
+def tls_hosts(tmp_path: Path) -> Iterator[tuple[Host, Host]]:
+    """As ``hosts``, each host's orchestrator with its own certificate from one CA."""
+    pki = tmp_path / "pki"
+    ca = certs.init_ca(pki)
+    for name, ip in (("hosta", A_IP), ("hostb", B_IP)):
+        ca.issue_to(pki, name, [ip], "service")
+    ca.issue_to(pki, "viewer", [], "viewer")
+    yield from _two_hosts(tmp_path, pki)
+
+
+def _two_hosts(tmp_path: Path, pki: Path | None) -> Iterator[tuple[Host, Host]]:
     netns.require_root()
     with netns.netns() as ns_a, netns.netns() as ns_b:
         ns_a.add_veth(cidr=f"{A_IP}/24", peer_ns=ns_b, peer_cidr=f"{B_IP}/24")
@@ -120,7 +142,10 @@ def hosts(tmp_path: Path) -> Iterator[tuple[Host, Host]]:
                 log = open(host.state_dir / "agent.log", "wb")
                 host.proc = host.ns.popen(
                     "env", f"VIRTWIRE_STATE_DIR={host.state_dir}", *VIRTWIRE, "serve",
-                    "orchestrator", "--listen", f"{host.address}:{AGENT_PORT}", "--insecure",
+                    "orchestrator", "--listen", f"{host.address}:{AGENT_PORT}",
+                    *(["--tls-dir", str(pki), "--tls-name",
+                       "hosta" if host.address == A_IP else "hostb"] if pki else
+                      ["--insecure"]),
                     "--ready-file", str(ready), stdout=log, stderr=subprocess.STDOUT)
                 log.close()
                 deadline = time.monotonic() + 20
@@ -319,3 +344,47 @@ def test_agent_rpcs_refuse_bad_requests(hosts: tuple[Host, Host]) -> None:
     assert out[5].startswith("NOT_FOUND")
     assert out[6].startswith("OUT_OF_RANGE")
     assert _agent_services(a, "x") == []
+
+
+def test_one_lan_on_two_hosts_with_mutual_tls(tls_hosts: tuple[Host, Host],
+                                              tmp_path: Path) -> None:
+    """Each host's orchestrator has its host's certificate; `up` of a topology with
+    `tls:` is the controller. Services on a host present that host's certificate, so
+    vm2's e1000 on B dials the hub on A over mutual TLS. A client without a
+    certificate, or a viewer, cannot start services on a host."""
+    a, b = tls_hosts
+    pki = tmp_path / "pki"
+    topo = tmp_path / "twohosts.yaml"
+    topo.write_text(TOPOLOGY.replace("hosts:", "tls: {dir: pki}\nhosts:", 1))
+    ctl = Host(a.ns, a.address, tmp_path / "controller")
+    up = ctl.virtwire("up", str(topo), "--detach", timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        for src, dst in (("vm1", "vm2"), ("vm2", "vm1")):
+            ping = ctl.virtwire("ping", src, dst, "-c", "3")
+            assert ping.returncode == 0, ping.stdout + ping.stderr
+        status = ctl.virtwire("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert len(_agent_services(b, "twohosts", f"{pki}:viewer")) == 4
+        probe = ("import sys, grpc\n"
+                 "from virtwire import tls\n"
+                 "from virtwire.v1 import orchestrator_pb2 as p, orchestrator_pb2_grpc as g\n"
+                 "if sys.argv[2]:\n"
+                 "    tls.configure(tls.TlsConfig.from_dir(sys.argv[2], 'viewer'))\n"
+                 "req = p.OrchestratorServiceStartServiceRequest(lan='x', name='h',"
+                 " hub=p.StartHubOptions(), listen='127.0.0.1:0')\n"
+                 "try:\n"
+                 "    g.OrchestratorServiceStub(tls.sync_channel(sys.argv[1])).StartService("
+                 "req, timeout=10)\n"
+                 "    print('OK')\n"
+                 "except grpc.RpcError as e:\n"
+                 "    print(e.code().name)\n")
+        agent_b = f"{B_IP}:{AGENT_PORT}"
+        assert a.ns.exec(VIRTWIRE[0], "-c", probe, agent_b, "").stdout.strip() == \
+            "UNAVAILABLE"
+        assert a.ns.exec(VIRTWIRE[0], "-c", probe, agent_b, str(pki)).stdout.strip() == \
+            "PERMISSION_DENIED"
+    finally:
+        down = ctl.virtwire("down", "twohosts")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert _agent_services(b, "twohosts", f"{pki}:viewer") == []

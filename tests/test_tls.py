@@ -18,7 +18,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from support.procs import GRPCURL, VIRTWIRE, serve
 from virtwire import certs, tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import ConfigError, ConflictError
@@ -34,6 +33,8 @@ from virtwire.v1 import (
     orchestrator_pb2,
     tap_pb2,
 )
+
+from support.procs import GRPCURL, VIRTWIRE, serve
 
 KINDS = ("hub", "tap", "guestmem", "e1000", "guest", "orchestrator")
 _OWN = {"hub": hub_pb2.DESCRIPTOR.services_by_name["HubService"],
@@ -162,7 +163,7 @@ def test_tls_config_checks_the_files(pki: Pki, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not the key of"):
         tls.TlsConfig.from_files(pki.dir / "ca.pem", pki.dir / "controller.pem",
                                  pki.dir / "viewer-key.pem")
-    with pytest.raises(ConfigError, match="--tls-cert .*No such file"):
+    with pytest.raises(ConfigError, match=r"--tls-cert .*No such file"):
         tls.TlsConfig.from_dir(pki.dir, "nobody")
 
 
@@ -335,3 +336,68 @@ def test_cli_reads_the_tls_dir_from_the_environment(lan: dict[str, str], pki: Pk
     plain = subprocess.run([*VIRTWIRE, "list", "-s", lan["hub"]], capture_output=True,
                            text=True, timeout=30)
     assert plain.returncode == 1 and "cannot reach" in plain.stderr
+
+
+# -- the default LAN with tls: ------------------------------------------------------
+EXAMPLE = Path(__file__).parent.parent / "examples" / "default.yaml"
+
+
+def test_default_lan_runs_with_mutual_tls(tmp_path: Path) -> None:
+    """`up -d` of the default LAN with `tls: {dir}`: every service gets its own
+    certificate, status/ping/link/capture work through the LAN's controller
+    identity, plaintext and viewer clients are refused, and down removes the keys."""
+    import json
+    import socket
+
+    pki_dir = tmp_path / "pki"
+    subprocess.run([*VIRTWIRE, "certs", "init", str(pki_dir)], check=True,
+                   capture_output=True)
+    subprocess.run([*VIRTWIRE, "certs", "issue", str(pki_dir), "viewer", "--role", "viewer"],
+                   check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    topo = tmp_path / "lan.yaml"
+    topo.write_text(EXAMPLE.read_text().replace("127.0.0.1:10555", f"127.0.0.1:{port}")
+                    .replace("name: default", "name: tlslan\ntls: {dir: pki}"))
+    state = tmp_path / "state"
+    env = {**os.environ, "VIRTWIRE_STATE_DIR": str(state)}
+    env.pop("VIRTWIRE_TLS_DIR", None)
+
+    def cli(*args: str, extra: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*VIRTWIRE, *args], capture_output=True, text=True,
+                              timeout=90, env={**env, **(extra or {})})
+
+    up = cli("up", str(topo), "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        lan_tls = state / "tlslan" / "tls"
+        assert stat.S_IMODE(os.stat(lan_tls).st_mode) == 0o700
+        keys = sorted(p.name for p in lan_tls.glob("*-key.pem"))
+        assert "controller-key.pem" in keys and "vm1-e1000-key.pem" in keys, keys
+        for key in lan_tls.glob("*-key.pem"):
+            assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+        status = cli("status", "--json")
+        assert status.returncode == 0, status.stderr
+        services = [s for n in json.loads(status.stdout)["nodes"] for s in n["services"]]
+        assert len(services) == 8 and all(s["healthy"] for s in services)
+        ping = cli("ping", "vm1", "vm2", "-c", "2")
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        link = cli("link", "vm2", "down")
+        assert link.returncode == 0, link.stderr
+        assert cli("ping", "vm1", "vm2", "-c", "1", "-W", "0.5").returncode == 1
+        assert cli("link", "vm2", "up").returncode == 0
+        # Another client: the viewer may read but not set links; plaintext gets nothing.
+        viewer = {"VIRTWIRE_TLS_DIR": str(pki_dir), "VIRTWIRE_TLS_NAME": "viewer"}
+        assert cli("status", extra=viewer).returncode == 0
+        denied = cli("link", "vm2", "down", extra=viewer)
+        assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
+        hub = next(s["address"] for s in services if s["kind"] == "hub")
+        assert _health(hub, None) == grpc.StatusCode.UNAVAILABLE
+        orch = json.loads((state / "tlslan" / "state.json").read_text())["orchestrator"]
+        assert _health(orch, None) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        down = cli("down", "tlslan")
+    assert down.returncode == 0, down.stderr
+    assert not (state / "tlslan").exists()
