@@ -326,20 +326,19 @@ async def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def cmd_render(args: argparse.Namespace) -> int:
-    from virtwire.render import render
+    from virtwire.render import holds_keys, render, write_output
     from virtwire.topology import load_topology
 
     topo = load_topology(args.file)
-    text = render(topo, args.format, args.subnet)
+    output = None if args.output in (None, "-") else Path(args.output)
+    text = render(topo, args.format, args.subnet, output=output,
+                  certs_dir=Path(args.certs_dir) if args.certs_dir else None)
     for warning in topo.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.output in (None, "-"):
+    if output is None:
         sys.stdout.write(text)
     else:
-        try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            raise VirtwireError(f"cannot write {args.output}: {exc.strerror}") from exc
+        write_output(output, text, holds_keys(topo, args.format))
     return 0
 
 
@@ -532,10 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     rnd.add_argument("--subnet", default="",
                      help="compose: the network's subnet, inside 198.18.0.0/15 "
                           "(default 198.18.20.0/24)")
+    rnd.add_argument("--certs-dir", metavar="DIR",
+                     help="with tls: in the topology, where the services' certificates "
+                          "are issued (default: OUTPUT-STEM-certs next to -o)")
 
     up = sub.add_parser("up", allow_abbrev=False, help="run a LAN from a topology file")
     up.add_argument("file")
-    tls.add_arguments(up, default_name=tls.DEFAULT_CLIENT_NAME)
     up.add_argument("--detach", "-d", action="store_true",
                     help="leave the LAN running in the background")
     up.add_argument("--backend", choices=["process", "docker"], default="process",
@@ -580,8 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least {least}")
     setup_logging(args.verbose)
     try:
-        if args.command != "up":  # up takes the LAN's identity from its topology's tls:
-            tls.configure(tls.config_from_args(args))
+        # up takes the LAN's identity from its topology's tls: (orchestrator/pki.py).
+        tls.configure(tls.config_from_args(args))
         return asyncio.run(_COMMANDS[args.command](args))
     except (ConfigError, FrameError) as exc:
         print(f"virtwire: error: {exc}", file=sys.stderr)
