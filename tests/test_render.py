@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -281,3 +283,191 @@ def test_docker_compose_accepts_it(topo_file: Path, tmp_path: Path) -> None:
     result = subprocess.run([compose, "-f", str(out), "config", "-q"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+# --- trust: --insecure without tls:, each service's own secret with it ----------------
+
+def _tls_topology(tmp_path: Path, ca_key: bool = True) -> Path:
+    """examples/default.yaml plus a bridged guest and a Linux TAP (root containers),
+    with ``tls: {dir: pki}``: a CA (and, without ``ca_key``, the handed-out pair)."""
+    from virtwire import certs
+
+    authority = certs.init_ca(tmp_path / "pki")
+    if not ca_key:
+        authority.issue_to(tmp_path / "pki", "controller", role="controller")
+        authority.issue_to(tmp_path / "pki", "service", ["vm1-guest", "hub0"])
+        (tmp_path / "pki" / certs.CA_KEY).unlink()
+    text = (EXAMPLES / "default.yaml").read_text().replace("links:\n", (
+        "  vm3: {kind: vm, bridge: {ifname: vw-b0, ip: 198.18.0.13/24}}\n"
+        "  t1: {kind: tap, backend: tap, ifname: vw0}\n"
+        "links:\n  - [vm3, hub0]\n  - [t1, hub0]\n"))
+    topo = tmp_path / "lan.yaml"
+    topo.write_text(text + "tls: {dir: pki}\n")
+    return topo
+
+
+def _flag(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+def _cert_info(pem: bytes) -> dict[str, str]:
+    from virtwire import certs
+
+    return certs.describe(pem)
+
+
+def test_without_tls_every_service_is_insecure(topo_file: Path, tmp_path: Path) -> None:
+    topo = load_topology(topo_file)
+    for fmt in ("compose", "k8s"):
+        text = _render(topo_file, fmt, tmp_path).read_text()
+        assert "--insecure" in text.split("\n", 3)[1] + text.split("\n", 3)[2]
+        docs = list(yaml.safe_load_all(text))
+        if fmt == "compose":
+            commands = [s["command"] for s in docs[0]["services"].values()]
+            assert "secrets" not in docs[0]
+            assert not any("secrets" in s or "environment" in s
+                           for s in docs[0]["services"].values())
+        else:
+            assert not [d for d in docs if d["kind"] == "Secret"]
+            commands = [d["spec"]["template"]["spec"]["containers"][0]["args"]
+                        for d in docs if d["kind"] == "Deployment"]
+        assert len(commands) == len(topo.services)
+        for cmd in commands:
+            assert cmd[-1] == "--insecure" and not any(a.startswith("--tls") for a in cmd)
+    assert not list(tmp_path.glob("*-certs"))
+
+
+def test_compose_tls_secrets(tmp_path: Path) -> None:
+    from virtwire import tls
+
+    topo_path = _tls_topology(tmp_path)
+    topo = load_topology(topo_path)
+    out = tmp_path / "deploy" / "lan.yml"
+    out.parent.mkdir()
+    assert main(["render", "compose", str(topo_path), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "Mutual TLS" in text.splitlines()[1] and "--insecure" not in text
+    doc = yaml.safe_load(text)
+    certs_dir = tmp_path / "deploy" / "lan-certs"
+    assert certs_dir.stat().st_mode & 0o777 == 0o700
+    secrets = doc["secrets"]
+    # Paths relative to the compose file, so the directory moves with it.
+    assert secrets["ca"] == {"file": "./lan-certs/ca.pem"}
+    assert set(secrets) == {"ca"} | {f"{s.name}-{w}" for s in topo.services
+                                     for w in ("cert", "key")}
+    ca = (certs_dir / "ca.pem").read_bytes()
+    assert ca == (tmp_path / "pki" / "ca.pem").read_bytes()
+    for svc in topo.services:
+        spec = doc["services"][svc.name]
+        cmd = spec["command"]
+        assert _flag(cmd, "--tls-ca") == "/run/secrets/ca.pem"
+        assert _flag(cmd, "--tls-cert") == f"/run/secrets/{svc.name}.pem"
+        assert _flag(cmd, "--tls-key") == f"/run/secrets/{svc.name}-key.pem"
+        # Only its own certificate and key, and the CA.
+        assert [s["source"] for s in spec["secrets"]] == ["ca", f"{svc.name}-cert",
+                                                          f"{svc.name}-key"]
+        assert [s["target"] for s in spec["secrets"]] == [
+            "ca.pem", f"{svc.name}.pem", f"{svc.name}-key.pem"]
+        key_secret = spec["secrets"][2]
+        root = _needs_caps(topo, svc.name)
+        assert (key_secret["uid"], key_secret["gid"]) == (("0", "0") if root
+                                                          else ("10000", "10000"))
+        assert key_secret["mode"] == 0o400
+        assert spec["environment"] == {"VIRTWIRE_TLS_DIR": "/run/secrets",
+                                       "VIRTWIRE_TLS_NAME": svc.name}
+        cert = out.parent / secrets[f"{svc.name}-cert"]["file"]
+        key = out.parent / secrets[f"{svc.name}-key"]["file"]
+        info = _cert_info(cert.read_bytes())
+        assert info["name"] == svc.name and info["role"] == "service"
+        assert svc.name in info["sans"].split(",")
+        assert key.stat().st_mode & 0o777 == 0o600
+        if os.geteuid() == 0:  # docker-compose bind-mounts it as it is
+            assert (key.stat().st_uid, key.stat().st_gid) == ((0, 0) if root
+                                                              else (10000, 10000))
+        # The files are a working identity signed by the LAN's CA.
+        tls.TlsConfig.from_files(certs_dir / "ca.pem", cert, key)
+    controller = tls.TlsConfig.from_dir(certs_dir, "controller")
+    assert controller.role == "controller"
+    compose = shutil.which("docker-compose")
+    if compose is not None:  # the secrets section is valid compose
+        result = subprocess.run([compose, "-f", str(out), "config", "-q"], cwd=out.parent,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+
+
+def test_k8s_tls_secrets(tmp_path: Path) -> None:
+    topo_path = _tls_topology(tmp_path)
+    topo = load_topology(topo_path)
+    out = tmp_path / "lan-k8s.yml"
+    assert main(["render", "k8s", str(topo_path), "-o", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o600  # it holds private keys
+    docs = list(yaml.safe_load_all(out.read_text()))
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert list(secrets) == [f"{s.name}-tls" for s in topo.services]
+    ca = (tmp_path / "pki" / "ca.pem").read_bytes()
+    for svc in topo.services:
+        secret = secrets[f"{svc.name}-tls"]
+        assert secret["type"] == "kubernetes.io/tls"
+        data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+        assert data["ca.crt"] == ca
+        info = _cert_info(data["tls.crt"])
+        assert info["name"] == svc.name and svc.name in info["sans"].split(",")
+        assert b"PRIVATE KEY" in data["tls.key"]
+        pod = deployments[svc.name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        args = container["args"]
+        assert _flag(args, "--tls-cert") == f"/run/secrets/virtwire/{svc.name}.pem"
+        assert _flag(args, "--tls-key") == f"/run/secrets/virtwire/{svc.name}-key.pem"
+        assert _flag(args, "--tls-ca") == "/run/secrets/virtwire/ca.pem"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+        assert mount == {"name": "tls", "mountPath": "/run/secrets/virtwire", "readOnly": True}
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        assert volume["secret"]["secretName"] == f"{svc.name}-tls"  # its own only
+        assert [i["path"] for i in volume["secret"]["items"]] == [
+            "ca.pem", f"{svc.name}.pem", f"{svc.name}-key.pem"]
+        if _needs_caps(topo, svc.name):
+            assert volume["secret"]["defaultMode"] == 0o400
+            assert "securityContext" not in pod
+        else:  # the image's user reads it through the pod's fsGroup
+            assert volume["secret"]["defaultMode"] == 0o440
+            assert pod["securityContext"] == {"fsGroup": 10000}
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env == {"VIRTWIRE_TLS_DIR": "/run/secrets/virtwire",
+                       "VIRTWIRE_TLS_NAME": svc.name}
+
+
+def test_tls_handed_out_certificates(tmp_path: Path) -> None:
+    """Without the CA key, tls.dir's service.pem is every service's (as `up` does)."""
+    topo_path = _tls_topology(tmp_path, ca_key=False)
+    certs_dir = tmp_path / "elsewhere"
+    out = tmp_path / "lan.yml"
+    assert main(["render", "compose", str(topo_path), "-o", str(out),
+                 "--certs-dir", str(certs_dir)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    service = (tmp_path / "pki" / "service.pem").read_bytes()
+    for name in doc["services"]:
+        assert (certs_dir / f"{name}.pem").read_bytes() == service
+        assert doc["secrets"][f"{name}-cert"]["file"] == f"./elsewhere/{name}.pem"
+    assert (certs_dir / "controller.pem").read_bytes() == (
+        tmp_path / "pki" / "controller.pem").read_bytes()
+
+
+def test_tls_render_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    topo_path = _tls_topology(tmp_path)
+    # To stdout, the certificates need a home.
+    assert main(["render", "compose", str(topo_path)]) == 2
+    assert "--certs-dir" in capsys.readouterr().err
+    assert main(["render", "k8s", str(topo_path), "-o", str(tmp_path / "k.yml"),
+                 "--certs-dir", str(tmp_path / "pki")]) == 2
+    assert "tls.dir" in capsys.readouterr().err
+    assert not (tmp_path / "k.yml").exists()
+    assert main(["render", "compose", str(EXAMPLES / "default.yaml"),
+                 "--certs-dir", str(tmp_path / "c")]) == 2
+    assert "--certs-dir is for a topology with tls:" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    # With --certs-dir, stdout is fine.
+    assert main(["render", "compose", str(topo_path), "--certs-dir",
+                 str(tmp_path / "c2")]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    assert doc["secrets"]["ca"]["file"] == str((tmp_path / "c2" / "ca.pem").resolve())

@@ -17,20 +17,40 @@ guestmem's /dev/shm is Docker's default 64 MiB (a larger guest RAM fails with
 ENOSPC), and ``tap`` backends and bridged guests get no /dev/net/tun: those
 need compose. The network's subnet is fixed, so one rendered LAN runs at a
 time per engine.
+
+Trust: without ``tls:`` in the topology every service gets ``--insecure``
+(plaintext on 0.0.0.0, any container on the network may call every RPC), and
+the header says so. With ``tls: {dir: PKI}`` render issues, from PKI's CA key,
+each service a certificate (role service, SAN its service name) into a
+certificates directory (``--certs-dir``, default ``STEM-certs`` next to the
+output), plus a ``controller`` identity for the operator; without a CA key
+PKI's ``service.pem`` is handed to every service, as the orchestrator does.
+A service sees only its own certificate and key and the CA, at
+``/run/secrets/{ca.pem,NAME.pem,NAME-key.pem}`` (compose: file ``secrets:``;
+Kubernetes: a ``kubernetes.io/tls`` Secret per service, embedded in the
+manifests, which are then written 0600, mounted read-only under
+``/run/secrets/virtwire``), and ``VIRTWIRE_TLS_DIR``/``VIRTWIRE_TLS_NAME`` name
+that identity to the CLI inside the container. docker-compose (not Swarm)
+bind-mounts file secrets with their host owner and mode, so render, as root,
+gives each key to its container's user (0 or the image's 10000).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from virtwire import __version__
-from virtwire.errors import ConfigError
+from virtwire import __version__, certs, tls
+from virtwire.errors import BackendError, ConfigError
 from virtwire.orchestrator.core import Orchestrator, ServiceRecord
+from virtwire.orchestrator.pki import LanPki
 from virtwire.orchestrator.spec import GuestServiceSpec, ServiceSpec, TapServiceSpec
 from virtwire.topology import Service, TapNode, Topology, VmNode
 
@@ -47,6 +67,13 @@ _SHM_HEADROOM = 16 * _MIB
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 #: Backend options that name a local address to bind (rewritten off loopback).
 _BIND_OPTIONS = {"stream": ("listen",), "dgram": ("local",)}
+#: The image's unprivileged user and group (deploy/Dockerfile).
+IMAGE_USER = (10000, 10000)
+#: Where a container finds its identity (compose's and Swarm's secrets directory).
+SECRETS_DIR = "/run/secrets"
+#: The same in a Kubernetes pod (a Secret volume; /run/secrets itself holds the
+#: service account's).
+K8S_SECRETS_DIR = "/run/secrets/virtwire"
 
 
 def address_of(service: str) -> str:
@@ -90,13 +117,37 @@ def container_command(svc: Service, spec: ServiceSpec) -> list[str]:
     return ["serve", svc.kind, "--listen", LISTEN, *container_spec(spec).argv()]
 
 
-def service_commands(topo: Topology) -> dict[str, list[str]]:
-    """``serve KIND --listen 0.0.0.0:50051 ...`` for every service, in start order."""
+def identity_files(name: str) -> tuple[str, str, str]:
+    """The file names of service ``name``'s CA, certificate and key in its container."""
+    return (certs.CA_CERT, certs.cert_path(Path(), name).name,
+            certs.key_path(Path(), name).name)
+
+
+def container_tls_args(name: str, directory: str = SECRETS_DIR) -> list[str]:
+    """``--tls-ca/--tls-cert/--tls-key`` of service ``name``'s files in ``directory``."""
+    ca, cert, key = identity_files(name)
+    return ["--tls-ca", f"{directory}/{ca}", "--tls-cert", f"{directory}/{cert}",
+            "--tls-key", f"{directory}/{key}"]
+
+
+def container_tls_env(name: str, directory: str = SECRETS_DIR) -> dict[str, str]:
+    """The environment that gives the CLI in service ``name``'s container its identity."""
+    return {tls.ENV_DIR: directory, tls.ENV_NAME: name}
+
+
+def service_commands(topo: Topology, directory: str = SECRETS_DIR) -> dict[str, list[str]]:
+    """``serve KIND --listen 0.0.0.0:50051 ...`` for every service, in start order.
+
+    With the topology's ``tls:`` each gets its identity's files in ``directory``,
+    else ``--insecure``.
+    """
     orch = Orchestrator(state_dir=Path("/nonexistent/virtwire-render"))
     orch.services = {s.name: ServiceRecord(name=s.name, kind=s.kind, node=s.node,
                                            address=address_of(s.name))
                      for s in topo.services}
-    return {svc.name: container_command(svc, orch.service_spec(topo, svc.name))
+    return {svc.name: [*container_command(svc, orch.service_spec(topo, svc.name)),
+                       *(container_tls_args(svc.name, directory) if topo.tls_dir
+                         else ["--insecure"])]
             for svc in topo.services}
 
 
@@ -122,9 +173,67 @@ def capabilities(topo: Topology, svc: Service) -> list[str]:
     return caps
 
 
+def container_owner(topo: Topology, svc: Service) -> tuple[int, int]:
+    """The uid and gid service ``svc``'s container runs as: root where it makes a TAP."""
+    return (0, 0) if capabilities(topo, svc) else IMAGE_USER
+
+
 def shm_bytes(node: VmNode) -> int:
     """/dev/shm size for a VM's guestmem: its RAM rounded up to MiB, plus headroom."""
     return -(-node.memory // _MIB) * _MIB + _SHM_HEADROOM
+
+
+@dataclasses.dataclass(frozen=True)
+class Identities:
+    """The certificates of a rendered LAN (``issue_identities``), in ``directory``."""
+
+    directory: Path
+    #: By service name.
+    services: dict[str, tls.TlsConfig]
+    #: Keys still owned by the user who rendered (not root), so a non-root
+    #: container cannot read them under docker-compose (a Swarm copies them).
+    unowned: list[Path]
+
+
+def default_certs_dir(output: Path) -> Path:
+    """``lan.yml`` -> ``lan-certs`` in the same directory."""
+    return output.with_name(f"{output.stem}-certs")
+
+
+def issue_identities(topo: Topology, directory: Path) -> Identities:
+    """Each service's certificate and key (``NAME.pem``, ``NAME-key.pem``), ``ca.pem``
+    and a ``controller`` identity in ``directory`` (0700), from the topology's tls dir.
+
+    As root, each service's files are given to the user its container runs as.
+    """
+    assert topo.tls_dir is not None
+    if directory.resolve() == topo.tls_dir.resolve():
+        raise ConfigError(f"--certs-dir {directory} is the topology's tls.dir: give "
+                          "another directory for the rendered LAN's certificates")
+    root = os.geteuid() == 0
+    services: dict[str, tls.TlsConfig] = {}
+    unowned: list[Path] = []
+    try:
+        pki = LanPki(topo.tls_dir, directory)
+        for svc in topo.services:
+            ident = pki.identity(svc.name, [svc.name])
+            cert, key = certs.cert_path(directory, svc.name), certs.key_path(directory, svc.name)
+            if ident.cert.resolve() != cert.resolve():
+                # Handed out (no CA key): tls.dir's service.pem, as this service's files.
+                certs.write_public(cert, ident.cert_pem)
+                certs.write_private(key, ident.key_pem)
+            owner = container_owner(topo, svc)
+            if root:
+                for path in (cert, key):
+                    os.chown(path, *owner)
+            elif owner != (0, 0) and owner[0] != os.getuid():
+                unowned.append(key)
+            services[svc.name] = tls.TlsConfig.from_dir(directory, svc.name)
+        pki.controller()
+    except OSError as exc:
+        raise ConfigError(f"cannot write certificates into {directory}: "
+                          f"{exc.strerror or exc}") from None
+    return Identities(directory, services, unowned)
 
 
 def _vm(topo: Topology, svc: Service) -> VmNode | None:
@@ -132,10 +241,43 @@ def _vm(topo: Topology, svc: Service) -> VmNode | None:
     return node if isinstance(node, VmNode) else None
 
 
-def render_compose(topo: Topology, subnet: str = SUBNET) -> dict[str, Any]:
-    """A version 3.8 compose file (docker-compose v1, ``docker compose``, ``docker stack``)."""
+def _secret_file(path: Path, base: Path | None) -> str:
+    """``path`` as a compose ``file:``: relative to the compose file's directory ``base``."""
+    if base is None:
+        return str(path.resolve())
+    rel = os.path.relpath(path.resolve(), base.resolve())
+    return rel if rel.startswith("..") else f"./{rel}"
+
+
+def _compose_secrets(topo: Topology, svc: Service, identities: Identities,
+                     base: Path | None, secrets: dict[str, Any]) -> list[dict[str, Any]]:
+    """Service ``svc``'s secrets (the CA, its certificate and key), added to the
+    top-level ``secrets``. A Swarm gives the key to the container's user, 0400."""
+    ca, cert, key = identity_files(svc.name)
+    ident = identities.services[svc.name]
+    secrets.setdefault("ca", {"file": _secret_file(identities.directory / ca, base)})
+    secrets[f"{svc.name}-cert"] = {"file": _secret_file(ident.cert, base)}
+    secrets[f"{svc.name}-key"] = {"file": _secret_file(ident.key, base)}
+    uid, gid = container_owner(topo, svc)
+    return [{"source": "ca", "target": ca},
+            {"source": f"{svc.name}-cert", "target": cert},
+            {"source": f"{svc.name}-key", "target": key,
+             "uid": str(uid), "gid": str(gid), "mode": 0o400}]
+
+
+def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities | None = None,
+                   base: Path | None = None) -> dict[str, Any]:
+    """A version 3.8 compose file (docker-compose v1, ``docker compose``, ``docker stack``).
+
+    With ``identities`` (the topology has ``tls:``) each service gets its own as
+    file secrets, their paths relative to ``base`` (the compose file's directory).
+    """
+    if topo.tls_dir is not None and identities is None:
+        raise ConfigError("the topology has a tls: section: render needs the "
+                          "certificates (issue_identities)")
     commands = service_commands(topo)
     services: dict[str, Any] = {}
+    secrets: dict[str, Any] = {}
     for svc in topo.services:
         spec: dict[str, Any] = {
             "image": IMAGE,
@@ -161,17 +303,23 @@ def render_compose(topo: Topology, subnet: str = SUBNET) -> dict[str, Any]:
                 spec["ipc"] = "shareable"
             else:
                 spec["ipc"] = f"service:{vm.service('guestmem')}"
+        if identities is not None:
+            spec["secrets"] = _compose_secrets(topo, svc, identities, base, secrets)
+            spec["environment"] = container_tls_env(svc.name)
         spec["restart"] = "on-failure"
         # Swarm's equivalent (it ignores `restart`); docker-compose 1.29 accepts it.
         spec["deploy"] = {"restart_policy": {"condition": "on-failure"}}
         services[svc.name] = spec
-    return {
+    doc: dict[str, Any] = {
         "version": "3.8",
         "services": services,
         "networks": {NETWORK: {"internal": True,
                                "ipam": {"config": [{"subnet": subnet}]},
                                "labels": {"virtwire.lan": topo.name}}},
     }
+    if secrets:
+        doc["secrets"] = secrets
+    return doc
 
 
 def _labels(topo: Topology, svc: Service) -> dict[str, str]:
@@ -187,9 +335,46 @@ def _check_k8s_name(name: str) -> None:
                           "it must start with a letter and be at most 63 characters")
 
 
-def render_k8s(topo: Topology) -> list[dict[str, Any]]:
-    """A Deployment and a ClusterIP Service (port 50051) per virtwire service."""
-    commands = service_commands(topo)
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _k8s_secret(topo: Topology, svc: Service, ident: tls.TlsConfig) -> dict[str, Any]:
+    """Service ``svc``'s identity as a ``kubernetes.io/tls`` Secret (plus ``ca.crt``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{svc.name}-tls", "labels": _labels(topo, svc)},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": _b64(ident.cert_pem), "tls.key": _b64(ident.key_pem),
+                 "ca.crt": _b64(ident.ca_pem)},
+    }
+
+
+def _k8s_tls_volume(topo: Topology, svc: Service) -> dict[str, Any]:
+    """The Secret as files ``ca.pem``, ``NAME.pem`` and ``NAME-key.pem``.
+
+    A non-root pod reads them through its fsGroup (kubelet makes them 0440,
+    group fsGroup), a root one as their owner (0400).
+    """
+    ca, cert, key = identity_files(svc.name)
+    return {"name": "tls", "secret": {
+        "secretName": f"{svc.name}-tls",
+        "defaultMode": 0o400 if container_owner(topo, svc) == (0, 0) else 0o440,
+        "items": [{"key": "ca.crt", "path": ca}, {"key": "tls.crt", "path": cert},
+                  {"key": "tls.key", "path": key}]}}
+
+
+def render_k8s(topo: Topology, identities: Identities | None = None) -> list[dict[str, Any]]:
+    """A Deployment and a ClusterIP Service (port 50051) per virtwire service.
+
+    With ``identities`` (the topology has ``tls:``) each service's comes first,
+    as a Secret its pod mounts read-only.
+    """
+    if topo.tls_dir is not None and identities is None:
+        raise ConfigError("the topology has a tls: section: render needs the "
+                          "certificates (issue_identities)")
+    commands = service_commands(topo, K8S_SECRETS_DIR)
     docs: list[dict[str, Any]] = []
     for svc in topo.services:
         _check_k8s_name(svc.name)
@@ -215,9 +400,17 @@ def render_k8s(topo: Topology) -> list[dict[str, Any]]:
             volumes.append({"name": "shm", "emptyDir": {
                 "medium": "Memory", "sizeLimit": f"{shm_bytes(vm) // _MIB}Mi"}})
             mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+        pod: dict[str, Any] = {"containers": [container]}
+        if identities is not None:
+            docs.append(_k8s_secret(topo, svc, identities.services[svc.name]))
+            volumes.append(_k8s_tls_volume(topo, svc))
+            mounts.append({"name": "tls", "mountPath": K8S_SECRETS_DIR, "readOnly": True})
+            container["env"] = [{"name": k, "value": v}
+                                for k, v in container_tls_env(svc.name, K8S_SECRETS_DIR).items()]
+            if not caps:
+                pod["securityContext"] = {"fsGroup": IMAGE_USER[1]}
         if mounts:
             container["volumeMounts"] = mounts
-        pod: dict[str, Any] = {"containers": [container]}
         if volumes:
             pod["volumes"] = volumes
         docs.append({
@@ -246,20 +439,77 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def render(topo: Topology, fmt: str, subnet: str = "") -> str:
+def _trust_header(fmt: str, identities: Identities | None) -> str:
+    if identities is None:
+        return ("# No tls: in the topology, so every service runs with --insecure: plaintext\n"
+                "# gRPC on 0.0.0.0:50051, and anything that reaches the network may call\n"
+                "# every RPC. Add `tls: {dir: PKI}` (virtwire certs init PKI) for mutual TLS.\n")
+    where = SECRETS_DIR if fmt == "compose" else K8S_SECRETS_DIR
+    text = (f"# Mutual TLS: each service has its own certificate and key from\n"
+            f"# {identities.directory} (issued from the topology's tls dir), at {where};\n"
+            f"# controller.pem there is the operator's identity.\n")
+    if fmt == "k8s":
+        text += "# This file holds every service's private key (Secrets): keep it private.\n"
+    elif identities.unowned:
+        files = " ".join(shlex.quote(str(p)) for p in identities.unowned)
+        text += ("# Rendered by a non-root user: docker-compose bind-mounts these keys as they\n"
+                 "# are, so give them to the image's user first (a Swarm copies them):\n"
+                 f"#   sudo chown {IMAGE_USER[0]}:{IMAGE_USER[1]} {files}\n")
+    return text
+
+
+def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = None,
+           certs_dir: Path | None = None) -> str:
     """The rendered YAML text for ``fmt`` (compose or k8s).
 
     ``subnet``: the compose network's (inside 198.18.0.0/15; default SUBNET), so
-    that several rendered LANs can run on one engine.
+    that several rendered LANs can run on one engine. With the topology's
+    ``tls:``, the services' certificates are issued into ``certs_dir`` (default:
+    ``default_certs_dir(output)``), and compose secrets name them relative to
+    ``output``'s directory.
     """
-    header = f"# virtwire {fmt} for LAN {topo.name!r}, rendered from {topo.source}\n"
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown render format {fmt!r}: use one of {', '.join(FORMATS)}")
     if subnet and fmt != "compose":
         raise ConfigError("--subnet is for the compose format only")
-    if fmt == "compose":
+    net = SUBNET
+    if subnet:
         from virtwire.orchestrator.docker import check_subnet
 
-        net = str(check_subnet(subnet)) if subnet else SUBNET
-        return header + yaml.dump(render_compose(topo, net), Dumper=_Dumper, sort_keys=False)
-    if fmt == "k8s":
-        return header + yaml.dump_all(render_k8s(topo), Dumper=_Dumper, sort_keys=False)
-    raise ConfigError(f"unknown render format {fmt!r}: use one of {', '.join(FORMATS)}")
+        net = str(check_subnet(subnet))
+    identities = None
+    if topo.tls_dir is None:
+        if certs_dir is not None:
+            raise ConfigError("--certs-dir is for a topology with tls: (this one has none)")
+    else:
+        if certs_dir is None and output is None:
+            raise ConfigError("the topology has a tls: section: give --certs-dir DIR for "
+                              "the services' certificates (or -o FILE: they go next to it)")
+        if certs_dir is None:
+            assert output is not None
+            certs_dir = default_certs_dir(output)
+        identities = issue_identities(topo, certs_dir)
+    header = (f"# virtwire {fmt} for LAN {topo.name!r}, rendered from {topo.source}\n"
+              + _trust_header(fmt, identities))
+    if fmt == "compose":
+        doc = render_compose(topo, net, identities,
+                             output.parent if output is not None else None)
+        return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False)
+    return header + yaml.dump_all(render_k8s(topo, identities), Dumper=_Dumper,
+                                  sort_keys=False)
+
+
+def holds_keys(topo: Topology, fmt: str) -> bool:
+    """Whether ``render`` output embeds private keys (k8s Secrets): write it 0600."""
+    return fmt == "k8s" and topo.tls_dir is not None
+
+
+def write_output(path: Path, text: str, private: bool) -> None:
+    """Write rendered text to ``path``; 0600 (from the start) when ``private``."""
+    try:
+        if private:
+            certs.write_private(path, text.encode())
+        else:
+            path.write_text(text)
+    except OSError as exc:
+        raise BackendError(f"cannot write {path}: {exc.strerror or exc}") from exc
