@@ -27,14 +27,21 @@ delivery, timers). An MMIO access made from inside it while the device is
 handling MMIO or a frame is refused, as QEMU's MemReentrancyGuard refuses DMA
 into the device's own BAR: deliver interrupts to the guest asynchronously.
 
+Work is sliced (``SliceBudget``): one MMIO write, queue flush or timer does at
+most a budget of work (units, and time on the scheduler's clock); the rest of
+a TX ring, or of a TSO descriptor, resumes from a ``call_later(0, ...)``
+continuation, so no guest can hold the event loop. Within the budget
+everything completes inside the write, exactly as in QEMU.
+
 Deliberate differences from QEMU are listed in ``DEVIATIONS`` below.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -254,7 +261,7 @@ from virtwire.hw.e1000_regs import (
     XONTXC,
 )
 from virtwire.hw.eeprom import MicrowireEeprom, eeprom_image
-from virtwire.hw.timer import NS_PER_MS, Scheduler, TimerHandle
+from virtwire.hw.timer import NS_PER_MS, Scheduler, SliceBudget, TimerHandle
 from virtwire.net.eth import format_mac
 from virtwire.net.net import NetClient
 
@@ -267,6 +274,20 @@ MASK64 = 0xFFFFFFFFFFFFFFFF
 #: Virtual-time delays QEMU uses (in ms, on millisecond-granular timers).
 AUTONEG_DELAY_MS = 500
 RX_FLUSH_DELAY_MS = 1000
+
+#: One slice of device work: a deterministic cap in work units (a frame costs
+#: 1 + 1 per KiB, a descriptor 1, DMA 1 per KiB). Generous, so that what any
+#: sane driver (and the QEMU-compared programs) does in one write completes
+#: inside it; under a real clock ``SLICE_NS`` ends a slice first.
+WORK_BUDGET_UNITS = 8192
+#: ... and at most this long on the scheduler's clock (a unit overshoots it by
+#: well under a millisecond with shared-memory DMA).
+SLICE_NS = 5 * NS_PER_MS
+#: Null-buffer RX descriptors written back in one DMA read and write: the first
+#: read-ahead is small (a null descriptor amid buffers costs little), and it
+#: doubles while the run goes on.
+RX_NULL_RUN_MIN = 16
+RX_NULL_RUN_MAX = 4096
 
 #: Intentional differences from QEMU's e1000 (for the README).
 DEVIATIONS: tuple[str, ...] = (
@@ -288,11 +309,38 @@ DEVIATIONS: tuple[str, ...] = (
     "the interrupt line; EEPROM bit-bang state and the RX buffer size survive, as in QEMU.",
     "The 1 s RX block after an RCTL write is modelled by default (rx_flush_timer=True); "
     "with rx_flush_timer=False it is skipped.",
+    "Work is sliced: past a budget (WORK_BUDGET_UNITS, or SLICE_NS on a real clock) a TDT "
+    "or TCTL write returns with TX still running; it resumes from the event loop in order "
+    "(TDH moves on, TXDW is raised per slice, TXQE once the ring is done; a TDT write "
+    "meanwhile only moves the tail). QEMU finishes the whole ring inside the write.",
+    "Frames past the budget (of a queue flush, or of the frames arriving in one turn of "
+    "the event loop) stay queued (receive returns 0, counted in rx_sliced) and are "
+    "flushed on the next turn, in order. A looped-back frame is never left queued.",
+    "Reset, or clearing TCTL.EN, while sliced TX work is pending cancels it (tx_cancelled): "
+    "a descriptor half done (a TSO burst cut by the budget) is dropped, TDH stays on it. "
+    "Moving TDH under pending work drops that descriptor the same way.",
+    "Runs of null-buffer RX descriptors are written back with one DMA read and one write "
+    "(the same bytes QEMU writes, one descriptor at a time).",
 )
 
 
 class _DmaAbort(Exception):
     """Internal: a DMA access failed and the ring must stop (policy 'stop')."""
+
+
+#: Status byte of a written-back null RX descriptor: status | DD (| VP).
+_NULL_DESC_STATUS = {
+    vp: bytes(v | E1000_RXD_STAT_DD | vp for v in range(256))
+    for vp in (0, E1000_RXD_STAT_VP)
+}
+
+
+def _null_run(raw: bytes, count: int) -> int:
+    """How many of the ``count`` RX descriptors in ``raw`` have buffer_addr 0, from the start."""
+    acc = 0
+    for col in range(8):  # OR the 8 address bytes of every descriptor, as one big int
+        acc |= int.from_bytes(raw[col::DESC_SIZE], "big")
+    return count - (acc.bit_length() + 7) // 8
 
 
 @dataclass(frozen=True)
@@ -356,6 +404,20 @@ class TxdProps:
 
 
 @dataclass
+class TxDescWork:
+    """A TX descriptor being processed, kept while a slice is pending."""
+
+    #: The TDH it sits at and its guest address (for the writeback).
+    index: int
+    base: int
+    desc: bytes
+    started: bool = False
+    #: Next buffer byte to gather and how many are left (QEMU's addr, split_size).
+    addr: int = 0
+    split_size: int = 0
+
+
+@dataclass
 class TxState:
     """QEMU's struct e1000_tx: the packet being gathered, kept across descriptors."""
 
@@ -372,6 +434,8 @@ class TxState:
     tso_props: TxdProps = field(default_factory=TxdProps)
     tso_frames: int = 0
     busy: bool = False
+    #: virtwire: the descriptor a slice stopped inside (a TSO burst), or None.
+    work: TxDescWork | None = None
 
     def end_packet(self) -> None:
         """What process_tx_desc resets after EOP."""
@@ -406,6 +470,12 @@ class E1000Drops:
     loopback_refused: int = 0
     #: MMIO accesses blocked by the re-entrancy guard (MemReentrancyGuard).
     mmio_reentrant: int = 0
+    #: Times TX stopped at the slice budget and resumed from the event loop.
+    tx_sliced: int = 0
+    #: Frames a flush left queued at the slice budget (delivered on the next turn).
+    rx_sliced: int = 0
+    #: Pending sliced TX work cancelled by a reset, TCTL.EN clear or a TDH move.
+    tx_cancelled: int = 0
 
 
 def _put16(buf: bytearray, off: int, val: int) -> None:
@@ -481,7 +551,9 @@ class E1000(NetClient):
                  scheduler: Scheduler,
                  dma_error_policy: DmaErrorPolicy = "stop",
                  rx_flush_timer: bool = True,
-                 compat: QemuCompat = "9.0") -> None:
+                 compat: QemuCompat = "9.0",
+                 work_budget: int = WORK_BUDGET_UNITS,
+                 slice_ns: int = SLICE_NS) -> None:
         super().__init__(name)
         info = MODELS.get(model) or _MODEL_ALIASES.get(model)
         if info is None:
@@ -532,6 +604,16 @@ class E1000(NetClient):
         self._engaged_in_io = False
         self._ra_cache: list[bytes] | None = None
         self._info_str = ""
+        #: How much one operation may do before the rest resumes on the next turn.
+        self.budget = SliceBudget(scheduler, work_budget, slice_ns)
+        self._tx_resume_timer: TimerHandle | None = None
+        self._rx_flush_timer: TimerHandle | None = None
+        #: start_xmit's tdh_start, kept across slices.
+        self._tx_start = 0
+        #: Set while a frame loops back (PHY loopback): it cannot be queued.
+        self._in_loopback = False
+        #: Set during a purging flush: frames are not left queued at the budget.
+        self._rx_no_defer = False
         self._readops, self._writeops = self._build_ops()
         self.reset()
 
@@ -579,11 +661,55 @@ class E1000(NetClient):
         self._pci_set_irq(False)
 
     def cleanup(self) -> None:
-        """The NIC goes away (pci_e1000_uninit): stop its timers."""
-        for timer in (self._autoneg_timer, self._mit_timer, self._flush_queue_timer):
+        """The NIC goes away (pci_e1000_uninit): stop its timers and pending slices."""
+        self._tx_cancel()
+        for timer in (self._autoneg_timer, self._mit_timer, self._flush_queue_timer,
+                      self._rx_flush_timer):
             if timer is not None:
                 timer.cancel()
         self._autoneg_timer = self._mit_timer = self._flush_queue_timer = None
+        self._rx_flush_timer = None
+
+    # -- slicing -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def budget_scope(self) -> Iterator[None]:
+        """One slice of work: everything inside (e.g. a batch of MMIO accesses)
+        shares one budget; nested scopes join the outer one."""
+        owned = self.budget.begin()
+        try:
+            yield
+        finally:
+            if owned:
+                self.budget.end()
+
+    def flush_queued_packets(self, purge: bool = False) -> None:
+        """qemu_flush_queued_packets, within one slice: frames past the budget
+        stay queued for the next turn (rx_sliced). A purging flush delivers
+        everything it can first, as QEMU's does."""
+        with self.budget_scope():
+            if not purge:
+                super().flush_queued_packets(purge)
+                return
+            no_defer, self._rx_no_defer = self._rx_no_defer, True
+            try:
+                super().flush_queued_packets(purge)
+            finally:
+                self._rx_no_defer = no_defer
+
+    def _rx_flush_cb(self) -> None:
+        """The continuation of a flush the budget cut short."""
+        self._rx_flush_timer = None
+        self.flush_queued_packets()
+
+    @property
+    def tx_pending(self) -> bool:
+        """Sliced TX work is waiting for its continuation."""
+        return self._tx_resume_timer is not None
+
+    @property
+    def rx_flush_pending(self) -> bool:
+        """A flush cut short by the budget is waiting for its continuation."""
+        return self._rx_flush_timer is not None
 
     # -- PCI ---------------------------------------------------------------------
     def set_bus_master(self, enable: bool) -> None:
@@ -735,6 +861,16 @@ class E1000(NetClient):
             data = bytes(data[:size]).ljust(size, b"\0")
         return data
 
+    def _dma_read_quiet(self, addr: int, size: int) -> bytes | None:
+        """A read ahead: like _dma_read, but None (not counted) when it fails."""
+        if not self.bus_master:
+            return bytes(size)
+        try:
+            data = self.dma.dma_read(addr & MASK64, size)
+        except DmaError:
+            return None
+        return data if len(data) == size else None
+
     def _dma_write(self, addr: int, data: bytes) -> None:
         """pci_dma_write: dropped while bus mastering is off."""
         if not data or not self.bus_master:
@@ -861,12 +997,15 @@ class E1000(NetClient):
             self.drops.mmio_reentrant += 1
             return
         self._engaged_in_io = True
+        owned = self.budget.begin()
         try:
             index = (addr & (PNPMMIO_SIZE - 1)) >> 2
             op = self._writeops[index]
             if op is not None:
                 op(index, value)
         finally:
+            if owned:
+                self.budget.end()
             self._engaged_in_io = False
             self._dma_flush()
 
@@ -1054,48 +1193,124 @@ class E1000(NetClient):
         return (mac[TDBAH] << 32) + (mac[TDBAL] & ~0xF)
 
     def start_xmit(self) -> None:
-        """Process TX descriptors from TDH up to TDT; always ends with ICS TXQE.
+        """Process TX descriptors from TDH up to TDT; ends with ICS TXQE.
 
         Bounded: TDH wraps at TDLEN/16 and the loop stops when it comes back to
-        where it started (or started outside the ring).
+        where it started (or started outside the ring). Sliced: past the budget
+        the rest resumes from the event loop (``_tx_resume_cb``); while that is
+        pending a TDT or TCTL write only restarts the wrap check from the
+        current TDH. Clearing TCTL.EN cancels pending work.
         """
         mac = self.mac_reg
-        tdh_start = mac[TDH]
-        cause = E1000_ICR_TXQE
         if not mac[TCTL] & E1000_TCTL_EN:
+            self._tx_cancel()
             return
         if self.tx.busy:
             return
-        self.tx.busy = True
+        self._tx_start = mac[TDH]
+        if self._tx_resume_timer is not None:
+            return
+        self._xmit()
+
+    def _xmit(self) -> None:
+        """The start_xmit loop, from where the last slice stopped."""
+        mac = self.mac_reg
+        tp = self.tx
+        budget = self.budget
+        cause = E1000_ICR_TXQE
+        work = tp.work
+        if work is not None and work.index != mac[TDH]:
+            self._tx_drop_work()  # the guest moved TDH under a pending slice
+            self.drops.tx_cancelled += 1
+            self._tx_start = mac[TDH]
+            work = None
+        tdh_start = self._tx_start
+        done = True
+        tp.busy = True
         try:
-            while mac[TDH] != mac[TDT]:
-                base = (self._tx_desc_base() + DESC_SIZE * mac[TDH]) & MASK64
+            while work is not None or mac[TDH] != mac[TDT]:
+                if work is None:
+                    base = (self._tx_desc_base() + DESC_SIZE * mac[TDH]) & MASK64
+                    try:
+                        desc = self._dma_read(base, DESC_SIZE)
+                    except _DmaAbort:
+                        self.drops.tx_dma_errors += 1
+                        break
+                    budget.charge(1)
+                    work = TxDescWork(mac[TDH], base, desc)
                 try:
-                    desc = self._dma_read(base, DESC_SIZE)
-                except _DmaAbort:
-                    self.drops.tx_dma_errors += 1
-                    break
-                try:
-                    self.process_tx_desc(desc)
+                    finished = self.process_tx_desc(work)
                 except _DmaAbort:
                     # The packet being gathered is lost; stay on this descriptor.
                     self.drops.tx_dma_errors += 1
-                    self.tx.end_packet()
+                    tp.work = None
+                    tp.end_packet()
                     break
+                if not finished:
+                    tp.work = work
+                    done = False
+                    break
+                tp.work = None
                 stop = False
                 try:
-                    cause |= self._txdesc_writeback(base, desc)
+                    cause |= self._txdesc_writeback(work.base, work.desc)
                 except _DmaAbort:
                     self.drops.tx_dma_errors += 1
                     stop = True
+                work = None
                 mac[TDH] += 1
                 if mac[TDH] * DESC_SIZE >= mac[TDLEN]:
                     mac[TDH] = 0
                 if stop or mac[TDH] == tdh_start or tdh_start >= mac[TDLEN] // DESC_SIZE:
                     break
+                if mac[TDH] != mac[TDT] and budget.spent():
+                    done = False
+                    break
         finally:
-            self.tx.busy = False
-        self.set_ics(cause)
+            tp.busy = False
+        if done:
+            self.set_ics(cause)
+            return
+        self.drops.tx_sliced += 1
+        self._tx_resume_timer = self.scheduler.call_later(0, self._tx_resume_cb)
+        if cause & E1000_ICR_TXDW:
+            self.set_ics(E1000_ICR_TXDW)  # descriptors done so far can be reclaimed
+
+    def _tx_resume_cb(self) -> None:
+        """The next slice of TX work: like the MMIO write that started it, under
+        the re-entrancy guard, with its own budget and a DMA flush at the end."""
+        self._tx_resume_timer = None
+        if self._engaged_in_io:  # a clock stepped from inside a device operation
+            self._tx_resume_timer = self.scheduler.call_later(0, self._tx_resume_cb)
+            return
+        self._engaged_in_io = True
+        owned = self.budget.begin()
+        try:
+            if self.mac_reg[TCTL] & E1000_TCTL_EN:
+                self._xmit()
+            else:
+                self._tx_cancel()
+        finally:
+            if owned:
+                self.budget.end()
+            self._engaged_in_io = False
+            self._dma_flush()
+
+    def _tx_drop_work(self) -> None:
+        """Drop a descriptor a slice stopped inside, and the packet it was building."""
+        if self.tx.work is not None:
+            self.tx.work = None
+            self.tx.end_packet()
+
+    def _tx_cancel(self) -> None:
+        """Reset or TX disabled: pending sliced work is dropped (counted)."""
+        pending = self._tx_resume_timer is not None or self.tx.work is not None
+        if self._tx_resume_timer is not None:
+            self._tx_resume_timer.cancel()
+            self._tx_resume_timer = None
+        self._tx_drop_work()
+        if pending:
+            self.drops.tx_cancelled += 1
 
     def _txdesc_writeback(self, base: int, desc: bytes) -> int:
         """Set DD in the descriptor's upper dword if RS or RPS asked for it."""
@@ -1107,21 +1322,48 @@ class E1000(NetClient):
         self._dma_write(base + TX_DESC_UPPER_OFFSET, struct.pack("<I", upper & MASK32))
         return E1000_ICR_TXDW
 
-    def process_tx_desc(self, desc: bytes) -> None:
-        """One TX descriptor: context, data (DEXT|DTYP_D) or legacy."""
-        buffer_addr, txd_lower, txd_upper = TX_DESC.unpack(desc)
+    def process_tx_desc(self, work: TxDescWork) -> bool:
+        """One TX descriptor: context, data (DEXT|DTYP_D) or legacy.
+
+        Returns False when the budget ran out inside a TSO burst: ``work``
+        then holds where to go on (QEMU's addr and split_size).
+        """
+        _buffer_addr, txd_lower, txd_upper = TX_DESC.unpack(work.desc)
+        tp = self.tx
+        if not work.started:
+            work.started = True
+            if not self._tx_desc_begin(work, txd_lower, txd_upper):
+                return True
+        if tp.cptse:
+            if not self._tso_gather(work):
+                return False
+        else:
+            split_size = min(TX_BUFFER_SIZE - tp.size, work.split_size)
+            tp.data[tp.size:tp.size + split_size] = self._dma_read(work.addr, split_size)
+            tp.size = (tp.size + split_size) & MASK16
+            self.budget.charge(split_size >> 10)
+
+        # eop:
+        if not txd_lower & E1000_TXD_CMD_EOP:
+            return True
+        if not (tp.cptse and tp.size < tp.tso_props.hdr_len):
+            self.xmit_seg()
+        tp.end_packet()
+        return True
+
+    def _tx_desc_begin(self, work: TxDescWork, txd_lower: int, txd_upper: int) -> bool:
+        """The first part of process_tx_desc; False for a context descriptor (done)."""
         tp = self.tx
         dtype = txd_lower & (E1000_TXD_CMD_DEXT | E1000_TXD_DTYP_D)
-        split_size = txd_lower & MASK16
         self.mit_ide |= txd_lower & E1000_TXD_CMD_IDE
         if dtype == E1000_TXD_CMD_DEXT:  # context descriptor
-            props = TxdProps.from_context(desc)
+            props = TxdProps.from_context(work.desc)
             if txd_lower & E1000_TXD_CMD_TSE:
                 tp.tso_props = props
                 tp.tso_frames = 0
             else:
                 tp.props = props
-            return
+            return False
         if dtype == E1000_TXD_CMD_DEXT | E1000_TXD_DTYP_D:  # data descriptor
             if tp.size == 0:
                 tp.sum_needed = (txd_upper >> 8) & 0xFF
@@ -1134,43 +1376,45 @@ class E1000(NetClient):
                 and (tp.cptse or txd_lower & E1000_TXD_CMD_EOP)):
             tp.vlan_needed = True
             tp.vlan_header[:] = struct.pack(">HH", mac[VET] & MASK16, txd_upper >> 16)
+        work.addr = TX_DESC.unpack(work.desc)[0]
+        work.split_size = txd_lower & MASK16
+        return True
 
-        addr = buffer_addr
-        if tp.cptse:
-            hdr_len = tp.tso_props.hdr_len
-            msh = hdr_len + tp.tso_props.mss
-            while True:
-                nbytes = split_size
-                if tp.size >= msh:
-                    break  # goto eop
-                if tp.size + nbytes > msh:
-                    nbytes = msh - tp.size
-                nbytes = min(TX_BUFFER_SIZE - tp.size, nbytes)
-                chunk = self._dma_read(addr, nbytes)
-                tp.data[tp.size:tp.size + nbytes] = chunk
-                sz = tp.size + nbytes
-                if sz >= hdr_len and tp.size < hdr_len:
-                    tp.header[:hdr_len] = tp.data[:hdr_len]
-                tp.size = sz & MASK16
-                addr = (addr + nbytes) & MASK64
-                if sz == msh:
-                    self.xmit_seg()
-                    tp.data[:hdr_len] = tp.header[:hdr_len]
-                    tp.size = hdr_len
-                split_size -= nbytes
-                if not (nbytes and split_size):
-                    break
-        else:
-            split_size = min(TX_BUFFER_SIZE - tp.size, split_size)
-            tp.data[tp.size:tp.size + split_size] = self._dma_read(addr, split_size)
-            tp.size = (tp.size + split_size) & MASK16
-
-        # eop:
-        if not txd_lower & E1000_TXD_CMD_EOP:
-            return
-        if not (tp.cptse and tp.size < tp.tso_props.hdr_len):
-            self.xmit_seg()
-        tp.end_packet()
+    def _tso_gather(self, work: TxDescWork) -> bool:
+        """QEMU's TSO loop: gather hdr_len + mss bytes, send a segment, replay the
+        header; False when the budget ran out between two segments."""
+        tp = self.tx
+        hdr_len = tp.tso_props.hdr_len
+        msh = hdr_len + tp.tso_props.mss
+        addr = work.addr
+        split_size = work.split_size
+        budget = self.budget
+        while True:
+            nbytes = split_size
+            if tp.size >= msh:
+                break  # goto eop
+            if tp.size + nbytes > msh:
+                nbytes = msh - tp.size
+            nbytes = min(TX_BUFFER_SIZE - tp.size, nbytes)
+            chunk = self._dma_read(addr, nbytes)
+            tp.data[tp.size:tp.size + nbytes] = chunk
+            sz = tp.size + nbytes
+            if sz >= hdr_len and tp.size < hdr_len:
+                tp.header[:hdr_len] = tp.data[:hdr_len]
+            tp.size = sz & MASK16
+            addr = (addr + nbytes) & MASK64
+            if sz == msh:
+                self.xmit_seg()
+                tp.data[:hdr_len] = tp.header[:hdr_len]
+                tp.size = hdr_len
+            split_size -= nbytes
+            if not (nbytes and split_size):
+                break
+            if budget.spent():
+                work.addr, work.split_size = addr, split_size
+                return False
+        work.addr, work.split_size = addr, split_size
+        return True
 
     def xmit_seg(self) -> None:
         """Send the gathered packet (or one TSO segment), with header fix-ups,
@@ -1228,8 +1472,14 @@ class E1000(NetClient):
 
     def _e1000_send_packet(self, frame: bytes, dest: bytes) -> None:
         """e1000_send_packet: out to the peer, or back to ourselves in PHY loopback."""
+        self.budget.charge(1 + (len(frame) >> 10))
         if self.phy_reg[MII_BMCR] & MII_BMCR_LOOPBACK:
-            if self.receive_packet(frame) == 0:
+            self._in_loopback = True
+            try:
+                ret = self.receive_packet(frame)
+            finally:
+                self._in_loopback = False
+            if ret == 0:
                 self.drops.loopback_refused += 1
         else:
             self.send_packet(frame)
@@ -1338,6 +1588,44 @@ class E1000(NetClient):
             return self._rx_group_filter_72(hdr[0:6])
         return self._rx_group_filter(hdr[0:6])
 
+    def _rx_null_run(self, rdba: int, rdh_start: int, special: int, vp: int) -> bool:
+        """Write back the null-buffer descriptors that follow at RDH, many at a
+        time, leaving RDH on the next one with a buffer. The bytes written are
+        those of QEMU's loop (status | DD | VP, special), so only the speed
+        differs. True when RDH came back to ``rdh_start`` (an overrun). A chunk
+        that cannot be read is left to the one-descriptor path."""
+        mac = self.mac_reg
+        n_ring = mac[RDLEN] // DESC_SIZE
+        if rdh_start >= n_ring:
+            return False
+        status_table = _NULL_DESC_STATUS[vp]
+        lo, hi = bytes((special & 0xFF,)), bytes((special >> 8,))
+        chunk = RX_NULL_RUN_MIN
+        while True:
+            rdh = mac[RDH]
+            limit = min(n_ring - rdh, (rdh_start - rdh - 1) % n_ring + 1, chunk)
+            chunk = min(2 * chunk, RX_NULL_RUN_MAX)
+            base = (rdba + DESC_SIZE * rdh) & MASK64
+            raw = self._dma_read_quiet(base, limit * DESC_SIZE)
+            if raw is None:
+                return False
+            run = _null_run(raw, limit)
+            if run == 0:
+                return False
+            buf = bytearray(raw[:run * DESC_SIZE])
+            buf[RX_DESC_STATUS_OFFSET::DESC_SIZE] = \
+                buf[RX_DESC_STATUS_OFFSET::DESC_SIZE].translate(status_table)
+            buf[14::DESC_SIZE] = lo * run
+            buf[15::DESC_SIZE] = hi * run
+            self._dma_write(base, bytes(buf))
+            self.budget.charge(1 + (run >> 6))
+            rdh += run
+            mac[RDH] = 0 if rdh >= n_ring else rdh
+            if mac[RDH] == rdh_start:
+                return True
+            if run < limit:
+                return False
+
     def _receiver_overrun(self) -> None:
         self._inc_reg(RNBC)
         self._inc_reg(MPC)
@@ -1348,7 +1636,16 @@ class E1000(NetClient):
         return self.receive_iov(data)
 
     def receive_iov(self, data: bytes) -> int:
-        """e1000_receive_iov, under the NIC's re-entrancy guard, then a DMA flush."""
+        """e1000_receive_iov, under the NIC's re-entrancy guard, then a DMA flush.
+
+        A frame that arrives outside any device operation (from the peer) opens
+        a slice that lasts until the next turn of the event loop, so that the
+        frames delivered in one turn (a batch from a link, the queue a
+        successful send flushes behind it) share one budget.
+        """
+        if not self.budget.active:
+            self.budget.begin()
+            self.scheduler.call_later(0, self.budget.end)
         owned = not self._engaged_in_io
         self._engaged_in_io = True
         try:
@@ -1369,6 +1666,12 @@ class E1000(NetClient):
             return -1
         if self._flush_queue_timer is not None:
             self.drops.rx_deferred += 1
+            return 0
+        if self.budget.spent() and not (self._in_loopback or self._rx_no_defer):
+            # Past this slice's budget: stay queued, the next turn flushes.
+            self.drops.rx_sliced += 1
+            if self._rx_flush_timer is None:
+                self._rx_flush_timer = self.scheduler.call_later(0, self._rx_flush_cb)
             return 0
         if self._qemu72 and len(data) < MIN_BUF_SIZE_72:
             data = data.ljust(MIN_BUF_SIZE_72, b"\0")  # QEMU 7.2 pads short frames
@@ -1406,8 +1709,11 @@ class E1000(NetClient):
             return -1
         rxbuf_size = self.rxbuf_size
         rdba = (mac[RDBAH] << 32) + (mac[RDBAL] & ~0xF)
+        budget = self.budget
+        budget.charge(1 + (size >> 10))
         try:
             while True:
+                budget.charge(1)
                 desc_size = min(total_size - desc_offset, rxbuf_size)
                 base = (rdba + DESC_SIZE * mac[RDH]) & MASK64
                 raw = self._dma_read(base, DESC_SIZE)
@@ -1437,6 +1743,10 @@ class E1000(NetClient):
                     return -1
                 if desc_offset >= total_size:
                     break
+                if not buffer_addr and self._rx_null_run(rdba, rdh_start, vlan_special,
+                                                         vlan_status):
+                    self._receiver_overrun()
+                    return -1
         except _DmaAbort:
             self.drops.rx_dma_errors += 1
             return -1

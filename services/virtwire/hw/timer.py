@@ -10,6 +10,11 @@ a ``Scheduler`` for the time (``now_ns``) and to run a callback later
 - ``ManualScheduler``: virtual time that only moves when ``advance`` is
   called, firing due timers in deadline order; for unit tests and for a
   qtest-style harness that steps the clock (QEMU's ``clock_step``).
+
+``SliceBudget`` is how a device model keeps one operation short: work that
+outgrows it stops and resumes from a ``call_later(0, ...)`` continuation, so
+the event loop runs in between (QEMU needs no such thing: its device work
+runs on a vCPU or I/O thread, not on a shared event loop).
 """
 
 from __future__ import annotations
@@ -147,3 +152,55 @@ class ManualScheduler:
             if deadline is None or deadline - start > limit_ns:
                 return fired
             fired += self.advance(deadline - self._now)
+
+
+class SliceBudget:
+    """How much work one device operation may do before it yields.
+
+    An operation (an MMIO write, a queue flush, a continuation) opens a scope
+    with ``begin``; the work inside charges units (``charge``) and asks ``spent``
+    between steps. Nested operations share the outer scope. Two limits: a
+    deterministic cap of ``units`` and ``slice_ns`` on the scheduler's clock.
+    Under a ManualScheduler the clock stands still inside an operation, so only
+    the unit cap applies and results are reproducible; under the
+    AsyncioScheduler the time limit normally decides. ``spent`` is False until
+    something was charged, so every slice makes progress.
+    """
+
+    __slots__ = ("_charged", "_deadline_ns", "_left", "active", "scheduler", "slice_ns",
+                 "units")
+
+    def __init__(self, scheduler: Scheduler, units: int, slice_ns: int) -> None:
+        if units < 1 or slice_ns < 0:
+            raise ValueError("a slice budget needs units >= 1 and slice_ns >= 0")
+        self.scheduler = scheduler
+        self.units = units
+        self.slice_ns = slice_ns
+        self.active = False
+        self._left = 0
+        self._charged = False
+        self._deadline_ns = 0
+
+    def begin(self) -> bool:
+        """Open a scope; False (and nothing changes) when one is already open."""
+        if self.active:
+            return False
+        self.active = True
+        self._left = self.units
+        self._charged = False
+        self._deadline_ns = self.scheduler.now_ns() + self.slice_ns
+        return True
+
+    def end(self) -> None:
+        self.active = False
+
+    def charge(self, units: int) -> None:
+        if self.active:
+            self._left -= units
+            self._charged = True
+
+    def spent(self) -> bool:
+        """True inside a scope that did some work and reached either limit."""
+        if not (self.active and self._charged):
+            return False
+        return self._left <= 0 or self.scheduler.now_ns() >= self._deadline_ns
