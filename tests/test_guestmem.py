@@ -19,8 +19,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from virtwire.errors import BackendError, ConfigError
+from virtwire.errors import BackendError, ConfigError, LimitError
 from virtwire.hw.dma import DmaError, DmaMemory
+from virtwire.mem import guestmem as guestmem_mod
 from virtwire.mem.client import GuestMemClient, ReadOp, WriteOp, choose_path
 from virtwire.mem.guestmem import (
     MAX_BATCH_BYTES,
@@ -34,6 +35,8 @@ from virtwire.mem.guestmem import (
     GuestMemRangeError,
     HostIdentity,
     check_size,
+    default_max_size,
+    free_memory,
     parse_size,
 )
 from virtwire.server.base import ServerState
@@ -204,6 +207,49 @@ def test_preallocation_failure_is_an_error_not_sigbus() -> None:
     assert set(os.listdir(SHM_DIR)) == before
 
 
+def _fake_meminfo(monkeypatch: pytest.MonkeyPatch, path: Path, total_kib: int,
+                  available_kib: int) -> None:
+    path.write_text(f"MemTotal:       {total_kib} kB\nMemFree:        1 kB\n"
+                    f"MemAvailable:   {available_kib} kB\n")
+    monkeypatch.setattr(guestmem_mod, "MEMINFO_PATH", str(path))
+
+
+def test_preallocation_never_exceeds_free_memory(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    _fake_meminfo(monkeypatch, tmp_path / "meminfo", 64 << 20, 2048)   # 2 MiB available
+    assert free_memory()[0] == 2 << 20
+    before = set(os.listdir(SHM_DIR))
+    with pytest.raises(BackendError, match=r"cannot allocate 4 MiB .*MemAvailable is 2 MiB"):
+        GuestMemory.create(SIZE)
+    with pytest.raises(BackendError, match="MemAvailable is 2 MiB"):
+        GuestMemory.create(SIZE, f"{SHM_DIR}/virtwire-guestmem-test-{os.getpid()}")
+    assert set(os.listdir(SHM_DIR)) == before  # nothing was left behind
+    with GuestMemory.create(SIZE, prealloc=False) as sparse:   # no reservation, no check
+        assert sparse.size == SIZE
+    with GuestMemory.create(MIN_SIZE) as small:                # fits in what is free
+        assert small.size == MIN_SIZE
+
+
+def test_guest_ram_is_limited_by_the_host(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    assert MIN_SIZE <= default_max_size() <= 4 << 30
+    _fake_meminfo(monkeypatch, tmp_path / "meminfo", 1 << 20, 1 << 20)   # 1 GiB host
+    assert default_max_size() == 512 << 20                           # half of MemTotal
+    with pytest.raises(LimitError, match="1 GiB exceeds this host's limit of 512 MiB"):
+        GuestMemServer("127.0.0.1:0", 1 << 30)
+    with pytest.raises(LimitError, match="8 MiB exceeds this host's limit of 4 MiB"):
+        GuestMemServer("127.0.0.1:0", 2 * SIZE, max_size=SIZE)
+    assert GuestMemServer("127.0.0.1:0", SIZE, max_size=SIZE).max_size == SIZE
+
+
+async def test_an_existing_file_over_the_limit_is_refused_and_left(tmp_path: Path) -> None:
+    with GuestMemory.create(2 * SIZE) as existing:
+        host = GuestMemServer("127.0.0.1:0", None, existing.path, max_size=SIZE)
+        with pytest.raises(LimitError, match="exceeds this host's limit"):
+            await host.start()
+        assert os.path.exists(existing.path) and host.server is None
+
+
 def test_host_identity() -> None:
     here = HostIdentity.local()
     assert len(here.boot_id) == 36 and here.hostname
@@ -222,6 +268,7 @@ async def test_describe(server: GuestMemServer, stub: Any) -> None:
     assert info.host.hostname
     assert (info.max_op_bytes, info.max_batch_bytes, info.max_batch_ops) == (
         MAX_OP_BYTES, MAX_BATCH_BYTES, MAX_BATCH_OPS)
+    assert info.max_size == server.max_size == default_max_size() and info.preallocated
 
 
 async def test_rpcs_read_write_and_batch_in_order(server: GuestMemServer, stub: Any) -> None:
@@ -600,6 +647,10 @@ async def test_a_server_in_another_process_shares_memory_and_stops_cleanly() -> 
 
 def test_cli_serve_guestmem(tmp_path: Path) -> None:
     from support.procs import serve
+
+    with pytest.raises(BackendError, match="exceeds this host's limit of 4 MiB"):
+        with serve("guestmem", ["--size", "8M", "--max-size", "4M"], tmp_path):
+            pass
 
     with serve("guestmem", ["--size", "4M"], tmp_path) as service:
         async def check() -> str:

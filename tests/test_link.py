@@ -143,13 +143,13 @@ async def test_queue_bound_holds_end_to_end(hub: HubServer) -> None:
 
 async def test_broken_link_is_link_down_on_both_ends_and_redials() -> None:
     host = HubServer("127.0.0.1:0")
+    port = host.add_port("p0")  # named, as the topology names hub ports: it stays
     await host.start()
     addr = host.address
     a = Sink("a")
-    dialer = LinkDialer(a, parse_peer(f"{addr}/"), min_backoff=0.05, max_backoff=0.2)
+    dialer = LinkDialer(a, parse_peer(f"{addr}/p0"), min_backoff=0.05, max_backoff=0.2)
     dialer.start()
     await asyncio.wait_for(dialer.connected.wait(), 10)
-    port = host.hub.ports[0]
     assert not a.link_down and not port.link_down
     # The dialling side goes away: the hub port is link_down, and drops.
     await dialer.stop()
@@ -160,7 +160,7 @@ async def test_broken_link_is_link_down_on_both_ends_and_redials() -> None:
     await until(lambda: host.registry.info(port).counters.dropped_link_down == 1,
                 what="drop counted on the dead port")
     # The server goes away: the dialler is link_down and redials by itself.
-    dialer = LinkDialer(a, parse_peer(f"{addr}/hub0port0"), min_backoff=0.05,
+    dialer = LinkDialer(a, parse_peer(f"{addr}/p0"), min_backoff=0.05,
                         max_backoff=0.2)
     dialer.start()
     await until(lambda: not a.link_down, what="re-plugged")
@@ -170,7 +170,7 @@ async def test_broken_link_is_link_down_on_both_ends_and_redials() -> None:
     assert a.stats.dropped_link_down == 1  # the sender itself is link_down
     # A new server on the same address: the dialler comes back by itself.
     host2 = HubServer(addr)
-    host2.add_port("hub0port0")
+    host2.add_port("p0")
     await host2.start()
     await until(lambda: not a.link_down, timeout=10, what="redial")
     b = Sink("b2")

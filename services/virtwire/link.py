@@ -12,6 +12,19 @@ incoming_queue, with the remote LinkPeer as their sender, and a credit goes
 back for each. So at most ``window`` frames are ever in flight, and the only
 queues are QEMU's own.
 
+Neither side trusts the other's accounting (a peer may be hostile):
+- credits: what we hold, plus what waits for the writer, plus what went on the
+  wire and has not been credited back, never exceeds our ``window``. A credit
+  can only return a frame we put on the wire; credits beyond that are clamped
+  away and counted (``credits_refused``), not an error, so a peer with a larger
+  window still works. A peer that grants itself credits and never reads thus
+  holds at most ``window`` frames here (the writer waits on gRPC's flow
+  control), and the rest waits in the incoming_queue (nq_maxlen, drops counted).
+- frames: a peer that sends more frames than the credits we granted it, or
+  keeps more than ``window`` completion requests pending, breaks the protocol:
+  the session ends with a LimitError (FAILED_PRECONDITION to a dialler), and
+  ``protocol_errors`` counts it.
+
 A ``LinkSession`` runs one gRPC stream (either side); a ``LinkDialer`` redials
 with backoff. While no session is up both ends see link_down.
 """
@@ -28,8 +41,8 @@ from typing import Protocol
 import grpc
 
 from virtwire import tls
-from virtwire.address import PeerSpec
-from virtwire.errors import ConflictError, NotFoundError
+from virtwire.address import PeerSpec, check_name, shorten
+from virtwire.errors import ConfigError, ConflictError, LimitError
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NET_PACKET_FLAG_NONE, NET_PACKET_FLAG_SENT_CB
 from virtwire.v1 import link_pb2, link_pb2_grpc
@@ -104,10 +117,21 @@ class LinkPeer(NetClient):
         self.advertised_ready = False
         self._next_completion_id = 1
         self._wakeup = asyncio.Event()
+        #: Frames handed to the writer whose credit has not come back.
+        self.on_wire = 0
+        #: Credits we granted the remote that it has not used (or whose grant
+        #: is still waiting for the writer).
+        self.remote_credits = 0
+        #: The remote's frames with a completion request queued here, unanswered.
+        self.pending_requests = 0
         # Counters specific to links.
         self.completions_requested = 0
         self.completions_refused = 0
         self.batches_sent = 0
+        #: Credits the remote granted beyond our window (clamped away).
+        self.credits_refused = 0
+        #: Sessions ended because the remote broke the protocol.
+        self.protocol_errors = 0
         # Not up until a session attaches.
         self.set_carrier(False)
         local.set_carrier(False)
@@ -160,24 +184,46 @@ class LinkPeer(NetClient):
 
     # -- frames from the wire towards the local NetClient ----------------------
     def _completion_cb(self, cid: int) -> Callable[[NetClient, int], None]:
+        session = self.session
+
         def sent_cb(_sender: NetClient, ret: int) -> None:
-            if self.session is not None:
+            if self.session is session and session is not None:
+                self.pending_requests -= 1
                 self.out_completions.append((cid, ret))
                 self._wakeup.set()
 
         return sent_cb
 
+    def _accept_credits(self, granted: int) -> None:
+        """Take the remote's grant, clamped so held + waiting + on the wire <= window."""
+        returned = min(granted, self.on_wire)
+        self.on_wire -= returned
+        room = self.window - self.credits - len(self.out_frames) - self.on_wire
+        accepted = min(granted, max(room, 0))
+        self.credits += accepted
+        if accepted < granted:
+            self.credits_refused += granted - accepted
+
+    def _protocol_error(self, message: str) -> LimitError:
+        self.protocol_errors += 1
+        return LimitError(f"link {self.name}: {message}")
+
     def _on_batch(self, batch: link_pb2.LinkBatch) -> None:
         was_sendable = self.can_receive_packet()
+        frames = batch.frames
+        if len(frames) > self.remote_credits:
+            raise self._protocol_error(
+                f"the peer sent {len(frames)} frames with {self.remote_credits} credits left "
+                f"(window {self.window})")
         if batch.credits:
-            self.credits += batch.credits
+            self._accept_credits(batch.credits)
         if batch.HasField("ready"):
             self.remote_ready = batch.ready.can_receive
         for completion in batch.completions:
             if completion.ret < 0:
                 self.completions_refused += 1
-        frames = batch.frames
         if frames:
+            self.remote_credits -= len(frames)
             requests = {r.index: r.id for r in batch.completion_requests}
             local_queue = self.local.incoming_queue
             stats = self.stats
@@ -192,9 +238,15 @@ class LinkPeer(NetClient):
                     stats.dropped_link_down += 1
                     self.out_completions.append((cid, len(frame)))
                 else:
+                    if self.pending_requests >= self.window:
+                        raise self._protocol_error(
+                            f"the peer keeps more than {self.window} completion requests "
+                            "pending")
                     stats.tx_frames += 1
                     stats.tx_bytes += len(frame)
-                    local_queue.send(self, NET_PACKET_FLAG_NONE, frame, self._completion_cb(cid))
+                    if local_queue.send(self, NET_PACKET_FLAG_NONE, frame,
+                                        self._completion_cb(cid)) == 0:
+                        self.pending_requests += 1
             self.out_credits += len(frames)
             self._wakeup.set()
         # Newly sendable (credits, remote ready): flush what waits for us, and,
@@ -218,6 +270,7 @@ class LinkPeer(NetClient):
                 n += 1
             batch.frames.extend(frames[:n])
             del frames[:n]
+            self.on_wire += n
             if self.out_requests:
                 rest: list[tuple[int, int]] = []
                 for index, cid in self.out_requests:
@@ -232,6 +285,7 @@ class LinkPeer(NetClient):
             self.out_completions.clear()
         if self.out_credits:
             batch.credits = self.out_credits
+            self.remote_credits += self.out_credits
             self.out_credits = 0
         if self.out_ready is not None:
             batch.ready.can_receive = self.out_ready
@@ -242,13 +296,18 @@ class LinkPeer(NetClient):
 
     # -- sessions -------------------------------------------------------------
     def attach(self, session: LinkSession, credits: int, remote_ready: bool) -> None:
+        """Start a session: the remote granted ``credits``, we granted ``window``."""
         self.session = session
-        self.credits = credits
+        self.credits = 0
+        self.on_wire = 0
+        self.remote_credits = self.window
+        self.pending_requests = 0
         self.remote_ready = remote_ready
         self.out_frames.clear()
         self.out_requests.clear()
         self.out_completions.clear()
         self.out_credits = 0
+        self._accept_credits(credits)
         # The hello/welcome carried can_receive as it was then; restate it now
         # in the first batch, since it may have changed in between.
         self.advertised_ready = self.local.can_receive_packet()
@@ -293,6 +352,8 @@ class LinkSession:
     def __init__(self, peer: LinkPeer, stream: LinkStream) -> None:
         self.peer = peer
         self.stream = stream
+        #: Set when the remote broke the link protocol (the session then ended).
+        self.error: LimitError | None = None
 
     async def run(self, credits: int, remote_ready: bool) -> str:
         """Attach, pump both directions, detach; returns why it ended."""
@@ -306,6 +367,8 @@ class LinkSession:
             for task in done:
                 exc = task.exception()
                 reason = _describe(exc) if exc is not None else "peer closed the stream"
+                if isinstance(exc, LimitError):
+                    self.error = exc
         finally:
             for task in (reader, writer):
                 task.cancel()
@@ -384,7 +447,12 @@ class _ServerStream:
 
 
 class LinkDialer:
-    """Dials a remote NetClient for ``local`` and redials with backoff."""
+    """Dials a remote NetClient for ``local`` and redials with backoff.
+
+    A dial that names no NetClient (``ADDR/``) asks again for a new one on each
+    redial: the server removes a NetClient it made for a link when that link's
+    stream ends.
+    """
 
     def __init__(self, local: NetClient, spec: PeerSpec, window: int = DEFAULT_WINDOW,
                  min_backoff: float = 0.05, max_backoff: float = 2.0) -> None:
@@ -425,8 +493,7 @@ class LinkDialer:
                     if first is GRPC_EOF or not isinstance(first, link_pb2.ConnectResponse):
                         raise ConnectionError("server closed the link before welcoming it")
                     welcome = first.welcome
-                    # Keep asking for the same port after a redial.
-                    self.remote_netclient = welcome.netclient
+                    check_name(welcome.netclient, "welcomed NetClient")
                     self.peer.remote_name = welcome.netclient
                     self.peer.name = f"{self.local.name}>{welcome.netclient}"
                     self.last_error = ""
@@ -437,7 +504,8 @@ class LinkDialer:
                     reason = await LinkSession(self.peer, _ClientStream(call)).run(
                         welcome.credits, welcome.can_receive)
                     self.last_error = reason
-                except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as exc:
+                except (grpc.aio.AioRpcError, ConnectionError, TimeoutError,
+                        ConfigError) as exc:
                     reason = _describe(exc)
                     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
                             grpc.StatusCode.UNAVAILABLE,):
@@ -454,15 +522,26 @@ class LinkDialer:
 
 
 class LinkAcceptor:
-    """Server side: attaches incoming Connect streams to local NetClients."""
+    """Server side: attaches incoming Connect streams to local NetClients.
+
+    ``serve`` raises domain errors (the servicer maps them to status codes):
+    ConfigError for a bad hello, NotFoundError/ConflictError/LimitError from
+    the lookup, LimitError when the peer broke the protocol. A NetClient made
+    for a hello that named none is handed to ``release`` when the stream ends.
+    """
 
     def __init__(self, lookup: Callable[[str, str], NetClient],
-                 window: int = DEFAULT_WINDOW) -> None:
+                 window: int = DEFAULT_WINDOW,
+                 release: Callable[[NetClient], None] | None = None) -> None:
         #: ``lookup(name, dialler)`` returns the NetClient to join; it raises
         #: NotFoundError/ConflictError (an empty name may create one).
         self.lookup = lookup
         self.window = window
-        self.peers: dict[str, LinkPeer] = {}
+        self.release = release
+        #: Connect streams refused before their link came up.
+        self.links_refused = 0
+        #: Names in a LinkHello refused (too long, bad characters).
+        self.names_refused = 0
 
     def peer_of(self, local: NetClient) -> LinkPeer | None:
         peer = local.peer
@@ -473,41 +552,57 @@ class LinkAcceptor:
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
         except TimeoutError:
+            self.links_refused += 1
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no LinkHello received")
             return
+        try:
+            hello = self._check_hello(first)
+            local = self.lookup(hello.netclient, hello.peer)
+        except Exception:
+            self.links_refused += 1
+            raise
+        try:
+            await self._run(context, local, hello)
+        finally:
+            if not hello.netclient and self.release is not None:
+                self.release(local)
+
+    def _check_hello(self, first: object) -> link_pb2.LinkHello:
         if first is GRPC_EOF or not isinstance(first, link_pb2.ConnectRequest) \
                 or not first.HasField("hello"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "the first ConnectRequest must carry a LinkHello")
-            return
+            raise ConfigError("the first ConnectRequest must carry a LinkHello")
         hello = first.hello
         if hello.credits == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "LinkHello.credits must be > 0")
-            return
+            raise ConfigError("LinkHello.credits must be > 0")
         try:
-            local = self.lookup(hello.netclient, hello.peer)
-        except NotFoundError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-            return
-        except ConflictError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            return
+            if hello.netclient:
+                check_name(hello.netclient)
+            if hello.peer:
+                check_name(hello.peer, "LinkHello.peer")
+        except ConfigError:
+            self.names_refused += 1
+            raise
+        return hello
+
+    async def _run(self, context: grpc.aio.ServicerContext[link_pb2.ConnectRequest,
+                                                            link_pb2.ConnectResponse],
+                   local: NetClient, hello: link_pb2.LinkHello) -> None:
         peer = self.peer_of(local)
         if peer is None:
             if local.peer is not None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"{local.name} is already peered with {local.peer.name}")
-                return
+                self.links_refused += 1
+                raise ConflictError(f"{local.name} is already peered with {local.peer.name}")
             peer = LinkPeer(local, hello.peer or "?", self.window)
         elif peer.session is not None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"{local.name} already has a live link (from {peer.remote_name})")
-            return
+            self.links_refused += 1
+            raise ConflictError(f"{local.name} already has a live link "
+                                f"(from {shorten(peer.remote_name)})")
         peer.remote_name = hello.peer or "?"
         peer.name = f"{local.name}>{peer.remote_name}"
         await context.write(link_pb2.ConnectResponse(welcome=link_pb2.LinkWelcome(
             netclient=local.name, credits=peer.window,
             can_receive=local.can_receive_packet())))
-        await LinkSession(peer, _ServerStream(context)).run(hello.credits, hello.can_receive)
-
+        session = LinkSession(peer, _ServerStream(context))
+        await session.run(hello.credits, hello.can_receive)
+        if session.error is not None:
+            raise session.error

@@ -11,7 +11,11 @@ numbers), raises ``GuestMemRangeError`` (a ``DmaError``) and nothing is read
 or written, so a write that would straddle the end fails entirely.
 
 The file is preallocated by default: a sparse tmpfs file that runs out of
-space would raise SIGBUS on first touch instead of an error.
+space would raise SIGBUS on first touch instead of an error. Before
+preallocating, the size is checked against free memory (``free_memory``:
+MemAvailable, the cgroup's headroom, the directory's free space), so a guest
+cannot push the host into the OOM killer; QEMU's ``prealloc=on`` has no such
+check. ``default_max_size`` is the largest RAM a host serves unless configured.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ MAX_BATCH_OPS = 65536
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "virtwire-guestmem-"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+MEMINFO_PATH = "/proc/meminfo"
+CGROUP_DIR = "/sys/fs/cgroup"
+#: The default cap on guest RAM: this, or half of MemTotal if that is less.
+DEFAULT_MAX_SIZE = 4 << 30
 
 #: How an access reached the memory, for the counters.
 Via = Literal["shm", "rpc"]
@@ -91,6 +99,69 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"bad size {text!r}: expected a number with an optional "
                           "K/M/G/T suffix (binary: 64M = 64 MiB)")
     return int(m.group(1)) << _SIZE_SHIFT[m.group(2).upper()]
+
+
+def _meminfo(field: str) -> int | None:
+    """A /proc/meminfo field in bytes, or None if unreadable."""
+    try:
+        with open(MEMINFO_PATH) as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key == field:
+                    return int(rest.split()[0]) << 10
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """Our cgroup v2's memory.max - memory.current; None when unlimited or unknown."""
+    try:
+        own = Path("/proc/self/cgroup").read_text()
+        rel = next((line[3:] for line in own.splitlines() if line.startswith("0::")), "/")
+        group = Path(CGROUP_DIR, rel.strip().lstrip("/"))
+        limit = (group / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((group / "memory.current").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _mib(size: int) -> str:
+    return format_size(size >> 20 << 20) if size >= 1 << 20 else format_size(size)
+
+
+def free_memory(directory: str = SHM_DIR) -> tuple[int, str]:
+    """Bytes a preallocation in ``directory`` may take, and what limits them.
+
+    The smallest of MemAvailable, the cgroup v2 headroom and the directory's
+    free space: guest RAM ends up resident whichever file system holds it.
+    """
+    limits: list[tuple[int, str]] = []
+    available = _meminfo("MemAvailable")
+    if available is not None:
+        limits.append((available, f"MemAvailable is {_mib(available)}"))
+    headroom = _cgroup_headroom()
+    if headroom is not None:
+        limits.append((headroom, f"the cgroup has {_mib(headroom)} left"))
+    try:
+        fs = os.statvfs(directory)
+        free = fs.f_bavail * fs.f_frsize
+        limits.append((free, f"{directory} has {_mib(free)} free"))
+    except OSError:
+        pass
+    if not limits:
+        return 1 << 62, "no limit known"
+    return min(limits)
+
+
+def default_max_size() -> int:
+    """DEFAULT_MAX_SIZE, or half of MemTotal (page-aligned) when that is less."""
+    total = _meminfo("MemTotal")
+    if total is None:
+        return DEFAULT_MAX_SIZE
+    return max(MIN_SIZE, min(DEFAULT_MAX_SIZE, total // 2 // PAGE_SIZE * PAGE_SIZE))
 
 
 @dataclass(frozen=True)
@@ -178,8 +249,18 @@ class GuestMemory:
     @classmethod
     def create(cls, size: int, path: str | None = None, *, directory: str = SHM_DIR,
                prealloc: bool = True) -> GuestMemory:
-        """New RAM of ``size`` bytes in a new file (unique name in ``directory``)."""
+        """New RAM of ``size`` bytes in a new file (unique name in ``directory``).
+
+        With ``prealloc``, BackendError (and no file) when ``size`` exceeds
+        ``free_memory`` of the file's directory.
+        """
         check_size(size)
+        if prealloc:
+            free, limit = free_memory(os.path.dirname(os.path.abspath(path)) if path
+                                      else directory)
+            if size > free:
+                raise BackendError(f"cannot allocate {format_size(size)} of guest memory: "
+                                   f"{limit} (preallocation stays within free memory)")
         if path is None:
             while True:
                 candidate = os.path.join(directory,

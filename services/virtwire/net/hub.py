@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from virtwire.address import shorten
 from virtwire.net.net import NetClient
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Hub:
         """net_hub_add_port: the new port goes to the head of the list."""
         taken = {p.name for p in self.ports}
         if name and name in taken:
-            raise HubError(f"hub {self.id} already has a port named {name!r}")
+            raise HubError(f"hub {self.id} already has a port named {shorten(name)}")
         port_id = self._next_port
         while not name and f"hub{self.id}port{port_id}" in taken:
             port_id += 1
@@ -80,7 +81,7 @@ class Hub:
         for port in self.ports:
             if port.name == name:
                 return port
-        raise HubError(f"hub {self.id} has no port named {name!r}")
+        raise HubError(f"hub {self.id} has no port named {shorten(name)}")
 
     def remove_port(self, name: str) -> None:
         """Remove a port; what it queued at other NetClients is purged."""

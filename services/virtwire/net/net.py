@@ -58,6 +58,8 @@ class NetClient:
         self.capture_hooks: list[CaptureHook] = []
         #: Frames capture subscribers lost because they fell behind.
         self.capture_dropped = 0
+        #: Capture subscriptions refused: the NetClient had its most subscribers.
+        self.capture_refused = 0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

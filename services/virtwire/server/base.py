@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -23,6 +24,7 @@ from virtwire.errors import (
     BackendError,
     ConfigError,
     ConflictError,
+    LimitError,
     NotFoundError,
     PermissionDeniedError,
     VirtwireError,
@@ -38,6 +40,8 @@ from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_gr
 logger = logging.getLogger(__name__)
 
 MAX_INJECT_REPEAT = 100_000
+#: Injected frames delivered between two yields to the event loop.
+INJECT_SLICE = 256
 SHUTDOWN_GRACE_S = 3.0
 
 
@@ -107,7 +111,8 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
                              context: grpc.aio.ServicerContext[Any, Any]
                              ) -> netclient_pb2.ListNetClientsResponse:
         reg = self.registry
-        return netclient_pb2.ListNetClientsResponse(netclients=[reg.info(nc) for nc in reg.all()])
+        return netclient_pb2.ListNetClientsResponse(
+            netclients=[reg.info(nc) for nc in reg.all()], server=reg.server_counters())
 
     async def GetNetClient(self, request: netclient_pb2.GetNetClientRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
@@ -130,7 +135,17 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
         except (NotFoundError, FrameError, ConfigError) as exc:
             await abort_for(context, exc)
             raise
-        accepted, dropped = inject(nc, request.frame, request.repeat or 1)
+        accepted = dropped = 0
+        left = request.repeat or 1
+        # In slices, so a large repeat does not hold the event loop.
+        while left:
+            n = min(left, INJECT_SLICE)
+            a, d = inject(nc, request.frame, n)
+            accepted += a
+            dropped += d
+            left -= n
+            if left:
+                await asyncio.sleep(0)
         return netclient_pb2.InjectResponse(accepted=accepted, dropped=dropped)
 
     async def Capture(self, request: netclient_pb2.CaptureRequest,
@@ -139,11 +154,13 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
         try:
             nc = self.registry.get(request.name)
             flt = parse_capture_filter(request.filter)
-        except (NotFoundError, FrameError, ConfigError) as exc:
+            sub = CaptureSubscription(nc, flt, max_subscribers=self.registry.max_captures)
+            sub.start()  # LimitError at the cap
+        except (NotFoundError, FrameError, ConfigError, LimitError) as exc:
             await abort_for(context, exc)
             raise
         sent = 0
-        with CaptureSubscription(nc, flt) as sub:
+        try:
             while not request.count or sent < request.count:
                 item = await sub.get()
                 frame = item.frame
@@ -155,6 +172,8 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
                                else netclient_pb2.DIRECTION_TX),
                     timestamp_ns=item.timestamp_ns, dropped=sub.dropped)
                 sent += 1
+        finally:
+            sub.close()
 
     async def SetLink(self, request: netclient_pb2.SetLinkRequest,
                       context: grpc.aio.ServicerContext[Any, Any]
@@ -188,7 +207,10 @@ class LinkServicer(link_pb2_grpc.LinkServiceServicer):
 
     async def Connect(self, request_iterator: AsyncIterator[link_pb2.ConnectRequest],
                       context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await self.registry.acceptor.serve(context)
+        try:
+            await self.registry.acceptor.serve(context)
+        except VirtwireError as exc:
+            await abort_for(context, exc)
 
 
 class ServiceHost:

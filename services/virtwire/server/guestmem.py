@@ -2,7 +2,9 @@
 
 The RAM is created when the server starts (a unique file in /dev/shm, or
 ``shm_path``: opened if it exists, created otherwise) and released when it
-stops; a file the server created is removed then.
+stops; a file the server created is removed then. Its size is at most
+``max_size``, this host's configuration (``serve guestmem --max-size``,
+default ``default_max_size()``); a larger one is refused with LimitError.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from virtwire.errors import ConfigError
+from virtwire.errors import ConfigError, LimitError
 from virtwire.mem.guestmem import (
     MAX_BATCH_BYTES,
     MAX_BATCH_OPS,
@@ -23,6 +25,7 @@ from virtwire.mem.guestmem import (
     GuestMemRangeError,
     HostIdentity,
     check_size,
+    default_max_size,
     format_size,
 )
 from virtwire.server.base import ServiceHost, abort_for
@@ -37,10 +40,13 @@ class GuestMemServer(ServiceHost):
     service_name = "guestmem"
 
     def __init__(self, listen: str = "127.0.0.1:0", size: int | None = 64 << 20,
-                 shm_path: str | None = None, *, prealloc: bool = True) -> None:
+                 shm_path: str | None = None, *, prealloc: bool = True,
+                 max_size: int | None = None) -> None:
         super().__init__(listen)
+        self.max_size = default_max_size() if max_size is None else check_size(max_size)
         if size is not None:
             check_size(size)
+            self._check_limit(size)
         elif shm_path is None:
             raise ConfigError("guestmem needs a size (or --shm-path of an existing file)")
         self.size = size
@@ -48,6 +54,12 @@ class GuestMemServer(ServiceHost):
         self.prealloc = prealloc
         self.host_identity = HostIdentity.local()
         self._memory: GuestMemory | None = None
+
+    def _check_limit(self, size: int) -> None:
+        if size > self.max_size:
+            raise LimitError(f"guest memory size {format_size(size)} exceeds this host's "
+                             f"limit of {format_size(self.max_size)} "
+                             "(serve guestmem --max-size)")
 
     @property
     def memory(self) -> GuestMemory:
@@ -65,6 +77,11 @@ class GuestMemServer(ServiceHost):
             mem = GuestMemory.create(self.size, prealloc=self.prealloc)
         else:
             mem = GuestMemory.open_or_create(self.shm_path, self.size, prealloc=self.prealloc)
+            try:
+                self._check_limit(mem.size)
+            except LimitError:
+                mem.close()
+                raise
         self._memory = mem
         logger.info("guest memory: %s at %s (%s)", format_size(mem.size), mem.path,
                     "created" if mem.owned else "existing file")
@@ -139,7 +156,8 @@ class GuestMemServer(ServiceHost):
             host=guestmem_pb2.GuestMemHostIdentity(boot_id=ident.boot_id,
                                                    hostname=ident.hostname),
             max_op_bytes=MAX_OP_BYTES, max_batch_bytes=MAX_BATCH_BYTES,
-            max_batch_ops=MAX_BATCH_OPS)
+            max_batch_ops=MAX_BATCH_OPS, max_size=self.max_size,
+            preallocated=mem.owned and self.prealloc)
 
     def stats(self) -> guestmem_pb2.GuestMemCounters:
         return guestmem_pb2.GuestMemCounters(**self.memory.counters.as_dict())

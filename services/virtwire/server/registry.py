@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from virtwire.address import parse_peer
-from virtwire.errors import ConflictError, NotFoundError
+from virtwire.address import check_name, parse_peer, shorten
+from virtwire.errors import ConfigError, ConflictError, NotFoundError
 from virtwire.link import DEFAULT_WINDOW, LinkAcceptor, LinkDialer, LinkPeer, LinkRunState
+from virtwire.net.capture import MAX_CAPTURE_SUBSCRIBERS
 from virtwire.net.net import NetClient
 from virtwire.v1 import netclient_pb2
 
@@ -20,18 +22,48 @@ _LINK_STATE = {
 }
 
 
+#: Names listed in a NOT_FOUND message, so it stays short however many exist.
+KNOWN_SHOWN = 8
+
+
+@dataclass
+class LinkTotals:
+    """Link counters of NetClients that are gone, so server totals stay monotonic."""
+
+    credits_refused: int = 0
+    protocol_errors: int = 0
+
+
 class NetClientRegistry:
     """Name -> NetClient, plus the dialers and the acceptor of their links."""
 
-    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, window: int = DEFAULT_WINDOW,
+                 max_captures: int = MAX_CAPTURE_SUBSCRIBERS) -> None:
         self._ncs: dict[str, NetClient] = {}
         self.dialers: dict[str, LinkDialer] = {}
         self.window = window
+        #: Capture subscribers allowed per NetClient.
+        self.max_captures = max_captures
         #: Called for a LinkHello with an empty NetClient name; may create one.
         self.on_anonymous_link: Callable[[str], NetClient] | None = None
-        self.acceptor = LinkAcceptor(self._lookup_for_link, window)
+        #: Called when the stream of a link that ``on_anonymous_link`` made a
+        #: NetClient for has ended (after the link's teardown).
+        self.on_anonymous_link_end: Callable[[NetClient], None] | None = None
+        self.acceptor = LinkAcceptor(self._lookup_for_link, window, self._anonymous_link_ended)
+        #: Names a peer supplied that were refused (too long, bad characters).
+        self.names_refused = 0
+        self._gone = LinkTotals()
+
+    def check_name(self, name: str, what: str = "NetClient") -> str:
+        """``check_name``, counting the refusal."""
+        try:
+            return check_name(name, what)
+        except ConfigError:
+            self.names_refused += 1
+            raise
 
     def add(self, nc: NetClient) -> NetClient:
+        self.check_name(nc.name)
         if nc.name in self._ncs:
             raise ConflictError(f"a NetClient named {nc.name!r} already exists")
         self._ncs[nc.name] = nc
@@ -41,8 +73,12 @@ class NetClientRegistry:
         try:
             return self._ncs[name]
         except KeyError:
-            known = ", ".join(sorted(self._ncs)) or "none"
-            raise NotFoundError(f"no NetClient named {name!r} (known: {known})") from None
+            names = sorted(self._ncs)
+            known = ", ".join(names[:KNOWN_SHOWN]) or "none"
+            if len(names) > KNOWN_SHOWN:
+                known += f" and {len(names) - KNOWN_SHOWN} more"
+            raise NotFoundError(f"no NetClient named {shorten(name)} "
+                                f"(known: {known})") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self._ncs
@@ -62,13 +98,27 @@ class NetClientRegistry:
         dialer = self.dialers.pop(name, None)
         if dialer is not None:
             await dialer.stop()
+        self.forget(nc)
+        return nc
+
+    def forget(self, nc: NetClient) -> None:
+        """``remove`` for a NetClient that dials nothing; a no-op if it is gone."""
+        if self._ncs.get(nc.name) is not nc:
+            return
+        if nc.name in self.dialers:
+            raise ConflictError(f"{nc.name} dials a peer: remove it instead")
         peer = nc.peer
         if isinstance(peer, LinkPeer):
+            self._gone.credits_refused += peer.credits_refused
+            self._gone.protocol_errors += peer.protocol_errors
             peer.close()
         nc.purge_queued_packets()
         nc.cleanup()
-        del self._ncs[name]
-        return nc
+        del self._ncs[nc.name]
+
+    def _anonymous_link_ended(self, nc: NetClient) -> None:
+        if self.on_anonymous_link_end is not None:
+            self.on_anonymous_link_end(nc)
 
     def connect(self, nc: NetClient, peer: str) -> LinkDialer:
         """Dial ``peer`` (ADDR/NETCLIENT) for ``nc`` and keep the link up."""
@@ -97,6 +147,19 @@ class NetClientRegistry:
         return nc
 
     # -- protobuf view ----------------------------------------------------------
+    def server_counters(self) -> netclient_pb2.ServerCounters:
+        credits_refused = self._gone.credits_refused
+        protocol_errors = self._gone.protocol_errors
+        for nc in self._ncs.values():
+            if isinstance(nc.peer, LinkPeer):
+                credits_refused += nc.peer.credits_refused
+                protocol_errors += nc.peer.protocol_errors
+        return netclient_pb2.ServerCounters(
+            names_refused=self.names_refused + self.acceptor.names_refused,
+            links_refused=self.acceptor.links_refused,
+            link_credits_refused=credits_refused, link_protocol_errors=protocol_errors,
+            max_capture_subscribers=self.max_captures)
+
     def info(self, nc: NetClient) -> netclient_pb2.NetClientInfo:
         peer = nc.peer
         dialer = self.dialers.get(nc.name)
@@ -132,6 +195,10 @@ class NetClientRegistry:
             queue_len=len(q),
             capture_dropped=nc.capture_dropped,
             peer_queue_len=len(peer.incoming_queue) if isinstance(peer, LinkPeer) else 0,
+            link_credits_refused=peer.credits_refused if isinstance(peer, LinkPeer) else 0,
+            link_protocol_errors=peer.protocol_errors if isinstance(peer, LinkPeer) else 0,
+            capture_refused=nc.capture_refused,
+            capture_subscribers=len(nc.capture_hooks),
         )
         return netclient_pb2.NetClientInfo(
             name=nc.name, kind=nc.kind, admin_down=nc.admin_down, link_down=nc.link_down,

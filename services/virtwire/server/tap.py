@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from virtwire.address import parse_peer, parse_sockaddr
+from virtwire.address import check_name, is_valid_name, parse_peer, parse_sockaddr, shorten
 from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError, ConflictError, NotFoundError
 from virtwire.net.dgram import DgramBackend, check_interface_addr, check_multicast_group
@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 BACKEND_KINDS = ("tap", "stream", "dgram")
 #: Largest reconnect= accepted (an hour).
 MAX_RECONNECT_S = 3600
-_NAME_MAX = 64
-
 _COMMON_OPTS = ("id", "name", "peer")
 _KIND_OPTS: dict[str, tuple[str, ...]] = {
     "tap": ("ifname", "vnet_hdr", "no_padding", "script", "downscript"),
@@ -55,10 +53,10 @@ _FALSE = ("off", "no", "false", "0")
 
 # -- validation ---------------------------------------------------------------------
 def check_backend_name(name: str) -> None:
-    if len(name) > _NAME_MAX:
-        raise ConfigError(f"backend name {name!r} is longer than {_NAME_MAX} characters")
     if "/" in name or "," in name or any(c.isspace() for c in name):
-        raise ConfigError(f"backend name {name!r} must not contain '/', ',' or whitespace")
+        raise ConfigError(f"backend name {shorten(name)} must not contain '/', ',' or "
+                          "whitespace")
+    check_name(name, "backend")
 
 
 def check_backend_config(config: tap_pb2.BackendConfig, *, check_scripts: bool = True) -> str:
@@ -413,6 +411,8 @@ class TapServicer(tap_pb2_grpc.TapServiceServicer):
     async def AddBackend(self, request: tap_pb2.AddBackendRequest,
                          context: grpc.aio.ServicerContext[Any, Any]
                          ) -> tap_pb2.AddBackendResponse:
+        if request.config.name and not is_valid_name(request.config.name):
+            self.host.registry.names_refused += 1  # refused below, with the reason
         try:
             config = rpc_backend_config(request.config, self.host.rpc_policy)
             backend = await self.host.add_backend(config)

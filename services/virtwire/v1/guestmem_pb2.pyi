@@ -73,7 +73,7 @@ class GuestMemHostIdentity(_message.Message):
     def __init__(self, boot_id: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
 
 class GuestMemServiceDescribeResponse(_message.Message):
-    __slots__ = ("size", "shm_path", "shm_device", "shm_inode", "host", "max_op_bytes", "max_batch_bytes", "max_batch_ops")
+    __slots__ = ("size", "shm_path", "shm_device", "shm_inode", "host", "max_op_bytes", "max_batch_bytes", "max_batch_ops", "max_size", "preallocated")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHM_PATH_FIELD_NUMBER: _ClassVar[int]
     SHM_DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,8 @@ class GuestMemServiceDescribeResponse(_message.Message):
     MAX_OP_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_OPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREALLOCATED_FIELD_NUMBER: _ClassVar[int]
     size: int
     shm_path: str
     shm_device: int
@@ -90,7 +92,9 @@ class GuestMemServiceDescribeResponse(_message.Message):
     max_op_bytes: int
     max_batch_bytes: int
     max_batch_ops: int
-    def __init__(self, size: _Optional[int] = ..., shm_path: _Optional[str] = ..., shm_device: _Optional[int] = ..., shm_inode: _Optional[int] = ..., host: _Optional[_Union[GuestMemHostIdentity, _Mapping]] = ..., max_op_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_batch_ops: _Optional[int] = ...) -> None: ...
+    max_size: int
+    preallocated: bool
+    def __init__(self, size: _Optional[int] = ..., shm_path: _Optional[str] = ..., shm_device: _Optional[int] = ..., shm_inode: _Optional[int] = ..., host: _Optional[_Union[GuestMemHostIdentity, _Mapping]] = ..., max_op_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_batch_ops: _Optional[int] = ..., max_size: _Optional[int] = ..., preallocated: _Optional[bool] = ...) -> None: ...
 
 class GuestMemServiceStatsRequest(_message.Message):
     __slots__ = ()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from virtwire.v1 import netclient_pb2 as virtwire_dot_v1_dot_netclient__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15virtwire/v1/hub.proto\x12\x0bvirtwire.v1\x1a\x1bvirtwire/v1/netclient.proto\",\n\x0e\x41\x64\x64PortRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\";\n\x0f\x41\x64\x64PortResponse\x12(\n\x04port\x18\x01 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo\"!\n\x11RemovePortRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12RemovePortResponse\"\x12\n\x10ListPortsRequest\"N\n\x11ListPortsResponse\x12\x0e\n\x06hub_id\x18\x01 \x01(\r\x12)\n\x05ports\x18\x02 \x03(\x0b\x32\x1a.virtwire.v1.NetClientInfo2\xed\x01\n\nHubService\x12\x44\n\x07\x41\x64\x64Port\x12\x1b.virtwire.v1.AddPortRequest\x1a\x1c.virtwire.v1.AddPortResponse\x12M\n\nRemovePort\x12\x1e.virtwire.v1.RemovePortRequest\x1a\x1f.virtwire.v1.RemovePortResponse\x12J\n\tListPorts\x12\x1d.virtwire.v1.ListPortsRequest\x1a\x1e.virtwire.v1.ListPortsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15virtwire/v1/hub.proto\x12\x0bvirtwire.v1\x1a\x1bvirtwire/v1/netclient.proto\",\n\x0e\x41\x64\x64PortRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\";\n\x0f\x41\x64\x64PortResponse\x12(\n\x04port\x18\x01 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo\"!\n\x11RemovePortRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12RemovePortResponse\"\x12\n\x10ListPortsRequest\"x\n\x11ListPortsResponse\x12\x0e\n\x06hub_id\x18\x01 \x01(\r\x12)\n\x05ports\x18\x02 \x03(\x0b\x32\x1a.virtwire.v1.NetClientInfo\x12\x11\n\tmax_ports\x18\x03 \x01(\r\x12\x15\n\rports_refused\x18\x04 \x01(\x04\x32\xed\x01\n\nHubService\x12\x44\n\x07\x41\x64\x64Port\x12\x1b.virtwire.v1.AddPortRequest\x1a\x1c.virtwire.v1.AddPortResponse\x12M\n\nRemovePort\x12\x1e.virtwire.v1.RemovePortRequest\x1a\x1f.virtwire.v1.RemovePortResponse\x12J\n\tListPorts\x12\x1d.virtwire.v1.ListPortsRequest\x1a\x1e.virtwire.v1.ListPortsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPORTSREQUEST']._serialized_start=231
   _globals['_LISTPORTSREQUEST']._serialized_end=249
   _globals['_LISTPORTSRESPONSE']._serialized_start=251
-  _globals['_LISTPORTSRESPONSE']._serialized_end=329
-  _globals['_HUBSERVICE']._serialized_start=332
-  _globals['_HUBSERVICE']._serialized_end=569
+  _globals['_LISTPORTSRESPONSE']._serialized_end=371
+  _globals['_HUBSERVICE']._serialized_start=374
+  _globals['_HUBSERVICE']._serialized_end=611
 # @@protoc_insertion_point(module_scope)

@@ -36,9 +36,13 @@ class ListPortsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListPortsResponse(_message.Message):
-    __slots__ = ("hub_id", "ports")
+    __slots__ = ("hub_id", "ports", "max_ports", "ports_refused")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PORTS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     hub_id: int
     ports: _containers.RepeatedCompositeFieldContainer[_netclient_pb2.NetClientInfo]
-    def __init__(self, hub_id: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[_netclient_pb2.NetClientInfo, _Mapping]]] = ...) -> None: ...
+    max_ports: int
+    ports_refused: int
+    def __init__(self, hub_id: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[_netclient_pb2.NetClientInfo, _Mapping]]] = ..., max_ports: _Optional[int] = ..., ports_refused: _Optional[int] = ...) -> None: ...

@@ -57,7 +57,7 @@ class HubServiceServicer:
     """
 
     def AddPort(self, request, context):
-        """Add a port.
+        """Add a port. FAILED_PRECONDITION when the hub has max_ports ports.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

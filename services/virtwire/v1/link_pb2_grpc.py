@@ -47,8 +47,10 @@ class LinkServiceServicer:
     """
 
     def Connect(self, request_iterator, context):
-        """Open a link. Fails with NOT_FOUND for an unknown NetClient and
-        FAILED_PRECONDITION when it already has a linked peer.
+        """Open a link. Fails with NOT_FOUND for an unknown NetClient,
+        INVALID_ARGUMENT for a missing or bad LinkHello, and FAILED_PRECONDITION
+        when it already has a linked peer, a cap (a hub's ports) is reached, or
+        the dialler broke the protocol.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -30,7 +30,7 @@ LINK_STATE_CONNECTING: LinkState
 LINK_STATE_UP: LinkState
 
 class NetClientCounters(_message.Message):
-    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped_queue_full", "dropped_link_down", "dropped_refused", "dropped_malformed", "dropped_purged", "queue_len", "capture_dropped", "peer_queue_len")
+    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped_queue_full", "dropped_link_down", "dropped_refused", "dropped_malformed", "dropped_purged", "queue_len", "capture_dropped", "peer_queue_len", "link_credits_refused", "link_protocol_errors", "capture_refused", "capture_subscribers")
     RX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     RX_BYTES_FIELD_NUMBER: _ClassVar[int]
     TX_FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,10 @@ class NetClientCounters(_message.Message):
     QUEUE_LEN_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_DROPPED_FIELD_NUMBER: _ClassVar[int]
     PEER_QUEUE_LEN_FIELD_NUMBER: _ClassVar[int]
+    LINK_CREDITS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    LINK_PROTOCOL_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     rx_frames: int
     rx_bytes: int
     tx_frames: int
@@ -55,7 +59,25 @@ class NetClientCounters(_message.Message):
     queue_len: int
     capture_dropped: int
     peer_queue_len: int
-    def __init__(self, rx_frames: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_frames: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., dropped_queue_full: _Optional[int] = ..., dropped_link_down: _Optional[int] = ..., dropped_refused: _Optional[int] = ..., dropped_malformed: _Optional[int] = ..., dropped_purged: _Optional[int] = ..., queue_len: _Optional[int] = ..., capture_dropped: _Optional[int] = ..., peer_queue_len: _Optional[int] = ...) -> None: ...
+    link_credits_refused: int
+    link_protocol_errors: int
+    capture_refused: int
+    capture_subscribers: int
+    def __init__(self, rx_frames: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_frames: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., dropped_queue_full: _Optional[int] = ..., dropped_link_down: _Optional[int] = ..., dropped_refused: _Optional[int] = ..., dropped_malformed: _Optional[int] = ..., dropped_purged: _Optional[int] = ..., queue_len: _Optional[int] = ..., capture_dropped: _Optional[int] = ..., peer_queue_len: _Optional[int] = ..., link_credits_refused: _Optional[int] = ..., link_protocol_errors: _Optional[int] = ..., capture_refused: _Optional[int] = ..., capture_subscribers: _Optional[int] = ...) -> None: ...
+
+class ServerCounters(_message.Message):
+    __slots__ = ("names_refused", "links_refused", "link_credits_refused", "link_protocol_errors", "max_capture_subscribers")
+    NAMES_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    LINKS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    LINK_CREDITS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    LINK_PROTOCOL_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CAPTURE_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    names_refused: int
+    links_refused: int
+    link_credits_refused: int
+    link_protocol_errors: int
+    max_capture_subscribers: int
+    def __init__(self, names_refused: _Optional[int] = ..., links_refused: _Optional[int] = ..., link_credits_refused: _Optional[int] = ..., link_protocol_errors: _Optional[int] = ..., max_capture_subscribers: _Optional[int] = ...) -> None: ...
 
 class NetClientInfo(_message.Message):
     __slots__ = ("name", "kind", "admin_down", "link_down", "link_state", "peer", "counters", "info")
@@ -82,10 +104,12 @@ class ListNetClientsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListNetClientsResponse(_message.Message):
-    __slots__ = ("netclients",)
+    __slots__ = ("netclients", "server")
     NETCLIENTS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
     netclients: _containers.RepeatedCompositeFieldContainer[NetClientInfo]
-    def __init__(self, netclients: _Optional[_Iterable[_Union[NetClientInfo, _Mapping]]] = ...) -> None: ...
+    server: ServerCounters
+    def __init__(self, netclients: _Optional[_Iterable[_Union[NetClientInfo, _Mapping]]] = ..., server: _Optional[_Union[ServerCounters, _Mapping]] = ...) -> None: ...
 
 class GetNetClientRequest(_message.Message):
     __slots__ = ("name",)

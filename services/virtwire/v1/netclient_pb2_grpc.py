@@ -88,7 +88,8 @@ class NetClientServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Capture(self, request, context):
-        """Stream frames the NetClient receives and/or sends.
+        """Stream frames the NetClient receives and/or sends. FAILED_PRECONDITION
+        when the NetClient already has the most subscribers its server allows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
