@@ -504,3 +504,36 @@ async def test_add_backend_refuses_a_100kb_name_and_counts_it() -> None:
             assert not resp.netclients and resp.server.names_refused == 2
     finally:
         await host.stop(grace=0.1)
+
+
+async def test_capture_filter_errors_are_short(hub: HubServer,
+                                               channel: grpc.aio.Channel) -> None:
+    hub.add_port("w")
+    stub = netclient_pb2_grpc.NetClientServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.Capture(netclient_pb2.CaptureRequest(
+                name="w", filter=netclient_pb2.CaptureFilter(mac="a" * 100_000))):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(err.value.details() or "") < SHORT
+
+
+def test_cli_max_captures(tmp_path: Path) -> None:
+    with serve("hub", ["--max-captures", "1", "--port", "w", "--port", "o"], tmp_path) as svc:
+
+        async def check() -> None:
+            async with grpc.aio.insecure_channel(svc.address) as ch:
+                stub = netclient_pb2_grpc.NetClientServiceStub(ch)
+                first = stub.Capture(netclient_pb2.CaptureRequest(name="w"))
+                for _ in range(500):
+                    got = await stub.GetNetClient(netclient_pb2.GetNetClientRequest(name="w"))
+                    if got.netclient.counters.capture_subscribers == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in stub.Capture(netclient_pb2.CaptureRequest(name="w")):
+                        pass
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                first.cancel()
+
+        asyncio.run(check())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from virtwire.address import shorten
+
 #: QEMU's NET_BUFSIZE (4096 + 65536): the largest frame the data path carries.
 NET_BUFSIZE = 4096 + 65536
 #: ETH_ZLEN: the minimum frame length without FCS; the tap backend pads to it.
@@ -30,7 +32,7 @@ def check_frame(frame: bytes) -> None:
 def parse_mac(text: str) -> bytes:
     """'aa:bb:cc:dd:ee:ff' -> 6 bytes; FrameError otherwise."""
     if not _MAC_RE.match(text):
-        raise FrameError(f"bad MAC address {text!r}: expected aa:bb:cc:dd:ee:ff")
+        raise FrameError(f"bad MAC address {shorten(text)}: expected aa:bb:cc:dd:ee:ff")
     return bytes.fromhex(text.replace(":", ""))
 
 
