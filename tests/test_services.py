@@ -134,6 +134,31 @@ async def test_hub_ports_added_and_removed_at_runtime(tmp_path: Path) -> None:
             assert [p.name for p in ports.ports] == ["hub0port1"]
 
 
+class _SlowSink(Sink):
+    """Takes at most ``budget`` frames until topped up: really slow, not just late.
+
+    (A Sink that is only made ready now and then drains its whole queue each
+    time, so whether it loses frames depended on timing.)
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.budget = 0
+
+    def receive(self, data: bytes) -> int:
+        if self.budget <= 0:
+            return 0        # stays queued; receive_disabled until the next flush
+        self.budget -= 1
+        return super().receive(data)
+
+    def can_receive(self) -> bool:
+        return self.budget > 0
+
+    def top_up(self, budget: int) -> None:
+        self.budget = budget
+        self.flush_queued_packets()
+
+
 async def test_flood_into_hub_with_slow_consumer_is_accounted_and_bounded(
         tmp_path: Path) -> None:
     """200k frames into a hub port; one consumer is slow, one keeps up.
@@ -143,7 +168,8 @@ async def test_flood_into_hub_with_slow_consumer_is_accounted_and_bounded(
     """
     n, size = 200_000, 1514
     with serve("hub", [], tmp_path) as hub:
-        src, slow, fast = Sink("src"), Sink("slow"), Sink("fast")
+        src, slow, fast = Sink("src"), _SlowSink("slow"), Sink("fast")
+        slow.budget = 1 << 30
         dialers = []
         for nc in (src, slow, fast):
             dialer = LinkDialer(nc, parse_peer(f"{hub.address}/"))
@@ -153,15 +179,14 @@ async def test_flood_into_hub_with_slow_consumer_is_accounted_and_bounded(
         await until(lambda: isinstance(src.peer, LinkPeer) and src.peer.remote_ready,
                     what="hub ready")
         rss_before = hub.rss_kib()
-        slow.ready = False
+        slow.budget = 0
         stop = asyncio.Event()
         rss_max = 0
 
         async def slow_consumer() -> None:
-            # Takes about 5000 frames/s: far slower than the flood.
+            # Takes at most about 5000 frames/s: far slower than the flood.
             while not stop.is_set():
-                slow.set_ready(True)
-                slow.ready = False
+                slow.top_up(10)
                 await asyncio.sleep(0.002)
 
         async def watch_rss() -> None:
@@ -191,7 +216,7 @@ async def test_flood_into_hub_with_slow_consumer_is_accounted_and_bounded(
             c = await slow_port()
         stop.set()
         await asyncio.gather(*tasks)
-        slow.set_ready(True)
+        slow.top_up(1 << 30)
         await until(lambda: len(slow.frames) + c.dropped_queue_full
                     + slow.incoming_queue.dropped >= n, timeout=30, what="drained")
         assert c.dropped_queue_full > 0, "the slow consumer should have lost frames"
