@@ -481,3 +481,22 @@ async def test_up_parses_the_topology_off_the_event_loop(
     err = await _rpc_error(_up(orch.address, "name: x\nnodes: {}\n"))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert threads and threads[0] is not threading.main_thread()
+
+
+async def test_add_port_dials_no_unix_socket(tmp_path: Path) -> None:
+    """A hub port added by RPC dials only HOST:PORT: a unix socket is a host path."""
+    from virtwire import tls
+    from virtwire.server.hub import HubServer
+    from virtwire.v1 import hub_pb2, hub_pb2_grpc
+
+    sock = tmp_path / "victim.sock"
+    async with HubServer("127.0.0.1:0") as hub, tls.aio_channel(hub.address) as channel:
+        stub = hub_pb2_grpc.HubServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.AddPort(hub_pb2.AddPortRequest(name="p", peer=f"unix:{sock}/x"))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "unix socket path" in (err.value.details() or "")
+        ports = await stub.ListPorts(hub_pb2.ListPortsRequest())
+        assert [p.name for p in ports.ports] == []
+        got = await stub.AddPort(hub_pb2.AddPortRequest(name="p", peer="127.0.0.1:1/x"))
+        assert got.port.name == "p"

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from virtwire.address import parse_peer, shorten
+from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError, ConflictError, LimitError, NotFoundError
 from virtwire.net.hub import Hub, HubPort
 from virtwire.net.net import NetClient
@@ -97,6 +98,8 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
     async def AddPort(self, request: hub_pb2.AddPortRequest,
                       context: grpc.aio.ServicerContext[Any, Any]) -> hub_pb2.AddPortResponse:
         try:
+            # A unix socket is a path on this host: not something a caller names.
+            RpcPolicy(command="virtwire serve hub").no_unix("peer", request.peer)
             port = self.host.add_port(request.name, request.peer)
         except Exception as exc:
             await abort_for(context, exc)
