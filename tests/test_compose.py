@@ -7,7 +7,10 @@ the engine is not in one, and left again afterwards). Each time vm1's guest
 pings vm2 from inside its container, over the rendered internal network
 (198.18.0.0/15, nothing published). Under compose the VMs' DMA goes over the
 shared /dev/shm (``ipc``); a Swarm ignores ``ipc`` and ``shm_size``, so there it
-goes over guestmem RPCs. Each run uses a unique project/stack name, and
+goes over guestmem RPCs. The compose run is repeated with ``tls:`` in the
+topology (and the Swarm run uses it): each service then has its own
+certificate as a secret, the in-container CLI pings with it, and a plaintext
+client is refused. Each run uses a unique project/stack name, and
 everything it creates is removed again, also when the test fails; afterwards
 nothing of it may remain.
 
@@ -29,6 +32,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from virtwire import certs
 from virtwire.cli import main
 
 from support.docker_engine import docker
@@ -58,11 +62,23 @@ def _unique() -> str:
     return f"vwtest-{uuid.uuid4().hex[:8]}"
 
 
-def _render(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    """examples/default.yaml as a compose file, checked to stay internal and unpublished."""
+def _render(tmp_path: Path, tls: bool = False) -> tuple[Path, dict[str, Any]]:
+    """examples/default.yaml as a compose file, checked to stay internal and unpublished.
+
+    ``tls``: with ``tls: {dir: pki}`` (a new CA), so each service gets its own
+    certificate as secrets, and none runs ``--insecure``.
+    """
+    topology = EXAMPLE
+    if tls:
+        certs.init_ca(tmp_path / "pki")
+        topology = tmp_path / "default-tls.yaml"
+        topology.write_text(EXAMPLE.read_text() + "tls: {dir: pki}\n")
     out = tmp_path / "lan.yml"
-    assert main(["render", "compose", str(EXAMPLE), "-o", str(out)]) == 0
+    assert main(["render", "compose", str(topology), "-o", str(out)]) == 0
     doc: dict[str, Any] = yaml.safe_load(out.read_text())
+    for name, spec in doc["services"].items():
+        assert ("--insecure" in spec["command"]) != tls, name
+        assert ("secrets" in spec) == tls, name
     for net in doc["networks"].values():
         assert net["internal"] is True
         for pool in net["ipam"]["config"]:
@@ -168,11 +184,19 @@ def _compose_diagnosis(name: str) -> str:
     return ps + "".join(_logs(c) for c in _ids("container", f"{COMPOSE_KEY}={name}"))
 
 
-def test_compose_up_pings(image: str, tmp_path: Path) -> None:
+def _plaintext_refused(container: str) -> None:
+    """With TLS on, the CLI without an identity cannot even reach the guest service."""
+    plain = docker("exec", "-e", "VIRTWIRE_TLS_DIR=", "-e", "VIRTWIRE_TLS_NAME=", container,
+                   *PING, check=False, timeout=60)
+    assert plain.returncode != 0 and "cannot reach" in plain.stderr, plain.stdout + plain.stderr
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["insecure", "tls"])
+def test_compose_up_pings(image: str, tmp_path: Path, tls: bool) -> None:
     compose = shutil.which("docker-compose")
     if compose is None:
         pytest.skip("docker-compose is not installed (Debian package docker-compose)")
-    file, _ = _render(tmp_path)
+    file, _ = _render(tmp_path, tls)
     name = _unique()
     start = time.monotonic()
     try:
@@ -190,6 +214,9 @@ def test_compose_up_pings(image: str, tmp_path: Path) -> None:
         assert e1000 is not None, _compose_diagnosis(name)
         log = docker("logs", e1000)
         assert "over shm" in log.stdout + log.stderr, _logs(e1000)
+        assert ("WITHOUT TLS" in log.stderr) != tls, _logs(e1000)
+        if tls:
+            _plaintext_refused(guest)
     finally:
         down = _compose(compose, name, file, "down", "-v", "--remove-orphans")
         left = _leftovers(name, COMPOSE_KEY)
@@ -274,7 +301,8 @@ def _stack_gone(name: str) -> bool | None:
 
 
 def test_stack_deploy_pings(image: str, swarm: None, tmp_path: Path) -> None:
-    file, doc = _render(tmp_path)
+    # With TLS: Swarm secrets, the key given to the image's user (uid/gid/mode).
+    file, doc = _render(tmp_path, tls=True)
     name = _unique()
     start = time.monotonic()
     try:
@@ -305,6 +333,10 @@ def test_stack_deploy_pings(image: str, swarm: None, tmp_path: Path) -> None:
         assert e1000 is not None, _stack_diagnosis(name)
         log = docker("logs", e1000)
         assert "over rpc" in log.stdout + log.stderr, _logs(e1000)
+        # A Swarm made the key the service user's own, 0400.
+        key = docker("exec", guest, "stat", "-c", "%u %a", "/run/secrets/vm1-guest-key.pem")
+        assert key.stdout.split() == ["10000", "400"], key.stdout
+        _plaintext_refused(guest)
     finally:
         rm = docker("stack", "rm", name, check=False)
         deadline = time.monotonic() + DOWN_TIMEOUT

@@ -6,6 +6,9 @@ skip without root). The CLI then brings up a topology as one container per
 service on an internal 198.18.0.0/15 network, pings across it, kills a
 container (the orchestrator restarts it), and tears it down; afterwards no
 container or network of the LAN is left, also after a SIGKILLed orchestrator.
+Without ``tls:`` every container's service runs with ``--insecure`` (and logs
+so); a second LAN runs with ``tls:``: each container holds only its own
+certificate, read-only, and a plaintext client and a viewer are refused.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from virtwire import certs, tls
 from virtwire.errors import ConfigError
-from virtwire.orchestrator.docker import AUTO_SUBNETS, check_subnet, pick_subnet
+from virtwire.orchestrator.docker import AUTO_SUBNETS, DockerBackend, check_subnet, pick_subnet
+from virtwire.orchestrator.pki import LanPki
+from virtwire.orchestrator.spec import HubServiceSpec
+from virtwire.topology import load_topology
+from virtwire.v1 import hub_pb2, hub_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
 from support.docker_engine import docker
 from support.procs import VIRTWIRE
@@ -51,13 +60,29 @@ links:
 """
 
 
+# Kept small (CI time): a hub, two VMs and a Linux TAP (a root container).
+TLS_TOPOLOGY = """\
+name: {name}
+tls: {{dir: pki}}
+nodes:
+  hub0: {{kind: hub}}
+  vm1: {{kind: vm, mac: "52:54:00:12:34:01", ip: 198.18.0.1/24, memory: 16M}}
+  vm2: {{kind: vm, mac: "52:54:00:12:34:02", ip: 198.18.0.2/24, memory: 16M}}
+  tap0: {{kind: tap, backend: tap, ifname: vwt0}}
+links:
+  - [vm1, hub0]
+  - [vm2, hub0]
+  - [tap0, hub0]
+"""
+
+
 class DockerLan:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, topology: str = TOPOLOGY) -> None:
         self.name = f"vwd{uuid.uuid4().hex[:6]}"
         self.state_dir = tmp / "state"
         self.env = {**os.environ, "VIRTWIRE_STATE_DIR": str(self.state_dir)}
         self.file = tmp / "lan.yaml"
-        self.file.write_text(TOPOLOGY.format(name=self.name))
+        self.file.write_text(topology.format(name=self.name))
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*VIRTWIRE, *args], capture_output=True, text=True,
@@ -80,17 +105,32 @@ class DockerLan:
         return self.cli("ping", "vm1", "vm2", "-c", "3", "--lan", self.name)
 
 
+def _clean_up(lan: DockerLan) -> None:
+    lan.cli("down", lan.name)
+    for name in lan.containers():
+        docker("rm", "--force", name, check=False)
+    for name in lan.networks():
+        docker("network", "rm", name, check=False)
+
+
 @pytest.fixture
 def lan(image: str, tmp_path: Path) -> Iterator[DockerLan]:
     lan = DockerLan(tmp_path)
     try:
         yield lan
     finally:
-        lan.cli("down", lan.name)
-        for name in lan.containers():
-            docker("rm", "--force", name, check=False)
-        for name in lan.networks():
-            docker("network", "rm", name, check=False)
+        _clean_up(lan)
+
+
+@pytest.fixture
+def tls_lan(image: str, tmp_path: Path) -> Iterator[DockerLan]:
+    """TLS_TOPOLOGY, with a CA in tmp/pki."""
+    certs.init_ca(tmp_path / "pki")
+    lan = DockerLan(tmp_path, TLS_TOPOLOGY)
+    try:
+        yield lan
+    finally:
+        _clean_up(lan)
 
 
 def _inspect(name: str) -> dict[str, Any]:
@@ -145,6 +185,10 @@ def test_up_ping_restart_down(lan: DockerLan) -> None:
         else:
             assert not caps and not devices, svc
             assert host["Config"]["User"] != "0", svc
+        # No tls: in the topology: plaintext off loopback, said out loud.
+        assert host["Config"]["Cmd"][-1] == "--insecure", svc
+        assert not host["Mounts"], svc
+    assert "WITHOUT TLS" in docker("logs", f"virtwire-{lan.name}-hub0").stderr
     assert _inspect(f"virtwire-{lan.name}-vm1-guestmem")["HostConfig"]["IpcMode"] == "shareable"
     assert "over shm" in docker("logs", f"virtwire-{lan.name}-vm1-e1000").stderr
     tap = docker("exec", f"virtwire-{lan.name}-tap0", "ip", "-br", "link", "show", "vwt0")
@@ -202,3 +246,147 @@ def test_bad_requests_exit_2_and_leave_nothing(lan: DockerLan) -> None:
     bad = lan.cli("up", str(lan.file), "--backend", "podman")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     assert lan.containers() == [] and lan.networks() == []
+
+
+# --- with tls: -------------------------------------------------------------------------
+
+def test_identity_mounts_without_an_engine(tmp_path: Path) -> None:
+    """What each container gets, planned without Docker: its own files only, read-only,
+    owned by the user it runs as, issued once (a restart gets the same)."""
+    certs.init_ca(tmp_path / "pki")
+    topo_file = tmp_path / "lan.yaml"
+    topo_file.write_text(TLS_TOPOLOGY.format(name="plan"))
+    topo = load_topology(topo_file)
+    pki = LanPki(tmp_path / "pki", tmp_path / "state" / "tls")
+    backend = DockerBackend(topo, pki=pki)
+    plain = DockerBackend(topo)
+    for i, svc in enumerate(topo.services):
+        ip = f"198.19.7.{10 + i}"
+        mounts = backend.identity_mounts(svc.name, ip)
+        assert sorted(m["bind"] for m in mounts.values()) == sorted([
+            "/run/secrets/ca.pem", f"/run/secrets/{svc.name}.pem",
+            f"/run/secrets/{svc.name}-key.pem"])
+        assert all(m["mode"] == "ro" for m in mounts.values())
+        files = {m["bind"].rpartition("/")[2]: Path(src) for src, m in mounts.items()}
+        assert {p.parent for p in files.values()} == {
+            tmp_path / "state" / "tls" / "containers" / svc.name}
+        key = files[f"{svc.name}-key.pem"]
+        assert key.stat().st_mode & 0o777 == 0o600
+        root = svc.name == "tap0"
+        assert backend._user(svc.name) == ("0" if root else (
+            "10000:10000" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"))
+        if os.geteuid() == 0:
+            assert (key.stat().st_uid, key.stat().st_gid) == ((0, 0) if root else (10000, 10000))
+        info = certs.describe(files[f"{svc.name}.pem"].read_bytes())
+        assert info["role"] == "service" and info["name"] == svc.name
+        assert {ip, svc.name} <= set(info["sans"].split(","))
+        assert files["ca.pem"].read_bytes() == (tmp_path / "pki" / "ca.pem").read_bytes()
+        # A restarted container mounts the same files, not a new certificate.
+        before = key.read_bytes()
+        assert backend.identity_mounts(svc.name, ip) == mounts and key.read_bytes() == before
+        assert plain.identity_mounts(svc.name, ip) == {}
+        assert plain._user(svc.name) == ("0" if root else None)
+    spec = HubServiceSpec()
+    assert backend._command("hub0", spec)[-6:] == [
+        "--tls-ca", "/run/secrets/ca.pem", "--tls-cert", "/run/secrets/hub0.pem",
+        "--tls-key", "/run/secrets/hub0-key.pem"]
+    assert plain._command("hub0", spec)[-1] == "--insecure"
+
+
+def _call(target: str, credentials: grpc.ChannelCredentials | None, mutate: bool
+          ) -> grpc.StatusCode:
+    """AddPort (a controller's call) or ListNetClients (a read) on a hub, from the host."""
+    channel = (grpc.secure_channel(target, credentials) if credentials is not None
+               else grpc.insecure_channel(target))
+    with channel:
+        try:
+            if mutate:
+                hub_pb2_grpc.HubServiceStub(channel).AddPort(
+                    hub_pb2.AddPortRequest(name="intruder"), timeout=10)
+            else:
+                netclient_pb2_grpc.NetClientServiceStub(channel).ListNetClients(
+                    netclient_pb2.ListNetClientsRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()
+            return code
+    return grpc.StatusCode.OK
+
+
+def test_tls_lan(tls_lan: DockerLan, tmp_path: Path) -> None:
+    lan = tls_lan
+    up = lan.cli("up", str(lan.file), "--backend", "docker", "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
+    services = {s["name"]: s for s in lan.state()["services"]}
+    assert len(services) == 8
+    tls_dir = lan.state_dir / lan.name / "tls"
+
+    for svc in services:
+        info = _inspect(f"virtwire-{lan.name}-{svc}")
+        cmd = info["Config"]["Cmd"]
+        assert "--insecure" not in cmd
+        assert cmd[cmd.index("--tls-cert") + 1] == f"/run/secrets/{svc}.pem"
+        assert cmd[cmd.index("--tls-key") + 1] == f"/run/secrets/{svc}-key.pem"
+        assert cmd[cmd.index("--tls-ca") + 1] == "/run/secrets/ca.pem"
+        # Only its own certificate and key, and the CA: read-only bind mounts.
+        mounts = info["Mounts"]
+        assert sorted(m["Destination"] for m in mounts) == sorted([
+            "/run/secrets/ca.pem", f"/run/secrets/{svc}.pem", f"/run/secrets/{svc}-key.pem"])
+        for mount in mounts:
+            assert mount["Type"] == "bind" and mount["RW"] is False, mount
+            assert Path(mount["Source"]).parent == tls_dir / "containers" / svc
+        assert info["Config"]["User"] == ("0" if svc == "tap0" else "10000:10000"), svc
+        assert f"VIRTWIRE_TLS_NAME={svc}" in info["Config"]["Env"]
+    hub_log = docker("logs", f"virtwire-{lan.name}-hub0")
+    assert "WITHOUT TLS" not in hub_log.stdout + hub_log.stderr
+    # The CLI inside a container speaks TLS with that container's identity.
+    listed = docker("exec", f"virtwire-{lan.name}-hub0", "virtwire", "list", "-s",
+                    "127.0.0.1:50051", check=False)
+    assert listed.returncode == 0 and "tap0" in listed.stdout, listed.stdout + listed.stderr
+
+    ping = lan.ping()
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert "3 received" in ping.stdout
+    # Health checks and status over TLS: every service serving (exit 1 otherwise).
+    status = lan.cli("status", lan.name)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count(" docker ") == 8
+    assert "NOT SERVING" not in status.stdout and status.stdout.count(" serving ") == 8
+
+    # From the host: plaintext is refused at the handshake, a viewer may read but
+    # not change the hub, the LAN's controller may do both.
+    hub = services["hub0"]["address"]
+    pki = tmp_path / "pki"
+    certs.Authority.load(pki).issue_to(pki, "viewer", role="viewer")
+    viewer = tls.TlsConfig.from_dir(pki, "viewer").channel_credentials()
+    assert _call(hub, None, mutate=True) == grpc.StatusCode.UNAVAILABLE
+    assert _call(hub, None, mutate=False) == grpc.StatusCode.UNAVAILABLE
+    assert _call(hub, viewer, mutate=False) == grpc.StatusCode.OK
+    assert _call(hub, viewer, mutate=True) == grpc.StatusCode.PERMISSION_DENIED
+    other = certs.init_ca(tmp_path / "other")
+    other.issue_to(tmp_path / "other", "controller", role="controller")
+    stranger = tls.TlsConfig.from_dir(tmp_path / "other", "controller").channel_credentials()
+    assert _call(hub, stranger, mutate=True) == grpc.StatusCode.UNAVAILABLE
+    denied = docker("logs", f"virtwire-{lan.name}-hub0")
+    assert "denied /virtwire.v1.HubService/AddPort" in denied.stdout + denied.stderr
+
+    # A killed container comes back with the same identity; the LAN works again.
+    key = tls_dir / "containers" / "hub0" / "hub0-key.pem"
+    before = key.read_bytes()
+    docker("kill", f"virtwire-{lan.name}-hub0")
+    deadline = time.monotonic() + 60
+    while True:
+        rec = next(s for s in lan.state()["services"] if s["name"] == "hub0")
+        if rec["restarts"] == 1 and rec["healthy"]:
+            break
+        assert time.monotonic() < deadline, lan.state()
+        time.sleep(0.5)
+    assert key.read_bytes() == before
+    deadline = time.monotonic() + 60
+    while (ping := lan.ping()).returncode != 0:
+        assert time.monotonic() < deadline, ping.stdout + ping.stderr
+        time.sleep(1)
+
+    down = lan.cli("down", lan.name)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert lan.containers() == [] and lan.networks() == []
+    assert not (lan.state_dir / lan.name).exists()

@@ -116,11 +116,15 @@ def test_image_contents(image: str, image_mod: ModuleType) -> None:
 def test_hub_answers_on_internal_network(
     image: str, network: str, containers: list[str]
 ) -> None:
+    serve = ("serve", "hub", "--listen", f"0.0.0.0:{GRPC_PORT}", "--ports", "2")
+    # Plaintext off loopback needs --insecure (or TLS flags).
+    refused = docker("run", "--rm", "--label", LABEL, "--network", network, image, *serve,
+                     check=False)
+    assert refused.returncode != 0 and "--insecure" in refused.stderr, refused.stderr
     hub = _name("hub")
     containers.append(hub)
     docker("run", "--detach", "--name", hub, "--label", LABEL, "--network", network,
-           "--ip", HUB_IP, image, "serve", "hub", "--listen", f"0.0.0.0:{GRPC_PORT}",
-           "--ports", "2")
+           "--ip", HUB_IP, image, *serve, "--insecure")
     target = f"{HUB_IP}:{GRPC_PORT}"
     on_net = ("--network", network)
 
@@ -142,7 +146,9 @@ def test_hub_answers_on_internal_network(
     docker("stop", "--time", "20", hub)
     assert time.monotonic() - start < 15
     assert docker("inspect", "--format", "{{.State.ExitCode}}", hub).stdout.strip() == "0"
-    assert "listening on 0.0.0.0:50051" in docker("logs", hub).stderr
+    logs = docker("logs", hub).stderr
+    assert "listening on 0.0.0.0:50051" in logs
+    assert "WITHOUT TLS (--insecure)" in logs
 
 
 def test_tap_needs_and_gets_net_admin(image: str, containers: list[str]) -> None:

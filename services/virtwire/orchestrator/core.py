@@ -458,7 +458,7 @@ class Orchestrator:
         if backend == "docker":
             from virtwire.orchestrator.docker import DockerBackend
 
-            return DockerBackend(topo, subnet)
+            return DockerBackend(topo, subnet, pki=self.pki)
         return ProcessBackend(self.dir, tls_args=self._tls_args)
 
     @staticmethod

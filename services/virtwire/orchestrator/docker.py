@@ -15,6 +15,16 @@ network namespace), the same rules ``virtwire render`` follows. A VM's
 guestmem container gets a /dev/shm big enough for its RAM and a shareable IPC
 namespace that its e1000 and guest containers join, so DMA stays in shared
 memory. ``close`` removes every container and the network.
+
+Trust: without the topology's ``tls:`` every service runs with ``--insecure``
+(it listens off loopback in plaintext, and logs so). With it, each service gets
+its own certificate from the LAN's ``LanPki`` (SANs: its fixed address and its
+name), bind-mounted read-only with the CA as ``/run/secrets/{ca.pem,NAME.pem,
+NAME-key.pem}`` (the paths ``virtwire render compose`` uses) and nothing else
+of the LAN's, and ``VIRTWIRE_TLS_DIR``/``VIRTWIRE_TLS_NAME`` for the CLI in the
+container. The host copies live in the LAN's state directory, owned by the
+user the container runs as: as root, the image's uid 10000 (or 0); otherwise
+unprivileged containers run as the orchestrator's own uid and gid.
 """
 
 from __future__ import annotations
@@ -22,16 +32,31 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from virtwire import certs
 from virtwire.errors import BackendError, ConfigError
 from virtwire.orchestrator.backend import START_TIMEOUT_S
-from virtwire.render import IMAGE, PORT, capabilities, container_command, shm_bytes
+from virtwire.render import (
+    IMAGE,
+    IMAGE_USER,
+    PORT,
+    SECRETS_DIR,
+    capabilities,
+    container_command,
+    container_tls_args,
+    container_tls_env,
+    identity_files,
+    shm_bytes,
+)
 
 if TYPE_CHECKING:
     import docker
 
+    from virtwire.orchestrator.pki import LanPki
     from virtwire.orchestrator.spec import ServiceSpec
     from virtwire.topology import Service, Topology
 
@@ -44,6 +69,8 @@ FIRST_HOST = 10
 LABEL_BACKEND = "virtwire.backend"
 LABEL_LAN = "virtwire.lan"
 LABEL_SERVICE = "virtwire.service"
+#: Under the LAN's tls dir: each container's copy of its identity.
+CONTAINERS_TLS_SUBDIR = "containers"
 
 
 def _client() -> docker.DockerClient:
@@ -107,13 +134,24 @@ def remove_lan(lan: str) -> int:
             "label": [f"{LABEL_BACKEND}=docker", f"{LABEL_LAN}={lan}"]}
         removed = 0
         for container in client.containers.list(all=True, filters=filters):
-            container.remove(force=True)
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                # e.g. 409 "removal already in progress" (an orchestrator still
+                # stopping it): it goes away all the same.
+                logger.warning("docker: removing %s: %s", container.name,
+                               exc.explanation or exc)
             removed += 1
         for network in client.networks.list(filters=filters):
             try:
                 network.remove()
             except docker.errors.NotFound:
                 pass
+            except docker.errors.APIError as exc:  # a container still attached
+                logger.warning("docker: removing network %s: %s", network.name,
+                               exc.explanation or exc)
         return removed
     finally:
         client.close()
@@ -124,14 +162,21 @@ class DockerBackend:
 
     kind = "docker"
 
-    def __init__(self, topo: Topology, subnet: str = "", image: str = IMAGE) -> None:
+    def __init__(self, topo: Topology, subnet: str = "", image: str = IMAGE,
+                 pki: LanPki | None = None) -> None:
         self.topo = topo
         self.image = image
         self.subnet = check_subnet(subnet) if subnet else None
         self.network = network_name(topo.name)
+        #: The LAN's certificates (topology ``tls:``); None: ``--insecure``.
+        self.pki = pki
         self.containers: dict[str, str] = {}  # service -> container id
         self._client: docker.DockerClient | None = None
         self._ips: dict[str, str] = {}
+        #: Containers being removed (``stop``), by service.
+        self._removals: dict[str, asyncio.Task[None]] = {}
+        #: Each service's bind mounts of its identity, made at its first start.
+        self._tls_binds: dict[str, dict[str, Mapping[str, str]]] = {}
 
     # -- what each service gets -----------------------------------------------------
     def listen_address(self, name: str) -> str:
@@ -141,7 +186,48 @@ class DockerBackend:
         return next(s for s in self.topo.services if s.name == name)
 
     def _command(self, name: str, spec: ServiceSpec) -> list[str]:
-        return container_command(self._service(name), spec)
+        tls_args = container_tls_args(name) if self.pki is not None else ["--insecure"]
+        return [*container_command(self._service(name), spec), *tls_args]
+
+    def _owner(self, name: str) -> tuple[int, int]:
+        """The uid and gid service ``name``'s container runs as, with TLS on."""
+        if capabilities(self.topo, self._service(name)):
+            return (0, 0)
+        if os.geteuid() == 0:
+            return IMAGE_USER
+        # Not root: the key cannot be given to the image's user, so the
+        # container runs as its owner (still unprivileged).
+        return (os.getuid(), os.getgid())
+
+    def _user(self, name: str) -> str | None:
+        """Who the container runs as (None: the image's user)."""
+        if capabilities(self.topo, self._service(name)):
+            return "0"
+        if self.pki is None:
+            return None
+        return "{}:{}".format(*self._owner(name))
+
+    def identity_mounts(self, name: str, ip: str) -> dict[str, Mapping[str, str]]:
+        """Service ``name``'s certificate (SANs ``ip`` and ``name``), key and the CA,
+        copied for its container and bind-mounted read-only; issued once, so a
+        restarted container gets the same files."""
+        if self.pki is None:
+            return {}
+        if name in self._tls_binds:
+            return self._tls_binds[name]
+        ident = self.pki.identity(name, [ip, name])
+        directory = self.pki.out_dir / CONTAINERS_TLS_SUBDIR / name
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ca, cert, key = identity_files(name)
+        binds: dict[str, Mapping[str, str]] = {}
+        for file, data in ((ca, ident.ca_pem), (cert, ident.cert_pem), (key, ident.key_pem)):
+            path = directory / file
+            (certs.write_private if file == key else certs.write_public)(path, data)
+            if os.geteuid() == 0:
+                os.chown(path, *self._owner(name))
+            binds[str(path)] = {"bind": f"{SECRETS_DIR}/{file}", "mode": "ro"}
+        self._tls_binds[name] = binds
+        return binds
 
     def _host_config(self, name: str) -> dict[str, Any]:
         from virtwire.topology import VmNode
@@ -202,6 +288,7 @@ class DockerBackend:
         logger.info("docker: network %s, internal, subnet %s", self.network, self.subnet)
 
     async def start(self, name: str, spec: ServiceSpec, listen: str) -> tuple[str, int]:
+        await self._removed(name)  # its old container, if being removed, has its name
         cid = await asyncio.to_thread(self._create, name, spec, listen)
         self.containers[name] = cid
         from virtwire.orchestrator.core import check_health
@@ -229,7 +316,12 @@ class DockerBackend:
         ip = listen.rpartition(":")[0]
         cname = container_name(self.topo.name, name)
         extra = self._host_config(name)
-        host_config = api.create_host_config(init=True, **extra)
+        try:
+            binds = self.identity_mounts(name, ip)
+        except OSError as exc:
+            raise BackendError(f"{name}: cannot write its certificate for the container: "
+                               f"{exc.strerror or exc}") from exc
+        host_config = api.create_host_config(init=True, binds=binds, **extra)
         endpoint = api.create_endpoint_config(ipv4_address=ip, aliases=[name])
         # docker-py takes {network: endpoint config}; its stubs say otherwise.
         networking = api.create_networking_config(
@@ -240,8 +332,8 @@ class DockerBackend:
             created = api.create_container(
                 self.image, command=self._command(name, spec), name=cname,
                 hostname=name, labels=labels, host_config=host_config,
-                networking_config=networking,
-                user="0" if "cap_add" in extra else None)
+                networking_config=networking, user=self._user(name),
+                environment=container_tls_env(name) if self.pki is not None else None)
             api.start(created["Id"])
         except docker.errors.APIError as exc:
             with_ = f" ({exc.explanation})" if exc.explanation else ""
@@ -280,19 +372,42 @@ class DockerBackend:
         return f"exit {state.get('ExitCode')}"
 
     async def stop(self, name: str, timeout: float = 5.0) -> None:
+        """Stop the container (SIGTERM, then SIGKILL after ``timeout``) and start
+        removing it. Removal (deleting its filesystem, seconds with the vfs
+        driver) goes on in the background, so a LAN's containers are removed
+        concurrently; a later ``start`` of ``name`` and ``close`` wait for it."""
         cid = self.containers.pop(name, None)
-        if cid is not None:
-            await asyncio.to_thread(self._remove, cid, timeout)
+        if cid is None:
+            return
+        await asyncio.to_thread(self._stop, cid, timeout)
+        self._removals[name] = asyncio.create_task(asyncio.to_thread(self._remove, cid),
+                                                   name=f"docker-rm-{name}")
 
-    def _remove(self, cid: str, timeout: float) -> None:
+    async def _removed(self, name: str) -> None:
+        task = self._removals.pop(name, None)
+        if task is not None:
+            await task
+
+    def _stop(self, cid: str, timeout: float) -> None:
         import docker.errors
 
         assert self._client is not None
-        api = self._client.api
         try:
             if timeout > 0:
-                api.stop(cid, timeout=max(1, round(timeout)))
-            api.remove_container(cid, force=True)
+                self._client.api.stop(cid, timeout=max(1, round(timeout)))
+            else:
+                self._client.api.kill(cid)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:  # not running any more, or already going
+            logger.debug("docker: stopping %s: %s", cid[:12], exc)
+
+    def _remove(self, cid: str) -> None:
+        import docker.errors
+
+        assert self._client is not None
+        try:
+            self._client.api.remove_container(cid, force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
@@ -301,6 +416,9 @@ class DockerBackend:
     async def close(self) -> None:
         for name in reversed(list(self.containers)):
             await self.stop(name)
+        removals = list(self._removals.values())
+        self._removals.clear()
+        await asyncio.gather(*removals, return_exceptions=True)
         if self._client is not None:
             await asyncio.to_thread(remove_lan, self.topo.name)
             self._client.close()
