@@ -390,3 +390,24 @@ def test_tls_lan(tls_lan: DockerLan, tmp_path: Path) -> None:
     assert down.returncode == 0, down.stdout + down.stderr
     assert lan.containers() == [] and lan.networks() == []
     assert not (lan.state_dir / lan.name).exists()
+
+
+def test_identity_mounts_of_a_non_root_orchestrator(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root: no chown; unprivileged containers run as the orchestrator's uid:gid."""
+    import virtwire.orchestrator.docker as docker_mod
+
+    monkeypatch.setattr(docker_mod.os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(docker_mod.os, "getuid", lambda: 4242)
+    monkeypatch.setattr(docker_mod.os, "getgid", lambda: 4343)
+    chowned: list[str] = []
+    monkeypatch.setattr(docker_mod.os, "chown", lambda path, *ids: chowned.append(path))
+    certs.init_ca(tmp_path / "pki")
+    topo_file = tmp_path / "lan.yaml"
+    topo_file.write_text(TLS_TOPOLOGY.format(name="plan"))
+    backend = DockerBackend(load_topology(topo_file),
+                            pki=LanPki(tmp_path / "pki", tmp_path / "state" / "tls"))
+    for name in ("hub0", "tap0"):
+        assert backend.identity_mounts(name, "198.19.7.10")
+    assert chowned == []
+    assert backend._user("hub0") == "4242:4343" and backend._user("tap0") == "0"

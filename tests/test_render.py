@@ -471,3 +471,23 @@ def test_tls_render_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
                  str(tmp_path / "c2")]) == 0
     doc = yaml.safe_load(capsys.readouterr().out)
     assert doc["secrets"]["ca"]["file"] == str((tmp_path / "c2" / "ca.pem").resolve())
+
+
+def test_tls_rendered_by_a_non_root_user(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys cannot be given away: they stay the user's, and the header says what to chown."""
+    import virtwire.render as render_mod
+
+    monkeypatch.setattr(render_mod.os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(render_mod.os, "getuid", lambda: 4242)
+    topo_path = _tls_topology(tmp_path)
+    out = tmp_path / "lan.yml"
+    assert main(["render", "compose", str(topo_path), "-o", str(out)]) == 0
+    header = [line for line in out.read_text().splitlines() if line.startswith("#")]
+    (chown,) = [line for line in header if "sudo chown 10000:10000" in line]
+    topo = load_topology(topo_path)
+    for svc in topo.services:
+        key = str(tmp_path / "lan-certs" / f"{svc.name}-key.pem")
+        # Root containers (a TAP, a bridged guest) read any file; the others need it.
+        assert (key in chown.split()) != _needs_caps(topo, svc.name), svc.name
+        assert (tmp_path / "lan-certs" / f"{svc.name}-key.pem").stat().st_uid != 10000
