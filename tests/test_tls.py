@@ -167,9 +167,7 @@ def test_tls_config_checks_the_files(pki: Pki, tmp_path: Path) -> None:
         tls.TlsConfig.from_dir(pki.dir, "nobody")
 
 
-def test_plaintext_off_loopback_needs_insecure() -> None:
-    import grpc.aio
-
+async def test_plaintext_off_loopback_needs_insecure() -> None:
     server = grpc.aio.server()
     with pytest.raises(ConfigError, match="without TLS"):
         tls.add_port(server, parse_sockaddr("198.18.3.9:0"), what="hub")
