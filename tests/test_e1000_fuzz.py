@@ -354,7 +354,7 @@ def campaign(seed: int, n_ops: int, seconds: float = 0.0) -> Campaign:
 
     def retire(g: Guest) -> None:
         check(g, full=True)
-        for name, value in g.nic.drop_counters().items():
+        for name, value in {**g.nic.drop_counters(), **g.nic.deferred_counters()}.items():
             result.counters[name] += value
         result.counters["frames_out"] += g.wire.frames
 

@@ -246,6 +246,7 @@ class E1000Servicer(e1000_pb2_grpc.E1000ServiceServicer):
         nic = self.host.device()
         return e1000_pb2.GetStatsResponse(
             registers=nic.hw_stats(), drops=nic.drop_counters(),
+            deferred=nic.deferred_counters(),
             link_up=bool(nic.mac_reg[STATUS] & E1000_STATUS_LU),
             irq_level=nic.irq_level)
 

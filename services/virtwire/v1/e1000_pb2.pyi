@@ -99,7 +99,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("registers", "drops", "link_up", "irq_level")
+    __slots__ = ("registers", "drops", "link_up", "irq_level", "deferred")
     class RegistersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,15 +114,24 @@ class GetStatsResponse(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class DeferredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     REGISTERS_FIELD_NUMBER: _ClassVar[int]
     DROPS_FIELD_NUMBER: _ClassVar[int]
     LINK_UP_FIELD_NUMBER: _ClassVar[int]
     IRQ_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
     registers: _containers.ScalarMap[str, int]
     drops: _containers.ScalarMap[str, int]
     link_up: bool
     irq_level: bool
-    def __init__(self, registers: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., link_up: _Optional[bool] = ..., irq_level: _Optional[bool] = ...) -> None: ...
+    deferred: _containers.ScalarMap[str, int]
+    def __init__(self, registers: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., link_up: _Optional[bool] = ..., irq_level: _Optional[bool] = ..., deferred: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class DescribeDeviceRequest(_message.Message):
     __slots__ = ()
