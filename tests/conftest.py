@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
+
+from virtwire.server.hub import HubServer
 
 # tests/support is importable as `support`.
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.docker_engine import engine, image, image_mod  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[HubServer]:
+    """An in-process hub service on a loopback port (test_vms overrides it with a
+    real process)."""
+    host = HubServer("127.0.0.1:0")
+    await host.start()
+    yield host
+    await host.stop(grace=0.2)

@@ -880,14 +880,6 @@ def test_bad_specs_are_config_errors(spec: str, message: str) -> None:
 
 # -- the tap service -------------------------------------------------------------------------
 @pytest.fixture
-async def hub() -> AsyncIterator[HubServer]:
-    host = HubServer("127.0.0.1:0")
-    await host.start()
-    yield host
-    await host.stop(grace=0.2)
-
-
-@pytest.fixture
 async def tapsrv() -> AsyncIterator[TapServer]:
     host = TapServer("127.0.0.1:0")
     await host.start()

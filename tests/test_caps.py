@@ -44,14 +44,6 @@ Call = grpc.aio.StreamStreamCall[link_pb2.ConnectRequest, link_pb2.ConnectRespon
 
 
 @pytest.fixture
-async def hub() -> AsyncIterator[HubServer]:
-    host = HubServer("127.0.0.1:0")
-    await host.start()
-    yield host
-    await host.stop(grace=0.2)
-
-
-@pytest.fixture
 async def channel(hub: HubServer) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(hub.address) as ch:
         yield ch

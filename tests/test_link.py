@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -15,14 +14,6 @@ from virtwire.server.hub import HubServer
 from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[HubServer]:
-    host = HubServer("127.0.0.1:0")
-    await host.start()
-    yield host
-    await host.stop(grace=0.2)
 
 
 async def plug(hub: HubServer, nc: Sink, port: str = "", window: int = 1024) -> LinkDialer:

@@ -55,25 +55,25 @@ def key_path(directory: Path, name: str) -> Path:
     return directory / f"{name}-key.pem"
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file readable by its owner only (0600 from the start)."""
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` through a new file created with ``mode`` (never
+    wider for a moment, never through a symlink), then renamed into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A key: readable by its owner only (0600 from the start)."""
+    _write(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    _write(path, data, 0o644)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
