@@ -46,6 +46,7 @@ class NetClient:
         self.name = name
         self.peer: NetClient | None = None
         self.incoming_queue = NetQueue(self._deliver_packet)
+        self.incoming_queue.on_flushed = self._incoming_queue_flushed
         #: The data path's link_down: admin_down or carrier_down.
         self.link_down = False
         #: Set by set_link (QMP).
@@ -161,9 +162,18 @@ class NetClient:
         peer = self.peer
         if peer is not None:
             peer.flush_peer_side()
-        if not self.incoming_queue.flush() and purge and peer is not None:
+        # A purging flush is not sliced: QEMU purges only what was refused.
+        if not self.incoming_queue.flush(sliced=not purge) and purge and peer is not None:
             self.incoming_queue.purge(peer)
         if peer is not None:
+            peer.peer_ready_changed()
+
+    def _incoming_queue_flushed(self) -> None:
+        """A sliced flush of our incoming_queue emptied it on a later turn: tell
+        our peer, as the flush that started it did (QEMU has no later turn)."""
+        peer = self.peer
+        if peer is not None:
+            peer.flush_peer_side()
             peer.peer_ready_changed()
 
     def flush_peer_side(self) -> None:

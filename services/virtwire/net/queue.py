@@ -7,14 +7,26 @@ it is always queued and its sender must wait until the callback fires.
 appends and ``flush`` returns False at once.
 
 Unlike QEMU, drops are counted (``dropped``) so that users can see them.
+
+Flushes are sliced once a deferral hook is installed (``install_deferral``,
+done by every server with its event loop's ``call_soon``): the flushes of one
+turn of the loop share a budget (``FLUSH_BUDGET_PACKETS`` packets, or
+``FLUSH_SLICE_S`` of time), and a flush that reaches it stops and resumes from
+the head on the next turn (``flush_sliced`` counts these). Order and sent_cb
+are kept: while a resume is pending ``send`` queues behind it, a purge still
+removes packets in place, and a resume whose receiver refuses stops as any
+flush does. QEMU delivers the whole queue inside the one flush. With no hook
+(plain objects, unit tests) flushes behave exactly as QEMU's.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import threading
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from virtwire.net.net import NetClient
@@ -36,6 +48,95 @@ NET_PACKET_FLAG_SENT_CB = 2
 SentCb = Callable[["NetClient", int], None]
 #: ``deliver(sender, flags, data) -> ret``, QEMU's qemu_deliver_packet_iov.
 DeliverFunc = Callable[["NetClient | None", int, bytes], int]
+#: ``defer(fn)`` runs ``fn()`` on the next turn of the event loop (``loop.call_soon``).
+Defer = Callable[[Callable[[], None]], object]
+
+#: Packets the flushes of one turn of the event loop may deliver together.
+FLUSH_BUDGET_PACKETS = 256
+#: Time (time.perf_counter) they may take together.
+FLUSH_SLICE_S = 0.005
+
+
+class FlushBudget:
+    """What the flushes of one turn of the event loop may still deliver.
+
+    The first flush of a turn opens the budget and defers its closing, so it
+    lasts until the next turn; nested flushes (a delivery that flushes another
+    queue) and later flushes in the same turn share it. Every flush call
+    delivers at least one packet, so each makes progress. The hook is only
+    used on the thread that installed it; elsewhere flushes are not sliced.
+    """
+
+    __slots__ = ("_deadline", "_hooks", "_left", "_open", "packets", "slice_s")
+
+    def __init__(self, packets: int = FLUSH_BUDGET_PACKETS,
+                 slice_s: float = FLUSH_SLICE_S) -> None:
+        #: Limits of one turn; ``slice_s`` may be ``math.inf`` (count only).
+        self.packets = packets
+        self.slice_s = slice_s
+        self._hooks: list[tuple[Defer, int]] = []
+        self._open = False
+        self._left = 0
+        self._deadline = 0.0
+
+    @property
+    def defer(self) -> Defer | None:
+        """The hook in use (the latest installed), or None: flushes not sliced."""
+        return self._hooks[-1][0] if self._hooks else None
+
+    def install(self, defer: Defer) -> None:
+        """Slice flushes on this thread, resuming them through ``defer``."""
+        self._hooks.append((defer, threading.get_ident()))
+        self._open = False
+
+    def remove(self, defer: Defer) -> None:
+        """Undo one ``install(defer)``; a hook that is not installed is ignored."""
+        for i in range(len(self._hooks) - 1, -1, -1):
+            if self._hooks[i][0] == defer:
+                del self._hooks[i]
+                break
+        # A turn opened through that hook may never see its end scheduled.
+        self._open = False
+
+    def begin(self) -> Defer | None:
+        """Called by a flush: the hook to resume through, or None (not sliced)."""
+        if not self._hooks:
+            return None
+        defer, thread = self._hooks[-1]
+        if thread != threading.get_ident():
+            return None
+        if not self._open:
+            try:
+                defer(self._end)
+            except RuntimeError:  # the loop is closed: nothing could resume
+                return None
+            self._open = True
+            self._left = self.packets
+            self._deadline = time.perf_counter() + self.slice_s
+        return defer
+
+    def _end(self) -> None:
+        self._open = False
+
+    def spend(self) -> bool:
+        """One packet delivered: True when this turn's budget is used up."""
+        self._left -= 1
+        return self._left <= 0 or time.perf_counter() >= self._deadline
+
+
+#: The budget every NetQueue's flushes share.
+flush_budget = FlushBudget()
+
+
+def install_deferral(defer: Defer) -> None:
+    """Slice NetQueue flushes on this thread, resuming them through ``defer``
+    (a server passes its event loop's ``call_soon``)."""
+    flush_budget.install(defer)
+
+
+def remove_deferral(defer: Defer) -> None:
+    """Undo ``install_deferral(defer)`` (when the server stops)."""
+    flush_budget.remove(defer)
 
 
 class NetPacket:
@@ -53,6 +154,9 @@ class NetPacket:
 class NetQueue:
     """A bounded FIFO of packets waiting for their receiver (QEMU's NetQueue)."""
 
+    #: The budget sliced flushes share (see ``FlushBudget``).
+    budget: ClassVar[FlushBudget] = flush_budget
+
     def __init__(self, deliver: DeliverFunc, maxlen: int = NQ_MAXLEN) -> None:
         self._deliver_fn = deliver
         self.nq_maxlen = maxlen
@@ -62,6 +166,12 @@ class NetQueue:
         self.dropped = 0
         #: Packets removed by purge (their sent_cb got 0).
         self.purged = 0
+        #: Flushes that stopped at the budget and resumed on a later turn.
+        self.flush_sliced = 0
+        #: A sliced flush waits for its continuation.
+        self.resume_pending = False
+        #: Called when a resumed flush empties the queue (the owner tells its peer).
+        self.on_flushed: Callable[[], None] | None = None
 
     @property
     def nq_count(self) -> int:
@@ -92,9 +202,10 @@ class NetQueue:
         """qemu_net_queue_send: deliver now if possible, else queue and return 0.
 
         A packet that is delivered at once may overtake packets already queued,
-        exactly as in QEMU.
+        exactly as in QEMU; but not those of a sliced flush still in progress
+        (QEMU's flush would have delivered them by now): it queues behind them.
         """
-        if self.delivering or not sender.can_send_packet():
+        if self.delivering or self.resume_pending or not sender.can_send_packet():
             self.append(sender, flags, data, sent_cb)
             return 0
         ret = self.deliver(sender, flags, data)
@@ -114,10 +225,18 @@ class NetQueue:
             return 0
         return self.deliver(None, NET_PACKET_FLAG_NONE, data)
 
-    def flush(self) -> bool:
-        """qemu_net_queue_flush: deliver from the head; True when empty."""
+    def flush(self, sliced: bool = True) -> bool:
+        """qemu_net_queue_flush: deliver from the head; True when empty.
+
+        False when the receiver refused a packet (it stays at the head), while
+        delivering, or when the flush stopped at the budget and the rest will
+        be delivered on a later turn (``resume_pending``). ``sliced=False``
+        ignores the budget (a purging flush: QEMU purges only what the
+        receiver refused).
+        """
         if self.delivering:
             return False
+        defer = self.budget.begin() if sliced and self.packets else None
         # self.packets is re-read on every pass: a sent_cb may purge it.
         while self.packets:
             packet = self.packets.popleft()
@@ -127,7 +246,25 @@ class NetQueue:
                 return False
             if packet.sent_cb is not None:
                 packet.sent_cb(packet.sender, ret)
+            if defer is not None and self.budget.spend() and self.packets:
+                self.flush_sliced += 1
+                if not self.resume_pending:
+                    self.resume_pending = True
+                    defer(self._resume)
+                return False
         return True
+
+    def _resume(self) -> None:
+        """The continuation of a flush the budget cut short."""
+        self.resume_pending = False
+        if self.delivering:  # run from inside one of our deliveries: try again later
+            defer = self.budget.defer
+            if defer is not None:
+                self.resume_pending = True
+                defer(self._resume)
+            return
+        if self.flush() and self.on_flushed is not None:
+            self.on_flushed()
 
     def purge(self, sender: NetClient) -> int:
         """qemu_net_queue_purge: remove ``sender``'s packets, sent_cb(sender, 0) each."""

@@ -33,6 +33,7 @@ from virtwire.link import GRPC_OPTIONS
 from virtwire.net.capture import CaptureFilter, CaptureSubscription
 from virtwire.net.eth import FrameError, check_frame, parse_mac
 from virtwire.net.net import NetClient
+from virtwire.net.queue import Defer, install_deferral, remove_deferral
 from virtwire.server.authz import AuthorizationInterceptor
 from virtwire.server.registry import NetClientRegistry
 from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
@@ -273,6 +274,9 @@ class ServiceHost:
         self.port = port
         await server.start()
         self.server = server
+        # NetQueue flushes on this loop are sliced so that none holds it.
+        self._flush_defer: Defer = asyncio.get_running_loop().call_soon
+        install_deferral(self._flush_defer)
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.state = ServerState.RUNNING
@@ -289,6 +293,8 @@ class ServiceHost:
             await self.server.stop(grace)
         await self.registry.close()
         await self.close_backends()
+        if self.server is not None:
+            remove_deferral(self._flush_defer)
         self.state = ServerState.STOPPED
 
     async def close_backends(self) -> None:

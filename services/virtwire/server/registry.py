@@ -199,6 +199,8 @@ class NetClientRegistry:
             link_protocol_errors=peer.protocol_errors if isinstance(peer, LinkPeer) else 0,
             capture_refused=nc.capture_refused,
             capture_subscribers=len(nc.capture_hooks),
+            flush_sliced=q.flush_sliced
+            + (peer.incoming_queue.flush_sliced if isinstance(peer, LinkPeer) else 0),
         )
         return netclient_pb2.NetClientInfo(
             name=nc.name, kind=nc.kind, admin_down=nc.admin_down, link_down=nc.link_down,
