@@ -14,7 +14,7 @@ import gc
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -447,14 +447,6 @@ def test_queue_slicing_composes_with_the_e1000_rx_slicing(
 
 
 # -- a real HubServer ----------------------------------------------------------------------
-
-@pytest.fixture
-async def hub() -> AsyncIterator[HubServer]:
-    host = HubServer("127.0.0.1:0")
-    await host.start()
-    yield host
-    await host.stop(grace=0.2)
-
 
 async def test_a_hub_draining_a_10000_frame_backlog_keeps_its_loop_turning(
         hub: HubServer) -> None:
