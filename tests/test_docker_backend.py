@@ -104,6 +104,19 @@ class DockerLan:
     def ping(self) -> subprocess.CompletedProcess[str]:
         return self.cli("ping", "vm1", "vm2", "-c", "3", "--lan", self.name)
 
+    def ping_again(self, timeout: float = 60) -> None:
+        """Ping until vm1 reaches vm2 again (after a restart)."""
+        deadline = time.monotonic() + timeout
+        while (ping := self.ping()).returncode != 0:
+            assert time.monotonic() < deadline, ping.stdout + ping.stderr
+            time.sleep(1)
+
+    def down_leaves_nothing(self) -> None:
+        down = self.cli("down", self.name)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert self.containers() == [] and self.networks() == []
+        assert not (self.state_dir / self.name).exists()
+
 
 def _clean_up(lan: DockerLan) -> None:
     lan.cli("down", lan.name)
@@ -216,15 +229,8 @@ def test_up_ping_restart_down(lan: DockerLan) -> None:
         assert time.monotonic() < deadline, lan.state()
         time.sleep(0.5)
     assert hub["address"] == services["hub0"]["address"]
-    deadline = time.monotonic() + 60
-    while (ping := lan.ping()).returncode != 0:
-        assert time.monotonic() < deadline, ping.stdout + ping.stderr
-        time.sleep(1)
-
-    down = lan.cli("down", lan.name)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert lan.containers() == [] and lan.networks() == []
-    assert not (lan.state_dir / lan.name).exists()
+    lan.ping_again()
+    lan.down_leaves_nothing()
 
 
 def test_down_after_the_orchestrator_was_killed(lan: DockerLan) -> None:
@@ -381,15 +387,8 @@ def test_tls_lan(tls_lan: DockerLan, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, lan.state()
         time.sleep(0.5)
     assert key.read_bytes() == before
-    deadline = time.monotonic() + 60
-    while (ping := lan.ping()).returncode != 0:
-        assert time.monotonic() < deadline, ping.stdout + ping.stderr
-        time.sleep(1)
-
-    down = lan.cli("down", lan.name)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert lan.containers() == [] and lan.networks() == []
-    assert not (lan.state_dir / lan.name).exists()
+    lan.ping_again()
+    lan.down_leaves_nothing()
 
 
 def test_identity_mounts_of_a_non_root_orchestrator(tmp_path: Path,
