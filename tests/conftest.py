@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+# First import of virtwire: it turns grpc's fork support off before grpc loads.
 from virtwire.server.hub import HubServer
 
 # tests/support is importable as `support`.
