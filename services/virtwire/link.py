@@ -45,12 +45,10 @@ from virtwire.address import PeerSpec, check_name, shorten
 from virtwire.errors import ConfigError, ConflictError, LimitError
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NET_PACKET_FLAG_NONE, NET_PACKET_FLAG_SENT_CB
+from virtwire.rpc.options import GRPC_EOF, GRPC_OPTIONS
 from virtwire.v1 import link_pb2, link_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-#: grpc.aio's end-of-stream sentinel (missing from grpc-stubs).
-GRPC_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 #: Frames a receiver lets be in flight towards it (its initial credit grant).
 DEFAULT_WINDOW = 2048
@@ -60,22 +58,6 @@ MAX_BATCH_BYTES = 1 << 20
 #: How often a LinkPeer that advertised "cannot receive" re-checks by itself.
 READY_POLL_S = 0.02
 HELLO_TIMEOUT_S = 10.0
-
-#: gRPC options for link channels and servers: no BDP probing, so HTTP/2
-#: windows stay small and credits (not hidden buffers) bound what is in flight.
-GRPC_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", 1024 * 1024),
-    ("grpc.http2.max_frame_size", 1024 * 1024),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 10000),
-    ("grpc.keepalive_timeout_ms", 5000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-
 
 class LinkRunState(enum.Enum):
     """State of the link behind a NetClient (virtwire.v1.LinkState)."""

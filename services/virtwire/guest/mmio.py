@@ -18,7 +18,7 @@ import grpc
 
 from virtwire import tls
 from virtwire.errors import BackendError
-from virtwire.link import GRPC_EOF, GRPC_OPTIONS
+from virtwire.rpc.options import GRPC_EOF, GRPC_OPTIONS
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,6 @@ import grpc
 from virtwire import tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import VirtwireError
-from virtwire.link import GRPC_OPTIONS
 from virtwire.mem.guestmem import (
     COUNTER_NAMES,
     MAX_BATCH_BYTES,
@@ -53,6 +52,7 @@ from virtwire.mem.guestmem import (
     MemCounters,
     format_size,
 )
+from virtwire.rpc.options import GRPC_OPTIONS
 from virtwire.v1 import guestmem_pb2, guestmem_pb2_grpc
 
 logger = logging.getLogger(__name__)

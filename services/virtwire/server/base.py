@@ -29,11 +29,12 @@ from virtwire.errors import (
     PermissionDeniedError,
     VirtwireError,
 )
-from virtwire.link import GRPC_OPTIONS
 from virtwire.net.capture import CaptureFilter, CaptureSubscription
 from virtwire.net.eth import FrameError, check_frame, parse_mac
 from virtwire.net.net import NetClient
 from virtwire.net.queue import Defer, install_deferral, remove_deferral
+from virtwire.rpc.options import GRPC_OPTIONS
+from virtwire.rpc.status import ErrorInterceptor
 from virtwire.server.authz import AuthorizationInterceptor
 from virtwire.server.registry import NetClientRegistry
 from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
@@ -247,7 +248,10 @@ class ServiceHost:
 
     async def start(self) -> None:
         # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
-        interceptors = [self.authz] if tls.active() is not None else []
+        # Authorization runs first; handlers' domain errors become statuses.
+        interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
+            [self.authz] if tls.active() is not None else [])
+        interceptors.append(ErrorInterceptor())
         server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)],
                                  interceptors=interceptors)
         netclient_pb2_grpc.add_NetClientServiceServicer_to_server(
