@@ -18,8 +18,13 @@ class HubError(ValueError):
     """A port name that is taken or unknown."""
 
 
+def hub_port_name(hub_id: int, port_id: int) -> str:
+    """The name of hub ``hub_id``'s port ``port_id`` when none is given: "hub<ID>port<N>"."""
+    return f"hub{hub_id}port{port_id}"
+
+
 class HubPort(NetClient):
-    """QEMU's NetHubPort, named "hub<ID>port<N>" unless given a name."""
+    """QEMU's NetHubPort, named ``hub_port_name`` unless given a name."""
 
     kind = "hubport"
 
@@ -68,9 +73,9 @@ class Hub:
         if name and name in taken:
             raise HubError(f"hub {self.id} already has a port named {shorten(name)}")
         port_id = self._next_port
-        while not name and f"hub{self.id}port{port_id}" in taken:
+        while not name and hub_port_name(self.id, port_id) in taken:
             port_id += 1
-        name = name or f"hub{self.id}port{port_id}"
+        name = name or hub_port_name(self.id, port_id)
         self._next_port = port_id + 1
         port = HubPort(self, name, port_id)
         self.ports.insert(0, port)
