@@ -31,11 +31,13 @@ from virtwire.link import LinkPeer
 from virtwire.net.dgram import DgramBackend
 from virtwire.net.eth import ETH_ZLEN, NET_BUFSIZE
 from virtwire.net.net import NetClient
+from virtwire.net.netdev import parse_backend_spec
 from virtwire.net.queue import NQ_MAXLEN
 from virtwire.net.stream import StreamBackend
 from virtwire.net.tap import SCRIPT_OUTPUT_MAX, TapBackend, launch_script
+from virtwire.rpc.netdev import netdev_to_proto
 from virtwire.server.hub import HubServer
-from virtwire.server.tap import TapServer, parse_backend_spec
+from virtwire.server.tap import TapServer
 from virtwire.v1 import netclient_pb2, netclient_pb2_grpc, tap_pb2, tap_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until
@@ -826,58 +828,6 @@ async def test_tap_server_stop_runs_the_downscripts(tmp_path: Path) -> None:
     assert not Path(f"/sys/class/net/{ifname}").exists()
 
 
-# -- specs ---------------------------------------------------------------------------------
-def test_parse_backend_specs() -> None:
-    cfg = parse_backend_spec("stream,listen=unix:/tmp/x.sock")
-    assert cfg.WhichOneof("kind") == "stream"
-    assert cfg.stream.listen and cfg.stream.address == "unix:/tmp/x.sock"
-    cfg = parse_backend_spec("stream,connect=127.0.0.1:5000,reconnect=2,id=up0")
-    assert not cfg.stream.listen and cfg.stream.reconnect_seconds == 2 and cfg.name == "up0"
-    cfg = parse_backend_spec("tap,ifname=vw0,vnet_hdr=on,script=/bin/true,downscript=no")
-    assert cfg.tap.ifname == "vw0" and cfg.tap.vnet_hdr and cfg.tap.script == "/bin/true"
-    assert cfg.tap.downscript == ""
-    cfg = parse_backend_spec("tap")
-    assert cfg.WhichOneof("kind") == "tap" and cfg.tap.ifname == ""
-    cfg = parse_backend_spec("dgram,local=127.0.0.1:6000,remote=127.0.0.1:6001")
-    assert cfg.dgram.local == "127.0.0.1:6000" and cfg.dgram.remote == "127.0.0.1:6001"
-    cfg = parse_backend_spec("dgram,mcast=230.0.0.1:1234,localaddr=127.0.0.1")
-    assert cfg.dgram.multicast and cfg.dgram.local == "230.0.0.1:1234"
-    assert cfg.dgram.multicast_interface == "127.0.0.1"
-    cfg = parse_backend_spec("stream,listen=unix:/tmp/a,,b.sock,peer=127.0.0.1:1/")
-    assert cfg.stream.address == "unix:/tmp/a,b.sock" and cfg.peer == "127.0.0.1:1/"
-
-
-@pytest.mark.parametrize(("spec", "message"), [
-    ("", "empty backend spec"),
-    ("vde,sock=/x", "unknown backend kind 'vde'"),
-    ("stream,listen=127.0.0.1:1,bogus=1", "unknown option 'bogus' for a stream backend"),
-    ("tap,ifname=vw0,ifname=vw1", "given twice"),
-    ("tap,vnet_hdr", "'vnet_hdr' is not OPTION=VALUE"),
-    ("tap,vnet_hdr=maybe", "expected on or off"),
-    ("tap,ifname=waytoolonginterface", "longer than 15"),
-    ("tap,script=/nonexistent/ifup", "does not exist"),
-    ("stream", "exactly one of listen=ADDR or connect=ADDR"),
-    ("stream,listen=a:1,connect=b:2", "exactly one of"),
-    ("stream,connect=nohost", "expected HOST:PORT"),
-    ("stream,connect=127.0.0.1:0", "port .0. out of range"),
-    ("stream,connect=127.0.0.1:99999", "out of range"),
-    ("stream,listen=127.0.0.1:1,reconnect=2", "only applies with connect"),
-    ("stream,connect=127.0.0.1:1,reconnect=soon", "whole number"),
-    ("dgram,local=127.0.0.1:1", "needs remote="),
-    ("dgram,mcast=10.0.0.1:1234", "not an IPv4 multicast address"),
-    ("dgram,mcast=230.0.0.1:1234,remote=1.2.3.4:5", "cannot be combined"),
-    ("dgram,mcast=230.0.0.1:1234,localaddr=eth0", "not an IPv4 address"),
-    ("dgram,local=127.0.0.1:1,remote=127.0.0.1:2,localaddr=127.0.0.1", "only applies"),
-    ("stream,listen=127.0.0.1:1,peer=nowhere", "bad"),
-    ("stream,listen=127.0.0.1:1,id=a/b", "must not contain"),
-])
-def test_bad_specs_are_config_errors(spec: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message) as info:
-        parse_backend_spec(spec)
-    if spec:
-        assert repr(spec) in str(info.value), "the message names the spec"
-
-
 # -- the tap service -------------------------------------------------------------------------
 @pytest.fixture
 async def tapsrv() -> AsyncIterator[TapServer]:
@@ -964,8 +914,8 @@ async def test_tap_server_add_list_remove_over_grpc(tapsrv: TapServer) -> None:
         assert resp.backend.name == "stream0" and resp.backend.kind == "stream"
         assert resp.backend.link_down  # nobody connected yet
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        resp = await stub.AddBackend(tap_pb2.AddBackendRequest(config=parse_backend_spec(
-            "dgram,local=127.0.0.1:0,remote=127.0.0.1:9,id=d")))
+        resp = await stub.AddBackend(tap_pb2.AddBackendRequest(config=netdev_to_proto(
+            parse_backend_spec("dgram,local=127.0.0.1:0,remote=127.0.0.1:9,id=d"))))
         assert resp.backend.name == "d"
         listed = await stub.ListBackends(tap_pb2.ListBackendsRequest())
         assert sorted(b.name for b in listed.backends) == ["d", "stream0"]

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from virtwire import topology as topology_mod
 from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError
-from virtwire.server import tap as tap_server
-from virtwire.server.tap import parse_backend_spec
+from virtwire.net.netdev import NETDEV_OPTIONS, parse_backend_spec
 from virtwire.topology import (
     TAP_SPECS,
     HubNode,
@@ -198,7 +197,7 @@ def test_a_topology_error_is_a_config_error() -> None:
 def test_the_tap_schema_has_exactly_the_tap_services_options() -> None:
     for backend, model in TAP_SPECS.items():
         fields = set(model.model_fields) - {"kind", "backend", "host"}
-        assert fields == set(tap_server._KIND_OPTS[backend])
+        assert fields == set(NETDEV_OPTIONS[backend])
 
 
 def test_json_schema() -> None:
@@ -671,7 +670,7 @@ def test_scripts_are_relative_to_the_file_and_names_on_other_hosts(tmp_path: Pat
     assert here.options["script"] == str(script) and here.options["downscript"] == "no"
     # On h1 a script is a NAME its orchestrator allows (--allow-script up.sh=PATH).
     assert there.options["script"] == "up.sh"
-    assert there.backend_config().tap.script == "up.sh"
+    assert there.backend_config().script == "up.sh"
     one_problem(tmp_path, """\
         name: lab
         hosts:

@@ -82,16 +82,19 @@ def _build_hub(args: argparse.Namespace) -> ServiceHost:
 
 
 def _build_tap(args: argparse.Namespace) -> ServiceHost:
+    from dataclasses import replace
+
     from virtwire.allowlist import parse_allow_scripts
-    from virtwire.server.tap import TapServer, parse_backend_spec
+    from virtwire.net.netdev import parse_backend_spec
+    from virtwire.server.tap import TapServer
 
     if not args.backend:
         raise ConfigError("serve tap needs at least one --backend SPEC")
     if len(args.peer) > len(args.backend):
         raise ConfigError(f"{len(args.peer)} --peer given for {len(args.backend)} --backend")
     configs = [parse_backend_spec(spec) for spec in args.backend]
-    for config, peer in zip(configs, args.peer, strict=False):
-        config.peer = peer
+    for i, peer in enumerate(args.peer):
+        configs[i] = replace(configs[i], peer=peer)
     host = TapServer(args.listen, allowed_scripts=parse_allow_scripts(args.allow_script))
     host.pending_configs.extend(configs)
     return host

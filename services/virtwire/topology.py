@@ -82,9 +82,8 @@ from virtwire.errors import ConfigError, PermissionDeniedError
 from virtwire.guest.responder import parse_interface
 from virtwire.mem.guestmem import check_size, parse_size
 from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.net.netdev import Netdev, format_backend_spec, netdev_from_options
 from virtwire.net.tap import check_ifname
-from virtwire.server.tap import backend_config_from_args, format_backend_spec
-from virtwire.v1 import tap_pb2
 
 __all__ = [
     "Bridge",
@@ -487,7 +486,7 @@ class _TapSpec(_Spec):
         if self.host is not None or context.get("remote"):
             # Names, looked up by the host running the backend (_Resolver._tap_options).
             opts = {k: v for k, v in opts.items() if k not in ("script", "downscript")}
-        backend_config_from_args(self.backend, opts)
+        netdev_from_options(self.backend, opts)
         return self
 
 
@@ -637,8 +636,8 @@ class TapNode(Node):
         """The `serve tap --backend` spec, e.g. ``stream,listen=127.0.0.1:10555,id=qemu0``."""
         return format_backend_spec(self.backend, {**self.options, "id": self.name})
 
-    def backend_config(self, peer: str = "") -> tap_pb2.BackendConfig:
-        """The AddBackend config, dialling ``peer`` (ADDR/NETCLIENT) if given.
+    def backend_config(self, peer: str = "") -> Netdev:
+        """The backend's netdev config, dialling ``peer`` (ADDR/NETCLIENT) if given.
 
         Validates on this machine (script= must exist here, unless the node is
         on another host: there it is a NAME).
@@ -646,7 +645,7 @@ class TapNode(Node):
         opts = {**self.options, "id": self.name}
         if peer:
             opts["peer"] = peer
-        return backend_config_from_args(self.backend, opts, check_scripts=self.host is None)
+        return netdev_from_options(self.backend, opts, check_scripts=self.host is None)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "backend": self.backend, "options": dict(self.options),

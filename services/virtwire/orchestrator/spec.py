@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-from virtwire.server.tap import format_backend_spec
+from virtwire.net.netdev import format_backend_spec
 
 __all__ = ["E1000ServiceSpec", "GuestMemServiceSpec", "GuestServiceSpec", "HubPortSpec",
            "HubServiceSpec", "ServiceSpec", "TapServiceSpec", "with_hub_ports"]

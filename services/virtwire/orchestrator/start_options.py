@@ -21,6 +21,7 @@ from virtwire.guest.responder import parse_interface
 from virtwire.hw.e1000 import COMPAT_VERSIONS, MODELS
 from virtwire.mem.guestmem import check_size
 from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.net.netdev import netdev_from_options, netdev_options
 from virtwire.net.tap import check_ifname
 from virtwire.orchestrator.spec import (
     E1000ServiceSpec,
@@ -31,7 +32,7 @@ from virtwire.orchestrator.spec import (
     ServiceSpec,
     TapServiceSpec,
 )
-from virtwire.server.tap import backend_config_from_args, backend_options, rpc_backend_config
+from virtwire.rpc.netdev import netdev_to_proto, rpc_netdev
 from virtwire.v1 import orchestrator_pb2
 
 __all__ = ["MAX_HUB_PORTS", "from_start_request", "to_start_options"]
@@ -50,9 +51,9 @@ def to_start_options(spec: ServiceSpec) -> dict[str, Any]:
                                        for p in spec.ports])}
     if isinstance(spec, TapServiceSpec):
         # Scripts are names the other host resolves: not checked here.
-        config = backend_config_from_args(spec.backend, {**spec.options, "peer": spec.peer},
-                                          check_scripts=False)
-        return {"tap": orchestrator_pb2.StartTapOptions(backend=config)}
+        config = netdev_from_options(spec.backend, {**spec.options, "peer": spec.peer},
+                                     check_scripts=False)
+        return {"tap": orchestrator_pb2.StartTapOptions(backend=netdev_to_proto(config))}
     if isinstance(spec, GuestMemServiceSpec):
         return {"guestmem": orchestrator_pb2.StartGuestMemOptions(
             size=spec.size, no_prealloc=not spec.prealloc)}
@@ -111,8 +112,7 @@ def _hub(msg: orchestrator_pb2.StartHubOptions, policy: RpcPolicy) -> HubService
 def _tap(msg: orchestrator_pb2.StartTapOptions, policy: RpcPolicy) -> TapServiceSpec:
     if not msg.HasField("backend"):
         raise ConfigError("tap.backend is missing: give one backend (tap, stream or dgram)")
-    config = rpc_backend_config(msg.backend, policy)
-    kind, opts = backend_options(config)
+    kind, opts = netdev_options(rpc_netdev(msg.backend, policy))
     peer = opts.pop("peer", "")
     return TapServiceSpec(backend=kind, options=opts, peer=peer)
 
