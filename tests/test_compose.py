@@ -36,6 +36,7 @@ from virtwire import certs
 from virtwire.cli import main
 
 from support.docker_engine import docker
+from support.need import need
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples/default.yaml"
@@ -194,8 +195,8 @@ def _plaintext_refused(container: str) -> None:
 @pytest.mark.parametrize("tls", [False, True], ids=["insecure", "tls"])
 def test_compose_up_pings(image: str, tmp_path: Path, tls: bool) -> None:
     compose = shutil.which("docker-compose")
-    if compose is None:
-        pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+    need(compose is not None, "docker-compose is not installed (Debian package docker-compose)")
+    assert compose is not None
     file, _ = _render(tmp_path, tls)
     name = _unique()
     start = time.monotonic()
@@ -255,8 +256,7 @@ def swarm(engine: None) -> Iterator[None]:
     if state == "active":
         yield
         return
-    if state != "inactive":
-        pytest.skip(f"the engine's swarm is {state!r}, not active or inactive")
+    need(state == "inactive", f"the engine's swarm is {state!r}, not active or inactive")
     docker(*SWARM_INIT)
     try:
         yield

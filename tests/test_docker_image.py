@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 
 from support.docker_engine import LABEL, docker
+from support.need import need
 
 ROOT = Path(__file__).resolve().parent.parent
 # A cold machine debootstraps the base image (~1 min) before the first test runs.
@@ -152,8 +153,7 @@ def test_hub_answers_on_internal_network(
 
 
 def test_tap_needs_and_gets_net_admin(image: str, containers: list[str]) -> None:
-    if not Path("/dev/net/tun").exists():
-        pytest.skip("no /dev/net/tun on this host")
+    need(Path("/dev/net/tun").exists(), "no /dev/net/tun on this host")
     backend = ("serve", "tap", "--listen", f"127.0.0.1:{GRPC_PORT}",
                "--backend", "tap,ifname=vw0")
     # As the default, unprivileged user it fails with a clear message.

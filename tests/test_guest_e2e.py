@@ -27,6 +27,7 @@ from test_guest import guest_lan
 from virtwire.v1 import guest_pb2, guest_pb2_grpc
 
 from support import netns
+from support.need import need
 from support.procs import serve
 from support.qemu_vm import (
     QemuVM,
@@ -44,10 +45,9 @@ VM_MAC = "52:54:00:12:34:12"
 
 def _require_tools(vm: bool) -> None:
     netns.require_root()
-    if shutil.which("iperf3") is None:
-        pytest.skip("iperf3 not installed (Debian package iperf3)")
-    if shutil.which("busybox") is None:
-        pytest.skip("busybox not installed (Debian package busybox-static)")
+    need(shutil.which("iperf3") is not None, "iperf3 not installed (Debian package iperf3)")
+    need(shutil.which("busybox") is not None,
+         "busybox not installed (Debian package busybox-static)")
     if vm:
         require_qemu()
 

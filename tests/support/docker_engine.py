@@ -2,7 +2,7 @@
 
 ``engine`` makes sure a Docker engine answers: as root it installs docker.io
 and debootstrap when missing and starts dockerd (deploy/image.py); otherwise
-it needs a running engine, or the test skips. ``image`` builds (or finds up to
+it needs a running engine, or the test skips (support.need). ``image`` builds (or finds up to
 date) ``virtwire:<version>``. Both are session-scoped: the image is built once
 per run. Everything a test creates carries ``LABEL``; ``remove_labelled``
 removes leftovers of an earlier, killed run.
@@ -21,6 +21,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from support.need import need
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEL_KEY = "org.virtwire.test"
@@ -72,14 +74,14 @@ def image_mod() -> ModuleType:
 def engine(image_mod: ModuleType) -> Iterator[None]:
     """A Docker engine that answers (installing and starting it when root)."""
     root = os.geteuid() == 0
-    if not root and not (shutil.which("docker") and image_mod.docker_ready()):
-        pytest.skip("needs root (apt-get install docker.io debootstrap, start dockerd) "
-                    "or a running Docker engine")
+    need(root or bool(shutil.which("docker") and image_mod.docker_ready()),
+         "needs root (apt-get install docker.io debootstrap, start dockerd) "
+         "or a running Docker engine")
     if root:
         try:
             image_mod.install_host_packages()
         except image_mod.ImageError as exc:
-            pytest.skip(f"cannot install docker.io/debootstrap: {exc}")
+            need(False, f"cannot install docker.io/debootstrap: {exc}")
     image_mod.ensure_dockerd()
     remove_labelled()
     yield
@@ -89,8 +91,8 @@ def engine(image_mod: ModuleType) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def image(image_mod: ModuleType, engine: None) -> str:
     """virtwire:<version>, built (or found up to date) by deploy/image.py."""
-    if os.geteuid() != 0 and image_mod.image_id(image_mod.DEFAULT_BASE) is None:
-        pytest.skip(f"not root and no {image_mod.DEFAULT_BASE} image: debootstrap needs root")
+    need(os.geteuid() == 0 or image_mod.image_id(image_mod.DEFAULT_BASE) is not None,
+         f"not root and no {image_mod.DEFAULT_BASE} image: debootstrap needs root")
     start = time.monotonic()
     tag: str = image_mod.build_image(quiet=True)
     print(f"build_image: {time.monotonic() - start:.1f}s")

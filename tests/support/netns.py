@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import pytest
+from support.need import need
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,10 @@ def _netns_unavailable() -> str | None:
 
 
 def require_root() -> None:
-    """``pytest.skip`` unless root with /dev/net/tun, ``ip`` and netns support."""
+    """Go on only as root with /dev/net/tun, ``ip`` and netns support (else
+    :func:`support.need.need`: skip without root, fail as root)."""
     reason = _netns_unavailable()
-    if reason:
-        pytest.skip(f"network namespace tests: {reason}")
+    need(reason is None, f"network namespace tests: {reason}")
 
 
 def unique_name(prefix: str = DEFAULT_PREFIX) -> str:

@@ -56,6 +56,9 @@ DEFAULT_CACHE_DIR = Path(
 _LAYOUT_VERSION = "1"
 _E1000_DIR = "kernel/drivers/net/ethernet/intel/e1000"
 _BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+#: busybox ping's summary line ("3 packets transmitted, 3 packets received").
+_PING_SUMMARY = re.compile(
+    r"(?P<sent>\d+) packets transmitted, (?P<received>\d+) (?:packets )?received")
 
 _INIT_SCRIPT = f"""#!/bin/sh
 export PATH=/bin HOME=/root PS1='' PS2='' TERM=dumb
@@ -86,15 +89,16 @@ while true; do setsid cttyhack sh; done
 
 
 def require_qemu() -> None:
-    """Skip the calling test, with the Debian package to install, unless QEMU VMs can boot."""
-    import pytest
+    """Go on only if QEMU VMs can boot, else name the Debian package to install
+    (:func:`support.need.need`: skip without root, fail as root)."""
+    from support.need import need
 
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
-    if not list(Path("/boot").glob("vmlinuz-*")):
-        pytest.skip("no kernel in /boot (Debian package linux-image-amd64)")
-    if shutil.which("busybox") is None:
-        pytest.skip("busybox not installed (Debian package busybox-static)")
+    need(shutil.which("qemu-system-x86_64") is not None,
+         "qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
+    need(bool(list(Path("/boot").glob("vmlinuz-*"))),
+         "no kernel in /boot (Debian package linux-image-amd64)")
+    need(shutil.which("busybox") is not None,
+         "busybox not installed (Debian package busybox-static)")
 
 
 class VMError(RuntimeError):
@@ -601,11 +605,13 @@ class QemuVM:
         return out
 
     async def ping(self, ip: str, count: int = 3, timeout: float = 30.0) -> bool:
-        """Ping ``ip`` from the guest; True if at least one reply came back."""
+        """Ping ``ip`` from the guest; True only if every one of the ``count``
+        replies came back (busybox's exit status alone means "at least one")."""
         cmd = f"ping -c {count} -i 0.2 -W 2 {shlex.quote(ip)}"
         rc, out = await self.run(cmd, timeout)
         log.debug("%s: ping %s -> %d\n%s", self.name, ip, rc, out)
-        return rc == 0
+        m = _PING_SUMMARY.search(out)
+        return rc == 0 and m is not None and int(m["sent"]) == int(m["received"]) == count
 
     async def _send(self, text: str) -> None:
         proc = self._proc
