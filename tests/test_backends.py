@@ -41,6 +41,7 @@ from virtwire.server.tap import TapServer
 from virtwire.v1 import netclient_pb2, netclient_pb2_grpc, tap_pb2, tap_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until
+from support.need import need
 from support.netns import NetNs, netns, require_root, unique_name
 
 ETH_P_ALL = 0x0003
@@ -1044,8 +1045,8 @@ async def test_real_qemu_forwards_between_our_stream_and_dgram_backends(
     """QEMU's own hub joins `-netdev stream` and `-netdev dgram` to our backends: the
     framing and datagram conventions are QEMU's, in both directions."""
     qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        pytest.skip("needs qemu-system-x86_64")
+    need(qemu is not None, "needs qemu-system-x86_64 (Debian package qemu-system-x86)")
+    assert qemu is not None
     qemu_port, our_port = free_udp_port(), free_udp_port()
     path = sockdir / "qemu.sock"
     proc = await asyncio.create_subprocess_exec(
