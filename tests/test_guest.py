@@ -478,12 +478,29 @@ def test_vnet_header_parsing() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=0, max_size=200), st.integers(0, 255), st.integers(0, 0xFFFF))
+@given(st.binary(min_size=0, max_size=200),
+       st.one_of(st.sampled_from([0, GSO_TCPV4, GSO_TCPV6]), st.integers(0, 255)),
+       st.integers(0, 0xFFFF))
 def test_vnet_parsing_never_crashes(data: bytes, gso: int, num: int) -> None:
-    buf = VIRTIO_NET_HDR.pack(num & 1, gso, num, num, num % 300, num % 40) + data
-    with contextlib.suppress(ValueError):
+    """Any header is parsed or refused with ValueError; a valid one is accepted:
+    a whole Ethernet header, no GSO (0) or TCP GSO, checksum offsets inside the
+    frame, and GSO only with checksum offload and an MSS."""
+    needs_csum = bool(num & 1)
+    csum_start, csum_offset = num % 300, num % 40
+    buf = VIRTIO_NET_HDR.pack(num & 1, gso, num, num, csum_start, csum_offset) + data
+    valid = (len(data) >= 14 and gso in (0, GSO_TCPV4, GSO_TCPV6)
+             and (not needs_csum or csum_start + csum_offset + 2 <= len(data))
+             and (gso == 0 or (needs_csum and num != 0)))
+    try:
         pkt = parse_vnet_packet(buf)
-        assert pkt.frame == data
+    except ValueError as exc:
+        assert not valid, f"a valid packet was refused ({exc})"
+        return
+    assert valid, "an invalid packet was accepted"
+    assert pkt.frame == data
+    assert (pkt.csum_start, pkt.gso_type) == (csum_start if needs_csum else -1, gso)
+    if gso:
+        assert (pkt.csum_offset, pkt.gso_size) == (csum_offset, num)
 
 
 def test_received_segments_are_coalesced_into_gso_packets() -> None:

@@ -20,6 +20,8 @@ from virtwire.cli import main
 from virtwire.render import PORT, render
 from virtwire.topology import TapNode, Topology, VmNode, load_topology
 
+from support.need import need
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BENCHMARK = ipaddress.ip_network("198.18.0.0/15")
 LISTEN = f"0.0.0.0:{PORT}"
@@ -277,8 +279,8 @@ def test_unknown_format_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_docker_compose_accepts_it(topo_file: Path, tmp_path: Path) -> None:
     compose = shutil.which("docker-compose")
-    if compose is None:
-        pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+    need(compose is not None, "docker-compose is not installed (Debian package docker-compose)")
+    assert compose is not None
     out = _render(topo_file, "compose", tmp_path)
     result = subprocess.run([compose, "-f", str(out), "config", "-q"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60, check=False)

@@ -17,6 +17,7 @@ from virtwire.link import LinkDialer, LinkPeer
 from virtwire.v1 import hub_pb2, hub_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until
+from support.need import need
 from support.procs import VIRTWIRE, grpcurl, serve
 
 
@@ -60,8 +61,7 @@ def test_grpcurl_lists_injects_and_cli_capture_writes_pcap(tmp_path: Path) -> No
         # hub0port1 has no peer: what the hub forwards there is dropped, and counted.
         port1 = next(p for p in listing["ports"] if p["name"] == "hub0port1")
         assert int(port1["counters"]["dropped_link_down"]) >= 1
-    if shutil.which("tshark") is None:
-        pytest.skip("tshark not installed (Debian package tshark)")
+    need(shutil.which("tshark") is not None, "tshark not installed (Debian package tshark)")
     shown = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "arp.dst.proto_ipv4",
                             "-e", "eth.src"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
