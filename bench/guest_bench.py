@@ -22,7 +22,7 @@ from typing import Any
 import benchtls
 
 from virtwire import tls
-from virtwire.launch import ServiceProcess, start_service
+from virtwire.orchestrator.launch import ServiceProcess, start_service
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc, guest_pb2, guest_pb2_grpc
 
 MACS = ("52:54:00:00:0b:01", "52:54:00:00:0b:02")

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from virtwire.launch import ServiceProcess, start_service
+from virtwire.orchestrator.launch import ServiceProcess, start_service
 
 SECONDS = 5
 SIDES = (("vwbA", "52:54:00:00:0c:01", "198.18.3.1/24"),

@@ -29,9 +29,10 @@ import pytest
 
 from virtwire import certs, tls
 from virtwire.errors import ConfigError
-from virtwire.orchestrator.docker import AUTO_SUBNETS, DockerBackend, check_subnet, pick_subnet
 from virtwire.orchestrator.pki import LanPki
+from virtwire.orchestrator.runtime.docker import DockerRuntime
 from virtwire.orchestrator.spec import HubServiceSpec
+from virtwire.orchestrator.subnet import AUTO_SUBNETS, check_subnet, pick_subnet
 from virtwire.topology import load_topology
 from virtwire.v1 import hub_pb2, hub_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
@@ -264,8 +265,8 @@ def test_identity_mounts_without_an_engine(tmp_path: Path) -> None:
     topo_file.write_text(TLS_TOPOLOGY.format(name="plan"))
     topo = load_topology(topo_file)
     pki = LanPki(tmp_path / "pki", tmp_path / "state" / "tls")
-    backend = DockerBackend(topo, pki=pki)
-    plain = DockerBackend(topo)
+    backend = DockerRuntime(topo, pki=pki)
+    plain = DockerRuntime(topo)
     for i, svc in enumerate(topo.services):
         ip = f"198.19.7.{10 + i}"
         mounts = backend.identity_mounts(svc.name, ip)
@@ -394,7 +395,7 @@ def test_tls_lan(tls_lan: DockerLan, tmp_path: Path) -> None:
 def test_identity_mounts_of_a_non_root_orchestrator(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Not root: no chown; unprivileged containers run as the orchestrator's uid:gid."""
-    import virtwire.orchestrator.docker as docker_mod
+    import virtwire.orchestrator.runtime.docker as docker_mod
 
     monkeypatch.setattr(docker_mod.os, "geteuid", lambda: 4242)
     monkeypatch.setattr(docker_mod.os, "getuid", lambda: 4242)
@@ -404,7 +405,7 @@ def test_identity_mounts_of_a_non_root_orchestrator(tmp_path: Path,
     certs.init_ca(tmp_path / "pki")
     topo_file = tmp_path / "lan.yaml"
     topo_file.write_text(TLS_TOPOLOGY.format(name="plan"))
-    backend = DockerBackend(load_topology(topo_file),
+    backend = DockerRuntime(load_topology(topo_file),
                             pki=LanPki(tmp_path / "pki", tmp_path / "state" / "tls"))
     for name in ("hub0", "tap0"):
         assert backend.identity_mounts(name, "198.19.7.10")

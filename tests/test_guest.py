@@ -58,9 +58,9 @@ from virtwire.hw import e1000_regs as r
 from virtwire.hw.dma import RamDma
 from virtwire.hw.e1000 import E1000
 from virtwire.hw.timer import AsyncioScheduler
-from virtwire.launch import ServiceProcess, start_service
 from virtwire.mem.guestmem import GuestMemory
 from virtwire.net.hub import Hub
+from virtwire.orchestrator.launch import ServiceProcess, start_service
 from virtwire.server.e1000 import E1000Server
 from virtwire.server.guestmem import GuestMemServer
 from virtwire.v1 import guest_pb2, guest_pb2_grpc, netclient_pb2, netclient_pb2_grpc

@@ -17,7 +17,7 @@ import yaml
 
 from virtwire import __version__
 from virtwire.cli import main
-from virtwire.render import PORT, render
+from virtwire.orchestrator.render import PORT, render
 from virtwire.topology import TapNode, Topology, VmNode, load_topology
 
 from support.need import need
@@ -478,7 +478,7 @@ def test_tls_render_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_tls_rendered_by_a_non_root_user(tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys cannot be given away: they stay the user's, and the header says what to chown."""
-    import virtwire.render as render_mod
+    import virtwire.orchestrator.render as render_mod
 
     monkeypatch.setattr(render_mod.os, "geteuid", lambda: 4242)
     monkeypatch.setattr(render_mod.os, "getuid", lambda: 4242)

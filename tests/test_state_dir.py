@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from virtwire.errors import ConfigError, NotFoundError, PermissionDeniedError
-from virtwire.orchestrator import Orchestrator, pids
-from virtwire.orchestrator.backend import ProcessBackend, _exit_status
-from virtwire.orchestrator.core import lan_dir, read_state, remove_lan_dir
+from virtwire.orchestrator import pids
+from virtwire.orchestrator.core import Orchestrator, lan_dir, read_state, remove_lan_dir
+from virtwire.orchestrator.runtime.process import ProcessRuntime, _exit_status
 from virtwire.orchestrator.statedir import private_dir
 from virtwire.topology import parse_topology
 
@@ -314,7 +314,7 @@ def test_signal_process_group_reaches_the_whole_group() -> None:
 
 
 def test_a_backend_child_is_not_reaped_until_it_is_stopped() -> None:
-    """ProcessBackend's exited/stop: the zombie keeps the pid (and group number)."""
+    """ProcessRuntime's exited/stop: the zombie keeps the pid (and group number)."""
     proc = subprocess.Popen(["sh", "-c", "exit 3"], process_group=0)
     deadline = time.monotonic() + 10
     while _exit_status(proc) is None:
@@ -329,13 +329,13 @@ def test_a_backend_child_is_not_reaped_until_it_is_stopped() -> None:
 async def test_process_backend_workdirs_are_private_from_the_root(tmp_path: Path) -> None:
     """The agent's layout (ROOT/agent/LAN): every level 0700, a bad root refused."""
     root = tmp_path / "state"
-    await ProcessBackend(root / "agent" / "lab", root=root).open()
+    await ProcessRuntime(root / "agent" / "lab", root=root).open()
     for path in (root, root / "agent", root / "agent" / "lab"):
         assert _mode(path) == 0o700, path
-    await ProcessBackend(root / "lab2").open()  # default root: the workdir's parent
+    await ProcessRuntime(root / "lab2").open()  # default root: the workdir's parent
     assert _mode(root / "lab2") == 0o700
     link = tmp_path / "link"
     link.symlink_to(root)
     with pytest.raises(PermissionDeniedError, match="is a symlink"):
-        await ProcessBackend(link / "agent" / "lab3", root=link).open()
+        await ProcessRuntime(link / "agent" / "lab3", root=link).open()
     assert not (root / "agent" / "lab3").exists()

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from virtwire import certs, tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import ConfigError, ConflictError
-from virtwire.launch import ServiceProcess
+from virtwire.orchestrator.launch import ServiceProcess
 from virtwire.server.authz import Access, access_of, allowed
 from virtwire.v1 import (
     e1000_pb2,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from virtwire.launch import ServiceProcess
+from virtwire.orchestrator.launch import ServiceProcess
 
 from support import netns
 from support.procs import serve

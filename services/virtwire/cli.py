@@ -329,7 +329,7 @@ async def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def cmd_render(args: argparse.Namespace) -> int:
-    from virtwire.render import holds_keys, render, write_output
+    from virtwire.orchestrator.render import holds_keys, render, write_output
     from virtwire.topology import load_topology
 
     topo = load_topology(args.file)

@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 from virtwire.errors import ConfigError
-from virtwire.launch import VIRTWIRE_CMD
 from virtwire.orchestrator.core import read_state
+from virtwire.orchestrator.launch import VIRTWIRE_CMD
 from virtwire.topology import load_topology
 
 DEFAULT_TOPOLOGY = Path("examples/default.yaml")

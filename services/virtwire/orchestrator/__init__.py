@@ -1,16 +1,10 @@
-"""The orchestrator: runs a LAN from a topology file (see ``Orchestrator``)."""
+"""The orchestrator: runs a LAN from a topology file.
 
-from virtwire.orchestrator.backend import Backend, ProcessBackend
-from virtwire.orchestrator.core import (
-    LanState,
-    Orchestrator,
-    RunState,
-    ServiceRecord,
-    UpEvent,
-    lan_dir,
-    read_state,
-    state_root,
-)
-
-__all__ = ["Backend", "LanState", "Orchestrator", "ProcessBackend", "RunState", "ServiceRecord",
-           "UpEvent", "lan_dir", "read_state", "state_root"]
+- ``core``: ``Orchestrator`` (up, down, restarts) and the LAN's state file;
+- ``plan``: what each service is started with (pure), the ``spec`` types;
+- ``runtime``: where services run (process, docker, remote); ``agent``:
+  another host's side of ``remote``; ``launch``: child processes and their
+  ready files;
+- ``render``: compose files and Kubernetes manifests from the same plan;
+- ``subnet``, ``health``, ``pki``, ``statedir``, ``pids``, ``start_options``.
+"""

@@ -23,9 +23,9 @@ from google.protobuf import json_format
 
 from virtwire import tls
 from virtwire.errors import BackendError, NotFoundError
-from virtwire.launch import VIRTWIRE_CMD
 from virtwire.orchestrator import pids
 from virtwire.orchestrator.core import LanState, lan_dir, read_state, remove_lan_dir, state_root
+from virtwire.orchestrator.launch import VIRTWIRE_CMD, wait_ready
 from virtwire.orchestrator.pki import LanPki, lan_identity, lan_tls_dir
 from virtwire.orchestrator.statedir import private_dir
 from virtwire.topology import load_topology
@@ -74,13 +74,13 @@ async def _kill_services(state: LanState) -> None:
             pids.signal_process(rec.pid, rec.start_time, signal.SIGKILL, boot=state.boot_id,
                                 group=True, what=f"service {rec.name}")
     if state.backend == "docker":
-        from virtwire.orchestrator.docker import remove_lan
+        from virtwire.orchestrator.runtime.docker import remove_lan
 
         try:
             await asyncio.to_thread(remove_lan, state.name)
         except BackendError as exc:
             print(f"virtwire: warning: {exc}", file=sys.stderr)
-    from virtwire.orchestrator.remote import stop_remote_lan
+    from virtwire.orchestrator.runtime.remote import stop_remote_lan
 
     for agent in sorted({rec.agent for rec in state.services if rec.agent}):
         try:
@@ -145,13 +145,11 @@ async def cmd_up(args: Any) -> int:
         ready.unlink(missing_ok=True)
         log = root / f"{topo.name}.orchestrator.log"
         proc = _spawn_detached(ready, log, Path(args.file))
-        deadline = time.monotonic() + 20
-        while not (ready.exists() and ready.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise BackendError(f"the orchestrator did not start; see {log}")
-            await asyncio.sleep(0.02)
-        address = ready.read_text().strip()
+        try:
+            address = await wait_ready(ready, proc.poll, 20)
+        except BackendError:
+            proc.kill()
+            raise BackendError(f"the orchestrator did not start; see {log}") from None
         ready.unlink()
         if await _stream_up(address, args.file, args.backend, args.subnet):
             print(f"LAN {topo.name!r} is up (orchestrator {address}, pid {proc.pid}); "

@@ -1,17 +1,18 @@
 """Run a LAN: start a Topology's services in order, wire links, watch health.
 
-``Orchestrator`` is plain asyncio. Its backends (``backend.py``) run the
-services: this machine's by ``ProcessBackend`` (local ``virtwire serve KIND``
-children on 127.0.0.1:0, in their own process groups with PR_SET_PDEATHSIG,
-so none outlives the orchestrator) or ``DockerBackend`` (a container each),
-and those of nodes placed on other hosts by ``RemoteBackend`` (that host's
-orchestrator). A state directory (``state_root()/LAN``) holds ``state.json``
-(services, where they run, pids, addresses, the orchestrator's address and
-pid), so ``virtwire down`` and ``virtwire status`` from another process find
-a running LAN. The root and LAN dirs are private (``statedir.py``), a state
-read back is validated (names by the topology's rules), and each pid comes
-with its start time and the boot id (``pids.py``): one that no longer
-matches is never signalled.
+``Orchestrator`` is plain asyncio. What each service is started with comes
+from the orchestration plan (``plan.py``); its runtimes (``runtime/``) run
+the services: this machine's by ``ProcessRuntime`` (local ``virtwire serve
+KIND`` children on 127.0.0.1:0, in their own process groups with
+PR_SET_PDEATHSIG, so none outlives the orchestrator) or ``DockerRuntime`` (a
+container each), chosen by ``--backend``, and those of nodes placed on other
+hosts by ``RemoteRuntime`` (that host's orchestrator). A state directory
+(``state_root()/LAN``) holds ``state.json`` (services, where they run, pids,
+addresses, the orchestrator's address and pid), so ``virtwire down`` and
+``virtwire status`` from another process find a running LAN. The root and
+LAN dirs are private (``statedir.py``), a state read back is validated
+(names by the topology's rules), and each pid comes with its start time and
+the boot id (``pids.py``): one that no longer matches is never signalled.
 """
 
 from __future__ import annotations
@@ -29,34 +30,34 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import TypeAdapter, ValidationError
 
 from virtwire import tls
 from virtwire.address import parse_sockaddr
-from virtwire.errors import BackendError, ConfigError, NotFoundError, PermissionDeniedError
-from virtwire.orchestrator import pids
-from virtwire.orchestrator.backend import Backend, ProcessBackend
-from virtwire.orchestrator.pki import LanPki, lan_tls_dir
-from virtwire.orchestrator.spec import (
-    E1000ServiceSpec,
-    GuestMemServiceSpec,
-    GuestServiceSpec,
-    HubPortSpec,
-    HubServiceSpec,
-    ServiceSpec,
-    TapServiceSpec,
-    with_hub_ports,
+from virtwire.errors import (
+    BackendError,
+    ConfigError,
+    NotFoundError,
+    PermissionDeniedError,
+    VirtwireError,
 )
+from virtwire.orchestrator import pids
+from virtwire.orchestrator.health import HEALTH_TIMEOUT_S, check_health, wait_serving
+from virtwire.orchestrator.pki import LanPki, lan_tls_dir
+from virtwire.orchestrator.plan import service_spec
+from virtwire.orchestrator.runtime import Runtime
+from virtwire.orchestrator.runtime.docker import DockerRuntime
+from virtwire.orchestrator.runtime.process import ProcessRuntime
+from virtwire.orchestrator.runtime.remote import RemoteRuntime
+from virtwire.orchestrator.spec import ServiceSpec, with_hub_ports
 from virtwire.orchestrator.statedir import private_dir
+from virtwire.orchestrator.subnet import check_subnet
+from virtwire.rpc.status import translated
 from virtwire.topology import (
     LAN_NAME_MAX,
     NODE_NAME_MAX,
     VM_SERVICES,
     HubNode,
-    Link,
-    TapNode,
     Topology,
     VmNode,
     check_lan_name,
@@ -67,9 +68,9 @@ from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-#: Backends for this machine's services (other hosts' run through their orchestrator).
-LOCAL_BACKENDS = ("process", "docker")
-HEALTH_TIMEOUT_S = 20.0
+#: The runtimes of this machine's services, by their ``--backend`` name (other
+#: hosts' services run through their orchestrator).
+LOCAL_RUNTIMES = ("process", "docker")
 WATCH_INTERVAL_S = 0.3
 #: Every this many watch rounds, the hubs' port lists are refreshed.
 PORT_SNAPSHOT_ROUNDS = 10
@@ -270,17 +271,6 @@ def read_state(name: str | None = None, root: Path | None = None) -> LanState:
     return LanState.from_dict(data, path, name)
 
 
-async def check_health(address: str, timeout: float = 2.0) -> bool:
-    """grpc.health.v1 Check("") == SERVING."""
-    try:
-        async with tls.aio_channel(address) as channel:
-            resp = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-    except grpc.aio.AioRpcError:
-        return False
-    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 class Orchestrator:
     """Runs one LAN: ``up``, ``down``, ``resolve`` node names, a restart watcher."""
 
@@ -291,12 +281,13 @@ class Orchestrator:
         self.state = RunState.IDLE
         self.topology: Topology | None = None
         self.services: dict[str, ServiceRecord] = {}
-        #: What each service is started with (``service_spec``), by name.
+        #: What each service is started with (``plan.service_spec``), by name.
         self.specs: dict[str, ServiceSpec] = {}
         #: By topology host ("" for this machine).
-        self.backends: dict[str, Backend] = {}
+        self.runtimes: dict[str, Runtime] = {}
+        #: This machine's runtime, by its ``--backend`` name (the state's ``backend``).
         self.backend_kind = "process"
-        #: Services handed to a backend, in start order (started or not).
+        #: Services handed to a runtime, in start order (started or not).
         self._launched: list[tuple[str, str]] = []
         self._watcher: asyncio.Task[None] | None = None
         self.events: list[str] = []
@@ -310,65 +301,6 @@ class Orchestrator:
             raise ConfigError("no LAN is up")
         return lan_dir(self.topology.name, self.state_root)
 
-    @staticmethod
-    def auto_ports(topo: Topology, hub: str) -> dict[int, str]:
-        """The names hub node ``hub``'s unnamed link ends get (link index -> port).
-
-        A link to a hub without a port is given a port created with the hub,
-        named as the hub would name it when dialled (``hub0portN``, counting
-        every port before it). The dialer dials that name, so a restarted
-        dialer gets its old port back instead of a new one.
-        """
-        node = topo.node(hub)
-        assert isinstance(node, HubNode)
-        count = len(node.ports) + sum(1 for link in topo.links if link.dialer.service == hub)
-        auto: dict[int, str] = {}
-        for link in topo.links:
-            if link.listener.service == hub and not link.listener.netclient:
-                auto[link.index] = f"hub0port{count}"
-                count += 1
-        return auto
-
-    def _peer(self, topo: Topology, link: Link) -> str:
-        """The dialer's peer: ``LISTENER_ADDRESS/NETCLIENT``."""
-        netclient = link.listener.netclient
-        if not netclient:
-            netclient = self.auto_ports(topo, link.listener.node)[link.index]
-        return f"{self.services[link.listener.service].address}/{netclient}"
-
-    def service_spec(self, topo: Topology, name: str) -> ServiceSpec:
-        """What service ``name`` is started with; the services it needs are up."""
-        svc = next(s for s in topo.services if s.name == name)
-        node = topo.node(svc.node)
-        addr = {n: r.address for n, r in self.services.items()}
-        peers = [self._peer(topo, link) for link in topo.links if link.dialer.service == name]
-        if isinstance(node, HubNode):
-            # In the hub's creation order: named ports, ports that dial, link ends.
-            ports = [HubPortSpec(port) for port in node.ports]
-            for link in topo.links:
-                if link.dialer.service == name:
-                    port = link.dialer.netclient or f"to-{link.listener.node}"
-                    ports.append(HubPortSpec(port, self._peer(topo, link)))
-            ports += [HubPortSpec(port) for port in self.auto_ports(topo, name).values()]
-            return HubServiceSpec(ports=tuple(ports))
-        if isinstance(node, TapNode):
-            return TapServiceSpec(backend=node.backend, options={**node.options, "id": node.name},
-                                  peer=peers[0] if peers else "")
-        assert isinstance(node, VmNode)
-        if svc.kind == "guestmem":
-            return GuestMemServiceSpec(size=node.memory)
-        if svc.kind == "e1000":
-            return E1000ServiceSpec(guestmem=addr[node.service("guestmem")], mac=node.mac,
-                                    model=node.model, compat=node.compat, name=node.name,
-                                    peer=peers[0] if peers else "")
-        bridge = node.bridge
-        return GuestServiceSpec(
-            e1000=addr[node.service("e1000")], guestmem=addr[node.service("guestmem")],
-            ip=str(node.ip) if node.ip is not None else "",
-            bridge_tap=bridge.ifname if bridge else "",
-            netns=(bridge.netns or "") if bridge else "",
-            bridge_ip=str(bridge.ip) if bridge and bridge.ip is not None else "")
-
     async def up(self, topo: Topology, backend: str = "process",
                  subnet: str = "") -> AsyncIterator[UpEvent]:
         """Start every service in order, then wait for health; yields progress.
@@ -380,14 +312,12 @@ class Orchestrator:
         """
         if self.state not in (RunState.IDLE, RunState.STOPPED, RunState.FAILED):
             raise ConfigError(f"a LAN is already {self.state.value}")
-        if backend not in LOCAL_BACKENDS:
+        if backend not in LOCAL_RUNTIMES:
             raise ConfigError(f"unknown backend {backend!r}: use one of "
-                              f"{', '.join(LOCAL_BACKENDS)}")
+                              f"{', '.join(LOCAL_RUNTIMES)}")
         if subnet:
             if backend != "docker":
                 raise ConfigError("a subnet is for the docker backend only")
-            from virtwire.orchestrator.docker import check_subnet
-
             check_subnet(subnet)
         existing = lan_dir(topo.name, self.state_root) / STATE_FILE
         if existing.exists():
@@ -399,29 +329,30 @@ class Orchestrator:
         self.pki = LanPki(topo.tls_dir, lan_tls_dir(self.dir)) if topo.tls_dir else None
         self.services = {}
         self.specs = {}
-        self.backends = {}
+        self.runtimes = {}
         self._launched = []
         self.backend_kind = backend
         self.state = RunState.STARTING
         try:
             for host in sorted({s.host or "" for s in topo.services}):
-                yield UpEvent("starting", message=self._backend_message(topo, host, backend))
-                self.backends[host] = self._make_backend(topo, host, backend, subnet)
-                await self.backends[host].open()
+                yield UpEvent("starting", message=self._runtime_message(topo, host, backend))
+                self.runtimes[host] = self._make_runtime(topo, host, backend, subnet)
+                await self.runtimes[host].open()
             for svc in topo.services:
-                spec = self.specs[svc.name] = self.service_spec(topo, svc.name)
-                runner = self.backends[svc.host or ""]
+                addresses = {name: rec.address for name, rec in self.services.items()}
+                spec = self.specs[svc.name] = service_spec(topo, svc.name, addresses)
+                runtime = self.runtimes[svc.host or ""]
                 where = f" on host {svc.host}" if svc.host else ""
                 yield UpEvent("starting", svc.name,
                               message=f"starting {svc.kind} {svc.name}{where}")
                 self._launched.append((svc.host or "", svc.name))
-                address, pid = await runner.start(svc.name, spec,
-                                                  runner.listen_address(svc.name))
+                address, pid = await runtime.start(svc.name, spec,
+                                                  runtime.listen_address(svc.name))
                 agent = topo.hosts[svc.host].agent if svc.host else ""
                 self.services[svc.name] = ServiceRecord(
                     svc.name, svc.kind, svc.node, address, pid, spec.argv(), host=svc.host or "",
-                    backend=runner.kind, agent=agent,
-                    start_time=self._start_time(runner, pid))
+                    backend=runtime.kind, agent=agent,
+                    start_time=self._start_time(runtime, pid))
                 self._write_state()
                 yield UpEvent("started", svc.name, address,
                               f"{svc.name} serves at {address} (pid {pid}{where})")
@@ -450,19 +381,15 @@ class Orchestrator:
             return self.pki.identity(name, [host]).args()
         return [] if tls.is_local(parse_sockaddr(f"{host}:0")) else ["--insecure"]
 
-    def _make_backend(self, topo: Topology, host: str, backend: str, subnet: str) -> Backend:
+    def _make_runtime(self, topo: Topology, host: str, backend: str, subnet: str) -> Runtime:
         if host:
-            from virtwire.orchestrator.remote import RemoteBackend
-
-            return RemoteBackend(topo.hosts[host], topo.name)
+            return RemoteRuntime(topo.hosts[host], topo.name)
         if backend == "docker":
-            from virtwire.orchestrator.docker import DockerBackend
-
-            return DockerBackend(topo, subnet, pki=self.pki)
-        return ProcessBackend(self.dir, tls_args=self._tls_args)
+            return DockerRuntime(topo, subnet, pki=self.pki)
+        return ProcessRuntime(self.dir, tls_args=self._tls_args)
 
     @staticmethod
-    def _backend_message(topo: Topology, host: str, backend: str) -> str:
+    def _runtime_message(topo: Topology, host: str, backend: str) -> str:
         if host:
             return f"host {host}: services through {topo.hosts[host].agent}"
         if backend == "docker":
@@ -472,10 +399,7 @@ class Orchestrator:
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         for rec in self.services.values():
-            while not await check_health(rec.address):
-                if time.monotonic() > deadline:
-                    raise BackendError(f"{rec.name} at {rec.address} is not SERVING")
-                await asyncio.sleep(0.05)
+            await wait_serving(rec.name, rec.address, deadline)
             rec.healthy = True
 
     async def _snapshot_ports(self) -> None:
@@ -484,9 +408,11 @@ class Orchestrator:
                 continue
             try:
                 async with tls.aio_channel(rec.address) as channel:
-                    got = await netclient_pb2_grpc.NetClientServiceStub(channel).ListNetClients(
-                        netclient_pb2.ListNetClientsRequest(), timeout=2.0)
-            except grpc.aio.AioRpcError:
+                    with translated(rec.address):
+                        got = await netclient_pb2_grpc.NetClientServiceStub(
+                            channel).ListNetClients(netclient_pb2.ListNetClientsRequest(),
+                                                    timeout=2.0)
+            except VirtwireError:
                 continue
             rec.ports = [nc.name for nc in got.netclients]
 
@@ -510,20 +436,20 @@ class Orchestrator:
         return stopped
 
     async def _stop_all(self) -> int:
-        """Stop every service handed to a backend (reverse order), then the backends."""
+        """Stop every service handed to a runtime (reverse order), then the runtimes."""
         for host, name in reversed(self._launched):
             try:
-                await self.backends[host].stop(name)
+                await self.runtimes[host].stop(name)
             except Exception as exc:  # one failure must not leave the rest running
                 logger.error("stopping %s: %s", name, exc)
-        for backend in self.backends.values():
+        for runtime in self.runtimes.values():
             try:
-                await backend.close()
+                await runtime.close()
             except Exception as exc:
-                logger.error("closing the %s backend: %s", backend.kind, exc)
+                logger.error("closing the %s backend: %s", runtime.kind, exc)
         stopped = len(self._launched)
         self._launched = []
-        self.backends = {}
+        self.runtimes = {}
         if self.topology is not None:
             try:
                 remove_lan_dir(self.topology.name, self.state_root)
@@ -532,10 +458,10 @@ class Orchestrator:
         return stopped
 
     @staticmethod
-    def _start_time(backend: Backend, pid: int) -> int:
+    def _start_time(runtime: Runtime, pid: int) -> int:
         """A local child's start time, read while it is our unreaped child (so
         ``pid`` is surely that process); 0 for services run elsewhere."""
-        return pids.start_time(pid) if backend.kind == "process" else 0
+        return pids.start_time(pid) if runtime.kind == "process" else 0
 
     def _write_state(self) -> None:
         assert self.topology is not None
@@ -568,7 +494,7 @@ class Orchestrator:
             for rec in list(self.services.values()):
                 if self.state is not RunState.RUNNING:
                     break
-                why = await self.backends[rec.host].exited(rec.name)
+                why = await self.runtimes[rec.host].exited(rec.name)
                 if why is None:
                     continue
                 self._event(f"{rec.name} (pid {rec.pid}) died ({why}); restarting")
@@ -591,13 +517,13 @@ class Orchestrator:
                 if self.services[n].node == rec.node]
 
     async def _restart(self, rec: ServiceRecord) -> bool:
-        backend = self.backends[rec.host]
+        runtime = self.runtimes[rec.host]
         rec.healthy = False
-        await backend.stop(rec.name, timeout=0 if await backend.exited(rec.name) else 5.0)
+        await runtime.stop(rec.name, timeout=0 if await runtime.exited(rec.name) else 5.0)
         try:
-            rec.address, rec.pid = await backend.start(
+            rec.address, rec.pid = await runtime.start(
                 rec.name, self._restart_spec(rec), listen=rec.address)
-            rec.start_time = self._start_time(backend, rec.pid)
+            rec.start_time = self._start_time(runtime, rec.pid)
         except BackendError as exc:
             self._event(f"restart of {rec.name} failed: {exc}")
             self._write_state()

@@ -1,10 +1,10 @@
 """What one service of a LAN is started with: a typed spec per kind.
 
-``Orchestrator.service_spec`` builds one from the topology, once per service.
-Backends turn it into what they start: ``argv()`` gives the arguments of
-``virtwire serve KIND`` after ``--listen`` (ProcessBackend, DockerBackend,
-``virtwire render``), and ``orchestrator.remote`` turns it into the typed
-StartService options another host's orchestrator validates and runs.
+The orchestration plan (``plan.py``) builds one from the topology, once per
+service. Runtimes turn it into what they start: ``argv()`` gives the
+arguments of ``virtwire serve KIND`` after ``--listen`` (ProcessRuntime,
+DockerRuntime, ``virtwire render``), and ``runtime.remote`` turns it into the
+typed StartService options another host's orchestrator validates and runs.
 """
 
 from __future__ import annotations

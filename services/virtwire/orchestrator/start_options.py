@@ -1,7 +1,7 @@
 """A ServiceSpec as StartService's typed options, and back (validated) on the agent.
 
 The controlling orchestrator sends ``to_start_options(spec)``; the agent
-(``remote.Agent``) rebuilds the spec with ``from_start_request`` and starts
+(``agent.Agent``) rebuilds the spec with ``from_start_request`` and starts
 ``virtwire serve KIND`` from its own ``argv()``. The request carries no
 argv, so it cannot add flags (``--shm-path``, ``--ready-file``, an
 abbreviation of ``--listen``...); every field is checked here, and what the

@@ -3,7 +3,7 @@
 Node names (NODE or HUB:PORT) are resolved to the service address and
 NetClient name, and the call is forwarded to that service's NetClientService
 (or, for Ping, to the vm's GuestService). StartService, StopServices and
-ListServices serve another host's orchestrator (``orchestrator.remote.Agent``).
+ListServices serve another host's orchestrator (``orchestrator.agent.Agent``).
 
 Up with an empty topology runs the one this server was given at start (read
 from a file on this host, trusted); topology text in the request is a
@@ -26,9 +26,9 @@ import grpc
 from virtwire import tls
 from virtwire.allowlist import RpcPolicy
 from virtwire.errors import BackendError, ConfigError, NotFoundError, PermissionDeniedError
-from virtwire.orchestrator import Orchestrator
-from virtwire.orchestrator.core import state_root
-from virtwire.orchestrator.remote import Agent
+from virtwire.orchestrator.agent import Agent
+from virtwire.orchestrator.core import Orchestrator, state_root
+from virtwire.orchestrator.health import check_health
 from virtwire.server.base import ServiceHost, abort_for
 from virtwire.topology import Topology, TopologyError, parse_topology
 from virtwire.v1 import (
@@ -146,8 +146,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetStatus(self, request: orchestrator_pb2.OrchestratorServiceGetStatusRequest,
                         context: grpc.aio.ServicerContext[Any, Any]
                         ) -> orchestrator_pb2.OrchestratorServiceGetStatusResponse:
-        from virtwire.orchestrator.core import check_health
-
         orch = self.orch
         resp = orchestrator_pb2.OrchestratorServiceGetStatusResponse(
             state=orch.state.value, name=orch.topology.name if orch.topology else "")

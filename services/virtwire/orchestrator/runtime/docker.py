@@ -1,10 +1,11 @@
-"""DockerBackend: one container per service, through the docker SDK.
+"""DockerRuntime: one container per service, through the docker SDK.
 
 Every service of the LAN runs in its own container of ``virtwire:<version>``
 (``make image``), named ``virtwire-LAN-SERVICE``, on one internal bridge
 network ``virtwire-LAN`` (no route out) with an explicit /24 in
 198.18.0.0/15: ``--subnet``, or the highest 198.19.N.0/24 no Docker network
-uses. Each service gets a fixed address, 198.19.N.(10 + its start index),
+uses (``subnet.py``). Each service gets a fixed address, 198.19.N.(10 + its
+start index),
 and listens on port 50051 there; peers dial that address, so a restarted
 container comes back where its dialers look for it. The host reaches the
 containers through the network's gateway, as the orchestrator must.
@@ -38,9 +39,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from virtwire import certs
-from virtwire.errors import BackendError, ConfigError
-from virtwire.orchestrator.backend import START_TIMEOUT_S
-from virtwire.render import (
+from virtwire.errors import BackendError
+from virtwire.orchestrator.health import check_health
+from virtwire.orchestrator.render import (
     IMAGE,
     IMAGE_USER,
     PORT,
@@ -52,20 +53,18 @@ from virtwire.render import (
     identity_files,
     shm_bytes,
 )
+from virtwire.orchestrator.runtime import START_TIMEOUT_S
+from virtwire.orchestrator.subnet import check_subnet, pick_subnet, service_ips
+from virtwire.topology import Service, Topology, VmNode
 
 if TYPE_CHECKING:
     import docker
 
     from virtwire.orchestrator.pki import LanPki
     from virtwire.orchestrator.spec import ServiceSpec
-    from virtwire.topology import Service, Topology
 
 logger = logging.getLogger(__name__)
 
-#: Where automatic subnets come from (the top of 198.18.0.0/15, downwards).
-AUTO_SUBNETS = ipaddress.IPv4Network("198.19.0.0/16")
-BENCHMARK_NET = ipaddress.IPv4Network("198.18.0.0/15")
-FIRST_HOST = 10
 LABEL_BACKEND = "virtwire.backend"
 LABEL_LAN = "virtwire.lan"
 LABEL_SERVICE = "virtwire.service"
@@ -95,30 +94,6 @@ def container_name(lan: str, service: str) -> str:
 
 def network_name(lan: str) -> str:
     return f"virtwire-{lan}"
-
-
-def pick_subnet(used: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-                ) -> ipaddress.IPv4Network:
-    """The highest /24 of AUTO_SUBNETS that overlaps none of ``used``."""
-    for subnet in reversed(list(AUTO_SUBNETS.subnets(new_prefix=24))):
-        if not any(u.version == 4 and subnet.overlaps(u) for u in used):
-            return subnet
-    raise BackendError(f"every /24 of {AUTO_SUBNETS} is taken by a Docker network; "
-                       "give one with --subnet")
-
-
-def check_subnet(text: str) -> ipaddress.IPv4Network:
-    """A --subnet: an IPv4 network inside 198.18.0.0/15, at least a /28."""
-    try:
-        net = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ConfigError(f"bad subnet {text!r}: {exc}") from None
-    if not (isinstance(net, ipaddress.IPv4Network) and net.subnet_of(BENCHMARK_NET)):
-        raise ConfigError(f"subnet {text} is not inside {BENCHMARK_NET} (the benchmarking "
-                          "range virtwire keeps its networks in)")
-    if net.prefixlen > 28:
-        raise ConfigError(f"subnet {text} is too small: at least a /28")
-    return net
 
 
 def remove_lan(lan: str) -> int:
@@ -157,7 +132,7 @@ def remove_lan(lan: str) -> int:
         client.close()
 
 
-class DockerBackend:
+class DockerRuntime:
     """Services of LAN ``topo.name`` as containers; see the module docstring."""
 
     kind = "docker"
@@ -187,7 +162,7 @@ class DockerBackend:
 
     def _command(self, name: str, spec: ServiceSpec) -> list[str]:
         tls_args = container_tls_args(name) if self.pki is not None else ["--insecure"]
-        return [*container_command(self._service(name), spec), *tls_args]
+        return [*container_command(spec), *tls_args]
 
     def _owner(self, name: str) -> tuple[int, int]:
         """The uid and gid service ``name``'s container runs as, with TLS on."""
@@ -230,8 +205,6 @@ class DockerBackend:
         return binds
 
     def _host_config(self, name: str) -> dict[str, Any]:
-        from virtwire.topology import VmNode
-
         svc = self._service(name)
         config: dict[str, Any] = {}
         caps = capabilities(self.topo, svc)
@@ -246,7 +219,7 @@ class DockerBackend:
                 config["ipc_mode"] = f"container:{guestmem}"
         return config
 
-    # -- Backend -------------------------------------------------------------------
+    # -- Runtime -------------------------------------------------------------------
     async def open(self) -> None:
         await asyncio.to_thread(self._open)
 
@@ -270,12 +243,7 @@ class DockerBackend:
             used = [ipaddress.ip_network(c["Subnet"]) for n in client.api.networks()
                     for c in ((n.get("IPAM") or {}).get("Config") or []) if "Subnet" in c]
             self.subnet = pick_subnet(used)
-        hosts = list(self.subnet.hosts())
-        if len(hosts) < FIRST_HOST + len(self.topo.services):
-            raise ConfigError(f"subnet {self.subnet} has too few addresses for "
-                              f"{len(self.topo.services)} services")
-        self._ips = {svc.name: str(hosts[FIRST_HOST - 1 + i])
-                     for i, svc in enumerate(self.topo.services)}
+        self._ips = service_ips(self.subnet, [svc.name for svc in self.topo.services])
         try:
             client.networks.create(
                 self.network, driver="bridge", internal=True, check_duplicate=True,
@@ -291,8 +259,6 @@ class DockerBackend:
         await self._removed(name)  # its old container, if being removed, has its name
         cid = await asyncio.to_thread(self._create, name, spec, listen)
         self.containers[name] = cid
-        from virtwire.orchestrator.core import check_health
-
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             state = await asyncio.to_thread(self._state, cid)

@@ -1,14 +1,8 @@
-"""Where an Orchestrator's services run: the Backend protocol and ProcessBackend.
+"""ProcessRuntime: a LAN's services as local child processes (``virtwire serve KIND``).
 
-A backend starts one virtwire service (``virtwire serve KIND ARGS``, from
-its typed ``spec.ServiceSpec``), says whether it still runs, and stops it.
-Three exist, one per module:
-
-- ``ProcessBackend`` (here): local child processes on loopback ports;
-- ``DockerBackend`` (``docker.py``): one container per service on an internal
-  network with a 198.18.0.0/15 subnet, through the docker SDK;
-- ``RemoteBackend`` (``remote.py``): another host's ``virtwire serve
-  orchestrator``, which runs the services with its own ProcessBackend.
+Each child runs in its own process group and dies with the orchestrator
+(PR_SET_PDEATHSIG); it is not reaped until it is stopped, so its pid and
+group number cannot be reused while they may still be signalled.
 """
 
 from __future__ import annotations
@@ -22,10 +16,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from virtwire.errors import BackendError
-from virtwire.launch import VIRTWIRE_CMD
+from virtwire.orchestrator.launch import VIRTWIRE_CMD, NotReady, wait_ready
+from virtwire.orchestrator.runtime import START_TIMEOUT_S
 from virtwire.orchestrator.statedir import private_dir
 
 if TYPE_CHECKING:
@@ -33,40 +28,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 20.0
 #: (service name, the host it listens on) -> the TLS flags it is started with.
 TlsArgs = Callable[[str, str], list[str]]
-#: The service kinds a backend runs (``serve orchestrator`` is not one of them).
-SERVICE_KINDS = ("hub", "tap", "guestmem", "e1000", "guest")
-
-
-class Backend(Protocol):
-    """Runs services for one LAN."""
-
-    #: "process", "docker" or "remote" (kept in the state file).
-    kind: str
-
-    def listen_address(self, name: str) -> str:
-        """The --listen address service ``name`` gets when first started."""
-
-    async def open(self) -> None:
-        """Prepare (a network, a connection); BackendError when impossible."""
-
-    async def start(self, name: str, spec: ServiceSpec, listen: str) -> tuple[str, int]:
-        """Start ``virtwire serve KIND --listen LISTEN ARGS`` (``spec``); (address, pid).
-
-        Returns once the service listens; BackendError (with its log) if it
-        exits or does not come up in time.
-        """
-
-    async def exited(self, name: str) -> str | None:
-        """None while service ``name`` runs; else why it does not (e.g. "exit 1")."""
-
-    async def stop(self, name: str, timeout: float = 5.0) -> None:
-        """Stop service ``name`` (SIGTERM, then SIGKILL); nothing if unknown."""
-
-    async def close(self) -> None:
-        """Stop what is left and release what ``open`` took."""
 
 
 #: Run before the service's own command: PR_SET_PDEATHSIG(SIGKILL), then exec.
@@ -109,7 +72,7 @@ def _exit_status(proc: subprocess.Popen[bytes]) -> int | None:
     return info.si_status
 
 
-class ProcessBackend:
+class ProcessRuntime:
     """Services as local child processes (``virtwire serve KIND``), logs in ``workdir``.
 
     ``host`` is the address services listen on (loopback unless the LAN spans hosts).
@@ -152,18 +115,14 @@ class ProcessBackend:
         proc = _spawn([*VIRTWIRE_CMD, "serve", kind, "--listen", listen, *args, *tls_args,
                        "--ready-file", str(ready)], log)
         self.procs[name] = proc
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (ready.exists() and ready.read_text().strip()):
-            code = _exit_status(proc)
-            if code is not None:
-                raise BackendError(f"{name}: virtwire serve {kind} exited with "
-                                   f"{code}:\n{log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
+        try:
+            address = await wait_ready(ready, lambda: _exit_status(proc), START_TIMEOUT_S)
+        except NotReady as exc:
+            if exc.status is None:
                 await self.stop(name, timeout=0)
-                raise BackendError(f"{name}: did not start in {START_TIMEOUT_S:.0f}s:\n"
-                                   + log.read_text()[-2000:])
-            await asyncio.sleep(0.02)
-        return ready.read_text().strip(), proc.pid
+            what = f"virtwire serve {kind} {exc}" if exc.status is not None else str(exc)
+            raise BackendError(f"{name}: {what}:\n{log.read_text()[-2000:]}") from None
+        return address, proc.pid
 
     async def exited(self, name: str) -> str | None:
         proc = self.procs.get(name)

@@ -1,19 +1,21 @@
 """Start virtwire services as child processes (`virtwire serve KIND ...`).
 
 Each child writes its bound gRPC address to a ready file once it serves, so
-callers can use port 0. Children are stopped with SIGTERM (graceful), then
+callers can use port 0; ``wait_ready`` (and ``wait_ready_blocking``) is the
+one poll of that file. Children are stopped with SIGTERM (graceful), then
 SIGKILL after a timeout; none is left behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from virtwire.errors import BackendError
@@ -21,6 +23,53 @@ from virtwire.errors import BackendError
 logger = logging.getLogger(__name__)
 
 VIRTWIRE_CMD = [sys.executable, "-m", "virtwire.cli"]
+READY_POLL_S = 0.02
+#: The child's exit status (Popen's convention), None while it runs.
+ExitStatus = Callable[[], int | None]
+
+
+class NotReady(BackendError):
+    """A child wrote no address to its ready file: it exited with ``status``,
+    or (``status`` None) it did not within the timeout."""
+
+    def __init__(self, status: int | None, timeout: float) -> None:
+        super().__init__(f"exited with {status}" if status is not None
+                         else f"did not start in {timeout:.0f}s")
+        self.status = status
+
+
+def _ready_address(ready: Path, exit_status: ExitStatus, deadline: float,
+                   timeout: float) -> str:
+    """The address in ``ready``; "" while the child runs and has written none yet."""
+    if ready.exists():
+        address = ready.read_text().strip()
+        if address:
+            return address
+    status = exit_status()
+    if status is not None:
+        raise NotReady(status, timeout)
+    if time.monotonic() > deadline:
+        raise NotReady(None, timeout)
+    return ""
+
+
+async def wait_ready(ready: Path, exit_status: ExitStatus, timeout: float) -> str:
+    """The address a starting child writes to ``ready``; NotReady if it exits
+    first or writes none within ``timeout`` seconds (it is left running)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        address = _ready_address(ready, exit_status, deadline, timeout)
+        if address:
+            return address
+        await asyncio.sleep(READY_POLL_S)
+
+
+def wait_ready_blocking(ready: Path, exit_status: ExitStatus, timeout: float) -> str:
+    """``wait_ready`` for callers without an event loop (it sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not (address := _ready_address(ready, exit_status, deadline, timeout)):
+        time.sleep(READY_POLL_S)
+    return address
 
 
 class ServiceProcess:
@@ -71,15 +120,11 @@ def start_service(kind: str, args: Sequence[str], workdir: Path,
             [*VIRTWIRE_CMD, "serve", kind, *args, "--ready-file", str(ready)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + timeout
-    while not (ready.exists() and ready.read_text().strip()):
-        if proc.poll() is not None:
-            raise BackendError(f"virtwire serve {kind} exited with {proc.returncode}:\n"
-                               + log.read_text())
-        if time.monotonic() > deadline:
+    try:
+        address = wait_ready_blocking(ready, proc.poll, timeout)
+    except NotReady as exc:
+        if exc.status is None:
             proc.kill()
             proc.wait()
-            raise BackendError(f"virtwire serve {kind} did not start in {timeout:.0f}s:\n"
-                               + log.read_text())
-        time.sleep(0.02)
-    return ServiceProcess(kind, proc, ready.read_text().strip(), log)
+        raise BackendError(f"virtwire serve {kind} {exc}:\n" + log.read_text()) from None
+    return ServiceProcess(kind, proc, address, log)

@@ -1,8 +1,8 @@
 """Render a topology as a compose file or Kubernetes manifests (``virtwire render``).
 
 Each virtwire service becomes one container running ``virtwire serve KIND ...``
-with the same arguments the orchestrator's process backend gives it
-(:meth:`Orchestrator.service_spec`), except that every service listens on
+with the arguments the orchestration plan gives it (``plan.plan``, as for
+the orchestrator's runtimes), except that every service listens on
 ``0.0.0.0:50051`` and reaches the others by their service DNS name
 (``NAME:50051``), and stream/dgram backends that listen on loopback in the
 topology listen on ``0.0.0.0`` inside their container (nothing is published).
@@ -49,9 +49,10 @@ import yaml
 
 from virtwire import __version__, certs, tls
 from virtwire.errors import BackendError, ConfigError
-from virtwire.orchestrator.core import Orchestrator, ServiceRecord
 from virtwire.orchestrator.pki import LanPki
+from virtwire.orchestrator.plan import plan
 from virtwire.orchestrator.spec import GuestServiceSpec, ServiceSpec, TapServiceSpec
+from virtwire.orchestrator.subnet import check_subnet
 from virtwire.topology import Service, TapNode, Topology, VmNode
 
 PORT = 50051
@@ -112,9 +113,9 @@ def container_spec(spec: ServiceSpec) -> ServiceSpec:
     return spec
 
 
-def container_command(svc: Service, spec: ServiceSpec) -> list[str]:
-    """``serve KIND --listen 0.0.0.0:50051 ARGS`` for ``svc`` in its own container."""
-    return ["serve", svc.kind, "--listen", LISTEN, *container_spec(spec).argv()]
+def container_command(spec: ServiceSpec) -> list[str]:
+    """``serve KIND --listen 0.0.0.0:50051 ARGS`` for a service in its own container."""
+    return ["serve", spec.kind, "--listen", LISTEN, *container_spec(spec).argv()]
 
 
 def identity_files(name: str) -> tuple[str, str, str]:
@@ -141,14 +142,10 @@ def service_commands(topo: Topology, directory: str = SECRETS_DIR) -> dict[str, 
     With the topology's ``tls:`` each gets its identity's files in ``directory``,
     else ``--insecure``.
     """
-    orch = Orchestrator(state_dir=Path("/nonexistent/virtwire-render"))
-    orch.services = {s.name: ServiceRecord(name=s.name, kind=s.kind, node=s.node,
-                                           address=address_of(s.name))
-                     for s in topo.services}
-    return {svc.name: [*container_command(svc, orch.service_spec(topo, svc.name)),
-                       *(container_tls_args(svc.name, directory) if topo.tls_dir
-                         else ["--insecure"])]
-            for svc in topo.services}
+    specs = plan(topo, {svc.name: address_of(svc.name) for svc in topo.services})
+    return {name: [*container_command(spec),
+                   *(container_tls_args(name, directory) if topo.tls_dir else ["--insecure"])]
+            for name, spec in specs.items()}
 
 
 def needs_net_admin(topo: Topology, svc: Service) -> bool:
@@ -474,8 +471,6 @@ def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = 
         raise ConfigError("--subnet is for the compose format only")
     net = SUBNET
     if subnet:
-        from virtwire.orchestrator.docker import check_subnet
-
         net = str(check_subnet(subnet))
     identities = None
     if topo.tls_dir is None:

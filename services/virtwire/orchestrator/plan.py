@@ -1,0 +1,93 @@
+"""The orchestration plan: what each service of a topology is started with.
+
+A pure function of a resolved ``Topology`` and the services' gRPC addresses
+(no I/O, no processes): ``service_spec`` for one service, ``plan`` for all of
+them in start order. The Orchestrator calls it as the services come up (each
+needs only the addresses of those started before it) and hands the specs to
+its runtimes (process, docker, remote); ``render`` calls it with every
+service's address inside the deployment (``NAME:50051``).
+
+Links: the dialer of a link is given its listener's address and NetClient,
+``ADDRESS/NETCLIENT``. A link end on a hub without a port name gets a port
+created with the hub, named as the hub names an unnamed port
+(``net.hub.hub_port_name``), so a restarted dialer redials the same port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from virtwire.net.hub import hub_port_name
+from virtwire.orchestrator import spec
+from virtwire.topology import HubNode, Link, TapNode, Topology, VmNode
+
+__all__ = ["auto_ports", "plan", "service_spec"]
+
+#: Addresses by service name.
+Addresses = Mapping[str, str]
+
+
+def auto_ports(topo: Topology, hub: str) -> dict[int, str]:
+    """The ports hub node ``hub`` creates for its unnamed link ends (link index -> name).
+
+    The hub numbers every port it creates, named or not, in creation order:
+    its named ports, the ports that dial, then these.
+    """
+    node = topo.node(hub)
+    assert isinstance(node, HubNode)
+    hub_id = spec.HubServiceSpec().hub_id
+    count = len(node.ports) + sum(1 for link in topo.links if link.dialer.service == hub)
+    auto: dict[int, str] = {}
+    for link in topo.links:
+        if link.listener.service == hub and not link.listener.netclient:
+            auto[link.index] = hub_port_name(hub_id, count)
+            count += 1
+    return auto
+
+
+def peer(topo: Topology, link: Link, addresses: Addresses) -> str:
+    """What the dialer of ``link`` dials: ``LISTENER_ADDRESS/NETCLIENT``."""
+    netclient = link.listener.netclient
+    if not netclient:
+        netclient = auto_ports(topo, link.listener.node)[link.index]
+    return f"{addresses[link.listener.service]}/{netclient}"
+
+
+def service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.ServiceSpec:
+    """What service ``name`` is started with; ``addresses`` has those it needs
+    (the listeners it dials, its VM's guestmem and e1000)."""
+    svc = next(s for s in topo.services if s.name == name)
+    node = topo.node(svc.node)
+    dials = [link for link in topo.links if link.dialer.service == name]
+    peers = [peer(topo, link, addresses) for link in dials]
+    if isinstance(node, HubNode):
+        # In the hub's creation order: named ports, ports that dial, link ends.
+        ports = [spec.HubPortSpec(port) for port in node.ports]
+        ports += [spec.HubPortSpec(link.dialer.netclient or f"to-{link.listener.node}", dialed)
+                  for link, dialed in zip(dials, peers, strict=True)]
+        ports += [spec.HubPortSpec(port) for port in auto_ports(topo, name).values()]
+        return spec.HubServiceSpec(ports=tuple(ports))
+    if isinstance(node, TapNode):
+        return spec.TapServiceSpec(backend=node.backend,
+                                   options={**node.options, "id": node.name},
+                                   peer=peers[0] if peers else "")
+    assert isinstance(node, VmNode)
+    if svc.kind == "guestmem":
+        return spec.GuestMemServiceSpec(size=node.memory)
+    guestmem = addresses[node.service("guestmem")]
+    if svc.kind == "e1000":
+        return spec.E1000ServiceSpec(guestmem=guestmem, mac=node.mac, model=node.model,
+                                     compat=node.compat, name=node.name,
+                                     peer=peers[0] if peers else "")
+    bridge = node.bridge
+    return spec.GuestServiceSpec(
+        e1000=addresses[node.service("e1000")], guestmem=guestmem,
+        ip=str(node.ip) if node.ip is not None else "",
+        bridge_tap=bridge.ifname if bridge else "",
+        netns=(bridge.netns or "") if bridge else "",
+        bridge_ip=str(bridge.ip) if bridge and bridge.ip is not None else "")
+
+
+def plan(topo: Topology, addresses: Addresses) -> dict[str, spec.ServiceSpec]:
+    """Every service's spec, in start order, with every address known."""
+    return {svc.name: service_spec(topo, svc.name, addresses) for svc in topo.services}
