@@ -17,8 +17,9 @@ from typing import Protocol
 import grpc
 
 from virtwire import tls
-from virtwire.errors import BackendError
+from virtwire.errors import BackendError, VirtwireError
 from virtwire.rpc.options import GRPC_EOF, GRPC_OPTIONS
+from virtwire.rpc.status import translated
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -201,8 +202,9 @@ class GrpcMmio:
 
     async def set_pci_command(self, *, bus_master: bool, memory: bool = True) -> None:
         await self.sync()
-        await self._stub.SetPciCommand(e1000_pb2.SetPciCommandRequest(
-            bus_master=bus_master, memory=memory))
+        with translated(f"e1000 service {self.address}"):
+            await self._stub.SetPciCommand(e1000_pb2.SetPciCommandRequest(
+                bus_master=bus_master, memory=memory))
 
     def _check(self) -> None:
         if self.error is not None:
@@ -213,22 +215,25 @@ class GrpcMmio:
         assert self._call is not None
         try:
             while True:
-                msg = await self._call.read()
+                with translated():
+                    msg = await self._call.read()
                 if msg is GRPC_EOF:
                     raise BackendError("the e1000 service closed the MMIO stream")
                 assert isinstance(msg, e1000_pb2.MmioResponse)
                 waiter = self._waiting.pop(msg.tag, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(list(msg.values))
-        except (grpc.aio.AioRpcError, BackendError) as exc:
+        except VirtwireError as exc:
             self._fail(exc)
 
     async def _write_requests(self) -> None:
         assert self._call is not None
         try:
             while True:
-                await self._call.write(await self._outbox.get())
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                request = await self._outbox.get()
+                with translated():
+                    await self._call.write(request)
+        except (VirtwireError, asyncio.InvalidStateError) as exc:
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
@@ -243,7 +248,7 @@ class GrpcMmio:
 
     async def _watch_irq(self, call: grpc.aio.UnaryStreamCall[
             e1000_pb2.WatchIrqRequest, e1000_pb2.WatchIrqResponse]) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):
+        with contextlib.suppress(VirtwireError), translated():
             async for change in call:
                 self.irq.set(change.level)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
+from virtwire.errors import ConfigError
 from virtwire.guest.driver import inet_checksum
 
 logger = logging.getLogger(__name__)
@@ -56,30 +57,30 @@ TTL = 64
 Transmit = Callable[[list[bytes]], object]
 
 
-class MalformedFrame(ValueError):
+class MalformedFrame(ConfigError):
     """A frame that fails validation (internal: counted, never escapes handle)."""
 
 
 def parse_interface(text: str, what: str = "ip") -> IPv4Interface:
-    """'198.18.0.1/24' -> IPv4Interface; ValueError saying why otherwise.
+    """'198.18.0.1/24' -> IPv4Interface; ConfigError saying why otherwise.
 
     The prefix is required; the address must be a usable unicast host address
     of its subnet (not the network or broadcast address, not loopback,
     multicast or unspecified).
     """
     if "/" not in text:
-        raise ValueError(f"{what} {text!r} needs a prefix length, e.g. 198.18.0.1/24")
+        raise ConfigError(f"{what} {text!r} needs a prefix length, e.g. 198.18.0.1/24")
     try:
         iface = IPv4Interface(text.strip())
     except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as exc:
-        raise ValueError(f"bad {what} {text!r}: {exc}") from None
+        raise ConfigError(f"bad {what} {text!r}: {exc}") from None
     addr = iface.ip
     if addr.is_multicast or addr.is_unspecified or addr.is_loopback or \
             addr == IPv4Address("255.255.255.255"):
-        raise ValueError(f"{what} {text!r} is not a unicast host address")
+        raise ConfigError(f"{what} {text!r} is not a unicast host address")
     net = iface.network
     if net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):
-        raise ValueError(f"{what} {text!r} is the network or broadcast address of {net}")
+        raise ConfigError(f"{what} {text!r} is the network or broadcast address of {net}")
     return iface
 
 
@@ -264,7 +265,7 @@ class Responder:
     def __init__(self, mac: bytes, iface: IPv4Interface, transmit: Transmit, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if len(mac) != 6 or mac[0] & 1:
-            raise ValueError("the responder needs a unicast MAC address")
+            raise ConfigError("the responder needs a unicast MAC address")
         self.mac = mac
         self.iface = iface
         self.ip = iface.ip
@@ -360,20 +361,20 @@ class Responder:
 
     # -- ping ----------------------------------------------------------------------------------
     def check_target(self, address: str | IPv4Address) -> IPv4Address:
-        """The address to ping; ValueError unless a host on our subnet."""
+        """The address to ping; ConfigError unless a host on our subnet."""
         try:
             ip = IPv4Address(address.strip() if isinstance(address, str) else address)
         except (ipaddress.AddressValueError, ValueError):
-            raise ValueError(f"bad IPv4 address {address!r}") from None
+            raise ConfigError(f"bad IPv4 address {address!r}") from None
         net = self.iface.network
         if ip.is_multicast or ip.is_unspecified or ip == IPv4Address("255.255.255.255"):
-            raise ValueError(f"{ip} is not a unicast address")
+            raise ConfigError(f"{ip} is not a unicast address")
         if ip not in net:
-            raise ValueError(f"{ip} is not on the guest's subnet {net} (the guest has no routes)")
+            raise ConfigError(f"{ip} is not on the guest's subnet {net} (the guest has no routes)")
         if net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
-            raise ValueError(f"{ip} is the network or broadcast address of {net}")
+            raise ConfigError(f"{ip} is the network or broadcast address of {net}")
         if ip == self.ip:
-            raise ValueError(f"{ip} is the guest's own address")
+            raise ConfigError(f"{ip} is the guest's own address")
         return ip
 
     async def resolve(self, ip: IPv4Address, timeout: float) -> bytes | None:
@@ -406,13 +407,13 @@ class Responder:
         """ICMP echo ``count`` times; every request waits up to ``timeout`` for its reply."""
         ip = self.check_target(address)
         if not 1 <= count <= MAX_PING_COUNT:
-            raise ValueError(f"count {count}: 1 to {MAX_PING_COUNT}")
+            raise ConfigError(f"count {count}: 1 to {MAX_PING_COUNT}")
         if not 0 <= size <= MAX_PING_SIZE:
-            raise ValueError(f"size {size}: 0 to {MAX_PING_SIZE} bytes")
+            raise ConfigError(f"size {size}: 0 to {MAX_PING_SIZE} bytes")
         if not 0 < timeout <= MAX_PING_TIMEOUT_MS / 1000:
-            raise ValueError(f"timeout {timeout}s: up to {MAX_PING_TIMEOUT_MS / 1000:g}s")
+            raise ConfigError(f"timeout {timeout}s: up to {MAX_PING_TIMEOUT_MS / 1000:g}s")
         if not 0.001 <= interval <= MAX_PING_INTERVAL_MS / 1000:
-            raise ValueError(f"interval {interval}s: 1 ms to {MAX_PING_INTERVAL_MS / 1000:g}s")
+            raise ConfigError(f"interval {interval}s: 1 ms to {MAX_PING_INTERVAL_MS / 1000:g}s")
         result = PingResult(ip)
         ident = secrets.randbelow(0x10000)
         while ident in self._idents:

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from virtwire.errors import ConfigError
 from virtwire.hw.dma import DmaError, DmaMemory
 from virtwire.hw.e1000_regs import (
     AIT,
@@ -324,8 +325,9 @@ DEVIATIONS: tuple[str, ...] = (
 )
 
 
-class _DmaAbort(Exception):
-    """Internal: a DMA access failed and the ring must stop (policy 'stop')."""
+class _DmaAbort(DmaError):
+    """Internal: a DMA access failed and the ring must stop (policy 'stop'); never
+    escapes the device."""
 
 
 #: Status byte of a written-back null RX descriptor: status | DD (| VP).
@@ -561,13 +563,13 @@ class E1000(NetClient):
         super().__init__(name)
         info = MODELS.get(model) or _MODEL_ALIASES.get(model)
         if info is None:
-            raise ValueError(f"unknown e1000 model {model!r}: use one of {sorted(MODELS)}")
+            raise ConfigError(f"unknown e1000 model {model!r}: use one of {sorted(MODELS)}")
         if len(mac) != 6:
-            raise ValueError("a MAC address has 6 bytes")
+            raise ConfigError("a MAC address has 6 bytes")
         if dma_error_policy not in ("stop", "zero"):
-            raise ValueError("dma_error_policy is 'stop' or 'zero'")
+            raise ConfigError("dma_error_policy is 'stop' or 'zero'")
         if compat not in COMPAT_VERSIONS:
-            raise ValueError(f"compat is one of {COMPAT_VERSIONS}")
+            raise ConfigError(f"compat is one of {COMPAT_VERSIONS}")
         #: The QEMU version whose e1000 this reproduces.
         self.compat: QemuCompat = compat
         self._qemu72 = compat == "7.2"

@@ -18,7 +18,8 @@ Accesses are checked against the RAM size locally first: an out-of-range
 ``dma_write`` raises at once (not at flush), on either path. Every failure is
 a ``DmaError``: ``GuestMemRangeError`` for out-of-range, ``GuestMemError``
 when the service refuses or cannot be reached (buffered writes of a failed
-flush are dropped, like a failed bus transaction).
+flush are dropped, like a failed bus transaction), ``GuestMemClosedError``
+once the client is closed.
 
 The async ``read``/``write``/``batch`` are for asyncio callers (a guest
 driver); they take the same path. A ``Batch`` is all-or-nothing within the
@@ -29,6 +30,7 @@ Not thread-safe: one client per device (or per thread).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,13 +40,14 @@ import grpc
 
 from virtwire import tls
 from virtwire.address import parse_sockaddr
-from virtwire.errors import VirtwireError
+from virtwire.errors import OutOfRangeError, VirtwireError
 from virtwire.mem.guestmem import (
     COUNTER_NAMES,
     MAX_BATCH_BYTES,
     MAX_BATCH_OPS,
     MAX_OP_BYTES,
     BytesLike,
+    GuestMemClosedError,
     GuestMemError,
     GuestMemory,
     GuestMemRangeError,
@@ -53,6 +56,7 @@ from virtwire.mem.guestmem import (
     format_size,
 )
 from virtwire.rpc.options import GRPC_OPTIONS
+from virtwire.rpc.status import call_status, error_from_rpc
 from virtwire.v1 import guestmem_pb2, guestmem_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -103,12 +107,21 @@ def choose_path(info: guestmem_pb2.GuestMemServiceDescribeResponse, prefer_shm: 
 
 
 def _rpc_error(address: str, exc: grpc.RpcError) -> GuestMemError:
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    if code == grpc.StatusCode.OUT_OF_RANGE:
+    """A failed call as the DmaError a device handles: GuestMemRangeError where
+    ``error_from_rpc`` says OutOfRangeError, GuestMemError otherwise."""
+    code, details = call_status(exc)
+    if isinstance(error_from_rpc(exc), OutOfRangeError):
         return GuestMemRangeError(f"guestmem {address}: {details}")
-    name = code.name if code is not None else "error"
-    return GuestMemError(f"guestmem {address}: {name}: {details}")
+    return GuestMemError(f"guestmem {address}: {code.name}: {details}")
+
+
+@contextlib.contextmanager
+def _dma_errors(address: str) -> Iterator[None]:
+    """Raise ``_rpc_error`` for a call that fails inside the block."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise _rpc_error(address, exc) from exc
 
 
 class GuestMemClient:
@@ -153,10 +166,11 @@ class GuestMemClient:
             stub: Any = guestmem_pb2_grpc.GuestMemServiceStub(channel)
             info = await stub.Describe(guestmem_pb2.GuestMemServiceDescribeRequest(),
                                        timeout=timeout, wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
+        except grpc.RpcError as exc:
             await channel.close(None)
+            code, details = call_status(exc)
             raise GuestMemError(f"cannot reach guestmem at {address}: "
-                                f"{exc.code().name}: {exc.details()}") from exc
+                                f"{code.name}: {details}") from exc
         except BaseException:
             await channel.close(None)
             raise
@@ -183,12 +197,10 @@ class GuestMemClient:
             return mem.read(addr, size)
         self._check(addr, size)
         if not self._pending and size <= self.max_op_bytes:
-            try:
-                resp = self._sync().Read(
-                    guestmem_pb2.GuestMemServiceReadRequest(addr=addr, size=size),
-                    timeout=self.rpc_timeout)
-            except grpc.RpcError as exc:
-                raise _rpc_error(self.address, exc) from exc
+            stub = self._sync()
+            with _dma_errors(self.address):
+                resp = stub.Read(guestmem_pb2.GuestMemServiceReadRequest(addr=addr, size=size),
+                                 timeout=self.rpc_timeout)
             self.counters.count_read(size, "rpc")
             data: bytes = resp.data
             return data
@@ -277,11 +289,9 @@ class GuestMemClient:
 
     async def server_stats(self) -> MemCounters:
         """The service's own counters (RPC traffic it served)."""
-        try:
+        with _dma_errors(self.address):
             resp = await self._stub.Stats(guestmem_pb2.GuestMemServiceStatsRequest(),
                                           timeout=self.rpc_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _rpc_error(self.address, exc) from exc
         c = resp.counters
         return MemCounters(**{name: getattr(c, name) for name in COUNTER_NAMES})
 
@@ -319,7 +329,7 @@ class GuestMemClient:
 
     def _sync(self) -> Any:
         if self.closed:
-            raise GuestMemError(f"guestmem client for {self.address} is closed")
+            raise GuestMemClosedError(f"guestmem client for {self.address} is closed")
         if self._sync_stub is None:
             self._sync_channel = tls.sync_channel(self._target, options=GRPC_OPTIONS)
             self._sync_stub = guestmem_pb2_grpc.GuestMemServiceStub(self._sync_channel)
@@ -327,7 +337,7 @@ class GuestMemClient:
 
     def _buffer(self, addr: int, data: bytes) -> None:
         if self.closed:
-            raise GuestMemError(f"guestmem client for {self.address} is closed")
+            raise GuestMemClosedError(f"guestmem client for {self.address} is closed")
         size = len(data)
         self._check(addr, size)
         if not size:
@@ -394,23 +404,19 @@ class GuestMemClient:
         stub = self._sync()
         out: list[bytes] = []
         for chunk in self._batches(wire):
-            try:
+            with _dma_errors(self.address):
                 resp = stub.Batch(self._request(chunk), timeout=self.rpc_timeout)
-            except grpc.RpcError as exc:
-                raise _rpc_error(self.address, exc) from exc
             self._count(chunk)
             out.extend(r.data for r in resp.results)
         return out
 
     async def _run_async(self, wire: list[_Wire]) -> list[bytes]:
         if self.closed:
-            raise GuestMemError(f"guestmem client for {self.address} is closed")
+            raise GuestMemClosedError(f"guestmem client for {self.address} is closed")
         out: list[bytes] = []
         for chunk in self._batches(wire):
-            try:
+            with _dma_errors(self.address):
                 resp = await self._stub.Batch(self._request(chunk), timeout=self.rpc_timeout)
-            except grpc.aio.AioRpcError as exc:
-                raise _rpc_error(self.address, exc) from exc
             self._count(chunk)
             out.extend(r.data for r in resp.results)
         return out

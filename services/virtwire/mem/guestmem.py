@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
-from virtwire.errors import BackendError, ConfigError
+from virtwire.errors import BackendError, ConfigError, OutOfRangeError, UnavailableError
 from virtwire.hw.dma import DmaError
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -62,8 +62,12 @@ class GuestMemError(DmaError):
     """Guest memory is unusable (closed, unreachable, refused the request)."""
 
 
-class GuestMemRangeError(GuestMemError):
+class GuestMemRangeError(GuestMemError, OutOfRangeError):
     """An access outside guest memory; nothing was read or written."""
+
+
+class GuestMemClosedError(GuestMemError, UnavailableError):
+    """The memory (or the client) is closed: its server is stopping or stopped."""
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -354,7 +358,7 @@ class GuestMemory:
             self.check(addr, size)
         mm = self._mm
         if mm is None:
-            raise GuestMemError(f"guest memory {self.path} is closed")
+            raise GuestMemClosedError(f"guest memory {self.path} is closed")
         data = mm[addr:addr + size]
         self.counters.count_read(size, via)
         return data
@@ -368,7 +372,7 @@ class GuestMemory:
             self.check(addr, size)
         mm = self._mm
         if mm is None:
-            raise GuestMemError(f"guest memory {self.path} is closed")
+            raise GuestMemClosedError(f"guest memory {self.path} is closed")
         mm[addr:addr + size] = data
         self.counters.count_write(size, via)
 

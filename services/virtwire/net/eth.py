@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from virtwire.address import shorten
+from virtwire.errors import ConfigError
 
 #: QEMU's NET_BUFSIZE (4096 + 65536): the largest frame the data path carries.
 NET_BUFSIZE = 4096 + 65536
@@ -17,7 +18,7 @@ ETH_P_8021Q = 0x8100
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
-class FrameError(ValueError):
+class FrameError(ConfigError):
     """A frame or an address that the data path cannot carry."""
 
 

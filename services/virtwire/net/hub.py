@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 
 from virtwire.address import shorten
+from virtwire.errors import ConfigError
 from virtwire.net.net import NetClient
 
 logger = logging.getLogger(__name__)
 
 
-class HubError(ValueError):
+class HubError(ConfigError):
     """A port name that is taken or unknown."""
 
 

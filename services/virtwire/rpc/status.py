@@ -6,6 +6,8 @@
 - Clients: ``error_from_rpc`` (or the ``translated`` context manager) turns a
   ``grpc.RpcError`` back into the domain error of ``ERROR_OF``, so callers
   catch domain errors only and the CLI picks its exit code from the type.
+- Servers that forward a call (the orchestrator): ``forwarded`` passes the
+  callee's failure on with its own status and details.
 
 Exceptions that are not VirtwireErrors are bugs: gRPC answers UNKNOWN and logs
 the traceback.
@@ -74,7 +76,12 @@ T = TypeVar("T")
 
 
 def status_for(exc: VirtwireError) -> grpc.StatusCode:
-    """The status code ``STATUS_OF`` gives ``exc``'s type."""
+    """The status code ``STATUS_OF`` gives ``exc``'s type; an error translated from
+    a call (``error_from_rpc``, ``forwarded``) keeps the status it came with, so a
+    server passing a callee's failure on answers as the callee did."""
+    received = getattr(exc, "status", None)
+    if isinstance(received, grpc.StatusCode):
+        return received
     for cls in type(exc).__mro__:
         code = STATUS_OF.get(cls)
         if code is not None:
@@ -88,23 +95,36 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: VirtwireEr
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
-def error_from_rpc(exc: grpc.RpcError, where: str = "") -> VirtwireError:
-    """The domain error for a failed call; ``where`` names the peer in the message."""
-    if isinstance(exc, grpc.Call):
-        code, details = exc.code(), exc.details() or ""
-    else:
-        code, details = grpc.StatusCode.UNKNOWN, str(exc)
-    if code == grpc.StatusCode.UNAVAILABLE and where:
-        message = f"cannot reach {where}: {details}"
-    elif where:
-        message = f"{where}: {details}"
-    else:
-        message = details
-    if ERROR_OF.get(code) is None:
-        message = f"{message} ({code.name})"
+def call_status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """The status code and details of a failed call (UNKNOWN for a bare RpcError)."""
+    if isinstance(exc, (grpc.Call, grpc.aio.AioRpcError)):
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.UNKNOWN, str(exc)
+
+
+def _received(code: grpc.StatusCode, message: str) -> VirtwireError:
     error = ERROR_OF.get(code, RemoteError)(message)
     error.status = code  # type: ignore[attr-defined]
     return error
+
+
+def error_from_rpc(exc: grpc.RpcError, where: str = "") -> VirtwireError:
+    """The domain error for a failed call, its ``status`` the code received.
+
+    With ``where`` (the peer, for a message a user reads): "cannot reach WHERE:
+    DETAILS" for UNAVAILABLE, "WHERE: CODE: DETAILS" otherwise. Without: the
+    details, followed by " (CODE)" for a code ``ERROR_OF`` has no type for.
+    """
+    code, details = call_status(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and where:
+        message = f"cannot reach {where}: {details}"
+    elif where:
+        message = f"{where}: {code.name}: {details}"
+    elif code in ERROR_OF:
+        message = details
+    else:
+        message = f"{details} ({code.name})"
+    return _received(code, message)
 
 
 @contextlib.contextmanager
@@ -115,6 +135,17 @@ def translated(where: str = "") -> Iterator[None]:
         yield
     except grpc.RpcError as exc:
         raise error_from_rpc(exc, where) from exc
+
+
+@contextlib.contextmanager
+def forwarded() -> Iterator[None]:
+    """For a handler that forwards a call: a failure inside the block becomes the
+    domain error of ``ERROR_OF`` with the callee's details as its message, and the
+    interceptor answers with the callee's status."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise _received(*call_status(exc)) from exc
 
 
 def translate_errors(where: str = "") -> Callable[[Callable[P, Awaitable[T]]],

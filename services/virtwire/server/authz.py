@@ -15,13 +15,14 @@ closed until it is classified. Health checks and reflection are open to any
 authenticated client (grpcurl ``list``/``describe`` and health probes need no
 role). Without TLS nothing is checked: plaintext is loopback-only (or
 ``--insecure``), which is the same trust as QEMU's QMP socket.
-Refusals are PERMISSION_DENIED and are counted per method (``denied``).
+Refusals are PermissionDeniedErrors (PERMISSION_DENIED) and are counted per
+method (``denied``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,8 @@ from typing import Any
 import grpc
 
 from virtwire import certs
+from virtwire.errors import PermissionDeniedError
+from virtwire.rpc.status import wrap_method_handler
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +111,10 @@ def peer_role(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses an RPC with PERMISSION_DENIED unless the caller's role may make it."""
+    """Refuses an RPC with PermissionDeniedError unless the caller's role may make it.
+
+    Installed inside ``rpc.status.ErrorInterceptor``, which answers the refusal.
+    """
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -123,65 +129,22 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         if handler is None:
             return handler
         method = handler_call_details.method
-        access = access_of(method)
-        if access is Access.OPEN:
+        if access_of(method) is Access.OPEN:
             return handler
-        return self._guard(handler, method, access)
+        return wrap_method_handler(handler, method, self._authorized)
 
-    async def _check(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
-                     access: Access) -> None:
+    @contextlib.asynccontextmanager
+    async def _authorized(self, context: grpc.aio.ServicerContext[Any, Any],
+                          method: str) -> AsyncIterator[None]:
         role = peer_role(context)
-        if access in _ROLE_ACCESS.get(role, _ROLE_ACCESS[""]):
-            return
-        self.denied[method] += 1
-        who = f"role {role!r}" if role else "a certificate without a virtwire role"
-        logger.warning("%s: denied %s to %s (%s)", self.service, method, context.peer(), who)
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"{method.rsplit('/', 1)[-1]} needs the {_needs(access)} role; "
-                            f"this client has {who}")
-
-    def _guard(self, handler: grpc.RpcMethodHandler[Any, Any], method: str,
-               access: Access) -> grpc.RpcMethodHandler[Any, Any]:
-        check = self._check
-        kwargs = {"request_deserializer": handler.request_deserializer,
-                  "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: Any) -> Any:
-                await check(context, method, access)
-                return await inner_uu(request, context)
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(request_iterator: Any, context: Any) -> Any:
-                await check(context, method, access)
-                return await inner_su(request_iterator, context)
-            return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, check, method, access), **kwargs)
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream, check, method, access), **kwargs)
-
-
-def _streaming(inner: Callable[..., Any],
-               check: Callable[[Any, str, Access], Awaitable[None]],
-               method: str, access: Access) -> Callable[..., Any]:
-    """Wrap a streaming handler, keeping its form (async generator or coroutine)."""
-    if inspect.isasyncgenfunction(inner):
-        async def generator(request: Any, context: Any) -> AsyncIterator[Any]:
-            await check(context, method, access)
-            async for item in inner(request, context):
-                yield item
-        return generator
-
-    async def coroutine(request: Any, context: Any) -> Any:
-        await check(context, method, access)
-        return await inner(request, context)
-    return coroutine
+        if not allowed(role, method):
+            self.denied[method] += 1
+            who = f"role {role!r}" if role else "a certificate without a virtwire role"
+            logger.warning("%s: denied %s to %s (%s)", self.service, method, context.peer(),
+                           who)
+            raise PermissionDeniedError(f"{method.rsplit('/', 1)[-1]} needs the "
+                                        f"{_needs(access_of(method))} role; this client has {who}")
+        yield
 
 
 def _needs(access: Access) -> str:

@@ -20,17 +20,9 @@ from grpc_reflection.v1alpha import reflection
 
 from virtwire import tls
 from virtwire.address import SockAddr, parse_sockaddr
-from virtwire.errors import (
-    BackendError,
-    ConfigError,
-    ConflictError,
-    LimitError,
-    NotFoundError,
-    PermissionDeniedError,
-    VirtwireError,
-)
+from virtwire.errors import ConfigError
 from virtwire.net.capture import CaptureFilter, CaptureSubscription
-from virtwire.net.eth import FrameError, check_frame, parse_mac
+from virtwire.net.eth import check_frame, parse_mac
 from virtwire.net.net import NetClient
 from virtwire.net.queue import Defer, install_deferral, remove_deferral
 from virtwire.rpc.options import GRPC_OPTIONS
@@ -54,23 +46,6 @@ class ServerState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-async def abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
-    """Map a domain exception to a gRPC status with its message."""
-    if isinstance(exc, NotFoundError):
-        code = grpc.StatusCode.NOT_FOUND
-    elif isinstance(exc, PermissionDeniedError):
-        code = grpc.StatusCode.PERMISSION_DENIED
-    elif isinstance(exc, (ConflictError, BackendError)):
-        # A taken name, a busy TAP, a port in use: the request is fine, the
-        # state of the host is not.
-        code = grpc.StatusCode.FAILED_PRECONDITION
-    elif isinstance(exc, (ConfigError, FrameError, ValueError)):
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    else:
-        code = grpc.StatusCode.INTERNAL
-    await context.abort(code, str(exc))
 
 
 class _Injector(NetClient):
@@ -119,24 +94,16 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
     async def GetNetClient(self, request: netclient_pb2.GetNetClientRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> netclient_pb2.GetNetClientResponse:
-        try:
-            nc = self.registry.get(request.name)
-        except NotFoundError as exc:
-            await abort_for(context, exc)
-            raise
+        nc = self.registry.get(request.name)
         return netclient_pb2.GetNetClientResponse(netclient=self.registry.info(nc))
 
     async def Inject(self, request: netclient_pb2.InjectRequest,
                      context: grpc.aio.ServicerContext[Any, Any]
                      ) -> netclient_pb2.InjectResponse:
-        try:
-            nc = self.registry.get(request.name)
-            check_frame(request.frame)
-            if request.repeat > MAX_INJECT_REPEAT:
-                raise ConfigError(f"repeat {request.repeat} exceeds {MAX_INJECT_REPEAT}")
-        except (NotFoundError, FrameError, ConfigError) as exc:
-            await abort_for(context, exc)
-            raise
+        nc = self.registry.get(request.name)
+        check_frame(request.frame)
+        if request.repeat > MAX_INJECT_REPEAT:
+            raise ConfigError(f"repeat {request.repeat} exceeds {MAX_INJECT_REPEAT}")
         accepted = dropped = 0
         left = request.repeat or 1
         # In slices, so a large repeat does not hold the event loop.
@@ -153,14 +120,10 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
     async def Capture(self, request: netclient_pb2.CaptureRequest,
                       context: grpc.aio.ServicerContext[Any, Any]
                       ) -> AsyncIterator[netclient_pb2.CaptureResponse]:
-        try:
-            nc = self.registry.get(request.name)
-            flt = parse_capture_filter(request.filter)
-            sub = CaptureSubscription(nc, flt, max_subscribers=self.registry.max_captures)
-            sub.start()  # LimitError at the cap
-        except (NotFoundError, FrameError, ConfigError, LimitError) as exc:
-            await abort_for(context, exc)
-            raise
+        nc = self.registry.get(request.name)
+        flt = parse_capture_filter(request.filter)
+        sub = CaptureSubscription(nc, flt, max_subscribers=self.registry.max_captures)
+        sub.start()  # LimitError at the cap
         sent = 0
         try:
             while not request.count or sent < request.count:
@@ -180,11 +143,7 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
     async def SetLink(self, request: netclient_pb2.SetLinkRequest,
                       context: grpc.aio.ServicerContext[Any, Any]
                       ) -> netclient_pb2.SetLinkResponse:
-        try:
-            nc = self.registry.get(request.name)
-        except NotFoundError as exc:
-            await abort_for(context, exc)
-            raise
+        nc = self.registry.get(request.name)
         nc.set_link(request.up)
         logger.info("set_link %s %s", nc.name, "up" if request.up else "down")
         return netclient_pb2.SetLinkResponse(netclient=self.registry.info(nc))
@@ -209,10 +168,7 @@ class LinkServicer(link_pb2_grpc.LinkServiceServicer):
 
     async def Connect(self, request_iterator: AsyncIterator[link_pb2.ConnectRequest],
                       context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        try:
-            await self.registry.acceptor.serve(context)
-        except VirtwireError as exc:
-            await abort_for(context, exc)
+        await self.registry.acceptor.serve(context)
 
 
 class ServiceHost:
@@ -248,10 +204,12 @@ class ServiceHost:
 
     async def start(self) -> None:
         # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
-        # Authorization runs first; handlers' domain errors become statuses.
-        interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
-            [self.authz] if tls.active() is not None else [])
-        interceptors.append(ErrorInterceptor())
+        # Domain errors become statuses (the interceptor listed first wraps the
+        # rest), and authorization runs before any handler.
+        interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
+            ErrorInterceptor()]
+        if tls.active() is not None:
+            interceptors.append(self.authz)
         server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)],
                                  interceptors=interceptors)
         netclient_pb2_grpc.add_NetClientServiceServicer_to_server(
@@ -316,4 +274,4 @@ class ServiceHost:
         await self.stop(grace=0.5)
 
 
-__all__ = ["ServerState", "ServiceHost", "VirtwireError", "abort_for", "inject"]
+__all__ = ["ServerState", "ServiceHost", "inject"]

@@ -21,13 +21,13 @@ from typing import Any
 import grpc
 
 from virtwire.address import parse_peer, parse_sockaddr
-from virtwire.errors import ConfigError
+from virtwire.errors import ConfigError, OutOfRangeError
 from virtwire.hw.e1000 import COMPAT_VERSIONS, E1000, MODELS
 from virtwire.hw.e1000_regs import E1000_STATUS_LU, STATUS
 from virtwire.hw.timer import AsyncioScheduler
 from virtwire.mem.client import GuestMemClient
-from virtwire.net.eth import FrameError, format_mac, parse_mac
-from virtwire.server.base import ServiceHost, abort_for
+from virtwire.net.eth import format_mac, parse_mac
+from virtwire.server.base import ServiceHost
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,13 @@ IRQ_QUEUE_LEN = 1024
 
 
 def check_offset(offset: int) -> None:
-    """A BAR0 offset must be 4-byte aligned and inside the 128 KiB BAR."""
+    """A BAR0 offset must be 4-byte aligned (ConfigError) and inside the 128 KiB
+    BAR (OutOfRangeError)."""
     if offset % 4:
         raise ConfigError(f"register offset {offset:#x} is not 4-byte aligned")
     if offset >= BAR0_SIZE:
-        raise IndexError(f"register offset {offset:#x} is outside BAR0 (size {BAR0_SIZE:#x})")
+        raise OutOfRangeError(f"register offset {offset:#x} is outside BAR0 "
+                              f"(size {BAR0_SIZE:#x})")
 
 
 class E1000Server(ServiceHost):
@@ -61,10 +63,7 @@ class E1000Server(ServiceHost):
         if model not in MODELS:
             raise ConfigError(f"unknown e1000 model {model!r}: use one of "
                               f"{', '.join(sorted(MODELS))}")
-        try:
-            self.mac = parse_mac(mac)
-        except FrameError as exc:
-            raise ConfigError(str(exc)) from exc
+        self.mac = parse_mac(mac)
         if self.mac[0] & 1:
             raise ConfigError(f"MAC {mac} is a multicast address")
         if compat not in COMPAT_VERSIONS:
@@ -168,63 +167,37 @@ class E1000Server(ServiceHost):
             self._irq_watchers.remove(queue)
 
 
-def _abort_code(exc: Exception) -> grpc.StatusCode | None:
-    return grpc.StatusCode.OUT_OF_RANGE if isinstance(exc, IndexError) else None
-
-
 class E1000Servicer(e1000_pb2_grpc.E1000ServiceServicer):
     """Thin adapter: RPCs to E1000Server methods."""
 
     def __init__(self, host: E1000Server) -> None:
         self.host = host
 
-    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
-        code = _abort_code(exc)
-        if code is not None:
-            await context.abort(code, str(exc))
-        await abort_for(context, exc)
-
     async def ReadRegister(self, request: e1000_pb2.ReadRegisterRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> e1000_pb2.ReadRegisterResponse:
-        try:
-            value = self.host.access(e1000_pb2.RegisterAccess(offset=request.offset))
-        except (ConfigError, IndexError) as exc:
-            await self._fail(context, exc)
-            raise
+        value = self.host.access(e1000_pb2.RegisterAccess(offset=request.offset))
         assert value is not None
         return e1000_pb2.ReadRegisterResponse(value=value)
 
     async def WriteRegister(self, request: e1000_pb2.WriteRegisterRequest,
                             context: grpc.aio.ServicerContext[Any, Any]
                             ) -> e1000_pb2.WriteRegisterResponse:
-        try:
-            self.host.access(e1000_pb2.RegisterAccess(offset=request.offset, write=True,
-                                                      value=request.value))
-        except (ConfigError, IndexError) as exc:
-            await self._fail(context, exc)
-            raise
+        self.host.access(e1000_pb2.RegisterAccess(offset=request.offset, write=True,
+                                                  value=request.value))
         return e1000_pb2.WriteRegisterResponse()
 
     async def AccessRegisters(self, request: e1000_pb2.AccessRegistersRequest,
                               context: grpc.aio.ServicerContext[Any, Any]
                               ) -> e1000_pb2.AccessRegistersResponse:
-        try:
-            values = await self.host.access_all(request.accesses)
-        except (ConfigError, IndexError) as exc:
-            await self._fail(context, exc)
-            raise
+        values = await self.host.access_all(request.accesses)
         return e1000_pb2.AccessRegistersResponse(values=values)
 
     async def Mmio(self, request_iterator: AsyncIterator[e1000_pb2.MmioRequest],
                    context: grpc.aio.ServicerContext[Any, Any]
                    ) -> AsyncIterator[e1000_pb2.MmioResponse]:
         async for request in request_iterator:
-            try:
-                values = await self.host.access_all(request.accesses)
-            except (ConfigError, IndexError) as exc:
-                await self._fail(context, exc)
-                raise
+            values = await self.host.access_all(request.accesses)
             if values or request.sync:
                 yield e1000_pb2.MmioResponse(tag=request.tag, values=values)
 

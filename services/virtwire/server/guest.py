@@ -49,7 +49,7 @@ from virtwire.guest.responder import (
 from virtwire.mem.client import GuestMemClient
 from virtwire.net.eth import format_mac
 from virtwire.net.tap import check_ifname
-from virtwire.server.base import ServiceHost, abort_for
+from virtwire.server.base import ServiceHost
 from virtwire.v1 import guest_pb2, guest_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -92,12 +92,9 @@ class GuestServer(ServiceHost):
         parse_sockaddr(guestmem, allow_port_zero=False)
         self.e1000_address = e1000
         self.guestmem_address = guestmem
-        try:
-            self.iface: IPv4Interface | None = parse_interface(ip, "--ip") if ip else None
-            self.bridge_iface: IPv4Interface | None = (
-                parse_interface(bridge_ip, "--bridge-ip") if bridge_ip else None)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self.iface: IPv4Interface | None = parse_interface(ip, "--ip") if ip else None
+        self.bridge_iface: IPv4Interface | None = (
+            parse_interface(bridge_ip, "--bridge-ip") if bridge_ip else None)
         if (netns or bridge_ip) and not bridge_tap:
             raise ConfigError("--netns and --bridge-ip need --bridge-tap")
         if netns_create and not netns:
@@ -274,23 +271,15 @@ class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
     async def Send(self, request: guest_pb2.SendRequest,
                    context: grpc.aio.ServicerContext[Any, Any]) -> guest_pb2.SendResponse:
         frames = list(request.frames)
-        try:
-            check_send_frames(frames)
-            driver = self.host.ready_driver()
-            queued, dropped = await driver.send(frames)
-        except (ConfigError, BackendError) as exc:
-            await abort_for(context, exc)
-            raise
+        check_send_frames(frames)
+        driver = self.host.ready_driver()
+        queued, dropped = await driver.send(frames)
         return guest_pb2.SendResponse(queued=queued, dropped=dropped)
 
     async def Receive(self, request: guest_pb2.ReceiveRequest,
                       context: grpc.aio.ServicerContext[Any, Any]
                       ) -> AsyncIterator[guest_pb2.ReceiveResponse]:
-        try:
-            self.host.ready_driver(need_link=False)
-        except BackendError as exc:
-            await abort_for(context, exc)
-            raise
+        self.host.ready_driver(need_link=False)
         sub = _Subscriber()
         self.host.subscribers.append(sub)
         try:
@@ -305,21 +294,13 @@ class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
     async def Ping(self, request: guest_pb2.PingRequest,
                    context: grpc.aio.ServicerContext[Any, Any]) -> guest_pb2.PingResponse:
         host = self.host
-        try:
-            count, interval, timeout, size = ping_parameters(request)
-            if host.responder is None:
-                raise DriverError("this guest has no IPv4 address: start it with --ip CIDR")
-            try:
-                host.responder.check_target(request.address)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            host.ready_driver()
-            result = await host.responder.ping(request.address, count=count,
-                                               interval=interval, timeout=timeout,
-                                               size=size)
-        except (ConfigError, BackendError) as exc:
-            await abort_for(context, exc)
-            raise
+        count, interval, timeout, size = ping_parameters(request)
+        if host.responder is None:
+            raise DriverError("this guest has no IPv4 address: start it with --ip CIDR")
+        host.responder.check_target(request.address)
+        host.ready_driver()
+        result = await host.responder.ping(request.address, count=count, interval=interval,
+                                           timeout=timeout, size=size)
         return guest_pb2.PingResponse(
             replies=[guest_pb2.PingReply(seq=seq, rtt_us=rtt) if rtt is not None
                      else guest_pb2.PingReply(seq=seq) for seq, rtt in result.replies],

@@ -5,6 +5,8 @@ The RAM is created when the server starts (a unique file in /dev/shm, or
 stops; a file the server created is removed then. Its size is at most
 ``max_size``, this host's configuration (``serve guestmem --max-size``,
 default ``default_max_size()``); a larger one is refused with LimitError.
+An access outside the RAM is a GuestMemRangeError (OUT_OF_RANGE), one after it
+is closed, while the server stops, a GuestMemClosedError (UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from virtwire.mem.guestmem import (
     MAX_BATCH_BYTES,
     MAX_BATCH_OPS,
     MAX_OP_BYTES,
-    GuestMemError,
     GuestMemory,
     GuestMemRangeError,
     HostIdentity,
@@ -28,7 +29,7 @@ from virtwire.mem.guestmem import (
     default_max_size,
     format_size,
 )
-from virtwire.server.base import ServiceHost, abort_for
+from virtwire.server.base import ServiceHost
 from virtwire.v1 import guestmem_pb2, guestmem_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -163,15 +164,6 @@ class GuestMemServer(ServiceHost):
         return guestmem_pb2.GuestMemCounters(**self.memory.counters.as_dict())
 
 
-async def abort_guestmem(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
-    """OUT_OF_RANGE for accesses outside the RAM, else as ``abort_for``."""
-    if isinstance(exc, GuestMemRangeError):
-        await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-    if isinstance(exc, GuestMemError):  # the RAM is closed: the server is stopping
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    await abort_for(context, exc)
-
-
 class GuestMemServicer(guestmem_pb2_grpc.GuestMemServiceServicer):
     """Thin adapter: RPCs to GuestMemServer methods."""
 
@@ -181,31 +173,19 @@ class GuestMemServicer(guestmem_pb2_grpc.GuestMemServiceServicer):
     async def Read(self, request: guestmem_pb2.GuestMemServiceReadRequest,
                    context: grpc.aio.ServicerContext[Any, Any]
                    ) -> guestmem_pb2.GuestMemServiceReadResponse:
-        try:
-            data = self.host.read(request.addr, request.size)
-        except Exception as exc:
-            await abort_guestmem(context, exc)
-            raise
+        data = self.host.read(request.addr, request.size)
         return guestmem_pb2.GuestMemServiceReadResponse(data=data)
 
     async def Write(self, request: guestmem_pb2.GuestMemServiceWriteRequest,
                     context: grpc.aio.ServicerContext[Any, Any]
                     ) -> guestmem_pb2.GuestMemServiceWriteResponse:
-        try:
-            self.host.write(request.addr, request.data)
-        except Exception as exc:
-            await abort_guestmem(context, exc)
-            raise
+        self.host.write(request.addr, request.data)
         return guestmem_pb2.GuestMemServiceWriteResponse()
 
     async def Batch(self, request: guestmem_pb2.GuestMemServiceBatchRequest,
                     context: grpc.aio.ServicerContext[Any, Any]
                     ) -> guestmem_pb2.GuestMemServiceBatchResponse:
-        try:
-            results = self.host.batch(request.ops)
-        except Exception as exc:
-            await abort_guestmem(context, exc)
-            raise
+        results = self.host.batch(request.ops)
         return guestmem_pb2.GuestMemServiceBatchResponse(
             results=[guestmem_pb2.GuestMemOpResult(data=d) for d in results])
 
@@ -220,4 +200,4 @@ class GuestMemServicer(guestmem_pb2_grpc.GuestMemServiceServicer):
         return guestmem_pb2.GuestMemServiceStatsResponse(counters=self.host.stats())
 
 
-__all__ = ["GuestMemServer", "GuestMemServicer", "abort_guestmem"]
+__all__ = ["GuestMemServer", "GuestMemServicer"]

@@ -19,7 +19,7 @@ from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError, ConflictError, LimitError, NotFoundError
 from virtwire.net.hub import Hub, HubPort
 from virtwire.net.net import NetClient
-from virtwire.server.base import ServiceHost, abort_for
+from virtwire.server.base import ServiceHost
 from virtwire.v1 import hub_pb2, hub_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -97,23 +97,15 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
 
     async def AddPort(self, request: hub_pb2.AddPortRequest,
                       context: grpc.aio.ServicerContext[Any, Any]) -> hub_pb2.AddPortResponse:
-        try:
-            # A unix socket is a path on this host: not something a caller names.
-            RpcPolicy(command="virtwire serve hub").no_unix("peer", request.peer)
-            port = self.host.add_port(request.name, request.peer)
-        except Exception as exc:
-            await abort_for(context, exc)
-            raise
+        # A unix socket is a path on this host: not something a caller names.
+        RpcPolicy(command="virtwire serve hub").no_unix("peer", request.peer)
+        port = self.host.add_port(request.name, request.peer)
         return hub_pb2.AddPortResponse(port=self.host.registry.info(port))
 
     async def RemovePort(self, request: hub_pb2.RemovePortRequest,
                          context: grpc.aio.ServicerContext[Any, Any]
                          ) -> hub_pb2.RemovePortResponse:
-        try:
-            await self.host.remove_port(request.name)
-        except NotFoundError as exc:
-            await abort_for(context, exc)
-            raise
+        await self.host.remove_port(request.name)
         return hub_pb2.RemovePortResponse()
 
     async def ListPorts(self, request: hub_pb2.ListPortsRequest,

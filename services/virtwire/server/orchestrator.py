@@ -17,19 +17,20 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from virtwire import tls
 from virtwire.allowlist import RpcPolicy
-from virtwire.errors import BackendError, ConfigError, NotFoundError, PermissionDeniedError
+from virtwire.errors import ConfigError, OutOfRangeError, PermissionDeniedError, VirtwireError
 from virtwire.orchestrator.agent import Agent
 from virtwire.orchestrator.core import Orchestrator, state_root
 from virtwire.orchestrator.health import check_health
-from virtwire.server.base import ServiceHost, abort_for
+from virtwire.rpc.status import forwarded, translated
+from virtwire.server.base import ServiceHost
 from virtwire.topology import Topology, TopologyError, parse_topology
 from virtwire.v1 import (
     guest_pb2,
@@ -41,7 +42,6 @@ from virtwire.v1 import (
 )
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _EVENT_KINDS = {
     "starting": orchestrator_pb2.UP_EVENT_KIND_SERVICE_STARTING,
@@ -105,9 +105,14 @@ class OrchestratorServer(ServiceHost):
                                   "without one (virtwire serve orchestrator --topology FILE)")
             return self.local_topology
         source = request.source[:_SOURCE_MAX] or "<topology>"
-        # Parsing a big file takes a while: not on the event loop.
-        return await asyncio.to_thread(parse_topology, request.topology, source,
-                                       remote=self.rpc_policy)
+        try:
+            # Parsing a big file takes a while: not on the event loop.
+            return await asyncio.to_thread(parse_topology, request.topology, source,
+                                           remote=self.rpc_policy)
+        except TopologyError as exc:
+            if exc.denied:  # only what this host does not allow, no mistake
+                raise PermissionDeniedError(str(exc)) from exc
+            raise
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -120,19 +125,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def Up(self, request: orchestrator_pb2.OrchestratorServiceUpRequest,
                  context: grpc.aio.ServicerContext[Any, Any]
                  ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceUpResponse]:
-        try:
-            topo = await self.host.topology_for(request)
-            events = self.orch.up(topo, request.backend or "process", request.subnet)
-            async for event in events:
-                yield orchestrator_pb2.OrchestratorServiceUpResponse(
-                    kind=_EVENT_KINDS[event.kind], service=event.service,
-                    address=event.address, message=event.message)
-        except TopologyError as exc:
-            await abort_for(context, PermissionDeniedError(str(exc)) if exc.denied else exc)
-            raise
-        except (ConfigError, PermissionDeniedError) as exc:  # e.g. an unsafe state dir
-            await abort_for(context, exc)
-            raise
+        topo = await self.host.topology_for(request)
+        events = self.orch.up(topo, request.backend or "process", request.subnet)
+        async for event in events:
+            yield orchestrator_pb2.OrchestratorServiceUpResponse(
+                kind=_EVENT_KINDS[event.kind], service=event.service,
+                address=event.address, message=event.message)
 
     async def Down(self, request: orchestrator_pb2.OrchestratorServiceDownRequest,
                    context: grpc.aio.ServicerContext[Any, Any]
@@ -157,11 +155,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if rec.kind in ("hub", "tap", "e1000") and rec.healthy:
                 try:
                     async with tls.aio_channel(rec.address) as ch:
-                        got = await netclient_pb2_grpc.NetClientServiceStub(ch).ListNetClients(
-                            netclient_pb2.ListNetClientsRequest(), timeout=_RPC_TIMEOUT_S)
+                        with translated():
+                            got = await netclient_pb2_grpc.NetClientServiceStub(
+                                ch).ListNetClients(netclient_pb2.ListNetClientsRequest(),
+                                                   timeout=_RPC_TIMEOUT_S)
                     listed[rec.name] = list(got.netclients)
-                except grpc.aio.AioRpcError as exc:
-                    logger.warning("status: %s: %s", rec.name, exc.details())
+                except VirtwireError as exc:
+                    logger.warning("status: %s: %s", rec.name, exc)
         for node in orch.topology.nodes.values():
             ns = resp.nodes.add(name=node.name, kind=node.kind)
             for rec in orch.services.values():
@@ -174,64 +174,54 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                     ns.netclients.add(name=nc.name, service=rec.name, info=nc)
         return resp
 
-    async def _resolve(self, target: str,
-                       context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, str]:
-        try:
-            return self.orch.resolve(target)
-        except (NotFoundError, ConfigError) as exc:
-            await abort_for(context, exc)
-            raise
-
     async def SetLink(self, request: orchestrator_pb2.OrchestratorServiceSetLinkRequest,
                       context: grpc.aio.ServicerContext[Any, Any]
                       ) -> orchestrator_pb2.OrchestratorServiceSetLinkResponse:
-        address, name = await self._resolve(request.target, context)
+        address, name = self.orch.resolve(request.target)
         async with tls.aio_channel(address) as ch:
-            got = await _forward(context, netclient_pb2_grpc.NetClientServiceStub(ch).SetLink(
-                netclient_pb2.SetLinkRequest(name=name, up=request.up), timeout=_RPC_TIMEOUT_S))
+            with forwarded():
+                got = await netclient_pb2_grpc.NetClientServiceStub(ch).SetLink(
+                    netclient_pb2.SetLinkRequest(name=name, up=request.up),
+                    timeout=_RPC_TIMEOUT_S)
         return orchestrator_pb2.OrchestratorServiceSetLinkResponse(netclient=got.netclient)
 
     async def Inject(self, request: orchestrator_pb2.OrchestratorServiceInjectRequest,
                      context: grpc.aio.ServicerContext[Any, Any]
                      ) -> orchestrator_pb2.OrchestratorServiceInjectResponse:
-        address, name = await self._resolve(request.target, context)
+        address, name = self.orch.resolve(request.target)
         async with tls.aio_channel(address) as ch:
-            got = await _forward(context, netclient_pb2_grpc.NetClientServiceStub(ch).Inject(
-                netclient_pb2.InjectRequest(name=name, frame=request.frame,
-                                            repeat=request.repeat), timeout=_RPC_TIMEOUT_S))
+            with forwarded():
+                got = await netclient_pb2_grpc.NetClientServiceStub(ch).Inject(
+                    netclient_pb2.InjectRequest(name=name, frame=request.frame,
+                                                repeat=request.repeat), timeout=_RPC_TIMEOUT_S)
         return orchestrator_pb2.OrchestratorServiceInjectResponse(
             accepted=got.accepted, dropped=got.dropped)
 
     async def Capture(self, request: orchestrator_pb2.OrchestratorServiceCaptureRequest,
                       context: grpc.aio.ServicerContext[Any, Any]
                       ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceCaptureResponse]:
-        address, name = await self._resolve(request.target, context)
+        address, name = self.orch.resolve(request.target)
         async with tls.aio_channel(address) as ch:
             call = netclient_pb2_grpc.NetClientServiceStub(ch).Capture(
                 netclient_pb2.CaptureRequest(name=name, filter=request.filter,
                                              count=request.count))
-            try:
+            with forwarded():
                 async for item in call:
                     yield orchestrator_pb2.OrchestratorServiceCaptureResponse(frame=item)
-            except grpc.aio.AioRpcError as exc:
-                await context.abort(exc.code(), exc.details() or "")
 
     async def Ping(self, request: orchestrator_pb2.OrchestratorServicePingRequest,
                    context: grpc.aio.ServicerContext[Any, Any]
                    ) -> orchestrator_pb2.OrchestratorServicePingResponse:
-        try:
-            guest = self.orch.guest_address(request.from_node)
-            ip = self.orch.ip_of(request.to)
-        except (NotFoundError, ConfigError) as exc:
-            await abort_for(context, exc)
-            raise
+        guest = self.orch.guest_address(request.from_node)
+        ip = self.orch.ip_of(request.to)
         count = request.count or 3
         timeout_ms = request.timeout_ms or 1000
         async with tls.aio_channel(guest) as ch:
-            got = await _forward(context, guest_pb2_grpc.GuestServiceStub(ch).Ping(
-                guest_pb2.PingRequest(address=ip, count=count, interval_ms=100,
-                                      timeout_ms=timeout_ms),
-                timeout=_RPC_TIMEOUT_S + count * (timeout_ms + 100) / 1000))
+            with forwarded():
+                got = await guest_pb2_grpc.GuestServiceStub(ch).Ping(
+                    guest_pb2.PingRequest(address=ip, count=count, interval_ms=100,
+                                          timeout_ms=timeout_ms),
+                    timeout=_RPC_TIMEOUT_S + count * (timeout_ms + 100) / 1000)
         return orchestrator_pb2.OrchestratorServicePingResponse(
             address=ip, transmitted=got.transmitted, received=got.received,
             replies=got.replies)
@@ -240,11 +230,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def StartService(self, request: orchestrator_pb2.OrchestratorServiceStartServiceRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> orchestrator_pb2.OrchestratorServiceStartServiceResponse:
-        try:
-            rec = await self.host.agent.start_request(request)
-        except (ConfigError, BackendError, PermissionDeniedError) as exc:
-            await abort_for(context, exc)
-            raise
+        rec = await self.host.agent.start_request(request)
         return orchestrator_pb2.OrchestratorServiceStartServiceResponse(
             address=rec.address, pid=rec.pid)
 
@@ -252,14 +238,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> orchestrator_pb2.OrchestratorServiceStopServicesResponse:
         if request.timeout_ms > 60_000:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
-                                f"timeout_ms {request.timeout_ms} is over 60000")
-        try:
-            stopped = await self.host.agent.stop(request.lan, list(request.names),
-                                                 request.timeout_ms / 1000)
-        except (ConfigError, NotFoundError) as exc:
-            await abort_for(context, exc)
-            raise
+            raise OutOfRangeError(f"timeout_ms {request.timeout_ms} is over 60000")
+        stopped = await self.host.agent.stop(request.lan, list(request.names),
+                                             request.timeout_ms / 1000)
         return orchestrator_pb2.OrchestratorServiceStopServicesResponse(stopped=stopped)
 
     async def ListServices(self, request: orchestrator_pb2.OrchestratorServiceListServicesRequest,
@@ -271,11 +252,3 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                               pid=rec.pid, exited=exited)
         return resp
 
-
-async def _forward(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:
-    """Await a forwarded call; its error becomes this RPC's error."""
-    try:
-        return await call
-    except grpc.aio.AioRpcError as exc:
-        await context.abort(exc.code(), exc.details() or "")
-        raise
