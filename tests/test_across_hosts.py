@@ -32,7 +32,7 @@ from virtwire.guest.responder import ARP_REPLY, ARP_REQUEST, build_arp, parse_ar
 from virtwire.net.eth import parse_mac
 
 from support import netns
-from support.procs import VIRTWIRE
+from support.procs import VIRTWIRE, wait_gone
 from support.qemu_vm import QemuVM, require_qemu, stream_netdev
 
 pytestmark = pytest.mark.timeout(300)
@@ -165,17 +165,6 @@ def _two_hosts(tmp_path: Path, pki: Path | None) -> Iterator[tuple[Host, Host]]:
                         host.proc.wait()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-
-
 def test_one_lan_on_two_hosts(hosts: tuple[Host, Host], tmp_path: Path) -> None:
     a, b = hosts
     topo = tmp_path / "twohosts.yaml"
@@ -240,10 +229,7 @@ def test_one_lan_on_two_hosts(hosts: tuple[Host, Host], tmp_path: Path) -> None:
     assert down.returncode == 0, down.stdout + down.stderr
     assert "8 services stopped" in down.stdout
     assert _agent_services(a, "twohosts") == [] and _agent_services(b, "twohosts") == []
-    deadline = time.monotonic() + 10
-    while any(_pid_alive(p) for p in pids):
-        assert time.monotonic() < deadline, [p for p in pids if _pid_alive(p)]
-        time.sleep(0.1)
+    wait_gone(pids)
     # The hosts' orchestrators keep serving, for the next LAN.
     assert all(h.proc is not None and h.proc.poll() is None for h in hosts)
 

@@ -1,7 +1,7 @@
-"""A hostile guest: every case of qemu-net-semantics.md's robustness list (QEMU's
-e1000 CVEs), bogus DMA addresses, rings that point at themselves, re-entrancy,
-and a hypothesis test that random register writes, descriptors and frames never
-raise or hang."""
+"""A hostile guest: every case of docs/e1000.md#robustness (QEMU's e1000 CVEs),
+bogus DMA addresses, rings that point at themselves, re-entrancy, and a
+hypothesis test that random register writes, descriptors and frames never raise
+or hang."""
 
 from __future__ import annotations
 
@@ -10,13 +10,6 @@ import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_e1000_tx import (
-    EOP_RS,
-    context,
-    data_desc,
-    payload,
-    send_chain,
-)
 
 from virtwire.hw.dma import DmaError, RamDma
 from virtwire.hw.e1000 import E1000
@@ -73,7 +66,21 @@ from virtwire.hw.e1000_regs import (
 )
 from virtwire.hw.timer import ManualScheduler
 
-from support.e1000_rig import MAC, PEER_MAC, RX_RING, TX_RING, Driver, Rig, eth_frame
+from support.e1000_rig import (
+    EOP_RS,
+    MAC,
+    PEER_MAC,
+    RX_RING,
+    TX_RING,
+    Driver,
+    Rig,
+    brought_up,
+    context,
+    data_desc,
+    eth_frame,
+    payload,
+    send_chain,
+)
 
 TSO = E1000_TXD_CMD_TSE
 
@@ -82,11 +89,9 @@ RIG_ARGS = {"model", "ram", "dma_error_policy", "rx_flush_timer"}
 
 
 def up(**kw: object) -> tuple[Rig, Driver]:
+    """A Rig (the ``kw`` in RIG_ARGS) brought up by the mini driver (the others)."""
     rig = Rig(**{k: v for k, v in kw.items() if k in RIG_ARGS})  # type: ignore[arg-type]
-    drv = Driver(rig, **{k: v for k, v in kw.items() if k not in RIG_ARGS})  # type: ignore[arg-type]
-    drv.bring_up()
-    rig.r(E1000_ICR)
-    return rig, drv
+    return brought_up(rig, **{k: v for k, v in kw.items() if k not in RIG_ARGS})
 
 
 def test_cve_2012_0029_tx_buffer_is_bounded() -> None:

@@ -41,18 +41,24 @@ from virtwire.hw.e1000_regs import (
     E1000_VFTA,
 )
 
-from support.e1000_rig import BCAST, MAC, PEER_MAC, RX_BUFS, Driver, Rig, eth_frame, vlan_frame
+from support.e1000_rig import (
+    BCAST,
+    MAC,
+    PEER_MAC,
+    RX_BUFS,
+    Driver,
+    Rig,
+    brought_up,
+    eth_frame,
+    vlan_frame,
+)
 
 RCTL_BASE = E1000_RCTL_EN | E1000_RCTL_BAM
 
 
 def up(rctl: int = RCTL_BASE, n_rx: int = 8, **kw: object) -> tuple[Rig, Driver]:
     """A Rig (``kw``: its arguments) brought up by the mini driver, ICR cleared."""
-    rig = Rig(**kw)  # type: ignore[arg-type]
-    drv = Driver(rig, rctl=rctl, n_rx=n_rx)
-    drv.bring_up()
-    rig.r(E1000_ICR)
-    return rig, drv
+    return brought_up(Rig(**kw), rctl=rctl, n_rx=n_rx)  # type: ignore[arg-type]
 
 
 def test_can_receive_needs_lu_en_bus_master_buffers_and_no_flush_timer() -> None:

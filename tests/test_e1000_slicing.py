@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from test_e1000_tx import EOP_RS, context, data_desc, payload, send_chain
 
 from virtwire.hw import e1000_regs as r
 from virtwire.hw.dma import RamDma
@@ -52,7 +51,21 @@ from virtwire.server.guestmem import GuestMemServer
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 from support.doubles import Sink, until
-from support.e1000_rig import BCAST, MAC, PEER_MAC, Driver, Rig, eth_frame, vlan_frame
+from support.e1000_rig import (
+    BCAST,
+    EOP_RS,
+    MAC,
+    PEER_MAC,
+    Driver,
+    Rig,
+    brought_up,
+    context,
+    data_desc,
+    eth_frame,
+    payload,
+    send_chain,
+    vlan_frame,
+)
 
 ICR_INDEX = E1000_ICR >> 2
 TSO = E1000_TXD_CMD_TSE
@@ -62,10 +75,7 @@ def up(units: int | None = None, **kw: int) -> tuple[Rig, Driver]:
     rig = Rig(ram=4 << 20)
     if units is not None:
         rig.nic.budget.units = units
-    drv = Driver(rig, **kw)  # type: ignore[arg-type]
-    drv.bring_up()
-    rig.r(E1000_ICR)
-    return rig, drv
+    return brought_up(rig, **kw)
 
 
 def drain(rig: Rig) -> None:

@@ -24,27 +24,34 @@ from virtwire.hw.e1000_regs import (
     E1000_TCTL_EN,
     E1000_TDH,
     E1000_TDT,
-    E1000_TXD_CMD_DEXT,
     E1000_TXD_CMD_EOP,
-    E1000_TXD_CMD_IFCS,
     E1000_TXD_CMD_IP,
     E1000_TXD_CMD_RPS,
     E1000_TXD_CMD_RS,
     E1000_TXD_CMD_TCP,
     E1000_TXD_CMD_TSE,
     E1000_TXD_CMD_VLE,
-    E1000_TXD_DTYP_D,
     E1000_TXD_POPTS_IXSM,
     E1000_TXD_POPTS_TXSM,
     E1000_VET,
     MII_BMCR,
-    TX_CTX_DESC,
-    TX_DESC,
 )
 
-from support.e1000_rig import BCAST, MAC, PEER_MAC, Driver, Rig, eth_frame
+from support.e1000_rig import (
+    BCAST,
+    EOP_RS,
+    MAC,
+    PEER_MAC,
+    Driver,
+    Rig,
+    brought_up,
+    context,
+    data_desc,
+    eth_frame,
+    payload,
+    send_chain,
+)
 
-EOP_RS = E1000_TXD_CMD_EOP | E1000_TXD_CMD_IFCS | E1000_TXD_CMD_RS
 SRC4 = bytes([10, 0, 0, 1])
 DST4 = bytes([10, 0, 0, 2])
 SRC6 = bytes.fromhex("fd000000000000000000000000000001")
@@ -53,11 +60,7 @@ TCP_FIN, TCP_PSH, TCP_ACK = 0x01, 0x08, 0x10
 
 
 def up(**kw: object) -> tuple[Rig, Driver]:
-    rig = Rig()
-    drv = Driver(rig, **kw)  # type: ignore[arg-type]
-    drv.bring_up()
-    rig.r(E1000_ICR)
-    return rig, drv
+    return brought_up(Rig(), **kw)
 
 
 # -- packet helpers (independent of the model's own checksum code) -------------------------
@@ -100,28 +103,6 @@ def udp(length: int = 0, check: int = 0) -> bytes:
 
 def eth(ethertype: int) -> bytes:
     return PEER_MAC + MAC + ethertype.to_bytes(2, "big")
-
-
-def payload(n: int) -> bytes:
-    return bytes((i * 7 + 3) & 0xFF for i in range(n))
-
-
-def context(ipcss: int, ipcso: int, ipcse: int, tucss: int, tucso: int, tucse: int,
-            cmd: int, paylen: int = 0, hdr_len: int = 0, mss: int = 0) -> bytes:
-    return TX_CTX_DESC.pack(ipcss, ipcso, ipcse, tucss, tucso, tucse,
-                            E1000_TXD_CMD_DEXT | cmd | (paylen & 0xFFFFF), 0, hdr_len, mss)
-
-
-def data_desc(drv: Driver, buf: bytes, cmd: int, popts: int = 0, special: int = 0) -> bytes:
-    addr = drv.tx_buffer(buf)
-    lower = E1000_TXD_CMD_DEXT | E1000_TXD_DTYP_D | cmd | len(buf)
-    return TX_DESC.pack(addr, lower, (popts << 8) | (special << 16))
-
-
-def send_chain(drv: Driver, descs: list[bytes]) -> None:
-    for d in descs:
-        drv.put_tx(d)
-    drv.kick()
 
 
 def split(data: bytes, sizes: list[int]) -> list[bytes]:

@@ -20,7 +20,6 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_queue import CbLog, Receiver, f, pair
 
 from virtwire.address import parse_peer
 from virtwire.hw.e1000_regs import E1000_RDT
@@ -38,7 +37,7 @@ from virtwire.server.base import inject
 from virtwire.server.hub import HubServer
 from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
 
-from support.doubles import Sink, frame, until
+from support.doubles import CbLog, Receiver, Sink, f, frame, pair, until
 from support.e1000_rig import Driver, Rig, eth_frame
 
 N = 10_000

@@ -66,6 +66,7 @@ from virtwire.server.guestmem import GuestMemServer
 from virtwire.v1 import guest_pb2, guest_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
 from support.doubles import Sink, until
+from support.procs import GuestLan, guest_lan
 
 MAC_A = bytes.fromhex("525400000a01")
 MAC_B = bytes.fromhex("525400000a02")
@@ -683,41 +684,8 @@ def start_guest(args: Sequence[str], workdir: Path, timeout: float = 30.0) -> Se
     return start_service("guest", args, workdir, timeout)
 
 
-@dataclass
-class Lan:
-    hub: ServiceProcess
-    nics: list[ServiceProcess]
-    guests: list[ServiceProcess]
-
-
-@contextlib.contextmanager
-def guest_lan(workdir: Path, guest_args: Sequence[Sequence[str]]) -> Iterator[Lan]:
-    """A hub and, per entry of ``guest_args``, guestmem + e1000 + guest processes."""
-    procs: list[ServiceProcess] = []
-    try:
-        hub = start_service("hub", [], workdir)
-        procs.append(hub)
-        nics, guests = [], []
-        for i, args in enumerate(guest_args):
-            mem = start_service("guestmem", ["--size", "16M"], workdir)
-            procs.append(mem)
-            nic = start_service("e1000", ["--guestmem", mem.address,
-                                          "--mac", f"52:54:00:00:0a:{i + 1:02x}",
-                                          "--peer", f"{hub.address}/"], workdir)
-            procs.append(nic)
-            nics.append(nic)
-            guest = start_guest(["--e1000", nic.address, "--guestmem", mem.address, *args],
-                                workdir)
-            procs.append(guest)
-            guests.append(guest)
-        yield Lan(hub, nics, guests)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-
-
 @pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestLan]:
     with guest_lan(tmp_path_factory.mktemp("guests"),
                    [["--ip", "198.18.0.1/24"], ["--ip", "198.18.0.2/24"], []]) as lan:
         yield lan
@@ -727,7 +695,7 @@ def stub(proc: ServiceProcess) -> guest_pb2_grpc.GuestServiceStub:
     return guest_pb2_grpc.GuestServiceStub(grpc.aio.insecure_channel(proc.address))
 
 
-async def test_service_ping_between_guests(lan: Lan) -> None:
+async def test_service_ping_between_guests(lan: GuestLan) -> None:
     a = stub(lan.guests[0])
     resp = await a.Ping(guest_pb2.PingRequest(address="198.18.0.2", count=3, interval_ms=20,
                                               timeout_ms=3000), timeout=30)
@@ -740,7 +708,7 @@ async def test_service_ping_between_guests(lan: Lan) -> None:
     assert status.e1000 == lan.nics[1].address
 
 
-async def test_service_send_and_receive_streams(lan: Lan) -> None:
+async def test_service_send_and_receive_streams(lan: GuestLan) -> None:
     a, c = stub(lan.guests[0]), stub(lan.guests[2])
     mac_c = bytes.fromhex("52540000" "0a03")
     call = c.Receive(guest_pb2.ReceiveRequest())
@@ -780,7 +748,7 @@ async def test_service_send_and_receive_streams(lan: Lan) -> None:
     (guest_pb2.PingRequest(address="198.18.0.2", size=1473), "size"),
     (guest_pb2.PingRequest(address="198.18.0.2", timeout_ms=60001), "timeout"),
 ])
-async def test_service_rejects_bad_ping(lan: Lan, request_: guest_pb2.PingRequest,
+async def test_service_rejects_bad_ping(lan: GuestLan, request_: guest_pb2.PingRequest,
                                         message: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub(lan.guests[0]).Ping(request_, timeout=10)
@@ -788,7 +756,7 @@ async def test_service_rejects_bad_ping(lan: Lan, request_: guest_pb2.PingReques
     assert message in (err.value.details() or "")
 
 
-async def test_service_rejects_bad_send_and_ping_without_ip(lan: Lan) -> None:
+async def test_service_rejects_bad_send_and_ping_without_ip(lan: GuestLan) -> None:
     a = stub(lan.guests[0])
     for frames, message in (([b"short"], "frame 0 has 5 bytes"),
                             ([frame_to(MAC_B, 1), b"x" * 16385], "frame 1 has 16385")):
@@ -893,7 +861,7 @@ async def test_cancelled_mmio_callers_leave_the_stream_working() -> None:
         await mem.stop(grace=0.1)
 
 
-async def test_service_refuses_to_send_while_the_link_is_down(lan: Lan) -> None:
+async def test_service_refuses_to_send_while_the_link_is_down(lan: GuestLan) -> None:
     c = stub(lan.guests[2])
     async with grpc.aio.insecure_channel(lan.nics[2].address) as channel:
         nics = netclient_pb2_grpc.NetClientServiceStub(channel)

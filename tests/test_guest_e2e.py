@@ -22,13 +22,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_guest import guest_lan
 
 from virtwire.v1 import guest_pb2, guest_pb2_grpc
 
 from support import netns
 from support.need import need
-from support.procs import serve
+from support.procs import guest_lan, serve
 from support.qemu_vm import (
     QemuVM,
     free_port,

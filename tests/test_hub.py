@@ -15,43 +15,15 @@ from virtwire.net.hub import Hub, HubError, HubPort
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NQ_MAXLEN
 
+from support.doubles import Receiver, f
+
 # -- test doubles ---------------------------------------------------------------
-
-
-class Device(NetClient):
-    """A NetClient plugged into a hub port; the test controls can_receive and
-    receive's return value, and every receive is logged (shared log: order)."""
-
-    def __init__(self, name: str, log: list[tuple[str, bytes]] | None = None) -> None:
-        super().__init__(name)
-        self.ready = True
-        self.ret: int | None = None
-        self.frames: list[bytes] = []
-        self.log = log if log is not None else []
-        self.link_changes = 0
-
-    def receive(self, data: bytes) -> int:
-        self.log.append((self.name, data))
-        ret = len(data) if self.ret is None else self.ret
-        if ret > 0:
-            self.frames.append(data)
-        return ret
-
-    def can_receive(self) -> bool:
-        return self.ready
-
-    def link_status_changed(self) -> None:
-        self.link_changes += 1
 
 
 def plug(port: HubPort, dev: NetClient) -> NetClient:
     port.peer = dev
     dev.peer = port
     return dev
-
-
-def f(n: int, size: int = 64) -> bytes:
-    return n.to_bytes(4, "big") + bytes(size - 4)
 
 
 def cb_into(log: list[tuple[NetClient, int]]) -> Callable[[NetClient, int], None]:
@@ -61,12 +33,12 @@ def cb_into(log: list[tuple[NetClient, int]]) -> Callable[[NetClient, int], None
     return sent_cb
 
 
-def hub_with(n: int) -> tuple[Hub, list[HubPort], list[Device], list[tuple[str, bytes]]]:
-    """A hub with ``n`` ports (oldest first in the returned list), a Device on each."""
+def hub_with(n: int) -> tuple[Hub, list[HubPort], list[Receiver], list[tuple[str, bytes]]]:
+    """A hub with ``n`` ports (oldest first in the returned list), a Receiver on each."""
     hub = Hub(0)
     log: list[tuple[str, bytes]] = []
     ports = [hub.add_port() for _ in range(n)]
-    devs = [Device(f"dev{i}", log) for i in range(n)]
+    devs = [Receiver(f"dev{i}", log) for i in range(n)]
     for port, dev in zip(ports, devs, strict=True):
         plug(port, dev)
     return hub, ports, devs, log
@@ -311,7 +283,7 @@ def test_flush_of_a_plain_peer_does_not_touch_hub_ports() -> None:
     devs[1].ready = False
     devs[1].send_packet(f(1))
     assert len(ports[1].incoming_queue) == 1
-    lone = Device("lone")
+    lone = Receiver("lone")
     other = NetClient("other")
     lone.peer, other.peer = other, lone
     lone.flush_queued_packets()

@@ -26,7 +26,7 @@ from virtwire.net.pcap import read_pcap
 from virtwire.orchestrator import pids
 from virtwire.v1 import netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
-from support.procs import GRPCURL, VIRTWIRE, grpcurl, serve
+from support.procs import GRPCURL, VIRTWIRE, grpcurl, pid_alive, serve, wait_gone
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "default.yaml"
 
@@ -35,18 +35,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (not yet reaped) counts as gone.
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
 
 
 class Lan:
@@ -276,10 +264,7 @@ def test_down_leaves_no_processes(lan: Lan) -> None:
     pids = [int(s["pid"]) for s in state["services"]] + [int(state["orchestrator_pid"])]
     out = lan.cli("down")
     assert out.returncode == 0, out.stderr
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids):
-        assert time.monotonic() < deadline, [p for p in pids if _alive(p)]
-        time.sleep(0.05)
+    wait_gone(pids)
     assert not (lan.state_dir / "default").exists()
     out = lan.cli("status")
     assert out.returncode == 1 and "no LAN is running" in out.stderr
@@ -301,7 +286,7 @@ def test_foreground_up_stops_on_down(tmp_path: Path) -> None:
         out = lan.cli("down", "fg")
         assert out.returncode == 0, out.stderr
         assert proc.wait(15) == 0
-        assert not any(_alive(int(s["pid"])) for s in state["services"])
+        assert not any(pid_alive(int(s["pid"])) for s in state["services"])
         assert not (lan.state_dir / "fg").exists()
     finally:
         if proc.poll() is None:
@@ -327,10 +312,7 @@ def test_killed_orchestrator_leaves_no_processes(tmp_path: Path) -> None:
     state = json.loads((lan.state_dir / "crash" / "state.json").read_text())
     os.kill(state["orchestrator_pid"], signal.SIGKILL)  # PR_SET_PDEATHSIG takes the rest
     pids = [int(s["pid"]) for s in state["services"]]
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids):
-        assert time.monotonic() < deadline, [p for p in pids if _alive(p)]
-        time.sleep(0.05)
+    wait_gone(pids)
     out = lan.cli("down", "crash")  # forgets the dead LAN
     assert out.returncode == 0, out.stderr
     assert not (lan.state_dir / "crash").exists()

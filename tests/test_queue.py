@@ -21,70 +21,7 @@ from virtwire.net.queue import (
     NetQueue,
 )
 
-# -- test doubles ---------------------------------------------------------------
-
-
-class Receiver(NetClient):
-    """A NetClient whose receive and can_receive the test controls.
-
-    ``ret``: what receive returns (None: len(data)); ``ready``: can_receive;
-    ``calls``: every receive() call; ``frames``: frames consumed (ret > 0);
-    ``on_receive``: a hook run inside receive (for re-entrancy tests).
-    """
-
-    def __init__(self, name: str = "rx") -> None:
-        super().__init__(name)
-        self.ready = True
-        self.ret: int | None = None
-        self.calls: list[bytes] = []
-        self.frames: list[bytes] = []
-        self.link_changes = 0
-        self.on_receive: Callable[[bytes], None] | None = None
-
-    def receive(self, data: bytes) -> int:
-        self.calls.append(data)
-        if self.on_receive is not None:
-            self.on_receive(data)
-        ret = len(data) if self.ret is None else self.ret
-        if ret > 0:
-            self.frames.append(data)
-        return ret
-
-    def can_receive(self) -> bool:
-        return self.ready
-
-    def link_status_changed(self) -> None:
-        self.link_changes += 1
-
-
-class CbLog:
-    """Records sent_cb calls as (tag, sender, ret)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, NetClient, int]] = []
-
-    def cb(self, tag: str) -> Callable[[NetClient, int], None]:
-        def sent_cb(sender: NetClient, ret: int) -> None:
-            self.calls.append((tag, sender, ret))
-
-        return sent_cb
-
-    def tags(self) -> list[str]:
-        return [tag for tag, _, _ in self.calls]
-
-
-def f(n: int, size: int = 64) -> bytes:
-    """A frame carrying the number ``n``."""
-    return n.to_bytes(4, "big") + bytes(size - 4)
-
-
-def pair(sender: str = "tx", receiver: str = "rx") -> tuple[NetClient, Receiver]:
-    s = NetClient(sender)
-    r = Receiver(receiver)
-    s.peer = r
-    r.peer = s
-    return s, r
-
+from support.doubles import CbLog, Receiver, f, pair
 
 # -- nq_maxlen and append -------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from virtwire.net.net import NetClient
 
@@ -46,6 +47,68 @@ class Sink(NetClient):
                 pass
 
 
+class Receiver(NetClient):
+    """A NetClient whose receive and can_receive the test controls, synchronously.
+
+    ``ret``: what receive returns (None: len(data)); ``ready``: can_receive;
+    ``calls``: every receive() call; ``frames``: frames consumed (ret > 0);
+    ``log``: (name, data) of every receive() call, a list several receivers may
+    share to record their order; ``on_receive``: a hook run inside receive (for
+    re-entrancy tests).
+    """
+
+    def __init__(self, name: str = "rx", log: list[tuple[str, bytes]] | None = None) -> None:
+        super().__init__(name)
+        self.ready = True
+        self.ret: int | None = None
+        self.calls: list[bytes] = []
+        self.frames: list[bytes] = []
+        self.log = log if log is not None else []
+        self.link_changes = 0
+        self.on_receive: Callable[[bytes], None] | None = None
+
+    def receive(self, data: bytes) -> int:
+        self.calls.append(data)
+        self.log.append((self.name, data))
+        if self.on_receive is not None:
+            self.on_receive(data)
+        ret = len(data) if self.ret is None else self.ret
+        if ret > 0:
+            self.frames.append(data)
+        return ret
+
+    def can_receive(self) -> bool:
+        return self.ready
+
+    def link_status_changed(self) -> None:
+        self.link_changes += 1
+
+
+def pair(sender: str = "tx", receiver: str = "rx") -> tuple[NetClient, Receiver]:
+    """A plain NetClient and a Receiver, each the other's peer."""
+    s = NetClient(sender)
+    r = Receiver(receiver)
+    s.peer = r
+    r.peer = s
+    return s, r
+
+
+class CbLog:
+    """Records sent_cb calls as (tag, sender, ret)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, NetClient, int]] = []
+
+    def cb(self, tag: str) -> Callable[[NetClient, int], None]:
+        def sent_cb(sender: NetClient, ret: int) -> None:
+            self.calls.append((tag, sender, ret))
+
+        return sent_cb
+
+    def tags(self) -> list[str]:
+        return [tag for tag, _, _ in self.calls]
+
+
 async def pump(nc: NetClient, frames: list[bytes]) -> None:
     """Send like a backend does: async, pausing while a frame is queued."""
     resumed = asyncio.Event()
@@ -65,6 +128,11 @@ def frame(n: int, size: int = 64, src: int = 1, dst: int = 0xFF) -> bytes:
     """A frame with a 4-byte sequence number; EtherType 0x88B5 (local experimental)."""
     body = bytes([dst] * 6) + bytes([2, 0, 0, 0, 0, src]) + b"\x88\xb5" + n.to_bytes(4, "big")
     return body + bytes(max(0, size - len(body)))
+
+
+def f(n: int, size: int = 64) -> bytes:
+    """A frame carrying the number ``n`` (its first 4 bytes), for queue and hub tests."""
+    return n.to_bytes(4, "big") + bytes(size - 4)
 
 
 async def until(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:

@@ -1,12 +1,14 @@
 """Shared rig for the e1000 tests: NIC + RamDma + ManualScheduler + a peer double,
 and a mini driver that brings the NIC up as Linux's e1000 driver does
-(qemu-net-semantics.md section 5). Imported by the other test_e1000_* modules.
+(docs/guest.md#bring-up), and TX descriptor builders. Imported by the
+test_e1000_* modules.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from virtwire.hw.dma import RamDma
 from virtwire.hw.e1000 import E1000, ModelName
@@ -35,11 +37,14 @@ from virtwire.hw.e1000_regs import (
     E1000_TDH,
     E1000_TDLEN,
     E1000_TDT,
+    E1000_TXD_CMD_DEXT,
     E1000_TXD_CMD_EOP,
     E1000_TXD_CMD_IFCS,
     E1000_TXD_CMD_RS,
+    E1000_TXD_DTYP_D,
     IMS_ENABLE_MASK,
     RX_DESC,
+    TX_CTX_DESC,
     TX_DESC,
 )
 from virtwire.hw.timer import NS_PER_MS, NS_PER_S, ManualScheduler
@@ -58,6 +63,8 @@ BUF_STRIDE = 0x4000
 
 TCTL_CT = 0x0F << 4
 TCTL_COLD = 0x40 << 12
+#: The command bits of a packet's last descriptor: end of packet, insert FCS, report status.
+EOP_RS = E1000_TXD_CMD_EOP | E1000_TXD_CMD_IFCS | E1000_TXD_CMD_RS
 
 
 class Peer(NetClient):
@@ -253,3 +260,38 @@ class Driver:
             self.rig.w(E1000_RDT, self.rx_next)
             self.rx_next = (self.rx_next + 1) % self.n_rx
         return frames
+
+
+def brought_up(rig: Rig, **driver: Any) -> tuple[Rig, Driver]:
+    """``rig`` brought up by the mini driver (``driver``: its arguments), ICR cleared."""
+    drv = Driver(rig, **driver)
+    drv.bring_up()
+    rig.r(E1000_ICR)
+    return rig, drv
+
+
+# -- TX descriptors -------------------------------------------------------------
+def payload(n: int) -> bytes:
+    """``n`` bytes of a fixed pattern."""
+    return bytes((i * 7 + 3) & 0xFF for i in range(n))
+
+
+def context(ipcss: int, ipcso: int, ipcse: int, tucss: int, tucso: int, tucse: int,
+            cmd: int, paylen: int = 0, hdr_len: int = 0, mss: int = 0) -> bytes:
+    """A context descriptor (offsets, TUCMD in ``cmd``, TSO's paylen/hdr_len/mss)."""
+    return TX_CTX_DESC.pack(ipcss, ipcso, ipcse, tucss, tucso, tucse,
+                            E1000_TXD_CMD_DEXT | cmd | (paylen & 0xFFFFF), 0, hdr_len, mss)
+
+
+def data_desc(drv: Driver, buf: bytes, cmd: int, popts: int = 0, special: int = 0) -> bytes:
+    """A data descriptor for ``buf``, written to one of the driver's TX buffers."""
+    addr = drv.tx_buffer(buf)
+    lower = E1000_TXD_CMD_DEXT | E1000_TXD_DTYP_D | cmd | len(buf)
+    return TX_DESC.pack(addr, lower, (popts << 8) | (special << 16))
+
+
+def send_chain(drv: Driver, descs: list[bytes]) -> None:
+    """Put ``descs`` on the TX ring and write TDT once."""
+    for d in descs:
+        drv.put_tx(d)
+    drv.kick()

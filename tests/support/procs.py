@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from virtwire.orchestrator.launch import VIRTWIRE_CMD, ServiceProcess, start_service
@@ -33,3 +36,59 @@ def serve(kind: str, args: Sequence[str], workdir: Path,
         yield service
     finally:
         service.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: it exists and is not a zombie (not yet reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> None:
+    """Wait until none of ``pids`` runs; fail naming those still running after ``timeout``."""
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    while running := [p for p in pids if pid_alive(p)]:
+        assert time.monotonic() < deadline, running
+        time.sleep(0.05)
+
+
+@dataclass
+class GuestLan:
+    """The processes of :func:`guest_lan`."""
+
+    hub: ServiceProcess
+    nics: list[ServiceProcess]
+    guests: list[ServiceProcess]
+
+
+@contextlib.contextmanager
+def guest_lan(workdir: Path, guest_args: Sequence[Sequence[str]]) -> Iterator[GuestLan]:
+    """A hub and, per entry of ``guest_args``, guestmem + e1000 + guest processes."""
+    procs: list[ServiceProcess] = []
+    try:
+        hub = start_service("hub", [], workdir)
+        procs.append(hub)
+        nics, guests = [], []
+        for i, args in enumerate(guest_args):
+            mem = start_service("guestmem", ["--size", "16M"], workdir)
+            procs.append(mem)
+            nic = start_service("e1000", ["--guestmem", mem.address,
+                                          "--mac", f"52:54:00:00:0a:{i + 1:02x}",
+                                          "--peer", f"{hub.address}/"], workdir)
+            procs.append(nic)
+            nics.append(nic)
+            guest = start_service("guest", ["--e1000", nic.address, "--guestmem", mem.address,
+                                            *args], workdir)
+            procs.append(guest)
+            guests.append(guest)
+        yield GuestLan(hub, nics, guests)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
