@@ -8,15 +8,12 @@ Ping uses it as the source); with ``bridge_tap`` the NIC also appears as a
 Linux TAP interface (optionally moved into ``netns`` and addressed with
 ``bridge_ip`` there), so a real kernel stack runs over the emulated NIC.
 
-Run it with ``python -m virtwire.server.guest --e1000 ADDR --guestmem ADDR
-[--ip CIDR] [--bridge-tap IFNAME [--netns NS] [--bridge-ip CIDR]]`` (the
-``virtwire serve guest`` CLI takes the same options: ``add_arguments`` /
-``build``; ``virtwire ping`` is ``ping_command``).
+Run it with ``virtwire serve guest --e1000 ADDR --guestmem ADDR [--ip CIDR]
+[--bridge-tap IFNAME [--netns NS] [--bridge-ip CIDR]]`` (``virtwire.cli.serve``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
@@ -26,14 +23,12 @@ from typing import Any
 
 import grpc
 
-from virtwire import tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import BackendError, ConfigError
 from virtwire.guest.bridge import NETNS_DIR, TapBridge, check_netns, run_ip
 from virtwire.guest.driver import (
     DEFAULT_BUF_SIZE,
     DEFAULT_MEM_BASE,
-    DEFAULT_RING,
     MAX_FRAME,
     DriverError,
     E1000Driver,
@@ -310,79 +305,3 @@ class GuestServicer(guest_pb2_grpc.GuestServiceServicer):
                         context: grpc.aio.ServicerContext[Any, Any]
                         ) -> guest_pb2.GetStatusResponse:
         return self.host.status()
-
-
-# -- command line -------------------------------------------------------------------------
-def add_arguments(sp: argparse.ArgumentParser) -> None:
-    """The options of `virtwire serve guest` (besides --listen and --ready-file)."""
-    sp.add_argument("--e1000", required=True, metavar="ADDR",
-                    help="the e1000 service this guest drives")
-    sp.add_argument("--guestmem", required=True, metavar="ADDR",
-                    help="the guestmem service holding this guest's RAM (the e1000's)")
-    sp.add_argument("--ip", default="", metavar="CIDR",
-                    help="answer ARP and ping for this address, e.g. 198.18.0.1/24; "
-                         "Ping RPCs use it as their source")
-    sp.add_argument("--bridge-tap", default="", metavar="IFNAME",
-                    help="also make the NIC a Linux TAP interface of this name (root)")
-    sp.add_argument("--netns", default="", metavar="NS",
-                    help="move the bridge TAP into this existing network namespace")
-    sp.add_argument("--netns-create", action="store_true",
-                    help="create the --netns namespace if it does not exist, and delete it "
-                         "on exit (in a container, whose namespaces are its own)")
-    sp.add_argument("--bridge-ip", default="", metavar="CIDR",
-                    help="address the bridge TAP with this (inside --netns if given)")
-    sp.add_argument("--rx-ring", type=int, default=SERVICE_RING, metavar="N",
-                    help=f"RX descriptors, 8 to 4096 (default {SERVICE_RING}; Linux: "
-                         f"{DEFAULT_RING})")
-    sp.add_argument("--tx-ring", type=int, default=SERVICE_RING, metavar="N",
-                    help=f"TX descriptors, 8 to 4096 (default {SERVICE_RING}; Linux: "
-                         f"{DEFAULT_RING})")
-    sp.add_argument("--dma", choices=["auto", "rpc"], default="auto",
-                    help="auto: shared memory when on the same host; rpc: always RPCs")
-    sp.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
-                    help="give up if the e1000 or guestmem service is not reachable in S s")
-
-
-def build(args: argparse.Namespace) -> GuestServer:
-    """A GuestServer from parsed `serve guest` arguments."""
-    return GuestServer(args.listen, e1000=args.e1000, guestmem=args.guestmem, ip=args.ip,
-                       bridge_tap=args.bridge_tap, netns=args.netns, bridge_ip=args.bridge_ip,
-                       rx_ring=args.rx_ring, tx_ring=args.tx_ring,
-                       force_rpc=args.dma == "rpc", connect_timeout=args.connect_timeout,
-                       netns_create=args.netns_create)
-
-
-def format_ping(address: str, source: str, resp: guest_pb2.PingResponse) -> str:
-    lines = [f"PING {address} from {source}"]
-    rtts = []
-    for reply in resp.replies:
-        if reply.HasField("rtt_us"):
-            rtts.append(reply.rtt_us / 1000)
-            lines.append(f"seq={reply.seq} time={reply.rtt_us / 1000:.3f} ms")
-        else:
-            lines.append(f"seq={reply.seq} no reply")
-    tx, rx = resp.transmitted, resp.received
-    loss = 100 * (tx - rx) / tx if tx else 0
-    lines.append(f"--- {address} ping statistics ---")
-    summary = f"{tx} transmitted, {rx} received, {loss:.0f}% packet loss"
-    if rtts:
-        summary += (f", rtt min/avg/max = {min(rtts):.3f}/{sum(rtts) / len(rtts):.3f}/"
-                    f"{max(rtts):.3f} ms")
-    lines.append(summary)
-    return "\n".join(lines)
-
-
-async def ping_command(server: str, address: str, *, count: int = DEFAULT_PING_COUNT,
-                       interval_ms: int = DEFAULT_PING_INTERVAL_MS,
-                       timeout_ms: int = DEFAULT_PING_TIMEOUT_MS,
-                       size: int = DEFAULT_PING_SIZE) -> int:
-    """`virtwire ping -s GUEST IP`: print ping-style lines; 0 if any reply came."""
-    target = parse_sockaddr(server, allow_port_zero=False).grpc_target
-    request = guest_pb2.PingRequest(address=address, count=count, interval_ms=interval_ms,
-                                    timeout_ms=timeout_ms, size=size)
-    deadline = 10 + (count * (interval_ms + timeout_ms)) / 1000
-    async with tls.aio_channel(target) as channel:
-        stub = guest_pb2_grpc.GuestServiceStub(channel)
-        resp = await stub.Ping(request, timeout=deadline)
-    print(format_ping(address, f"guest {server}", resp))
-    return 0 if resp.received else 1

@@ -11,6 +11,7 @@ pinging until Ctrl-C (or once with ``--once``), then tears the LAN down.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import subprocess
 from pathlib import Path
@@ -21,6 +22,18 @@ from virtwire.orchestrator.launch import VIRTWIRE_CMD
 from virtwire.topology import load_topology
 
 DEFAULT_TOPOLOGY = Path("examples/default.yaml")
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser("demo", allow_abbrev=False,
+                          help="bring up the default LAN on loopback (make run)")
+    demo.set_defaults(verb=cmd_demo)
+    demo.add_argument("file", nargs="?", help="topology file (default examples/default.yaml)")
+    demo.add_argument("--once", action="store_true", help="show traffic once and exit")
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    return await run_demo(once=args.once, file=args.file or "")
 
 
 def _cli(*args: str, check: bool = True) -> int:

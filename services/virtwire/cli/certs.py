@@ -6,10 +6,40 @@ import argparse
 from pathlib import Path
 
 from virtwire import certs
+from virtwire.cli.exitcode import EXIT_OK
+from virtwire.cli.format import format_table
 from virtwire.errors import ConfigError
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+async def cmd_certs(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if args.certs_command == "init":
+        certs.init_ca(directory, force=args.force)
+        print(f"CA created: {directory / certs.CA_CERT} (key {directory / certs.CA_KEY}, 0600)")
+        return EXIT_OK
+    if args.certs_command == "issue":
+        authority = certs.Authority.load(directory)
+        cert, key = authority.issue_to(directory, args.name, args.san, args.role)
+        print(f"issued {args.name} ({args.role}): {cert}, key {key} (0600)")
+        return EXIT_OK
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory")
+    rows = [("NAME", "ROLE", "NAMES (SAN)", "EXPIRES", "FILE")]
+    for path in sorted(directory.glob("*.pem")):
+        if path.name.endswith("-key.pem"):
+            continue
+        try:
+            info = certs.describe(path.read_bytes())
+        except ValueError:
+            continue
+        rows.append((info["name"], info["role"] or ("ca" if path.name == certs.CA_CERT
+                                                     else "-"),
+                     info["sans"], info["expires"], path.name))
+    print(format_table(rows))
+    return EXIT_OK
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("certs", allow_abbrev=False,
                        help="make a CA and issue certificates for mutual TLS",
         description="A CA directory for a LAN's mutual TLS: 'init' makes ca.pem and "
@@ -19,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                "  virtwire certs issue pki hostb --san 198.18.7.2 --role service\n"
                "  VIRTWIRE_TLS_DIR=pki virtwire status",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(verb=cmd_certs)
     verbs = p.add_subparsers(dest="certs_command", required=True)
     init = verbs.add_parser("init", allow_abbrev=False,
                             help="create the CA (ca.pem, ca-key.pem) in DIR")
@@ -36,33 +67,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                             "services call on each other (default)")
     ls = verbs.add_parser("ls", allow_abbrev=False, help="the certificates in DIR with their roles")
     ls.add_argument("dir", help="the CA directory")
-
-
-def run(args: argparse.Namespace) -> int:
-    directory = Path(args.dir)
-    if args.certs_command == "init":
-        certs.init_ca(directory, force=args.force)
-        print(f"CA created: {directory / certs.CA_CERT} (key {directory / certs.CA_KEY}, 0600)")
-        return 0
-    if args.certs_command == "issue":
-        authority = certs.Authority.load(directory)
-        cert, key = authority.issue_to(directory, args.name, args.san, args.role)
-        print(f"issued {args.name} ({args.role}): {cert}, key {key} (0600)")
-        return 0
-    if not directory.is_dir():
-        raise ConfigError(f"{directory} is not a directory")
-    rows = [("NAME", "ROLE", "NAMES (SAN)", "EXPIRES", "FILE")]
-    for path in sorted(directory.glob("*.pem")):
-        if path.name.endswith("-key.pem"):
-            continue
-        try:
-            info = certs.describe(path.read_bytes())
-        except ValueError:
-            continue
-        rows.append((info["name"], info["role"] or ("ca" if path.name == certs.CA_CERT
-                                                     else "-"),
-                     info["sans"], info["expires"], path.name))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return 0

@@ -1,4 +1,4 @@
-"""`virtwire up / down / status / link NODE`: clients of the OrchestratorService.
+"""`virtwire up / down / status / validate / render`, and link / ping of a LAN's nodes.
 
 ``up`` runs the orchestrator server in-process (until Ctrl-C or ``down``) or,
 with ``--detach``, as a background ``virtwire serve orchestrator`` process;
@@ -8,6 +8,7 @@ through its state file.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -16,26 +17,39 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from virtwire import tls
-from virtwire.errors import BackendError, NotFoundError
+from virtwire.cli.exitcode import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from virtwire.cli.format import (
+    LAN_ORCHESTRATOR,
+    format_json,
+    format_ping,
+    format_status,
+    link_up_down,
+)
+from virtwire.cli.serve import serving, until_stopped
+from virtwire.errors import BackendError, NotFoundError, VirtwireError
 from virtwire.orchestrator import pids
 from virtwire.orchestrator.core import LanState, lan_dir, read_state, remove_lan_dir, state_root
 from virtwire.orchestrator.launch import VIRTWIRE_CMD, wait_ready
 from virtwire.orchestrator.pki import LanPki, lan_identity, lan_tls_dir
 from virtwire.orchestrator.statedir import private_dir
+from virtwire.rpc.status import translated
 from virtwire.topology import load_topology
-from virtwire.v1 import guest_pb2, netclient_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from virtwire.v1 import guest_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 _DONE = orchestrator_pb2.UP_EVENT_KIND_DONE
 _ERROR = orchestrator_pb2.UP_EVENT_KIND_ERROR
 RPC_TIMEOUT_S = 30.0
+#: How long `up --detach` waits for its orchestrator to serve.
+ORCHESTRATOR_START_S = 20.0
+
+Stub = orchestrator_pb2_grpc.OrchestratorServiceStub
 
 
+# -- a LAN's orchestrator --------------------------------------------------------------
 def _orchestrator_alive(state: LanState) -> bool:
     """The LAN's orchestrator still runs: its pid is still the process that
     wrote the state (same start time, same boot), and not a zombie."""
@@ -84,12 +98,28 @@ async def _kill_services(state: LanState) -> None:
 
     for agent in sorted({rec.agent for rec in state.services if rec.agent}):
         try:
-            await stop_remote_lan(agent, state.name)
-        except grpc.aio.AioRpcError as exc:
+            with translated(agent):
+                await stop_remote_lan(agent, state.name)
+        except VirtwireError as exc:
             print(f"virtwire: warning: the orchestrator at {agent} did not stop LAN "
                   f"{state.name!r}'s services there: {exc}", file=sys.stderr)
 
 
+def _stub(state: LanState) -> tuple[grpc.aio.Channel, Stub]:
+    if tls.active() is None:
+        # No --tls-* flags nor VIRTWIRE_TLS_DIR: the identity the LAN's own
+        # orchestrator made for its controller, if the LAN runs TLS.
+        tls.configure(lan_identity(lan_dir(state.name)))
+    ch = tls.aio_channel(state.orchestrator)
+    return ch, Stub(ch)
+
+
+def orchestrator_stub(lan: str | None) -> tuple[grpc.aio.Channel, Stub]:
+    """A channel to the orchestrator of LAN (or of the only LAN running)."""
+    return _stub(read_state(lan))
+
+
+# -- up ------------------------------------------------------------------------------
 def _spawn_detached(ready: Path, log: Path, topology: Path) -> subprocess.Popen[bytes]:
     """`virtwire serve orchestrator --topology FILE` in its own session: it
     outlives this command, and reads the topology itself (trusted, as here)."""
@@ -111,7 +141,7 @@ async def _stream_up(address: str, source: str, backend: str, subnet: str) -> bo
     no scripts, paths or namespaces).
     """
     async with tls.aio_channel(address) as ch:
-        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        stub = Stub(ch)
         async for event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
                 source=source, backend=backend, subnet=subnet)):
             kind = orchestrator_pb2.UpEventKind.Name(event.kind).removeprefix(
@@ -124,7 +154,7 @@ async def _stream_up(address: str, source: str, backend: str, subnet: str) -> bo
     return False
 
 
-async def cmd_up(args: Any) -> int:
+async def cmd_up(args: argparse.Namespace) -> int:
     from virtwire.server.orchestrator import OrchestratorServer
 
     topo = load_topology(args.file)  # TopologyError: exit 2 with FILE:LINE
@@ -146,7 +176,7 @@ async def cmd_up(args: Any) -> int:
         log = root / f"{topo.name}.orchestrator.log"
         proc = _spawn_detached(ready, log, Path(args.file))
         try:
-            address = await wait_ready(ready, proc.poll, 20)
+            address = await wait_ready(ready, proc.poll, ORCHESTRATOR_START_S)
         except BackendError:
             proc.kill()
             raise BackendError(f"the orchestrator did not start; see {log}") from None
@@ -154,65 +184,40 @@ async def cmd_up(args: Any) -> int:
         if await _stream_up(address, args.file, args.backend, args.subnet):
             print(f"LAN {topo.name!r} is up (orchestrator {address}, pid {proc.pid}); "
                   f"'virtwire down {topo.name}' stops it")
-            return 0
+            return EXIT_OK
         proc.terminate()
         proc.wait()
-        return 1
+        return EXIT_ERROR
     host = OrchestratorServer(local_topology=topo)
-    await host.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        up = asyncio.create_task(_stream_up(host.address, args.file, args.backend,
-                                             args.subnet))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({up, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not up.done():
-            up.cancel()
-            return 130
-        if not up.result():
-            return 1
+    async with serving(host, grace=0.5) as stopped:
+        came_up = await until_stopped(stopped, _stream_up(host.address, args.file,
+                                                          args.backend, args.subnet))
+        if came_up is None:
+            return EXIT_INTERRUPTED
+        if not came_up:
+            return EXIT_ERROR
         print(f"LAN {topo.name!r} is up (orchestrator {host.address}); Ctrl-C stops it",
               flush=True)
-        down = asyncio.create_task(host.lan_down.wait())
-        await asyncio.wait({stopper, down}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        down.cancel()
-        return 0
-    finally:
-        await host.stop(grace=0.5)
+        await until_stopped(stopped, host.lan_down.wait())
+    return EXIT_OK
 
 
-def _stub(state: LanState
-          ) -> tuple[grpc.aio.Channel, orchestrator_pb2_grpc.OrchestratorServiceStub]:
-    if tls.active() is None:
-        # No --tls-* flags nor VIRTWIRE_TLS_DIR: the identity the LAN's own
-        # orchestrator made for its controller, if the LAN runs TLS.
-        tls.configure(lan_identity(lan_dir(state.name)))
-    ch = tls.aio_channel(state.orchestrator)
-    return ch, orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
-
-
-def orchestrator_stub(lan: str | None
-                      ) -> tuple[grpc.aio.Channel, orchestrator_pb2_grpc.OrchestratorServiceStub]:
-    """A channel to the orchestrator of LAN (or of the only LAN running)."""
-    return _stub(read_state(lan))
-
-
-async def cmd_down(args: Any) -> int:
+# -- down, status, link, ping ----------------------------------------------------------
+async def cmd_down(args: argparse.Namespace) -> int:
     state = read_state(args.name)
     ch, stub = _stub(state)
     try:
-        async with ch:
-            resp = await stub.Down(orchestrator_pb2.OrchestratorServiceDownRequest(),
-                                   timeout=RPC_TIMEOUT_S)
+        with translated(LAN_ORCHESTRATOR):
+            async with ch:
+                resp = await stub.Down(orchestrator_pb2.OrchestratorServiceDownRequest(),
+                                       timeout=RPC_TIMEOUT_S)
         stopped = resp.stopped
-    except grpc.aio.AioRpcError as exc:
+    except VirtwireError as exc:
         # The orchestrator is gone: kill what it left and forget the LAN.
+        status = getattr(exc, "status", None)
         print(f"virtwire: warning: orchestrator at {state.orchestrator} did not answer "
-              f"({exc.code().name}); killing the services it recorded", file=sys.stderr)
+              f"({status.name if status else exc}); killing the services it recorded",
+              file=sys.stderr)
         await _kill_services(state)
         stopped = len(state.services)
     remove_lan_dir(state.name)
@@ -224,82 +229,112 @@ async def cmd_down(args: Any) -> int:
                 boot=state.boot_id, what="the orchestrator"):
             await _wait_exit(state, 5.0)
     print(f"LAN {state.name!r} is down ({stopped} services stopped)")
-    return 0
+    return EXIT_OK
 
 
-def _counters_dropped(c: netclient_pb2.NetClientCounters) -> int:
-    return int(c.dropped_queue_full + c.dropped_link_down + c.dropped_refused
-               + c.dropped_malformed + c.dropped_purged)
-
-
-async def cmd_status(args: Any) -> int:
-    from virtwire.cli import _format_table
-
+async def cmd_status(args: argparse.Namespace) -> int:
+    """A LAN's services and NetClients; 1 if a service is not serving."""
     state = read_state(args.name)
     ch, stub = _stub(state)
     async with ch:
         resp = await stub.GetStatus(orchestrator_pb2.OrchestratorServiceGetStatusRequest(),
                                     timeout=RPC_TIMEOUT_S)
-    if args.json:
-        print(json_format.MessageToJson(resp, always_print_fields_with_no_presence=True,
-                                        preserving_proto_field_name=True))
-    else:
-        print(f"LAN {resp.name!r}: {resp.state} (orchestrator {state.orchestrator})")
-        rows = [("NODE", "KIND", "SERVICE", "RUNS AS", "ADDRESS", "PID", "HEALTH",
-                 "RESTARTS")]
-        for node in resp.nodes:
-            for svc in node.services:
-                runs = f"host {svc.host}" if svc.host else svc.backend
-                rows.append((node.name, node.kind, svc.name, runs, svc.address, str(svc.pid),
-                             "serving" if svc.healthy else "NOT SERVING", str(svc.restarts)))
-        print(_format_table(rows))
-        rows2: list[tuple[str, ...]] = [("NODE", "NETCLIENT", "LINK", "PEER", "RX FRAMES",
-                                         "RX BYTES", "TX FRAMES", "TX BYTES", "DROPPED")]
-        for node in resp.nodes:
-            for nc in node.netclients:
-                info = nc.info
-                link = netclient_pb2.LinkState.Name(info.link_state).removeprefix(
-                    "LINK_STATE_").lower()
-                if info.admin_down:
-                    link += " (set down)"
-                elif info.link_down:
-                    link += " (down)"
-                c = info.counters
-                rows2.append((node.name, nc.name, link, info.peer, str(c.rx_frames),
-                             str(c.rx_bytes), str(c.tx_frames), str(c.tx_bytes),
-                             str(_counters_dropped(c))))
-        print()
-        print(_format_table(rows2))
+    print(format_json(resp) if args.json else format_status(resp, state.orchestrator))
     unhealthy = any(not s.healthy for n in resp.nodes for s in n.services)
-    return 1 if unhealthy else 0
+    return EXIT_ERROR if unhealthy else EXIT_OK
 
 
-async def cmd_link_node(args: Any) -> int:
-    state = read_state(args.lan)
-    ch, stub = _stub(state)
+async def cmd_link_node(args: argparse.Namespace) -> int:
+    """`virtwire link NODE[:PORT] up|down`, through the LAN's orchestrator."""
+    ch, stub = orchestrator_stub(args.lan)
     async with ch:
         resp = await stub.SetLink(orchestrator_pb2.OrchestratorServiceSetLinkRequest(
             target=args.netclient, up=args.state == "up"), timeout=RPC_TIMEOUT_S)
-    print(f"{args.netclient} ({resp.netclient.name}): link "
-          f"{'down' if resp.netclient.link_down else 'up'}")
-    return 0
+    print(f"{args.netclient} ({resp.netclient.name}): {link_up_down(resp.netclient)}")
+    return EXIT_OK
 
 
-async def cmd_ping_node(args: Any) -> int:
+async def cmd_ping_node(args: argparse.Namespace) -> int:
     """`virtwire ping FROM_VM TO`: through the orchestrator; 0 if any reply came."""
-    state = read_state(args.lan)
-    ch, stub = _stub(state)
+    ch, stub = orchestrator_stub(args.lan)
     timeout_ms = max(1, round(args.wait * 1000))
     async with ch:
         resp = await stub.Ping(orchestrator_pb2.OrchestratorServicePingRequest(
             from_node=args.address, to=args.to, count=args.count, timeout_ms=timeout_ms),
             timeout=RPC_TIMEOUT_S + args.count * (timeout_ms + 100) / 1000)
-    from virtwire.server.guest import format_ping
-
     print(format_ping(resp.address, args.address, guest_pb2.PingResponse(
         replies=resp.replies, transmitted=resp.transmitted, received=resp.received)))
-    return 0 if resp.received else 1
+    return EXIT_OK if resp.received else EXIT_ERROR
 
 
-def status_json(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse) -> Any:
-    return json.loads(json_format.MessageToJson(resp, preserving_proto_field_name=True))
+# -- validate, render ------------------------------------------------------------------
+async def cmd_validate(args: argparse.Namespace) -> int:
+    topo = load_topology(args.file)
+    if args.json:
+        print(json.dumps(topo.to_dict(), indent=1))
+    else:
+        print(f"{args.file}: LAN {topo.name!r}: {len(topo.nodes)} nodes, "
+              f"{len(topo.links)} links, {len(topo.services)} services")
+    for warning in topo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def cmd_render(args: argparse.Namespace) -> int:
+    from virtwire.orchestrator.render import holds_keys, render, write_output
+
+    topo = load_topology(args.file)
+    output = None if args.output in (None, "-") else Path(args.output)
+    text = render(topo, args.format, args.subnet, output=output,
+                  certs_dir=Path(args.certs_dir) if args.certs_dir else None)
+    for warning in topo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_output(output, text, holds_keys(topo, args.format))
+    return EXIT_OK
+
+
+# -- arguments ------------------------------------------------------------------------
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    val = sub.add_parser("validate", allow_abbrev=False,
+                         help="check a topology file (YAML) and show its plan")
+    val.set_defaults(verb=cmd_validate)
+    val.add_argument("file")
+    val.add_argument("--json", action="store_true", help="print the resolved topology")
+
+    rnd = sub.add_parser("render", allow_abbrev=False,
+                         help="render a topology as a compose file or "
+                         "Kubernetes manifests")
+    rnd.set_defaults(verb=cmd_render)
+    rnd.add_argument("format", choices=["compose", "k8s"])
+    rnd.add_argument("file")
+    rnd.add_argument("-o", "--output", help="write here instead of stdout")
+    rnd.add_argument("--subnet", default="", help="compose: the network's subnet, inside "
+                     "198.18.0.0/15 (default 198.18.20.0/24)")
+    rnd.add_argument("--certs-dir", metavar="DIR",
+                     help="with tls: in the topology, where the services' certificates "
+                          "are issued (default: OUTPUT-STEM-certs next to -o)")
+
+    up = sub.add_parser("up", allow_abbrev=False, help="run a LAN from a topology file")
+    up.set_defaults(verb=cmd_up)
+    up.add_argument("file")
+    up.add_argument("--detach", "-d", action="store_true",
+                    help="leave the LAN running in the background")
+    up.add_argument("--backend", choices=["process", "docker"], default="process",
+                    help="how this machine runs its services: local processes on "
+                         "loopback (default) or a container each (image virtwire:VERSION, "
+                         "'make image'); nodes with a host: run on that host")
+    up.add_argument("--subnet", default="", help="docker: the LAN network's subnet, inside "
+                    "198.18.0.0/15 (default: the highest free 198.19.N.0/24)")
+    down = sub.add_parser("down", allow_abbrev=False, help="stop a running LAN")
+    down.set_defaults(verb=cmd_down)
+    tls.add_arguments(down, default_name=tls.DEFAULT_CLIENT_NAME)
+    down.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
+    status = sub.add_parser("status", allow_abbrev=False,
+                            help="nodes, health, links and counters of a LAN")
+    status.set_defaults(verb=cmd_status)
+    tls.add_arguments(status, default_name=tls.DEFAULT_CLIENT_NAME)
+    status.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")

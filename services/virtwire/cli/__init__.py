@@ -1,0 +1,78 @@
+"""The `virtwire` command line: ``main`` and the parser it assembles.
+
+One module per group of verbs, each adding its subcommands with
+``add_commands``: ``serve`` (one service), ``frames`` (inject, capture, list,
+link, ping), ``lan`` (up, down, status, validate, render), ``certs`` and
+``demo``; ``format`` holds what they print. Verbs raise domain errors only: a
+failed RPC becomes one through ``virtwire.rpc.status``, and ``exitcode``
+picks the exit code from its type. A closed stdout ends a command quietly
+with 141, Ctrl-C with 130 (``exitcode``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from virtwire import tls
+from virtwire.cli import certs, demo, frames, lan, serve
+from virtwire.cli.exitcode import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
+from virtwire.cli.format import target_name
+from virtwire.cli.log import setup_logging
+from virtwire.errors import VirtwireError
+from virtwire.rpc.status import translated
+
+#: Options that must be at least this much, wherever a verb has them.
+_AT_LEAST = (("repeat", 1), ("count", 0), ("snaplen", 0), ("ports", 0), ("max_ports", 1),
+             ("max_captures", 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="virtwire", description="The `virtwire` command line.",
+                                allow_abbrev=False)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    for verbs in (serve, frames, lan, certs, demo):
+        verbs.add_commands(sub)
+    return p
+
+
+async def _run_verb(args: argparse.Namespace) -> int:
+    with translated(target_name(args)):
+        return int(await args.verb(args))
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, least in _AT_LEAST:
+        if getattr(args, name, least) < least:
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}")
+    setup_logging(args.verbose)
+    try:
+        # up takes the LAN's identity from its topology's tls: (orchestrator/pki.py).
+        tls.configure(tls.config_from_args(args))
+        return asyncio.run(_run_verb(args))
+    except VirtwireError as exc:
+        print(f"virtwire: error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `virtwire` command; its exit code (``exitcode``)."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader gone away shows here, not at exit
+    except BrokenPipeError:
+        # What is left for stdout goes nowhere, so that exiting does not fail too.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -1,0 +1,290 @@
+"""`virtwire serve KIND`: one service, until SIGTERM or SIGINT.
+
+The kinds are ``SERVE_KINDS``, a table keyed by kind as QEMU's netdev
+constructors are: per kind its help, a function adding its options and one
+building its ServiceHost from them. ``serving`` is the one serve loop, also
+used by a foreground ``virtwire up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from virtwire import tls
+from virtwire.cli.log import label_records
+from virtwire.errors import ConfigError
+from virtwire.guest.driver import DEFAULT_RING
+from virtwire.server.base import SHUTDOWN_GRACE_S, ServiceHost
+from virtwire.server.guest import SERVICE_RING, GuestServer
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+# -- the serve loop -------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def serving(host: ServiceHost, grace: float = SHUTDOWN_GRACE_S
+                  ) -> AsyncIterator[asyncio.Event]:
+    """Start ``host`` for the block, which gets an event SIGTERM/SIGINT set;
+    at the end, stop it within ``grace`` seconds."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stopped.set)
+    try:
+        await host.start()
+        try:
+            yield stopped
+        finally:
+            await host.stop(grace)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def until_stopped(stopped: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result; None (and ``work`` cancelled) if ``stopped`` comes first."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        finished = task.done()
+        if not finished:
+            task.cancel()
+    return task.result() if finished else None
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    host = SERVE_KINDS[args.kind].build(args)
+    host.registry.max_captures = args.max_captures
+    host.insecure = args.insecure
+    async with serving(host) as stopped:
+        label_records(f"{host.service_name}@{host.address}")
+        if args.ready_file:
+            Path(args.ready_file).write_text(host.address + "\n")
+        await stopped.wait()
+        logger.info("signal received, shutting down")
+    return 0
+
+
+# -- the kinds -----------------------------------------------------------------------
+def _hub_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--hub-id", type=int, default=0, help="QEMU's hubid (default 0)")
+    sp.add_argument("--ports", type=int, default=0,
+                    help="create N ports that wait to be dialled")
+    sp.add_argument("--port", action="append", default=[], metavar="NAME[=PEER]",
+                    help="create a named port; with =ADDR/NETCLIENT it dials that peer")
+    sp.add_argument("--max-ports", type=int, default=256, metavar="N",
+                    help="refuse AddPort and anonymous links beyond N ports "
+                         "(default 256)")
+
+
+def _build_hub(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.server.hub import HubServer
+
+    host = HubServer(args.listen, args.hub_id, max_ports=args.max_ports)
+    for _ in range(args.ports):
+        host.add_port()
+    for spec in args.port:
+        name, sep, peer = spec.partition("=")
+        if not name:
+            raise ConfigError(f"bad --port {spec!r}: expected NAME or NAME=ADDR/NETCLIENT")
+        host.add_port(name, peer if sep else "")
+    return host
+
+
+def _add_allow_script(sp: argparse.ArgumentParser, who: str) -> None:
+    sp.add_argument("--allow-script", action="append", default=[], metavar="NAME=PATH",
+                    help=f"{who} may name script NAME (script=NAME, downscript=NAME) to run "
+                         "PATH; over RPCs scripts are only such names (repeatable)")
+
+
+def _tap_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--backend", action="append", default=[], metavar="SPEC",
+                    help="e.g. stream,listen=127.0.0.1:5000 | stream,connect=unix:/s "
+                         "| tap,ifname=vw0,vnet_hdr=on | dgram,local=H:P,remote=H:P "
+                         "| dgram,mcast=230.0.0.1:1234")
+    sp.add_argument("--peer", action="append", default=[], metavar="ADDR/NETCLIENT",
+                    help="peer of the n-th --backend (empty NETCLIENT: a new hub port)")
+    _add_allow_script(sp, "AddBackend")
+
+
+def _build_tap(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.allowlist import parse_allow_scripts
+    from virtwire.net.netdev import parse_backend_spec
+    from virtwire.server.tap import TapServer
+
+    if not args.backend:
+        raise ConfigError("serve tap needs at least one --backend SPEC")
+    if len(args.peer) > len(args.backend):
+        raise ConfigError(f"{len(args.peer)} --peer given for {len(args.backend)} --backend")
+    configs = [parse_backend_spec(spec) for spec in args.backend]
+    for i, peer in enumerate(args.peer):
+        configs[i] = dataclasses.replace(configs[i], peer=peer)
+    host = TapServer(args.listen, allowed_scripts=parse_allow_scripts(args.allow_script))
+    host.pending_configs.extend(configs)
+    return host
+
+
+def _guestmem_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--size", metavar="SIZE",
+                    help="guest RAM, e.g. 64M or 1G (binary units; default 64M, "
+                         "or the size of an existing --shm-path file)")
+    sp.add_argument("--shm-path", metavar="PATH",
+                    help="back the RAM by this file: opened if it exists (and left "
+                         "there), else created (and removed at exit); default: a "
+                         "unique file in /dev/shm")
+    sp.add_argument("--no-prealloc", action="store_true",
+                    help="do not reserve the RAM up front (a full /dev/shm then "
+                         "means SIGBUS, not an error)")
+    sp.add_argument("--max-size", metavar="SIZE",
+                    help="the largest guest RAM this host serves (default: 4G, or "
+                         "half of MemTotal if less)")
+
+
+def _build_guestmem(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.mem.guestmem import parse_size
+    from virtwire.server.guestmem import GuestMemServer
+
+    if args.size:
+        size: int | None = parse_size(args.size)
+    else:
+        size = None if args.shm_path else 64 << 20
+    return GuestMemServer(args.listen, size, args.shm_path, prealloc=not args.no_prealloc,
+                          max_size=parse_size(args.max_size) if args.max_size else None)
+
+
+def _add_dma(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dma", choices=["auto", "rpc"], default="auto",
+                    help="auto: shared memory when on the same host; rpc: always RPCs")
+
+
+def _e1000_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--guestmem", required=True, metavar="ADDR",
+                    help="the guestmem service the NIC DMAs to")
+    sp.add_argument("--mac", default="52:54:00:12:34:56", help="MAC address")
+    sp.add_argument("--model", default="82540EM",
+                    choices=["82540EM", "82544GC", "82545EM"],
+                    help="82540EM (0x100E, default), 82544GC (0x100C), 82545EM (0x100F)")
+    sp.add_argument("--name", default="e1000", help="the NIC's NetClient name")
+    sp.add_argument("--peer", metavar="ADDR/NETCLIENT",
+                    help="dial this peer, e.g. a hub (HUB_ADDR/ for a new port)")
+    sp.add_argument("--compat", choices=["9.0", "7.2"], default="9.0",
+                    help="the QEMU whose e1000 to reproduce (7.2: Debian 12's)")
+    _add_dma(sp)
+
+
+def _build_e1000(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.server.e1000 import E1000Server
+
+    return E1000Server(args.listen, guestmem=args.guestmem, mac=args.mac, model=args.model,
+                       name=args.name, peer=args.peer or "", force_rpc=args.dma == "rpc",
+                       compat=args.compat)
+
+
+def _guest_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--e1000", required=True, metavar="ADDR",
+                    help="the e1000 service this guest drives")
+    sp.add_argument("--guestmem", required=True, metavar="ADDR",
+                    help="the guestmem service holding this guest's RAM (the e1000's)")
+    sp.add_argument("--ip", default="", metavar="CIDR",
+                    help="answer ARP and ping for this address, e.g. 198.18.0.1/24; "
+                         "Ping RPCs use it as their source")
+    sp.add_argument("--bridge-tap", default="", metavar="IFNAME",
+                    help="also make the NIC a Linux TAP interface of this name (root)")
+    sp.add_argument("--netns", default="", metavar="NS",
+                    help="move the bridge TAP into this existing network namespace")
+    sp.add_argument("--netns-create", action="store_true",
+                    help="create the --netns namespace if it does not exist, and delete it "
+                         "on exit (in a container, whose namespaces are its own)")
+    sp.add_argument("--bridge-ip", default="", metavar="CIDR",
+                    help="address the bridge TAP with this (inside --netns if given)")
+    for ring in ("rx", "tx"):
+        sp.add_argument(f"--{ring}-ring", type=int, default=SERVICE_RING, metavar="N",
+                        help=f"{ring.upper()} descriptors, 8 to 4096 (default {SERVICE_RING}; "
+                             f"Linux: {DEFAULT_RING})")
+    _add_dma(sp)
+    sp.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                    help="give up if the e1000 or guestmem service is not reachable in S s")
+
+
+def _build_guest(args: argparse.Namespace) -> GuestServer:
+    return GuestServer(args.listen, e1000=args.e1000, guestmem=args.guestmem, ip=args.ip,
+                       bridge_tap=args.bridge_tap, netns=args.netns, bridge_ip=args.bridge_ip,
+                       rx_ring=args.rx_ring, tx_ring=args.tx_ring,
+                       force_rpc=args.dma == "rpc", connect_timeout=args.connect_timeout,
+                       netns_create=args.netns_create)
+
+
+def _orchestrator_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--topology", metavar="FILE",
+                    help="read this topology file now: Up with an empty topology "
+                         "runs it (virtwire up --detach starts this)")
+    _add_allow_script(sp, "a topology sent by Up, or StartService,")
+    sp.add_argument("--allow-netns", action="store_true",
+                    help="let a topology sent by Up, or StartService, move a bridged "
+                         "guest's TAP into a network namespace (bridge netns:)")
+
+
+def _build_orchestrator(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.allowlist import parse_allow_scripts
+    from virtwire.server.orchestrator import OrchestratorServer
+    from virtwire.topology import load_topology
+
+    # Read here, on this host: Up with an empty topology runs it, trusted.
+    topo = load_topology(args.topology) if args.topology else None
+    return OrchestratorServer(args.listen, exit_on_down=True, local_topology=topo,
+                              allowed_scripts=parse_allow_scripts(args.allow_script),
+                              allow_netns=args.allow_netns)
+
+
+@dataclass(frozen=True)
+class ServeKind:
+    """One kind of `virtwire serve`: its help, its options, its ServiceHost."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    build: Callable[[argparse.Namespace], ServiceHost]
+
+
+#: `virtwire serve KIND`, in the order the help lists them.
+SERVE_KINDS: dict[str, ServeKind] = {
+    "hub": ServeKind("a hub (QEMU's -netdev hubport)", _hub_arguments, _build_hub),
+    "tap": ServeKind("host-side backends: tap, stream, dgram", _tap_arguments, _build_tap),
+    "guestmem": ServeKind("one guest's RAM: shared memory + DMA RPCs", _guestmem_arguments,
+                          _build_guestmem),
+    "e1000": ServeKind("an emulated Intel e1000 NIC (QEMU's hw/net/e1000.c)",
+                       _e1000_arguments, _build_e1000),
+    "guest": ServeKind("a guest's e1000 driver: send/receive, ping, TAP bridge",
+                       _guest_arguments, _build_guest),
+    "orchestrator": ServeKind("runs LANs from topology files (virtwire up)",
+                              _orchestrator_arguments, _build_orchestrator),
+}
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", allow_abbrev=False, help="run one service")
+    serve.set_defaults(verb=cmd_serve)
+    kinds = serve.add_subparsers(dest="kind", required=True)
+    for name, kind in SERVE_KINDS.items():
+        sp = kinds.add_parser(name, allow_abbrev=False, help=kind.help)
+        sp.add_argument("--listen", default="127.0.0.1:0",
+                        help="gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:0)")
+        sp.add_argument("--ready-file", help="write the bound address here once serving")
+        sp.add_argument("--max-captures", type=int, default=16, metavar="N",
+                        help="Capture streams one NetClient takes (default 16)")
+        tls.add_arguments(sp, default_name=name, server=True)
+        kind.add_arguments(sp)
