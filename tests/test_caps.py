@@ -18,11 +18,11 @@ import pytest
 
 from virtwire.address import NAME_MAX, check_name, parse_peer, shorten
 from virtwire.errors import ConfigError, LimitError
-from virtwire.link import DEFAULT_WINDOW, LinkDialer, LinkPeer
+from virtwire.link import DEFAULT_WINDOW, LinkPeer
 from virtwire.net.capture import CaptureFilter, CaptureSubscription
-from virtwire.net.net import NetClient
 from virtwire.net.queue import NQ_MAXLEN
 from virtwire.server.hub import HubServer
+from virtwire.server.link import LinkDialer
 from virtwire.v1 import (
     hub_pb2,
     hub_pb2_grpc,
@@ -33,6 +33,7 @@ from virtwire.v1 import (
 )
 
 from support.doubles import Sink, frame, pump, until
+from support.links import plug, ready
 from support.procs import serve
 
 MAX_CREDITS = 2**32 - 1
@@ -47,21 +48,6 @@ Call = grpc.aio.StreamStreamCall[link_pb2.ConnectRequest, link_pb2.ConnectRespon
 async def channel(hub: HubServer) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(hub.address) as ch:
         yield ch
-
-
-async def plug(address: str, nc: NetClient, port: str = "") -> LinkDialer:
-    dialer = LinkDialer(nc, parse_peer(f"{address}/{port}"))
-    dialer.start()
-    await asyncio.wait_for(dialer.connected.wait(), 10)
-    await until(lambda: isinstance(nc.peer, LinkPeer) and nc.peer.session is not None,
-                what=f"{nc.name} linked")
-    return dialer
-
-
-async def ready(nc: NetClient) -> None:
-    """Wait until ``nc`` knows its hub port can receive (another port exists)."""
-    await until(lambda: isinstance(nc.peer, LinkPeer) and nc.peer.remote_ready,
-                what=f"{nc.name} ready")
 
 
 async def hello(channel: grpc.aio.Channel, netclient: str = "", peer: str = "evil",

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from virtwire.address import parse_peer
 from virtwire.hw.e1000_regs import E1000_RDT
-from virtwire.link import LinkDialer
 from virtwire.net.hub import Hub
 from virtwire.net.net import NetClient
 from virtwire.net.queue import (
@@ -35,6 +34,7 @@ from virtwire.net.queue import (
 )
 from virtwire.server.base import inject
 from virtwire.server.hub import HubServer
+from virtwire.server.link import LinkDialer
 from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
 
 from support.doubles import CbLog, Receiver, Sink, f, frame, pair, until

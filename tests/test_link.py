@@ -1,4 +1,5 @@
-"""Links over real gRPC on 127.0.0.1:0: batching, credits, backpressure, redial."""
+"""Links: the LinkPeer core on its own, then over real gRPC on 127.0.0.1:0
+(batching, credits, backpressure, redial)."""
 
 from __future__ import annotations
 
@@ -8,33 +9,76 @@ import grpc
 import pytest
 
 from virtwire.address import parse_peer
-from virtwire.link import LinkDialer, LinkPeer
+from virtwire.errors import LimitError
+from virtwire.link import Batch, LinkPeer
 from virtwire.net.queue import NQ_MAXLEN
+from virtwire.server import link as server_link
 from virtwire.server.hub import HubServer
+from virtwire.server.link import LinkDialer
 from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until
+from support.links import plug, ready
 
 
-async def plug(hub: HubServer, nc: Sink, port: str = "", window: int = 1024) -> LinkDialer:
-    dialer = LinkDialer(nc, parse_peer(f"{hub.address}/{port}"), window=window)
-    dialer.start()
-    await asyncio.wait_for(dialer.connected.wait(), 10)
-    await until(lambda: isinstance(nc.peer, LinkPeer) and nc.peer.session is not None,
-                what="link up")
-    return dialer
+def linked(window_a: int, window_b: int) -> tuple[Sink, LinkPeer, Sink, LinkPeer]:
+    """Sinks a and b joined by two LinkPeers, no transport: the test carries
+    each ``take_batch`` to the other side's ``on_batch`` itself."""
+    a, b = Sink("a"), Sink("b")
+    pa, pb = LinkPeer(a, "b", window_a), LinkPeer(b, "a", window_b)
+    # As the hello and welcome do: each side is granted the other's window.
+    pa.attach(object(), credits=pb.window, remote_ready=b.can_receive_packet())
+    pb.attach(object(), credits=pa.window, remote_ready=a.can_receive_packet())
+    return a, pa, b, pb
 
 
-async def ready(*ncs: Sink) -> None:
-    """Wait until each dialler knows its hub port can receive."""
-    for nc in ncs:
-        await until(lambda nc=nc: isinstance(nc.peer, LinkPeer) and nc.peer.remote_ready,
-                    what=f"{nc.name} ready")
+def carry(src: LinkPeer, dst: LinkPeer) -> Batch | None:
+    """One message of the link from ``src`` to ``dst``."""
+    batch = src.take_batch()
+    if batch is not None:
+        dst.on_batch(batch)
+    return batch
+
+
+async def test_credits_bound_what_is_in_flight_without_grpc() -> None:
+    window = 8
+    a, pa, b, pb = linked(1024, window)
+    n = 100
+    for i in range(n):
+        a.send_packet(frame(i))
+    # Only a window's worth left a: the rest waits in the LinkPeer's own queue.
+    assert pa.credits == 0 and len(pa.out_frames) == window
+    assert len(pa.incoming_queue) == n - window
+    rounds = 0
+    while len(b.frames) < n:
+        rounds += 1
+        assert rounds <= n, "the link stopped moving"
+        batch = carry(pa, pb)
+        assert batch is not None and 0 < len(batch.frames) <= window
+        # Taken but not credited back: never more than b's window.
+        assert pa.on_wire + len(pa.out_frames) + pa.credits <= window
+        assert pb.remote_credits >= 0
+        back = carry(pb, pa)   # b took them in: the credits return, a sends more
+        assert back is not None and back.credits == len(batch.frames)
+    assert b.frames == [frame(i) for i in range(n)]
+    assert pa.incoming_queue.dropped == 0 and pa.credits_refused == 0
+
+
+async def test_a_peer_beyond_its_credits_or_over_granting_is_caught_without_grpc() -> None:
+    window = 4
+    _a, pa, b, pb = linked(window, window)
+    # Credits beyond the window are clamped away and counted, not an error.
+    pa.on_batch(Batch(credits=1000))
+    assert pa.credits == window and pa.credits_refused == 1000
+    # More frames than the credits granted end the session.
+    with pytest.raises(LimitError, match="credits"):
+        pb.on_batch(Batch(frames=[frame(i) for i in range(window + 1)]))
+    assert pb.protocol_errors == 1 and b.frames == []
 
 
 async def test_frames_cross_the_hub_both_ways(hub: HubServer) -> None:
     a, b, c = Sink("a"), Sink("b"), Sink("c")
-    dialers = [await plug(hub, x) for x in (a, b, c)]
+    dialers = [await plug(hub.address, x) for x in (a, b, c)]
     assert len(hub.hub.ports) == 3
     await ready(a, b)
     for i in range(100):
@@ -54,8 +98,8 @@ async def test_frames_cross_the_hub_both_ways(hub: HubServer) -> None:
 
 async def test_lone_frame_goes_at_once_and_busy_link_batches(hub: HubServer) -> None:
     a, b = Sink("a"), Sink("b")
-    await plug(hub, a)
-    await plug(hub, b)
+    await plug(hub.address, a)
+    await plug(hub.address, b)
     await ready(a)
     a.send_packet(frame(1))
     await b.wait_for(1, timeout=2)
@@ -75,8 +119,8 @@ def _batches(nc: Sink) -> int:
 async def test_slow_receiver_backpressures_async_sender_without_loss(hub: HubServer) -> None:
     """A sent_cb sender is paused (0) and resumed by its callback; nothing is lost."""
     a, b = Sink("a"), Sink("b")
-    await plug(hub, a)
-    await plug(hub, b)
+    await plug(hub.address, a)
+    await plug(hub.address, b)
     await ready(a)
     b.set_ready(False)
     # As in QEMU, "cannot receive" is found out when frames arrive: the first
@@ -107,9 +151,9 @@ def _port_of(hub: HubServer, dialler: str) -> str:
 async def test_queue_bound_holds_end_to_end(hub: HubServer) -> None:
     """Flooding a stalled receiver: at most nq_maxlen queued, every drop counted."""
     a, b, c = Sink("a"), Sink("b"), Sink("c")
-    await plug(hub, a)
-    await plug(hub, b, window=64)
-    await plug(hub, c)
+    await plug(hub.address, a)
+    await plug(hub.address, b, window=64)
+    await plug(hub.address, c)
     await ready(a)
     b.set_ready(False)  # b stalls; c keeps the hub port receiving
     n = 30000
@@ -146,7 +190,7 @@ async def test_broken_link_is_link_down_on_both_ends_and_redials() -> None:
     await dialer.stop()
     await until(lambda: port.link_down, what="hub port link_down")
     b = Sink("b")
-    await plug(host, b)
+    await plug(host.address, b)
     b.send_packet(frame(0))
     await until(lambda: host.registry.info(port).counters.dropped_link_down == 1,
                 what="drop counted on the dead port")
@@ -165,7 +209,7 @@ async def test_broken_link_is_link_down_on_both_ends_and_redials() -> None:
     await host2.start()
     await until(lambda: not a.link_down, timeout=10, what="redial")
     b = Sink("b2")
-    await plug(host2, b)
+    await plug(host2.address, b)
     a.send_packet(frame(2))
     await b.wait_for(1)
     await dialer.stop()
@@ -174,7 +218,7 @@ async def test_broken_link_is_link_down_on_both_ends_and_redials() -> None:
 
 async def test_link_errors_have_status_codes(hub: HubServer) -> None:
     a = Sink("a")
-    await plug(hub, a, port="")
+    await plug(hub.address, a, port="")
     taken = hub.hub.ports[0].name
     async with grpc.aio.insecure_channel(hub.address) as channel:
         stub = link_pb2_grpc.LinkServiceStub(channel)
@@ -194,10 +238,23 @@ async def test_link_errors_have_status_codes(hub: HubServer) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_dialler_that_sends_no_hello_gets_deadline_exceeded(
+        hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_link, "HELLO_TIMEOUT_S", 0.2)
+    refused = hub.registry.acceptor.links_refused
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        call = link_pb2_grpc.LinkServiceStub(channel).Connect()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call.read(), 10)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert err.value.details() == "no LinkHello received"
+    assert hub.registry.acceptor.links_refused == refused + 1
+
+
 async def test_inject_and_capture_over_grpc(hub: HubServer) -> None:
     a, b = Sink("a"), Sink("b")
-    await plug(hub, a)
-    await plug(hub, b)
+    await plug(hub.address, a)
+    await plug(hub.address, b)
     port_a = _port_of(hub, "a")
     async with grpc.aio.insecure_channel(hub.address) as channel:
         stub = netclient_pb2_grpc.NetClientServiceStub(channel)
@@ -233,8 +290,8 @@ async def test_inject_and_capture_over_grpc(hub: HubServer) -> None:
 
 async def test_set_link_down_drops_and_counts(hub: HubServer) -> None:
     a, b = Sink("a"), Sink("b")
-    await plug(hub, a)
-    await plug(hub, b)
+    await plug(hub.address, a)
+    await plug(hub.address, b)
     await ready(a)
     port_b = _port_of(hub, "b")
     async with grpc.aio.insecure_channel(hub.address) as channel:

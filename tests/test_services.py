@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from virtwire.address import parse_peer
-from virtwire.link import LinkDialer, LinkPeer
+from virtwire.link import LinkPeer
+from virtwire.server.link import LinkDialer
 from virtwire.v1 import hub_pb2, hub_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until

@@ -25,8 +25,11 @@ Neither side trusts the other's accounting (a peer may be hostile):
   the session ends with a LimitError (FAILED_PRECONDITION to a dialler), and
   ``protocol_errors`` counts it.
 
-A ``LinkSession`` runs one gRPC stream (either side); a ``LinkDialer`` redials
-with backoff. While no session is up both ends see link_down.
+This module is the protocol core, with no transport: a session (one Connect
+stream, in ``virtwire.server.link``) ``attach``es, hands every ``Batch`` that
+arrives to ``on_batch``, writes what ``take_batch`` returns (waiting in
+``wait_for_output`` while it returns None), and ``detach``es when the stream
+ends. While no session is attached both ends see link_down.
 """
 
 from __future__ import annotations
@@ -35,18 +38,12 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-import grpc
-
-from virtwire import tls
-from virtwire.address import PeerSpec, check_name, shorten
-from virtwire.errors import ConfigError, ConflictError, LimitError
+from virtwire.errors import LimitError
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NET_PACKET_FLAG_NONE, NET_PACKET_FLAG_SENT_CB
-from virtwire.rpc.options import GRPC_EOF, GRPC_OPTIONS
-from virtwire.v1 import link_pb2, link_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +54,9 @@ MAX_BATCH_FRAMES = 512
 MAX_BATCH_BYTES = 1 << 20
 #: How often a LinkPeer that advertised "cannot receive" re-checks by itself.
 READY_POLL_S = 0.02
+#: How long either side waits for the other's LinkHello / LinkWelcome.
 HELLO_TIMEOUT_S = 10.0
+
 
 class LinkRunState(enum.Enum):
     """State of the link behind a NetClient (virtwire.v1.LinkState)."""
@@ -67,11 +66,20 @@ class LinkRunState(enum.Enum):
     UP = "up"
 
 
-class LinkStream(Protocol):
-    """One side of the Connect stream, reduced to batches."""
+@dataclass(slots=True)
+class Batch:
+    """What one message of the link carries, either way (virtwire.v1.LinkBatch)."""
 
-    async def read_batch(self) -> link_pb2.LinkBatch | None: ...
-    async def write_batch(self, batch: link_pb2.LinkBatch) -> None: ...
+    frames: Sequence[bytes] = ()
+    #: Index in ``frames`` -> completion id, for the frames that want a sent_cb.
+    completion_requests: dict[int, int] = field(default_factory=dict)
+    #: (completion id, ret) for frames of the other side's that were delivered
+    #: or purged here.
+    completions: list[tuple[int, int]] = field(default_factory=list)
+    #: Credits granted back: frames of the other side's taken in here.
+    credits: int = 0
+    #: Whether the sender's NetClient can receive; None when unchanged.
+    ready: bool | None = None
 
 
 class LinkPeer(NetClient):
@@ -86,7 +94,8 @@ class LinkPeer(NetClient):
         self.window = window
         local.peer = self
         self.peer = local
-        self.session: LinkSession | None = None
+        #: The attached session (any object: only its identity matters), or None.
+        self.session: object | None = None
         # Credits the remote granted us, and whether its NetClient can receive.
         self.credits = 0
         self.remote_ready = False
@@ -190,7 +199,13 @@ class LinkPeer(NetClient):
         self.protocol_errors += 1
         return LimitError(f"link {self.name}: {message}")
 
-    def _on_batch(self, batch: link_pb2.LinkBatch) -> None:
+    def on_batch(self, batch: Batch) -> None:
+        """Take in one batch from the remote: its credits, readiness and
+        completions, and its frames into the local NetClient's incoming_queue.
+
+        Raises LimitError (counted in ``protocol_errors``) when the batch
+        breaks the protocol; the session must then end.
+        """
         was_sendable = self.can_receive_packet()
         frames = batch.frames
         if len(frames) > self.remote_credits:
@@ -199,14 +214,14 @@ class LinkPeer(NetClient):
                 f"(window {self.window})")
         if batch.credits:
             self._accept_credits(batch.credits)
-        if batch.HasField("ready"):
-            self.remote_ready = batch.ready.can_receive
-        for completion in batch.completions:
-            if completion.ret < 0:
+        if batch.ready is not None:
+            self.remote_ready = batch.ready
+        for _cid, ret in batch.completions:
+            if ret < 0:
                 self.completions_refused += 1
         if frames:
             self.remote_credits -= len(frames)
-            requests = {r.index: r.id for r in batch.completion_requests}
+            requests = batch.completion_requests
             local_queue = self.local.incoming_queue
             stats = self.stats
             for i, frame in enumerate(frames):
@@ -239,9 +254,12 @@ class LinkPeer(NetClient):
             self.flush_queued_packets()
         self.peer_ready_changed()
 
-    def _take_batch(self) -> link_pb2.LinkBatch | None:
-        """Everything waiting to go out, up to the batch limits."""
-        batch = link_pb2.LinkBatch()
+    def take_batch(self) -> Batch | None:
+        """Everything waiting to go out, up to the batch limits; None if nothing.
+
+        The frames taken count as on the wire until the remote credits them back.
+        """
+        batch = Batch()
         if self.out_frames:
             frames = self.out_frames
             n = 0
@@ -250,34 +268,48 @@ class LinkPeer(NetClient):
             while n < limit and (n == 0 or size + len(frames[n]) <= MAX_BATCH_BYTES):
                 size += len(frames[n])
                 n += 1
-            batch.frames.extend(frames[:n])
+            batch.frames = frames[:n]
             del frames[:n]
             self.on_wire += n
             if self.out_requests:
                 rest: list[tuple[int, int]] = []
                 for index, cid in self.out_requests:
                     if index < n:
-                        batch.completion_requests.add(index=index, id=cid)
+                        batch.completion_requests[index] = cid
                     else:
                         rest.append((index - n, cid))
                 self.out_requests = rest
         if self.out_completions:
-            for cid, ret in self.out_completions:
-                batch.completions.add(id=cid, ret=ret)
-            self.out_completions.clear()
+            batch.completions = self.out_completions
+            self.out_completions = []
         if self.out_credits:
             batch.credits = self.out_credits
             self.remote_credits += self.out_credits
             self.out_credits = 0
         if self.out_ready is not None:
-            batch.ready.can_receive = self.out_ready
+            batch.ready = self.out_ready
             self.out_ready = None
-        if not (batch.frames or batch.completions or batch.credits or batch.HasField("ready")):
+        if not (batch.frames or batch.completions or batch.credits or batch.ready is not None):
             return None
         return batch
 
+    async def wait_for_output(self) -> None:
+        """Return when ``take_batch`` may have something again.
+
+        While the local NetClient said it cannot receive, this also returns
+        every READY_POLL_S after restating its readiness, in case no flush
+        announces the change.
+        """
+        self._wakeup.clear()
+        if self.advertised_ready:
+            await self._wakeup.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), READY_POLL_S)
+        self.peer_ready_changed()
+
     # -- sessions -------------------------------------------------------------
-    def attach(self, session: LinkSession, credits: int, remote_ready: bool) -> None:
+    def attach(self, session: object, credits: int, remote_ready: bool) -> None:
         """Start a session: the remote granted ``credits``, we granted ``window``."""
         self.session = session
         self.credits = 0
@@ -301,6 +333,7 @@ class LinkPeer(NetClient):
         logger.info("link %s: up", self.name)
 
     def detach(self, reason: str) -> None:
+        """End the session: link_down on both sides, what waited is dropped or purged."""
         if self.session is None:
             return
         self.session = None
@@ -326,265 +359,3 @@ class LinkPeer(NetClient):
         if self.local.peer is self:
             self.local.peer = None
             self.local.set_carrier(True)
-
-
-class LinkSession:
-    """Runs one established Connect stream for a LinkPeer until it breaks."""
-
-    def __init__(self, peer: LinkPeer, stream: LinkStream) -> None:
-        self.peer = peer
-        self.stream = stream
-        #: Set when the remote broke the link protocol (the session then ended).
-        self.error: LimitError | None = None
-
-    async def run(self, credits: int, remote_ready: bool) -> str:
-        """Attach, pump both directions, detach; returns why it ended."""
-        peer = self.peer
-        peer.attach(self, credits, remote_ready)
-        reader = asyncio.create_task(self._reader(), name=f"link-rx {peer.name}")
-        writer = asyncio.create_task(self._writer(), name=f"link-tx {peer.name}")
-        reason = "closed"
-        try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                exc = task.exception()
-                reason = _describe(exc) if exc is not None else "peer closed the stream"
-                if isinstance(exc, LimitError):
-                    self.error = exc
-        finally:
-            for task in (reader, writer):
-                task.cancel()
-            for task in (reader, writer):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if peer.session is self:
-                peer.detach(reason)
-        return reason
-
-    async def _reader(self) -> None:
-        peer = self.peer
-        while True:
-            batch = await self.stream.read_batch()
-            if batch is None:
-                return
-            peer._on_batch(batch)
-
-    async def _writer(self) -> None:
-        peer = self.peer
-        wakeup = peer._wakeup
-        while peer.session is self:
-            batch = peer._take_batch()
-            if batch is None:
-                wakeup.clear()
-                if peer.advertised_ready:
-                    await wakeup.wait()
-                else:
-                    # The local NetClient said it cannot receive: look again
-                    # now and then in case no flush announces the change.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wakeup.wait(), READY_POLL_S)
-                    peer.peer_ready_changed()
-                continue
-            await self.stream.write_batch(batch)
-            peer.batches_sent += 1
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-# -- the two ends of the gRPC stream ------------------------------------------------
-class _ClientStream:
-    def __init__(self, call: grpc.aio.StreamStreamCall[link_pb2.ConnectRequest,
-                                                       link_pb2.ConnectResponse]) -> None:
-        self.call = call
-
-    async def read_batch(self) -> link_pb2.LinkBatch | None:
-        msg = await self.call.read()
-        if msg is GRPC_EOF:
-            return None
-        assert isinstance(msg, link_pb2.ConnectResponse)
-        return msg.batch
-
-    async def write_batch(self, batch: link_pb2.LinkBatch) -> None:
-        await self.call.write(link_pb2.ConnectRequest(batch=batch))
-
-
-class _ServerStream:
-    def __init__(self, context: grpc.aio.ServicerContext[link_pb2.ConnectRequest,
-                                                         link_pb2.ConnectResponse]) -> None:
-        self.context = context
-
-    async def read_batch(self) -> link_pb2.LinkBatch | None:
-        msg = await self.context.read()
-        if msg is GRPC_EOF:
-            return None
-        assert isinstance(msg, link_pb2.ConnectRequest)
-        return msg.batch
-
-    async def write_batch(self, batch: link_pb2.LinkBatch) -> None:
-        await self.context.write(link_pb2.ConnectResponse(batch=batch))
-
-
-class LinkDialer:
-    """Dials a remote NetClient for ``local`` and redials with backoff.
-
-    A dial that names no NetClient (``ADDR/``) asks again for a new one on each
-    redial: the server removes a NetClient it made for a link when that link's
-    stream ends.
-    """
-
-    def __init__(self, local: NetClient, spec: PeerSpec, window: int = DEFAULT_WINDOW,
-                 min_backoff: float = 0.05, max_backoff: float = 2.0) -> None:
-        self.local = local
-        self.spec = spec
-        self.window = window
-        self.min_backoff = min_backoff
-        self.max_backoff = max_backoff
-        self.peer = LinkPeer(local, spec.netclient or "?", window)
-        self.last_error = ""
-        self.remote_netclient = spec.netclient
-        self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"dial {self.local.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self.peer.close()
-
-    async def _run(self) -> None:
-        backoff = self.min_backoff
-        target = self.spec.addr.grpc_target
-        while True:
-            async with tls.aio_channel(target, options=GRPC_OPTIONS) as channel:
-                stub = link_pb2_grpc.LinkServiceStub(channel)
-                call = stub.Connect(wait_for_ready=False)
-                try:
-                    await call.write(link_pb2.ConnectRequest(hello=link_pb2.LinkHello(
-                        netclient=self.remote_netclient, peer=self.local.name,
-                        credits=self.window, can_receive=self.local.can_receive_packet())))
-                    first = await asyncio.wait_for(call.read(), HELLO_TIMEOUT_S)
-                    if first is GRPC_EOF or not isinstance(first, link_pb2.ConnectResponse):
-                        raise ConnectionError("server closed the link before welcoming it")
-                    welcome = first.welcome
-                    check_name(welcome.netclient, "welcomed NetClient")
-                    self.peer.remote_name = welcome.netclient
-                    self.peer.name = f"{self.local.name}>{welcome.netclient}"
-                    self.last_error = ""
-                    backoff = self.min_backoff
-                    self.connected.set()
-                    logger.info("link %s -> %s/%s: connected", self.local.name,
-                                self.spec.addr, welcome.netclient)
-                    reason = await LinkSession(self.peer, _ClientStream(call)).run(
-                        welcome.credits, welcome.can_receive)
-                    self.last_error = reason
-                except (grpc.aio.AioRpcError, ConnectionError, TimeoutError,
-                        ConfigError) as exc:
-                    reason = _describe(exc)
-                    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
-                            grpc.StatusCode.UNAVAILABLE,):
-                        reason = f"peer {self.spec} unreachable ({exc.details()})"
-                    if reason != self.last_error:
-                        logger.error("link %s -> %s: %s; retrying", self.local.name,
-                                     self.spec, reason)
-                    self.last_error = reason
-                finally:
-                    self.connected.clear()
-                    call.cancel()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
-
-
-class LinkAcceptor:
-    """Server side: attaches incoming Connect streams to local NetClients.
-
-    ``serve`` raises domain errors (the servicer maps them to status codes):
-    ConfigError for a bad hello, NotFoundError/ConflictError/LimitError from
-    the lookup, LimitError when the peer broke the protocol. A NetClient made
-    for a hello that named none is handed to ``release`` when the stream ends.
-    """
-
-    def __init__(self, lookup: Callable[[str, str], NetClient],
-                 window: int = DEFAULT_WINDOW,
-                 release: Callable[[NetClient], None] | None = None) -> None:
-        #: ``lookup(name, dialler)`` returns the NetClient to join; it raises
-        #: NotFoundError/ConflictError (an empty name may create one).
-        self.lookup = lookup
-        self.window = window
-        self.release = release
-        #: Connect streams refused before their link came up.
-        self.links_refused = 0
-        #: Names in a LinkHello refused (too long, bad characters).
-        self.names_refused = 0
-
-    def peer_of(self, local: NetClient) -> LinkPeer | None:
-        peer = local.peer
-        return peer if isinstance(peer, LinkPeer) else None
-
-    async def serve(self, context: grpc.aio.ServicerContext[link_pb2.ConnectRequest,
-                                                             link_pb2.ConnectResponse]) -> None:
-        try:
-            first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
-        except TimeoutError:
-            self.links_refused += 1
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no LinkHello received")
-            return
-        try:
-            hello = self._check_hello(first)
-            local = self.lookup(hello.netclient, hello.peer)
-        except Exception:
-            self.links_refused += 1
-            raise
-        try:
-            await self._run(context, local, hello)
-        finally:
-            if not hello.netclient and self.release is not None:
-                self.release(local)
-
-    def _check_hello(self, first: object) -> link_pb2.LinkHello:
-        if first is GRPC_EOF or not isinstance(first, link_pb2.ConnectRequest) \
-                or not first.HasField("hello"):
-            raise ConfigError("the first ConnectRequest must carry a LinkHello")
-        hello = first.hello
-        if hello.credits == 0:
-            raise ConfigError("LinkHello.credits must be > 0")
-        try:
-            if hello.netclient:
-                check_name(hello.netclient)
-            if hello.peer:
-                check_name(hello.peer, "LinkHello.peer")
-        except ConfigError:
-            self.names_refused += 1
-            raise
-        return hello
-
-    async def _run(self, context: grpc.aio.ServicerContext[link_pb2.ConnectRequest,
-                                                            link_pb2.ConnectResponse],
-                   local: NetClient, hello: link_pb2.LinkHello) -> None:
-        peer = self.peer_of(local)
-        if peer is None:
-            if local.peer is not None:
-                self.links_refused += 1
-                raise ConflictError(f"{local.name} is already peered with {local.peer.name}")
-            peer = LinkPeer(local, hello.peer or "?", self.window)
-        elif peer.session is not None:
-            self.links_refused += 1
-            raise ConflictError(f"{local.name} already has a live link "
-                                f"(from {shorten(peer.remote_name)})")
-        peer.remote_name = hello.peer or "?"
-        peer.name = f"{local.name}>{peer.remote_name}"
-        await context.write(link_pb2.ConnectResponse(welcome=link_pb2.LinkWelcome(
-            netclient=local.name, credits=peer.window,
-            can_receive=local.can_receive_packet())))
-        session = LinkSession(peer, _ServerStream(context))
-        await session.run(hello.credits, hello.can_receive)
-        if session.error is not None:
-            raise session.error

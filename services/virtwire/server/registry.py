@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from virtwire.address import check_name, parse_peer, shorten
 from virtwire.errors import ConfigError, ConflictError, NotFoundError
-from virtwire.link import DEFAULT_WINDOW, LinkAcceptor, LinkDialer, LinkPeer, LinkRunState
+from virtwire.link import DEFAULT_WINDOW, LinkPeer, LinkRunState
 from virtwire.net.capture import MAX_CAPTURE_SUBSCRIBERS
 from virtwire.net.net import NetClient
+from virtwire.server.link import LinkAcceptor, LinkDialer
 from virtwire.v1 import netclient_pb2
 
 logger = logging.getLogger(__name__)
