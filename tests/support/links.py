@@ -1,0 +1,31 @@
+"""Join a NetClient to a hub service over a real link, as a backend does."""
+
+from __future__ import annotations
+
+import asyncio
+
+from virtwire.address import parse_peer
+from virtwire.link import DEFAULT_WINDOW, LinkPeer
+from virtwire.net.net import NetClient
+from virtwire.server.link import LinkDialer
+
+from support.doubles import until
+
+
+async def plug(address: str, nc: NetClient, port: str = "",
+               window: int = DEFAULT_WINDOW) -> LinkDialer:
+    """Dial the hub at ``address`` (its ``port``, or a new one) for ``nc``; return
+    the started dialer once the link's session is up."""
+    dialer = LinkDialer(nc, parse_peer(f"{address}/{port}"), window=window)
+    dialer.start()
+    await asyncio.wait_for(dialer.connected.wait(), 10)
+    await until(lambda: isinstance(nc.peer, LinkPeer) and nc.peer.session is not None,
+                what=f"{nc.name} linked")
+    return dialer
+
+
+async def ready(*ncs: NetClient) -> None:
+    """Wait until each dialer knows its hub port can receive (another port exists)."""
+    for nc in ncs:
+        await until(lambda nc=nc: isinstance(nc.peer, LinkPeer) and nc.peer.remote_ready,
+                    what=f"{nc.name} ready")
