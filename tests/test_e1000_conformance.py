@@ -188,9 +188,10 @@ STATS = (MPC, PRC64, PRC127, PRC255, PRC511, PRC1023, PRC1522, GPRC, BPRC, MPRC,
          GORCL, GORCH, GOTCL, GOTCH, RNBC, RUC, ROC, TORL, TORH, TOTL, TOTH, TPR, TPT,
          PTC64, PTC127, PTC255, PTC511, PTC1023, PTC1522, MPTC, BPTC, TSCTC)
 
-#: The model runs with compat="7.2" (VirtwireBackend's default): QEMU 7.2 pads
-#: short frames, uses 1522/16384 oversize limits, lets MPE accept broadcast and
-#: counts BPRC/MPRC by filter match, where 9.0 (the reference) does not.
+#: The model runs with the compat of the installed QEMU (VirtwireBackend's
+#: default, support.qtest.qemu_compat), "7.2" on Debian 12: QEMU 7.2 pads short
+#: frames, uses 1522/16384 oversize limits, lets MPE accept broadcast and counts
+#: BPRC/MPRC by filter match, where 9.0 (the reference) does not.
 
 
 def check(program: list[Op], model: str = "82540EM", *, settle_rctl: bool = True,

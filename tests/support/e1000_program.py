@@ -56,7 +56,7 @@ from support.qtest import MIN_RUN_NS as MIN_RUN_NS
 from support.qtest import RAM_DMA_START as RAM_DMA_START
 from support.qtest import RAM_SIZE as RAM_SIZE
 from support.qtest import RUN_OVERHEAD_NS as RUN_OVERHEAD_NS
-from support.qtest import QtestE1000
+from support.qtest import QtestE1000, qemu_compat
 
 DEFAULT_MAC = bytes.fromhex("525400123456")
 MODELS = ("82540EM", "82544GC", "82545EM")
@@ -324,10 +324,10 @@ class VirtwireBackend:
                  **options: Any) -> None:
         """``options`` go to the E1000 constructor (e.g. dma_error_policy).
 
-        compat defaults to "7.2": the QEMU the harness compares with is
-        Debian 12's 7.2.
+        compat defaults to the one that reproduces the installed QEMU, the one
+        the harness compares with (support.qtest.qemu_compat: "7.2" on Debian 12).
         """
-        options.setdefault("compat", "7.2")
+        options.setdefault("compat", qemu_compat())
         self.ram = RamDma(RAM_SIZE)
         self.scheduler = ManualScheduler()
         self._irq = False

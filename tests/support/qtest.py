@@ -52,7 +52,9 @@ import base64
 import contextlib
 import ctypes
 import fcntl
+import functools
 import json
+import re
 import select
 import shutil
 import signal
@@ -136,6 +138,24 @@ class QtestError(RuntimeError):
 
 def qemu_available() -> bool:
     return shutil.which(QEMU_BINARY) is not None
+
+
+@functools.cache
+def qemu_compat() -> str:
+    """The model's ``compat`` (docs/e1000.md#compat-versions) that reproduces the
+    installed QEMU: "7.2" for 7.2.x (Debian 12), "9.0" for 9.0 and later."""
+    out = subprocess.run([QEMU_BINARY, "--version"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    if m is None:
+        raise QtestError(f"cannot read the version of {QEMU_BINARY}: {out!r}")
+    version = (int(m[1]), int(m[2]))
+    if version == (7, 2):
+        return "7.2"
+    if version >= (9, 0):
+        return "9.0"
+    raise QtestError(f"QEMU {version[0]}.{version[1]}: the e1000 model reproduces 7.2 and "
+                     "9.0+ only (compat), so it cannot be compared with this QEMU")
 
 
 def _die_with_parent() -> None:
