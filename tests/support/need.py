@@ -23,6 +23,7 @@ def need(condition: bool, reason: str) -> None:
     if condition:
         return
     if os.geteuid() == 0:
-        pytest.fail(f"{reason}; as root (CI) `make test` provides it, so this box lost it",
+        pytest.fail(f"{reason} (as root, as in CI, this fails instead of skipping: `make test`"
+                    " installs the packages, and CI has the devices and capabilities)",
                     pytrace=False)
     pytest.skip(reason)
