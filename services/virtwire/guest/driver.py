@@ -6,7 +6,7 @@ descriptor rings and packet buffers in guest memory, which it reads and
 writes directly through the ``DmaMemory`` interface (``GuestMemClient`` on the
 shared-memory path, ``GuestMemory`` or ``RamDma`` in-process).
 
-Bring-up (``up``) follows reference/qemu-net-semantics.md section 5: PCI
+Bring-up (``up``) follows docs/guest.md#bring-up: PCI
 COMMAND (memory + bus master); IMC = all, read ICR; the MAC from the EEPROM
 through EERD (checksum checked, as Linux does); RA0 and the MTA; the RX ring
 (RDBAL/RDBAH/RDLEN, RDH = RDT = 0), RCTL = EN|BAM|SZ_2048 (no SECRC: like
@@ -534,7 +534,7 @@ class E1000Driver:
 
     # -- bring-up ------------------------------------------------------------------------
     async def up(self, timeout: float = 30.0) -> None:
-        """Bring the NIC up as Linux does (section 5); DriverError if it does not answer."""
+        """Bring the NIC up as Linux does; DriverError if it does not answer."""
         if self.state == "up":
             return
         try:

@@ -2,7 +2,7 @@
 
 ``E1000`` is a NetClient (QEMU's NICState/NetClientState) with the e1000's
 BAR0 register file, EEPROM, PHY, interrupt logic and RX/TX engines. The
-behavioural spec is reference/qemu-net-semantics.md section 4; names follow
+behaviour it reproduces is described in docs/e1000.md; names follow
 QEMU (``mac_reg``, ``phy_reg``, ``set_ics``, ``start_xmit``,
 ``process_tx_desc``, ``xmit_seg``, ``receive_iov``...). Nothing here is
 asynchronous: timers go through a ``Scheduler`` (virtwire.hw.timer), guest
@@ -15,7 +15,7 @@ peer arrive through the NetClient machinery (``receive``); frames the guest
 transmits leave with ``send_packet`` (or, in PHY loopback, come back through
 ``receive_packet``).
 
-``compat`` picks the QEMU to reproduce: "9.0" (the default, the spec) or "7.2"
+``compat`` picks the QEMU to reproduce: "9.0" (the default) or "7.2"
 (QEMU 7.2.x as shipped by Debian 12, the QEMU the differential harness runs):
 7.2 pads received frames shorter than 60 bytes, uses oversize limits of 1522
 / 16384 bytes, lets RCTL.MPE accept broadcasts, and counts BPRC/MPRC when the
@@ -368,7 +368,7 @@ _MODEL_ALIASES = {m.typename: m for m in MODELS.values()}
 ModelName = Literal["82540EM", "82544GC", "82545EM", "e1000", "e1000-82544gc",
                     "e1000-82545em"]
 DmaErrorPolicy = Literal["stop", "zero"]
-#: Which QEMU's e1000 to reproduce: "9.0" (reference/qemu-net-semantics.md) or
+#: Which QEMU's e1000 to reproduce: "9.0" (docs/e1000.md#compat-versions) or
 #: "7.2" (QEMU 7.2.x, e.g. Debian 12's 7.2.22, where the RX path still pads
 #: short frames to 60 bytes, the oversize limits are 1522 / 16384, multicast
 #: promiscuous mode also takes broadcasts, and BPRC/MPRC count filter matches).

@@ -4,7 +4,7 @@ Names follow Intel's manual and QEMU: ``E1000_X`` is the byte offset of
 register X in BAR0, and the bare name ``X`` is its index into ``mac_reg``
 (offset >> 2), as QEMU's ``defreg`` does. Bit names are ``E1000_<REG>_<BIT>``.
 Values come from the Intel 8254x Software Developer's Manual; see
-reference/qemu-net-semantics.md section 4.
+docs/e1000.md#register-file.
 """
 
 from __future__ import annotations
