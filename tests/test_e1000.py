@@ -1,5 +1,5 @@
-"""e1000 model against qemu-net-semantics.md section 4: registers, interrupts,
-mitigation, EEPROM, MDIC/PHY, link, statistics, and the section 5 bring-up.
+"""e1000 model against docs/e1000.md: registers, interrupts, mitigation, EEPROM,
+MDIC/PHY, link, statistics, and the bring-up of docs/guest.md#bring-up.
 
 Pure in-process: RamDma, ManualScheduler and a Peer double (test_e1000_rig).
 RX, TX/TSO and robustness have their own modules (test_e1000_rx/_tx/_robust).

@@ -1,4 +1,4 @@
-"""e1000 receive path against qemu-net-semantics.md section 4 "Receive"."""
+"""e1000 receive path against docs/e1000.md#receive."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""e1000 transmit path against qemu-net-semantics.md section 4 "Transmit": legacy,
+"""e1000 transmit path against docs/e1000.md#transmit: legacy,
 context and data descriptors, checksum offload (putsum), TSO for IPv4 TCP, IPv6
 TCP and UDP (segments parsed and checksums recomputed), VLAN insertion, the
 64 KiB clip, write-back, interrupts, statistics and PHY loopback."""

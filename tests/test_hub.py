@@ -1,8 +1,7 @@
-"""The hub against the spec (qemu-net-semantics.md section 2, and the hub parts
-of section 1).
+"""The hub as docs/hub.md describes it (and the hub parts of docs/queues.md).
 
-Plain in-process objects: no gRPC, no sockets. Each test's docstring quotes the
-spec bullet it pins. ``Regression`` comments name bugs these tests caught.
+Plain in-process objects: no gRPC, no sockets. Each test's docstring states the
+behaviour it pins. ``Regression`` comments name bugs these tests caught.
 """
 
 from __future__ import annotations

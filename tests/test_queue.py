@@ -1,7 +1,7 @@
-"""NetQueue and NetClient against the spec (qemu-net-semantics.md section 1).
+"""NetQueue and NetClient as docs/queues.md describes them.
 
-Plain in-process objects: no gRPC, no sockets. Each test's docstring quotes the
-spec bullet it pins. ``Regression`` comments name bugs these tests caught.
+Plain in-process objects: no gRPC, no sockets. Each test's docstring states the
+behaviour it pins. ``Regression`` comments name bugs these tests caught.
 """
 
 from __future__ import annotations
