@@ -616,7 +616,7 @@ def test_statistics_saturate() -> None:
     assert st["GOTC"] == 104
 
 
-# -- section 5 bring-up -----------------------------------------------------------------------
+# -- bring-up (docs/guest.md) -----------------------------------------------------------------------
 
 def test_bring_up_send_and_receive_byte_for_byte() -> None:
     """Section 5: the mini driver brings the NIC up, sends one legacy descriptor
