@@ -71,6 +71,7 @@ proto-lint:
 lint: venv proto-lint
 	$(VENV)/bin/ruff check services tests bench deploy
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install protos-check lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -616,10 +616,10 @@ def test_statistics_saturate() -> None:
     assert st["GOTC"] == 104
 
 
-# -- bring-up (docs/guest.md) -----------------------------------------------------------------------
+# -- bring-up (docs/guest.md) ---------------------------------------------------------
 
 def test_bring_up_send_and_receive_byte_for_byte() -> None:
-    """Section 5: the mini driver brings the NIC up, sends one legacy descriptor
+    """The mini driver brings the NIC up, sends one legacy descriptor
     (completes inside the TDT write), receives one frame; write-backs are checked
     byte for byte."""
     rig = Rig()

@@ -206,7 +206,7 @@ async def test_bring_up_follows_linux_sequence() -> None:
             (r.E1000_IMS, 0x9D),
         ]
         positions = [writes.index(w) for w in expected]
-        assert positions == sorted(positions), "bring-up writes out of docs/guest.md#bring-up's order"
+        assert positions == sorted(positions), "bring-up out of order (docs/guest.md)"
         assert writes.index(expected[0]) > max(i for i, w in enumerate(writes)
                                                if w[0] == r.E1000_EERD)
         assert not rig.nic.mac_reg[r.RCTL] & r.E1000_RCTL_SECRC  # the driver strips the FCS
