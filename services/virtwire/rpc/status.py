@@ -207,15 +207,31 @@ async def _abort_on_domain_error(context: grpc.aio.ServicerContext[Any, Any],
         await abort_for(context, exc)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Answers every handler's ``VirtwireError`` with its ``STATUS_OF`` status."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """A server interceptor that runs chosen handlers inside ``around``."""
+
+    def wraps(self, method: str) -> bool:
+        """Whether calls to ``method`` go through ``around``."""
+        return True
+
+    def around(self, context: grpc.aio.ServicerContext[Any, Any],
+               method: str) -> contextlib.AbstractAsyncContextManager[None]:
+        raise NotImplementedError
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails],
                                          Awaitable[grpc.RpcMethodHandler[Any, Any]]],
             handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        method = handler_call_details.method
+        if handler is None or not self.wraps(method):
             return handler
-        return wrap_method_handler(handler, handler_call_details.method,
-                                   _abort_on_domain_error)
+        return wrap_method_handler(handler, method, self.around)
+
+
+class ErrorInterceptor(WrappingInterceptor):
+    """Answers every handler's ``VirtwireError`` with its ``STATUS_OF`` status."""
+
+    def around(self, context: grpc.aio.ServicerContext[Any, Any],
+               method: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return _abort_on_domain_error(context, method)

@@ -25,14 +25,14 @@ import contextlib
 import enum
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from virtwire import certs
 from virtwire.errors import PermissionDeniedError
-from virtwire.rpc.status import wrap_method_handler
+from virtwire.rpc.status import WrappingInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def peer_role(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return role
 
 
-class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthorizationInterceptor(WrappingInterceptor):
     """Refuses an RPC with PermissionDeniedError unless the caller's role may make it.
 
     Installed inside ``rpc.status.ErrorInterceptor``, which answers the refusal.
@@ -121,17 +121,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         #: Refusals per method.
         self.denied: Counter[str] = Counter()
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        if access_of(method) is Access.OPEN:
-            return handler
-        return wrap_method_handler(handler, method, self._authorized)
+    def wraps(self, method: str) -> bool:
+        return access_of(method) is not Access.OPEN
+
+    def around(self, context: grpc.aio.ServicerContext[Any, Any],
+               method: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._authorized(context, method)
 
     @contextlib.asynccontextmanager
     async def _authorized(self, context: grpc.aio.ServicerContext[Any, Any],
