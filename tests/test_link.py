@@ -171,6 +171,11 @@ async def test_queue_bound_holds_end_to_end(hub: HubServer) -> None:
     assert out_q.dropped > 0
     info = hub.registry.info(port_b)
     assert info.counters.dropped_queue_full == out_q.dropped
+    # The total counts the link's drops for the NetClient behind it, once.
+    assert info.counters.dropped_total == sum(
+        getattr(info.counters, f"dropped_{k}")
+        for k in ("queue_full", "link_down", "refused", "malformed", "purged"))
+    assert info.counters.dropped_total >= out_q.dropped > 0
     b.set_ready(True)
     await b.wait_for(n - out_q.dropped - b.incoming_queue.dropped, timeout=30)
     assert len(b.frames) + out_q.dropped + b.incoming_queue.dropped == n

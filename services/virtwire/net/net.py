@@ -224,6 +224,7 @@ class NetClient:
 
     @property
     def dropped_total(self) -> int:
+        """Every frame this NetClient dropped, whatever the cause."""
         s = self.stats
         q = self.incoming_queue
         return (s.dropped_link_down + s.dropped_refused + s.dropped_malformed

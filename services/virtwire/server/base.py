@@ -153,10 +153,10 @@ def inject(nc: NetClient, frame: bytes, repeat: int = 1) -> tuple[int, int]:
     """Deliver ``frame`` to ``nc`` as if from its peer; (accepted, dropped)."""
     injector = _Injector(nc)
     queue = nc.incoming_queue
-    before = queue.dropped + nc.stats.dropped_link_down + nc.stats.dropped_refused
+    before = nc.dropped_total
     for _ in range(repeat):
         queue.send(injector, 0, frame, None)
-    dropped = queue.dropped + nc.stats.dropped_link_down + nc.stats.dropped_refused - before
+    dropped = nc.dropped_total - before
     return repeat - dropped, dropped
 
 

@@ -184,15 +184,18 @@ class NetClientRegistry:
             out_dropped = peer.incoming_queue.dropped
             out_link_down = peer.stats.dropped_link_down
             out_purged = peer.incoming_queue.purged
+        dropped = {
+            "dropped_queue_full": q.dropped + out_dropped,
+            "dropped_link_down": s.dropped_link_down + out_link_down,
+            "dropped_refused": s.dropped_refused,
+            "dropped_malformed": s.dropped_malformed
+            + (peer.stats.dropped_malformed if isinstance(peer, LinkPeer) else 0),
+            "dropped_purged": q.purged + out_purged,
+        }
         counters = netclient_pb2.NetClientCounters(
             rx_frames=s.rx_frames, rx_bytes=s.rx_bytes,
             tx_frames=s.tx_frames, tx_bytes=s.tx_bytes,
-            dropped_queue_full=q.dropped + out_dropped,
-            dropped_link_down=s.dropped_link_down + out_link_down,
-            dropped_refused=s.dropped_refused,
-            dropped_malformed=s.dropped_malformed
-            + (peer.stats.dropped_malformed if isinstance(peer, LinkPeer) else 0),
-            dropped_purged=q.purged + out_purged,
+            **dropped, dropped_total=sum(dropped.values()),
             queue_len=len(q),
             capture_dropped=nc.capture_dropped,
             peer_queue_len=len(peer.incoming_queue) if isinstance(peer, LinkPeer) else 0,
