@@ -604,7 +604,7 @@ async def test_tap_slow_peer_pauses_reading(tapns: NetNs) -> None:
         sink.ready = False
         for i in range(200):
             wire.send(exp_frame(i, 100))
-        await until(lambda: not be.read_poll, what="tap_read_poll(false)")
+        await until(lambda: not be.poll.read_poll, what="tap_read_poll(false)")
         assert len(sink.incoming_queue) == 1
         assert "paused" in be.describe()
         sink.set_ready(True)
@@ -612,7 +612,7 @@ async def test_tap_slow_peer_pauses_reading(tapns: NetNs) -> None:
                     what="all frames")
         ours = [f for f in sink.frames if f[12:14] == b"\x88\xb5"]
         assert ours == [exp_frame(i, 100) for i in range(200)]
-        assert be.read_poll
+        assert be.poll.read_poll
 
 
 @pytest.mark.root
@@ -633,7 +633,7 @@ async def test_tap_write_eagain_keeps_frame_queued(tapns: NetNs,
         assert sink.send_packet(exp_frame(1, 80)) == 0  # queued, not lost
         assert be.write_eagain == 1
         assert await wire.recv() == exp_frame(1, 80)  # flushed once writable
-        assert len(be.incoming_queue) == 0 and not be.write_poll
+        assert len(be.incoming_queue) == 0 and not be.poll.write_poll
 
 
 @pytest.mark.root
@@ -806,7 +806,7 @@ async def test_tap_service_answers_while_a_script_runs(tapsrv: TapServer,
     assert not add.done()
     Path(f"{script}.go").touch()
     backend = await asyncio.wait_for(add, 30)
-    assert isinstance(backend, TapBackend) and backend.read_poll
+    assert isinstance(backend, TapBackend) and backend.poll.read_poll
     assert Path(f"{script}.log").read_text() == f"up {ifname}\n"
 
 

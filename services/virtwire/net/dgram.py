@@ -32,6 +32,7 @@ import socket
 from virtwire.address import SockAddr
 from virtwire.errors import BackendError, ConfigError
 from virtwire.net.eth import NET_BUFSIZE
+from virtwire.net.fdpoll import PolledFd
 from virtwire.net.net import NetClient
 from virtwire.net.stream import claim_unix_path
 
@@ -170,8 +171,7 @@ class DgramBackend(NetClient):
             st = os.stat(local.path)
             self._unix_inode = (st.st_dev, st.st_ino)
         self.closed = False
-        self.read_poll = False
-        self.write_poll = False
+        self.poll = PolledFd(self.loop, self.fd, self.net_dgram_send, self._net_dgram_writable)
         #: Backend counters beyond NetClientStats.
         self.empty_datagrams = 0
         self.echo_dropped = 0
@@ -185,22 +185,10 @@ class DgramBackend(NetClient):
 
     # -- fd handlers ---------------------------------------------------------------
     def net_dgram_read_poll(self, enable: bool) -> None:
-        if self.closed or enable == self.read_poll:
-            return
-        self.read_poll = enable
-        if enable:
-            self.loop.add_reader(self.fd, self.net_dgram_send)
-        else:
-            self.loop.remove_reader(self.fd)
+        self.poll.set_read_poll(enable)
 
     def net_dgram_write_poll(self, enable: bool) -> None:
-        if self.closed or enable == self.write_poll:
-            return
-        self.write_poll = enable
-        if enable:
-            self.loop.add_writer(self.fd, self._net_dgram_writable)
-        else:
-            self.loop.remove_writer(self.fd)
+        self.poll.set_write_poll(enable)
 
     def _net_dgram_writable(self) -> None:
         self.net_dgram_write_poll(False)
@@ -287,13 +275,12 @@ class DgramBackend(NetClient):
         return len(data)
 
     def can_receive(self) -> bool:
-        return not self.write_poll
+        return not self.poll.write_poll
 
     def cleanup(self) -> None:
         if self.closed:
             return
-        self.net_dgram_read_poll(False)
-        self.net_dgram_write_poll(False)
+        self.poll.close()
         self.closed = True
         self.sock.close()
         if self._unix_inode is not None:
@@ -316,7 +303,7 @@ class DgramBackend(NetClient):
                 parts.append(f"localaddr={self.multicast_interface}")
         else:
             parts = [f"local={self.local_address}", f"remote={self._dest_text()}"]
-        if not self.read_poll and not self.closed:
+        if not self.poll.read_poll and not self.closed:
             parts.append("paused")
         for label in ("empty_datagrams", "echo_dropped", "read_errors", "write_errors"):
             value = getattr(self, label, 0)

@@ -29,6 +29,7 @@ import struct
 
 from virtwire.errors import BackendError, ConfigError
 from virtwire.net.eth import ETH_ZLEN, NET_BUFSIZE
+from virtwire.net.fdpoll import PolledFd
 from virtwire.net.net import NetClient
 
 logger = logging.getLogger(__name__)
@@ -221,8 +222,7 @@ class TapBackend(NetClient):
         self._loop = asyncio.get_running_loop()
         self.fd, self.ifname = tap_open(ifname, vnet_hdr)
         self.closed = False
-        self.read_poll = False
-        self.write_poll = False
+        self.poll = PolledFd(self._loop, self.fd, self.tap_send, self._tap_writable)
         #: Backend counters beyond NetClientStats.
         self.read_errors = 0
         self.write_errors = 0
@@ -285,22 +285,10 @@ class TapBackend(NetClient):
 
     # -- fd handlers (tap_update_fd_handler) -----------------------------------
     def tap_read_poll(self, enable: bool) -> None:
-        if self.closed or enable == self.read_poll:
-            return
-        self.read_poll = enable
-        if enable:
-            self._loop.add_reader(self.fd, self.tap_send)
-        else:
-            self._loop.remove_reader(self.fd)
+        self.poll.set_read_poll(enable)
 
     def tap_write_poll(self, enable: bool) -> None:
-        if self.closed or enable == self.write_poll:
-            return
-        self.write_poll = enable
-        if enable:
-            self._loop.add_writer(self.fd, self._tap_writable)
-        else:
-            self._loop.remove_writer(self.fd)
+        self.poll.set_write_poll(enable)
 
     def _tap_writable(self) -> None:
         """tap_writable: the fd drained, so stop polling and flush our queue."""
@@ -367,7 +355,7 @@ class TapBackend(NetClient):
         return len(data)
 
     def can_receive(self) -> bool:
-        return not self.write_poll
+        return not self.poll.write_poll
 
     def cleanup(self) -> None:
         """Stop polling and close the device (``close`` runs the downscript first)."""
@@ -376,8 +364,7 @@ class TapBackend(NetClient):
         if self._downscript_due:
             logger.warning("tap %s: closed without its downscript %s (not run: close() "
                            "runs it)", self.name, self.downscript)
-        self.tap_read_poll(False)
-        self.tap_write_poll(False)
+        self.poll.close()
         self.closed = True
         os.close(self.fd)
         logger.info("tap %s: closed %s", self.name, self.ifname)
@@ -392,7 +379,7 @@ class TapBackend(NetClient):
             parts.append(f"script={self.script}")
         if self.downscript:
             parts.append(f"downscript={self.downscript}")
-        if not self.read_poll and not self.closed:
+        if not self.poll.read_poll and not self.closed:
             parts.append("paused")
         if self.read_errors or self.write_errors:
             parts.append(f"read_errors={self.read_errors} write_errors={self.write_errors}")
