@@ -171,7 +171,7 @@ class DgramBackend(NetClient):
             st = os.stat(local.path)
             self._unix_inode = (st.st_dev, st.st_ino)
         self.closed = False
-        self.poll = PolledFd(self.loop, self.fd, self.net_dgram_send, self._net_dgram_writable)
+        self.poll = PolledFd(self.loop, self.fd, self.net_dgram_send, self.flush_queued_packets)
         #: Backend counters beyond NetClientStats.
         self.empty_datagrams = 0
         self.echo_dropped = 0
@@ -180,19 +180,8 @@ class DgramBackend(NetClient):
         self._last_write_errno = 0
         self._echoes: collections.deque[bytes] = collections.deque()
         self._echo_counts: dict[bytes, int] = {}
-        self.net_dgram_read_poll(True)
+        self.poll.set_read_poll(True)
         logger.info("dgram %s: %s", name, self.describe())
-
-    # -- fd handlers ---------------------------------------------------------------
-    def net_dgram_read_poll(self, enable: bool) -> None:
-        self.poll.set_read_poll(enable)
-
-    def net_dgram_write_poll(self, enable: bool) -> None:
-        self.poll.set_write_poll(enable)
-
-    def _net_dgram_writable(self) -> None:
-        self.net_dgram_write_poll(False)
-        self.flush_queued_packets()
 
     # -- socket -> peer ------------------------------------------------------------
     def net_dgram_send(self) -> None:
@@ -218,13 +207,13 @@ class DgramBackend(NetClient):
                 continue
             ret = self.send_packet_async(frame, completed)
             if ret == 0:
-                self.net_dgram_read_poll(False)
+                self.poll.set_read_poll(False)
                 return
             if ret < 0:
                 return
 
     def net_dgram_send_completed(self, _sender: NetClient, _ret: int) -> None:
-        self.net_dgram_read_poll(True)
+        self.poll.set_read_poll(True)
 
     def _remember_echo(self, frame: bytes) -> None:
         self._echoes.append(frame)
@@ -260,7 +249,7 @@ class DgramBackend(NetClient):
         try:
             self.sock.sendto(data, self.dest)
         except (BlockingIOError, InterruptedError):
-            self.net_dgram_write_poll(True)
+            self.poll.set_write_poll(True)
             return 0
         except OSError as exc:
             self.write_errors += 1

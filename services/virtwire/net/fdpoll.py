@@ -14,7 +14,11 @@ from collections.abc import Callable
 
 class PolledFd:
     """The loop watches ``fd`` for reading while ``read_poll`` and for writing
-    while ``write_poll``; after ``close`` neither can be switched on again."""
+    while ``write_poll``; after ``close`` neither can be switched on again.
+
+    Writability is one-shot, as in QEMU's ``tap_writable``: write polling goes
+    off, then ``on_writable`` runs (the backend flushes its queue and switches
+    it back on if the fd fills again)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int,
                  on_readable: Callable[[], None], on_writable: Callable[[], None]) -> None:
@@ -40,9 +44,13 @@ class PolledFd:
             return
         self.write_poll = enable
         if enable:
-            self.loop.add_writer(self.fd, self.on_writable)
+            self.loop.add_writer(self.fd, self._writable)
         else:
             self.loop.remove_writer(self.fd)
+
+    def _writable(self) -> None:
+        self.set_write_poll(False)
+        self.on_writable()
 
     def close(self) -> None:
         """Stop watching the fd (the caller closes it)."""

@@ -3,10 +3,11 @@
 The device is opened with IFF_TAP|IFF_NO_PI (plus IFF_VNET_HDR on request) and
 set non-blocking. Frames read from it go to the peer with ``tap_send``: up to
 ``TAP_SEND_BUDGET`` (50) per wakeup, each padded to ETH_ZLEN and sent with
-``tap_send_completed`` as sent_cb; a 0 from the send stops reading
-(``tap_read_poll(False)``) until that callback fires. Frames from the peer are
-written with ``receive``; EAGAIN keeps the frame queued and polls for
-writability (``tap_write_poll(True)``), which flushes the queue.
+``tap_send_completed`` as sent_cb; a 0 from the send stops reading (QEMU's
+``tap_read_poll(false)``, here ``poll.set_read_poll``) until that callback
+fires. Frames from the peer are written with ``receive``; EAGAIN keeps the
+frame queued and polls for writability (``poll.set_write_poll``), which
+flushes the queue.
 
 ``script IFNAME`` runs after the device exists and ``downscript IFNAME``
 before it is closed (QEMU's script=/downscript=). Unlike QEMU, which waits
@@ -222,7 +223,7 @@ class TapBackend(NetClient):
         self._loop = asyncio.get_running_loop()
         self.fd, self.ifname = tap_open(ifname, vnet_hdr)
         self.closed = False
-        self.poll = PolledFd(self._loop, self.fd, self.tap_send, self._tap_writable)
+        self.poll = PolledFd(self._loop, self.fd, self.tap_send, self.flush_queued_packets)
         #: Backend counters beyond NetClientStats.
         self.read_errors = 0
         self.write_errors = 0
@@ -246,7 +247,7 @@ class TapBackend(NetClient):
 
     def _opened(self) -> None:
         self._downscript_due = bool(self.downscript)
-        self.tap_read_poll(True)
+        self.poll.set_read_poll(True)
         logger.info("tap %s: opened %s%s", self.name, self.ifname,
                     " (vnet_hdr)" if self.vnet_hdr else "")
 
@@ -283,18 +284,6 @@ class TapBackend(NetClient):
         await self.run_downscript()
         self.cleanup()
 
-    # -- fd handlers (tap_update_fd_handler) -----------------------------------
-    def tap_read_poll(self, enable: bool) -> None:
-        self.poll.set_read_poll(enable)
-
-    def tap_write_poll(self, enable: bool) -> None:
-        self.poll.set_write_poll(enable)
-
-    def _tap_writable(self) -> None:
-        """tap_writable: the fd drained, so stop polling and flush our queue."""
-        self.tap_write_poll(False)
-        self.flush_queued_packets()
-
     # -- host -> peer ----------------------------------------------------------
     def tap_send(self) -> None:
         """Read up to TAP_SEND_BUDGET frames and send each to the peer."""
@@ -320,14 +309,14 @@ class TapBackend(NetClient):
                 buf += bytes(ETH_ZLEN - len(buf))
             ret = self.send_packet_async(buf, completed)
             if ret == 0:
-                self.tap_read_poll(False)
+                self.poll.set_read_poll(False)
                 return
             if ret < 0:
                 return
 
     def tap_send_completed(self, _sender: NetClient, _ret: int) -> None:
         """The frame that stopped reading was delivered (or purged): read again."""
-        self.tap_read_poll(True)
+        self.poll.set_read_poll(True)
 
     # -- peer -> host: NetClientInfo ------------------------------------------
     def receive(self, data: bytes) -> int:
@@ -341,7 +330,7 @@ class TapBackend(NetClient):
                 os.write(self.fd, data)
         except BlockingIOError:
             self.write_eagain += 1
-            self.tap_write_poll(True)
+            self.poll.set_write_poll(True)
             return 0
         except OSError as exc:
             self.write_errors += 1
