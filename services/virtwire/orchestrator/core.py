@@ -18,7 +18,9 @@ the boot id (``pids.py``): one that no longer matches is never signalled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import ipaddress
 import json
 import logging
 import os
@@ -551,21 +553,26 @@ class Orchestrator:
         service = node.service("e1000") if isinstance(node, VmNode) else node_name
         return self.services[service].address, node_name
 
-    def guest_address(self, node_name: str) -> str:
-        """The guest service of vm node ``node_name``."""
+    def _vm(self, node_name: str) -> VmNode:
+        """Vm node ``node_name``; NotFoundError naming the LAN's vm nodes."""
         if self.topology is None:
             raise ConfigError("no LAN is up")
         node = self.topology.nodes.get(node_name)
         if not isinstance(node, VmNode):
-            raise NotFoundError(f"no vm node {node_name!r}")
-        return self.services[node.service("guest")].address
+            known = ", ".join(vm.name for vm in self.topology.vms()) or "none"
+            raise NotFoundError(f"no vm node {node_name!r} (known: {known})")
+        return node
+
+    def guest_address(self, node_name: str) -> str:
+        """The guest service of vm node ``node_name``."""
+        return self.services[self._vm(node_name).service("guest")].address
 
     def ip_of(self, target: str) -> str:
-        """A vm node's IPv4 address, or ``target`` itself."""
-        if self.topology is not None:
-            node = self.topology.nodes.get(target)
-            if isinstance(node, VmNode):
-                if node.ip is None:
-                    raise ConfigError(f"vm {target} has no ip")
-                return str(node.ip.ip)
-        return target
+        """A vm node's IPv4 address, or ``target`` if it is an IPv4 address."""
+        if self.topology is not None and target not in self.topology.nodes:
+            with contextlib.suppress(ValueError):
+                return str(ipaddress.IPv4Address(target))
+        node = self._vm(target)
+        if node.ip is None:
+            raise ConfigError(f"vm {target} has no ip")
+        return str(node.ip.ip)
