@@ -18,11 +18,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from virtwire import tls
+from virtwire import __version__, tls
 from virtwire.cli import certs, demo, frames, lan, serve
 from virtwire.cli.exitcode import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
 from virtwire.cli.format import target_name
 from virtwire.cli.log import setup_logging
+from virtwire.cli.verbs import TOP_EXAMPLE, Verbs, example_epilog
 from virtwire.errors import VirtwireError
 from virtwire.rpc.status import translated
 
@@ -32,12 +33,19 @@ _AT_LEAST = (("repeat", 1), ("count", 0), ("snaplen", 0), ("ports", 0), ("max_po
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="virtwire", description="The `virtwire` command line.",
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="virtwire", allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-    for verbs in (serve, frames, lan, certs, demo):
+    p.add_argument("--version", action="version", version=f"virtwire {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="VERB", action=Verbs,
+                           help="'virtwire VERB --help': its options and an example")
+    for verbs in (lan, frames, demo, certs, serve):
         verbs.add_commands(sub)
+    assert isinstance(sub, Verbs)
+    p.description = ("QEMU's network data path as gRPC services: run a LAN of emulated "
+                     "e1000 VMs, hubs\nand backends from a topology file, watch it and "
+                     f"drive it.\n\n{sub.verb_list()}")
+    p.epilog = example_epilog(TOP_EXAMPLE)
     return p
 
 

@@ -8,18 +8,22 @@ from pathlib import Path
 from virtwire import certs
 from virtwire.cli.exitcode import EXIT_OK
 from virtwire.cli.format import format_table
+from virtwire.cli.userfile import user_file
 from virtwire.errors import ConfigError
 
 
 async def cmd_certs(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     if args.certs_command == "init":
-        certs.init_ca(directory, force=args.force)
+        with user_file(directory, "write"):
+            certs.init_ca(directory, force=args.force)
         print(f"CA created: {directory / certs.CA_CERT} (key {directory / certs.CA_KEY}, 0600)")
         return EXIT_OK
     if args.certs_command == "issue":
-        authority = certs.Authority.load(directory)
-        cert, key = authority.issue_to(directory, args.name, args.san, args.role)
+        with user_file(directory, "read"):
+            authority = certs.Authority.load(directory)
+        with user_file(directory, "write"):
+            cert, key = authority.issue_to(directory, args.name, args.san, args.role)
         print(f"issued {args.name} ({args.role}): {cert}, key {key} (0600)")
         return EXIT_OK
     if not directory.is_dir():
@@ -28,8 +32,10 @@ async def cmd_certs(args: argparse.Namespace) -> int:
     for path in sorted(directory.glob("*.pem")):
         if path.name.endswith("-key.pem"):
             continue
+        with user_file(path, "read"):
+            data = path.read_bytes()
         try:
-            info = certs.describe(path.read_bytes())
+            info = certs.describe(data)
         except ValueError:
             continue
         rows.append((info["name"], info["role"] or ("ca" if path.name == certs.CA_CERT

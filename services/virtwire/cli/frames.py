@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 
@@ -26,6 +26,7 @@ from virtwire.cli.format import (
     link_up_down,
     target_name,
 )
+from virtwire.cli.userfile import user_file
 from virtwire.errors import ConfigError, DeadlineError
 from virtwire.net.eth import check_frame
 from virtwire.net.pcap import PcapWriter, read_pcap
@@ -55,10 +56,10 @@ def _parse_frame(args: argparse.Namespace) -> list[bytes]:
         except ValueError:
             raise ConfigError(f"--hex {args.hex!r} is not hexadecimal") from None
     else:
+        with user_file(args.pcap, "read"):
+            data = Path(args.pcap).read_bytes()
         try:
-            frames = read_pcap(Path(args.pcap).read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"cannot read {args.pcap}: {exc.strerror}") from exc
+            frames = read_pcap(data)
         except (ValueError, IndexError) as exc:
             raise ConfigError(f"{args.pcap}: {exc}") from exc
     for frame in frames:
@@ -96,7 +97,11 @@ async def cmd_capture(args: argparse.Namespace) -> int:
         mac=args.mac or "")
     request = netclient_pb2.CaptureRequest(name=args.netclient, filter=flt, count=args.count,
                                            snaplen=args.snaplen)
-    out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
+    if args.write == "-":
+        out: BinaryIO = sys.stdout.buffer
+    else:
+        with user_file(args.write, "write"):  # before anything is captured
+            out = open(args.write, "wb")
     try:
         writer = PcapWriter(out)
         lost = 0
@@ -185,10 +190,21 @@ def _int_auto(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _ping_count(text: str) -> int:
+    """ping's -c: 1 or more (0 is an error, as for ping(8), not "the default")."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count}: ping sends at least 1 echo request")
+    return count
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def client(name: str, help_text: str, server_required: bool = True
-               ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, allow_abbrev=False, help=help_text)
+    def client(name: str, help_text: str, server_required: bool = True,
+               description: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, allow_abbrev=False, help=help_text, description=description)
         tls.add_arguments(sp, default_name=tls.DEFAULT_CLIENT_NAME)
         sp.add_argument("--server", "-s", required=server_required,
                         help="the service, HOST:PORT")
@@ -197,21 +213,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     def node_client(name: str, help_text: str) -> argparse.ArgumentParser:
         """A verb on -s SERVER's NETCLIENT, or on NODE[:PORT] of a running LAN."""
-        sp = client(name, help_text, server_required=False)
+        sp = client(name, help_text, server_required=False, description=(
+            f"{help_text[:1].upper()}{help_text[1:]}: NODE or HUB:PORT of a running LAN "
+            "(through its orchestrator), or -s SERVER NETCLIENT (one service's)."))
         sp.add_argument("netclient", help="a NetClient of -s SERVER, or NODE / HUB:PORT")
         sp.add_argument("--lan", help="the LAN, when several run (without -s)")
         return sp
 
-    inj = node_client("inject", "deliver a frame to a NetClient as if from its peer: "
-                      "-s SERVER NETCLIENT, or NODE[:PORT] of a running LAN")
+    inj = node_client("inject", "deliver frames to a NetClient as if from its peer")
     inj.set_defaults(verb=cmd_inject)
     src = inj.add_mutually_exclusive_group(required=True)
     src.add_argument("--hex", help="the frame in hex")
     src.add_argument("--pcap", help="inject every frame of this pcap file")
     inj.add_argument("--repeat", type=int, default=1, help="inject each frame N times")
 
-    cap = node_client("capture", "write a NetClient's frames to a pcap file: "
-                      "-s SERVER NETCLIENT, or NODE[:PORT] of a running LAN")
+    cap = node_client("capture", "write a NetClient's frames to a pcap file")
     cap.set_defaults(verb=cmd_capture)
     cap.add_argument("-w", "--write", required=True, help="pcap file ('-' for stdout)")
     cap.add_argument("--count", "-c", type=int, default=0, help="stop after N frames")
@@ -225,20 +241,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ls.set_defaults(verb=cmd_list)
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
-    link = node_client("link", "set a NetClient's link up or down (QMP set_link): "
-                       "-s SERVER NETCLIENT, or NODE[:PORT] of a running LAN")
+    link = node_client("link", "set a NetClient's link up or down (QMP set_link)")
     link.set_defaults(verb=cmd_link)
     link.add_argument("state", choices=["up", "down"])
 
-    png = client("ping", "ICMP echo from a guest service's address through its e1000: "
-                 "-s GUEST ADDRESS, or FROM_VM TO (a vm node or an address) of a running LAN",
-                 server_required=False)
+    png = client("ping", "ICMP echo from a vm's guest through its e1000, with round trips",
+                 server_required=False, description=(
+                     "ICMP echo from a vm's guest through its e1000: FROM_VM TO of a running "
+                     "LAN (TO a vm node or an IPv4 address), or -s GUEST ADDRESS (one guest "
+                     "service's). Exit 0 if any reply came."))
     png.set_defaults(verb=cmd_ping)
     png.add_argument("address", help="an IPv4 address on the guest's subnet (with -s), "
                                      "else the vm node to ping from")
     png.add_argument("to", nargs="?", help="without -s: a vm node or an IPv4 address")
     png.add_argument("--lan", help="the LAN, when several run (without -s)")
-    png.add_argument("--count", "-c", type=int, default=3, help="echo requests (default 3)")
+    png.add_argument("--count", "-c", type=_ping_count, default=3,
+                     help="echo requests, at least 1 (default 3)")
     png.add_argument("--interval", "-i", type=float, default=0.2,
                      help="seconds between requests (default 0.2)")
     png.add_argument("--wait", "-W", type=float, default=1.0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,15 +30,16 @@ from virtwire.cli.format import (
     format_status,
     link_up_down,
 )
+from virtwire.cli.plantable import format_plan
 from virtwire.cli.serve import serving, until_stopped
-from virtwire.errors import BackendError, NotFoundError, VirtwireError
+from virtwire.errors import BackendError, ConfigError, NotFoundError, VirtwireError
 from virtwire.orchestrator import pids
 from virtwire.orchestrator.core import LanState, lan_dir, read_state, remove_lan_dir, state_root
 from virtwire.orchestrator.launch import VIRTWIRE_CMD, wait_ready
 from virtwire.orchestrator.pki import LanPki, lan_identity, lan_tls_dir
 from virtwire.orchestrator.statedir import private_dir
 from virtwire.rpc.status import translated
-from virtwire.topology import load_topology
+from virtwire.topology import Topology, load_topology
 from virtwire.v1 import guest_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 _DONE = orchestrator_pb2.UP_EVENT_KIND_DONE
@@ -119,6 +121,12 @@ def orchestrator_stub(lan: str | None) -> tuple[grpc.aio.Channel, Stub]:
     return _stub(read_state(lan))
 
 
+def _print_warnings(topo: Topology) -> None:
+    """The topology's warnings on stderr (each reads FILE:LINE: warning: WHAT)."""
+    for warning in topo.warnings:
+        print(warning, file=sys.stderr)
+
+
 # -- up ------------------------------------------------------------------------------
 def _spawn_detached(ready: Path, log: Path, topology: Path) -> subprocess.Popen[bytes]:
     """`virtwire serve orchestrator --topology FILE` in its own session: it
@@ -158,8 +166,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
     from virtwire.server.orchestrator import OrchestratorServer
 
     topo = load_topology(args.file)  # TopologyError: exit 2 with FILE:LINE
-    for warning in topo.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    _print_warnings(topo)
     root = private_dir(state_root())  # 0700 and ours, or PermissionDeniedError
     assert root is not None
     await _clear_stale(topo.name)
@@ -188,23 +195,33 @@ async def cmd_up(args: argparse.Namespace) -> int:
         proc.terminate()
         proc.wait()
         return EXIT_ERROR
+    if not args.verbose:
+        # Up's events and the lines below say what happens: the in-process
+        # server's log lines (listening, stopping) would only repeat them.
+        logging.getLogger().setLevel(logging.WARNING)
     host = OrchestratorServer(local_topology=topo)
     async with serving(host, grace=0.5) as stopped:
         came_up = await until_stopped(stopped, _stream_up(host.address, args.file,
                                                           args.backend, args.subnet))
-        if came_up is None:
-            return EXIT_INTERRUPTED
-        if not came_up:
-            return EXIT_ERROR
-        print(f"LAN {topo.name!r} is up (orchestrator {host.address}); Ctrl-C stops it",
-              flush=True)
-        await until_stopped(stopped, host.lan_down.wait())
-    return EXIT_OK
+        if came_up:
+            print(f"LAN {topo.name!r} is up (orchestrator {host.address}); Ctrl-C stops it",
+                  flush=True)
+            await until_stopped(stopped, host.lan_down.wait())
+        if stopped.is_set():
+            print(f"stopping LAN {topo.name!r}", flush=True)
+    if came_up is None:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if came_up else EXIT_ERROR
 
 
 # -- down, status, link, ping ----------------------------------------------------------
 async def cmd_down(args: argparse.Namespace) -> int:
-    state = read_state(args.name)
+    """Stop a LAN; with none running (or not the one named), say so: 0."""
+    try:
+        state = read_state(lan_name(args))
+    except NotFoundError as exc:
+        print(f"{exc}: nothing to stop")
+        return EXIT_OK
     ch, stub = _stub(state)
     try:
         with translated(LAN_ORCHESTRATOR):
@@ -234,7 +251,7 @@ async def cmd_down(args: argparse.Namespace) -> int:
 
 async def cmd_status(args: argparse.Namespace) -> int:
     """A LAN's services and NetClients; 1 if a service is not serving."""
-    state = read_state(args.name)
+    state = read_state(lan_name(args))
     ch, stub = _stub(state)
     async with ch:
         resp = await stub.GetStatus(orchestrator_pb2.OrchestratorServiceGetStatusRequest(),
@@ -274,9 +291,10 @@ async def cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps(topo.to_dict(), indent=1))
     else:
         print(f"{args.file}: LAN {topo.name!r}: {len(topo.nodes)} nodes, "
-              f"{len(topo.links)} links, {len(topo.services)} services")
-    for warning in topo.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+              f"{len(topo.links)} links, {len(topo.services)} services, in start order:\n\n"
+              f"{format_plan(topo)}\n\n(a service's name stands for the address 'up' "
+              "gives it; SERVICE/NETCLIENT is a link's peer)")
+    _print_warnings(topo)
     return EXIT_OK
 
 
@@ -287,8 +305,7 @@ async def cmd_render(args: argparse.Namespace) -> int:
     output = None if args.output in (None, "-") else Path(args.output)
     text = render(topo, args.format, args.subnet, output=output,
                   certs_dir=Path(args.certs_dir) if args.certs_dir else None)
-    for warning in topo.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    _print_warnings(topo)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -297,19 +314,41 @@ async def cmd_render(args: argparse.Namespace) -> int:
 
 
 # -- arguments ------------------------------------------------------------------------
+_FILE_HELP = "the topology file (YAML: name, nodes, links; see examples/)"
+
+
+def _add_lan_arguments(sp: argparse.ArgumentParser) -> None:
+    """LAN as a positional or as --lan LAN, as the verbs on a LAN's nodes take it."""
+    sp.add_argument("name", nargs="?", metavar="LAN",
+                    help="the LAN (default: the only one running); or --lan LAN")
+    sp.add_argument("--lan", help="the LAN, when several run")
+
+
+def lan_name(args: argparse.Namespace) -> str | None:
+    """The LAN a verb names, as LAN or --lan LAN (None: the only one running)."""
+    if args.name and args.lan and args.name != args.lan:
+        raise ConfigError(f"two LANs named: {args.name} and --lan {args.lan}")
+    name: str | None = args.lan or args.name
+    return name
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     val = sub.add_parser("validate", allow_abbrev=False,
-                         help="check a topology file (YAML) and show its plan")
+                         help="check a topology file (YAML) and show its plan",
+                         description="Check a topology file and print its plan: the "
+                         "services 'up' starts, in order, where each runs, whom it dials "
+                         "and its addresses. Errors read FILE:LINE: WHERE: WHAT (exit 2).")
     val.set_defaults(verb=cmd_validate)
-    val.add_argument("file")
-    val.add_argument("--json", action="store_true", help="print the resolved topology")
+    val.add_argument("file", metavar="FILE", help=_FILE_HELP)
+    val.add_argument("--json", action="store_true",
+                     help="print the resolved topology (nodes, services, links) as JSON")
 
     rnd = sub.add_parser("render", allow_abbrev=False,
                          help="render a topology as a compose file or "
                          "Kubernetes manifests")
     rnd.set_defaults(verb=cmd_render)
     rnd.add_argument("format", choices=["compose", "k8s"])
-    rnd.add_argument("file")
+    rnd.add_argument("file", metavar="FILE", help=_FILE_HELP)
     rnd.add_argument("-o", "--output", help="write here instead of stdout")
     rnd.add_argument("--subnet", default="", help="compose: the network's subnet, inside "
                      "198.18.0.0/15 (default 198.18.20.0/24)")
@@ -317,9 +356,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="with tls: in the topology, where the services' certificates "
                           "are issued (default: OUTPUT-STEM-certs next to -o)")
 
-    up = sub.add_parser("up", allow_abbrev=False, help="run a LAN from a topology file")
+    up = sub.add_parser("up", allow_abbrev=False, help="run a LAN from a topology file",
+                        description="Run a LAN from a topology file: start its services "
+                        "in order, wire their links, wait until every one is SERVING, "
+                        "streaming the progress. In the foreground until Ctrl-C (which "
+                        "stops the LAN), or with --detach in the background until "
+                        "'virtwire down'.")
     up.set_defaults(verb=cmd_up)
-    up.add_argument("file")
+    up.add_argument("file", metavar="FILE", help=_FILE_HELP + "; 'virtwire validate FILE' "
+                    "shows what it starts")
     up.add_argument("--detach", "-d", action="store_true",
                     help="leave the LAN running in the background")
     up.add_argument("--backend", choices=["process", "docker"], default="process",
@@ -328,13 +373,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                          "'make image'); nodes with a host: run on that host")
     up.add_argument("--subnet", default="", help="docker: the LAN network's subnet, inside "
                     "198.18.0.0/15 (default: the highest free 198.19.N.0/24)")
-    down = sub.add_parser("down", allow_abbrev=False, help="stop a running LAN")
+    down = sub.add_parser("down", allow_abbrev=False, help="stop a running LAN",
+                          description="Stop a LAN's services and remove its state (and, "
+                          "with docker, its containers and network); also after its "
+                          "orchestrator died. With no LAN running it says so, exit 0.")
     down.set_defaults(verb=cmd_down)
     tls.add_arguments(down, default_name=tls.DEFAULT_CLIENT_NAME)
-    down.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
+    _add_lan_arguments(down)
     status = sub.add_parser("status", allow_abbrev=False,
-                            help="nodes, health, links and counters of a LAN")
+                            help="nodes, health, links and counters of a LAN",
+                            description="A LAN's services (where, address, pid, health, "
+                            "restarts) and NetClients (link, rx/tx, drops); exit 1 if a "
+                            "service is not SERVING.")
     status.set_defaults(verb=cmd_status)
     tls.add_arguments(status, default_name=tls.DEFAULT_CLIENT_NAME)
-    status.add_argument("name", nargs="?", help="the LAN (default: the only one running)")
+    _add_lan_arguments(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
