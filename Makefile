@@ -15,9 +15,9 @@ PYTEST_ARGS ?=
 BUF_VERSION := 1.75.0
 BUF := .cache/buf/node_modules/.bin/buf
 
-.PHONY: install debs venv protos protos-check proto-lint lint test run bench image clean fuzz
+.PHONY: install debs venv link protos protos-check proto-lint lint test run bench image clean fuzz
 
-install: venv debs
+install: venv debs link
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# A link to the venv's virtwire in ~/.local/bin, which most shells' PATH holds; a
+# file there that is not a link is left alone.
+BIN_DIR ?= $(HOME)/.local/bin
+link: venv
+	@script="$(abspath $(VENV))/bin/virtwire"; dest="$(BIN_DIR)/virtwire"; \
+	if [ -e "$$dest" ] && [ ! -L "$$dest" ]; then \
+	    echo "$$dest is not a link: left alone; run $$script, or '. $(VENV)/bin/activate'"; \
+	elif mkdir -p "$(BIN_DIR)" && ln -sfn "$$script" "$$dest"; then \
+	    echo "virtwire: linked $$dest -> $$script"; \
+	    case ":$$PATH:" in *":$(BIN_DIR):"*) ;; *) \
+	    echo "$(BIN_DIR) is not on PATH: add it (e.g. in ~/.profile):" \
+	        "export PATH=\"$(BIN_DIR):\$$PATH\"" ;; esac; \
+	else echo "could not link $$dest: run $$script, or '. $(VENV)/bin/activate'"; fi
 
 # Installs the Debian packages when root (CI runs as root); otherwise says which
 # are missing so the tests that need them skip with that reason.
@@ -82,8 +96,11 @@ fuzz: venv
 	VIRTWIRE_FUZZ_SECONDS=$${VIRTWIRE_FUZZ_SECONDS:-300} $(VENV)/bin/pytest -q -s \
 	    --timeout=0 tests/test_e1000_fuzz.py
 
+# Ctrl-C stops the demo, which tears its LAN down and exits 130: not a failure.
+# make passes a SIGTERM only to the recipe's shell: setpriv hands it on to the demo.
+PDEATHSIG = $(if $(shell command -v setpriv),setpriv --pdeathsig TERM)
 run: install
-	$(VENV)/bin/virtwire demo $(RUN_ARGS)
+	@$(PDEATHSIG) $(VENV)/bin/virtwire demo $(RUN_ARGS) || [ $$? -eq 130 ]
 
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
