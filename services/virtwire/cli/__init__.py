@@ -3,10 +3,12 @@
 One module per group of verbs, each adding its subcommands with
 ``add_commands``: ``serve`` (one service), ``frames`` (inject, capture, list,
 link, ping), ``lan`` (up, down, status, validate, render), ``certs`` and
-``demo``; ``format`` holds what they print. Verbs raise domain errors only: a
-failed RPC becomes one through ``virtwire.rpc.status``, and ``exitcode``
-picks the exit code from its type. A closed stdout ends a command quietly
-with 141, Ctrl-C with 130 (``exitcode``).
+``demo``; ``format`` holds what they print (``plantable`` validate's plan),
+``verbs`` the help (groups, examples). Verbs raise domain errors only: a
+failed RPC becomes one through ``virtwire.rpc.status``, a file the user named
+that cannot be opened through ``userfile``, and ``exitcode`` picks the exit
+code from its type. A closed stdout ends a command quietly with 141, Ctrl-C
+with 130 (``exitcode``).
 """
 
 from __future__ import annotations
