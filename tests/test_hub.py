@@ -10,7 +10,16 @@ from collections.abc import Callable
 
 import pytest
 
-from virtwire.net.hub import Hub, HubError, HubPort
+from virtwire.address import NAME_MAX, check_name
+from virtwire.errors import ConfigError
+from virtwire.net.hub import (
+    HUB_NAME_MAX,
+    Hub,
+    HubError,
+    HubPort,
+    hub_port_name,
+    is_numbered_port,
+)
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NQ_MAXLEN
 
@@ -56,6 +65,39 @@ def test_ports_are_netclients_named_hub_id_port_n() -> None:
     assert a.hub is hub and hub.id == 3
     named = hub.add_port("uplink")
     assert named.name == "uplink" and named.port_id == 2
+
+
+def test_ports_are_named_after_the_hubs_name() -> None:
+    """virtwire: a hub has a name, "hub<ID>" unless given one (QEMU's "hub%dport%d"
+    for hub 0 stays); its unnamed ports are "<NAME>port<N>"."""
+    assert hub_port_name("sw", 1) == "swport1"
+    assert hub_port_name("hub0", 1) == "hub0port1"
+    assert Hub(0).name == "hub0" and Hub(3).name == "hub3"
+    sw = Hub(0, "sw")
+    a, b = sw.add_port(), sw.add_port()
+    assert (sw.name, sw.id, a.name, b.name) == ("sw", 0, "swport0", "swport1")
+    assert Hub(7, "sw").add_port().name == "swport0"  # the name, not the id
+    with pytest.raises(HubError, match="hub sw already has a port named 'swport1'"):
+        sw.add_port("swport1")
+
+
+def test_a_hub_name_too_long_for_its_port_names_is_refused() -> None:
+    """virtwire: "<NAME>port<N>" must stay a NetClient name (1 to 64 of [A-Za-z0-9._-])."""
+    longest = "h" * HUB_NAME_MAX
+    check_name(hub_port_name(longest, 10**12 - 1))  # any port number a hub reaches fits
+    assert Hub(0, longest).add_port().name == f"{longest}port0"
+    for bad in (longest + "h", "a b", "sw/1", "é"):
+        with pytest.raises(ConfigError, match=f"bad hub name .*: use 1 to {HUB_NAME_MAX} of .* "
+                                              f"named NAMEportN, at most {NAME_MAX} characters"):
+            Hub(0, bad)
+
+
+def test_is_numbered_port() -> None:
+    """The names a hub gives its unnamed ports, and only those."""
+    assert is_numbered_port("sw", "swport0") and is_numbered_port("sw", "swport12")
+    assert is_numbered_port("hub0", "hub0port1")
+    for name in ("hub0port1", "swport", "swportx", "swport1a", "sw", "xswport1", "swport\u0661"):
+        assert not is_numbered_port("sw", name), name
 
 
 def test_new_ports_are_inserted_at_the_head() -> None:

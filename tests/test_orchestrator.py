@@ -38,24 +38,27 @@ def _free_port() -> int:
 
 
 class Lan:
-    def __init__(self, tmp: Path) -> None:
+    """A LAN from ``topology`` (default: the example, on a free stream port) named ``name``."""
+
+    def __init__(self, tmp: Path, topology: str = "", name: str = "default") -> None:
         self.dir = tmp
+        self.name = name
         self.state_dir = tmp / "state"
         self.env = {**os.environ, "VIRTWIRE_STATE_DIR": str(self.state_dir)}
         self.file = tmp / "lan.yaml"
-        self.file.write_text(EXAMPLE.read_text().replace("127.0.0.1:10555",
-                                                         f"127.0.0.1:{_free_port()}"))
+        self.file.write_text(topology or EXAMPLE.read_text().replace(
+            "127.0.0.1:10555", f"127.0.0.1:{_free_port()}"))
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*VIRTWIRE, *args], capture_output=True, text=True,
                               timeout=timeout, env=self.env)
 
     def state(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.state_dir / "default" / "state.json").read_text())
+        data: dict[str, Any] = json.loads((self.state_dir / self.name / "state.json").read_text())
         return data
 
     def status(self) -> dict[str, Any]:
-        out = self.cli("status", "--json")
+        out = self.cli("status", self.name, "--json")
         assert out.returncode in (0, 1), out.stderr
         data: dict[str, Any] = json.loads(out.stdout)
         return data
@@ -193,17 +196,22 @@ def test_cli_inject_and_capture_by_node_name(lan: Lan) -> None:
     assert out.returncode == 2 and "nosuch" in out.stderr
 
 
-def test_killed_service_is_restarted(lan: Lan) -> None:
-    hub = next(s for s in _services(lan.status()) if s["name"] == "hub0")
-    os.kill(int(hub["pid"]), signal.SIGKILL)
+def _kill_and_await_restart(lan: Lan, name: str) -> None:
+    """SIGKILL service ``name``; wait until the orchestrator restarted it on its address."""
+    before = next(s for s in _services(lan.status()) if s["name"] == name)
+    os.kill(int(before["pid"]), signal.SIGKILL)
     deadline = time.monotonic() + 15
     while True:
-        now = next(s for s in _services(lan.status()) if s["name"] == "hub0")
-        if now.get("restarts") and now["healthy"] and now["pid"] != hub["pid"]:
+        now = next(s for s in _services(lan.status()) if s["name"] == name)
+        if now.get("restarts") and now["healthy"] and now["pid"] != before["pid"]:
             break
         assert time.monotonic() < deadline, now
         time.sleep(0.2)
-    assert now["address"] == hub["address"]
+    assert now["address"] == before["address"]
+
+
+def test_killed_service_is_restarted(lan: Lan) -> None:
+    _kill_and_await_restart(lan, "hub0")
     # The e1000s redial the restarted hub on their own.
     _until_ping(lan, "vm1", "vm2")
     assert lan.ping("vm2", "vm1") == 3
@@ -237,9 +245,47 @@ def test_a_vm_reboots_when_its_nic_or_memory_dies(lan: Lan, dead: str) -> None:
     assert any("restarting with" in e for e in _events(lan)) or dead == "vm2-guest"
 
 
-def _hub_ports(lan: Lan) -> dict[str, str]:
-    hub = next(n for n in lan.status()["nodes"] if n["name"] == "hub0")
+def _hub_ports(lan: Lan, hub_name: str = "hub0") -> dict[str, str]:
+    hub = next(n for n in lan.status()["nodes"] if n["name"] == hub_name)
     return {nc["name"]: nc["info"].get("peer", "") for nc in hub["netclients"]}
+
+
+SW_LAN = """\
+name: swlan
+nodes:
+  sw: {kind: hub}
+  vm1: {kind: vm, ip: 198.18.0.1/24, memory: 16M}
+  vm2: {kind: vm, ip: 198.18.0.2/24, memory: 16M}
+links: [[vm1, sw], [vm2, sw]]
+"""
+
+
+def test_a_hubs_ports_are_named_after_it_and_redialled_after_a_restart(tmp_path: Path) -> None:
+    """Hub sw's ports are swportN (QEMU: hub0portN on hub 0); killed, the hub comes
+    back with the same ports and each dialer redials its own."""
+    lan = Lan(tmp_path, SW_LAN, name="swlan")
+    out = lan.cli("up", str(lan.file), "--detach")
+    assert out.returncode == 0, out.stdout + out.stderr
+    try:
+        ports = _hub_ports(lan, "sw")
+        assert ports == {"swport1": "vm2", "swport0": "vm1"}, ports
+        dialers = {nc["name"]: nc["info"]["peer"] for node in lan.status()["nodes"]
+                   if node["name"] != "sw" for nc in node.get("netclients", [])}
+        sw = next(s for s in _services(lan.status()) if s["name"] == "sw")
+        assert dialers == {"vm1": f"{sw['address']}/swport0",
+                           "vm2": f"{sw['address']}/swport1"}, dialers
+        table = lan.cli("status", "swlan")
+        assert table.returncode == 0 and "swport0" in table.stdout, table.stderr
+        assert "hub0port" not in table.stdout
+        assert lan.ping("vm1", "vm2") == 3
+
+        _kill_and_await_restart(lan, "sw")
+        _until_ping(lan, "vm1", "vm2")
+        assert lan.ping("vm2", "vm1") == 3
+        # Same names, no port added: each e1000 redialled the port it had.
+        assert _hub_ports(lan, "sw") == ports
+    finally:
+        lan.cli("down", "swlan")
 
 
 def _events(lan: Lan) -> list[str]:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from virtwire.net.hub import Hub, hub_port_name
+from virtwire.net.hub import HUB_NAME_MAX, Hub, hub_port_name
 from virtwire.orchestrator import plan as plan_mod
 from virtwire.orchestrator.core import Orchestrator
 from virtwire.orchestrator.plan import auto_ports, plan
 from virtwire.orchestrator.render import LISTEN, address_of, container_spec, service_commands
 from virtwire.orchestrator.spec import E1000ServiceSpec, HubPortSpec, HubServiceSpec
-from virtwire.topology import Topology, parse_topology
+from virtwire.topology import NODE_NAME_MAX, Topology, TopologyError, parse_topology
 
 # hub0: a named port (uplink) and two unnamed link ends (a VM, a hub dialing
 # in); hub1 dials hub0 from its port trunk.
@@ -50,15 +50,15 @@ def test_plan_of_a_small_lan(topo: Topology) -> None:
     addr = _addresses(topo)
     specs = plan(topo, addr)
     assert list(specs) == [svc.name for svc in topo.services]
-    assert specs["hub0"] == HubServiceSpec(ports=(
-        HubPortSpec("uplink"), HubPortSpec(hub_port_name(0, 1)),
-        HubPortSpec(hub_port_name(0, 2))))
-    assert specs["hub1"] == HubServiceSpec(ports=(
-        HubPortSpec("trunk", f"{addr['hub0']}/{hub_port_name(0, 2)}"),))
+    assert specs["hub0"] == HubServiceSpec(name="hub0", ports=(
+        HubPortSpec("uplink"), HubPortSpec(hub_port_name("hub0", 1)),
+        HubPortSpec(hub_port_name("hub0", 2))))
+    assert specs["hub1"] == HubServiceSpec(name="hub1", ports=(
+        HubPortSpec("trunk", f"{addr['hub0']}/{hub_port_name('hub0', 2)}"),))
     e1000 = specs["vm1-e1000"]
     assert isinstance(e1000, E1000ServiceSpec)
     assert (e1000.guestmem, e1000.peer) == (addr["vm1-guestmem"],
-                                            f"{addr['hub0']}/{hub_port_name(0, 1)}")
+                                            f"{addr['hub0']}/{hub_port_name('hub0', 1)}")
     assert specs["t1"].argv()[-2:] == ["--peer", f"{addr['hub0']}/uplink"]
 
 
@@ -78,7 +78,7 @@ def test_auto_ports_are_named_as_the_hub_names_a_new_port(topo: Topology) -> Non
         spec = plan(topo, _addresses(topo))[hub_name]
         assert isinstance(spec, HubServiceSpec)
         auto = set(auto_ports(topo, hub_name).values())
-        hub = Hub(spec.hub_id)
+        hub = Hub(spec.hub_id, spec.name)
         for port in spec.ports:
             assert hub.add_port("" if port.name in auto else port.name).name == port.name
     assert auto_ports(topo, "hub0") == {0: "hub0port1", 1: "hub0port2"}
@@ -87,7 +87,65 @@ def test_auto_ports_are_named_as_the_hub_names_a_new_port(topo: Topology) -> Non
 def test_hub_port_names_come_from_the_hub(topo: Topology,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plan_mod, "hub_port_name", lambda hub, port: f"h{hub}p{port}")
-    assert auto_ports(topo, "hub0") == {0: "h0p1", 1: "h0p2"}
+    assert auto_ports(topo, "hub0") == {0: "hhub0p1", 1: "hhub0p2"}
+
+
+# sw: a named port (uplink), a port that dials hub0 (trunk), two unnamed link ends.
+SW_TOPOLOGY = """\
+name: plan
+nodes:
+  hub0: {kind: hub}
+  sw: {kind: hub}
+  vm1: {kind: vm, ip: 198.18.0.1/24, memory: 16M}
+  vm2: {kind: vm, ip: 198.18.0.2/24, memory: 16M}
+  t1: {kind: tap, backend: dgram, local: "127.0.0.1:0", remote: "127.0.0.1:9"}
+links:
+  - [vm1, sw]
+  - [t1, sw:uplink]
+  - [sw:trunk, hub0]
+  - [vm2, sw]
+"""
+
+
+def test_a_hub_called_sw_names_its_ports_swport_n() -> None:
+    """The plan starts hub sw with its name; its unnamed link ends are swportN, as the
+    hub itself names them, and hub0's stay hub0portN."""
+    topo = parse_topology(SW_TOPOLOGY, "sw.yaml")
+    addr = _addresses(topo)
+    specs = plan(topo, addr)
+    assert auto_ports(topo, "sw") == {0: "swport2", 3: "swport3"}
+    assert auto_ports(topo, "hub0") == {2: "hub0port0"}
+    assert specs["sw"] == HubServiceSpec(name="sw", ports=(
+        HubPortSpec("uplink"), HubPortSpec("trunk", f"{addr['hub0']}/hub0port0"),
+        HubPortSpec("swport2"), HubPortSpec("swport3")))
+    assert specs["sw"].argv()[:2] == ["--name", "sw"]
+    assert [(s.name, s.peer) for s in (specs["vm1-e1000"], specs["vm2-e1000"])
+            if isinstance(s, E1000ServiceSpec)] == [
+        ("vm1", f"{addr['sw']}/swport2"), ("vm2", f"{addr['sw']}/swport3")]
+    hub = Hub(specs["sw"].hub_id, specs["sw"].name)
+    for port in specs["sw"].ports:
+        named = port.name in ("uplink", "trunk")
+        assert hub.add_port(port.name if named else "").name == port.name
+
+
+def test_a_port_may_not_take_a_name_its_hub_numbers_with() -> None:
+    """swport5 on sw would be an unnamed port's name; hub0port1 on sw is just a name."""
+    with pytest.raises(TopologyError, match="'swport5' is how the hub numbers its unnamed"):
+        parse_topology(SW_TOPOLOGY.replace("sw:uplink", "sw:swport5"), "sw.yaml")
+    topo = parse_topology(SW_TOPOLOGY.replace("sw:uplink", "sw:hub0port1"), "sw.yaml")
+    assert plan(topo, _addresses(topo))["t1"].argv()[-1].endswith("/hub0port1")
+
+
+def test_a_hub_name_too_long_for_its_port_names_is_refused() -> None:
+    """Every node name a topology takes makes port names that fit (NAME_MAX); a longer
+    one is refused when the topology is validated."""
+    assert NODE_NAME_MAX <= HUB_NAME_MAX
+    long = "s" * (HUB_NAME_MAX + 1)
+    with pytest.raises(TopologyError) as err:
+        parse_topology(SW_TOPOLOGY.replace("sw", long), "sw.yaml")
+    message = str(err.value)
+    assert message.startswith("sw.yaml:4: ") and long in message, message
+    assert f"1 to {NODE_NAME_MAX}" in message, message
 
 
 def test_render_writes_the_plan(topo: Topology) -> None:

@@ -104,10 +104,11 @@ def _check_commands(topo: Topology, commands: dict[str, list[str]]) -> None:
         for target, expected in zip(got, want.get(svc.name, []), strict=True):
             if expected.endswith("/"):
                 # A link to a hub without a port: a port the hub creates at start,
-                # named as the hub names ports, so a restarted dialer finds it again.
+                # named as that hub names ports, so a restarted dialer finds it again.
                 hub, _, port = target.partition(f":{PORT}/")
-                assert target.startswith(expected) and re.fullmatch(r"hub0port\d+", port)
-                assert ["--port", port] in [list(p) for p in itertools.pairwise(commands[hub])]
+                assert target.startswith(expected) and re.fullmatch(rf"{hub}port\d+", port)
+                hub_args = [list(p) for p in itertools.pairwise(commands[hub])]
+                assert ["--port", port] in hub_args and ["--name", hub] in hub_args
             else:
                 assert target == expected, svc.name
         assert not any("127.0.0.1" in arg for arg in cmd), cmd
@@ -235,7 +236,7 @@ def test_loopback_backends_listen_on_all_addresses(tmp_path: Path) -> None:
     huba = compose["services"]["huba"]["command"]
     trunk = next(a for a in huba if a.startswith(f"trunk=hubb:{PORT}/"))
     port = trunk.rpartition("/")[2]
-    assert re.fullmatch(r"hub0port\d+", port)
+    assert re.fullmatch(r"hubbport\d+", port)
     hubb = compose["services"]["hubb"]["command"]
     assert ["--port", port] in [list(p) for p in itertools.pairwise(hubb)]
 

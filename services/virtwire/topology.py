@@ -82,6 +82,7 @@ from virtwire.errors import ConfigError, PermissionDeniedError
 from virtwire.guest.responder import parse_interface
 from virtwire.mem.guestmem import check_size, parse_size
 from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.net.hub import is_numbered_port
 from virtwire.net.netdev import Netdev, format_backend_spec, netdev_from_options
 from virtwire.net.tap import check_ifname
 
@@ -124,8 +125,6 @@ NODE_NAME_MAX = 28
 AGENT_PORT = 50050
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 _PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: Names a hub gives its unnamed ports (hub0port0, ...): not for named ports.
-_AUTO_PORT_RE = re.compile(r"^hub[0-9]+port[0-9]+$")
 _NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DNS_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _LINK_FORM = "a link is a pair [NODE, NODE] where a hub end may be HUB:PORT"
@@ -352,11 +351,11 @@ def _check_netns(name: str) -> str:
     return name
 
 
-def _check_port_name(name: str) -> str:
+def _check_port_name(name: str, hub: str) -> str:
     if not _PORT_RE.match(name):
         raise ConfigError(f"bad hub port name {name!r}: use 1 to 64 of A-Z, a-z, 0-9, "
                           "'_', '.' and '-', starting with a letter or digit")
-    if _AUTO_PORT_RE.match(name):
+    if is_numbered_port(hub, name):  # hub0port0 on hub0, swport0 on sw...
         raise ConfigError(f"hub port name {name!r} is how the hub numbers its unnamed "
                           "ports: pick another name")
     return name
@@ -1290,7 +1289,7 @@ class _Resolver:
                               f"write just {node!r}")
             return None
         try:
-            return _End(node, _check_port_name(port))
+            return _End(node, _check_port_name(port, node))
         except ConfigError as exc:
             self.report.error(path, str(exc))
             return None

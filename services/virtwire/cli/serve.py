@@ -83,6 +83,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 # -- the kinds -----------------------------------------------------------------------
 def _hub_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--hub-id", type=int, default=0, help="QEMU's hubid (default 0)")
+    sp.add_argument("--name", default="",
+                    help="the hub's name: unnamed ports are NAMEport0, NAMEport1... "
+                         "(default hub<ID>, QEMU's names)")
     sp.add_argument("--ports", type=int, default=0,
                     help="create N ports that wait to be dialled")
     sp.add_argument("--port", action="append", default=[], metavar="NAME[=PEER]",
@@ -95,7 +98,7 @@ def _hub_arguments(sp: argparse.ArgumentParser) -> None:
 def _build_hub(args: argparse.Namespace) -> ServiceHost:
     from virtwire.server.hub import HubServer
 
-    host = HubServer(args.listen, args.hub_id, max_ports=args.max_ports)
+    host = HubServer(args.listen, args.hub_id, max_ports=args.max_ports, name=args.name)
     for _ in range(args.ports):
         host.add_port()
     for spec in args.port:

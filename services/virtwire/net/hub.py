@@ -2,13 +2,16 @@
 
 Each port is a NetClient whose peer is the device or backend plugged into it.
 New ports are inserted at the head, so forwarding runs newest port first.
+QEMU names a port after its hub's id ("hub0port1"); a virtwire hub also has a
+name ("hub<ID>" unless given one), and its ports are named after that ("swport1").
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
-from virtwire.address import shorten
+from virtwire.address import NAME_MAX, shorten
 from virtwire.errors import ConfigError
 from virtwire.net.net import NetClient
 
@@ -19,9 +22,37 @@ class HubError(ConfigError):
     """A port name that is taken or unknown."""
 
 
-def hub_port_name(hub_id: int, port_id: int) -> str:
-    """The name of hub ``hub_id``'s port ``port_id`` when none is given: "hub<ID>port<N>"."""
-    return f"hub{hub_id}port{port_id}"
+_PORT = "port"
+#: Digits a port number may have in a port name (any port id a hub reaches).
+_PORT_DIGITS = 12
+#: Longest hub name: "<NAME>port<N>" stays a NetClient name (address.NAME_MAX).
+HUB_NAME_MAX = NAME_MAX - len(_PORT) - _PORT_DIGITS
+_HUB_NAME_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{HUB_NAME_MAX}}}")
+
+
+def default_hub_name(hub_id: int) -> str:
+    """A hub's name when none is given: "hub<ID>", as QEMU's port names begin."""
+    return f"hub{hub_id}"
+
+
+def check_hub_name(name: str) -> str:
+    """``name`` if it is 1 to HUB_NAME_MAX of ``[A-Za-z0-9._-]``, else ConfigError."""
+    if _HUB_NAME_RE.fullmatch(name) is None:
+        raise ConfigError(f"bad hub name {shorten(name)}: use 1 to {HUB_NAME_MAX} of A-Z, "
+                          f"a-z, 0-9, '.', '_' and '-' (its ports are named NAME{_PORT}N, "
+                          f"at most {NAME_MAX} characters)")
+    return name
+
+
+def hub_port_name(hub: str, port_id: int) -> str:
+    """The name of hub ``hub``'s port ``port_id`` when none is given: "<HUB>port<N>"."""
+    return f"{hub}{_PORT}{port_id}"
+
+
+def is_numbered_port(hub: str, name: str) -> bool:
+    """Whether ``name`` is of the form hub ``hub`` gives its unnamed ports."""
+    number = name.removeprefix(f"{hub}{_PORT}")
+    return number != name and number.isascii() and number.isdigit()
 
 
 class HubPort(NetClient):
@@ -61,10 +92,11 @@ class HubPort(NetClient):
 
 
 class Hub:
-    """QEMU's NetHub: an id and its ports, newest first."""
+    """QEMU's NetHub: an id and its ports, newest first; and a name for the ports'."""
 
-    def __init__(self, hub_id: int = 0) -> None:
+    def __init__(self, hub_id: int = 0, name: str = "") -> None:
         self.id = hub_id
+        self.name = check_hub_name(name) if name else default_hub_name(hub_id)
         self.ports: list[HubPort] = []
         self._next_port = 0
 
@@ -72,22 +104,22 @@ class Hub:
         """net_hub_add_port: the new port goes to the head of the list."""
         taken = {p.name for p in self.ports}
         if name and name in taken:
-            raise HubError(f"hub {self.id} already has a port named {shorten(name)}")
+            raise HubError(f"hub {self.name} already has a port named {shorten(name)}")
         port_id = self._next_port
-        while not name and hub_port_name(self.id, port_id) in taken:
+        while not name and hub_port_name(self.name, port_id) in taken:
             port_id += 1
-        name = name or hub_port_name(self.id, port_id)
+        name = name or hub_port_name(self.name, port_id)
         self._next_port = port_id + 1
         port = HubPort(self, name, port_id)
         self.ports.insert(0, port)
-        logger.info("hub %d: added port %s", self.id, name)
+        logger.info("hub %s: added port %s", self.name, name)
         return port
 
     def port(self, name: str) -> HubPort:
         for port in self.ports:
             if port.name == name:
                 return port
-        raise HubError(f"hub {self.id} has no port named {shorten(name)}")
+        raise HubError(f"hub {self.name} has no port named {shorten(name)}")
 
     def remove_port(self, name: str) -> None:
         """Remove a port; what it queued at other NetClients is purged."""
@@ -97,4 +129,4 @@ class Hub:
         if port.peer is not None and port.peer.peer is port:
             port.peer.peer = None
         port.peer = None
-        logger.info("hub %d: removed port %s", self.id, name)
+        logger.info("hub %s: removed port %s", self.name, name)

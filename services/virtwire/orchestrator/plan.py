@@ -8,9 +8,10 @@ its runtimes (process, docker, remote); ``render`` calls it with every
 service's address inside the deployment (``NAME:50051``).
 
 Links: the dialer of a link is given its listener's address and NetClient,
-``ADDRESS/NETCLIENT``. A link end on a hub without a port name gets a port
-created with the hub, named as the hub names an unnamed port
-(``net.hub.hub_port_name``), so a restarted dialer redials the same port.
+``ADDRESS/NETCLIENT``. A hub is started with its node's name; a link end on
+it without a port name gets a port created with the hub, named as that hub
+names an unnamed port (``net.hub.hub_port_name``: ``swport1`` on hub ``sw``),
+so a restarted dialer redials the same port.
 """
 
 from __future__ import annotations
@@ -35,12 +36,11 @@ def auto_ports(topo: Topology, hub: str) -> dict[int, str]:
     """
     node = topo.node(hub)
     assert isinstance(node, HubNode)
-    hub_id = spec.HubServiceSpec().hub_id
     count = len(node.ports) + sum(1 for link in topo.links if link.dialer.service == hub)
     auto: dict[int, str] = {}
     for link in topo.links:
         if link.listener.service == hub and not link.listener.netclient:
-            auto[link.index] = hub_port_name(hub_id, count)
+            auto[link.index] = hub_port_name(node.name, count)
             count += 1
     return auto
 
@@ -66,7 +66,7 @@ def service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.Servic
         ports += [spec.HubPortSpec(link.dialer.netclient or f"to-{link.listener.node}", dialed)
                   for link, dialed in zip(dials, peers, strict=True)]
         ports += [spec.HubPortSpec(port) for port in auto_ports(topo, name).values()]
-        return spec.HubServiceSpec(ports=tuple(ports))
+        return spec.HubServiceSpec(name=node.name, ports=tuple(ports))
     if isinstance(node, TapNode):
         return spec.TapServiceSpec(backend=node.backend,
                                    options={**node.options, "id": node.name},

@@ -31,11 +31,14 @@ class HubPortSpec:
 class HubServiceSpec:
     kind: ClassVar[str] = "hub"
     hub_id: int = 0
+    #: Its unnamed ports are named after it (``net.hub.hub_port_name``); "": "hub<ID>".
+    name: str = ""
     #: In creation order.
     ports: tuple[HubPortSpec, ...] = ()
 
     def argv(self) -> list[str]:
         args = ["--hub-id", str(self.hub_id)] if self.hub_id else []
+        args += ["--name", self.name] if self.name else []
         for port in self.ports:
             args += ["--port", f"{port.name}={port.peer}" if port.peer else port.name]
         return args

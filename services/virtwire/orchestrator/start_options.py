@@ -21,6 +21,7 @@ from virtwire.guest.responder import parse_interface
 from virtwire.hw.e1000 import COMPAT_VERSIONS, MODELS
 from virtwire.mem.guestmem import check_size
 from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.net.hub import check_hub_name
 from virtwire.net.netdev import netdev_from_options, netdev_options
 from virtwire.net.tap import check_ifname
 from virtwire.orchestrator.spec import (
@@ -47,8 +48,8 @@ def to_start_options(spec: ServiceSpec) -> dict[str, Any]:
     """``{KIND: Start<Kind>Options}``: keyword arguments of the StartService request."""
     if isinstance(spec, HubServiceSpec):
         return {"hub": orchestrator_pb2.StartHubOptions(
-            hub_id=spec.hub_id, ports=[orchestrator_pb2.StartHubPort(name=p.name, peer=p.peer)
-                                       for p in spec.ports])}
+            hub_id=spec.hub_id, name=spec.name,
+            ports=[orchestrator_pb2.StartHubPort(name=p.name, peer=p.peer) for p in spec.ports])}
     if isinstance(spec, TapServiceSpec):
         # Scripts are names the other host resolves: not checked here.
         config = netdev_from_options(spec.backend, {**spec.options, "peer": spec.peer},
@@ -106,7 +107,8 @@ def _hub(msg: orchestrator_pb2.StartHubOptions, policy: RpcPolicy) -> HubService
             raise ConfigError(f"hub.ports: port {name!r} is given twice")
         names.add(name)
         ports.append(HubPortSpec(name, _peer(f"hub.ports[{name}].peer", port.peer, policy)))
-    return HubServiceSpec(hub_id=msg.hub_id, ports=tuple(ports))
+    name = check_hub_name(msg.name) if msg.name else ""
+    return HubServiceSpec(hub_id=msg.hub_id, name=name, ports=tuple(ports))
 
 
 def _tap(msg: orchestrator_pb2.StartTapOptions, policy: RpcPolicy) -> TapServiceSpec:

@@ -34,11 +34,12 @@ class HubServer(ServiceHost):
     service_name = "hub"
 
     def __init__(self, listen: str = "127.0.0.1:0", hub_id: int = 0,
-                 max_ports: int = DEFAULT_MAX_PORTS) -> None:
+                 max_ports: int = DEFAULT_MAX_PORTS, name: str = "") -> None:
         super().__init__(listen)
         if max_ports < 1:
             raise ConfigError(f"max_ports must be at least 1, not {max_ports}")
-        self.hub = Hub(hub_id)
+        #: Its unnamed ports are named after ``name`` (``serve hub --name``), "hub<ID>" if "".
+        self.hub = Hub(hub_id, name)
         self.max_ports = max_ports
         #: AddPort calls and anonymous links refused because of max_ports.
         self.ports_refused = 0
@@ -62,7 +63,7 @@ class HubServer(ServiceHost):
             parse_peer(peer)  # a bad address fails before the port exists
         if len(self.hub.ports) >= self.max_ports:
             self.ports_refused += 1
-            raise LimitError(f"hub {self.hub.id} has {len(self.hub.ports)} ports, the most "
+            raise LimitError(f"hub {self.hub.name} has {len(self.hub.ports)} ports, the most "
                              "it takes (serve hub --max-ports)")
         port = self.hub.add_port(name)
         self.registry.add(port)
@@ -79,7 +80,7 @@ class HubServer(ServiceHost):
         if isinstance(nc, HubPort) and nc in self._anonymous:
             self._anonymous.discard(nc)
             self.registry.forget(nc)
-            logger.info("hub %d: removed port %s, its link ended", self.hub.id, nc.name)
+            logger.info("hub %s: removed port %s, its link ended", self.hub.name, nc.name)
 
     async def remove_port(self, name: str) -> None:
         nc: NetClient = self.registry.get(name)

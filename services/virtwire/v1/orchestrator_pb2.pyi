@@ -200,12 +200,14 @@ class StartHubPort(_message.Message):
     def __init__(self, name: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
 
 class StartHubOptions(_message.Message):
-    __slots__ = ("hub_id", "ports")
+    __slots__ = ("hub_id", "ports", "name")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     hub_id: int
     ports: _containers.RepeatedCompositeFieldContainer[StartHubPort]
-    def __init__(self, hub_id: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[StartHubPort, _Mapping]]] = ...) -> None: ...
+    name: str
+    def __init__(self, hub_id: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[StartHubPort, _Mapping]]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class StartTapOptions(_message.Message):
     __slots__ = ("backend",)
