@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from virtwire.v1 import guest_pb2, netclient_pb2, orchestrator_pb2
 
 #: Who a verb without ``-s SERVER`` talks to, in messages.
 LAN_ORCHESTRATOR = "the LAN's orchestrator"
+
+#: The link's states, as `status`, `list` and their --json "link" show them.
+LINK_UP = "up"
+LINK_SET_DOWN = "down (set_link)"
+LINK_PEER_GONE = "down (peer gone)"
+LINK_CONNECTING = "connecting"
+
+#: Field types protobuf's JSON mapping writes as strings.
+_INT64_TYPES = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
+                          FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
+                          FieldDescriptor.TYPE_SFIXED64})
 
 
 def target_name(args: argparse.Namespace) -> str:
@@ -27,34 +41,105 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def format_json(message: Message) -> str:
-    """A response as JSON, with every field and the protos' field names."""
-    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True,
+    """A response as JSON: every field in the protos' order and by their
+    names, 64-bit integers as numbers (protobuf's JSON mapping writes them as
+    strings), each NetClientInfo's "link" and "backend" in words."""
+    data = json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
                                      preserving_proto_field_name=True)
+    return json.dumps(_json_fields(message, data), indent=2)
 
 
-def link_state_text(info: netclient_pb2.NetClientInfo, *, admin: bool = False) -> str:
-    """"up", "connecting (down)", ...: the link's state and whether frames pass;
-    with ``admin``, a link set down (QMP set_link) says "(set down)"."""
-    text = netclient_pb2.LinkState.Name(info.link_state).removeprefix("LINK_STATE_").lower()
-    if admin and info.admin_down:
-        return text + " (set down)"
-    if info.link_down:
-        return text + " (down)"
-    return text
+def _json_fields(message: Message, data: dict[str, Any]) -> dict[str, Any]:
+    """``format_json``'s view of MessageToDict's ``data`` of ``message``; the
+    field types and their order come from the message's descriptor."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in data:
+            continue  # a message field that is not set
+        value = getattr(message, field.name)
+        item = data[field.name]
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            int64 = field.message_type.fields_by_name["value"].type in _INT64_TYPES
+            out[field.name] = {_map_key(k): _json_value(int64, v, item[_map_key(k)])
+                               for k, v in value.items()}
+        elif field.is_repeated:
+            int64 = field.type in _INT64_TYPES
+            out[field.name] = [_json_value(int64, v, i)
+                               for v, i in zip(value, item, strict=True)]
+        else:
+            out[field.name] = _json_value(field.type in _INT64_TYPES, value, item)
+        if isinstance(message, netclient_pb2.NetClientInfo):
+            if field.name == "link_state":
+                out["link"] = link_state_text(message)
+            elif field.name == "backend_address":
+                out["backend"] = backend_text(message)
+    return out
+
+
+def _map_key(key: object) -> str:
+    """A map key as protobuf's JSON mapping writes it."""
+    return str(key).lower() if isinstance(key, bool) else str(key)
+
+
+def _json_value(int64: bool, value: Any, item: Any) -> Any:
+    """One value of a field (a 64-bit integer one if ``int64``) as
+    ``format_json`` writes it: ``item`` is MessageToDict's, ``value`` the message's."""
+    if int64:
+        return int(item)
+    if isinstance(value, Message) and isinstance(item, dict):
+        return _json_fields(value, item)
+    return item
+
+
+def link_state_text(info: netclient_pb2.NetClientInfo) -> str:
+    """The NetClient's link, in one of four words (the protos' LinkState):
+
+    - "down (set_link)": set down (QMP set_link), whatever its peer does;
+    - "up": linked to its peer;
+    - "connecting": this side dials its peer, and the link is not up (yet, or
+      again); why is in ``link_error``;
+    - "down (peer gone)": no link, and this side waits for its peer to dial
+      in (again).
+
+    Whether frames pass also depends on the backend (``backend_text``).
+    """
+    if info.admin_down:
+        return LINK_SET_DOWN
+    if info.link_state == netclient_pb2.LINK_STATE_UP:
+        return LINK_UP
+    if info.dials:
+        return LINK_CONNECTING
+    return LINK_PEER_GONE
+
+
+def backend_text(info: netclient_pb2.NetClientInfo) -> str:
+    """The NetClient's host-side backend: "connected", "waiting for a client
+    at ADDR" (a listening stream), "connecting to ADDR" (a connecting
+    stream), or "" for a NetClient without one (a hub port, a NIC)."""
+    state = info.backend_state
+    if state == netclient_pb2.BACKEND_STATE_CONNECTED:
+        return "connected"
+    if state == netclient_pb2.BACKEND_STATE_LISTENING:
+        return f"waiting for a client at {info.backend_address}"
+    if state == netclient_pb2.BACKEND_STATE_CONNECTING:
+        return f"connecting to {info.backend_address}"
+    return ""
 
 
 def link_up_down(info: netclient_pb2.NetClientInfo) -> str:
-    """"link up" or "link down", as SetLink left it."""
-    return f"link {'down' if info.link_down else 'up'}"
+    """What `virtwire link` prints of the NetClient it set: "link up",
+    "link down (set_link)", ... (``link_state_text``)."""
+    return f"link {link_state_text(info)}"
 
 
 def format_netclients(resp: netclient_pb2.ListNetClientsResponse) -> str:
     """`virtwire list`: one row per NetClient of a service."""
-    rows = [("NAME", "KIND", "LINK", "PEER", "RX", "TX", "DROPPED", "QUEUED")]
+    rows = [("NAME", "KIND", "LINK", "BACKEND", "PEER", "RX", "TX", "DROPPED", "QUEUED")]
     for nc in resp.netclients:
         c = nc.counters
-        rows.append((nc.name, nc.kind, link_state_text(nc), nc.peer, str(c.rx_frames),
-                     str(c.tx_frames), str(c.dropped_total), str(c.queue_len)))
+        rows.append((nc.name, nc.kind, link_state_text(nc), backend_text(nc) or "-", nc.peer,
+                     str(c.rx_frames), str(c.tx_frames), str(c.dropped_total),
+                     str(c.queue_len)))
     return format_table(rows)
 
 
@@ -67,14 +152,14 @@ def format_status(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse,
             runs = f"host {svc.host}" if svc.host else svc.backend
             rows.append((node.name, node.kind, svc.name, runs, svc.address, str(svc.pid),
                          "serving" if svc.healthy else "NOT SERVING", str(svc.restarts)))
-    rows2 = [("NODE", "NETCLIENT", "LINK", "PEER", "RX FRAMES", "RX BYTES", "TX FRAMES",
-              "TX BYTES", "DROPPED")]
+    rows2 = [("NODE", "NETCLIENT", "LINK", "BACKEND", "PEER", "RX FRAMES", "RX BYTES",
+              "TX FRAMES", "TX BYTES", "DROPPED")]
     for node in resp.nodes:
         for nc in node.netclients:
             info = nc.info
             c = info.counters
-            rows2.append((node.name, nc.name, link_state_text(info, admin=True), info.peer,
-                          str(c.rx_frames), str(c.rx_bytes), str(c.tx_frames),
+            rows2.append((node.name, nc.name, link_state_text(info), backend_text(info) or "-",
+                          info.peer, str(c.rx_frames), str(c.rx_bytes), str(c.tx_frames),
                           str(c.tx_bytes), str(c.dropped_total)))
     return (f"LAN {resp.name!r}: {resp.state} (orchestrator {orchestrator})\n"
             f"{format_table(rows)}\n\n{format_table(rows2)}")

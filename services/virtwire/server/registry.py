@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from virtwire.address import check_name, parse_peer, shorten
 from virtwire.errors import ConfigError, ConflictError, NotFoundError
@@ -25,6 +26,9 @@ _LINK_STATE = {
 
 #: Names listed in a NOT_FOUND message, so it stays short however many exist.
 KNOWN_SHOWN = 8
+
+#: NetClientInfo's backend_state and backend_address of one NetClient.
+BackendView: TypeAlias = "tuple[netclient_pb2.BackendState, str]"
 
 
 @dataclass
@@ -53,6 +57,9 @@ class NetClientRegistry:
         self.acceptor = LinkAcceptor(self._lookup_for_link, window, self._anonymous_link_ended)
         #: Names a peer supplied that were refused (too long, bad characters).
         self.names_refused = 0
+        #: The backend_state and backend_address of a NetClient, for servers
+        #: whose NetClients have host-side backends (the tap server's).
+        self.backend_view: Callable[[NetClient], BackendView] | None = None
         self._gone = LinkTotals()
 
     def check_name(self, name: str, what: str = "NetClient") -> str:
@@ -165,13 +172,14 @@ class NetClientRegistry:
         peer = nc.peer
         dialer = self.dialers.get(nc.name)
         state = LinkRunState.NO_PEER
-        peer_name = ""
+        peer_name = link_error = ""
         details = nc.describe()
         if isinstance(peer, LinkPeer):
             state = peer.state
             peer_name = str(dialer.spec) if dialer is not None else peer.remote_name
             if dialer is not None and dialer.last_error and state is not LinkRunState.UP:
-                details = f"{details} last_error={dialer.last_error!r}".strip()
+                link_error = dialer.last_error
+                details = f"{details} last_error={link_error!r}".strip()
         elif peer is not None:
             state = LinkRunState.UP
             peer_name = peer.name
@@ -206,7 +214,12 @@ class NetClientRegistry:
             flush_sliced=q.flush_sliced
             + (peer.incoming_queue.flush_sliced if isinstance(peer, LinkPeer) else 0),
         )
+        backend_state, backend_address = (
+            self.backend_view(nc) if self.backend_view is not None
+            else (netclient_pb2.BACKEND_STATE_UNSPECIFIED, ""))
         return netclient_pb2.NetClientInfo(
             name=nc.name, kind=nc.kind, admin_down=nc.admin_down, link_down=nc.link_down,
-            link_state=_LINK_STATE[state], peer=peer_name, counters=counters, info=details)
+            link_state=_LINK_STATE[state], peer=peer_name, counters=counters, info=details,
+            dials=dialer is not None, link_error=link_error, backend_state=backend_state,
+            backend_address=backend_address)
 

@@ -22,14 +22,37 @@ import grpc
 from virtwire.address import is_valid_name
 from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConflictError, NotFoundError
+from virtwire.net.dgram import DgramBackend
 from virtwire.net.net import NetClient
 from virtwire.net.netdev import NETDEV_TYPES, Netdev, check_netdev, net_init_netdev
+from virtwire.net.stream import StreamBackend
 from virtwire.net.tap import TapBackend
 from virtwire.rpc.netdev import rpc_netdev
 from virtwire.server.base import SHUTDOWN_GRACE_S, ServerState, ServiceHost
-from virtwire.v1 import tap_pb2, tap_pb2_grpc
+from virtwire.server.registry import BackendView
+from virtwire.v1 import netclient_pb2, tap_pb2, tap_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+
+def backend_view(nc: NetClient) -> BackendView:
+    """NetClientInfo's backend_state and backend_address of a backend.
+
+    A stream backend is connected while it has a connection, else it waits
+    for a client at its bound address (listen) or dials its address
+    (connect); a dgram backend's socket and a TAP's device are always open.
+    """
+    if isinstance(nc, StreamBackend):
+        address = str(nc.local_address if nc.listen else nc.addr)
+        if nc.conn is not None:
+            return netclient_pb2.BACKEND_STATE_CONNECTED, address
+        return (netclient_pb2.BACKEND_STATE_LISTENING if nc.listen
+                else netclient_pb2.BACKEND_STATE_CONNECTING), address
+    if isinstance(nc, DgramBackend):
+        return netclient_pb2.BACKEND_STATE_CONNECTED, str(nc.local_address)
+    if isinstance(nc, TapBackend):
+        return netclient_pb2.BACKEND_STATE_CONNECTED, ""
+    return netclient_pb2.BACKEND_STATE_UNSPECIFIED, ""
 
 
 class TapServer(ServiceHost):
@@ -49,6 +72,7 @@ class TapServer(ServiceHost):
                                     scripts=dict(allowed_scripts or {}))
         #: Backends to create when the server starts (from the command line).
         self.pending_configs: list[Netdev] = []
+        self.registry.backend_view = backend_view
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         tap_pb2_grpc.add_TapServiceServicer_to_server(TapServicer(self), server)

@@ -20,6 +20,13 @@ class LinkState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LINK_STATE_NO_PEER: _ClassVar[LinkState]
     LINK_STATE_CONNECTING: _ClassVar[LinkState]
     LINK_STATE_UP: _ClassVar[LinkState]
+
+class BackendState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKEND_STATE_UNSPECIFIED: _ClassVar[BackendState]
+    BACKEND_STATE_CONNECTED: _ClassVar[BackendState]
+    BACKEND_STATE_LISTENING: _ClassVar[BackendState]
+    BACKEND_STATE_CONNECTING: _ClassVar[BackendState]
 DIRECTION_UNSPECIFIED: Direction
 DIRECTION_RX: Direction
 DIRECTION_TX: Direction
@@ -28,6 +35,10 @@ LINK_STATE_UNSPECIFIED: LinkState
 LINK_STATE_NO_PEER: LinkState
 LINK_STATE_CONNECTING: LinkState
 LINK_STATE_UP: LinkState
+BACKEND_STATE_UNSPECIFIED: BackendState
+BACKEND_STATE_CONNECTED: BackendState
+BACKEND_STATE_LISTENING: BackendState
+BACKEND_STATE_CONNECTING: BackendState
 
 class NetClientCounters(_message.Message):
     __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped_queue_full", "dropped_link_down", "dropped_refused", "dropped_malformed", "dropped_purged", "queue_len", "capture_dropped", "peer_queue_len", "link_credits_refused", "link_protocol_errors", "capture_refused", "capture_subscribers", "flush_sliced", "dropped_total")
@@ -84,7 +95,7 @@ class ServerCounters(_message.Message):
     def __init__(self, names_refused: _Optional[int] = ..., links_refused: _Optional[int] = ..., link_credits_refused: _Optional[int] = ..., link_protocol_errors: _Optional[int] = ..., max_capture_subscribers: _Optional[int] = ...) -> None: ...
 
 class NetClientInfo(_message.Message):
-    __slots__ = ("name", "kind", "admin_down", "link_down", "link_state", "peer", "counters", "info")
+    __slots__ = ("name", "kind", "admin_down", "link_down", "link_state", "peer", "counters", "info", "dials", "link_error", "backend_state", "backend_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ADMIN_DOWN_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +104,10 @@ class NetClientInfo(_message.Message):
     PEER_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    DIALS_FIELD_NUMBER: _ClassVar[int]
+    LINK_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_STATE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     admin_down: bool
@@ -101,7 +116,11 @@ class NetClientInfo(_message.Message):
     peer: str
     counters: NetClientCounters
     info: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., admin_down: _Optional[bool] = ..., link_down: _Optional[bool] = ..., link_state: _Optional[_Union[LinkState, str]] = ..., peer: _Optional[str] = ..., counters: _Optional[_Union[NetClientCounters, _Mapping]] = ..., info: _Optional[str] = ...) -> None: ...
+    dials: bool
+    link_error: str
+    backend_state: BackendState
+    backend_address: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., admin_down: _Optional[bool] = ..., link_down: _Optional[bool] = ..., link_state: _Optional[_Union[LinkState, str]] = ..., peer: _Optional[str] = ..., counters: _Optional[_Union[NetClientCounters, _Mapping]] = ..., info: _Optional[str] = ..., dials: _Optional[bool] = ..., link_error: _Optional[str] = ..., backend_state: _Optional[_Union[BackendState, str]] = ..., backend_address: _Optional[str] = ...) -> None: ...
 
 class ListNetClientsRequest(_message.Message):
     __slots__ = ()
