@@ -198,8 +198,11 @@ def test_a_topology_error_is_a_config_error() -> None:
 
 def test_the_tap_schema_has_exactly_the_tap_services_options() -> None:
     for backend, model in TAP_SPECS.items():
-        fields = set(model.model_fields) - {"kind", "backend", "host"}
+        # publish: (a stream port's host address in containers) is no backend option.
+        node_fields = {"kind", "backend", "host"} | ({"publish"} if backend == "stream" else set())
+        fields = set(model.model_fields) - node_fields
         assert fields == set(NETDEV_OPTIONS[backend])
+        assert node_fields <= set(model.model_fields)
 
 
 def test_json_schema() -> None:
@@ -301,7 +304,7 @@ def test_an_option_of_another_backend_is_named_as_such(tmp_path: Path) -> None:
         nodes:
           q: {kind: tap, backend: stream, ifname: vw0}
         """, "lab.yaml:3: node 'q': unknown field 'ifname': 'ifname' is an option of the "
-        "tap backend (allowed here: kind, backend, host, listen, connect, reconnect)")
+        "tap backend (allowed here: kind, backend, host, listen, connect, reconnect, publish)")
 
 
 def test_missing_fields(tmp_path: Path) -> None:
@@ -374,8 +377,8 @@ def test_duplicate_mac(tmp_path: Path) -> None:
           vm1: {kind: vm, mac: 52:54:00:12:34:01}
           vm2: {kind: vm, mac: 52:54:00:12:34:01}
         links: [[vm1, hub0], [vm2, hub0]]
-        """, "lab.yaml:5: node 'vm2': mac: MAC 52:54:00:12:34:01 is also node 'vm1''s "
-        "(line 4)")
+        """, "lab.yaml:5: node 'vm2': mac: MAC 52:54:00:12:34:01 is already used by node "
+        "'vm1' (line 4)")
 
 
 @pytest.mark.parametrize(("mac", "problem"), [
@@ -534,6 +537,85 @@ def test_a_peer_pair_is_allowed_but_not_a_self_link(tmp_path: Path) -> None:
         """, "lab.yaml:5: links[0] (hub0:a -- hub0:b): node 'hub0' is linked to itself")
 
 
+def test_a_self_link_and_the_other_cross_checks_are_reported_with_node_errors(
+        tmp_path: Path) -> None:
+    """A node that fails the schema (a bad MAC, an unknown field) does not hide the
+    link and clash checks: every problem of the file is reported at once."""
+    message = problems(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          vm1: {kind: vm, mac: zz}
+          vm2: {kind: vm, colour: red}
+          vm3: {kind: vm, mac: 52:54:00:12:34:03}
+          vm4: {kind: vm, mac: 52:54:00:12:34:03}
+          q: {kind: tap, backend: stream, listen: 127.0.0.1:10555, bogus: 1}
+        links:
+          - [vm1, vm1]
+          - [vm2, hub0]
+          - [q, nope]
+          - [vm3]
+          - [vm3, hub0]
+          - [vm4, hub0]
+          - [vm2:eth0, hub0]
+        """)
+    assert message.splitlines() == [f"{tmp_path / 'lab.yaml'}:{line}: {what}" for line, what in [
+        (4, "node 'vm1': mac: bad MAC address 'zz': expected aa:bb:cc:dd:ee:ff"),
+        (5, "node 'vm2': unknown field 'colour' (allowed: kind, mac, model, compat, memory, "
+            "ip, bridge, host)"),
+        (7, "node 'vm4': mac: MAC 52:54:00:12:34:03 is already used by node 'vm3' (line 6)"),
+        (8, "node 'q': unknown field 'bogus' (allowed: kind, backend, host, listen, connect, "
+            "reconnect, publish)"),
+        (10, "links[0] (vm1 -- vm1): node 'vm1' is linked to itself"),
+        (12, "links[2] (q -- nope): unknown node 'nope' (known: hub0, vm1, vm2, vm3, vm4, q)"),
+        (13, "links[3]: a link is a pair [NODE, NODE] where a hub end may be HUB:PORT, not a "
+             "list of 1"),
+        (16, "links[6] (vm2:eth0 -- hub0): 'vm2:eth0': a vm node has a single port: write "
+             "just 'vm2'"),
+    ]]
+
+
+def test_the_cross_checks_around_broken_parts_raise_no_false_alarms(tmp_path: Path) -> None:
+    """Stand-ins for what failed the schema: a node of an unknown kind may take a
+    hub's ports, a broken host is still known, a broken node's host is not checked."""
+    message = problems(tmp_path, """\
+        name: Bad_Name
+        hosts:
+          h1: {address: "not an address!"}
+          h2: {address: 198.18.1.2}
+        nodes:
+          sw: {kind: switch}
+          vm1: {kind: vm, host: h1, model: nope}
+          vm2: {kind: vm, host: h1}
+          VM3: {kind: vm}
+          vm4: {kind: vm, host: h2}
+        links:
+          - [vm2, sw:up]
+          - [vm1, sw]
+          - [VM3, vm4]
+          - [vm4, sw]
+        """)
+    where = [line.split(": ")[1] for line in message.splitlines()]
+    # The schema's five, and vm4 linked twice; no "unknown host 'h1'", no
+    # "a vm node has a single port" for sw:up, nothing about vm1 on h1 dialling sw.
+    assert where == ["name", "host 'h1'", "node 'sw'", "node 'vm1'",
+                     "bad node name 'VM3'", "links[3] (vm4 -- sw)"], message
+    assert "node 'vm4' is already linked by links[2] (line 14)" in message
+
+
+def test_no_possessive_after_a_quoted_name(tmp_path: Path) -> None:
+    """'node vm1's' reads badly as "node 'vm1''s": the messages say whose another way."""
+    message = problems(tmp_path, "name: lab\n"
+                       "hosts: {h1: {address: 198.18.1.1}, h2: {address: 198.18.1.1}}\n"
+                       "nodes:\n"
+                       "  vm1: {kind: vm, mac: 52:54:00:12:34:01, host: h1}\n"
+                       "  vm2: {kind: vm, mac: 52:54:00:12:34:01, host: h2}\n"
+                       "links: [[vm1, vm2]]\n")
+    assert "is already the address of host 'h1' (line 2)" in message
+    assert "MAC 52:54:00:12:34:01 is already used by node 'vm1' (line 4)" in message
+    assert "''s" not in message and "'s " not in message.replace("host's", "")
+
+
 def test_a_loop_of_hubs(tmp_path: Path) -> None:
     one_problem(tmp_path, """\
         name: lab
@@ -580,7 +662,8 @@ def test_bad_and_duplicate_host_addresses(tmp_path: Path) -> None:
           hub0: {kind: hub, host: h1}
           vm1: {kind: vm, host: h2}
         links: [[vm1, hub0]]
-        """, "lab.yaml:4: host 'h2': address: 198.18.1.1 is already host 'h1''s address")
+        """, "lab.yaml:4: host 'h2': address: 198.18.1.1 is already the address of host "
+        "'h1' (line 3)")
 
 
 def test_host_orchestrator_ports(tmp_path: Path) -> None:
@@ -770,6 +853,69 @@ def test_host_resources_must_not_clash(tmp_path: Path) -> None:
     assert "node 'c'" not in message  # another host
 
 
+def test_publish_a_stream_port(tmp_path: Path) -> None:
+    topo = load(tmp_path, """\
+        name: lab
+        nodes:
+          hub0: {kind: hub}
+          q1: {kind: tap, backend: stream, listen: 127.0.0.1:10555, publish: 127.0.0.1:10555}
+          q2: {kind: tap, backend: stream, listen: "127.0.0.1:7", publish: "198.19.0.1:8"}
+          q3: {kind: tap, backend: stream, connect: 127.0.0.1:10556}
+          d1: {kind: tap, backend: dgram, local: 127.0.0.1:6000, remote: 127.0.0.1:6001}
+          d2: {kind: tap, backend: dgram, mcast: 230.0.0.1:6002}
+        links: [[q1, hub0], [q2, hub0], [q3, hub0], [d1, hub0], [d2, hub0]]
+        """)
+    q1, q2, q3, d1, d2 = topo.taps()
+    assert (q1.publish, q2.publish, q3.publish) == ("127.0.0.1:10555", "198.19.0.1:8", "")
+    assert "publish" not in q1.options and "publish" not in q1.backend_spec()
+    assert q1.to_dict()["publish"] == "127.0.0.1:10555" and q3.to_dict()["publish"] is None
+    assert [t.listen_address() for t in (q1, q2, q3, d1, d2)] == [
+        "127.0.0.1:10555", "127.0.0.1:7", "", "127.0.0.1:6000", "230.0.0.1:6002"]
+
+
+@pytest.mark.parametrize(("node", "problem"), [
+    ("listen: 127.0.0.1:1, publish: 0.0.0.0:10555", "publish: '0.0.0.0:10555' is not on a "
+     "loopback (127.0.0.0/8) or 198.18.0.0/15 IPv4 address: publish there, e.g. "
+     "127.0.0.1:10555"),
+    ("listen: 127.0.0.1:1, publish: 10.0.0.1:10555", "'10.0.0.1:10555' is not on a loopback"),
+    ("listen: 127.0.0.1:1, publish: localhost:10555", "'localhost:10555' is not on a"),
+    ("listen: 127.0.0.1:1, publish: '[::1]:10555'", "'[::1]:10555' is not on a loopback"),
+    ("listen: 127.0.0.1:1, publish: 127.0.0.1:0", "bad address '127.0.0.1:0': port '0' "
+     "out of range"),
+    ("listen: 127.0.0.1:1, publish: 127.0.0.1:65536", "port '65536' out of range"),
+    ("listen: 127.0.0.1:1, publish: unix:/tmp/x", "unix sockets are not allowed here"),
+    ("listen: 127.0.0.1:1, publish: '10555'", "expected HOST:PORT"),
+    ("listen: 127.0.0.1:1, publish: 10555", "publish: input should be a valid string"),
+    ("connect: 127.0.0.1:1, publish: 127.0.0.1:10555", "publish 127.0.0.1:10555: only a "
+     "stream port that listens on TCP at a fixed port is published"),
+    ("listen: 127.0.0.1:0, publish: 127.0.0.1:10555", "only a stream port that listens"),
+    ("listen: unix:/tmp/vw.sock, publish: 127.0.0.1:10555", "only a stream port that listens"),
+])
+def test_publish_is_a_loopback_or_benchmark_address_of_a_listening_port(
+        tmp_path: Path, node: str, problem: str) -> None:
+    one_problem(tmp_path, f"""\
+        name: lab
+        nodes:
+          q: {{kind: tap, backend: stream, {node}}}
+        """, "lab.yaml:3: node 'q': ", problem)
+
+
+def test_publish_is_for_stream_ports_and_each_host_address_once(tmp_path: Path) -> None:
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          d: {kind: tap, backend: dgram, local: 127.0.0.1:6000, publish: 127.0.0.1:6000}
+        """, "lab.yaml:3: node 'd': unknown field 'publish': 'publish' is an option of the "
+        "stream backend")
+    one_problem(tmp_path, """\
+        name: lab
+        nodes:
+          a: {kind: tap, backend: stream, listen: 127.0.0.1:10555, publish: 127.0.0.1:10555}
+          b: {kind: tap, backend: stream, listen: 127.0.0.1:10556, publish: 127.0.0.1:10555}
+        """, "lab.yaml:4: node 'b': publish: host address 127.0.0.1:10555 is already used by "
+        "node 'a': publish (line 3)")
+
+
 def test_a_node_name_taken_by_a_vm_service(tmp_path: Path) -> None:
     one_problem(tmp_path, """\
         name: lab
@@ -854,6 +1000,7 @@ def expect_topology_or_error(text: str) -> None:
     except TopologyError as exc:
         assert str(exc).startswith("fuzz.yaml")
         assert exc.problems and all(p.startswith("fuzz.yaml") for p in exc.problems)
+        assert "''s" not in str(exc)  # no "node 'vm1''s"
     else:
         json.dumps(topology.to_dict())
 
@@ -915,7 +1062,8 @@ TAP = st.fixed_dictionaries(
               "connect": mostly(["127.0.0.1:10555"]), "reconnect": mostly([1, 0, "x"]),
               "local": mostly(["127.0.0.1:10600"]), "remote": mostly(["127.0.0.1:10601"]),
               "mcast": mostly(["230.0.0.1:10700", "127.0.0.1:1"]), "localaddr": SCALARS,
-              "script": mostly(["/bin/true", "no", "./x.sh"]), "id": SCALARS})
+              "script": mostly(["/bin/true", "no", "./x.sh"]), "id": SCALARS,
+              "publish": mostly(["127.0.0.1:10555", "198.18.0.1:1", "0.0.0.0:10555"])})
 DOCUMENTS = st.fixed_dictionaries(
     {"name": mostly(["lab", "Lab"], TREES),
      "nodes": st.integers(0, 9).flatmap(lambda i: st.dictionaries(

@@ -23,6 +23,7 @@ A topology names the LAN, its nodes and the links between them::
         kind: tap
         backend: stream             # tap | stream | dgram
         listen: 127.0.0.1:10555     # the backend's options, as in `serve tap --backend`
+        publish: 127.0.0.1:10555    # containers: the listening port's host address
     links:
       - [vm1, hub0]                 # NODE or HUB:PORT; a hub without a port gets a new one
       - [qemu0, hub0:uplink]
@@ -30,7 +31,9 @@ A topology names the LAN, its nodes and the links between them::
 ``load_topology`` / ``parse_topology`` return a ``Topology`` or raise one
 ``TopologyError`` listing every problem, one per line, each as
 ``FILE:LINE: WHERE: WHAT`` (WHERE is ``node 'vm1'``, ``host 'h1'`` or
-``links[2] (vm1 -- hub0)``, links counted from 0).
+``links[2] (vm1 -- hub0)``, links counted from 0). A node that fails the
+schema does not hide the other checks: the links and clashes are checked
+with a stand-in of its kind in its place.
 
 Scalars follow YAML 1.2's core schema, not PyYAML's YAML 1.1 default: an
 unquoted MAC such as ``52:54:00:12:34:01`` stays a string (YAML 1.1 reads it
@@ -65,6 +68,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -361,6 +365,24 @@ def _check_port_name(name: str, hub: str) -> str:
     return name
 
 
+#: Where ``publish:`` may bind on the host: loopback, or the benchmarking
+#: range (RFC 2544) virtwire's own networks use; never every interface.
+_PUBLISH_NETS = (ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv4Network("198.18.0.0/15"))
+
+
+def _check_publish(text: str) -> str:
+    """``publish:``: IPV4:PORT on loopback or in 198.18.0.0/15, port 1-65535."""
+    addr = parse_sockaddr(text, allow_unix=False, allow_port_zero=False)
+    try:
+        ip = ipaddress.ip_address(addr.host)
+    except ValueError:
+        ip = None
+    if not isinstance(ip, ipaddress.IPv4Address) or not any(ip in n for n in _PUBLISH_NETS):
+        raise ConfigError(f"{shorten(text)} is not on a loopback (127.0.0.0/8) or "
+                          "198.18.0.0/15 IPv4 address: publish there, e.g. 127.0.0.1:10555")
+    return str(addr)
+
+
 def _memory_bytes(value: object) -> int:
     """``64M``, ``64MiB`` or a number of bytes -> a checked guest RAM size."""
     if isinstance(value, str):
@@ -383,6 +405,12 @@ def _option_text(value: object) -> str | None:
 
 
 # -- the schema (pydantic): what a file may say ------------------------------------
+#: A tap node's fields that are not options of its backend.
+_NODE_FIELDS = ("kind", "backend", "host", "publish")
+#: The backend options that name where a backend waits for its peer.
+_LISTEN_OPTIONS = {"stream": ("listen",), "dgram": ("local", "mcast")}
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -467,7 +495,7 @@ class _TapSpec(_Spec):
         opts: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name in ("kind", "backend", "host") or value is None:
+            if name in _NODE_FIELDS or value is None:
                 continue
             text = str(value)
             if name in ("script", "downscript") and text not in ("", "no") \
@@ -501,12 +529,28 @@ class TapTapSpec(_TapSpec):
 
 
 class TapStreamSpec(_TapSpec):
-    """backend: stream, QEMU's -netdev stream (TCP or unix socket)."""
+    """backend: stream, QEMU's -netdev stream (TCP or unix socket).
+
+    ``publish: 127.0.0.1:10555``: where the docker backend and ``render
+    compose`` publish the listening port on the host (the process backend
+    listens on the host already, at ``listen``).
+    """
 
     backend: Literal["stream"]
     listen: _Option = None
     connect: _Option = None
     reconnect: _Option = None
+    publish: Annotated[str, AfterValidator(_check_publish)] | None = None
+
+    @model_validator(mode="after")
+    def _publish_needs_a_tcp_listen(self) -> Self:
+        if self.publish is None:
+            return self
+        listen = parse_sockaddr(self.listen) if self.listen is not None else None
+        if listen is None or listen.is_unix or listen.port == 0:
+            raise ConfigError(f"publish {self.publish}: only a stream port that listens on "
+                              "TCP at a fixed port is published (listen: 127.0.0.1:PORT)")
+        return self
 
 
 class TapDgramSpec(_TapSpec):
@@ -535,6 +579,9 @@ class TopologySpec(_Spec):
     tls: TlsSpec | None = None
     nodes: Annotated[dict[NodeName, NodeSpec], Field(min_length=1)]
     links: list[LinkSpec] = []
+
+
+_NODE_ADAPTER: TypeAdapter[NodeSpec] = TypeAdapter(NodeSpec)
 
 
 def json_schema() -> dict[str, Any]:
@@ -630,6 +677,16 @@ class TapNode(Node):
     backend: str
     #: The backend's options as `serve tap --backend` takes them (scripts absolute).
     options: Mapping[str, str] = field(default_factory=dict)
+    #: A stream port's host address in containers (``publish:``), "" if none.
+    publish: str = ""
+
+    def listen_address(self) -> str:
+        """Where the backend waits for its peer (stream ``listen``, dgram ``local`` or
+        ``mcast``) as the topology gives it; "" when it dials out or is a TAP."""
+        for option in _LISTEN_OPTIONS.get(self.backend, ()):
+            if self.options.get(option):
+                return self.options[option]
+        return ""
 
     def backend_spec(self) -> str:
         """The `serve tap --backend` spec, e.g. ``stream,listen=127.0.0.1:10555,id=qemu0``."""
@@ -648,7 +705,7 @@ class TapNode(Node):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "backend": self.backend, "options": dict(self.options),
-                "spec": self.backend_spec()}
+                "spec": self.backend_spec(), "publish": self.publish or None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -818,17 +875,84 @@ def parse_topology(text: str, source: str = "<string>", *,
             lines = f"lines {first} and {again}" if first != again else f"twice on line {first}"
             report.error(path, f"{key!r} is given twice ({lines})", line=again)
     report.raise_if_any()
+    context = {"base_dir": base, "remote": remote is not None}
     try:
-        spec = TopologySpec.model_validate(doc.data, context={"base_dir": base,
-                                                              "remote": remote is not None})
+        spec = TopologySpec.model_validate(doc.data, context=context)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
+        errors = exc.errors(include_url=False)
+        for err in errors:
             report.pydantic_error(err)
+        partial = _partial_spec(doc.data, errors, context)
+        if partial is not None:
+            # The cross-checks too (a self-link, a clash...), around the broken parts.
+            report.muted = partial.broken
+            _Resolver(partial.spec, report, base, remote, partial).resolve()
         report.raise_if_any()
         raise  # unreachable: every error was reported
     topology = _Resolver(spec, report, base, remote).resolve()
     report.raise_if_any()
     return topology
+
+
+@dataclass(frozen=True)
+class _Partial:
+    """What of a file that failed the schema the cross-checks can still use."""
+
+    spec: TopologySpec
+    #: Paths the schema already reported (a node, a host, a link, a field).
+    broken: frozenset[_Path]
+    #: Nodes standing in for ones that failed the schema.
+    stand_ins: frozenset[str]
+    #: Links that failed the schema (a placeholder holds their index).
+    skip_links: frozenset[int]
+
+
+def _stand_in(raw: object) -> NodeSpec:
+    """A node of ``raw``'s kind with no settings (a hub if the kind is not known)."""
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind == "vm":
+        return VmSpec.model_construct(kind="vm")
+    if kind == "tap":
+        backend = raw.get("backend") if isinstance(raw, dict) else None
+        if backend == "tap":
+            return TapTapSpec.model_construct(kind="tap", backend="tap")
+        if backend == "dgram":
+            return TapDgramSpec.model_construct(kind="tap", backend="dgram")
+        return TapStreamSpec.model_construct(kind="tap", backend="stream")
+    return HubSpec.model_construct(kind="hub")
+
+
+def _partial_spec(data: Any, errors: Sequence[Mapping[str, Any]],
+                  context: Mapping[str, object]) -> _Partial | None:
+    """The valid parts of ``data``, with a stand-in for each node or host that
+    failed the schema; None when there are no nodes to check links against."""
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(nodes, dict) or not nodes:
+        return None
+    groups = (("nodes",), ("hosts",), ("links",))
+    broken = frozenset(tuple(loc[:2]) if tuple(loc[:1]) in groups and len(loc) > 1
+                       else tuple(loc[:1]) for loc in (tuple(e["loc"]) for e in errors))
+    node_specs: dict[str, NodeSpec] = {}
+    for key, raw in nodes.items():
+        node_specs[str(key)] = (_stand_in(raw) if ("nodes", key) in broken else
+                                _NODE_ADAPTER.validate_python(raw, context=context))
+    if ("hosts",) in broken:  # not a mapping: a stand-in for each host a node names
+        raw_hosts = {n.host: None for n in node_specs.values() if n.host is not None}
+    else:
+        raw_hosts = data.get("hosts") or {}
+    hosts: dict[str, HostSpec] = {}
+    for key, raw in raw_hosts.items():
+        hosts[str(key)] = (HostSpec.model_validate(raw) if raw is not None
+                           and ("hosts", key) not in broken
+                           else HostSpec.model_construct(address=f"<host {key}>"))
+    raw_links = data.get("links") if ("links",) not in broken else None
+    links = [["", ""] if ("links", i) in broken else raw for i, raw in enumerate(raw_links or [])]
+    tls = data.get("tls") if ("tls",) not in broken else None
+    spec = TopologySpec.model_construct(
+        name=data["name"] if ("name",) not in broken else "lan", hosts=hosts, nodes=node_specs,
+        links=links, tls=TlsSpec.model_validate(tls) if tls is not None else None)
+    return _Partial(spec, broken, frozenset(str(k) for k in nodes if ("nodes", k) in broken),
+                    frozenset(i for i in range(len(links)) if ("links", i) in broken))
 
 
 # -- reporting ---------------------------------------------------------------------
@@ -858,6 +982,8 @@ class _Report:
         self.warnings: list[tuple[int, str]] = []
         #: Errors that are not refusals of what an RPC may not name (see TopologyError).
         self.mistakes = 0
+        #: Paths whose further errors are not reported (already reported as broken).
+        self.muted: frozenset[_Path] = frozenset()
 
     def line(self, path: _Path) -> int:
         for end in range(len(path), -1, -1):
@@ -904,6 +1030,8 @@ class _Report:
 
     def error(self, path: _Path, what: str, *, line: int | None = None,
               label: bool = True, denied: bool = False) -> None:
+        if any(path[:len(m)] == m for m in self.muted):
+            return
         self.errors.append(self._format(path, what, line, label, warning=False))
         self.mistakes += not denied
 
@@ -1027,12 +1155,15 @@ class _End:
 
 class _Resolver:
     def __init__(self, spec: TopologySpec, report: _Report, base_dir: Path,
-                 remote: RpcPolicy | None = None) -> None:
+                 remote: RpcPolicy | None = None, partial: _Partial | None = None) -> None:
         self.spec = spec
         self.report = report
         self.base_dir = base_dir
         #: Set when the text came over an RPC (parse_topology's ``remote``).
         self.remote = remote
+        #: Set when checking around the parts that failed the schema.
+        self.stand_ins = partial.stand_ins if partial else frozenset()
+        self.skip_links = partial.skip_links if partial else frozenset()
         self._opts: dict[str, dict[str, str]] = {}
         rank = {"hub": 0, "vm": 1, "tap": 2}
         #: Node names in start order: hubs, vms, taps; file order within a kind.
@@ -1095,7 +1226,8 @@ class _Resolver:
                           ip=ipaddress.IPv4Interface(node.ip) if node.ip else None,
                           bridge=bridge)
         return TapNode(name=name, host=node.host, line=line, backend=node.backend,
-                       options=self._tap_options(name))
+                       options=self._tap_options(name),
+                       publish=getattr(node, "publish", None) or "")
 
     def _tap_options(self, name: str) -> dict[str, str]:
         """Tap node ``name``'s options, each script as the host running it takes it.
@@ -1163,9 +1295,10 @@ class _Resolver:
         seen: dict[str, str] = {}
         for name, host in self.spec.hosts.items():
             if host.address in seen:
+                first = seen[host.address]
                 self.report.error(("hosts", name, "address"),
-                                  f"{host.address} is already host {seen[host.address]!r}'s "
-                                  "address")
+                                  f"{host.address} is already the address of host {first!r} "
+                                  f"(line {self.report.line(('hosts', first, 'address'))})")
             seen.setdefault(host.address, name)
 
     def _assign_macs(self) -> dict[str, tuple[str, bool]]:
@@ -1178,8 +1311,8 @@ class _Resolver:
                 continue
             if vm.mac in owner:
                 self.report.error(("nodes", name, "mac"),
-                                  f"MAC {vm.mac} is also node {owner[vm.mac]!r}'s (line "
-                                  f"{self.report.line(('nodes', owner[vm.mac], 'mac'))})")
+                                  f"MAC {vm.mac} is already used by node {owner[vm.mac]!r} "
+                                  f"(line {self.report.line(('nodes', owner[vm.mac], 'mac'))})")
             owner.setdefault(vm.mac, name)
             macs[name] = (vm.mac, False)
         candidates = (f"{DEFAULT_MAC_PREFIX}:{(DEFAULT_MAC_FIRST + i) % 256:02x}"
@@ -1219,6 +1352,7 @@ class _Resolver:
         """Interface names and bound sockets must not clash on one host."""
         ifnames: dict[tuple[str | None, str], _Path] = {}
         sockets: dict[tuple[str | None, str], _Path] = {}
+        published: dict[tuple[str | None, str], _Path] = {}
 
         def claim(table: dict[tuple[str | None, str], _Path], host: str | None, key: str,
                   path: _Path, what: str) -> None:
@@ -1245,6 +1379,10 @@ class _Resolver:
                         if addr.endswith(":0"):
                             continue  # port 0: the kernel picks a free one
                         claim(sockets, node.host, addr, ("nodes", name, option), "address")
+                publish = getattr(node, "publish", None)
+                if publish is not None:  # in containers: host ports of their own
+                    claim(published, node.host, publish, ("nodes", name, "publish"),
+                          "host address")
 
     def _services_by_node(self) -> dict[str, list[Service]]:
         """Each node's services (without link needs); reports clashing names."""
@@ -1309,6 +1447,8 @@ class _Resolver:
             return name
 
         for index, raw in enumerate(spec.links):
+            if index in self.skip_links:
+                continue
             path: _Path = ("links", index)
             ends = [self._parse_end(index, text) for text in raw]
             a, b = ends
@@ -1380,6 +1520,8 @@ class _Resolver:
 
     def _check_reachable(self, index: int, dialer: str, listener: str) -> None:
         """A dialler on another host cannot reach a service on this machine's loopback."""
+        if {dialer, listener} & self.stand_ins:
+            return  # a stand-in has no host
         d_host, l_host = self.spec.nodes[dialer].host, self.spec.nodes[listener].host
         if d_host is not None and l_host is None:
             self.report.error(("links", index),
