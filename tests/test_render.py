@@ -246,6 +246,66 @@ def test_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     assert "hub0" in yaml.safe_load(capsys.readouterr().out)["services"]
 
 
+PUBLISHED = """\
+name: pub
+nodes:
+  hub0: {kind: hub}
+  vm1: {kind: vm, memory: 1G}
+  q1: {kind: tap, backend: stream, listen: 127.0.0.1:10555, publish: 127.0.0.1:20555}
+  q2: {kind: tap, backend: stream, listen: 127.0.0.1:10556}
+links: [[vm1, hub0], [q1, hub0], [q2, hub0]]
+"""
+
+
+def test_the_header_says_how_to_run_and_tear_down(topo_file: Path, tmp_path: Path) -> None:
+    out = _render(topo_file, "compose", tmp_path)
+    header = [line for line in out.read_text().splitlines() if line.startswith("#")]
+    name = load_topology(topo_file).name
+    for command in (f"docker compose -p {name} -f {out} up -d",
+                    f"docker compose -p {name} -f {out} down -v",
+                    f"docker stack deploy -c {out} {name}", f"docker stack rm {name}"):
+        assert any(command in line for line in header), (command, header)
+    k8s = _render(topo_file, "k8s", tmp_path).read_text()
+    assert f"kubectl -n {name} apply -f " in k8s and f"kubectl -n {name} delete -f " in k8s
+    assert "# Run:       docker compose -p default -f FILE up -d" in render(
+        load_topology(EXAMPLES / "default.yaml"), "compose")
+
+
+def test_memory_is_a_size_not_a_quoted_number(tmp_path: Path) -> None:
+    (tmp_path / "pub.yaml").write_text(PUBLISHED)
+    text = render(load_topology(tmp_path / "pub.yaml"), "compose")
+    assert "'1073741824'" not in text and "- --size\n    - 1G\n" in text
+    text = render(load_topology(EXAMPLES / "default.yaml"), "compose")
+    assert "'67108864'" not in text and "- --size\n    - 64M\n" in text
+    command = yaml.safe_load(text)["services"]["vm1-guestmem"]["command"]
+    assert command[command.index("--size") + 1] == "64M"
+
+
+def test_a_stream_port_is_published_when_the_topology_asks(tmp_path: Path) -> None:
+    (tmp_path / "pub.yaml").write_text(PUBLISHED)
+    text = render(load_topology(tmp_path / "pub.yaml"), "compose")
+    doc = yaml.safe_load(text)
+    services = doc["services"]
+    assert services["q1"]["ports"] == ["127.0.0.1:20555:10555"]
+    assert services["q1"]["networks"] == ["lan", "publish"]
+    for name, spec in services.items():
+        if name != "q1":
+            assert "ports" not in spec and spec["networks"] == ["lan"], name
+    # The LAN's network stays internal; the publishing one does not masquerade.
+    assert doc["networks"]["lan"]["internal"] is True
+    assert doc["networks"]["publish"]["driver_opts"] == {
+        "com.docker.network.bridge.enable_ip_masquerade": "false"}
+    assert "# q1: its stream port is published at 127.0.0.1:20555" in text
+    assert "# q2: its stream port is q2:10556 on the network, not published" in text
+    compose = shutil.which("docker-compose")
+    if compose is not None:
+        out = tmp_path / "pub.yml"
+        out.write_text(text)
+        result = subprocess.run([compose, "-f", str(out), "config", "-q"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("fmt", ["compose", "k8s"])
 def test_bad_topology_exits_2(tmp_path: Path, fmt: str,
                               capsys: pytest.CaptureFixture[str]) -> None:

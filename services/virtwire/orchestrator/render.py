@@ -5,7 +5,11 @@ with the arguments the orchestration plan gives it (``plan.plan``, as for
 the orchestrator's runtimes), except that every service listens on
 ``0.0.0.0:50051`` and reaches the others by their service DNS name
 (``NAME:50051``), and stream/dgram backends that listen on loopback in the
-topology listen on ``0.0.0.0`` inside their container (nothing is published).
+topology listen on ``0.0.0.0`` inside their container. Nothing is published,
+except a stream port whose node says ``publish: HOST:PORT`` (compose
+``ports:``; that container also joins a second, non-masquerading network,
+since Docker publishes no port of a container only on internal networks).
+The file's header says how to run it and tear it down.
 
 The compose file runs under ``docker-compose up`` and, unchanged, as a Swarm
 stack (``docker stack deploy``); tests/test_compose.py runs both. Swarm
@@ -48,10 +52,16 @@ from typing import Any
 import yaml
 
 from virtwire import __version__, certs, tls
+from virtwire.address import parse_sockaddr
 from virtwire.errors import BackendError, ConfigError
 from virtwire.orchestrator.pki import LanPki
 from virtwire.orchestrator.plan import plan
-from virtwire.orchestrator.spec import GuestServiceSpec, ServiceSpec, TapServiceSpec
+from virtwire.orchestrator.spec import (
+    GuestMemServiceSpec,
+    GuestServiceSpec,
+    ServiceSpec,
+    TapServiceSpec,
+)
 from virtwire.orchestrator.subnet import check_subnet
 from virtwire.topology import Service, TapNode, Topology, VmNode
 
@@ -61,6 +71,11 @@ IMAGE = f"virtwire:{__version__}"
 #: The compose network's subnet (inside 198.18.0.0/15, RFC 2544 benchmarking space).
 SUBNET = "198.18.20.0/24"
 NETWORK = "lan"
+#: The network a container with a published port also joins: Docker publishes
+#: no port of a container that is only on internal networks. It does not
+#: masquerade, so the container gets no route out through it.
+PUBLISH_NETWORK = "publish"
+PUBLISH_DRIVER_OPTS = {"com.docker.network.bridge.enable_ip_masquerade": "false"}
 FORMATS = ("compose", "k8s")
 _MIB = 1 << 20
 #: /dev/shm headroom above the guest RAM for guestmem.
@@ -113,9 +128,30 @@ def container_spec(spec: ServiceSpec) -> ServiceSpec:
     return spec
 
 
+def size_text(size: int) -> str:
+    """``67108864`` -> ``"64M"``: a size as ``serve guestmem --size`` takes it."""
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
 def container_command(spec: ServiceSpec) -> list[str]:
-    """``serve KIND --listen 0.0.0.0:50051 ARGS`` for a service in its own container."""
-    return ["serve", spec.kind, "--listen", LISTEN, *container_spec(spec).argv()]
+    """``serve KIND --listen 0.0.0.0:50051 ARGS`` for a service in its own container.
+
+    Guest RAM is given as a size (``--size 64M``), which a compose file shows
+    as written, not as a quoted number of bytes.
+    """
+    argv = container_spec(spec).argv()
+    if isinstance(spec, GuestMemServiceSpec):
+        argv[argv.index("--size") + 1] = size_text(spec.size)
+    return ["serve", spec.kind, "--listen", LISTEN, *argv]
+
+
+def published_port(node: TapNode) -> tuple[str, int, int]:
+    """A tap node's ``publish:`` as (host IP, host port, container port)."""
+    publish = parse_sockaddr(node.publish)
+    return publish.host, publish.port, parse_sockaddr(node.listen_address()).port
 
 
 def identity_files(name: str) -> tuple[str, str, str]:
@@ -284,6 +320,11 @@ def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities 
             "labels": {"virtwire.lan": topo.name, "virtwire.node": svc.node,
                        "virtwire.kind": svc.kind},
         }
+        node = topo.node(svc.node)
+        if isinstance(node, TapNode) and node.publish:
+            host_ip, host_port, port = published_port(node)
+            spec["ports"] = [f"{host_ip}:{host_port}:{port}"]
+            spec["networks"] = [NETWORK, PUBLISH_NETWORK]
         if svc.needs:
             spec["depends_on"] = list(svc.needs)
         caps = capabilities(topo, svc)
@@ -307,13 +348,13 @@ def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities 
         # Swarm's equivalent (it ignores `restart`); docker-compose 1.29 accepts it.
         spec["deploy"] = {"restart_policy": {"condition": "on-failure"}}
         services[svc.name] = spec
-    doc: dict[str, Any] = {
-        "version": "3.8",
-        "services": services,
-        "networks": {NETWORK: {"internal": True,
-                               "ipam": {"config": [{"subnet": subnet}]},
-                               "labels": {"virtwire.lan": topo.name}}},
-    }
+    networks: dict[str, Any] = {NETWORK: {"internal": True,
+                                          "ipam": {"config": [{"subnet": subnet}]},
+                                          "labels": {"virtwire.lan": topo.name}}}
+    if any(node.publish for node in topo.taps()):
+        networks[PUBLISH_NETWORK] = {"driver_opts": PUBLISH_DRIVER_OPTS,
+                                     "labels": {"virtwire.lan": topo.name}}
+    doc: dict[str, Any] = {"version": "3.8", "services": services, "networks": networks}
     if secrets:
         doc["secrets"] = secrets
     return doc
@@ -455,6 +496,28 @@ def _trust_header(fmt: str, identities: Identities | None) -> str:
     return text
 
 
+def _run_header(topo: Topology, fmt: str, output: Path | None) -> str:
+    """How to run the file and tear it down, and where its stream ports are."""
+    file = shlex.quote(str(output)) if output is not None else "FILE"
+    lan = topo.name
+    if fmt == "k8s":
+        return (f"# Run:       kubectl create namespace {lan}; kubectl -n {lan} apply -f {file}\n"
+                f"# Tear down: kubectl -n {lan} delete -f {file}\n")
+    text = (f"# Run:       docker compose -p {lan} -f {file} up -d   (or docker-compose ...)\n"
+            f"# Tear down: docker compose -p {lan} -f {file} down -v\n"
+            f"# Swarm:     docker stack deploy -c {file} {lan}; tear down: docker stack rm {lan}\n")
+    for node in topo.taps():
+        listen = node.options.get("listen") or node.options.get("local", "")
+        if node.publish:
+            text += (f"# {node.name}: its stream port is published at {node.publish} "
+                     "(a Swarm publishes on every interface)\n")
+        elif listen and not listen.startswith("unix:"):
+            text += (f"# {node.name}: its {node.backend} port is {node.name}:"
+                     f"{listen.rpartition(':')[2]} on the network, not published\n"
+                     f"#   (publish: 127.0.0.1:PORT on the node publishes a stream port)\n")
+    return text
+
+
 def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = None,
            certs_dir: Path | None = None) -> str:
     """The rendered YAML text for ``fmt`` (compose or k8s).
@@ -485,7 +548,7 @@ def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = 
             certs_dir = default_certs_dir(output)
         identities = issue_identities(topo, certs_dir)
     header = (f"# virtwire {fmt} for LAN {topo.name!r}, rendered from {topo.source}\n"
-              + _trust_header(fmt, identities))
+              + _trust_header(fmt, identities) + _run_header(topo, fmt, output))
     if fmt == "compose":
         doc = render_compose(topo, net, identities,
                              output.parent if output is not None else None)
