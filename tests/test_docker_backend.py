@@ -17,10 +17,13 @@ import ipaddress
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,8 @@ import pytest
 
 from virtwire import certs, tls
 from virtwire.errors import ConfigError
+from virtwire.guest.responder import ARP_REPLY, ARP_REQUEST, build_arp, parse_arp
+from virtwire.net.eth import parse_mac
 from virtwire.orchestrator.pki import LanPki
 from virtwire.orchestrator.runtime.docker import DockerRuntime
 from virtwire.orchestrator.spec import HubServiceSpec
@@ -253,6 +258,101 @@ def test_bad_requests_exit_2_and_leave_nothing(lan: DockerLan) -> None:
     bad = lan.cli("up", str(lan.file), "--backend", "podman")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     assert lan.containers() == [] and lan.networks() == []
+
+
+# --- stream ports: where they listen, and publish: ----------------------------------------
+
+PORTS_TOPOLOGY = """\
+name: {name}
+nodes:
+  hub0: {{kind: hub}}
+  vm1: {{kind: vm, mac: "52:54:00:12:34:01", ip: 198.18.0.1/24, memory: 16M}}
+  qemu0: {{kind: tap, backend: stream, listen: 127.0.0.1:10555, publish: "127.0.0.1:PORT"}}
+  qemu1: {{kind: tap, backend: stream, listen: 127.0.0.1:10556}}
+links:
+  - [vm1, hub0]
+  - [qemu0, hub0]
+  - [qemu1, hub0]
+"""
+
+
+def _arp_through_stream_port(address: str) -> None:
+    """QEMU's -netdev stream framing (4-byte big-endian length), as a raw client: an
+    ARP request for vm1 in at ``address`` (HOST:PORT), vm1's reply back out."""
+    host, _, port = address.rpartition(":")
+    me = parse_mac("52:54:00:aa:bb:cc")
+    arp = build_arp(ARP_REQUEST, me, IPv4Address("198.18.0.9"), b"\0" * 6,
+                    IPv4Address("198.18.0.1"), eth_dst=b"\xff" * 6)
+    deadline = time.monotonic() + 30
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        buf = b""
+        while time.monotonic() < deadline:
+            sock.sendall(struct.pack(">I", len(arp)) + arp)
+            sock.settimeout(1)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            assert chunk, f"{address}: the stream closed"
+            buf += chunk
+            while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+                n = struct.unpack(">I", buf[:4])[0]
+                frame, buf = buf[4:4 + n], buf[4 + n:]
+                if frame[12:14] == b"\x08\x06":
+                    reply = parse_arp(frame)
+                    if reply.op == ARP_REPLY and reply.spa == IPv4Address("198.18.0.1"):
+                        return
+    pytest.fail(f"no ARP reply from vm1 through {address}")
+
+
+def test_stream_ports_say_where_they_listen_and_publish_on_the_host(
+        image: str, tmp_path: Path) -> None:
+    """Each stream port is reachable from the host where up and status say: qemu1 at
+    its container's address on the LAN's network, qemu0 (publish:) at a host port."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = int(free.getsockname()[1])
+    lan = DockerLan(tmp_path, PORTS_TOPOLOGY.replace("PORT", str(port)))
+    try:
+        up = lan.cli("up", str(lan.file), "--backend", "docker", "--detach")
+        assert up.returncode == 0, up.stdout + up.stderr
+        qemu1 = next(s for s in lan.state()["services"] if s["name"] == "qemu1")
+        container_ip = qemu1["address"].rpartition(":")[0]
+        assert f"its stream port listens at 127.0.0.1:{port}" in up.stdout
+        assert f"qemu1's stream port listens at {container_ip}:10556" in up.stdout
+
+        status = lan.cli("status", lan.name, "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        reachable = {n["name"]: n["reachable_at"] for n in json.loads(status.stdout)["nodes"]}
+        assert reachable == {"hub0": "", "vm1": "", "qemu0": f"127.0.0.1:{port}",
+                             "qemu1": f"{container_ip}:10556"}
+        table = lan.cli("status", lan.name).stdout.splitlines()
+        assert ["qemu0", "stream", f"127.0.0.1:{port}"] in [line.split() for line in table]
+
+        _arp_through_stream_port(f"127.0.0.1:{port}")
+        _arp_through_stream_port(f"{container_ip}:10556")
+
+        # The published container is also on a network that does not masquerade;
+        # the LAN's network stays internal, and only qemu0 has a port binding.
+        nets = {n: json.loads(docker("network", "inspect", n).stdout)[0]
+                for n in lan.networks()}
+        assert set(nets) == {f"virtwire-{lan.name}", f"virtwire-{lan.name}-publish"}
+        assert nets[f"virtwire-{lan.name}"]["Internal"] is True
+        publish = nets[f"virtwire-{lan.name}-publish"]
+        assert publish["Options"]["com.docker.network.bridge.enable_ip_masquerade"] == "false"
+        for svc in ("hub0", "qemu0", "qemu1"):
+            info = _inspect(f"virtwire-{lan.name}-{svc}")
+            bindings = info["HostConfig"]["PortBindings"] or {}
+            joined = set(info["NetworkSettings"]["Networks"])
+            if svc == "qemu0":
+                assert bindings == {"10555/tcp": [{"HostIp": "127.0.0.1",
+                                                   "HostPort": str(port)}]}
+                assert joined == set(nets)
+            else:
+                assert not bindings and joined == {f"virtwire-{lan.name}"}, svc
+        lan.down_leaves_nothing()
+    finally:
+        _clean_up(lan)
 
 
 # --- with tls: -------------------------------------------------------------------------

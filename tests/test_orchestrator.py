@@ -316,6 +316,56 @@ def test_down_leaves_no_processes(lan: Lan) -> None:
     assert out.returncode == 1 and "no LAN is running" in out.stderr
 
 
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_up_and_status_say_where_each_stream_and_dgram_port_listens(tmp_path: Path) -> None:
+    """Process backend: each port listens on this host at its own address; up's events,
+    status and status --json say where (publish: is for containers and changes nothing)."""
+    lan = Lan(tmp_path)
+    stream, dgram = _free_port(), _free_udp_port()
+    lan.file.write_text(f"""\
+name: ports
+nodes:
+  hub0: {{kind: hub}}
+  qemu0: {{kind: tap, backend: stream, listen: 127.0.0.1:{stream}, publish: 127.0.0.1:1}}
+  out0: {{kind: tap, backend: stream, connect: 127.0.0.1:1, reconnect: 1}}
+  udp0: {{kind: tap, backend: dgram, local: 127.0.0.1:{dgram}, remote: 127.0.0.1:1}}
+links: [[qemu0, hub0], [out0, hub0], [udp0, hub0]]
+""")
+    out = lan.cli("up", str(lan.file), "--detach")
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        started = {line.split()[1]: line for line in out.stdout.splitlines()
+                   if line.startswith("service_started")}
+        assert started["qemu0"].endswith(f"; its stream port listens at 127.0.0.1:{stream}")
+        assert started["udp0"].endswith(f"; its dgram port listens at 127.0.0.1:{dgram}")
+        assert "listens" not in started["out0"] + started["hub0"]
+        (done,) = [line for line in out.stdout.splitlines() if line.startswith("done")]
+        assert done.endswith(f"LAN 'ports' is up; qemu0's stream port listens at 127.0.0.1:"
+                             f"{stream}; udp0's dgram port listens at 127.0.0.1:{dgram}")
+        with socket.create_connection(("127.0.0.1", stream), timeout=5):
+            pass  # where it says, from this host
+
+        table = lan.cli("status", "ports")
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        at = lines.index(next(line for line in lines if line.startswith("NODE ") and
+                              "LISTENS AT (FROM THIS HOST)" in line))
+        assert [line.split() for line in lines[at + 1:]] == [
+            ["qemu0", "stream", f"127.0.0.1:{stream}"], ["udp0", "dgram", f"127.0.0.1:{dgram}"]]
+        out = lan.cli("status", "ports", "--json")
+        assert out.returncode == 0, out.stderr
+        reachable = {n["name"]: n["reachable_at"] for n in json.loads(out.stdout)["nodes"]}
+        assert reachable == {"hub0": "", "qemu0": f"127.0.0.1:{stream}", "out0": "",
+                             "udp0": f"127.0.0.1:{dgram}"}
+    finally:
+        lan.cli("down", "ports")
+
+
 def test_foreground_up_stops_on_down(tmp_path: Path) -> None:
     lan = Lan(tmp_path)
     lan.file.write_text("name: fg\nnodes:\n  hub0: {kind: hub}\n  vm1: {kind: vm, ip: "

@@ -28,6 +28,7 @@ from virtwire.cli.format import (
     format_json,
     format_ping,
     format_status,
+    format_table,
     link_up_down,
 )
 from virtwire.cli.plantable import format_plan
@@ -103,8 +104,8 @@ async def _kill_services(state: LanState) -> None:
             with translated(agent):
                 await stop_remote_lan(agent, state.name)
         except VirtwireError as exc:
-            print(f"virtwire: warning: the orchestrator at {agent} did not stop LAN "
-                  f"{state.name!r}'s services there: {exc}", file=sys.stderr)
+            print(f"virtwire: warning: the orchestrator at {agent} did not stop the "
+                  f"services of LAN {state.name!r} there: {exc}", file=sys.stderr)
 
 
 def _stub(state: LanState) -> tuple[grpc.aio.Channel, Stub]:
@@ -249,6 +250,18 @@ async def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _format_ports(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse) -> str:
+    """A table of where each stream/dgram port waits for its peer, as this host
+    reaches it (NodeStatus.reachable_at); "" when the LAN has none."""
+    rows = [("NODE", "PORT", "LISTENS AT (FROM THIS HOST)")]
+    for node in resp.nodes:
+        if node.reachable_at:
+            kind = next((nc.info.kind for nc in node.netclients if nc.name == node.name), "tap")
+            host = next((f" (on host {s.host})" for s in node.services if s.host), "")
+            rows.append((node.name, kind, node.reachable_at + host))
+    return f"\n\n{format_table(rows)}" if len(rows) > 1 else ""
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
     """A LAN's services and NetClients; 1 if a service is not serving."""
     state = read_state(lan_name(args))
@@ -256,7 +269,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with ch:
         resp = await stub.GetStatus(orchestrator_pb2.OrchestratorServiceGetStatusRequest(),
                                     timeout=RPC_TIMEOUT_S)
-    print(format_json(resp) if args.json else format_status(resp, state.orchestrator))
+    print(format_json(resp) if args.json
+          else format_status(resp, state.orchestrator) + _format_ports(resp))
     unhealthy = any(not s.healthy for n in resp.nodes for s in n.services)
     return EXIT_ERROR if unhealthy else EXIT_OK
 

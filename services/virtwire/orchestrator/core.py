@@ -60,6 +60,8 @@ from virtwire.topology import (
     NODE_NAME_MAX,
     VM_SERVICES,
     HubNode,
+    Node,
+    TapNode,
     Topology,
     VmNode,
     check_lan_name,
@@ -356,8 +358,10 @@ class Orchestrator:
                     backend=runtime.kind, agent=agent,
                     start_time=self._start_time(runtime, pid))
                 self._write_state()
+                port = self._port_text(svc.node) if svc.kind == "tap" else ""
                 yield UpEvent("started", svc.name, address,
-                              f"{svc.name} serves at {address} (pid {pid}{where})")
+                              f"{svc.name} serves at {address} (pid {pid}{where})"
+                              + (f"; its {port}" if port else ""))
                 for link in topo.links:
                     if link.dialer.service == svc.name:
                         yield UpEvent("link", svc.name, message=(
@@ -374,7 +378,29 @@ class Orchestrator:
             return
         self.state = RunState.RUNNING
         self._watcher = asyncio.create_task(self._watch(), name="orchestrator-watch")
-        yield UpEvent("done", message=f"LAN {topo.name!r} is up")
+        ports = "".join(f"; {node.name}'s {self._port_text(node.name)}"
+                        for node in topo.taps() if self.reachable_at(node))
+        yield UpEvent("done", message=f"LAN {topo.name!r} is up{ports}")
+
+    def reachable_at(self, node: Node) -> str:
+        """Where tap node ``node``'s stream or dgram backend waits for its peer, as
+        this host reaches it (``NodeStatus.reachable_at``); "" for other nodes."""
+        if not isinstance(node, TapNode) or not node.listen_address():
+            return ""
+        runtime = self.runtimes.get(node.host or "")
+        if isinstance(runtime, DockerRuntime):
+            return runtime.reachable_at(node)
+        return node.listen_address()  # a local process, or a process on its host
+
+    def _port_text(self, name: str) -> str:
+        """``stream port listens at ADDR``, as up's events say it ("" if none)."""
+        assert self.topology is not None
+        node = self.topology.node(name)
+        address = self.reachable_at(node)
+        if not address or not isinstance(node, TapNode):
+            return ""
+        on = f" on host {node.host}" if node.host else ""
+        return f"{node.backend} port listens at {address}{on}"
 
     def _tls_args(self, name: str, host: str) -> list[str]:
         """The TLS flags of service ``name`` listening on ``host``: its own

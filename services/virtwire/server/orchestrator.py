@@ -163,7 +163,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 except VirtwireError as exc:
                     logger.warning("status: %s: %s", rec.name, exc)
         for node in orch.topology.nodes.values():
-            ns = resp.nodes.add(name=node.name, kind=node.kind)
+            ns = resp.nodes.add(name=node.name, kind=node.kind,
+                                reachable_at=orch.reachable_at(node))
             for rec in orch.services.values():
                 if rec.node != node.name:
                     continue

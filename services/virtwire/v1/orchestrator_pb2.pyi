@@ -98,16 +98,18 @@ class NodeNetClient(_message.Message):
     def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., info: _Optional[_Union[_netclient_pb2.NetClientInfo, _Mapping]] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "kind", "services", "netclients")
+    __slots__ = ("name", "kind", "services", "netclients", "reachable_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     NETCLIENTS_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     netclients: _containers.RepeatedCompositeFieldContainer[NodeNetClient]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., netclients: _Optional[_Iterable[_Union[NodeNetClient, _Mapping]]] = ...) -> None: ...
+    reachable_at: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., netclients: _Optional[_Iterable[_Union[NodeNetClient, _Mapping]]] = ..., reachable_at: _Optional[str] = ...) -> None: ...
 
 class OrchestratorServiceGetStatusResponse(_message.Message):
     __slots__ = ("name", "state", "nodes")

@@ -8,7 +8,12 @@ uses (``subnet.py``). Each service gets a fixed address, 198.19.N.(10 + its
 start index),
 and listens on port 50051 there; peers dial that address, so a restarted
 container comes back where its dialers look for it. The host reaches the
-containers through the network's gateway, as the orchestrator must.
+containers through the network's gateway, as the orchestrator must, and so
+reaches a stream or dgram port at its container's address (``reachable_at``).
+A stream node's ``publish: HOST:PORT`` binds that host address to its port;
+since Docker publishes no port of a container only on internal networks, that
+container also joins ``virtwire-LAN-publish``, a bridge that does not
+masquerade (so it gives no route out either).
 
 Containers run as the image's unprivileged user, except a Linux TAP backend
 or a bridged guest: uid 0, NET_ADMIN, /dev/net/tun (and SYS_ADMIN to create a
@@ -39,23 +44,26 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from virtwire import certs
+from virtwire.address import parse_sockaddr
 from virtwire.errors import BackendError
 from virtwire.orchestrator.health import check_health
 from virtwire.orchestrator.render import (
     IMAGE,
     IMAGE_USER,
     PORT,
+    PUBLISH_DRIVER_OPTS,
     SECRETS_DIR,
     capabilities,
     container_command,
     container_tls_args,
     container_tls_env,
     identity_files,
+    published_port,
     shm_bytes,
 )
 from virtwire.orchestrator.runtime import START_TIMEOUT_S
 from virtwire.orchestrator.subnet import check_subnet, pick_subnet, service_ips
-from virtwire.topology import Service, Topology, VmNode
+from virtwire.topology import Service, TapNode, Topology, VmNode
 
 if TYPE_CHECKING:
     import docker
@@ -94,6 +102,11 @@ def container_name(lan: str, service: str) -> str:
 
 def network_name(lan: str) -> str:
     return f"virtwire-{lan}"
+
+
+def publish_network_name(lan: str) -> str:
+    """The network that carries LAN ``lan``'s published ports (``render.PUBLISH_NETWORK``)."""
+    return f"virtwire-{lan}-publish"
 
 
 def remove_lan(lan: str) -> int:
@@ -156,6 +169,17 @@ class DockerRuntime:
     # -- what each service gets -----------------------------------------------------
     def listen_address(self, name: str) -> str:
         return f"{self._ips[name]}:{PORT}"
+
+    def reachable_at(self, node: TapNode) -> str:
+        """Where this host reaches tap node ``node``'s listening port: its published
+        address, else its container's on the LAN's network ("" for a unix socket or
+        a multicast group, which stay inside the network)."""
+        if node.publish:
+            return node.publish
+        addr = parse_sockaddr(node.listen_address())
+        if addr.is_unix or "mcast" in node.options or node.name not in self._ips:
+            return ""
+        return f"{self._ips[node.name]}:{addr.port}"
 
     def _service(self, name: str) -> Service:
         return next(s for s in self.topo.services if s.name == name)
@@ -254,6 +278,21 @@ class DockerRuntime:
             raise BackendError(f"cannot create network {self.network} "
                                f"({self.subnet}): {exc.explanation or exc}") from exc
         logger.info("docker: network %s, internal, subnet %s", self.network, self.subnet)
+        if self._published():
+            name = publish_network_name(lan)
+            try:
+                client.networks.create(
+                    name, driver="bridge", check_duplicate=True, options=PUBLISH_DRIVER_OPTS,
+                    labels={LABEL_BACKEND: "docker", LABEL_LAN: lan})
+            except docker.errors.APIError as exc:
+                raise BackendError(f"cannot create network {name}: "
+                                   f"{exc.explanation or exc}") from exc
+            logger.info("docker: network %s, for published ports", name)
+
+    def _published(self) -> dict[str, TapNode]:
+        """This machine's tap nodes with a ``publish:``, by service name."""
+        return {node.name: node for node in self.topo.taps()
+                if node.publish and node.host is None}
 
     async def start(self, name: str, spec: ServiceSpec, listen: str) -> tuple[str, int]:
         await self._removed(name)  # its old container, if being removed, has its name
@@ -287,6 +326,12 @@ class DockerRuntime:
         except OSError as exc:
             raise BackendError(f"{name}: cannot write its certificate for the container: "
                                f"{exc.strerror or exc}") from exc
+        published = self._published().get(name)
+        ports: list[int] = []
+        if published is not None:
+            host_ip, host_port, port = published_port(published)
+            ports = [port]
+            extra["port_bindings"] = {f"{port}/tcp": (host_ip, host_port)}
         host_config = api.create_host_config(init=True, binds=binds, **extra)
         endpoint = api.create_endpoint_config(ipv4_address=ip, aliases=[name])
         # docker-py takes {network: endpoint config}; its stubs say otherwise.
@@ -299,7 +344,12 @@ class DockerRuntime:
                 self.image, command=self._command(name, spec), name=cname,
                 hostname=name, labels=labels, host_config=host_config,
                 networking_config=networking, user=self._user(name),
-                environment=container_tls_env(name) if self.pki is not None else None)
+                environment=container_tls_env(name) if self.pki is not None else None,
+                ports=ports or None)
+            if published is not None:
+                # Docker publishes no port of a container only on internal networks.
+                api.connect_container_to_network(created["Id"],
+                                                 publish_network_name(self.topo.name))
             api.start(created["Id"])
         except docker.errors.APIError as exc:
             with_ = f" ({exc.explanation})" if exc.explanation else ""
