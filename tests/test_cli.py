@@ -109,7 +109,7 @@ async def test_ctrl_c_exits_130_without_a_traceback(script: Path, hub: HubServer
     proc = await asyncio.create_subprocess_exec(
         str(script), "capture", "-s", hub.address, "watched", "-w", os.devnull,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    await until(lambda: bool(port.capture_hooks), timeout=20)
+    await until(lambda: bool(port.capture_hooks), timeout=60)
     proc.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == EXIT_INTERRUPTED, err.decode()
@@ -155,6 +155,9 @@ def no_lan(tmp_path: Path) -> dict[str, str]:
     (("certs", "init", "{file}/pki"), EXIT_USAGE, "cannot write {file}/pki: Not a directory"),
     (("certs", "issue", "{file}/pki", "alice"), EXIT_USAGE,
      "cannot read {file}/pki/ca.pem: Not a directory"),
+    # serve stops at once when it cannot say it is ready.
+    (("serve", "hub", "--listen", "127.0.0.1:0", "--ready-file", "{missing}/ready"),
+     EXIT_USAGE, "cannot write {missing}/ready: No such file or directory"),
 ])
 async def test_a_file_that_cannot_be_opened_is_named(
         script: Path, hub: HubServer, no_lan: dict[str, str], tmp_path: Path,

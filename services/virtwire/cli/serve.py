@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from virtwire import tls
 from virtwire.cli.log import label_records
+from virtwire.cli.userfile import user_file
 from virtwire.errors import ConfigError
 from virtwire.guest.driver import DEFAULT_RING
 from virtwire.server.base import SHUTDOWN_GRACE_S, ServiceHost
@@ -68,6 +69,11 @@ async def until_stopped(stopped: asyncio.Event, work: Awaitable[T]) -> T | None:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
+    if args.ready_file:
+        # Whoever waits for the address would wait forever: refuse before
+        # listening. Empty until serving, as the waiters expect.
+        with user_file(args.ready_file, "write"):
+            Path(args.ready_file).write_text("")
     host = SERVE_KINDS[args.kind].build(args)
     host.registry.max_captures = args.max_captures
     host.insecure = args.insecure
