@@ -10,10 +10,11 @@ and listens on port 50051 there; peers dial that address, so a restarted
 container comes back where its dialers look for it. The host reaches the
 containers through the network's gateway, as the orchestrator must, and so
 reaches a stream or dgram port at its container's address (``reachable_at``).
-A stream node's ``publish: HOST:PORT`` binds that host address to its port;
-since Docker publishes no port of a container only on internal networks, that
-container also joins ``virtwire-LAN-publish``, a bridge that does not
-masquerade (so it gives no route out either).
+A stream node's ``publish: HOST:PORT`` is served by the orchestrator: Docker
+publishes no port of a container only on internal networks, and another
+network would give the container a route out, so a ``PortForwarder``
+(``orchestrator/forward.py``) listens on HOST:PORT and relays each connection
+to the container's address.
 
 Containers run as the image's unprivileged user, except a Linux TAP backend
 or a bridged guest: uid 0, NET_ADMIN, /dev/net/tun (and SYS_ADMIN to create a
@@ -44,14 +45,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from virtwire import certs
-from virtwire.address import parse_sockaddr
+from virtwire.address import SockAddr, parse_sockaddr
 from virtwire.errors import BackendError
+from virtwire.orchestrator.forward import PortForwarder
 from virtwire.orchestrator.health import check_health
 from virtwire.orchestrator.render import (
     IMAGE,
     IMAGE_USER,
     PORT,
-    PUBLISH_DRIVER_OPTS,
     SECRETS_DIR,
     capabilities,
     container_command,
@@ -104,11 +105,6 @@ def network_name(lan: str) -> str:
     return f"virtwire-{lan}"
 
 
-def publish_network_name(lan: str) -> str:
-    """The network that carries LAN ``lan``'s published ports (``render.PUBLISH_NETWORK``)."""
-    return f"virtwire-{lan}-publish"
-
-
 def remove_lan(lan: str) -> int:
     """Remove every container and the network of docker-backend LAN ``lan``.
 
@@ -159,6 +155,8 @@ class DockerRuntime:
         #: The LAN's certificates (topology ``tls:``); None: ``--insecure``.
         self.pki = pki
         self.containers: dict[str, str] = {}  # service -> container id
+        #: publish: relays, by service.
+        self.forwarders: dict[str, PortForwarder] = {}
         self._client: docker.DockerClient | None = None
         self._ips: dict[str, str] = {}
         #: Containers being removed (``stop``), by service.
@@ -278,16 +276,6 @@ class DockerRuntime:
             raise BackendError(f"cannot create network {self.network} "
                                f"({self.subnet}): {exc.explanation or exc}") from exc
         logger.info("docker: network %s, internal, subnet %s", self.network, self.subnet)
-        if self._published():
-            name = publish_network_name(lan)
-            try:
-                client.networks.create(
-                    name, driver="bridge", check_duplicate=True, options=PUBLISH_DRIVER_OPTS,
-                    labels={LABEL_BACKEND: "docker", LABEL_LAN: lan})
-            except docker.errors.APIError as exc:
-                raise BackendError(f"cannot create network {name}: "
-                                   f"{exc.explanation or exc}") from exc
-            logger.info("docker: network %s, for published ports", name)
 
     def _published(self) -> dict[str, TapNode]:
         """This machine's tap nodes with a ``publish:``, by service name."""
@@ -306,12 +294,24 @@ class DockerRuntime:
                 code = state.get("ExitCode") if state else "removed"
                 raise BackendError(f"{name}: container exited ({code}):\n{logs}")
             if await check_health(listen, timeout=1.0):
+                await self._publish(name, ip=listen.rpartition(":")[0])
                 return listen, int(state.get("Pid") or 0)
             if time.monotonic() > deadline:
                 logs = await asyncio.to_thread(self._logs, cid)
                 raise BackendError(f"{name}: not SERVING at {listen} within "
                                    f"{START_TIMEOUT_S:.0f}s:\n{logs}")
             await asyncio.sleep(0.1)
+
+    async def _publish(self, name: str, ip: str) -> None:
+        """Start relaying ``name``'s ``publish:`` address to its container, once
+        (a restarted container keeps its address, so the relay stays)."""
+        node = self._published().get(name)
+        if node is None or name in self.forwarders:
+            return
+        host_ip, host_port, port = published_port(node)
+        forwarder = PortForwarder(SockAddr(host_ip, host_port), SockAddr(ip, port))
+        await forwarder.start()
+        self.forwarders[name] = forwarder
 
     def _create(self, name: str, spec: ServiceSpec, listen: str) -> str:
         import docker.errors
@@ -326,12 +326,6 @@ class DockerRuntime:
         except OSError as exc:
             raise BackendError(f"{name}: cannot write its certificate for the container: "
                                f"{exc.strerror or exc}") from exc
-        published = self._published().get(name)
-        ports: list[int] = []
-        if published is not None:
-            host_ip, host_port, port = published_port(published)
-            ports = [port]
-            extra["port_bindings"] = {f"{port}/tcp": (host_ip, host_port)}
         host_config = api.create_host_config(init=True, binds=binds, **extra)
         endpoint = api.create_endpoint_config(ipv4_address=ip, aliases=[name])
         # docker-py takes {network: endpoint config}; its stubs say otherwise.
@@ -344,12 +338,7 @@ class DockerRuntime:
                 self.image, command=self._command(name, spec), name=cname,
                 hostname=name, labels=labels, host_config=host_config,
                 networking_config=networking, user=self._user(name),
-                environment=container_tls_env(name) if self.pki is not None else None,
-                ports=ports or None)
-            if published is not None:
-                # Docker publishes no port of a container only on internal networks.
-                api.connect_container_to_network(created["Id"],
-                                                 publish_network_name(self.topo.name))
+                environment=container_tls_env(name) if self.pki is not None else None)
             api.start(created["Id"])
         except docker.errors.APIError as exc:
             with_ = f" ({exc.explanation})" if exc.explanation else ""
@@ -430,6 +419,9 @@ class DockerRuntime:
             logger.warning("docker: removing %s: %s", cid[:12], exc)
 
     async def close(self) -> None:
+        for forwarder in self.forwarders.values():
+            await forwarder.close()
+        self.forwarders.clear()
         for name in reversed(list(self.containers)):
             await self.stop(name)
         removals = list(self._removals.values())
