@@ -17,8 +17,19 @@ from virtwire.net.hub import HUB_NAME_MAX, Hub, hub_port_name
 from virtwire.orchestrator import plan as plan_mod
 from virtwire.orchestrator.core import Orchestrator
 from virtwire.orchestrator.plan import auto_ports, plan
-from virtwire.orchestrator.render import LISTEN, address_of, container_spec, service_commands
-from virtwire.orchestrator.spec import E1000ServiceSpec, HubPortSpec, HubServiceSpec
+from virtwire.orchestrator.render import (
+    LISTEN,
+    address_of,
+    container_spec,
+    service_commands,
+    size_text,
+)
+from virtwire.orchestrator.spec import (
+    E1000ServiceSpec,
+    GuestMemServiceSpec,
+    HubPortSpec,
+    HubServiceSpec,
+)
 from virtwire.topology import NODE_NAME_MAX, Topology, TopologyError, parse_topology
 
 # hub0: a named port (uplink) and two unnamed link ends (a VM, a hub dialing
@@ -153,8 +164,11 @@ def test_render_writes_the_plan(topo: Topology) -> None:
     commands = service_commands(topo)
     assert list(commands) == list(specs)
     for name, spec in specs.items():
-        assert commands[name] == ["serve", spec.kind, "--listen", LISTEN,
-                                  *container_spec(spec).argv(), "--insecure"]
+        argv = container_spec(spec).argv()
+        if isinstance(spec, GuestMemServiceSpec):
+            # The one rewrite: guest RAM as a size a compose file shows as is (64M).
+            argv[argv.index("--size") + 1] = size_text(spec.size)
+        assert commands[name] == ["serve", spec.kind, "--listen", LISTEN, *argv, "--insecure"]
 
 
 def test_render_needs_no_orchestrator() -> None:

@@ -70,8 +70,8 @@ class Verbs(argparse._SubParsersAction):  # type: ignore[type-arg]
         if kwargs.get("epilog") is None and name in EXAMPLES:
             kwargs["epilog"] = example_epilog(EXAMPLES[name])
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        kwargs.setdefault("allow_abbrev", False)
-        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        kwargs.pop("allow_abbrev", None)
+        parser: argparse.ArgumentParser = super().add_parser(name, allow_abbrev=False, **kwargs)
         return parser
 
     def verb_list(self) -> str:
