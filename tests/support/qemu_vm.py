@@ -25,6 +25,7 @@ import codecs
 import ctypes
 import gzip
 import hashlib
+import json
 import logging
 import lzma
 import os
@@ -43,7 +44,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ _BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 #: busybox ping's summary line ("3 packets transmitted, 3 packets received").
 _PING_SUMMARY = re.compile(
     r"(?P<sent>\d+) packets transmitted, (?P<received>\d+) (?:packets )?received")
+#: busybox ping's line per reply ("64 bytes from 198.18.0.12: seq=0 ttl=64 time=0.512 ms").
+_PING_REPLY = re.compile(r"^\d+ bytes from .*\btime=(?P<ms>[\d.]+) ms$", re.M)
+#: iperf3's default port, where :meth:`QemuVM.iperf3_server` listens.
+IPERF3_PORT = 5201
 
 _INIT_SCRIPT = f"""#!/bin/sh
 export PATH=/bin HOME=/root PS1='' PS2='' TERM=dumb
@@ -462,6 +467,11 @@ class QemuVM:
 
     # ---- lifecycle
 
+    @property
+    def pid(self) -> int | None:
+        """QEMU's process id once launched (until :meth:`stop`), else None."""
+        return self._proc.pid if self._proc is not None else None
+
     def command(self) -> list[str]:
         """The QEMU command line (kernel and initrd must be resolved)."""
         assert self.kernel and self.initrd
@@ -612,6 +622,44 @@ class QemuVM:
         log.debug("%s: ping %s -> %d\n%s", self.name, ip, rc, out)
         m = _PING_SUMMARY.search(out)
         return rc == 0 and m is not None and int(m["sent"]) == int(m["received"]) == count
+
+    async def ping_rtts(self, ip: str, count: int = 20, interval: float = 0.2,
+                        timeout: float = 60.0) -> list[float]:
+        """Ping ``ip`` from the guest; each reply's round-trip time in ms, in
+        order (lost replies are simply missing, so ``len() < count``)."""
+        cmd = f"ping -c {count} -i {interval} -W 2 {shlex.quote(ip)}"
+        _, out = await self.run(cmd, timeout)
+        return [float(m["ms"]) for m in _PING_REPLY.finditer(out)]
+
+    async def iperf3_server(self, timeout: float = 30.0) -> None:
+        """Start ``iperf3 -s`` as a daemon in the guest (it serves test after
+        test until QEMU stops) and wait until it listens on IPERF3_PORT."""
+        polls = max(1, int(timeout / 0.05))
+        await self.check(
+            "iperf3 -s -D --logfile /tmp/iperf3-s.log && i=0 && "
+            f"while ! netstat -ltn | grep -q ':{IPERF3_PORT} '; do "
+            f"[ $i -lt {polls} ] || exit 1; usleep 50000; i=$((i + 1)); done",
+            timeout + 10)
+
+    async def iperf3_client(self, server_ip: str, seconds: int, reverse: bool = False,
+                            timeout: float | None = None) -> dict[str, Any]:
+        """``iperf3 -c server_ip -t seconds -J`` (``-R``: the server sends) in
+        the guest; its JSON report (``end.sum_received`` is what arrived).
+
+        Raises VMError if iperf3 fails (its ``error`` field) or prints no JSON.
+        """
+        cmd = (f"iperf3 -c {shlex.quote(server_ip)} -t {int(seconds)} -i 0 -J "
+               f"--connect-timeout 5000{' -R' if reverse else ''}")
+        rc, out = await self.run(cmd, timeout if timeout is not None else seconds + 60)
+        start = out.find("{")
+        try:
+            report: dict[str, Any] = json.loads(out[start:]) if start >= 0 else {}
+        except ValueError:
+            report = {}
+        if rc != 0 or not report or "error" in report:
+            detail = report.get("error") or out[-1000:]
+            raise VMError(f"{self.name}: {cmd!r} exited {rc}: {detail}")
+        return report
 
     async def _send(self, text: str) -> None:
         proc = self._proc
