@@ -94,6 +94,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
@@ -1004,11 +1005,20 @@ async def _spawn(role: str, ep: Endpoint, base: dict[str, Any]) -> _Worker:
     return _Worker(role, proc)
 
 
-async def run_load(send: Endpoint, recv: Endpoint, cfg: LoadConfig) -> LoadResult:
+async def run_load(
+    send: Endpoint,
+    recv: Endpoint,
+    cfg: LoadConfig,
+    on_go: Callable[[], None] | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> LoadResult:
     """Send ``cfg.count`` frames into ``send`` and receive them at ``recv``.
 
     Bounded by ``cfg.timeout`` seconds in all.  Raises :class:`LoadgenError` if
     the endpoints cannot be opened or no probe frame crosses the SUT.
+    ``on_go`` is called just before the measured frames start (after the
+    probes), ``on_done`` as soon as the receiver has reported (e.g. to read
+    the SUT's CPU time over exactly the load).
     """
     cfg.validate()
     t0 = time.perf_counter_ns()
@@ -1047,11 +1057,15 @@ async def run_load(send: Endpoint, recv: Endpoint, cfg: LoadConfig) -> LoadResul
             raise LoadgenError(
                 f"no frame crossed the SUT ({err}; is another client attached to its port?)"
             )
+        if on_go is not None:
+            on_go()
         sender.tell("GO")
         left = total - (time.perf_counter_ns() - t0) / 1e9 + 2.0
         srep = json.loads(await sender.line("RESULT", left))
         left = total - (time.perf_counter_ns() - t0) / 1e9 + 2.0
         rrep = json.loads(await receiver.line("RESULT", left))
+        if on_done is not None:
+            on_done()
         sender.tell("STOP")
     finally:
         for w in workers:

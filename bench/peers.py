@@ -31,6 +31,13 @@ Peers
               the switch port into a byte stream on its stdin/stdout with
               libvdeplug's ``vdestream`` framing (2-byte big-endian length,
               verified here; ``len16`` endpoints over a socketpair).
+``virtwire``  `virtwire serve hub` and one `serve tap` with both stream backends
+              (``virtwire-3p``: a tap service each; ``virtwire-tls``: mutual TLS;
+              ``virtwire-grpc``: every service with ``--link-transport grpc``,
+              frames on the gRPC stream only, see :func:`has_link_transport`).
+
+:func:`run_measured` also reads every process of the path from /proc (CPU
+time over the load, resident sets), by the label each was spawned with.
 
 Why ``vde`` is the reference for vde_switch: it measures the switch and only
 the switch.  Debian's QEMU 7.2 is built without ``-netdev vde`` (``-netdev
@@ -55,22 +62,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import pathlib
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, runtime_checkable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from loadgen import Endpoint, LoadConfig, LoadgenError, LoadResult, run_load
+from procstat import CpuMeter, RssSampler, unique_labels
 
 __all__ = [
     "PEER_NAMES",
@@ -79,15 +90,19 @@ __all__ = [
     "LoadResult",
     "LoadgenError",
     "LoopPeer",
+    "Measured",
     "Peer",
     "PeerError",
     "ProcPeer",
     "QemuHubPeer",
     "VdeHubPeer",
+    "VirtwireHubPeer",
     "find_nodrop_rate",
+    "has_link_transport",
     "make_peer",
     "run_load",
     "run_matrix",
+    "run_measured",
     "run_one",
     "wait_for_idle",
     "wait_paths",
@@ -162,6 +177,8 @@ class ProcPeer:
     def __init__(self) -> None:
         self.tmp: str | None = None
         self.procs: list[asyncio.subprocess.Process] = []
+        #: What each of ``procs`` is on the path (``hub``, ``tap``, ``qemu``...).
+        self.labels: list[str] = []
         self.endpoints: list[Endpoint] = []
         self._logs: list[int] = []
 
@@ -175,9 +192,16 @@ class ProcPeer:
         return os.path.join(self.tmp, f"{what}.log")
 
     async def spawn(
-        self, *argv: str, stdin: int = asyncio.subprocess.DEVNULL, stdout: int | None = None
+        self,
+        *argv: str,
+        stdin: int = asyncio.subprocess.DEVNULL,
+        stdout: int | None = None,
+        label: str = "",
     ) -> asyncio.subprocess.Process:
-        """Start one process in its own session; stderr (and stdout unless given) to a log."""
+        """Start one process in its own session; stderr (and stdout unless given) to a log.
+
+        ``label`` names it in CPU and memory reports (default: the program's name).
+        """
         name = f"{os.path.basename(argv[0])}{len(self.procs)}"
         log = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._logs.append(log)
@@ -192,7 +216,14 @@ class ProcPeer:
         except FileNotFoundError as exc:
             raise PeerError(f"{argv[0]} not found (apt-get install qemu-system-x86 vde2)") from exc
         self.procs.append(proc)
+        self.labels.append(label or os.path.basename(argv[0]))
         return proc
+
+    def path_procs(self) -> list[tuple[str, int]]:
+        """(label, pid) of every process of the path still running; labels made unique."""
+        return [(label, proc.pid)
+                for label, proc in zip(unique_labels(self.labels), self.procs, strict=True)
+                if proc.returncode is None]
 
     def logs(self) -> str:
         """The tail of every log of this peer (for error messages)."""
@@ -220,6 +251,7 @@ class ProcPeer:
                     except ProcessLookupError:
                         pass
             self.procs.clear()
+            self.labels.clear()
             for ep in self.endpoints:
                 ep.close()
             self.endpoints.clear()
@@ -276,7 +308,7 @@ class LoopPeer(ProcPeer):
         return self.endpoints[0], self.endpoints[1]
 
 
-def _free_tcp_port() -> int:
+def free_tcp_port() -> int:
     """A free loopback port *outside* the ephemeral range.
 
     A port the kernel hands out for ``bind(0)`` may just have been given up by
@@ -339,7 +371,7 @@ class QemuHubPeer(ProcPeer):
                 argv += ["-netdev", f"stream,id={nid},server=on,addr.type=unix,addr.path={path}"]
                 eps.append(Endpoint("unix", path))
             else:
-                port = _free_tcp_port()
+                port = free_tcp_port()
                 argv += [
                     "-netdev",
                     f"stream,id={nid},server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
@@ -351,7 +383,7 @@ class QemuHubPeer(ProcPeer):
             "-netdev",
             "hubport,id=hb,hubid=0,netdev=b",
         ]
-        proc = await self.spawn(*argv)
+        proc = await self.spawn(*argv, label="qemu")
         if self.transport == "unix":
             await wait_paths([ep.address for ep in eps], [proc], 10.0)
         else:
@@ -427,21 +459,28 @@ class VirtwireHubPeer(ProcPeer):
     ``taps=1``: one tap service hosts both backends (2 processes: hub, tap).
     ``taps=2``: one tap service per backend (3 processes), as when the two
     ends of the LAN live in different containers.
+    ``link_transport``: passed as ``--link-transport`` to every service
+    (``grpc``: frames on the gRPC stream only; None: the services' default).
     """
 
-    def __init__(self, taps: int = 1, secure: bool = False) -> None:
+    def __init__(self, taps: int = 1, secure: bool = False,
+                 link_transport: str | None = None) -> None:
         super().__init__()
         self.taps = taps
         #: Every service on mutual TLS (a throwaway CA, made in start()).
         self.secure = secure
         self.tls_args: list[str] = []
+        self.transport_args = ["--link-transport", link_transport] if link_transport else []
         self.name = ("virtwire" if taps == 1 else "virtwire-3p") + ("-tls" if secure else "")
+        if link_transport:
+            self.name += f"-{link_transport}"
 
     async def _serve(self, kind: str, *args: str) -> str:
         assert self.tmp is not None
         ready = os.path.join(self.tmp, f"{kind}{len(self.procs)}.ready")
         proc = await self.spawn(sys.executable, "-m", "virtwire.cli", "serve", kind, *args,
-                                *self.tls_args, "--ready-file", ready)
+                                *self.tls_args, *self.transport_args, "--ready-file", ready,
+                                label=kind)
         await wait_paths([ready], [proc], 20.0)
         loop = asyncio.get_running_loop()
         end = loop.time() + 5.0
@@ -493,11 +532,29 @@ def make_peer(name: str) -> Peer:
         return VirtwireHubPeer(taps=2)
     if name == "virtwire-tls":
         return VirtwireHubPeer(taps=1, secure=True)
+    if name == "virtwire-grpc":
+        return VirtwireHubPeer(taps=1, link_transport="grpc")
     raise ValueError(f"unknown peer {name!r}")
 
 
 PEER_NAMES = ("loop", "loop-tcp", "loop-dgram", "qemu", "qemu-tcp", "vde", "vde_plug",
-              "virtwire", "virtwire-3p", "virtwire-tls")
+              "virtwire", "virtwire-3p", "virtwire-tls", "virtwire-grpc")
+
+
+@functools.cache
+def has_link_transport() -> bool:
+    """True if this tree's `virtwire serve hub` and `serve tap` take ``--link-transport``
+    (what the ``virtwire-grpc`` peer needs); asked of their --help, once per run."""
+    for kind in ("hub", "tap"):
+        try:
+            done = subprocess.run([sys.executable, "-m", "virtwire.cli", "serve", kind, "--help"],
+                                  capture_output=True, text=True, timeout=30,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if done.returncode != 0 or "--link-transport" not in done.stdout:
+            return False
+    return True
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -529,6 +586,34 @@ async def run_one(peer: Peer, cfg: LoadConfig) -> LoadResult:
     """Start ``peer``, run one load, stop the peer."""
     async with peer as (a, b):
         return await run_load(a, b, cfg)
+
+
+@dataclass
+class Measured:
+    """One load and what the path's processes spent on it."""
+
+    result: LoadResult
+    #: CPU seconds of each process of the path over the load.
+    cpu_s: dict[str, float]
+    #: µs per delivered frame of each process, and their "sum" ({} with no process).
+    cpu_us_per_frame: dict[str, float]
+    #: {label: {before_kib, peak_kib, after_kib, hwm_kib}} when asked for (rss=True).
+    memory: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+async def run_measured(peer: Peer, cfg: LoadConfig, rss: bool = False) -> Measured:
+    """:func:`run_one`, reading every process of the path from /proc: utime +
+    stime just before the frames start and as soon as the receiver is done
+    (before the peer is stopped), and with ``rss`` their resident sets
+    throughout (the load generator is not part of the path: not counted)."""
+    async with peer as (a, b):
+        procs = peer.path_procs() if isinstance(peer, ProcPeer) else []
+        meter = CpuMeter(procs)
+        sampler = RssSampler(procs)
+        async with sampler.running() if rss else contextlib.nullcontext(sampler):
+            res = await run_load(a, b, cfg, on_go=meter.start, on_done=meter.stop)
+    return Measured(res, meter.used_s, meter.per_frame_us(res.received),
+                    sampler.as_dict() if rss else {})
 
 
 async def find_nodrop_rate(
