@@ -26,6 +26,7 @@ from virtwire.errors import ConfigError
 from virtwire.guest.driver import DEFAULT_RING
 from virtwire.server.base import SHUTDOWN_GRACE_S, ServiceHost
 from virtwire.server.guest import SERVICE_RING, GuestServer
+from virtwire.server.link import LINK_TRANSPORTS
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             Path(args.ready_file).write_text("")
     host = SERVE_KINDS[args.kind].build(args)
     host.registry.max_captures = args.max_captures
+    host.registry.set_link_transport(args.link_transport)
     host.insecure = args.insecure
     async with serving(host) as stopped:
         label_records(f"{host.service_name}@{host.address}")
@@ -295,5 +297,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         sp.add_argument("--ready-file", help="write the bound address here once serving")
         sp.add_argument("--max-captures", type=int, default=16, metavar="N",
                         help="Capture streams one NetClient takes (default 16)")
+        sp.add_argument("--link-transport", choices=LINK_TRANSPORTS, default="auto",
+                        help="how this service's links carry frames: auto (a unix socket "
+                             "when both ends share a kernel and a network namespace, else "
+                             "the gRPC stream; the default) or grpc (always the stream)")
         tls.add_arguments(sp, default_name=name, server=True)
         kind.add_arguments(sp)

@@ -96,6 +96,9 @@ class LinkPeer(NetClient):
         self.peer = local
         #: The attached session (any object: only its identity matters), or None.
         self.session: object | None = None
+        #: What carries the batches of the current (or last) session: "grpc"
+        #: (the Connect stream) or "unix" (the same-host socket); "" before any.
+        self.transport = ""
         # Credits the remote granted us, and whether its NetClient can receive.
         self.credits = 0
         self.remote_ready = False
@@ -156,6 +159,29 @@ class LinkPeer(NetClient):
         self._wakeup.set()
         return len(data)
 
+    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
+        """A batch of ``receive_flags``: as many frames as there are credits go
+        in the outgoing batch; at the first that finds none the NetClient stops
+        receiving, as a 0 from ``receive`` makes it."""
+        if not self.batch_fast(frames):
+            return super().deliver_packets(sender, frames)
+        if not self._wire_open():
+            self.receive_disabled = True
+            return 0
+        taken = min(self.credits, len(frames))
+        self.credits -= taken
+        if taken == len(frames):
+            self.out_frames.extend(frames)
+        else:
+            self.out_frames.extend(frames[:taken])
+            self.receive_disabled = True
+        stats = self.stats
+        stats.rx_frames += taken
+        stats.rx_bytes += sum(map(len, frames[:taken])) if taken < len(frames) \
+            else sum(map(len, frames))
+        self._wakeup.set()
+        return taken
+
     def flush_queued_packets(self, purge: bool = False) -> None:
         """Our backlog goes on the wire first, then the usual flush.
 
@@ -185,6 +211,15 @@ class LinkPeer(NetClient):
 
         return sent_cb
 
+    def _credit(self, _sender: NetClient, _ret: int) -> None:
+        """sent_cb of a frame of the remote's that waited in our NetClient's
+        queue: delivered, refused or purged, so its credit goes back (not
+        after the session ended: a new one starts with a full window)."""
+        if self.session is None:
+            return
+        self.out_credits += 1
+        self._wakeup.set()
+
     def _accept_credits(self, granted: int) -> None:
         """Take the remote's grant, clamped so held + waiting + on the wire <= window."""
         returned = min(granted, self.on_wire)
@@ -195,7 +230,7 @@ class LinkPeer(NetClient):
         if accepted < granted:
             self.credits_refused += granted - accepted
 
-    def _protocol_error(self, message: str) -> LimitError:
+    def protocol_error(self, message: str) -> LimitError:
         self.protocol_errors += 1
         return LimitError(f"link {self.name}: {message}")
 
@@ -209,7 +244,7 @@ class LinkPeer(NetClient):
         was_sendable = self.can_receive_packet()
         frames = batch.frames
         if len(frames) > self.remote_credits:
-            raise self._protocol_error(
+            raise self.protocol_error(
                 f"the peer sent {len(frames)} frames with {self.remote_credits} credits left "
                 f"(window {self.window})")
         if batch.credits:
@@ -222,29 +257,10 @@ class LinkPeer(NetClient):
         if frames:
             self.remote_credits -= len(frames)
             requests = batch.completion_requests
-            local_queue = self.local.incoming_queue
-            stats = self.stats
-            for i, frame in enumerate(frames):
-                if not frame:
-                    stats.dropped_malformed += 1
-                    continue
-                cid = requests.get(i) if requests else None
-                if cid is None:
-                    self.send_packet_async(frame, None)
-                elif self.link_down:
-                    stats.dropped_link_down += 1
-                    self.out_completions.append((cid, len(frame)))
-                else:
-                    if self.pending_requests >= self.window:
-                        raise self._protocol_error(
-                            f"the peer keeps more than {self.window} completion requests "
-                            "pending")
-                    stats.tx_frames += 1
-                    stats.tx_bytes += len(frame)
-                    if local_queue.send(self, NET_PACKET_FLAG_NONE, frame,
-                                        self._completion_cb(cid)) == 0:
-                        self.pending_requests += 1
-            self.out_credits += len(frames)
+            if not requests and all(frames):
+                self.out_credits += self.send_packets(frames, self._credit, queue_rest=True)
+            else:
+                self._take_frames(frames, requests)
             self._wakeup.set()
         # Newly sendable (credits, remote ready): flush what waits for us, and,
         # if our NetClient is a hub port, what the other ports hold back.
@@ -253,6 +269,40 @@ class LinkPeer(NetClient):
         ):
             self.flush_queued_packets()
         self.peer_ready_changed()
+
+    def _take_frames(self, frames: Sequence[bytes], requests: dict[int, int]) -> None:
+        """Frames of a batch one by one: empty ones, and those with a completion
+        request (always queued, answered when delivered or purged)."""
+        local_queue = self.local.incoming_queue
+        stats = self.stats
+        plain: list[bytes] = []
+        for i, frame in enumerate(frames):
+            if not frame:
+                stats.dropped_malformed += 1
+                self.out_credits += 1
+                continue
+            cid = requests.get(i) if requests else None
+            if cid is None:
+                plain.append(frame)
+                continue
+            if plain:
+                self.out_credits += self.send_packets(plain, self._credit, queue_rest=True)
+                plain = []
+            self.out_credits += 1
+            if self.link_down:
+                stats.dropped_link_down += 1
+                self.out_completions.append((cid, len(frame)))
+                continue
+            if self.pending_requests >= self.window:
+                raise self.protocol_error(
+                    f"the peer keeps more than {self.window} completion requests pending")
+            stats.tx_frames += 1
+            stats.tx_bytes += len(frame)
+            if local_queue.send(self, NET_PACKET_FLAG_NONE, frame,
+                                self._completion_cb(cid)) == 0:
+                self.pending_requests += 1
+        if plain:
+            self.out_credits += self.send_packets(plain, self._credit, queue_rest=True)
 
     def take_batch(self) -> Batch | None:
         """Everything waiting to go out, up to the batch limits; None if nothing.

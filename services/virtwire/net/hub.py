@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 
 from virtwire.address import NAME_MAX, shorten
 from virtwire.errors import ConfigError
@@ -71,6 +72,18 @@ class HubPort(NetClient):
             if port is not self:
                 port.send_packet(data)
         return len(data)
+
+    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
+        """A batch of net_hub_port_receive: every other port sends the batch."""
+        if not self.batch_fast(frames):
+            return super().deliver_packets(sender, frames)
+        stats = self.stats
+        stats.rx_frames += len(frames)
+        stats.rx_bytes += sum(map(len, frames))
+        for port in self.hub.ports:
+            if port is not self:
+                port.send_packets(frames)
+        return len(frames)
 
     def can_receive(self) -> bool:
         """net_hub_port_can_receive: true if ANY other port can send."""

@@ -8,7 +8,7 @@ across processes, a ``LinkPeer`` that stands in for the remote one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from virtwire.net.eth import NET_BUFSIZE
@@ -45,7 +45,7 @@ class NetClient:
     def __init__(self, name: str) -> None:
         self.name = name
         self.peer: NetClient | None = None
-        self.incoming_queue = NetQueue(self._deliver_packet)
+        self.incoming_queue = NetQueue(self._deliver_packet, deliver_batch=self.deliver_packets)
         self.incoming_queue.on_flushed = self._incoming_queue_flushed
         #: The data path's link_down: admin_down or carrier_down.
         self.link_down = False
@@ -117,6 +117,49 @@ class NetClient:
         """qemu_send_packet: no sent_cb, so a full peer queue drops the frame."""
         return self.send_packet_async(data, None)
 
+    def send_packets(self, frames: Sequence[bytes], sent_cb: SentCb | None = None,
+                     queue_rest: bool = False) -> int:
+        """``send_packet_async`` for each of ``frames`` in order, in one call.
+
+        Returns how many were delivered at once. Without ``sent_cb`` the rest
+        are queued (or dropped and counted), as ``send_packet`` does with each.
+        With one, the frame at the returned index (if any) was queued with it
+        and the caller keeps the frames after it until it fires; with
+        ``queue_rest`` too, every frame after it was queued with it as well.
+        Frames of more than NET_BUFSIZE bytes are dropped and counted, as one
+        by one; a link-down NetClient drops them all (counted) and returns
+        their number.
+        """
+        peer = self.peer
+        stats = self.stats
+        if self.link_down or peer is None:
+            stats.dropped_link_down += len(frames)
+            return len(frames)
+        if frames and max(map(len, frames)) > NET_BUFSIZE:
+            return self._send_one_by_one(frames, sent_cb, queue_rest)
+        taken = peer.incoming_queue.send_batch(self, frames, sent_cb, queue_rest)
+        sent = frames
+        if sent_cb is not None and not queue_rest and taken + 1 < len(frames):
+            sent = frames[:taken + 1]
+        stats.tx_frames += len(sent)
+        stats.tx_bytes += sum(map(len, sent))
+        if self.capture_hooks:
+            for data in sent:
+                for hook in self.capture_hooks:
+                    hook("tx", data)
+        return taken
+
+    def _send_one_by_one(self, frames: Sequence[bytes], sent_cb: SentCb | None,
+                         queue_rest: bool) -> int:
+        """``send_packets`` frame by frame, for a batch with a frame too long."""
+        taken = 0
+        for i, data in enumerate(frames):
+            if self.send_packet_async(data, sent_cb) != 0:
+                taken += 1
+            elif sent_cb is not None and not queue_rest:
+                return i
+        return taken
+
     def receive_packet(self, data: bytes) -> int:
         """qemu_receive_packet: deliver to ourselves (NIC loopback), guarded."""
         if not self.can_receive_packet():
@@ -146,6 +189,27 @@ class NetClient:
         else:
             self.stats.dropped_refused += 1
         return ret
+
+    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
+        """``_deliver_packet`` for each of ``frames`` in order, up to the first
+        that returns 0; returns how many came before it.
+
+        Subclasses on the data path (hub ports, links) take a whole batch at
+        once; this default delivers one by one, so every NetClient sees the
+        same callbacks as with single sends.
+        """
+        deliver = self._deliver_packet
+        for i, data in enumerate(frames):
+            if deliver(sender, NET_PACKET_FLAG_NONE, data) == 0:
+                return i
+        return len(frames)
+
+    def batch_fast(self, frames: Sequence[bytes]) -> bool:
+        """For a subclass's ``deliver_packets``: whether the whole batch may go
+        at once (link up, receiving, no capture, no frame too long); if not,
+        the default one-by-one delivery gives the exact per-frame outcome."""
+        return not (self.link_down or self.receive_disabled or self.capture_hooks
+                    or max(map(len, frames), default=0) > NET_BUFSIZE)
 
     def receive_flags(self, data: bytes, flags: int) -> int:
         """receive() with the packet flags; LinkPeer needs them, others don't."""

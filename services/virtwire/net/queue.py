@@ -25,7 +25,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ NET_PACKET_FLAG_SENT_CB = 2
 SentCb = Callable[["NetClient", int], None]
 #: ``deliver(sender, flags, data) -> ret``, QEMU's qemu_deliver_packet_iov.
 DeliverFunc = Callable[["NetClient | None", int, bytes], int]
+#: ``deliver_batch(sender, frames) -> taken``: ``deliver`` for each frame in
+#: order, up to the first that returned 0; how many were taken before it.
+DeliverBatchFunc = Callable[["NetClient", Sequence[bytes]], int]
 #: ``defer(fn)`` runs ``fn()`` on the next turn of the event loop (``loop.call_soon``).
 Defer = Callable[[Callable[[], None]], object]
 
@@ -157,8 +160,10 @@ class NetQueue:
     #: The budget sliced flushes share (see ``FlushBudget``).
     budget: ClassVar[FlushBudget] = flush_budget
 
-    def __init__(self, deliver: DeliverFunc, maxlen: int = NQ_MAXLEN) -> None:
+    def __init__(self, deliver: DeliverFunc, maxlen: int = NQ_MAXLEN,
+                 deliver_batch: DeliverBatchFunc | None = None) -> None:
         self._deliver_fn = deliver
+        self._deliver_batch_fn = deliver_batch
         self.nq_maxlen = maxlen
         self.packets: collections.deque[NetPacket] = collections.deque()
         self.delivering = False
@@ -214,6 +219,44 @@ class NetQueue:
             return 0
         self.flush()
         return ret
+
+    def send_batch(self, sender: NetClient, frames: Sequence[bytes],
+                   sent_cb: SentCb | None = None, queue_rest: bool = False) -> int:
+        """``send`` for each of ``frames`` in order, in one call; returns how many
+        were delivered at once.
+
+        The frames from the first that could not be delivered on are queued,
+        as ``send`` would queue each: without ``sent_cb`` all of them (dropped
+        and counted when the queue is full); with one only that first frame,
+        with the callback, and the caller keeps the rest until it fires, as a
+        backend that got 0 stops reading; with ``queue_rest`` all of them, each
+        with the callback. The queue is flushed once after the batch rather
+        than after each frame, so frames of a batch may overtake packets of
+        other senders that were waiting, as a single ``send`` may.
+        """
+        taken = 0
+        if not (self.delivering or self.resume_pending) and sender.can_send_packet():
+            self.delivering = True
+            try:
+                if self._deliver_batch_fn is not None:
+                    taken = self._deliver_batch_fn(sender, frames)
+                else:
+                    deliver = self._deliver_fn
+                    for data in frames:
+                        if deliver(sender, NET_PACKET_FLAG_NONE, data) == 0:
+                            break
+                        taken += 1
+            finally:
+                self.delivering = False
+            if taken and self.packets:
+                self.flush()
+        if taken < len(frames):
+            if sent_cb is not None and not queue_rest:
+                self.append(sender, NET_PACKET_FLAG_NONE, frames[taken], sent_cb)
+            else:
+                for data in frames[taken:]:
+                    self.append(sender, NET_PACKET_FLAG_NONE, data, sent_cb)
+        return taken
 
     def receive(self, data: bytes) -> int:
         """qemu_net_queue_receive: deliver with no sender; 0 while delivering.

@@ -33,7 +33,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from virtwire.address import SockAddr
@@ -165,28 +165,40 @@ class NetStreamConnection(asyncio.Protocol):
 
     # -- socket -> peer ---------------------------------------------------------
     def net_stream_send(self, data: bytes) -> None:
-        """Send every complete frame in ``data``; keep the rest for later."""
-        backend = self.backend
-        send = backend.send_packet_async
-        completed = self.net_stream_send_completed
+        """Send every complete frame in ``data``, as one batch; keep the rest.
+
+        The peer takes the batch up to the first frame it has to queue; that
+        one waits with ``net_stream_send_completed`` as its sent_cb, reading
+        pauses, and what follows it stays here until the callback fires.
+        """
         unpack = _LEN.unpack_from
         off = 0
         size = len(data)
+        frames: list[bytes] = []
+        ends: list[int] = []
+        bad = -1
         while size - off >= 4:
             (length,) = unpack(data, off)
             if length == 0 or length > NET_BUFSIZE:
-                backend.net_stream_bad_length(self, length)
-                return
+                bad = length
+                break
             end = off + 4 + length
             if end > size:
                 break
-            frame = data[off + 4:end]
+            frames.append(data[off + 4:end])
+            ends.append(end)
             off = end
-            if send(frame, completed) == 0:
+        if frames:
+            taken = self.backend.send_packets(frames, self.net_stream_send_completed)
+            if taken < len(frames):
                 self.waiting = True
                 if self.transport is not None:
                     self.transport.pause_reading()
-                break
+                off = ends[taken]
+                bad = -1  # found again when reading resumes
+        if bad >= 0:
+            self.backend.net_stream_bad_length(self, bad)
+            return
         if off < size:
             self._rbuf += data[off:] if off else data
 
@@ -208,13 +220,16 @@ class NetStreamConnection(asyncio.Protocol):
 
     # -- peer -> socket ---------------------------------------------------------
     def write_frame(self, data: bytes) -> None:
-        wbuf = self._wbuf
-        wbuf += _LEN.pack(len(data))
-        wbuf += data
+        self.write_frames((data,))
+
+    def write_frames(self, frames: Sequence[bytes]) -> None:
+        """``write_frame`` for a batch."""
+        pack = _LEN.pack
+        self._wbuf += b"".join([pack(len(f)) + f for f in frames])
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.backend.loop.call_soon(self._flush_writes)
-        elif len(wbuf) >= WRITE_CHUNK:
+        elif len(self._wbuf) >= WRITE_CHUNK:
             self._write_out()
 
     def _flush_writes(self) -> None:
@@ -396,6 +411,17 @@ class StreamBackend(NetClient):
             return 0
         conn.write_frame(data)
         return len(data)
+
+    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
+        """``receive`` for a batch: one write into the connection's buffer."""
+        conn = self.conn
+        if conn is None or conn.write_paused or not self.batch_fast(frames):
+            return super().deliver_packets(sender, frames)
+        conn.write_frames(frames)
+        stats = self.stats
+        stats.rx_frames += len(frames)
+        stats.rx_bytes += sum(map(len, frames))
+        return len(frames)
 
     def can_receive(self) -> bool:
         conn = self.conn

@@ -31,12 +31,18 @@ from virtwire.errors import (
     VirtwireError,
 )
 from virtwire.link import DEFAULT_WINDOW, HELLO_TIMEOUT_S, Batch, LinkPeer
+from virtwire.link import unix as fastpath
+from virtwire.mem.guestmem import HostIdentity
 from virtwire.net.net import NetClient
 from virtwire.rpc.options import GRPC_EOF, GRPC_OPTIONS
 from virtwire.rpc.status import error_from_rpc, translated
 from virtwire.v1 import link_pb2, link_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+#: ``--link-transport``: "auto" moves a link's batches over a same-host socket
+#: when both ends can (``virtwire.link.unix``), "grpc" keeps them on the stream.
+LINK_TRANSPORTS = ("auto", "grpc")
 
 ClientCall = grpc.aio.StreamStreamCall[link_pb2.ConnectRequest, link_pb2.ConnectResponse]
 ServerContext = grpc.aio.ServicerContext[link_pb2.ConnectRequest, link_pb2.ConnectResponse]
@@ -103,38 +109,67 @@ class _Stream:
 class LinkSession:
     """Runs one established Connect stream for a LinkPeer until it breaks."""
 
-    def __init__(self, peer: LinkPeer, stream: LinkStream) -> None:
+    def __init__(self, peer: LinkPeer, stream: LinkStream,
+                 control: _Duplex | None = None, transport: str = "grpc") -> None:
         self.peer = peer
         self.stream = stream
+        #: With the same-host transport: the Connect stream, which must stay
+        #: open and silent while the session lasts.
+        self.control = control
+        #: "grpc" or "unix": what carries the batches (NetClientInfo.link_transport).
+        self.transport = transport
         #: Set when the remote broke the link protocol (the session then ended).
         self.error: LimitError | None = None
+        #: Called once, when the remote's first batch (which every side sends
+        #: as it attaches) has arrived: both ends are up.
+        self.on_up: Callable[[], None] | None = None
 
     async def run(self, credits: int, remote_ready: bool) -> str:
         """Attach, pump both directions, detach; returns why it ended."""
         peer = self.peer
+        peer.transport = self.transport
         peer.attach(self, credits, remote_ready)
-        reader = asyncio.create_task(self._reader(), name=f"link-rx {peer.name}")
-        writer = asyncio.create_task(self._writer(), name=f"link-tx {peer.name}")
+        tasks = {asyncio.create_task(self._reader(), name=f"link-rx {peer.name}"),
+                 asyncio.create_task(self._writer(), name=f"link-tx {peer.name}")}
+        if self.control is not None:
+            tasks.add(asyncio.create_task(self._watch(self.control),
+                                          name=f"link-ctl {peer.name}"))
         reason = "closed"
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = task.exception()
                 reason = _describe(exc) if exc is not None else "peer closed the stream"
                 if isinstance(exc, LimitError):
                     self.error = exc
         finally:
-            for task in (reader, writer):
+            for task in tasks:
                 task.cancel()
-            for task in (reader, writer):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            close = getattr(self.stream, "close", None)
+            if close is not None:
+                close()
             if peer.session is self:
                 peer.detach(reason)
         return reason
 
+    async def _watch(self, control: _Duplex) -> None:
+        """The Connect stream of a same-host link: its end is the link's end."""
+        msg = await control.read()
+        if msg is not GRPC_EOF:
+            raise self.peer.protocol_error(
+                "a message on the Connect stream after the link moved to its socket")
+
     async def _reader(self) -> None:
         peer = self.peer
+        first = await self.stream.read_batch()
+        if first is None:
+            return
+        peer.on_batch(first)
+        if self.on_up is not None:
+            self.on_up()
         while True:
             batch = await self.stream.read_batch()
             if batch is None:
@@ -150,6 +185,17 @@ class LinkSession:
                 continue
             await self.stream.write_batch(batch)
             peer.batches_sent += 1
+
+
+_boot_id: str | None = None
+
+
+def boot_id() -> str:
+    """This kernel's boot id, read once ("" if unknown: no same-host transport)."""
+    global _boot_id
+    if _boot_id is None:
+        _boot_id = HostIdentity.local().boot_id
+    return _boot_id
 
 
 def _describe(exc: BaseException) -> str:
@@ -168,10 +214,15 @@ class LinkDialer:
     """
 
     def __init__(self, local: NetClient, spec: PeerSpec, window: int = DEFAULT_WINDOW,
-                 min_backoff: float = 0.05, max_backoff: float = 2.0) -> None:
+                 min_backoff: float = 0.05, max_backoff: float = 2.0,
+                 transport: str = "auto") -> None:
         self.local = local
         self.spec = spec
         self.window = window
+        #: "auto" offers the same-host transport in every hello, "grpc" never.
+        self.transport = transport
+        #: Why the last offer of the same-host transport was not used ("" if it was).
+        self.fast_path_reason = ""
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.peer = LinkPeer(local, spec.netclient or "?", window)
@@ -203,10 +254,10 @@ class LinkDialer:
                     self.peer.name = f"{self.local.name}>{welcome.netclient}"
                     self.last_error = ""
                     backoff = self.min_backoff
-                    self.connected.set()
-                    logger.info("link %s -> %s/%s: connected", self.local.name,
-                                self.spec.addr, welcome.netclient)
-                    session = LinkSession(self.peer, _Stream(call, link_pb2.ConnectRequest))
+                    session = await self._session(call, welcome)
+                    session.on_up = self.connected.set
+                    logger.info("link %s -> %s/%s: connected (%s)", self.local.name,
+                                self.spec.addr, welcome.netclient, session.transport)
                     self.last_error = await session.run(welcome.credits, welcome.can_receive)
                 except VirtwireError as exc:
                     self._dial_failed(exc)
@@ -218,10 +269,13 @@ class LinkDialer:
 
     async def _hello(self, call: ClientCall) -> link_pb2.LinkWelcome:
         """Send our LinkHello, return the server's (checked) LinkWelcome."""
+        hello = link_pb2.LinkHello(
+            netclient=self.remote_netclient, peer=self.local.name,
+            credits=self.window, can_receive=self.local.can_receive_packet())
+        if self.transport == "auto":
+            hello.fast_path.boot_id = boot_id()
         with translated():
-            await call.write(link_pb2.ConnectRequest(hello=link_pb2.LinkHello(
-                netclient=self.remote_netclient, peer=self.local.name,
-                credits=self.window, can_receive=self.local.can_receive_packet())))
+            await call.write(link_pb2.ConnectRequest(hello=hello))
             try:
                 first = await asyncio.wait_for(call.read(), HELLO_TIMEOUT_S)
             except TimeoutError:
@@ -230,6 +284,33 @@ class LinkDialer:
             raise RemoteError("server closed the link before welcoming it")
         check_name(first.welcome.netclient, "welcomed NetClient")
         return first.welcome
+
+    async def _session(self, call: ClientCall, welcome: link_pb2.LinkWelcome) -> LinkSession:
+        """The session for a welcomed link: on the offered socket if it takes our
+        token, else on the Connect stream (the server learns which)."""
+        grpc_stream = _Stream(call, link_pb2.ConnectRequest)
+        if not welcome.HasField("fast_path"):
+            return LinkSession(self.peer, grpc_stream)
+        offer = welcome.fast_path
+        try:
+            stream = await fastpath.dial(offer.socket, offer.token)
+        except VirtwireError as exc:
+            self.fast_path_reason = str(exc)
+            logger.info("link %s: staying on the Connect stream (%s)", self.local.name, exc)
+            with translated():
+                await call.write(link_pb2.ConnectRequest(
+                    fast_path_result=link_pb2.LinkFastPathResult(
+                        connected=False, reason=str(exc)[:200])))
+            return LinkSession(self.peer, grpc_stream)
+        self.fast_path_reason = ""
+        try:
+            with translated():
+                await call.write(link_pb2.ConnectRequest(
+                    fast_path_result=link_pb2.LinkFastPathResult(connected=True)))
+        except BaseException:
+            stream.close()
+            raise
+        return LinkSession(self.peer, stream, control=call, transport="unix")
 
     def _dial_failed(self, exc: VirtwireError) -> None:
         if isinstance(exc, UnavailableError):
@@ -254,7 +335,8 @@ class LinkAcceptor:
 
     def __init__(self, lookup: Callable[[str, str], NetClient],
                  window: int = DEFAULT_WINDOW,
-                 release: Callable[[NetClient], None] | None = None) -> None:
+                 release: Callable[[NetClient], None] | None = None,
+                 transport: str = "auto") -> None:
         #: ``lookup(name, dialler)`` returns the NetClient to join; it raises
         #: NotFoundError/ConflictError (an empty name may create one).
         self.lookup = lookup
@@ -264,6 +346,12 @@ class LinkAcceptor:
         self.links_refused = 0
         #: Names in a LinkHello refused (too long, bad characters).
         self.names_refused = 0
+        #: "auto" offers the same-host transport to diallers on this kernel.
+        self.transport = transport
+        #: The same-host socket, made on the first offer.
+        self.listener: fastpath.FastPathListener | None = None
+        #: Offers the dialler could not use (it stayed on the stream).
+        self.fast_path_declined = 0
 
     def peer_of(self, local: NetClient) -> LinkPeer | None:
         peer = local.peer
@@ -286,6 +374,52 @@ class LinkAcceptor:
         finally:
             if not hello.netclient and self.release is not None:
                 self.release(local)
+
+    async def _offer(self, hello: link_pb2.LinkHello) -> fastpath.FastPathOffer | None:
+        """A same-host socket offer for this hello, or None (grpc only, another
+        kernel, too many outstanding, or no socket can be made here)."""
+        if self.transport != "auto" or not hello.HasField("fast_path"):
+            return None
+        if not hello.fast_path.boot_id or hello.fast_path.boot_id != boot_id():
+            return None
+        if self.listener is None:
+            self.listener = fastpath.FastPathListener()
+        try:
+            return await self.listener.offer()
+        except (LimitError, OSError) as exc:
+            logger.warning("no same-host link transport offered: %s", exc)
+            return None
+
+    async def _session(self, context: ServerContext, peer: LinkPeer,
+                       offer: fastpath.FastPathOffer | None) -> LinkSession:
+        """The session on the offered socket when the dialler took it, else on
+        the Connect stream."""
+        grpc_stream = _Stream(context, link_pb2.ConnectResponse)
+        if offer is None:
+            return LinkSession(peer, grpc_stream)
+        assert self.listener is not None
+        try:
+            answer = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
+        except TimeoutError:
+            self.listener.withdraw(offer)
+            raise DeadlineError("no LinkFastPathResult received") from None
+        if answer is GRPC_EOF or not isinstance(answer, link_pb2.ConnectRequest) \
+                or not answer.HasField("fast_path_result"):
+            self.listener.withdraw(offer)
+            raise ConfigError("the second ConnectRequest must carry a LinkFastPathResult")
+        if not answer.fast_path_result.connected:
+            self.listener.withdraw(offer)
+            self.fast_path_declined += 1
+            logger.info("link %s: the dialler stays on the Connect stream (%s)", peer.name,
+                        shorten(answer.fast_path_result.reason, 200))
+            return LinkSession(peer, grpc_stream)
+        try:
+            stream = await asyncio.wait_for(asyncio.shield(offer.stream), HELLO_TIMEOUT_S)
+        except TimeoutError:
+            self.listener.withdraw(offer)
+            raise DeadlineError("the dialler said it connected to the same-host socket, "
+                                "but no connection presented its token") from None
+        return LinkSession(peer, stream, control=context, transport="unix")
 
     def _check_hello(self, first: object) -> link_pb2.LinkHello:
         if first is GRPC_EOF or not isinstance(first, link_pb2.ConnectRequest) \
@@ -318,10 +452,18 @@ class LinkAcceptor:
                                 f"(from {shorten(peer.remote_name)})")
         peer.remote_name = hello.peer or "?"
         peer.name = f"{local.name}>{peer.remote_name}"
-        await context.write(link_pb2.ConnectResponse(welcome=link_pb2.LinkWelcome(
-            netclient=local.name, credits=peer.window,
-            can_receive=local.can_receive_packet())))
-        session = LinkSession(peer, _Stream(context, link_pb2.ConnectResponse))
+        welcome = link_pb2.LinkWelcome(netclient=local.name, credits=peer.window,
+                                       can_receive=local.can_receive_packet())
+        offer = await self._offer(hello)
+        if offer is not None:
+            welcome.fast_path.socket = offer.socket_name
+            welcome.fast_path.token = offer.token
+        try:
+            await context.write(link_pb2.ConnectResponse(welcome=welcome))
+            session = await self._session(context, peer, offer)
+        finally:
+            if offer is not None and self.listener is not None:
+                self.listener.pending.pop(offer.token, None)
         await session.run(hello.credits, hello.can_receive)
         if session.error is not None:
             raise session.error

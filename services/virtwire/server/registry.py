@@ -12,7 +12,7 @@ from virtwire.errors import ConfigError, ConflictError, NotFoundError
 from virtwire.link import DEFAULT_WINDOW, LinkPeer, LinkRunState
 from virtwire.net.capture import MAX_CAPTURE_SUBSCRIBERS
 from virtwire.net.net import NetClient
-from virtwire.server.link import LinkAcceptor, LinkDialer
+from virtwire.server.link import LINK_TRANSPORTS, LinkAcceptor, LinkDialer
 from virtwire.v1 import netclient_pb2
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class NetClientRegistry:
         #: NetClient for has ended (after the link's teardown).
         self.on_anonymous_link_end: Callable[[NetClient], None] | None = None
         self.acceptor = LinkAcceptor(self._lookup_for_link, window, self._anonymous_link_ended)
+        #: ``--link-transport`` of the links this server dials and accepts.
+        self.link_transport = "auto"
         #: Names a peer supplied that were refused (too long, bad characters).
         self.names_refused = 0
         #: The backend_state and backend_address of a NetClient, for servers
@@ -133,14 +135,24 @@ class NetClientRegistry:
         spec = parse_peer(peer)
         if nc.peer is not None:
             raise ConflictError(f"{nc.name} already has a peer ({nc.peer.name})")
-        dialer = LinkDialer(nc, spec, self.window)
+        dialer = LinkDialer(nc, spec, self.window, transport=self.link_transport)
         self.dialers[nc.name] = dialer
         dialer.start()
         return dialer
 
+    def set_link_transport(self, transport: str) -> None:
+        """``--link-transport``: "auto" (the same-host socket where it works) or "grpc"."""
+        if transport not in LINK_TRANSPORTS:
+            raise ConfigError(f"unknown link transport {shorten(transport)} "
+                              f"(one of {', '.join(LINK_TRANSPORTS)})")
+        self.link_transport = transport
+        self.acceptor.transport = transport
+
     async def close(self) -> None:
         for name in list(self._ncs):
             await self.remove(name)
+        if self.acceptor.listener is not None:
+            await self.acceptor.listener.close()
 
     def _lookup_for_link(self, name: str, dialler: str) -> NetClient:
         if not name:

@@ -43,34 +43,62 @@ class ReadyState(_message.Message):
     def __init__(self, can_receive: _Optional[bool] = ...) -> None: ...
 
 class LinkHello(_message.Message):
-    __slots__ = ("netclient", "peer", "credits", "can_receive")
+    __slots__ = ("netclient", "peer", "credits", "can_receive", "fast_path")
     NETCLIENT_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     CAN_RECEIVE_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_FIELD_NUMBER: _ClassVar[int]
     netclient: str
     peer: str
     credits: int
     can_receive: bool
-    def __init__(self, netclient: _Optional[str] = ..., peer: _Optional[str] = ..., credits: _Optional[int] = ..., can_receive: _Optional[bool] = ...) -> None: ...
+    fast_path: LinkFastPathOffer
+    def __init__(self, netclient: _Optional[str] = ..., peer: _Optional[str] = ..., credits: _Optional[int] = ..., can_receive: _Optional[bool] = ..., fast_path: _Optional[_Union[LinkFastPathOffer, _Mapping]] = ...) -> None: ...
+
+class LinkFastPathOffer(_message.Message):
+    __slots__ = ("boot_id",)
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    boot_id: str
+    def __init__(self, boot_id: _Optional[str] = ...) -> None: ...
+
+class LinkFastPath(_message.Message):
+    __slots__ = ("socket", "token")
+    SOCKET_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    socket: str
+    token: bytes
+    def __init__(self, socket: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+
+class LinkFastPathResult(_message.Message):
+    __slots__ = ("connected", "reason")
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    connected: bool
+    reason: str
+    def __init__(self, connected: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class LinkWelcome(_message.Message):
-    __slots__ = ("netclient", "credits", "can_receive")
+    __slots__ = ("netclient", "credits", "can_receive", "fast_path")
     NETCLIENT_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     CAN_RECEIVE_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_FIELD_NUMBER: _ClassVar[int]
     netclient: str
     credits: int
     can_receive: bool
-    def __init__(self, netclient: _Optional[str] = ..., credits: _Optional[int] = ..., can_receive: _Optional[bool] = ...) -> None: ...
+    fast_path: LinkFastPath
+    def __init__(self, netclient: _Optional[str] = ..., credits: _Optional[int] = ..., can_receive: _Optional[bool] = ..., fast_path: _Optional[_Union[LinkFastPath, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "batch")
+    __slots__ = ("hello", "batch", "fast_path_result")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_RESULT_FIELD_NUMBER: _ClassVar[int]
     hello: LinkHello
     batch: LinkBatch
-    def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., batch: _Optional[_Union[LinkBatch, _Mapping]] = ...) -> None: ...
+    fast_path_result: LinkFastPathResult
+    def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., batch: _Optional[_Union[LinkBatch, _Mapping]] = ..., fast_path_result: _Optional[_Union[LinkFastPathResult, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
     __slots__ = ("welcome", "batch")

@@ -1,0 +1,102 @@
+"""A link batch as bytes: the record the same-host transport carries.
+
+The Connect stream carries ``virtwire.v1.LinkBatch`` messages; a transport
+that is a plain byte stream (``virtwire.link.unix``) carries the same fields
+as one record per batch, little-endian:
+
+    header   u32 body length, u32 frames, u32 completion requests,
+             u32 completions, u32 credits, u8 ready (0 unchanged, 1 false,
+             2 true), 3 bytes zero
+    body     u32 length of each frame
+             (u32 frame index, u64 id) of each completion request
+             (u64 id, i64 ret) of each completion
+             the frames, back to back
+
+A record is checked whole before it is used: counts above the batch limits,
+lengths that do not add up, an index outside the batch or a bad ready byte
+are a ``LimitError`` (the peer broke the protocol; the link ends).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from virtwire.errors import LimitError
+from virtwire.link.peer import MAX_BATCH_BYTES, MAX_BATCH_FRAMES, Batch
+
+HEADER = struct.Struct("<IIIIIB3x")
+_REQUEST = struct.Struct("<IQ")
+_COMPLETION = struct.Struct("<Qq")
+#: Most completions one record may carry (a side answers at most its window).
+MAX_COMPLETIONS = 1 << 16
+#: Longest body a record may have.
+MAX_BODY = (MAX_BATCH_BYTES + MAX_BATCH_FRAMES * (4 + _REQUEST.size)
+            + MAX_COMPLETIONS * _COMPLETION.size)
+
+_READY_BYTE = {None: 0, False: 1, True: 2}
+_READY_OF = (None, False, True)
+
+
+def encode(batch: Batch) -> bytes:
+    """The record that carries ``batch``."""
+    frames = batch.frames
+    n = len(frames)
+    requests = batch.completion_requests
+    completions = batch.completions
+    parts: list[bytes] = []
+    if n:
+        parts.append(struct.pack(f"<{n}I", *map(len, frames)))
+    if requests:
+        parts.append(b"".join([_REQUEST.pack(i, cid) for i, cid in requests.items()]))
+    if completions:
+        parts.append(b"".join([_COMPLETION.pack(cid, ret) for cid, ret in completions]))
+    parts.extend(frames)
+    body = b"".join(parts)
+    return HEADER.pack(len(body), n, len(requests), len(completions), batch.credits,
+                       _READY_BYTE[batch.ready]) + body
+
+
+def body_length(header: bytes | bytearray | memoryview, offset: int = 0) -> int:
+    """The body length a record's header announces; LimitError above MAX_BODY."""
+    (length,) = struct.unpack_from("<I", header, offset)
+    if length > MAX_BODY:
+        raise LimitError(f"a link record of {length} bytes (at most {MAX_BODY})")
+    return int(length)
+
+
+def decode(record: bytes, offset: int = 0) -> tuple[Batch, int]:
+    """The batch in the record at ``offset`` of ``record``, and where it ends.
+
+    ``record`` must hold the whole record (HEADER.size + body_length bytes).
+    """
+    body_len, n, n_req, n_comp, credits, ready = HEADER.unpack_from(record, offset)
+    if n > MAX_BATCH_FRAMES or n_req > n or n_comp > MAX_COMPLETIONS or ready > 2:
+        raise LimitError(f"a bad link record header ({n} frames, {n_req} completion "
+                         f"requests, {n_comp} completions, ready byte {ready})")
+    pos = offset + HEADER.size
+    end = pos + body_len
+    if end > len(record):
+        raise LimitError("a truncated link record")
+    lengths: tuple[int, ...] = struct.unpack_from(f"<{n}I", record, pos) if n else ()
+    pos += 4 * n
+    requests: dict[int, int] = {}
+    for _ in range(n_req):
+        index, cid = _REQUEST.unpack_from(record, pos)
+        if index >= n:
+            raise LimitError(f"a completion request for frame {index} of {n}")
+        requests[index] = cid
+        pos += _REQUEST.size
+    completions: list[tuple[int, int]] = []
+    for _ in range(n_comp):
+        cid, ret = _COMPLETION.unpack_from(record, pos)
+        completions.append((cid, ret))
+        pos += _COMPLETION.size
+    if pos + sum(lengths) != end:
+        raise LimitError("the frame lengths of a link record do not add up to its body")
+    frames: list[bytes] = []
+    for length in lengths:
+        nxt = pos + length
+        frames.append(record[pos:nxt])
+        pos = nxt
+    return Batch(frames=frames, completion_requests=requests, completions=completions,
+                 credits=credits, ready=_READY_OF[ready]), end

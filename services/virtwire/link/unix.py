@@ -1,0 +1,351 @@
+"""The same-host link transport: batches over a unix socket the hello announces.
+
+When both ends of a link run on one kernel (equal boot ids, the check the
+guestmem fast path makes) the server's LinkWelcome may offer the name of an
+abstract unix socket it listens on and a one-time token. The dialler
+connects, presents the token, and gets one byte back when it was accepted.
+From then on both sides carry their batches (frames, completion requests,
+completions, credits and readiness: the same ``Batch`` as on the Connect
+stream) as ``codec`` records on that socket, while the Connect stream stays
+open as the session: when either ends, the link is down.
+
+Why a socket and not a shared-memory ring: a ring needs a doorbell anyway, a
+socket is a ring with the kernel's doorbell, its EOF is link-down, and a
+hostile peer cannot change what we already read.
+
+Nothing here opens a path: an abstract socket lives in the network
+namespace, not the filesystem, and its name must match ``SOCKET_NAME_RE``.
+Where the two ends are in different namespaces (containers), the connect
+fails and the link stays on the Connect stream. Anyone in the namespace can
+connect, but only the holder of a token, which travels on the authenticated
+Connect stream, gets a link; at most ``MAX_PENDING_OFFERS`` tokens and
+``MAX_HANDSHAKES`` unauthenticated connections exist at once, and a connection
+that does not present a valid token within ``HANDSHAKE_TIMEOUT_S`` is closed
+(all counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import secrets
+import socket
+from dataclasses import dataclass
+
+from virtwire.errors import LimitError, UnavailableError
+from virtwire.link import codec
+from virtwire.link.peer import Batch
+
+logger = logging.getLogger(__name__)
+
+TOKEN_BYTES = 32
+#: The one byte the listener answers a valid token with.
+ACK = b"\x01"
+SOCKET_NAME_RE = re.compile(r"virtwire-link-[0-9a-f]{32}")
+MAX_PENDING_OFFERS = 256
+MAX_HANDSHAKES = 64
+HANDSHAKE_TIMEOUT_S = 5.0
+#: Parsed batches a stream holds for its reader before it stops reading.
+MAX_PARSED = 64
+SOCKET_BUFFER = 1 << 20
+
+
+def check_socket_name(name: str) -> str:
+    """``name`` if it is a name ``FastPathListener`` gives its sockets, else LimitError."""
+    if SOCKET_NAME_RE.fullmatch(name) is None:
+        raise LimitError(f"refusing a fast-path socket name {name[:80]!r}")
+    return name
+
+
+def _tune(sock: socket.socket) -> None:
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:  # pragma: no cover - a kernel limit; defaults work too
+            pass
+
+
+class UnixLinkStream(asyncio.Protocol):
+    """One end of a same-host link: ``read_batch`` / ``write_batch``, as the
+    Connect stream's end offers them."""
+
+    def __init__(self, expect_ack: bool = False) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        #: Bytes the record at the head of ``_buf`` needs in all (0: unknown).
+        self._need = 0
+        self._batches: collections.deque[Batch] = collections.deque()
+        self._reading_paused = False
+        self._wakeup: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._closed = False
+        self.error: LimitError | None = None
+        #: The dialler's side waits for the listener's one-byte answer first.
+        self.acked: asyncio.Future[bool] | None = (
+            asyncio.get_running_loop().create_future() if expect_ack else None)
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.acked is not None and not self.acked.done():
+            self.acked.set_result(data[:1] == ACK)
+            data = data[1:]
+            if not data:
+                return
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return
+            data = bytes(buf)
+            buf.clear()
+        self._need = 0
+        pos = 0
+        size = len(data)
+        header = codec.HEADER.size
+        try:
+            while size - pos >= header:
+                end = pos + header + codec.body_length(data, pos)
+                if end > size:
+                    self._need = end - pos
+                    break
+                batch, pos = codec.decode(data, pos)
+                self._batches.append(batch)
+        except LimitError as exc:
+            self._fail(exc)
+            return
+        if pos < size:
+            buf += memoryview(data)[pos:]
+        if len(self._batches) >= MAX_PARSED and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self.acked is not None and not self.acked.done():
+            self.acked.set_result(False)
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- the LinkStream side ----------------------------------------------------------
+    async def read_batch(self) -> Batch | None:
+        """The next batch; None once the socket closed. LimitError for a bad record."""
+        while not self._batches:
+            if self.error is not None:
+                raise self.error
+            if self._closed:
+                return None
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
+        batch = self._batches.popleft()
+        if self._reading_paused and len(self._batches) < MAX_PARSED // 4 \
+                and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return batch
+
+    async def write_batch(self, batch: Batch) -> None:
+        if self._closed or self.transport is None:
+            raise UnavailableError("the fast-path socket is closed")
+        self.transport.write(codec.encode(batch))
+        if self._drain is not None and not self._drain.done():
+            await self._drain
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _fail(self, exc: LimitError) -> None:
+        self.error = exc
+        if self.transport is not None:
+            self.transport.abort()
+        self._wake()
+
+
+@dataclass
+class FastPathOffer:
+    """What the listener hands the acceptor for one link: announced, then awaited."""
+
+    socket_name: str
+    token: bytes
+    stream: asyncio.Future[UnixLinkStream]
+
+
+class _Handshake(asyncio.Protocol):
+    """A connection to the listener until it presents a token."""
+
+    def __init__(self, listener: FastPathListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.got = bytearray()
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        listener = self.listener
+        if listener.handshakes >= MAX_HANDSHAKES:
+            listener.handshakes_refused += 1
+            self.done = True
+            transport.abort()
+            return
+        listener.handshakes += 1
+        self.timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._timeout)
+
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.listener.handshakes -= 1
+            if self.timer is not None:
+                self.timer.cancel()
+
+    def _timeout(self) -> None:
+        if not self.done and self.transport is not None:
+            self.listener.tokens_refused += 1
+            self._finish()
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.done or self.transport is None:
+            return
+        self.got += data
+        if len(self.got) < TOKEN_BYTES:
+            return
+        token, rest = bytes(self.got[:TOKEN_BYTES]), bytes(self.got[TOKEN_BYTES:])
+        self._finish()
+        offer = self.listener.pending.pop(token, None)
+        if offer is None or offer.stream.done() or rest:
+            self.listener.tokens_refused += 1
+            self.transport.abort()
+            return
+        stream = UnixLinkStream()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            _tune(sock)
+        self.transport.set_protocol(stream)
+        stream.connection_made(self.transport)
+        self.transport.write(ACK)
+        self.listener.accepted += 1
+        offer.stream.set_result(stream)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+
+class FastPathListener:
+    """The server's abstract unix socket for same-host links, and its tokens."""
+
+    def __init__(self) -> None:
+        self.socket_name = f"virtwire-link-{secrets.token_hex(16)}"
+        self.pending: dict[bytes, FastPathOffer] = {}
+        self._server: asyncio.AbstractServer | None = None
+        #: Links that came up on the socket.
+        self.accepted = 0
+        #: Offers not made because MAX_PENDING_OFFERS were outstanding.
+        self.offers_refused = 0
+        #: Connections closed for a wrong or missing token.
+        self.tokens_refused = 0
+        #: Connections closed because MAX_HANDSHAKES were already waiting.
+        self.handshakes_refused = 0
+        self.handshakes = 0
+
+    async def _start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind("\0" + self.socket_name)
+            sock.listen(MAX_HANDSHAKES)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _Handshake(self), sock=sock)
+
+    async def offer(self) -> FastPathOffer:
+        """A new token on the listening socket (started on first use).
+
+        LimitError (counted) while MAX_PENDING_OFFERS are outstanding; OSError
+        if the socket cannot be made.
+        """
+        if len(self.pending) >= MAX_PENDING_OFFERS:
+            self.offers_refused += 1
+            raise LimitError(f"{MAX_PENDING_OFFERS} fast-path offers are outstanding")
+        if self._server is None:
+            await self._start()
+        offer = FastPathOffer(self.socket_name, secrets.token_bytes(TOKEN_BYTES),
+                              asyncio.get_running_loop().create_future())
+        self.pending[offer.token] = offer
+        return offer
+
+    def withdraw(self, offer: FastPathOffer) -> None:
+        """Give up an offer the link will not use; a stream it made is closed."""
+        self.pending.pop(offer.token, None)
+        if not offer.stream.done():
+            offer.stream.cancel()
+        elif not offer.stream.cancelled():
+            offer.stream.result().close()
+
+    async def close(self) -> None:
+        for offer in list(self.pending.values()):
+            self.withdraw(offer)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+async def dial(socket_name: str, token: bytes, timeout: float = HANDSHAKE_TIMEOUT_S
+               ) -> UnixLinkStream:
+    """Connect to a listener's socket and present ``token``.
+
+    UnavailableError when the socket cannot be reached (another network
+    namespace) or the token is refused; LimitError for a name or token no
+    listener gives out.
+    """
+    check_socket_name(socket_name)
+    if len(token) != TOKEN_BYTES:
+        raise LimitError(f"a fast-path token of {len(token)} bytes (not {TOKEN_BYTES})")
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    _tune(sock)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, "\0" + socket_name), timeout)
+        _, stream = await loop.create_unix_connection(lambda: UnixLinkStream(expect_ack=True),
+                                                      sock=sock)
+    except (OSError, TimeoutError) as exc:
+        sock.close()
+        raise UnavailableError(f"cannot reach fast-path socket @{socket_name}: {exc}") from exc
+    assert stream.transport is not None and stream.acked is not None
+    stream.transport.write(token)
+    try:
+        ok = await asyncio.wait_for(stream.acked, timeout)
+    except TimeoutError:
+        ok = False
+    if not ok:
+        stream.close()
+        raise UnavailableError("the fast-path socket refused the token")
+    return stream
