@@ -610,8 +610,14 @@ async def run_measured(peer: Peer, cfg: LoadConfig, rss: bool = False) -> Measur
         procs = peer.path_procs() if isinstance(peer, ProcPeer) else []
         meter = CpuMeter(procs)
         sampler = RssSampler(procs)
-        async with sampler.running() if rss else contextlib.nullcontext(sampler):
-            res = await run_load(a, b, cfg, on_go=meter.start, on_done=meter.stop)
+        try:
+            async with sampler.running() if rss else contextlib.nullcontext(sampler):
+                res = await run_load(a, b, cfg, on_go=meter.start, on_done=meter.stop)
+        except LoadgenError as exc:
+            logs = peer.logs() if isinstance(peer, ProcPeer) else ""
+            if logs:
+                raise LoadgenError(f"{exc}\n{logs}") from exc
+            raise
     return Measured(res, meter.used_s, meter.per_frame_us(res.received),
                     sampler.as_dict() if rss else {})
 

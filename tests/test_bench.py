@@ -18,7 +18,15 @@ import lanbench
 import procstat
 import report
 from loadgen import Endpoint, LoadConfig
-from peers import LoopPeer, ProcPeer, VirtwireHubPeer, make_peer, run_measured, wait_paths
+from peers import (
+    LoopPeer,
+    PeerError,
+    ProcPeer,
+    VirtwireHubPeer,
+    make_peer,
+    run_measured,
+    wait_paths,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,3 +152,33 @@ def test_hub_targets_against_qemu() -> None:
                      "100 µs pass", "200 µs FAIL"]
     assert "| CPU per frame at 64 B, vs QEMU's hub ≤ 3x | 2.00x pass |" in \
         hubbench.targets_table(results, ["virtwire"])
+
+
+async def test_a_failed_run_is_tried_once_more_and_its_error_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    good = await run_measured(LoopPeer(), LoadConfig(size=64, count=100, timeout=20))
+
+    async def flaky(peer: object, cfg: LoadConfig, rss: bool = False) -> object:
+        calls.append("run")
+        if len(calls) == 1:
+            raise PeerError("process exited with 1 during start-up\nhub0.log: boom")
+        return good
+
+    async def idle(max_wait: float) -> float:
+        return 0.0
+
+    monkeypatch.setattr(hubbench, "run_measured", flaky)
+    monkeypatch.setattr(hubbench, "wait_for_idle", idle)
+    run = await hubbench._measure("loop", LoadConfig(size=64, count=100), 0.0)
+    assert run["result"]["received"] == 100 and run["attempts"] == 2
+    assert run["errors"] == ["process exited with 1 during start-up\nhub0.log: boom"]
+    assert "the first failed: process exited with 1" in hubbench._retried(run)
+
+    async def broken(peer: object, cfg: LoadConfig, rss: bool = False) -> object:
+        raise PeerError("no hub")
+
+    monkeypatch.setattr(hubbench, "run_measured", broken)
+
+    run = await hubbench._measure("loop", LoadConfig(size=64, count=100), 0.0)
+    assert run["error"] == "no hub" and run["attempts"] == 2 and "result" not in run
