@@ -34,12 +34,13 @@ from virtwire.cli.format import (
     link_state_text,
 )
 from virtwire.net.netdev import parse_backend_spec
+from virtwire.net.queue import NQ_MAXLEN
 from virtwire.net.stream import StreamBackend
 from virtwire.server.hub import HubServer
 from virtwire.server.tap import TapServer
 from virtwire.v1 import e1000_pb2, netclient_pb2, orchestrator_pb2
 
-from support.doubles import until
+from support.doubles import frame, until
 from support.procs import serve
 
 pytestmark = pytest.mark.timeout(180)
@@ -321,3 +322,100 @@ def test_status_json_keeps_the_documented_shape(lan: tuple[dict[str, str], str])
     env, _ = lan
     got = json.loads(cli("status", "--json", env=env).stdout)
     assert _shape(got) == _shape(json.loads(STATUS_EXAMPLE.read_text()))
+
+
+def _counters(env: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Each NetClient's counters in `status --json`, by NetClient name."""
+    data = json.loads(cli("status", "--json", env=env).stdout)
+    return {nc["name"]: nc["info"]["counters"] for n in data["nodes"] for nc in n["netclients"]}
+
+
+def test_frames_to_a_vm_set_down_wait_then_drop_on_its_hub_port(
+        lan: tuple[dict[str, str], str]) -> None:
+    """What the hub sends a vm set down is held, then dropped on its hub port.
+
+    The e1000 cannot receive while its link is down (STATUS.LU clear), so, as in
+    QEMU, frames wait: on hub0port2's side of the link and in vm2's
+    incoming_queue, which `status` shows as QUEUED. Once that holds nq_maxlen
+    frames the hub port drops the rest (dropped_queue_full), shown as DROPPED on
+    its row; vm2 itself neither receives nor drops anything. The hub port is
+    not link_down (set_link on a NIC leaves its hub port alone).
+    """
+    env, _ = lan
+    before = _counters(env)
+    cli("link", "vm2", "down", env=env)
+    try:
+        cli("ping", "vm1", "vm2", "-c", "2", "-W", "0.2", env=env, ok=(1,))
+        for _ in range(100):
+            now = _counters(env)
+            sent = now["hub0port2"]["tx_frames"] - before["hub0port2"]["tx_frames"]
+            held = now["hub0port2"]["peer_queue_len"] + now["vm2"]["queue_len"]
+            if sent and held == sent:
+                break
+        assert sent > 0 and held == sent, now
+        netclients = cli("status", env=env).stdout.split("\n\n")[1]
+        assert netclients.splitlines()[0].split()[-2:] == ["DROPPED", "QUEUED"], netclients
+        port_row = _row(netclients, "hub0", "hub0port2").split()
+        vm2_row = _row(netclients, "vm2", "vm2").split()
+        assert int(port_row[-1]) + int(vm2_row[-1]) == sent, netclients
+        # Past the queues' room (nq_maxlen on the hub port's side, a window at
+        # most across the link): the rest is dropped on the hub port.
+        cli("inject", "hub0:hub0port1", "--hex", frame(0, 60).hex(), "--repeat",
+            str(NQ_MAXLEN + 4000), env=env)
+        for _ in range(100):
+            now = _counters(env)
+            sent = now["hub0port2"]["tx_frames"] - before["hub0port2"]["tx_frames"]
+            held = now["hub0port2"]["peer_queue_len"] + now["vm2"]["queue_len"]
+            dropped = (now["hub0port2"]["dropped_total"]
+                       - before["hub0port2"]["dropped_total"])
+            if held + dropped == sent:
+                break
+        assert held + dropped == sent and dropped > 0, now
+        assert now["hub0port2"]["dropped_queue_full"] - before["hub0port2"][
+            "dropped_queue_full"] == dropped
+        assert now["hub0port2"]["dropped_link_down"] == before["hub0port2"]["dropped_link_down"]
+        for key in ("rx_frames", "dropped_total"):
+            assert now["vm2"][key] == before["vm2"][key], (key, now["vm2"])
+        netclients = cli("status", env=env).stdout.split("\n\n")[1]
+        port_row = _row(netclients, "hub0", "hub0port2").split()
+        assert int(port_row[-2]) == now["hub0port2"]["dropped_total"], netclients
+        assert int(port_row[-1]) == now["hub0port2"]["peer_queue_len"] > 0, netclients
+    finally:
+        cli("link", "vm2", "up", env=env)
+
+
+def test_a_port_that_listens_at_port_0_is_reachable_at_its_bound_port(
+        tmp_path: Path) -> None:
+    """`listen: 127.0.0.1:0` (and a dgram `local:` at port 0) under the process
+    backend: `up` and `status` say the port the backend bound, not ':0'."""
+    env = {**os.environ, "VIRTWIRE_STATE_DIR": str(tmp_path / "state")}
+    file = tmp_path / "zero.yaml"
+    file.write_text("name: zero\nnodes:\n  hub0: {kind: hub}\n"
+                    "  s0: {kind: tap, backend: stream, listen: 127.0.0.1:0}\n"
+                    "  d0: {kind: tap, backend: dgram, local: 127.0.0.1:0, "
+                    "remote: 127.0.0.1:9}\n"
+                    "links: [[s0, hub0], [d0, hub0]]\n")
+    out = cli("up", str(file), "--detach", env=env)
+    try:
+        assert ":0;" not in out.stdout and not out.stdout.rstrip().endswith(":0"), out.stdout
+        data = json.loads(cli("status", "zero", "--json", env=env).stdout)
+        nodes = {n["name"]: n for n in data["nodes"]}
+        bound = {name: nodes[name]["netclients"][0]["info"]["backend_address"]
+                 for name in ("s0", "d0")}
+        for name, address in bound.items():
+            assert address.startswith("127.0.0.1:") and not address.endswith(":0"), bound
+            assert nodes[name]["reachable_at"] == address, nodes[name]
+        (started,) = [line for line in out.stdout.splitlines()
+                      if line.startswith("service_started") and " s0 " in line]
+        assert started.endswith(f"; its stream port listens at {bound['s0']}"), started
+        (done,) = [line for line in out.stdout.splitlines() if line.startswith("done")]
+        assert done.endswith(f"s0's stream port listens at {bound['s0']}; "
+                             f"d0's dgram port listens at {bound['d0']}"), done
+        ports = cli("status", "zero", env=env).stdout.split("\n\n")[2]
+        assert _row(ports, "s0").split() == ["s0", "stream", bound["s0"]], ports
+        assert _row(ports, "d0").split() == ["d0", "dgram", bound["d0"]], ports
+        host, _, port = bound["s0"].rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass  # where it says, from this host
+    finally:
+        cli("down", "zero", env=env, ok=(0, 1))

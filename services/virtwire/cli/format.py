@@ -145,7 +145,12 @@ def format_netclients(resp: netclient_pb2.ListNetClientsResponse) -> str:
 
 def format_status(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse,
                   orchestrator: str) -> str:
-    """`virtwire status`: the LAN, a table of its services, one of its NetClients."""
+    """`virtwire status`: the LAN, a table of its services, one of its NetClients.
+
+    A NetClient's QUEUED is what waits at it: delivered to it and not yet
+    received (``queue_len``, e.g. a NIC whose link is down), and sent by it and
+    not yet across its link (``peer_queue_len``).
+    """
     rows = [("NODE", "KIND", "SERVICE", "RUNS AS", "ADDRESS", "PID", "HEALTH", "RESTARTS")]
     for node in resp.nodes:
         for svc in node.services:
@@ -153,16 +158,38 @@ def format_status(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse,
             rows.append((node.name, node.kind, svc.name, runs, svc.address, str(svc.pid),
                          "serving" if svc.healthy else "NOT SERVING", str(svc.restarts)))
     rows2 = [("NODE", "NETCLIENT", "LINK", "BACKEND", "PEER", "RX FRAMES", "RX BYTES",
-              "TX FRAMES", "TX BYTES", "DROPPED")]
+              "TX FRAMES", "TX BYTES", "DROPPED", "QUEUED")]
     for node in resp.nodes:
         for nc in node.netclients:
             info = nc.info
             c = info.counters
             rows2.append((node.name, nc.name, link_state_text(info), backend_text(info) or "-",
                           info.peer, str(c.rx_frames), str(c.rx_bytes), str(c.tx_frames),
-                          str(c.tx_bytes), str(c.dropped_total)))
+                          str(c.tx_bytes), str(c.dropped_total),
+                          str(c.queue_len + c.peer_queue_len)))
     return (f"LAN {resp.name!r}: {resp.state} (orchestrator {orchestrator})\n"
             f"{format_table(rows)}\n\n{format_table(rows2)}")
+
+
+def format_ports(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse) -> str:
+    """`virtwire status`'s table of where each stream/dgram port waits for its
+    peer, as this host reaches it (NodeStatus.reachable_at), with a RELAY
+    column when a ``publish:`` relay serves one; "" when the LAN has none."""
+    relayed = any(node.relays for node in resp.nodes)
+    rows = [("NODE", "PORT", "LISTENS AT (FROM THIS HOST)", *(("RELAY",) if relayed else ()))]
+    for node in resp.nodes:
+        if node.reachable_at:
+            kind = next((nc.info.kind for nc in node.netclients if nc.name == node.name), "tap")
+            host = next((f" (on host {s.host})" for s in node.services if s.host), "")
+            relays = ("; ".join(relay_text(r) for r in node.relays) or "-",) if relayed else ()
+            rows.append((node.name, kind, node.reachable_at + host, *relays))
+    return format_table(rows) if len(rows) > 1 else ""
+
+
+def relay_text(relay: orchestrator_pb2.PublishRelay) -> str:
+    """A ``publish:`` relay's connections: "3 accepted, 1 open, 0 refused, 0 target failed"."""
+    return (f"{relay.accepted} accepted, {relay.active} open, {relay.refused} refused, "
+            f"{relay.target_failed} target failed")
 
 
 def format_ping(address: str, source: str, resp: guest_pb2.PingResponse) -> str:

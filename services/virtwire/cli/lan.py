@@ -27,8 +27,8 @@ from virtwire.cli.format import (
     LAN_ORCHESTRATOR,
     format_json,
     format_ping,
+    format_ports,
     format_status,
-    format_table,
     link_up_down,
 )
 from virtwire.cli.plantable import format_plan
@@ -250,18 +250,6 @@ async def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _format_ports(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse) -> str:
-    """A table of where each stream/dgram port waits for its peer, as this host
-    reaches it (NodeStatus.reachable_at); "" when the LAN has none."""
-    rows = [("NODE", "PORT", "LISTENS AT (FROM THIS HOST)")]
-    for node in resp.nodes:
-        if node.reachable_at:
-            kind = next((nc.info.kind for nc in node.netclients if nc.name == node.name), "tap")
-            host = next((f" (on host {s.host})" for s in node.services if s.host), "")
-            rows.append((node.name, kind, node.reachable_at + host))
-    return f"\n\n{format_table(rows)}" if len(rows) > 1 else ""
-
-
 async def cmd_status(args: argparse.Namespace) -> int:
     """A LAN's services and NetClients; 1 if a service is not serving."""
     state = read_state(lan_name(args))
@@ -269,8 +257,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with ch:
         resp = await stub.GetStatus(orchestrator_pb2.OrchestratorServiceGetStatusRequest(),
                                     timeout=RPC_TIMEOUT_S)
+    ports = format_ports(resp)
     print(format_json(resp) if args.json
-          else format_status(resp, state.orchestrator) + _format_ports(resp))
+          else format_status(resp, state.orchestrator) + (f"\n\n{ports}" if ports else ""))
     unhealthy = any(not s.healthy for n in resp.nodes for s in n.services)
     return EXIT_ERROR if unhealthy else EXIT_OK
 

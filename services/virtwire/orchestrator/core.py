@@ -27,7 +27,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from virtwire.errors import (
     VirtwireError,
 )
 from virtwire.orchestrator import pids
+from virtwire.orchestrator.forward import PortForwarder
 from virtwire.orchestrator.health import HEALTH_TIMEOUT_S, check_health, wait_serving
 from virtwire.orchestrator.pki import LanPki, lan_tls_dir
 from virtwire.orchestrator.plan import service_spec
@@ -297,6 +298,9 @@ class Orchestrator:
         self.events: list[str] = []
         #: The LAN's certificates (topology ``tls:``), None for plaintext.
         self.pki: LanPki | None = None
+        #: Where each tap node's backend is bound, as its service reports it
+        #: (NetClientInfo.backend_address: the real port of a ``listen: ...:0``).
+        self.bound: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -335,6 +339,7 @@ class Orchestrator:
         self.specs = {}
         self.runtimes = {}
         self._launched = []
+        self.bound = {}
         self.backend_kind = backend
         self.state = RunState.STARTING
         try:
@@ -358,6 +363,8 @@ class Orchestrator:
                     backend=runtime.kind, agent=agent,
                     start_time=self._start_time(runtime, pid))
                 self._write_state()
+                if svc.kind == "tap" and runtime.kind != "docker":
+                    await self._learn_bound(svc.node, address)
                 port = self._port_text(svc.node) if svc.kind == "tap" else ""
                 yield UpEvent("started", svc.name, address,
                               f"{svc.name} serves at {address} (pid {pid}{where})"
@@ -390,7 +397,30 @@ class Orchestrator:
         runtime = self.runtimes.get(node.host or "")
         if isinstance(runtime, DockerRuntime):
             return runtime.reachable_at(node)
-        return node.listen_address()  # a local process, or a process on its host
+        # A local process, or a process on its host: where its backend is bound.
+        return self.bound.get(node.name) or node.listen_address()
+
+    def note_bound(self, node: str, infos: Iterable[netclient_pb2.NetClientInfo]) -> None:
+        """Keep where tap node ``node``'s backend is bound, from its service's
+        NetClients (a restarted service may have bound another port 0)."""
+        for info in infos:
+            if info.name == node and info.backend_address:
+                self.bound[node] = info.backend_address
+
+    async def _learn_bound(self, node: str, address: str) -> None:
+        """``note_bound`` from tap node ``node``'s service at ``address``."""
+        try:
+            self.note_bound(node, await self._netclients(address))
+        except VirtwireError as exc:
+            logger.warning("%s: where its backend is bound: %s", node, exc)
+
+    def relays(self, node: Node) -> list[PortForwarder]:
+        """The docker runtime's ``publish:`` relays of tap node ``node``
+        (``NodeStatus.relays``); none for other nodes and runtimes."""
+        runtime = self.runtimes.get(node.host or "")
+        if isinstance(runtime, DockerRuntime) and node.name in runtime.forwarders:
+            return [runtime.forwarders[node.name]]  # its service is named after it
+        return []
 
     def _port_text(self, name: str) -> str:
         """``stream port listens at ADDR``, as up's events say it ("" if none)."""
@@ -435,14 +465,18 @@ class Orchestrator:
             if rec.kind != "hub":
                 continue
             try:
-                async with tls.aio_channel(rec.address) as channel:
-                    with translated(rec.address):
-                        got = await netclient_pb2_grpc.NetClientServiceStub(
-                            channel).ListNetClients(netclient_pb2.ListNetClientsRequest(),
-                                                    timeout=2.0)
+                rec.ports = [nc.name for nc in await self._netclients(rec.address)]
             except VirtwireError:
                 continue
-            rec.ports = [nc.name for nc in got.netclients]
+
+    @staticmethod
+    async def _netclients(address: str) -> list[netclient_pb2.NetClientInfo]:
+        """The NetClients of the service at ``address``; VirtwireError if it fails."""
+        async with tls.aio_channel(address) as channel:
+            with translated(address):
+                got = await netclient_pb2_grpc.NetClientServiceStub(channel).ListNetClients(
+                    netclient_pb2.ListNetClientsRequest(), timeout=2.0)
+        return list(got.netclients)
 
     def _restart_spec(self, rec: ServiceRecord) -> ServiceSpec:
         return with_hub_ports(self.specs[rec.name], rec.ports)

@@ -33,7 +33,8 @@ class PortForwarder:
         self.target = target
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Connections accepted, refused at the cap, and failed to reach the target.
+        #: Connections accepted, refused at the cap, and failed to reach the target
+        #: (``NodeStatus.relays`` in GetStatus).
         self.accepted = 0
         self.refused = 0
         self.target_failed = 0
@@ -45,6 +46,11 @@ class PortForwarder:
         except OSError as exc:
             raise BackendError(f"cannot publish on {self.listen}: {exc.strerror or exc}") from exc
         logger.info("publishing %s at %s", self.target, self.listen)
+
+    @property
+    def active(self) -> int:
+        """Connections open now: being relayed, or reaching the target."""
+        return len(self._tasks)
 
     @property
     def bound(self) -> SockAddr:

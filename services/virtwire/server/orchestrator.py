@@ -28,6 +28,7 @@ from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError, OutOfRangeError, PermissionDeniedError, VirtwireError
 from virtwire.orchestrator.agent import Agent
 from virtwire.orchestrator.core import Orchestrator, state_root
+from virtwire.orchestrator.forward import PortForwarder
 from virtwire.orchestrator.health import check_health
 from virtwire.rpc.status import forwarded, translated
 from virtwire.server.base import ServiceHost
@@ -115,6 +116,13 @@ class OrchestratorServer(ServiceHost):
             raise
 
 
+def relay_status(relay: PortForwarder) -> orchestrator_pb2.PublishRelay:
+    """A ``publish:`` relay's addresses and counters, as NodeStatus.relays holds them."""
+    return orchestrator_pb2.PublishRelay(
+        listen=str(relay.listen), target=str(relay.target), accepted=relay.accepted,
+        refused=relay.refused, target_failed=relay.target_failed, active=relay.active)
+
+
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """Thin adapter: RPCs to Orchestrator methods and the services' own RPCs."""
 
@@ -162,9 +170,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                     listed[rec.name] = list(got.netclients)
                 except VirtwireError as exc:
                     logger.warning("status: %s: %s", rec.name, exc)
+            if rec.kind == "tap" and rec.backend != "docker":
+                orch.note_bound(rec.node, listed.get(rec.name, []))
         for node in orch.topology.nodes.values():
             ns = resp.nodes.add(name=node.name, kind=node.kind,
-                                reachable_at=orch.reachable_at(node))
+                                reachable_at=orch.reachable_at(node),
+                                relays=[relay_status(f) for f in orch.relays(node)])
             for rec in orch.services.values():
                 if rec.node != node.name:
                     continue

@@ -98,18 +98,36 @@ class NodeNetClient(_message.Message):
     def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., info: _Optional[_Union[_netclient_pb2.NetClientInfo, _Mapping]] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "kind", "services", "netclients", "reachable_at")
+    __slots__ = ("name", "kind", "services", "netclients", "reachable_at", "relays")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     NETCLIENTS_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_AT_FIELD_NUMBER: _ClassVar[int]
+    RELAYS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     services: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     netclients: _containers.RepeatedCompositeFieldContainer[NodeNetClient]
     reachable_at: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., netclients: _Optional[_Iterable[_Union[NodeNetClient, _Mapping]]] = ..., reachable_at: _Optional[str] = ...) -> None: ...
+    relays: _containers.RepeatedCompositeFieldContainer[PublishRelay]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., netclients: _Optional[_Iterable[_Union[NodeNetClient, _Mapping]]] = ..., reachable_at: _Optional[str] = ..., relays: _Optional[_Iterable[_Union[PublishRelay, _Mapping]]] = ...) -> None: ...
+
+class PublishRelay(_message.Message):
+    __slots__ = ("listen", "target", "accepted", "refused", "target_failed", "active")
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FAILED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    listen: str
+    target: str
+    accepted: int
+    refused: int
+    target_failed: int
+    active: int
+    def __init__(self, listen: _Optional[str] = ..., target: _Optional[str] = ..., accepted: _Optional[int] = ..., refused: _Optional[int] = ..., target_failed: _Optional[int] = ..., active: _Optional[int] = ...) -> None: ...
 
 class OrchestratorServiceGetStatusResponse(_message.Message):
     __slots__ = ("name", "state", "nodes")
