@@ -111,6 +111,15 @@ class LinkPeer(NetClient):
         self.advertised_ready = False
         self._next_completion_id = 1
         self._wakeup = asyncio.Event()
+        #: Called whenever ``take_batch`` may have something: wakes a pulling
+        #: session's writer; a pushing session (the same-host socket) replaces
+        #: it with its own scheduler while attached.
+        self.kick: Callable[[], None] = self._wakeup.set
+        #: Credits are returned once this many are owed, or with frames or
+        #: other news going out anyway: a lone frame costs no extra message.
+        #: An eighth of the smaller window (set again as a session attaches:
+        #: the remote holds at most its own window of our credits).
+        self.credit_batch = max(1, window // 8)
         #: Frames handed to the writer whose credit has not come back.
         self.on_wire = 0
         #: Credits we granted the remote that it has not used (or whose grant
@@ -156,7 +165,7 @@ class LinkPeer(NetClient):
             self._next_completion_id += 1
             self.completions_requested += 1
         self.out_frames.append(data)
-        self._wakeup.set()
+        self.kick()
         return len(data)
 
     def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
@@ -179,7 +188,7 @@ class LinkPeer(NetClient):
         stats.rx_frames += taken
         stats.rx_bytes += sum(map(len, frames[:taken])) if taken < len(frames) \
             else sum(map(len, frames))
-        self._wakeup.set()
+        self.kick()
         return taken
 
     def flush_queued_packets(self, purge: bool = False) -> None:
@@ -197,7 +206,7 @@ class LinkPeer(NetClient):
         if ready != self.advertised_ready:
             self.out_ready = ready
             self.advertised_ready = ready
-            self._wakeup.set()
+            self.kick()
 
     # -- frames from the wire towards the local NetClient ----------------------
     def _completion_cb(self, cid: int) -> Callable[[NetClient, int], None]:
@@ -207,7 +216,7 @@ class LinkPeer(NetClient):
             if self.session is session and session is not None:
                 self.pending_requests -= 1
                 self.out_completions.append((cid, ret))
-                self._wakeup.set()
+                self.kick()
 
         return sent_cb
 
@@ -218,7 +227,7 @@ class LinkPeer(NetClient):
         if self.session is None:
             return
         self.out_credits += 1
-        self._wakeup.set()
+        self.kick()
 
     def _accept_credits(self, granted: int) -> None:
         """Take the remote's grant, clamped so held + waiting + on the wire <= window."""
@@ -261,7 +270,7 @@ class LinkPeer(NetClient):
                 self.out_credits += self.send_packets(frames, self._credit, queue_rest=True)
             else:
                 self._take_frames(frames, requests)
-            self._wakeup.set()
+            self.kick()
         # Newly sendable (credits, remote ready): flush what waits for us, and,
         # if our NetClient is a hub port, what the other ports hold back.
         if self._wire_open() and (
@@ -332,7 +341,8 @@ class LinkPeer(NetClient):
         if self.out_completions:
             batch.completions = self.out_completions
             self.out_completions = []
-        if self.out_credits:
+        if self.out_credits and (batch.frames or batch.completions or self.out_ready is not None
+                                 or self.out_credits >= self.credit_batch):
             batch.credits = self.out_credits
             self.remote_credits += self.out_credits
             self.out_credits = 0
@@ -342,6 +352,10 @@ class LinkPeer(NetClient):
         if not (batch.frames or batch.completions or batch.credits or batch.ready is not None):
             return None
         return batch
+
+    def reset_kick(self) -> None:
+        """Back to waking ``wait_for_output`` (a pushing session detached)."""
+        self.kick = self._wakeup.set
 
     async def wait_for_output(self) -> None:
         """Return when ``take_batch`` may have something again.
@@ -372,11 +386,12 @@ class LinkPeer(NetClient):
         self.out_completions.clear()
         self.out_credits = 0
         self._accept_credits(credits)
+        self.credit_batch = max(1, min(self.window, credits) // 8)
         # The hello/welcome carried can_receive as it was then; restate it now
         # in the first batch, since it may have changed in between.
         self.advertised_ready = self.local.can_receive_packet()
         self.out_ready = self.advertised_ready
-        self._wakeup.set()
+        self.kick()
         self.set_carrier(True)
         self.local.set_carrier(True)
         self.flush_queued_packets()
@@ -399,7 +414,7 @@ class LinkPeer(NetClient):
         # queued at our NetClient goes too, its sender is gone.
         self.incoming_queue.purge(self.local)
         self.local.incoming_queue.purge(self)
-        self._wakeup.set()
+        self.kick()
         logger.warning("link %s: down (%s); sent %d frames in %d batches", self.name, reason,
                        self.stats.rx_frames, self.batches_sent)
 

@@ -32,11 +32,12 @@ import logging
 import re
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtwire.errors import LimitError, UnavailableError
 from virtwire.link import codec
-from virtwire.link.peer import Batch
+from virtwire.link.peer import READY_POLL_S, Batch, LinkPeer
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,15 @@ def _tune(sock: socket.socket) -> None:
 
 
 class UnixLinkStream(asyncio.Protocol):
-    """One end of a same-host link: ``read_batch`` / ``write_batch``, as the
-    Connect stream's end offers them."""
+    """One end of a same-host link.
+
+    It can be pulled as the Connect stream's end is (``read_batch`` /
+    ``write_batch``), but a session binds it to its LinkPeer instead
+    (``bind``): records arriving are handed to ``on_batch`` inside
+    ``data_received``, and what the peer has to send is written from one
+    callback per turn of the event loop, with no reader or writer task. Each
+    frame thus crosses a process in one wake-up.
+    """
 
     def __init__(self, expect_ack: bool = False) -> None:
         self.transport: asyncio.Transport | None = None
@@ -82,6 +90,13 @@ class UnixLinkStream(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._closed = False
         self.error: LimitError | None = None
+        #: The LinkPeer bound to (push mode), or None.
+        self.peer: LinkPeer | None = None
+        #: Called once, after the first batch from the remote (push mode).
+        self.on_first_batch: Callable[[], None] | None = None
+        self._pump_scheduled = False
+        self._ready_poll: asyncio.TimerHandle | None = None
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: The dialler's side waits for the listener's one-byte answer first.
         self.acked: asyncio.Future[bool] | None = (
             asyncio.get_running_loop().create_future() if expect_ack else None)
@@ -115,7 +130,10 @@ class UnixLinkStream(asyncio.Protocol):
                     self._need = end - pos
                     break
                 batch, pos = codec.decode(data, pos)
-                self._batches.append(batch)
+                if self.peer is not None:
+                    self._deliver(self.peer, batch)
+                else:
+                    self._batches.append(batch)
         except LimitError as exc:
             self._fail(exc)
             return
@@ -131,6 +149,8 @@ class UnixLinkStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if not self.ended.done():
+            self.ended.set_result(None)
         if self.acked is not None and not self.acked.done():
             self.acked.set_result(False)
         self._wake()
@@ -144,6 +164,70 @@ class UnixLinkStream(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        if self.peer is not None:
+            self._kick()
+
+    # -- push mode ----------------------------------------------------------------------
+    def bind(self, peer: LinkPeer) -> None:
+        """Deliver to and send for ``peer`` from the socket's callbacks."""
+        self.peer = peer
+        peer.kick = self._kick
+        try:
+            while self._batches:
+                self._deliver(peer, self._batches.popleft())
+        except LimitError as exc:
+            self._fail(exc)
+        self._kick()
+
+    def _deliver(self, peer: LinkPeer, batch: Batch) -> None:
+        peer.on_batch(batch)
+        if self.on_first_batch is not None:
+            first, self.on_first_batch = self.on_first_batch, None
+            first()
+
+    def unbind(self) -> None:
+        if self.peer is not None:
+            self.peer.reset_kick()
+            self.peer = None
+        if self._ready_poll is not None:
+            self._ready_poll.cancel()
+            self._ready_poll = None
+
+    async def wait_closed(self) -> None:
+        """Until the socket closes; the LimitError that closed it, if one did."""
+        await asyncio.shield(self.ended)
+        if self.error is not None:
+            raise self.error
+
+    def _kick(self) -> None:
+        if not self._pump_scheduled and not self._closed:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Write what the peer has for the wire, until the socket pushes back."""
+        self._pump_scheduled = False
+        peer = self.peer
+        transport = self.transport
+        if peer is None or transport is None or self._closed:
+            return
+        while self._drain is None or self._drain.done():
+            batch = peer.take_batch()
+            if batch is None:
+                break
+            transport.write(codec.encode(batch))
+            peer.batches_sent += 1
+        if not peer.advertised_ready and self._ready_poll is None:
+            # As a pulling writer does: restate readiness now and then, in
+            # case no flush announces the change.
+            self._ready_poll = asyncio.get_running_loop().call_later(
+                READY_POLL_S, self._restate_ready)
+
+    def _restate_ready(self) -> None:
+        self._ready_poll = None
+        if self.peer is not None:
+            self.peer.peer_ready_changed()
+            self._kick()
 
     # -- the LinkStream side ----------------------------------------------------------
     async def read_batch(self) -> Batch | None:
@@ -181,6 +265,8 @@ class UnixLinkStream(asyncio.Protocol):
         self.error = exc
         if self.transport is not None:
             self.transport.abort()
+        if not self.ended.done():
+            self.ended.set_result(None)
         self._wake()
 
 

@@ -129,8 +129,14 @@ class LinkSession:
         peer = self.peer
         peer.transport = self.transport
         peer.attach(self, credits, remote_ready)
-        tasks = {asyncio.create_task(self._reader(), name=f"link-rx {peer.name}"),
-                 asyncio.create_task(self._writer(), name=f"link-tx {peer.name}")}
+        stream = self.stream
+        if isinstance(stream, fastpath.UnixLinkStream):
+            stream.on_first_batch = self.on_up
+            stream.bind(peer)
+            tasks = {asyncio.create_task(stream.wait_closed(), name=f"link {peer.name}")}
+        else:
+            tasks = {asyncio.create_task(self._reader(), name=f"link-rx {peer.name}"),
+                     asyncio.create_task(self._writer(), name=f"link-tx {peer.name}")}
         if self.control is not None:
             tasks.add(asyncio.create_task(self._watch(self.control),
                                           name=f"link-ctl {peer.name}"))
@@ -148,9 +154,9 @@ class LinkSession:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            close = getattr(self.stream, "close", None)
-            if close is not None:
-                close()
+            if isinstance(stream, fastpath.UnixLinkStream):
+                stream.unbind()
+                stream.close()
             if peer.session is self:
                 peer.detach(reason)
         return reason
