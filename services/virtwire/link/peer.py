@@ -227,7 +227,8 @@ class LinkPeer(NetClient):
         if self.session is None:
             return
         self.out_credits += 1
-        self.kick()
+        if self.out_credits >= self.credit_batch:
+            self.kick()
 
     def _accept_credits(self, granted: int) -> None:
         """Take the remote's grant, clamped so held + waiting + on the wire <= window."""
@@ -270,7 +271,8 @@ class LinkPeer(NetClient):
                 self.out_credits += self.send_packets(frames, self._credit, queue_rest=True)
             else:
                 self._take_frames(frames, requests)
-            self.kick()
+            if self.out_credits >= self.credit_batch or self.out_completions:
+                self.kick()
         # Newly sendable (credits, remote ready): flush what waits for us, and,
         # if our NetClient is a hub port, what the other ports hold back.
         if self._wire_open() and (
@@ -313,8 +315,9 @@ class LinkPeer(NetClient):
         if plain:
             self.out_credits += self.send_packets(plain, self._credit, queue_rest=True)
 
-    def take_batch(self) -> Batch | None:
-        """Everything waiting to go out, up to the batch limits; None if nothing.
+    def take_batch(self, max_bytes: int = MAX_BATCH_BYTES) -> Batch | None:
+        """Everything waiting to go out, up to the batch limits (``max_bytes``
+        of frames at most); None if nothing.
 
         The frames taken count as on the wire until the remote credits them back.
         """
@@ -324,7 +327,7 @@ class LinkPeer(NetClient):
             n = 0
             size = 0
             limit = min(len(frames), MAX_BATCH_FRAMES)
-            while n < limit and (n == 0 or size + len(frames[n]) <= MAX_BATCH_BYTES):
+            while n < limit and (n == 0 or size + len(frames[n]) <= max_bytes):
                 size += len(frames[n])
                 n += 1
             batch.frames = frames[:n]

@@ -51,6 +51,13 @@ HANDSHAKE_TIMEOUT_S = 5.0
 #: Parsed batches a stream holds for its reader before it stops reading.
 MAX_PARSED = 64
 SOCKET_BUFFER = 1 << 20
+#: Frame bytes per record: a record then mostly arrives in one read (asyncio
+#: reads up to 256 KiB), so it is parsed where it lands, not reassembled.
+RECORD_BYTES = 128 * 1024
+
+#: Streams kicked while a stream's data_received runs: their writes happen as
+#: it returns, in the same wake-up, instead of a turn of the loop later.
+_dispatch: list[UnixLinkStream] | None = None
 
 
 def check_socket_name(name: str) -> str:
@@ -112,6 +119,20 @@ class UnixLinkStream(asyncio.Protocol):
             data = data[1:]
             if not data:
                 return
+        global _dispatch
+        if _dispatch is not None:
+            self._receive(data)
+            return
+        kicked: list[UnixLinkStream] = []
+        _dispatch = kicked
+        try:
+            self._receive(data)
+        finally:
+            _dispatch = None
+            for stream in kicked:
+                stream._pump()
+
+    def _receive(self, data: bytes) -> None:
         buf = self._buf
         if buf:
             buf += data
@@ -202,7 +223,10 @@ class UnixLinkStream(asyncio.Protocol):
     def _kick(self) -> None:
         if not self._pump_scheduled and not self._closed:
             self._pump_scheduled = True
-            asyncio.get_running_loop().call_soon(self._pump)
+            if _dispatch is not None:
+                _dispatch.append(self)
+            else:
+                asyncio.get_running_loop().call_soon(self._pump)
 
     def _pump(self) -> None:
         """Write what the peer has for the wire, until the socket pushes back."""
@@ -212,7 +236,7 @@ class UnixLinkStream(asyncio.Protocol):
         if peer is None or transport is None or self._closed:
             return
         while self._drain is None or self._drain.done():
-            batch = peer.take_batch()
+            batch = peer.take_batch(RECORD_BYTES)
             if batch is None:
                 break
             transport.write(codec.encode(batch))

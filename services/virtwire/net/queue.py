@@ -121,9 +121,14 @@ class FlushBudget:
     def _end(self) -> None:
         self._open = False
 
-    def spend(self) -> bool:
-        """One packet delivered: True when this turn's budget is used up."""
-        self._left -= 1
+    @property
+    def left(self) -> int:
+        """Packets this turn may still deliver."""
+        return self._left
+
+    def spend(self, packets: int = 1) -> bool:
+        """Packets delivered: True when this turn's budget is used up."""
+        self._left -= packets
         return self._left <= 0 or time.perf_counter() >= self._deadline
 
 
@@ -282,6 +287,20 @@ class NetQueue:
         defer = self.budget.begin() if sliced and self.packets else None
         # self.packets is re-read on every pass: a sent_cb may purge it.
         while self.packets:
+            if self._deliver_batch_fn is not None and len(self.packets) > 1 \
+                    and not self.packets[0].flags and self.packets[0].sent_cb is None:
+                ran = self._flush_run(max(1, self.budget.left) if defer is not None
+                                      else FLUSH_BUDGET_PACKETS)
+                if ran < 0:
+                    return False
+                if ran > 0:
+                    if defer is not None and self.budget.spend(ran) and self.packets:
+                        self.flush_sliced += 1
+                        if not self.resume_pending:
+                            self.resume_pending = True
+                            defer(self._resume)
+                        return False
+                    continue
             packet = self.packets.popleft()
             ret = self.deliver(packet.sender, packet.flags, packet.data)
             if ret == 0:
@@ -296,6 +315,33 @@ class NetQueue:
                     defer(self._resume)
                 return False
         return True
+
+    def _flush_run(self, limit: int) -> int:
+        """Deliver the packets at the head that one sender queued with no flags
+        and no sent_cb, as one batch (at most ``limit``). Returns how
+        many went, 0 if the head is a lone such packet (deliver it singly), -1
+        when the receiver refused part-way (the rest stays at the head)."""
+        assert self._deliver_batch_fn is not None
+        head = self.packets[0]
+        sender = head.sender
+        run: list[NetPacket] = []
+        for packet in self.packets:
+            if packet.sender is not sender or packet.flags or packet.sent_cb is not None \
+                    or len(run) >= limit:
+                break
+            run.append(packet)
+        if len(run) < 2:
+            return 0
+        self.delivering = True
+        try:
+            taken = self._deliver_batch_fn(sender, [p.data for p in run])
+        finally:
+            self.delivering = False
+        packets = self.packets
+        for packet in run[:taken]:
+            if packets and packets[0] is packet:
+                packets.popleft()
+        return taken if taken == len(run) else -1
 
     def _resume(self) -> None:
         """The continuation of a flush the budget cut short."""
