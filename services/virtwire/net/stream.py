@@ -34,6 +34,7 @@ import socket
 import stat
 import struct
 from collections.abc import Coroutine, Sequence
+from itertools import chain
 from typing import Any
 
 from virtwire.address import SockAddr
@@ -224,8 +225,9 @@ class NetStreamConnection(asyncio.Protocol):
 
     def write_frames(self, frames: Sequence[bytes]) -> None:
         """``write_frame`` for a batch."""
-        pack = _LEN.pack
-        self._wbuf += b"".join([pack(len(f)) + f for f in frames])
+        # One copy of each frame: the prefixes and frames joined in one go.
+        self._wbuf += b"".join(chain.from_iterable(zip(map(_LEN.pack, map(len, frames)),
+                                                       frames, strict=True)))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.backend.loop.call_soon(self._flush_writes)
