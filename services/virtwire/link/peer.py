@@ -89,6 +89,8 @@ class LinkPeer(NetClient):
 
     def __init__(self, local: NetClient, remote_name: str, window: int = DEFAULT_WINDOW) -> None:
         super().__init__(f"{local.name}>{remote_name}")
+        # A waiting frame's flags decide whether it crosses with a completion request.
+        self.incoming_queue.flags_ignored = False
         self.local = local
         self.remote_name = remote_name
         self.window = window
@@ -229,6 +231,8 @@ class LinkPeer(NetClient):
         self.out_credits += 1
         if self.out_credits >= self.credit_batch:
             self.kick()
+
+    _credit.ignores_ret = True  # type: ignore[attr-defined]
 
     def _accept_credits(self, granted: int) -> None:
         """Take the remote's grant, clamped so held + waiting + on the wire <= window."""

@@ -169,6 +169,9 @@ class NetQueue:
                  deliver_batch: DeliverBatchFunc | None = None) -> None:
         self._deliver_fn = deliver
         self._deliver_batch_fn = deliver_batch
+        #: Whether the receiver ignores packet flags (all but links), so that a
+        #: flush may hand it packets that wait for a sent_cb as a batch too.
+        self.flags_ignored = True
         self.nq_maxlen = maxlen
         self.packets: collections.deque[NetPacket] = collections.deque()
         self.delivering = False
@@ -288,7 +291,7 @@ class NetQueue:
         # self.packets is re-read on every pass: a sent_cb may purge it.
         while self.packets:
             if self._deliver_batch_fn is not None and len(self.packets) > 1 \
-                    and not self.packets[0].flags and self.packets[0].sent_cb is None:
+                    and (self.flags_ignored or not self.packets[0].flags):
                 ran = self._flush_run(max(1, self.budget.left) if defer is not None
                                       else FLUSH_BUDGET_PACKETS)
                 if ran < 0:
@@ -317,16 +320,21 @@ class NetQueue:
         return True
 
     def _flush_run(self, limit: int) -> int:
-        """Deliver the packets at the head that one sender queued with no flags
-        and no sent_cb, as one batch (at most ``limit``). Returns how
-        many went, 0 if the head is a lone such packet (deliver it singly), -1
-        when the receiver refused part-way (the rest stays at the head)."""
+        """Deliver the packets at the head that one sender queued as one batch
+        (at most ``limit``; only packets without flags unless the receiver
+        ignores them, and only sent_cbs marked ``ignores_ret``, since the
+        batch has no per-packet return value), then call their sent_cbs. Returns how many went, 0 if
+        the head is a lone such packet (deliver it singly), -1 when the
+        receiver refused part-way (the rest stays at the head)."""
         assert self._deliver_batch_fn is not None
         head = self.packets[0]
         sender = head.sender
+        any_flags = self.flags_ignored
         run: list[NetPacket] = []
         for packet in self.packets:
-            if packet.sender is not sender or packet.flags or packet.sent_cb is not None \
+            if packet.sender is not sender or (packet.flags and not any_flags) \
+                    or (packet.sent_cb is not None
+                        and not getattr(packet.sent_cb, "ignores_ret", False)) \
                     or len(run) >= limit:
                 break
             run.append(packet)
@@ -341,6 +349,9 @@ class NetQueue:
         for packet in run[:taken]:
             if packets and packets[0] is packet:
                 packets.popleft()
+        for packet in run[:taken]:
+            if packet.sent_cb is not None:
+                packet.sent_cb(packet.sender, len(packet.data))
         return taken if taken == len(run) else -1
 
     def _resume(self) -> None:

@@ -176,7 +176,7 @@ class NetStreamConnection(asyncio.Protocol):
         off = 0
         size = len(data)
         frames: list[bytes] = []
-        ends: list[int] = []
+        append = frames.append
         bad = -1
         while size - off >= 4:
             (length,) = unpack(data, off)
@@ -186,8 +186,7 @@ class NetStreamConnection(asyncio.Protocol):
             end = off + 4 + length
             if end > size:
                 break
-            frames.append(data[off + 4:end])
-            ends.append(end)
+            append(data[off + 4:end])
             off = end
         if frames:
             taken = self.backend.send_packets(frames, self.net_stream_send_completed)
@@ -195,7 +194,8 @@ class NetStreamConnection(asyncio.Protocol):
                 self.waiting = True
                 if self.transport is not None:
                     self.transport.pause_reading()
-                off = ends[taken]
+                # Keep what follows the frame that was queued.
+                off = sum(4 + len(f) for f in frames[:taken + 1])
                 bad = -1  # found again when reading resumes
         if bad >= 0:
             self.backend.net_stream_bad_length(self, bad)
