@@ -1,7 +1,8 @@
 """One vocabulary for a NetClient's link and backend, and JSON with numbers.
 
 `virtwire status`, `virtwire list` and their ``--json`` say a link is ``up``,
-``down (set_link)``, ``down (peer gone)`` or ``connecting``, and a backend
+``down (set_link)``, ``down (peer gone)`` or ``connecting`` (the tables add
+what carries an up link: ``up (unix socket)``), and a backend
 ``connected`` or ``waiting for a client at ADDR`` (``connecting to ADDR`` for a
 stream that dials): ``cli.format.link_state_text`` and ``backend_text`` make
 these words from NetClientInfo's fields. ``--json`` writes counts and pids as
@@ -229,8 +230,11 @@ def test_list_says_what_a_stream_port_and_its_hub_port_do(tmp_path: Path) -> Non
             assert s0["backend"] == f"waiting for a client at {address}"
             assert isinstance(s0["counters"]["rx_frames"], int)
             assert isinstance(s0["counters"]["queue_len"], int)
+            # Both on this kernel: the link moved to the same-host socket.
+            assert s0["link_transport"] == "unix"
             row = _row(cli("list", "-s", tap.address).stdout, "s0")
-            assert " ".join(row.split()[2:9]) == f"up waiting for a client at {address}", row
+            assert " ".join(row.split()[2:11]) == (
+                f"up (unix socket) waiting for a client at {address}"), row
             assert "(down)" not in row
             with socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1]))):
                 for _ in range(100):
@@ -292,12 +296,13 @@ def test_status_says_up_and_waiting_then_down_set_link(lan: tuple[dict[str, str]
     env, listen = lan
     table = cli("status", env=env).stdout
     row = _row(table.split("\n\n")[1], "qemu0", "qemu0").split()
-    assert " ".join(row[2:9]) == f"up waiting for a client at {listen}", row
+    assert " ".join(row[2:11]) == f"up (unix socket) waiting for a client at {listen}", row
     assert "(down)" not in table and "(set down)" not in table
     cli("link", "vm2", "down", env=env)
     try:
         table = cli("status", env=env).stdout
-        assert f"{LINK_SET_DOWN}  -" in _row(table.split("\n\n")[1], "vm2", "vm2"), table
+        row = _row(table.split("\n\n")[1], "vm2", "vm2").split()
+        assert " ".join(row[2:5]) == f"{LINK_SET_DOWN} -", table
         assert "set down" not in table
         data = json.loads(cli("status", "--json", env=env).stdout)
     finally:
@@ -306,6 +311,8 @@ def test_status_says_up_and_waiting_then_down_set_link(lan: tuple[dict[str, str]
              if n["name"] != "hub0"}
     assert infos["vm2"]["link"] == LINK_SET_DOWN and infos["vm2"]["admin_down"] is True
     assert infos["vm1"]["link"] == LINK_UP and infos["vm1"]["backend"] == ""
+    # Every link of a LAN under the process backend is on one kernel.
+    assert {i["link_transport"] for i in infos.values()} == {"unix"}, infos
     assert infos["qemu0"]["backend"] == f"waiting for a client at {listen}"
     assert infos["qemu0"]["backend_address"] == listen
     for node in data["nodes"]:

@@ -22,6 +22,10 @@ LINK_SET_DOWN = "down (set_link)"
 LINK_PEER_GONE = "down (peer gone)"
 LINK_CONNECTING = "connecting"
 
+#: What carries an up link's frames (NetClientInfo.link_transport), as the
+#: LINK column of `status` and `list` adds it: "up (unix socket)".
+LINK_TRANSPORT_WORDS = {"grpc": "grpc stream", "unix": "unix socket"}
+
 #: Field types protobuf's JSON mapping writes as strings.
 _INT64_TYPES = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
                           FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
@@ -112,6 +116,19 @@ def link_state_text(info: netclient_pb2.NetClientInfo) -> str:
     return LINK_PEER_GONE
 
 
+def link_text(info: netclient_pb2.NetClientInfo) -> str:
+    """The LINK column of `status` and `list`: ``link_state_text``, and for a
+    link that is up, what carries its frames: "up (unix socket)" (the
+    same-host socket), "up (grpc stream)" (the Connect stream); just "up" for
+    a peer in the same process. ``--json`` keeps the two apart, as "link" and
+    "link_transport"."""
+    word = link_state_text(info)
+    transport = info.link_transport
+    if word != LINK_UP or not transport:
+        return word
+    return f"{word} ({LINK_TRANSPORT_WORDS.get(transport, transport)})"
+
+
 def backend_text(info: netclient_pb2.NetClientInfo) -> str:
     """The NetClient's host-side backend: "connected", "waiting for a client
     at ADDR" (a listening stream), "connecting to ADDR" (a connecting
@@ -137,7 +154,7 @@ def format_netclients(resp: netclient_pb2.ListNetClientsResponse) -> str:
     rows = [("NAME", "KIND", "LINK", "BACKEND", "PEER", "RX", "TX", "DROPPED", "QUEUED")]
     for nc in resp.netclients:
         c = nc.counters
-        rows.append((nc.name, nc.kind, link_state_text(nc), backend_text(nc) or "-", nc.peer,
+        rows.append((nc.name, nc.kind, link_text(nc), backend_text(nc) or "-", nc.peer,
                      str(c.rx_frames), str(c.tx_frames), str(c.dropped_total),
                      str(c.queue_len)))
     return format_table(rows)
@@ -146,6 +163,8 @@ def format_netclients(resp: netclient_pb2.ListNetClientsResponse) -> str:
 def format_status(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse,
                   orchestrator: str) -> str:
     """`virtwire status`: the LAN, a table of its services, one of its NetClients.
+
+    A NetClient's LINK is ``link_text``: its state, and what carries it when up.
 
     A NetClient's QUEUED is what waits at it: delivered to it and not yet
     received (``queue_len``, e.g. a NIC whose link is down), and sent by it and
@@ -163,7 +182,7 @@ def format_status(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse,
         for nc in node.netclients:
             info = nc.info
             c = info.counters
-            rows2.append((node.name, nc.name, link_state_text(info), backend_text(info) or "-",
+            rows2.append((node.name, nc.name, link_text(info), backend_text(info) or "-",
                           info.peer, str(c.rx_frames), str(c.rx_bytes), str(c.tx_frames),
                           str(c.tx_bytes), str(c.dropped_total),
                           str(c.queue_len + c.peer_queue_len)))

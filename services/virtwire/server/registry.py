@@ -174,24 +174,35 @@ class NetClientRegistry:
             if isinstance(nc.peer, LinkPeer):
                 credits_refused += nc.peer.credits_refused
                 protocol_errors += nc.peer.protocol_errors
-        return netclient_pb2.ServerCounters(
+        counters = netclient_pb2.ServerCounters(
             names_refused=self.names_refused + self.acceptor.names_refused,
             links_refused=self.acceptor.links_refused,
             link_credits_refused=credits_refused, link_protocol_errors=protocol_errors,
-            max_capture_subscribers=self.max_captures)
+            max_capture_subscribers=self.max_captures,
+            fast_path_declined=self.acceptor.fast_path_declined)
+        listener = self.acceptor.listener  # made on the first offer
+        if listener is not None:
+            counters.fast_path_accepted = listener.accepted
+            counters.fast_path_tokens_refused = listener.tokens_refused
+            counters.fast_path_handshakes_refused = listener.handshakes_refused
+            counters.fast_path_offers_refused = listener.offers_refused
+        return counters
 
     def info(self, nc: NetClient) -> netclient_pb2.NetClientInfo:
         peer = nc.peer
         dialer = self.dialers.get(nc.name)
         state = LinkRunState.NO_PEER
-        peer_name = link_error = ""
+        peer_name = link_error = transport = ""
         details = nc.describe()
         if isinstance(peer, LinkPeer):
             state = peer.state
+            transport = peer.transport
             peer_name = str(dialer.spec) if dialer is not None else peer.remote_name
             if dialer is not None and dialer.last_error and state is not LinkRunState.UP:
                 link_error = dialer.last_error
                 details = f"{details} last_error={link_error!r}".strip()
+            if dialer is not None and dialer.fast_path_reason and transport == "grpc":
+                details = f"{details} fast_path_declined={dialer.fast_path_reason!r}".strip()
         elif peer is not None:
             state = LinkRunState.UP
             peer_name = peer.name
@@ -233,5 +244,5 @@ class NetClientRegistry:
             name=nc.name, kind=nc.kind, admin_down=nc.admin_down, link_down=nc.link_down,
             link_state=_LINK_STATE[state], peer=peer_name, counters=counters, info=details,
             dials=dialer is not None, link_error=link_error, backend_state=backend_state,
-            backend_address=backend_address)
+            backend_address=backend_address, link_transport=transport)
 

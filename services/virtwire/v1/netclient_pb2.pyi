@@ -81,21 +81,31 @@ class NetClientCounters(_message.Message):
     def __init__(self, rx_frames: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_frames: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., dropped_queue_full: _Optional[int] = ..., dropped_link_down: _Optional[int] = ..., dropped_refused: _Optional[int] = ..., dropped_malformed: _Optional[int] = ..., dropped_purged: _Optional[int] = ..., queue_len: _Optional[int] = ..., capture_dropped: _Optional[int] = ..., peer_queue_len: _Optional[int] = ..., link_credits_refused: _Optional[int] = ..., link_protocol_errors: _Optional[int] = ..., capture_refused: _Optional[int] = ..., capture_subscribers: _Optional[int] = ..., flush_sliced: _Optional[int] = ..., dropped_total: _Optional[int] = ...) -> None: ...
 
 class ServerCounters(_message.Message):
-    __slots__ = ("names_refused", "links_refused", "link_credits_refused", "link_protocol_errors", "max_capture_subscribers")
+    __slots__ = ("names_refused", "links_refused", "link_credits_refused", "link_protocol_errors", "max_capture_subscribers", "fast_path_accepted", "fast_path_declined", "fast_path_tokens_refused", "fast_path_handshakes_refused", "fast_path_offers_refused")
     NAMES_REFUSED_FIELD_NUMBER: _ClassVar[int]
     LINKS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     LINK_CREDITS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     LINK_PROTOCOL_ERRORS_FIELD_NUMBER: _ClassVar[int]
     MAX_CAPTURE_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_DECLINED_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_TOKENS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_HANDSHAKES_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_OFFERS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     names_refused: int
     links_refused: int
     link_credits_refused: int
     link_protocol_errors: int
     max_capture_subscribers: int
-    def __init__(self, names_refused: _Optional[int] = ..., links_refused: _Optional[int] = ..., link_credits_refused: _Optional[int] = ..., link_protocol_errors: _Optional[int] = ..., max_capture_subscribers: _Optional[int] = ...) -> None: ...
+    fast_path_accepted: int
+    fast_path_declined: int
+    fast_path_tokens_refused: int
+    fast_path_handshakes_refused: int
+    fast_path_offers_refused: int
+    def __init__(self, names_refused: _Optional[int] = ..., links_refused: _Optional[int] = ..., link_credits_refused: _Optional[int] = ..., link_protocol_errors: _Optional[int] = ..., max_capture_subscribers: _Optional[int] = ..., fast_path_accepted: _Optional[int] = ..., fast_path_declined: _Optional[int] = ..., fast_path_tokens_refused: _Optional[int] = ..., fast_path_handshakes_refused: _Optional[int] = ..., fast_path_offers_refused: _Optional[int] = ...) -> None: ...
 
 class NetClientInfo(_message.Message):
-    __slots__ = ("name", "kind", "admin_down", "link_down", "link_state", "peer", "counters", "info", "dials", "link_error", "backend_state", "backend_address")
+    __slots__ = ("name", "kind", "admin_down", "link_down", "link_state", "peer", "counters", "info", "dials", "link_error", "backend_state", "backend_address", "link_transport")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ADMIN_DOWN_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +118,7 @@ class NetClientInfo(_message.Message):
     LINK_ERROR_FIELD_NUMBER: _ClassVar[int]
     BACKEND_STATE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LINK_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     admin_down: bool
@@ -120,7 +131,8 @@ class NetClientInfo(_message.Message):
     link_error: str
     backend_state: BackendState
     backend_address: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., admin_down: _Optional[bool] = ..., link_down: _Optional[bool] = ..., link_state: _Optional[_Union[LinkState, str]] = ..., peer: _Optional[str] = ..., counters: _Optional[_Union[NetClientCounters, _Mapping]] = ..., info: _Optional[str] = ..., dials: _Optional[bool] = ..., link_error: _Optional[str] = ..., backend_state: _Optional[_Union[BackendState, str]] = ..., backend_address: _Optional[str] = ...) -> None: ...
+    link_transport: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., admin_down: _Optional[bool] = ..., link_down: _Optional[bool] = ..., link_state: _Optional[_Union[LinkState, str]] = ..., peer: _Optional[str] = ..., counters: _Optional[_Union[NetClientCounters, _Mapping]] = ..., info: _Optional[str] = ..., dials: _Optional[bool] = ..., link_error: _Optional[str] = ..., backend_state: _Optional[_Union[BackendState, str]] = ..., backend_address: _Optional[str] = ..., link_transport: _Optional[str] = ...) -> None: ...
 
 class ListNetClientsRequest(_message.Message):
     __slots__ = ()
