@@ -12,9 +12,11 @@ as one record per batch, little-endian:
              (u64 id, i64 ret) of each completion
              the frames, back to back
 
-A record is checked whole before it is used: counts above the batch limits,
-lengths that do not add up, an index outside the batch or a bad ready byte
-are a ``LimitError`` (the peer broke the protocol; the link ends).
+A record is checked whole before it is used: a truncated record, a body
+above ``MAX_BODY``, counts above the batch limits, counts or lengths that do
+not add up to the body, an index outside the batch (or twice the same) or a
+bad ready byte are a ``LimitError`` (the peer broke the protocol; the link
+ends), never another exception. The three padding bytes are ignored.
 """
 
 from __future__ import annotations
@@ -57,7 +59,10 @@ def encode(batch: Batch) -> bytes:
 
 
 def body_length(header: bytes | bytearray | memoryview, offset: int = 0) -> int:
-    """The body length a record's header announces; LimitError above MAX_BODY."""
+    """The body length a record's header announces; LimitError above MAX_BODY
+    (or if ``header`` holds less than a header from ``offset``)."""
+    if offset < 0 or len(header) - offset < HEADER.size:
+        raise LimitError("a truncated link record header")
     (length,) = struct.unpack_from("<I", header, offset)
     if length > MAX_BODY:
         raise LimitError(f"a link record of {length} bytes (at most {MAX_BODY})")
@@ -67,23 +72,31 @@ def body_length(header: bytes | bytearray | memoryview, offset: int = 0) -> int:
 def decode(record: bytes, offset: int = 0) -> tuple[Batch, int]:
     """The batch in the record at ``offset`` of ``record``, and where it ends.
 
-    ``record`` must hold the whole record (HEADER.size + body_length bytes).
+    ``record`` must hold the whole record (HEADER.size + body_length bytes);
+    anything malformed is a LimitError.
     """
-    body_len, n, n_req, n_comp, credits, ready = HEADER.unpack_from(record, offset)
+    length = body_length(record, offset)
+    _, n, n_req, n_comp, credits, ready = HEADER.unpack_from(record, offset)
     if n > MAX_BATCH_FRAMES or n_req > n or n_comp > MAX_COMPLETIONS or ready > 2:
         raise LimitError(f"a bad link record header ({n} frames, {n_req} completion "
                          f"requests, {n_comp} completions, ready byte {ready})")
     pos = offset + HEADER.size
-    end = pos + body_len
+    end = pos + length
     if end > len(record):
         raise LimitError("a truncated link record")
+    fixed = 4 * n + _REQUEST.size * n_req + _COMPLETION.size * n_comp
+    if fixed > length:
+        raise LimitError(f"a link record of {length} bytes cannot hold its {n} frame "
+                         f"lengths, {n_req} completion requests and {n_comp} completions")
     lengths: tuple[int, ...] = struct.unpack_from(f"<{n}I", record, pos) if n else ()
+    if fixed + sum(lengths) != length:
+        raise LimitError("the frame lengths of a link record do not add up to its body")
     pos += 4 * n
     requests: dict[int, int] = {}
     for _ in range(n_req):
         index, cid = _REQUEST.unpack_from(record, pos)
-        if index >= n:
-            raise LimitError(f"a completion request for frame {index} of {n}")
+        if index >= n or index in requests:
+            raise LimitError(f"a bad completion request for frame {index} of {n}")
         requests[index] = cid
         pos += _REQUEST.size
     completions: list[tuple[int, int]] = []
@@ -91,11 +104,9 @@ def decode(record: bytes, offset: int = 0) -> tuple[Batch, int]:
         cid, ret = _COMPLETION.unpack_from(record, pos)
         completions.append((cid, ret))
         pos += _COMPLETION.size
-    if pos + sum(lengths) != end:
-        raise LimitError("the frame lengths of a link record do not add up to its body")
     frames: list[bytes] = []
-    for length in lengths:
-        nxt = pos + length
+    for size in lengths:
+        nxt = pos + size
         frames.append(record[pos:nxt])
         pos = nxt
     return Batch(frames=frames, completion_requests=requests, completions=completions,

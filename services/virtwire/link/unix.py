@@ -97,6 +97,8 @@ class UnixLinkStream(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._closed = False
         self.error: LimitError | None = None
+        #: ``error`` is a bad record not yet counted in a peer's protocol_errors.
+        self._uncounted = False
         #: The LinkPeer bound to (push mode), or None.
         self.peer: LinkPeer | None = None
         #: Called once, after the first batch from the remote (push mode).
@@ -144,20 +146,24 @@ class UnixLinkStream(asyncio.Protocol):
         pos = 0
         size = len(data)
         header = codec.HEADER.size
-        try:
-            while size - pos >= header:
+        while size - pos >= header:
+            try:
                 end = pos + header + codec.body_length(data, pos)
                 if end > size:
                     self._need = end - pos
                     break
                 batch, pos = codec.decode(data, pos)
-                if self.peer is not None:
+            except LimitError as exc:
+                self._bad_record(exc)
+                return
+            if self.peer is not None:
+                try:
                     self._deliver(self.peer, batch)
-                else:
-                    self._batches.append(batch)
-        except LimitError as exc:
-            self._fail(exc)
-            return
+                except LimitError as exc:  # on_batch counted it
+                    self._fail(exc)
+                    return
+            else:
+                self._batches.append(batch)
         if pos < size:
             buf += memoryview(data)[pos:]
         if len(self._batches) >= MAX_PARSED and self.transport is not None:
@@ -193,11 +199,19 @@ class UnixLinkStream(asyncio.Protocol):
         """Deliver to and send for ``peer`` from the socket's callbacks."""
         self.peer = peer
         peer.kick = self._kick
+        if self._uncounted:
+            self._uncounted = False
+            peer.protocol_errors += 1
         try:
             while self._batches:
                 self._deliver(peer, self._batches.popleft())
         except LimitError as exc:
             self._fail(exc)
+        # Reading paused while the batches waited for a reader; in push mode
+        # nobody else would resume it.
+        if self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
         self._kick()
 
     def _deliver(self, peer: LinkPeer, batch: Batch) -> None:
@@ -285,6 +299,14 @@ class UnixLinkStream(asyncio.Protocol):
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
+    def _bad_record(self, exc: LimitError) -> None:
+        """A record the codec refused: the remote broke the protocol."""
+        if self.peer is not None:
+            exc = self.peer.protocol_error(str(exc))
+        else:
+            self._uncounted = True
+        self._fail(exc)
+
     def _fail(self, exc: LimitError) -> None:
         self.error = exc
         if self.transport is not None:
@@ -323,12 +345,14 @@ class _Handshake(asyncio.Protocol):
             transport.abort()
             return
         listener.handshakes += 1
+        listener.waiting.add(self)
         self.timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._timeout)
 
     def _finish(self) -> None:
         if not self.done:
             self.done = True
             self.listener.handshakes -= 1
+            self.listener.waiting.discard(self)
             if self.timer is not None:
                 self.timer.cancel()
 
@@ -381,6 +405,8 @@ class FastPathListener:
         #: Connections closed because MAX_HANDSHAKES were already waiting.
         self.handshakes_refused = 0
         self.handshakes = 0
+        #: The connections still waiting for their token.
+        self.waiting: set[_Handshake] = set()
 
     async def _start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -421,6 +447,10 @@ class FastPathListener:
     async def close(self) -> None:
         for offer in list(self.pending.values()):
             self.withdraw(offer)
+        for handshake in list(self.waiting):
+            handshake._finish()
+            if handshake.transport is not None:
+                handshake.transport.abort()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -449,12 +479,19 @@ async def dial(socket_name: str, token: bytes, timeout: float = HANDSHAKE_TIMEOU
     except (OSError, TimeoutError) as exc:
         sock.close()
         raise UnavailableError(f"cannot reach fast-path socket @{socket_name}: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
     assert stream.transport is not None and stream.acked is not None
-    stream.transport.write(token)
     try:
-        ok = await asyncio.wait_for(stream.acked, timeout)
-    except TimeoutError:
-        ok = False
+        stream.transport.write(token)
+        try:
+            ok = await asyncio.wait_for(stream.acked, timeout)
+        except TimeoutError:
+            ok = False
+    except BaseException:
+        stream.close()
+        raise
     if not ok:
         stream.close()
         raise UnavailableError("the fast-path socket refused the token")
