@@ -32,6 +32,7 @@ import logging
 import re
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +51,9 @@ MAX_HANDSHAKES = 64
 HANDSHAKE_TIMEOUT_S = 5.0
 #: Parsed batches a stream holds for its reader before it stops reading.
 MAX_PARSED = 64
+#: Time one read callback may spend on its records: a read full of tiny
+#: records stops there, reading pauses, and the rest goes on next turn.
+RECEIVE_SLICE_S = 0.005
 SOCKET_BUFFER = 1 << 20
 #: Frame bytes per record: a record then mostly arrives in one read (asyncio
 #: reads up to 256 KiB), so it is parsed where it lands, not reassembled.
@@ -58,6 +62,28 @@ RECORD_BYTES = 128 * 1024
 #: Streams kicked while a stream's data_received runs: their writes happen as
 #: it returns, in the same wake-up, instead of a turn of the loop later.
 _dispatch: list[UnixLinkStream] | None = None
+
+
+class Dispatching:
+    """``with Dispatching():`` streams kicked inside write as it ends, in the
+    same wake-up, as they do inside a stream's data_received (for other
+    callbacks that hand frames to links, e.g. a NIC's MMIO write). Nests."""
+
+    def __init__(self) -> None:
+        self.owner = False
+
+    def __enter__(self) -> None:
+        global _dispatch
+        if _dispatch is None:
+            self.owner = True
+            _dispatch = []
+
+    def __exit__(self, *exc: object) -> None:
+        global _dispatch
+        if self.owner:
+            kicked, _dispatch = _dispatch or [], None
+            for stream in kicked:
+                stream._pump()
 
 
 def check_socket_name(name: str) -> str:
@@ -93,6 +119,8 @@ class UnixLinkStream(asyncio.Protocol):
         self._need = 0
         self._batches: collections.deque[Batch] = collections.deque()
         self._reading_paused = False
+        #: A read cut at RECEIVE_SLICE_S: reading paused until the rest is done.
+        self._sliced = False
         self._wakeup: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._closed = False
@@ -146,7 +174,13 @@ class UnixLinkStream(asyncio.Protocol):
         pos = 0
         size = len(data)
         header = codec.HEADER.size
+        deadline = time.perf_counter() + RECEIVE_SLICE_S
+        count = 0
         while size - pos >= header:
+            count += 1
+            if count & 15 == 0 and time.perf_counter() >= deadline:
+                self._slice()
+                break
             try:
                 end = pos + header + codec.body_length(data, pos)
                 if end > size:
@@ -170,6 +204,22 @@ class UnixLinkStream(asyncio.Protocol):
             self._reading_paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def _slice(self) -> None:
+        """Stop reading until the next turn, when what is buffered goes on."""
+        if not self._sliced and self.transport is not None:
+            self._sliced = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._resume_slice)
+
+    def _resume_slice(self) -> None:
+        self._sliced = False
+        if self._closed:
+            return
+        self.data_received(b"")
+        if not (self._sliced or self._reading_paused or self._closed) \
+                and self.transport is not None:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False
@@ -211,7 +261,8 @@ class UnixLinkStream(asyncio.Protocol):
         # nobody else would resume it.
         if self._reading_paused and self.transport is not None and not self._closed:
             self._reading_paused = False
-            self.transport.resume_reading()
+            if not self._sliced:
+                self.transport.resume_reading()
         self._kick()
 
     def _deliver(self, peer: LinkPeer, batch: Batch) -> None:
@@ -281,7 +332,8 @@ class UnixLinkStream(asyncio.Protocol):
         if self._reading_paused and len(self._batches) < MAX_PARSED // 4 \
                 and self.transport is not None:
             self._reading_paused = False
-            self.transport.resume_reading()
+            if not self._sliced:
+                self.transport.resume_reading()
         return batch
 
     async def write_batch(self, batch: Batch) -> None:
@@ -323,6 +375,9 @@ class FastPathOffer:
     socket_name: str
     token: bytes
     stream: asyncio.Future[UnixLinkStream]
+    #: For a protocol other than a link's: the accepted connection goes to
+    #: ``protocol_factory()`` (after the ACK) and ``stream`` is cancelled.
+    protocol_factory: Callable[[], asyncio.Protocol] | None = None
 
 
 class _Handshake(asyncio.Protocol):
@@ -375,6 +430,10 @@ class _Handshake(asyncio.Protocol):
             self.listener.tokens_refused += 1
             self.transport.abort()
             return
+        if offer.protocol_factory is not None:
+            self._hand_over(offer.protocol_factory())
+            offer.stream.cancel()
+            return
         stream = UnixLinkStream()
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
@@ -384,6 +443,17 @@ class _Handshake(asyncio.Protocol):
         self.transport.write(ACK)
         self.listener.accepted += 1
         offer.stream.set_result(stream)
+
+    def _hand_over(self, protocol: asyncio.Protocol) -> None:
+        """The accepted connection to ``protocol``: the ACK first, then its bytes."""
+        transport = self.transport
+        assert transport is not None
+        if (accepted := transport.get_extra_info("socket")) is not None:
+            _tune(accepted)
+        transport.set_protocol(protocol)
+        transport.write(ACK)
+        protocol.connection_made(transport)
+        self.listener.accepted += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
@@ -420,11 +490,14 @@ class FastPathListener:
         self._server = await asyncio.get_running_loop().create_unix_server(
             lambda: _Handshake(self), sock=sock)
 
-    async def offer(self) -> FastPathOffer:
+    async def offer(self, protocol_factory: Callable[[], asyncio.Protocol] | None = None
+                    ) -> FastPathOffer:
         """A new token on the listening socket (started on first use).
 
         LimitError (counted) while MAX_PENDING_OFFERS are outstanding; OSError
-        if the socket cannot be made.
+        if the socket cannot be made. With ``protocol_factory`` the connection
+        that presents the token is handed to a new protocol of its making
+        (see ``dial_socket``) instead of becoming a UnixLinkStream.
         """
         if len(self.pending) >= MAX_PENDING_OFFERS:
             self.offers_refused += 1
@@ -432,7 +505,7 @@ class FastPathListener:
         if self._server is None:
             await self._start()
         offer = FastPathOffer(self.socket_name, secrets.token_bytes(TOKEN_BYTES),
-                              asyncio.get_running_loop().create_future())
+                              asyncio.get_running_loop().create_future(), protocol_factory)
         self.pending[offer.token] = offer
         return offer
 
@@ -457,6 +530,40 @@ class FastPathListener:
             self._server = None
 
 
+def _client_socket(socket_name: str, token: bytes) -> socket.socket:
+    """A socket to dial ``socket_name`` with; LimitError for a bad name or token."""
+    check_socket_name(socket_name)
+    if len(token) != TOKEN_BYTES:
+        raise LimitError(f"a fast-path token of {len(token)} bytes (not {TOKEN_BYTES})")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    _tune(sock)
+    return sock
+
+
+async def dial_socket(socket_name: str, token: bytes, timeout: float = HANDSHAKE_TIMEOUT_S
+                      ) -> socket.socket:
+    """As ``dial``, for an offer made with a ``protocol_factory``: the connected
+    socket once its token was accepted (nothing after the ACK is read yet),
+    for ``loop.create_unix_connection(..., sock=)``."""
+    loop = asyncio.get_running_loop()
+    sock = _client_socket(socket_name, token)
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, "\0" + socket_name)
+            await loop.sock_sendall(sock, token)
+            answer = await loop.sock_recv(sock, len(ACK))
+        if answer != ACK:
+            raise UnavailableError("the fast-path socket refused the token")
+    except BaseException as exc:
+        sock.close()
+        if isinstance(exc, (OSError, TimeoutError)):
+            raise UnavailableError(f"cannot reach fast-path socket @{socket_name}: {exc}"
+                                   ) from exc
+        raise
+    return sock
+
+
 async def dial(socket_name: str, token: bytes, timeout: float = HANDSHAKE_TIMEOUT_S
                ) -> UnixLinkStream:
     """Connect to a listener's socket and present ``token``.
@@ -465,13 +572,8 @@ async def dial(socket_name: str, token: bytes, timeout: float = HANDSHAKE_TIMEOU
     namespace) or the token is refused; LimitError for a name or token no
     listener gives out.
     """
-    check_socket_name(socket_name)
-    if len(token) != TOKEN_BYTES:
-        raise LimitError(f"a fast-path token of {len(token)} bytes (not {TOKEN_BYTES})")
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    _tune(sock)
+    sock = _client_socket(socket_name, token)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, "\0" + socket_name), timeout)
         _, stream = await loop.create_unix_connection(lambda: UnixLinkStream(expect_ack=True),

@@ -76,7 +76,8 @@ PERMISSIONS: dict[str, Access] = {
         "GuestMemService/Read", "GuestMemService/Write", "GuestMemService/Batch",
         "E1000Service/ReadRegister", "E1000Service/WriteRegister",
         "E1000Service/AccessRegisters", "E1000Service/Mmio", "E1000Service/SetPciCommand",
-        "E1000Service/WatchIrq", "E1000Service/ResetDevice")},
+        "E1000Service/WatchIrq", "E1000Service/ResetDevice",
+        "E1000Service/OfferMmioSocket")},
     # Everything else (Up, Down, StartService, StopServices, SetLink, Inject,
     # AddPort, RemovePort, AddBackend, RemoveBackend, Send, Receive) is CONTROL.
 }

@@ -9,25 +9,34 @@ A batch of register accesses (AccessRegisters, one Mmio request) runs in
 chunks of ``ACCESS_SLICE``, each sharing one slice of the NIC's work budget,
 with a turn of the event loop in between: a batch of TDT, TCTL or RDT writes
 holds the loop no longer than a single write may.
+
+With ``--link-transport auto`` a driver on this kernel may ask for the
+same-host MMIO socket instead (OfferMmioSocket): a one-time token on a
+``virtwire.link.unix.FastPathListener`` whose connections become
+``virtwire.guest.mmio_unix.UnixMmioDevice`` sessions over this NIC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 
 from virtwire.address import parse_peer, parse_sockaddr
-from virtwire.errors import ConfigError, OutOfRangeError
+from virtwire.errors import ConfigError, LimitError, OutOfRangeError
+from virtwire.guest.mmio_unix import UnixMmioDevice
 from virtwire.hw.e1000 import COMPAT_VERSIONS, E1000, MODELS
 from virtwire.hw.e1000_regs import E1000_STATUS_LU, STATUS
 from virtwire.hw.timer import AsyncioScheduler
+from virtwire.link import unix as fastpath
 from virtwire.mem.client import GuestMemClient
 from virtwire.net.eth import format_mac, parse_mac
 from virtwire.server.base import ServiceHost
+from virtwire.server.link import boot_id
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -39,6 +48,10 @@ ACCESS_SLICE = 512
 #: What a read of BAR0 returns while memory decode is off (a master abort).
 MASTER_ABORT = 0xFFFFFFFF
 IRQ_QUEUE_LEN = 1024
+#: Same-host MMIO sessions one NIC serves at once (a driver needs one).
+MAX_MMIO_SESSIONS = 8
+#: An offer not taken within this long is withdrawn.
+MMIO_OFFER_TTL_S = 2 * fastpath.HANDSHAKE_TIMEOUT_S
 
 
 def check_offset(offset: int) -> None:
@@ -83,6 +96,15 @@ class E1000Server(ServiceHost):
         self.memory_enabled = True
         self.irq_seq = 0
         self._irq_watchers: list[asyncio.Queue[tuple[bool, int]]] = []
+        self._irq_sinks: list[Callable[[bool, int], None]] = []
+        #: The same-host MMIO socket (made on the first offer) and its sessions.
+        self.mmio_listener: fastpath.FastPathListener | None = None
+        self.mmio_sessions: set[UnixMmioDevice] = set()
+        #: Offers not made (another kernel, --link-transport grpc, a cap).
+        self.mmio_offers_declined = 0
+        #: Sessions refused at MAX_MMIO_SESSIONS, and closed for a bad record.
+        self.mmio_sessions_refused = 0
+        self.mmio_records_refused = 0
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         e1000_pb2_grpc.add_E1000ServiceServicer_to_server(E1000Servicer(self), server)
@@ -108,6 +130,11 @@ class E1000Server(ServiceHost):
                     format_mac(self.mac), self.guestmem_address, self.dma.path)
 
     async def close_backends(self) -> None:
+        for session in list(self.mmio_sessions):
+            session.close()
+        if self.mmio_listener is not None:
+            await self.mmio_listener.close()
+            self.mmio_listener = None
         if self.dma is not None:
             await self.dma.close()
 
@@ -118,13 +145,27 @@ class E1000Server(ServiceHost):
 
     def access(self, acc: e1000_pb2.RegisterAccess) -> int | None:
         """One access; the read value, or None for a write."""
-        check_offset(acc.offset)
-        nic = self.device()
         if acc.write:
-            if self.memory_enabled:
-                nic.mmio_write(acc.offset, acc.value)
+            self.mmio_write(acc.offset, acc.value)
             return None
-        return nic.mmio_read(acc.offset) if self.memory_enabled else MASTER_ABORT
+        return self.mmio_read(acc.offset)
+
+    def mmio_read(self, offset: int) -> int:
+        check_offset(offset)
+        nic = self.device()
+        return nic.mmio_read(offset) if self.memory_enabled else MASTER_ABORT
+
+    def mmio_write(self, offset: int, value: int) -> None:
+        check_offset(offset)
+        nic = self.device()
+        if self.memory_enabled:
+            nic.mmio_write(offset, value)
+
+    @contextlib.contextmanager
+    def budget_scope(self) -> Iterator[None]:
+        """The NIC's budget; frames it sent leave on same-host links as it ends."""
+        with fastpath.Dispatching(), self.device().budget_scope():
+            yield
 
     async def access_all(self, accesses: Sequence[e1000_pb2.RegisterAccess]) -> list[int]:
         """Every access in order (all checked first); the values read."""
@@ -151,6 +192,8 @@ class E1000Server(ServiceHost):
     # -- interrupt line -------------------------------------------------------------
     def _on_irq(self, level: bool) -> None:
         self.irq_seq += 1
+        for sink in self._irq_sinks:
+            sink(level, self.irq_seq)
         for queue in self._irq_watchers:
             if queue.full():
                 queue.get_nowait()  # the newest level matters; the seq shows the gap
@@ -165,6 +208,52 @@ class E1000Server(ServiceHost):
                 yield await queue.get()
         finally:
             self._irq_watchers.remove(queue)
+
+    def watch_irq_level(self, sink: Callable[[bool, int], None]) -> Callable[[], None]:
+        """``sink(level, seq)`` now and on every change, in the NIC's call; the unwatch."""
+        sink(self.device().irq_level, self.irq_seq)
+        self._irq_sinks.append(sink)
+        return lambda: self._irq_sinks.remove(sink)
+
+    # -- the same-host MMIO socket ----------------------------------------------------
+    async def offer_mmio_socket(self, driver_boot_id: str) -> tuple[str, bytes, str]:
+        """(socket name, token, "") for a driver on this kernel, else ("", b"", why)."""
+        why = ""
+        if self.registry.link_transport != "auto":
+            why = f"--link-transport {self.registry.link_transport}"
+        elif not driver_boot_id or driver_boot_id != boot_id():
+            why = "the driver runs on another kernel"
+        elif len(self.mmio_sessions) >= MAX_MMIO_SESSIONS:
+            self.mmio_sessions_refused += 1
+            why = f"{MAX_MMIO_SESSIONS} MMIO sessions are open"
+        if not why:
+            if self.mmio_listener is None:
+                self.mmio_listener = fastpath.FastPathListener()
+            listener = self.mmio_listener
+            try:
+                offer = await listener.offer(lambda: UnixMmioDevice(self))
+            except (LimitError, OSError) as exc:
+                why = f"no socket: {exc}"
+            else:
+                asyncio.get_running_loop().call_later(MMIO_OFFER_TTL_S, listener.withdraw, offer)
+                return offer.socket_name, offer.token, ""
+        self.mmio_offers_declined += 1
+        return "", b"", why
+
+    def mmio_session_opened(self, session: UnixMmioDevice) -> bool:
+        if len(self.mmio_sessions) >= MAX_MMIO_SESSIONS:
+            self.mmio_sessions_refused += 1
+            return False
+        self.mmio_sessions.add(session)
+        logger.info("e1000 %s: a driver's MMIO moved to the same-host socket", self.nic_name)
+        return True
+
+    def mmio_session_closed(self, session: UnixMmioDevice) -> None:
+        if session in self.mmio_sessions:
+            self.mmio_sessions.discard(session)
+            if session.error:
+                self.mmio_records_refused += 1
+                logger.warning("e1000 %s: MMIO socket closed: %s", self.nic_name, session.error)
 
 
 class E1000Servicer(e1000_pb2_grpc.E1000ServiceServicer):
@@ -212,6 +301,12 @@ class E1000Servicer(e1000_pb2_grpc.E1000ServiceServicer):
                        ) -> AsyncIterator[e1000_pb2.WatchIrqResponse]:
         async for level, seq in self.host.watch_irq():
             yield e1000_pb2.WatchIrqResponse(level=level, seq=seq)
+
+    async def OfferMmioSocket(self, request: e1000_pb2.OfferMmioSocketRequest,
+                              context: grpc.aio.ServicerContext[Any, Any]
+                              ) -> e1000_pb2.OfferMmioSocketResponse:
+        name, token, why = await self.host.offer_mmio_socket(request.boot_id)
+        return e1000_pb2.OfferMmioSocketResponse(socket=name, token=token, reason=why)
 
     async def GetStats(self, request: e1000_pb2.GetStatsRequest,
                        context: grpc.aio.ServicerContext[Any, Any]

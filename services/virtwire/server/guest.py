@@ -8,6 +8,11 @@ Ping uses it as the source); with ``bridge_tap`` the NIC also appears as a
 Linux TAP interface (optionally moved into ``netns`` and addressed with
 ``bridge_ip`` there), so a real kernel stack runs over the emulated NIC.
 
+The MMIO and IRQ streams move to the e1000 service's same-host socket
+(``virtwire.guest.mmio_unix``) when it offers one (both on this kernel, and
+``--link-transport auto`` on both); otherwise, or if the socket cannot be
+reached, they stay on gRPC (``GrpcMmio``).
+
 Run it with ``virtwire serve guest --e1000 ADDR --guestmem ADDR [--ip CIDR]
 [--bridge-tap IFNAME [--netns NS] [--bridge-ip CIDR]]`` (``virtwire.cli.serve``).
 """
@@ -23,8 +28,9 @@ from typing import Any
 
 import grpc
 
-from virtwire.address import parse_sockaddr
-from virtwire.errors import BackendError, ConfigError
+from virtwire import tls
+from virtwire.address import parse_sockaddr, shorten
+from virtwire.errors import BackendError, ConfigError, VirtwireError
 from virtwire.guest.bridge import NETNS_DIR, TapBridge, check_netns, run_ip
 from virtwire.guest.driver import (
     DEFAULT_BUF_SIZE,
@@ -33,7 +39,8 @@ from virtwire.guest.driver import (
     DriverError,
     E1000Driver,
 )
-from virtwire.guest.mmio import GrpcMmio
+from virtwire.guest.mmio import GrpcMmio, MmioPort
+from virtwire.guest.mmio_unix import UnixMmio
 from virtwire.guest.responder import (
     MAX_PING_COUNT,
     MAX_PING_SIZE,
@@ -41,11 +48,15 @@ from virtwire.guest.responder import (
     Responder,
     parse_interface,
 )
+from virtwire.link import unix as fastpath
 from virtwire.mem.client import GuestMemClient
 from virtwire.net.eth import format_mac
 from virtwire.net.tap import check_ifname
+from virtwire.rpc.options import GRPC_OPTIONS
+from virtwire.rpc.status import translated
 from virtwire.server.base import ServiceHost
-from virtwire.v1 import guest_pb2, guest_pb2_grpc
+from virtwire.server.link import boot_id
+from virtwire.v1 import e1000_pb2, e1000_pb2_grpc, guest_pb2, guest_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +128,11 @@ class GuestServer(ServiceHost):
         self.connect_timeout = connect_timeout
         self.up_timeout = up_timeout
         self.mem: GuestMemClient | None = None
-        self.mmio: GrpcMmio | None = None
+        self.mmio: MmioPort | None = None
+        #: "unix" (the e1000 service's same-host socket) or "grpc".
+        self.mmio_path = ""
+        #: Why the MMIO stayed on gRPC ("" if it did not).
+        self.mmio_reason = ""
         self.driver: E1000Driver | None = None
         self.responder: Responder | None = None
         self.bridge: TapBridge | None = None
@@ -137,8 +152,7 @@ class GuestServer(ServiceHost):
                 logger.warning("guest memory over RPC (%s): the driver's ring accesses "
                                "block on round trips; run next to the guestmem service for "
                                "the shared-memory path", self.mem.reason)
-            self.mmio = GrpcMmio(self.e1000_target)
-            await self.mmio.connect(self.connect_timeout)
+            self.mmio = await self._connect_mmio()
             driver = E1000Driver(self.mmio, self.mem, mem_base=self.mem_base,
                                  rx_ring=self.rx_ring, tx_ring=self.tx_ring,
                                  multicast_promiscuous=bool(self.bridge_tap))
@@ -165,6 +179,25 @@ class GuestServer(ServiceHost):
                     "up" if driver.link_up else "down", self.guestmem_address, self.mem.path,
                     f", responder {self.iface}" if self.iface else "",
                     f", bridged to {self.bridge.ifname}" if self.bridge else "")
+
+    async def _connect_mmio(self) -> MmioPort:
+        """The e1000 service's same-host socket if it offers one, else its gRPC streams."""
+        if self.registry.link_transport == "auto":
+            try:
+                port, self.mmio_reason = await open_mmio_socket(
+                    self.e1000_target, self.e1000_address, self.connect_timeout)
+            except VirtwireError as exc:
+                port, self.mmio_reason = None, str(exc)
+            if port is not None:
+                self.mmio_path = "unix"
+                return port
+            logger.info("guest: MMIO stays on gRPC (%s)", shorten(self.mmio_reason, 200))
+        else:
+            self.mmio_reason = f"--link-transport {self.registry.link_transport}"
+        grpc_port = GrpcMmio(self.e1000_target)
+        await grpc_port.connect(self.connect_timeout)
+        self.mmio_path = "grpc"
+        return grpc_port
 
     async def close_backends(self) -> None:
         if self.bridge is not None:
@@ -228,6 +261,31 @@ class GuestServer(ServiceHost):
             responder_replies=self.responder.replies if self.responder else 0,
             bridge_tap=self.bridge.ifname if self.bridge else "",
             e1000=self.e1000_address)
+
+
+async def open_mmio_socket(target: str, address: str, timeout: float
+                           ) -> tuple[UnixMmio | None, str]:
+    """The e1000 service's same-host MMIO socket, connected; (None, why) when it
+    offers none. BackendError/UnavailableError when it or the socket cannot be
+    reached (the caller then stays on gRPC)."""
+    async with tls.aio_channel(target, options=GRPC_OPTIONS) as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+        except TimeoutError:
+            raise BackendError(f"e1000 service {address} unreachable") from None
+        with translated(f"e1000 service {address}"):
+            offer = await e1000_pb2_grpc.E1000ServiceStub(channel).OfferMmioSocket(
+                e1000_pb2.OfferMmioSocketRequest(boot_id=boot_id()), timeout=timeout)
+    if not offer.socket:
+        return None, offer.reason or "not offered"
+    sock = await fastpath.dial_socket(offer.socket, offer.token)
+    try:
+        _, port = await asyncio.get_running_loop().create_unix_connection(
+            lambda: UnixMmio(address), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return port, ""
 
 
 def check_send_frames(frames: Sequence[bytes]) -> None:

@@ -94,6 +94,22 @@ class WatchIrqResponse(_message.Message):
     seq: int
     def __init__(self, level: _Optional[bool] = ..., seq: _Optional[int] = ...) -> None: ...
 
+class OfferMmioSocketRequest(_message.Message):
+    __slots__ = ("boot_id",)
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    boot_id: str
+    def __init__(self, boot_id: _Optional[str] = ...) -> None: ...
+
+class OfferMmioSocketResponse(_message.Message):
+    __slots__ = ("socket", "token", "reason")
+    SOCKET_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    socket: str
+    token: bytes
+    reason: str
+    def __init__(self, socket: _Optional[str] = ..., token: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

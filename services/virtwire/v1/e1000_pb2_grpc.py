@@ -65,6 +65,11 @@ class E1000ServiceStub:
                 request_serializer=virtwire_dot_v1_dot_e1000__pb2.WatchIrqRequest.SerializeToString,
                 response_deserializer=virtwire_dot_v1_dot_e1000__pb2.WatchIrqResponse.FromString,
                 _registered_method=True)
+        self.OfferMmioSocket = channel.unary_unary(
+                '/virtwire.v1.E1000Service/OfferMmioSocket',
+                request_serializer=virtwire_dot_v1_dot_e1000__pb2.OfferMmioSocketRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_e1000__pb2.OfferMmioSocketResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/virtwire.v1.E1000Service/GetStats',
                 request_serializer=virtwire_dot_v1_dot_e1000__pb2.GetStatsRequest.SerializeToString,
@@ -128,6 +133,14 @@ class E1000ServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OfferMmioSocket(self, request, context):
+        """A same-host socket for MMIO, PCI COMMAND and interrupts (binary records,
+        in order, as on Mmio and WatchIrq), when the driver runs on this kernel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Statistics and drop counters.
         """
@@ -181,6 +194,11 @@ def add_E1000ServiceServicer_to_server(servicer, server):
                     servicer.WatchIrq,
                     request_deserializer=virtwire_dot_v1_dot_e1000__pb2.WatchIrqRequest.FromString,
                     response_serializer=virtwire_dot_v1_dot_e1000__pb2.WatchIrqResponse.SerializeToString,
+            ),
+            'OfferMmioSocket': grpc.unary_unary_rpc_method_handler(
+                    servicer.OfferMmioSocket,
+                    request_deserializer=virtwire_dot_v1_dot_e1000__pb2.OfferMmioSocketRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_e1000__pb2.OfferMmioSocketResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -361,6 +379,33 @@ class E1000Service:
             '/virtwire.v1.E1000Service/WatchIrq',
             virtwire_dot_v1_dot_e1000__pb2.WatchIrqRequest.SerializeToString,
             virtwire_dot_v1_dot_e1000__pb2.WatchIrqResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OfferMmioSocket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.E1000Service/OfferMmioSocket',
+            virtwire_dot_v1_dot_e1000__pb2.OfferMmioSocketRequest.SerializeToString,
+            virtwire_dot_v1_dot_e1000__pb2.OfferMmioSocketResponse.FromString,
             options,
             channel_credentials,
             insecure,

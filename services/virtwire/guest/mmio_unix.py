@@ -1,0 +1,309 @@
+"""MMIO and the interrupt line over a same-host unix socket: both ends.
+
+When a driver and its e1000 service run on one kernel, the e1000 service may
+offer an abstract unix socket and a one-time token (OfferMmioSocket, made by
+``virtwire.server``, which also connects it). On that socket both directions
+carry fixed 12-byte records (``RECORD``: kind, a, b), in order:
+
+- driver -> NIC: WRITE (offset, value; posted), READ (offset), SYNC, and
+  PCI_COMMAND (a: bit 0 bus master, bit 1 memory decode);
+- NIC -> driver: ANSWER (a: the value read, 0 for SYNC and PCI_COMMAND), one
+  for every READ, SYNC and PCI_COMMAND, in the order they were sent; and IRQ
+  (a: the level, b: its sequence number), first the current level, then every
+  change, in order with the answers.
+
+So a read sees every write posted before it, as on the Mmio stream; the
+driver's ``UnixMmio`` needs no tags, and an ICR read's answer comes after the
+line fell. ``UnixMmioDevice`` (the NIC's end) runs at most ``ACCESS_SLICE``
+records per turn of the event loop, and stops reading while
+``MAX_PENDING_RECORDS`` wait or the driver does not take its answers: what a
+driver sends is bounded by the socket buffers. A record of an unknown kind or
+a bad offset closes the socket (counted by the NIC's host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import struct
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from virtwire.errors import BackendError, ConfigError, LimitError, VirtwireError
+from virtwire.guest.mmio import IrqLine
+
+RECORD = struct.Struct("<BxxxII")
+MASK32 = 0xFFFFFFFF
+# Driver -> NIC.
+WRITE, READ, SYNC, PCI_COMMAND = 1, 2, 3, 4
+# NIC -> driver.
+ANSWER, IRQ = 1, 2
+PCI_BUS_MASTER, PCI_MEMORY = 1, 2
+#: Records the NIC's end runs between two turns of its event loop.
+ACCESS_SLICE = 512
+#: Records the NIC's end holds before it stops reading the socket.
+MAX_PENDING_RECORDS = 4096
+#: How long ``UnixMmio.close`` waits for its posted writes to be done.
+CLOSE_SYNC_S = 1.0
+
+
+def _whole_records(buf: bytearray) -> list[tuple[int, int, int]]:
+    """Take the whole records off the front of ``buf``."""
+    whole = len(buf) - len(buf) % RECORD.size
+    if not whole:
+        return []
+    records = list(RECORD.iter_unpack(bytes(buf[:whole])))
+    del buf[:whole]
+    return records
+
+
+class UnixMmio(asyncio.Protocol):
+    """A driver's MmioPort on the socket (``virtwire.guest.mmio.MmioPort``).
+
+    Posted writes made in one turn of the event loop leave in one write; a
+    read, sync or PCI COMMAND takes them along at once and waits for its answer.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.irq = IrqLine()
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._waiting: collections.deque[asyncio.Future[int]] = collections.deque()
+        self.error: BaseException | None = None
+        #: Socket writes made and accesses carried (posted writes share writes).
+        self.requests = 0
+        self.accesses = 0
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        for kind, a, _ in _whole_records(self._buf):
+            if kind == IRQ:
+                self.irq.set(bool(a))
+            elif kind == ANSWER and self._waiting:
+                waiter = self._waiting.popleft()
+                if not waiter.done():  # a cancelled caller's answer is dropped
+                    waiter.set_result(a)
+            else:
+                self._fail(LimitError(f"an MMIO record of kind {kind} nobody asked for"))
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(BackendError("the e1000 service closed the MMIO socket"))
+
+    # -- MmioPort ------------------------------------------------------------------------
+    def write(self, offset: int, value: int) -> None:
+        self._check()
+        self._out += RECORD.pack(WRITE, offset, value & MASK32)
+        self.accesses += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def read(self, offset: int) -> int:
+        return await self._ask(READ, offset)
+
+    async def sync(self) -> None:
+        await self._ask(SYNC)
+
+    async def set_pci_command(self, *, bus_master: bool, memory: bool = True) -> None:
+        await self._ask(PCI_COMMAND, 0, (PCI_BUS_MASTER if bus_master else 0)
+                        | (PCI_MEMORY if memory else 0))
+
+    async def close(self) -> None:
+        if self.error is None and self.transport is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.sync(), CLOSE_SYNC_S)
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- internals ---------------------------------------------------------------------
+    async def _ask(self, kind: int, a: int = 0, b: int = 0) -> int:
+        self._check()
+        self._out += RECORD.pack(kind, a, b)
+        self.accesses += 1
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        self._flush()
+        return await waiter
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.error is None and self.transport is not None:
+            self.transport.write(bytes(self._out))
+            self.requests += 1
+        self._out.clear()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise BackendError(f"e1000 service {self.address}: MMIO socket failed: "
+                               f"{self.error}") from self.error
+
+    def _fail(self, exc: BaseException) -> None:
+        """The socket is gone: fail every waiting request, and every later one."""
+        if self.error is None:
+            self.error = exc
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(BackendError(
+                    f"e1000 service {self.address}: MMIO socket failed: {exc}"))
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class MmioTarget(Protocol):
+    """What the NIC's end needs of its host (``virtwire.server.e1000.E1000Server``)."""
+
+    def mmio_read(self, offset: int) -> int:
+        """A read; ConfigError/OutOfRangeError for a bad offset."""
+        ...
+
+    def mmio_write(self, offset: int, value: int) -> None: ...
+    def set_pci_command(self, bus_master: bool, memory: bool) -> None: ...
+    def budget_scope(self) -> AbstractContextManager[None]: ...
+
+    def watch_irq_level(self, sink: Callable[[bool, int], None]) -> Callable[[], None]:
+        """Call ``sink(level, seq)`` now and on every change; returns the unwatch."""
+        ...
+
+    def mmio_session_opened(self, session: UnixMmioDevice) -> bool:
+        """False (counted) to refuse one more session."""
+        ...
+
+    def mmio_session_closed(self, session: UnixMmioDevice) -> None: ...
+
+
+class UnixMmioDevice(asyncio.Protocol):
+    """The NIC's end of one driver's socket."""
+
+    def __init__(self, target: MmioTarget) -> None:
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._pending: collections.deque[tuple[int, int, int]] = collections.deque()
+        self._out = bytearray()
+        #: Inside ``_run``: IRQ records join the answers, in order, and leave with them.
+        self._running = False
+        self._scheduled = False
+        self._writing_paused = False
+        self._reading_paused = False
+        self._unwatch: Callable[[], None] | None = None
+        self.closed = False
+        #: Records run.
+        self.records = 0
+        #: Why this end closed the socket ("" if it did not).
+        self.error = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.target.mmio_session_opened(self):
+            self.closed = True
+            transport.abort()
+            return
+        self._unwatch = self.target.watch_irq_level(self._on_irq)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        self.closed = True
+        self.target.mmio_session_closed(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._schedule()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        self._pending.extend(_whole_records(self._buf))
+        if not self._scheduled:
+            self._run()
+        self._pace()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_irq(self, level: bool, seq: int) -> None:
+        self._out += RECORD.pack(IRQ, int(level), seq & MASK32)
+        if not self._running:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out and self.transport is not None and not self.closed:
+            self.transport.write(bytes(self._out))
+        self._out.clear()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self.closed:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        """Run up to ACCESS_SLICE records in order; the rest on the next turn."""
+        self._scheduled = False
+        if self.closed or self._writing_paused:
+            return
+        target, pending, out = self.target, self._pending, self._out
+        n = min(len(pending), ACCESS_SLICE)
+        self._running = True
+        try:
+            with target.budget_scope():
+                for _ in range(n):
+                    kind, a, b = pending.popleft()
+                    if kind == WRITE:
+                        target.mmio_write(a, b)
+                        continue
+                    if kind == READ:
+                        a = target.mmio_read(a)
+                    elif kind == PCI_COMMAND:
+                        target.set_pci_command(bool(b & PCI_BUS_MASTER), bool(b & PCI_MEMORY))
+                        a = 0
+                    elif kind == SYNC:
+                        a = 0
+                    else:
+                        raise ConfigError(f"unknown MMIO record kind {kind}")
+                    out += RECORD.pack(ANSWER, a, 0)
+        except VirtwireError as exc:
+            self._refuse(exc)
+            return
+        finally:
+            self._running = False
+            self.records += n
+        self._flush()
+        if pending:
+            self._schedule()
+        self._pace()
+
+    def _pace(self) -> None:
+        """Stop reading while too many records wait; go on once most are done."""
+        if self.transport is None or self.closed:
+            return
+        waiting = len(self._pending)
+        if not self._reading_paused and waiting >= MAX_PENDING_RECORDS:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        elif self._reading_paused and waiting < MAX_PENDING_RECORDS // 4:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _refuse(self, exc: VirtwireError) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.closed = True
+        self._pending.clear()
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,252 @@
+"""The same-host MMIO socket between a guest and its e1000 service.
+
+Both transports give the same register values and interrupt levels; the
+socket takes only its one-time token, refuses bad records and more sessions
+than its cap (all counted), stays bounded when the driver does not read; the
+guest service uses it with ``--link-transport auto`` and stays on gRPC with
+``grpc`` or when the socket cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+
+from virtwire.errors import LimitError, UnavailableError
+from virtwire.guest import mmio_unix
+from virtwire.guest.mmio import GrpcMmio, MmioPort
+from virtwire.guest.mmio_unix import RECORD, UnixMmio
+from virtwire.hw import e1000_regs as r
+from virtwire.link import unix as fastpath
+from virtwire.server import e1000 as e1000_server
+from virtwire.server.e1000 import E1000Server
+from virtwire.server.guest import GuestServer, open_mmio_socket
+from virtwire.server.guestmem import GuestMemServer
+from virtwire.server.link import boot_id
+from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
+
+from support.doubles import until
+
+NicFactory = Callable[[], Awaitable[E1000Server]]
+
+
+@pytest.fixture
+async def make_nic() -> AsyncIterator[NicFactory]:
+    started: list[E1000Server | GuestMemServer] = []
+
+    async def make() -> E1000Server:
+        mem = GuestMemServer("127.0.0.1:0", 8 << 20)
+        await mem.start()
+        started.append(mem)
+        nic = E1000Server("127.0.0.1:0", guestmem=mem.address, mac="52:54:00:00:00:01")
+        await nic.start()
+        started.append(nic)
+        return nic
+
+    yield make
+    for server in reversed(started):
+        await server.stop(grace=0.1)
+
+
+async def unix_port(nic: E1000Server) -> UnixMmio:
+    port, why = await open_mmio_socket(nic.address, nic.address, 5.0)
+    assert port is not None, why
+    return port
+
+
+async def offer(nic: E1000Server, boot: str | None = None) -> e1000_pb2.OfferMmioSocketResponse:
+    async with grpc.aio.insecure_channel(nic.address) as channel:
+        return await e1000_pb2_grpc.E1000ServiceStub(channel).OfferMmioSocket(
+            e1000_pb2.OfferMmioSocketRequest(boot_id=boot_id() if boot is None else boot))
+
+
+async def program(mmio: MmioPort) -> list[object]:
+    """Register accesses and interrupt levels, as a driver makes and sees them."""
+    seen: list[object] = []
+    await until(lambda: mmio.irq.changes >= 1, what="initial IRQ level")
+    seen.append(mmio.irq.level)
+    for i in range(50):
+        mmio.write(r.E1000_IMS, 1 << (i % 8))  # IMS sets bits: 0xFF, read back in order
+    seen.append(await mmio.read(r.E1000_IMS))
+    mmio.write(r.E1000_IMC, 0xFFFFFFFF)
+    mmio.write(r.E1000_IMS, r.E1000_ICR_LSC)
+    mmio.write(r.E1000_ICS, r.E1000_ICR_LSC)
+    await asyncio.wait_for(mmio.irq.wait_high(), 5)
+    seen.append(mmio.irq.level)
+    seen.append(await mmio.read(r.E1000_ICR))
+    await until(lambda: not mmio.irq.level, what="line low after the ICR read")
+    seen.append(await mmio.read(r.E1000_ICR))
+    await mmio.set_pci_command(bus_master=True, memory=False)
+    seen.append(await mmio.read(r.E1000_STATUS))  # no decode: a master abort
+    await mmio.set_pci_command(bus_master=True, memory=True)
+    seen.append(await mmio.read(r.E1000_STATUS))
+    mmio.write(r.E1000_RDBAL, 0x1000)
+    await mmio.sync()
+    seen.append([await mmio.read(off) for off in (r.E1000_RDBAL, r.E1000_RCTL, r.E1000_CTRL)])
+    return seen
+
+
+async def test_both_transports_give_the_same_results(make_nic: NicFactory) -> None:
+    grpc_nic, unix_nic = await make_nic(), await make_nic()
+    grpc_port = await GrpcMmio(grpc_nic.address).connect()
+    socket_port = await unix_port(unix_nic)
+    try:
+        via_grpc = await program(grpc_port)
+        via_socket = await program(socket_port)
+    finally:
+        await grpc_port.close()
+        await socket_port.close()
+    assert via_socket == via_grpc
+    assert via_grpc[:7] == [False, 0xFF, True, r.E1000_ICR_LSC, 0, 0xFFFFFFFF, 0x80080783]
+    assert socket_port.requests < 20  # the 50 posted writes shared socket writes
+    await until(lambda: not unix_nic.mmio_sessions, what="session gone after close")
+
+
+async def test_a_bad_token_or_name_is_refused(make_nic: NicFactory) -> None:
+    nic = await make_nic()
+    good = await offer(nic)
+    assert good.socket and len(good.token) == fastpath.TOKEN_BYTES and not good.reason
+    with pytest.raises(UnavailableError):
+        await fastpath.dial_socket(good.socket, secrets.token_bytes(fastpath.TOKEN_BYTES))
+    assert nic.mmio_listener is not None and nic.mmio_listener.tokens_refused == 1
+    with pytest.raises(LimitError):
+        await fastpath.dial_socket("../etc/passwd", good.token)
+    with pytest.raises(LimitError):
+        await fastpath.dial_socket(good.socket, b"short")
+    # The real token still works, once.
+    sock = await fastpath.dial_socket(good.socket, good.token)
+    sock.close()
+    with pytest.raises(UnavailableError):
+        await fastpath.dial_socket(good.socket, good.token)
+    assert nic.mmio_listener.tokens_refused == 2
+
+
+async def test_no_offer_for_grpc_transport_or_another_kernel(make_nic: NicFactory) -> None:
+    nic = await make_nic()
+    other = await offer(nic, boot="not-this-kernel")
+    assert not other.socket and not other.token and "another kernel" in other.reason
+    nic.registry.set_link_transport("grpc")
+    grpc_only = await offer(nic)
+    assert not grpc_only.socket and "--link-transport grpc" in grpc_only.reason
+    assert nic.mmio_offers_declined == 2
+    port, why = await open_mmio_socket(nic.address, nic.address, 5.0)
+    assert port is None and "grpc" in why
+
+
+async def guest_on(nic: E1000Server, transport: str) -> GuestServer:
+    guest = GuestServer("127.0.0.1:0", e1000=nic.address, guestmem=nic.guestmem_address,
+                        ip="198.18.0.1/24")
+    guest.registry.set_link_transport(transport)
+    await guest.start()
+    return guest
+
+
+@pytest.mark.parametrize("transport", ["auto", "grpc"])
+async def test_guest_service_picks_its_mmio_path(make_nic: NicFactory, transport: str) -> None:
+    nic = await make_nic()
+    guest = await guest_on(nic, transport)
+    try:
+        driver = guest.ready_driver()
+        assert guest.mmio_path == ("unix" if transport == "auto" else "grpc")
+        assert isinstance(guest.mmio, UnixMmio if transport == "auto" else GrpcMmio)
+        assert len(nic.mmio_sessions) == (1 if transport == "auto" else 0)
+        # The NIC works the same either way: a frame out, its TX interrupt seen.
+        frame = b"\xff" * 6 + driver.mac + b"\x08\x06" + bytes(46)
+        assert await driver.send([frame]) == (1, 0)
+        await until(lambda: nic.device().hw_stats()["GPTC"] >= 1, what="frame transmitted")
+        await until(lambda: driver.counters.interrupts >= 1, what="TX interrupt handled")
+    finally:
+        await guest.stop(grace=0.1)
+    await until(lambda: not nic.mmio_sessions, what="session gone after the guest stopped")
+
+
+async def test_guest_falls_back_to_grpc_when_the_socket_is_unreachable(
+        make_nic: NicFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    nic = await make_nic()
+
+    async def elsewhere(driver_boot_id: str) -> tuple[str, bytes, str]:
+        # A name no listener holds, as in another network namespace.
+        return f"virtwire-link-{secrets.token_hex(16)}", secrets.token_bytes(32), ""
+
+    monkeypatch.setattr(nic, "offer_mmio_socket", elsewhere)
+    guest = await guest_on(nic, "auto")
+    try:
+        assert guest.mmio_path == "grpc" and "cannot reach" in guest.mmio_reason
+        assert isinstance(guest.mmio, GrpcMmio)
+        assert guest.ready_driver().state == "up"
+    finally:
+        await guest.stop(grace=0.1)
+
+
+async def raw_session(nic: E1000Server) -> socket.socket:
+    made = await offer(nic)
+    sock = await fastpath.dial_socket(made.socket, made.token)
+    sock.setblocking(True)
+    sock.settimeout(5)
+    return sock
+
+
+async def test_bad_records_close_the_socket_and_are_counted(make_nic: NicFactory) -> None:
+    nic = await make_nic()
+    for record in (RECORD.pack(9, 0, 0),  # an unknown kind
+                   RECORD.pack(mmio_unix.READ, 0x20000, 0),  # outside BAR0
+                   RECORD.pack(mmio_unix.WRITE, 0x2, 0)):  # unaligned
+        sock = await raw_session(nic)
+        await until(lambda: len(nic.mmio_sessions) == 1, what="session open")
+        sock.sendall(record)
+        await until(lambda: not nic.mmio_sessions, what="session closed")
+        sock.close()
+    assert nic.mmio_records_refused == 3
+
+
+async def test_sessions_are_capped(make_nic: NicFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    nic = await make_nic()
+    monkeypatch.setattr(e1000_server, "MAX_MMIO_SESSIONS", 2)
+    socks = [await raw_session(nic), await raw_session(nic)]
+    await until(lambda: len(nic.mmio_sessions) == 2, what="two sessions")
+    refused = await offer(nic)
+    assert not refused.socket and "MMIO sessions are open" in refused.reason
+    assert nic.mmio_sessions_refused == 1
+    for sock in socks:
+        sock.close()
+
+
+async def test_unused_offers_are_withdrawn(make_nic: NicFactory,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    nic = await make_nic()
+    monkeypatch.setattr(e1000_server, "MMIO_OFFER_TTL_S", 0.05)
+    made = await offer(nic)
+    assert nic.mmio_listener is not None
+    await until(lambda: not nic.mmio_listener.pending, what="offer withdrawn")
+    with pytest.raises(UnavailableError):
+        await fastpath.dial_socket(made.socket, made.token)
+
+
+async def test_a_driver_that_reads_no_answers_is_held_back(make_nic: NicFactory) -> None:
+    nic = await make_nic()
+    sock = await raw_session(nic)
+    await until(lambda: len(nic.mmio_sessions) == 1, what="session open")
+    (session,) = nic.mmio_sessions
+    flood = RECORD.pack(mmio_unix.READ, r.E1000_STATUS, 0) * 4096
+    sock.setblocking(False)
+    sent = 0
+    for _ in range(200):  # until the socket buffers and the NIC's queue are full
+        try:
+            sent += sock.send(flood)
+        except BlockingIOError:
+            await asyncio.sleep(0.02)
+    assert sent < 200 * len(flood)  # the NIC stopped taking them
+    waiting = len(session._pending)
+    assert waiting <= mmio_unix.MAX_PENDING_RECORDS + (256 << 10) // RECORD.size
+    # The service still answers gRPC while it waits.
+    async with grpc.aio.insecure_channel(nic.address) as channel:
+        stats = await e1000_pb2_grpc.E1000ServiceStub(channel).GetStats(
+            e1000_pb2.GetStatsRequest(), timeout=5)
+    assert stats.link_up
+    sock.close()
+    await until(lambda: not nic.mmio_sessions, what="session closed")
