@@ -352,6 +352,33 @@ async def test_records_that_arrive_before_bind_do_not_stall_the_stream() -> None
         assert sink.frames == [frame(i) for i in range(3 * fastpath.MAX_PARSED)]
 
 
+async def test_a_read_full_of_tiny_records_is_cut_into_turns_without_loss(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer may pack a read with thousands of empty records: the read
+    callback stops at RECEIVE_SLICE_S (here 0: every 16 records), reading
+    pauses, and the rest goes on next turn, in order."""
+    monkeypatch.setattr(fastpath, "RECEIVE_SLICE_S", 0.0)
+    async with stream_pair() as (stream, theirs, peer, sink):
+        stream.bind(peer)
+        turns = 0
+        receive = stream.data_received
+
+        def counted(data: bytes) -> None:
+            nonlocal turns
+            turns += 1
+            receive(data)
+
+        stream.data_received = counted  # type: ignore[method-assign]
+        n = 1600
+        records = [codec.encode(Batch()) for _ in range(n)]
+        records += [codec.encode(Batch(frames=[frame(i)])) for i in range(100)]
+        await asyncio.get_running_loop().sock_sendall(theirs, b"".join(records))
+        await sink.wait_for(100, timeout=10)
+        assert sink.frames == [frame(i) for i in range(100)]
+        assert turns >= (n + 100) // 16
+        assert stream.transport is not None and stream.transport.is_reading()
+
+
 @pytest.mark.parametrize("bound", [True, False], ids=["bound", "before bind"])
 async def test_a_malformed_record_ends_the_stream_as_a_counted_protocol_error(
         bound: bool) -> None:
