@@ -281,6 +281,19 @@ async def test_offers_beyond_max_are_a_counted_limit_error(
     assert len(listener.pending) == 2 and listener.offers_refused == 1
 
 
+async def test_offers_made_at_once_share_the_one_socket(
+        listener: fastpath.FastPathListener) -> None:
+    """Two links dialled into a fresh server at the same time: the second
+    offer must not bind the socket again (EADDRINUSE sent it to the stream)."""
+    offers = await asyncio.gather(*(listener.offer() for _ in range(3)))
+    assert {o.socket_name for o in offers} == {listener.socket_name}
+    streams = [await fastpath.dial(o.socket_name, o.token) for o in offers]
+    assert listener.accepted == 3
+    for stream, offer in zip(streams, offers, strict=True):
+        stream.close()
+        offer.stream.result().close()
+
+
 @pytest.mark.parametrize("name", [
     "", "virtwire-link-", "virtwire-link-" + "0" * 31, "virtwire-link-" + "0" * 33,
     "virtwire-link-" + "A" * 32, "virtwire-link-" + "0" * 32 + "\n", "\0virtwire-link-" + "0" * 32,

@@ -466,6 +466,7 @@ class FastPathListener:
         self.socket_name = f"virtwire-link-{secrets.token_hex(16)}"
         self.pending: dict[bytes, FastPathOffer] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._starting = asyncio.Lock()
         #: Links that came up on the socket.
         self.accepted = 0
         #: Offers not made because MAX_PENDING_OFFERS were outstanding.
@@ -499,11 +500,14 @@ class FastPathListener:
         that presents the token is handed to a new protocol of its making
         (see ``dial_socket``) instead of becoming a UnixLinkStream.
         """
+        if self._server is None:
+            # Links dialled at once share the one socket: only the first binds.
+            async with self._starting:
+                if self._server is None:
+                    await self._start()
         if len(self.pending) >= MAX_PENDING_OFFERS:
             self.offers_refused += 1
             raise LimitError(f"{MAX_PENDING_OFFERS} fast-path offers are outstanding")
-        if self._server is None:
-            await self._start()
         offer = FastPathOffer(self.socket_name, secrets.token_bytes(TOKEN_BYTES),
                               asyncio.get_running_loop().create_future(), protocol_factory)
         self.pending[offer.token] = offer
