@@ -107,6 +107,23 @@ async def test_both_transports_give_the_same_results(make_nic: NicFactory) -> No
     await until(lambda: not unix_nic.mmio_sessions, what="session gone after close")
 
 
+async def test_a_doorbell_write_leaves_at_once(make_nic: NicFactory) -> None:
+    nic = await make_nic()
+    port = await unix_port(nic)
+    try:
+        port.doorbells = frozenset({r.E1000_TDT})
+        await port.sync()
+        sent = port.requests
+        port.write(r.E1000_TDBAL, 0x2000)  # posted until the end of the turn...
+        assert port.requests == sent
+        port.write(r.E1000_TDT, 0)  # ...unless a doorbell follows
+        assert port.requests == sent + 1
+        await until(lambda: nic.device().mmio_read(r.E1000_TDBAL) == 0x2000,
+                    what="posted write done")
+    finally:
+        await port.close()
+
+
 async def test_a_bad_token_or_name_is_refused(make_nic: NicFactory) -> None:
     nic = await make_nic()
     good = await offer(nic)
@@ -202,6 +219,10 @@ async def test_bad_records_close_the_socket_and_are_counted(make_nic: NicFactory
         await until(lambda: not nic.mmio_sessions, what="session closed")
         sock.close()
     assert nic.mmio_records_refused == 3
+    async with grpc.aio.insecure_channel(nic.address) as channel:
+        stats = await e1000_pb2_grpc.E1000ServiceStub(channel).GetStats(
+            e1000_pb2.GetStatsRequest())
+    assert stats.mmio_socket["records_refused"] == 3 and stats.mmio_socket["sessions"] == 0
 
 
 async def test_sessions_are_capped(make_nic: NicFactory, monkeypatch: pytest.MonkeyPatch) -> None:

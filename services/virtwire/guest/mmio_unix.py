@@ -27,7 +27,7 @@ import asyncio
 import collections
 import contextlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -63,11 +63,14 @@ class UnixMmio(asyncio.Protocol):
     """A driver's MmioPort on the socket (``virtwire.guest.mmio.MmioPort``).
 
     Posted writes made in one turn of the event loop leave in one write; a
-    read, sync or PCI COMMAND takes them along at once and waits for its answer.
+    read, sync or PCI COMMAND takes them along at once and waits for its answer,
+    and so does a write to one of ``doorbells`` (e.g. TDT: the frames it
+    announces should not wait for the end of the turn).
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, doorbells: Collection[int] = ()) -> None:
         self.address = address
+        self.doorbells = frozenset(doorbells)
         self.irq = IrqLine()
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
@@ -105,7 +108,9 @@ class UnixMmio(asyncio.Protocol):
         self._check()
         self._out += RECORD.pack(WRITE, offset, value & MASK32)
         self.accesses += 1
-        if not self._flush_scheduled:
+        if offset in self.doorbells:
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 

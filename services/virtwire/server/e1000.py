@@ -240,6 +240,16 @@ class E1000Server(ServiceHost):
         self.mmio_offers_declined += 1
         return "", b"", why
 
+    def mmio_counters(self) -> dict[str, int]:
+        """What GetStats shows of the same-host MMIO socket."""
+        listener = self.mmio_listener
+        return {"sessions": len(self.mmio_sessions),
+                "offers_declined": self.mmio_offers_declined,
+                "sessions_refused": self.mmio_sessions_refused,
+                "records_refused": self.mmio_records_refused,
+                "tokens_refused": listener.tokens_refused if listener else 0,
+                "handshakes_refused": listener.handshakes_refused if listener else 0}
+
     def mmio_session_opened(self, session: UnixMmioDevice) -> bool:
         if len(self.mmio_sessions) >= MAX_MMIO_SESSIONS:
             self.mmio_sessions_refused += 1
@@ -314,7 +324,7 @@ class E1000Servicer(e1000_pb2_grpc.E1000ServiceServicer):
         nic = self.host.device()
         return e1000_pb2.GetStatsResponse(
             registers=nic.hw_stats(), drops=nic.drop_counters(),
-            deferred=nic.deferred_counters(),
+            deferred=nic.deferred_counters(), mmio_socket=self.host.mmio_counters(),
             link_up=bool(nic.mac_reg[STATUS] & E1000_STATUS_LU),
             irq_level=nic.irq_level)
 

@@ -48,6 +48,7 @@ from virtwire.guest.responder import (
     Responder,
     parse_interface,
 )
+from virtwire.hw.e1000_regs import E1000_TDT
 from virtwire.link import unix as fastpath
 from virtwire.mem.client import GuestMemClient
 from virtwire.net.eth import format_mac
@@ -281,7 +282,7 @@ async def open_mmio_socket(target: str, address: str, timeout: float
     sock = await fastpath.dial_socket(offer.socket, offer.token)
     try:
         _, port = await asyncio.get_running_loop().create_unix_connection(
-            lambda: UnixMmio(address), sock=sock)
+            lambda: UnixMmio(address, doorbells=(E1000_TDT,)), sock=sock)
     except BaseException:
         sock.close()
         raise

@@ -115,7 +115,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("registers", "drops", "link_up", "irq_level", "deferred")
+    __slots__ = ("registers", "drops", "link_up", "irq_level", "deferred", "mmio_socket")
     class RegistersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,17 +137,26 @@ class GetStatsResponse(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class MmioSocketEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     REGISTERS_FIELD_NUMBER: _ClassVar[int]
     DROPS_FIELD_NUMBER: _ClassVar[int]
     LINK_UP_FIELD_NUMBER: _ClassVar[int]
     IRQ_LEVEL_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
+    MMIO_SOCKET_FIELD_NUMBER: _ClassVar[int]
     registers: _containers.ScalarMap[str, int]
     drops: _containers.ScalarMap[str, int]
     link_up: bool
     irq_level: bool
     deferred: _containers.ScalarMap[str, int]
-    def __init__(self, registers: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., link_up: _Optional[bool] = ..., irq_level: _Optional[bool] = ..., deferred: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    mmio_socket: _containers.ScalarMap[str, int]
+    def __init__(self, registers: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., link_up: _Optional[bool] = ..., irq_level: _Optional[bool] = ..., deferred: _Optional[_Mapping[str, int]] = ..., mmio_socket: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class DescribeDeviceRequest(_message.Message):
     __slots__ = ()
