@@ -843,24 +843,9 @@ def batched(setup: Setup, api: str, frames: list[bytes], with_cb: bool,
                                                   queue_rest=queue_rest)
 
 
-#: (kind, mod) where a batch is known to end otherwise than its frames one by
-#: one: the receiver's can_receive turns false part-way through the batch
-#: without its receive returning 0 (see the report of issue 10).
-DIVERGENT = {("netclient", "can_receive turns false part-way"),
-             ("hub port", "refuses part-way"), ("hub port", "refuses at once"),
-             ("hub port", "full queue"), ("hub port", "can_receive turns false part-way")}
-
-
 def _params() -> list[Any]:
-    params = []
-    for kind in ("netclient", "hub port", "link"):
-        for mod in MODS:
-            marks = [pytest.mark.xfail(strict=True, reason=(
-                "deliver_packets does not stop where can_receive turns false part-way; "
-                "qemu_net_queue_send checks it per frame"))] if (kind, mod) in DIVERGENT \
-                else []
-            params.append(pytest.param(kind, mod, marks=marks, id=f"{kind}: {mod}"))
-    return params
+    return [pytest.param(kind, mod, id=f"{kind}: {mod}")
+            for kind in ("netclient", "hub port", "link") for mod in MODS]
 
 
 @pytest.mark.parametrize("api", ["NetClient.send_packets", "NetQueue.send_batch"])
@@ -895,8 +880,7 @@ def test_a_batch_into_an_e1000_with_few_rx_buffers_queues_the_rest_as_one_by_one
             taken = rig.peer.send_packets(frames)
         results[how] = (taken, len(rig.nic.incoming_queue), rig.nic.drops.rx_no_buffers)
     assert results["one by one"] == (7, 13, 0)
-    if results["batch"] != results["one by one"]:
-        pytest.xfail(f"NetClient.deliver_packets drops what one by one queues: {results}")
+    assert results["batch"] == results["one by one"]
 
 
 # -- the stream backend pauses part-way through a read ------------------------------------------

@@ -170,12 +170,17 @@ class LinkPeer(NetClient):
         self.kick()
         return len(data)
 
-    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
+    def receive_room(self) -> int:
+        """Frames we take now: our credits, while the wire is open and nothing waits."""
+        return self.credits if self.can_receive() else 0
+
+    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes],
+                        recheck: bool = False) -> int:
         """A batch of ``receive_flags``: as many frames as there are credits go
         in the outgoing batch; at the first that finds none the NetClient stops
         receiving, as a 0 from ``receive`` makes it."""
         if not self.batch_fast(frames):
-            return super().deliver_packets(sender, frames)
+            return super().deliver_packets(sender, frames, recheck)
         if not self._wire_open():
             self.receive_disabled = True
             return 0

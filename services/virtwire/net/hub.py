@@ -73,17 +73,36 @@ class HubPort(NetClient):
                 port.send_packet(data)
         return len(data)
 
-    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
-        """A batch of net_hub_port_receive: every other port sends the batch."""
+    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes],
+                        recheck: bool = False) -> int:
+        """A batch of net_hub_port_receive: every other port sends the batch.
+
+        With ``recheck`` (a send) the batch goes in runs that some other port's
+        peer can surely take, and stops where no port can send any more, as
+        one-by-one sends would stop at can_receive."""
         if not self.batch_fast(frames):
-            return super().deliver_packets(sender, frames)
+            return super().deliver_packets(sender, frames, recheck)
+        others = [port for port in self.hub.ports if port is not self]
+        n = len(frames)
+        taken = 0
+        while taken < n:
+            room = n - taken
+            if recheck:
+                # A port with no peer can always send (it drops, counted).
+                room = min(room, max((p.peer.receive_room() if p.peer is not None else n
+                                      for p in others), default=0))
+                if taken == 0:
+                    room = max(room, 1)  # the first frame passed can_send already
+                if room <= 0:
+                    break
+            run = frames if room == n else frames[taken:taken + room]
+            for port in others:
+                port.send_packets(run)
+            taken += len(run)
         stats = self.stats
-        stats.rx_frames += len(frames)
-        stats.rx_bytes += sum(map(len, frames))
-        for port in self.hub.ports:
-            if port is not self:
-                port.send_packets(frames)
-        return len(frames)
+        stats.rx_frames += taken
+        stats.rx_bytes += sum(map(len, frames[:taken])) if taken < n else sum(map(len, frames))
+        return taken
 
     def can_receive(self) -> bool:
         """net_hub_port_can_receive: true if ANY other port can send."""

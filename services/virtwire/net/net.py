@@ -190,9 +190,12 @@ class NetClient:
             self.stats.dropped_refused += 1
         return ret
 
-    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
+    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes],
+                        recheck: bool = False) -> int:
         """``_deliver_packet`` for each of ``frames`` in order, up to the first
-        that returns 0; returns how many came before it.
+        that returns 0 or, with ``recheck`` (a send, which asks can_receive
+        before each frame as qemu_net_queue_send does), the first we can no
+        longer receive; returns how many came before it.
 
         Subclasses on the data path (hub ports, links) take a whole batch at
         once; this default delivers one by one, so every NetClient sees the
@@ -200,9 +203,17 @@ class NetClient:
         """
         deliver = self._deliver_packet
         for i, data in enumerate(frames):
+            if i and recheck and not self.can_receive_packet():
+                return i
             if deliver(sender, NET_PACKET_FLAG_NONE, data) == 0:
                 return i
         return len(frames)
+
+    def receive_room(self) -> int:
+        """How many frames we can surely take now, one by one, without
+        can_receive turning false (0 when it is false). The default knows only
+        the next frame; links know their credits."""
+        return 1 if self.can_receive_packet() else 0
 
     def batch_fast(self, frames: Sequence[bytes]) -> bool:
         """For a subclass's ``deliver_packets``: whether the whole batch may go

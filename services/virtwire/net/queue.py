@@ -48,9 +48,10 @@ NET_PACKET_FLAG_SENT_CB = 2
 SentCb = Callable[["NetClient", int], None]
 #: ``deliver(sender, flags, data) -> ret``, QEMU's qemu_deliver_packet_iov.
 DeliverFunc = Callable[["NetClient | None", int, bytes], int]
-#: ``deliver_batch(sender, frames) -> taken``: ``deliver`` for each frame in
-#: order, up to the first that returned 0; how many were taken before it.
-DeliverBatchFunc = Callable[["NetClient", Sequence[bytes]], int]
+#: ``deliver_batch(sender, frames, recheck) -> taken``: ``deliver`` for each
+#: frame in order, up to the first that returned 0 (or, with ``recheck``, the
+#: first the receiver could no longer receive); how many were taken before it.
+DeliverBatchFunc = Callable[["NetClient", Sequence[bytes], bool], int]
 #: ``defer(fn)`` runs ``fn()`` on the next turn of the event loop (``loop.call_soon``).
 Defer = Callable[[Callable[[], None]], object]
 
@@ -247,11 +248,14 @@ class NetQueue:
             self.delivering = True
             try:
                 if self._deliver_batch_fn is not None:
-                    taken = self._deliver_batch_fn(sender, frames)
+                    # As send checks can_send for each frame, a batch stops
+                    # where the receiver can no longer receive.
+                    taken = self._deliver_batch_fn(sender, frames, True)
                 else:
                     deliver = self._deliver_fn
                     for data in frames:
-                        if deliver(sender, NET_PACKET_FLAG_NONE, data) == 0:
+                        if (taken and not sender.can_send_packet()) \
+                                or deliver(sender, NET_PACKET_FLAG_NONE, data) == 0:
                             break
                         taken += 1
             finally:
@@ -342,7 +346,8 @@ class NetQueue:
             return 0
         self.delivering = True
         try:
-            taken = self._deliver_batch_fn(sender, [p.data for p in run])
+            # A flush delivers without asking can_receive, as QEMU's does.
+            taken = self._deliver_batch_fn(sender, [p.data for p in run], False)
         finally:
             self.delivering = False
         packets = self.packets

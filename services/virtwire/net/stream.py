@@ -414,11 +414,14 @@ class StreamBackend(NetClient):
         conn.write_frame(data)
         return len(data)
 
-    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes]) -> int:
-        """``receive`` for a batch: one write into the connection's buffer."""
+    def deliver_packets(self, sender: NetClient, frames: Sequence[bytes],
+                        recheck: bool = False) -> int:
+        """``receive`` for a batch: one write into the connection's buffer (the
+        transport's write buffer is checked only as it is handed over, as when
+        frames come one by one within a turn)."""
         conn = self.conn
         if conn is None or conn.write_paused or not self.batch_fast(frames):
-            return super().deliver_packets(sender, frames)
+            return super().deliver_packets(sender, frames, recheck)
         conn.write_frames(frames)
         stats = self.stats
         stats.rx_frames += len(frames)
