@@ -7,10 +7,13 @@ puts it in the outgoing batch; otherwise it returns 0, so the frame waits in
 the LinkPeer's incoming_queue (bounded at nq_maxlen, drops counted) and an
 async sender pauses until its sent_cb fires, as with QEMU's tap_read_poll.
 
-On the far side, frames leave the stream into the peer NetClient's own
-incoming_queue, with the remote LinkPeer as their sender, and a credit goes
-back for each. So at most ``window`` frames are ever in flight, and the only
-queues are QEMU's own.
+On the far side, frames leave the stream into the peer NetClient, with the
+remote LinkPeer as their sender: delivered at once, or waiting in its
+incoming_queue with a sent_cb (``_credit``). A credit goes back for each as it
+leaves that queue (lazily: ``credit_batch`` at a time, or with other news). So
+at most ``window`` frames are ever in flight or waiting at the receiver, a
+fast sender is paced by the slowest receiver, and the only queues are QEMU's
+own.
 
 Neither side trusts the other's accounting (a peer may be hostile):
 - credits: what we hold, plus what waits for the writer, plus what went on the
