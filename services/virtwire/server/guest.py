@@ -184,11 +184,8 @@ class GuestServer(ServiceHost):
     async def _connect_mmio(self) -> MmioPort:
         """The e1000 service's same-host socket if it offers one, else its gRPC streams."""
         if self.registry.link_transport == "auto":
-            try:
-                port, self.mmio_reason = await open_mmio_socket(
-                    self.e1000_target, self.e1000_address, self.connect_timeout)
-            except VirtwireError as exc:
-                port, self.mmio_reason = None, str(exc)
+            port, self.mmio_reason = await open_mmio_socket(
+                self.e1000_target, self.e1000_address, self.connect_timeout)
             if port is not None:
                 self.mmio_path = "unix"
                 return port
@@ -267,19 +264,25 @@ class GuestServer(ServiceHost):
 async def open_mmio_socket(target: str, address: str, timeout: float
                            ) -> tuple[UnixMmio | None, str]:
     """The e1000 service's same-host MMIO socket, connected; (None, why) when it
-    offers none. BackendError/UnavailableError when it or the socket cannot be
-    reached (the caller then stays on gRPC)."""
+    offers none or its socket cannot be reached or refuses us (the caller then
+    uses gRPC). BackendError when the service itself is unreachable."""
     async with tls.aio_channel(target, options=GRPC_OPTIONS) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
         except TimeoutError:
             raise BackendError(f"e1000 service {address} unreachable") from None
-        with translated(f"e1000 service {address}"):
-            offer = await e1000_pb2_grpc.E1000ServiceStub(channel).OfferMmioSocket(
-                e1000_pb2.OfferMmioSocketRequest(boot_id=boot_id()), timeout=timeout)
+        try:
+            with translated(f"e1000 service {address}"):
+                offer = await e1000_pb2_grpc.E1000ServiceStub(channel).OfferMmioSocket(
+                    e1000_pb2.OfferMmioSocketRequest(boot_id=boot_id()), timeout=timeout)
+        except VirtwireError as exc:  # e.g. a service without OfferMmioSocket
+            return None, str(exc)
     if not offer.socket:
         return None, offer.reason or "not offered"
-    sock = await fastpath.dial_socket(offer.socket, offer.token)
+    try:
+        sock = await fastpath.dial_socket(offer.socket, offer.token)
+    except VirtwireError as exc:
+        return None, str(exc)
     try:
         _, port = await asyncio.get_running_loop().create_unix_connection(
             lambda: UnixMmio(address, doorbells=(E1000_TDT,)), sock=sock)
