@@ -271,3 +271,20 @@ async def test_a_driver_that_reads_no_answers_is_held_back(make_nic: NicFactory)
     assert stats.link_up
     sock.close()
     await until(lambda: not nic.mmio_sessions, what="session closed")
+
+
+async def test_a_flood_of_irq_records_in_one_read_applies_the_last_level_once() -> None:
+    """One read of ~21k level changes: the line ends at the last level, every
+    change is counted, and an answer among them still reaches its reader."""
+    port = UnixMmio("test")
+    waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    port._waiting.append(waiter)
+    n = (256 * 1024) // RECORD.size
+    records = b"".join(RECORD.pack(mmio_unix.IRQ, i % 2, i) for i in range(n - 1))
+    records += RECORD.pack(mmio_unix.ANSWER, 0xC0, 0)
+    before = port.irq.changes
+    port.data_received(records)
+    assert waiter.result() == 0xC0
+    assert port.irq.level == bool((n - 2) % 2)
+    assert port.irq.changes - before == n - 1
+    assert port.error is None

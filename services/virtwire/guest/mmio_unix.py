@@ -88,17 +88,28 @@ class UnixMmio(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        """Answers in order; of the IRQ records only the last level of the read
+        is applied (and the changes counted): nothing runs between the records
+        of one read, so no waiter could see the levels in between, and a NIC
+        that floods level changes cannot hold the loop with one Event call each."""
         self._buf += data
+        level = -1
+        changes = 0
+        waiting = self._waiting
         for kind, a, _ in _whole_records(self._buf):
             if kind == IRQ:
-                self.irq.set(bool(a))
-            elif kind == ANSWER and self._waiting:
-                waiter = self._waiting.popleft()
+                level = a
+                changes += 1
+            elif kind == ANSWER and waiting:
+                waiter = waiting.popleft()
                 if not waiter.done():  # a cancelled caller's answer is dropped
                     waiter.set_result(a)
             else:
                 self._fail(LimitError(f"an MMIO record of kind {kind} nobody asked for"))
                 return
+        if changes:
+            self.irq.set(bool(level))
+            self.irq.changes += changes - 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(BackendError("the e1000 service closed the MMIO socket"))
