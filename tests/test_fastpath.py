@@ -924,3 +924,32 @@ async def test_a_stream_backend_resumes_a_read_its_peer_queued_part_way(sockdir:
     finally:
         be.cleanup()
         await asyncio.sleep(0)
+
+
+def test_a_stream_whose_write_fails_does_not_stop_the_others_of_a_dispatch() -> None:
+    """Streams kicked in one read all get written; one that raises is closed."""
+    calls: list[str] = []
+
+    class Transport:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    class Kicked:
+        def __init__(self, name: str, fail: bool) -> None:
+            self.name, self.fail = name, fail
+            self._pump_scheduled = True
+            self.transport = Transport()
+
+        def _pump(self) -> None:
+            calls.append(self.name)
+            if self.fail:
+                raise RuntimeError("boom")
+            self._pump_scheduled = False
+
+    a, b, c = Kicked("a", False), Kicked("b", True), Kicked("c", False)
+    fastpath._pump_all([a, b, c])  # type: ignore[list-item]
+    assert calls == ["a", "b", "c"]
+    assert b.transport.aborted and not b._pump_scheduled
+    assert not a.transport.aborted and not c.transport.aborted

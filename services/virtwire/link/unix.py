@@ -82,8 +82,20 @@ class Dispatching:
         global _dispatch
         if self.owner:
             kicked, _dispatch = _dispatch or [], None
-            for stream in kicked:
-                stream._pump()
+            _pump_all(kicked)
+
+
+def _pump_all(kicked: list[UnixLinkStream]) -> None:
+    """Write for every stream kicked during a dispatch; one that fails is
+    closed (its link goes down) and does not keep the others from writing."""
+    for stream in kicked:
+        try:
+            stream._pump()
+        except Exception:
+            logger.exception("same-host link: writing failed; closing its socket")
+            stream._pump_scheduled = False
+            if stream.transport is not None:
+                stream.transport.abort()
 
 
 def check_socket_name(name: str) -> str:
@@ -149,18 +161,8 @@ class UnixLinkStream(asyncio.Protocol):
             data = data[1:]
             if not data:
                 return
-        global _dispatch
-        if _dispatch is not None:
+        with Dispatching():
             self._receive(data)
-            return
-        kicked: list[UnixLinkStream] = []
-        _dispatch = kicked
-        try:
-            self._receive(data)
-        finally:
-            _dispatch = None
-            for stream in kicked:
-                stream._pump()
 
     def _receive(self, data: bytes) -> None:
         buf = self._buf
