@@ -29,7 +29,7 @@ import contextlib
 import struct
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, cast
 
 from virtwire.errors import BackendError, ConfigError, LimitError, VirtwireError
 from virtwire.guest.mmio import IrqLine
@@ -84,7 +84,8 @@ class UnixMmio(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport).
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -221,7 +222,8 @@ class UnixMmioDevice(asyncio.Protocol):
         self.error = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport).
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         if not self.target.mmio_session_opened(self):
             self.closed = True

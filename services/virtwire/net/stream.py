@@ -35,7 +35,7 @@ import stat
 import struct
 from collections.abc import Coroutine, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 from virtwire.address import SockAddr
 from virtwire.errors import BackendError, ConfigError
@@ -125,7 +125,8 @@ class NetStreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport).
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         self.backend.net_stream_connected(self)
