@@ -8,6 +8,7 @@ A topology names the LAN, its nodes and the links between them::
       h1: {address: 198.18.1.1}     # running `virtwire serve orchestrator` on
                                     # ADDRESS:PORT (port: default 50050)
     tls: {dir: pki}                 # optional: mutual TLS from `virtwire certs init pki`
+    link_transport: auto            # optional: auto (default) | grpc, for every node
     nodes:
       hub0: {kind: hub}
       vm1:                          # a virtwire VM: guestmem + e1000 + guest services
@@ -24,6 +25,7 @@ A topology names the LAN, its nodes and the links between them::
         backend: stream             # tap | stream | dgram
         listen: 127.0.0.1:10555     # the backend's options, as in `serve tap --backend`
         publish: 127.0.0.1:10555    # containers: the listening port's host address
+        link_transport: grpc        # any node: overrides the LAN's for its services
     links:
       - [vm1, hub0]                 # NODE or HUB:PORT; a hub without a port gets a new one
       - [qemu0, hub0:uplink]
@@ -34,6 +36,15 @@ A topology names the LAN, its nodes and the links between them::
 ``links[2] (vm1 -- hub0)``, links counted from 0). A node that fails the
 schema does not hide the other checks: the links and clashes are checked
 with a stand-in of its kind in its place.
+
+``link_transport`` is ``virtwire serve KIND --link-transport``: ``auto`` lets
+a link move to the same-host unix socket where both ends can use it, ``grpc``
+keeps it on the Connect stream. The top-level value is the LAN's default; a
+node's own value overrides it for that node's services (a hub, a tap, a vm's
+e1000 and guest: the e1000's also covers the guest's MMIO socket). A link is
+a pair of ends with no options, so a node is the finest choice; either end
+with ``grpc`` keeps a link on the stream. A node on another host takes only
+``auto`` (StartService has no such option yet).
 
 Scalars follow YAML 1.2's core schema, not PyYAML's YAML 1.1 default: an
 unquoted MAC such as ``52:54:00:12:34:01`` stays a string (YAML 1.1 reads it
@@ -110,6 +121,8 @@ __all__ = [
 
 NodeKind = Literal["hub", "vm", "tap"]
 ServiceKind = Literal["hub", "guestmem", "e1000", "guest", "tap"]
+#: ``serve KIND --link-transport`` (server.link.LINK_TRANSPORTS).
+LinkTransport = Literal["auto", "grpc"]
 E1000ModelName = Literal["82540EM", "82544GC", "82545EM"]
 QemuCompat = Literal["9.0", "7.2"]
 
@@ -406,7 +419,7 @@ def _option_text(value: object) -> str | None:
 
 # -- the schema (pydantic): what a file may say ------------------------------------
 #: A tap node's fields that are not options of its backend.
-_NODE_FIELDS = ("kind", "backend", "host", "publish")
+_NODE_FIELDS = ("kind", "backend", "host", "publish", "link_transport")
 #: The backend options that name where a backend waits for its peer.
 _LISTEN_OPTIONS = {"stream": ("listen",), "dgram": ("local", "mcast")}
 
@@ -449,6 +462,7 @@ class HubSpec(_Spec):
 
     kind: Literal["hub"]
     host: HostName | None = None
+    link_transport: LinkTransport | None = None
 
 
 class BridgeSpec(_Spec):
@@ -470,6 +484,7 @@ class VmSpec(_Spec):
     ip: Annotated[str, AfterValidator(_check_cidr)] | None = None
     bridge: BridgeSpec | None = None
     host: HostName | None = None
+    link_transport: LinkTransport | None = None
 
     @field_validator("compat", mode="before")
     @classmethod
@@ -484,6 +499,7 @@ class _TapSpec(_Spec):
     kind: Literal["tap"]
     backend: str
     host: HostName | None = None
+    link_transport: LinkTransport | None = None
 
     def options(self, base_dir: Path | None = None) -> dict[str, str]:
         """The backend options as `serve tap --backend` takes them.
@@ -577,6 +593,8 @@ class TopologySpec(_Spec):
     name: Annotated[str, AfterValidator(_check_name("LAN", LAN_NAME_MAX))]
     hosts: dict[HostName, HostSpec] = {}
     tls: TlsSpec | None = None
+    #: The LAN's default; a node's own link_transport overrides it.
+    link_transport: LinkTransport = "auto"
     nodes: Annotated[dict[NodeName, NodeSpec], Field(min_length=1)]
     links: list[LinkSpec] = []
 
@@ -614,9 +632,12 @@ class Node:
     host: str | None = None
     #: Where the node is defined in the file (0 if unknown).
     line: int = 0
+    #: Its services' ``--link-transport``: its own, else the LAN's.
+    link_transport: LinkTransport = "auto"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "host": self.host, "line": self.line}
+        return {"kind": self.kind, "host": self.host, "line": self.line,
+                "link_transport": self.link_transport}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -775,6 +796,8 @@ class Topology:
     warnings: tuple[str, ...] = ()
     #: ``tls.dir``, absolute (None: plaintext on loopback).
     tls_dir: Path | None = None
+    #: The LAN's default ``link_transport`` (each node has its own resolved).
+    link_transport: LinkTransport = "auto"
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -803,6 +826,7 @@ class Topology:
             "links": [link.to_dict() for link in self.links],
             "warnings": list(self.warnings),
             "tls": {"dir": str(self.tls_dir)} if self.tls_dir else None,
+            "link_transport": self.link_transport,
         }
 
 
@@ -948,9 +972,11 @@ def _partial_spec(data: Any, errors: Sequence[Mapping[str, Any]],
     raw_links = data.get("links") if ("links",) not in broken else None
     links = [["", ""] if ("links", i) in broken else raw for i, raw in enumerate(raw_links or [])]
     tls = data.get("tls") if ("tls",) not in broken else None
+    transport = data.get("link_transport") if ("link_transport",) not in broken else None
     spec = TopologySpec.model_construct(
         name=data["name"] if ("name",) not in broken else "lan", hosts=hosts, nodes=node_specs,
-        links=links, tls=TlsSpec.model_validate(tls) if tls is not None else None)
+        links=links, tls=TlsSpec.model_validate(tls) if tls is not None else None,
+        link_transport=transport or "auto")
     return _Partial(spec, broken, frozenset(str(k) for k in nodes if ("nodes", k) in broken),
                     frozenset(i for i in range(len(links)) if ("links", i) in broken))
 
@@ -1174,6 +1200,7 @@ class _Resolver:
         spec, report = self.spec, self.report
         self._check_hosts()
         self._check_trust()
+        self._check_link_transports()
         macs = self._assign_macs()
         self._check_unique_ips()
         self._check_host_resources()
@@ -1205,14 +1232,34 @@ class _Resolver:
                            line=report.line(("hosts", n)))
                    for n, h in spec.hosts.items()},
             nodes=nodes, services=tuple(start), links=tuple(links),
-            warnings=report.warning_lines(),
+            warnings=report.warning_lines(), link_transport=spec.link_transport,
             tls_dir=(self.base_dir / spec.tls.dir).resolve() if spec.tls else None)
+
+    def _link_transport(self, name: str) -> LinkTransport:
+        """Node ``name``'s own link_transport, else the LAN's."""
+        own: LinkTransport | None = getattr(self.spec.nodes[name], "link_transport", None)
+        return own if own is not None else self.spec.link_transport
+
+    def _check_link_transports(self) -> None:
+        """StartService has no link transport: a node on another host stays on auto."""
+        for name, node in self.spec.nodes.items():
+            if node.host is None or name in self.stand_ins \
+                    or self._link_transport(name) == "auto":
+                continue
+            own = getattr(node, "link_transport", None) is not None
+            what = "grpc" if own else "link_transport grpc (the LAN's)"
+            self.report.error(("nodes", name, "link_transport") if own else ("nodes", name), (
+                f"{what} on host {node.host!r}: a node on another host is started by that "
+                "host's orchestrator, which takes only auto so far; set link_transport: auto "
+                "on this node"))
 
     def _node(self, name: str, mac: tuple[str, bool] | None, ports: Sequence[str]) -> Node:
         node = self.spec.nodes[name]
         line = self.report.line(("nodes", name))
+        transport = self._link_transport(name)
         if isinstance(node, HubSpec):
-            return HubNode(name=name, host=node.host, line=line, ports=tuple(ports))
+            return HubNode(name=name, host=node.host, line=line, ports=tuple(ports),
+                           link_transport=transport)
         if isinstance(node, VmSpec):
             bridge = None
             if node.bridge is not None:
@@ -1220,13 +1267,13 @@ class _Resolver:
                 bridge = Bridge(ifname=b.ifname, netns=b.netns,
                                 ip=ipaddress.IPv4Interface(b.ip) if b.ip else None)
             mac_text, assigned = mac if mac is not None else ("", False)
-            return VmNode(name=name, host=node.host, line=line, mac=mac_text,
-                          mac_assigned=assigned, model=node.model, compat=node.compat,
-                          memory=node.memory,
+            return VmNode(name=name, host=node.host, line=line, link_transport=transport,
+                          mac=mac_text, mac_assigned=assigned, model=node.model,
+                          compat=node.compat, memory=node.memory,
                           ip=ipaddress.IPv4Interface(node.ip) if node.ip else None,
                           bridge=bridge)
-        return TapNode(name=name, host=node.host, line=line, backend=node.backend,
-                       options=self._tap_options(name),
+        return TapNode(name=name, host=node.host, line=line, link_transport=transport,
+                       backend=node.backend, options=self._tap_options(name),
                        publish=getattr(node, "publish", None) or "")
 
     def _tap_options(self, name: str) -> dict[str, str]:

@@ -66,6 +66,9 @@ def format_plan(topo: Topology) -> str:
     rows = [("SERVICE", "KIND", "NODE", "RUNS ON", "DIALS", "ADDRESSES, OPTIONS")]
     for svc in topo.services:
         sp = specs[svc.name]
+        options = _addresses(sp)
+        if not isinstance(sp, spec.GuestMemServiceSpec) and sp.link_transport != "auto":
+            options.append(f"link transport {sp.link_transport}")
         rows.append((svc.name, svc.kind, svc.node, _runs_on(topo, svc),
-                     ", ".join(_dials(sp)) or "-", ", ".join(_addresses(sp)) or "-"))
+                     ", ".join(_dials(sp)) or "-", ", ".join(options) or "-"))
     return format_table(rows)

@@ -12,6 +12,9 @@ Links: the dialer of a link is given its listener's address and NetClient,
 it without a port name gets a port created with the hub, named as that hub
 names an unnamed port (``net.hub.hub_port_name``: ``swport1`` on hub ``sw``),
 so a restarted dialer redials the same port.
+
+A node's ``link_transport`` goes to each of its services that has links (a
+vm's e1000 and guest, not its guestmem); "auto" adds no argument.
 """
 
 from __future__ import annotations
@@ -66,11 +69,13 @@ def service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.Servic
         ports += [spec.HubPortSpec(link.dialer.netclient or f"to-{link.listener.node}", dialed)
                   for link, dialed in zip(dials, peers, strict=True)]
         ports += [spec.HubPortSpec(port) for port in auto_ports(topo, name).values()]
-        return spec.HubServiceSpec(name=node.name, ports=tuple(ports))
+        return spec.HubServiceSpec(name=node.name, ports=tuple(ports),
+                                   link_transport=node.link_transport)
     if isinstance(node, TapNode):
         return spec.TapServiceSpec(backend=node.backend,
                                    options={**node.options, "id": node.name},
-                                   peer=peers[0] if peers else "")
+                                   peer=peers[0] if peers else "",
+                                   link_transport=node.link_transport)
     assert isinstance(node, VmNode)
     if svc.kind == "guestmem":
         return spec.GuestMemServiceSpec(size=node.memory)
@@ -78,14 +83,16 @@ def service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.Servic
     if svc.kind == "e1000":
         return spec.E1000ServiceSpec(guestmem=guestmem, mac=node.mac, model=node.model,
                                      compat=node.compat, name=node.name,
-                                     peer=peers[0] if peers else "")
+                                     peer=peers[0] if peers else "",
+                                     link_transport=node.link_transport)
     bridge = node.bridge
     return spec.GuestServiceSpec(
         e1000=addresses[node.service("e1000")], guestmem=guestmem,
         ip=str(node.ip) if node.ip is not None else "",
         bridge_tap=bridge.ifname if bridge else "",
         netns=(bridge.netns or "") if bridge else "",
-        bridge_ip=str(bridge.ip) if bridge and bridge.ip is not None else "")
+        bridge_ip=str(bridge.ip) if bridge and bridge.ip is not None else "",
+        link_transport=node.link_transport)
 
 
 def plan(topo: Topology, addresses: Addresses) -> dict[str, spec.ServiceSpec]:

@@ -5,6 +5,9 @@ service. Runtimes turn it into what they start: ``argv()`` gives the
 arguments of ``virtwire serve KIND`` after ``--listen`` (ProcessRuntime,
 DockerRuntime, ``virtwire render``), and ``runtime.remote`` turns it into the
 typed StartService options another host's orchestrator validates and runs.
+
+``link_transport`` is the service's ``--link-transport``; "auto" (the
+default) adds no argument, so a LAN that never chooses has the argv it had.
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from virtwire.net.netdev import format_backend_spec
+from virtwire.topology import LinkTransport
 
 __all__ = ["E1000ServiceSpec", "GuestMemServiceSpec", "GuestServiceSpec", "HubPortSpec",
-           "HubServiceSpec", "ServiceSpec", "TapServiceSpec", "with_hub_ports"]
+           "HubServiceSpec", "ServiceSpec", "TapServiceSpec", "link_transport_argv",
+           "with_hub_ports"]
+
+
+def link_transport_argv(transport: LinkTransport) -> list[str]:
+    """``--link-transport grpc``; nothing for "auto", the service's default."""
+    return [] if transport == "auto" else ["--link-transport", transport]
 
 
 @dataclass(frozen=True)
@@ -35,13 +45,14 @@ class HubServiceSpec:
     name: str = ""
     #: In creation order.
     ports: tuple[HubPortSpec, ...] = ()
+    link_transport: LinkTransport = "auto"
 
     def argv(self) -> list[str]:
         args = ["--hub-id", str(self.hub_id)] if self.hub_id else []
         args += ["--name", self.name] if self.name else []
         for port in self.ports:
             args += ["--port", f"{port.name}={port.peer}" if port.peer else port.name]
-        return args
+        return args + link_transport_argv(self.link_transport)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,10 +67,12 @@ class TapServiceSpec:
     backend: str
     options: Mapping[str, str] = field(default_factory=dict)
     peer: str = ""
+    link_transport: LinkTransport = "auto"
 
     def argv(self) -> list[str]:
         args = ["--backend", format_backend_spec(self.backend, self.options)]
-        return args + (["--peer", self.peer] if self.peer else [])
+        args += ["--peer", self.peer] if self.peer else []
+        return args + link_transport_argv(self.link_transport)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,13 +96,16 @@ class E1000ServiceSpec:
     name: str
     peer: str = ""
     rpc_dma: bool = False
+    #: Also whether it offers its guest the same-host MMIO socket.
+    link_transport: LinkTransport = "auto"
 
     def argv(self) -> list[str]:
         args = ["--guestmem", self.guestmem, "--mac", self.mac, "--model", self.model,
                 "--compat", self.compat, "--name", self.name]
         if self.peer:
             args += ["--peer", self.peer]
-        return args + (["--dma", "rpc"] if self.rpc_dma else [])
+        args += ["--dma", "rpc"] if self.rpc_dma else []
+        return args + link_transport_argv(self.link_transport)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +120,8 @@ class GuestServiceSpec:
     #: Create ``netns`` (a container's own namespaces): never over StartService.
     netns_create: bool = False
     rpc_dma: bool = False
+    #: Also whether it asks its e1000 for the same-host MMIO socket.
+    link_transport: LinkTransport = "auto"
 
     def argv(self) -> list[str]:
         args = ["--e1000", self.e1000, "--guestmem", self.guestmem]
@@ -117,7 +135,8 @@ class GuestServiceSpec:
                 args += ["--bridge-ip", self.bridge_ip]
         if self.rpc_dma:
             args += ["--dma", "rpc"]
-        return args + (["--netns-create"] if self.netns_create else [])
+        args += ["--netns-create"] if self.netns_create else []
+        return args + link_transport_argv(self.link_transport)
 
 
 ServiceSpec = (HubServiceSpec | TapServiceSpec | GuestMemServiceSpec | E1000ServiceSpec

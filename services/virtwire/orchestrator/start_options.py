@@ -46,6 +46,11 @@ _OPTION_KINDS = ("hub", "tap", "guestmem", "e1000", "guest")
 
 def to_start_options(spec: ServiceSpec) -> dict[str, Any]:
     """``{KIND: Start<Kind>Options}``: keyword arguments of the StartService request."""
+    if not isinstance(spec, GuestMemServiceSpec) and spec.link_transport != "auto":
+        # The topology refuses it first (with its line); never dropped silently.
+        raise ConfigError(f"a {spec.kind} service on another host cannot be started with "
+                          f"--link-transport {spec.link_transport}: StartService has no "
+                          "such option (only auto)")
     if isinstance(spec, HubServiceSpec):
         return {"hub": orchestrator_pb2.StartHubOptions(
             hub_id=spec.hub_id, name=spec.name,
