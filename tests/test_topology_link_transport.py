@@ -10,6 +10,7 @@ carries each link from ``virtwire status --json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -20,12 +21,14 @@ from typing import Any
 
 import pytest
 
+from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError
 from virtwire.orchestrator.plan import plan
 from virtwire.orchestrator.render import render_compose, render_k8s, service_commands
 from virtwire.orchestrator.spec import E1000ServiceSpec
-from virtwire.orchestrator.start_options import to_start_options
+from virtwire.orchestrator.start_options import from_start_request, to_start_options
 from virtwire.topology import Topology, TopologyError, parse_topology
+from virtwire.v1 import orchestrator_pb2
 
 from support.procs import VIRTWIRE
 
@@ -119,7 +122,7 @@ def test_link_transport_of_a_link_entry_is_not_a_link_syntax() -> None:
                        "links:\n  - {ends: [v, h], link_transport: grpc}\n", "lt.yaml")
 
 
-def test_grpc_on_a_node_on_another_host_is_refused_with_its_line() -> None:
+def test_grpc_on_a_node_on_another_host_reaches_its_start_service() -> None:
     text = """\
 name: lt
 hosts:
@@ -131,30 +134,26 @@ nodes:
 links:
   - [vm1, hub0]
 """
-    with pytest.raises(TopologyError) as info:
-        parse_topology(text, "lt.yaml")
-    (problem,) = info.value.problems
-    assert problem == ("lt.yaml:6: node 'hub0': link_transport: grpc on host 'h1': a node on "
-                       "another host is started by that host's orchestrator, which takes only "
-                       "auto so far; set link_transport: auto on this node")
-    # The LAN's grpc: each node on another host is named, at its own line.
-    text = text.replace("         link_transport: grpc}", "         }")
-    with pytest.raises(TopologyError) as info:
-        parse_topology("link_transport: grpc\n" + text, "lt.yaml")
-    (problem,) = info.value.problems
-    assert problem.startswith("lt.yaml:6: node 'hub0': link_transport grpc (the LAN's) on host")
-    # auto there, grpc here: fine.
-    topo = parse_topology("link_transport: grpc\n" + text.replace(
-        "host: h1,", "host: h1, link_transport: auto,"), "lt.yaml")
-    assert topo.nodes["hub0"].link_transport == "auto"
-    assert topo.nodes["vm1"].link_transport == "grpc"
+    topo = parse_topology(text, "lt.yaml")
+    assert topo.nodes["hub0"].link_transport == "grpc"
+    assert topo.nodes["vm1"].link_transport == "auto"
 
 
-def test_start_options_never_drop_a_grpc_choice() -> None:
+def test_start_options_carry_a_grpc_choice_and_the_agent_takes_it() -> None:
     spec = E1000ServiceSpec(guestmem="127.0.0.1:1", mac="52:54:00:12:34:56", model="82540EM",
                             compat="9.0", name="vm1", link_transport="grpc")
-    with pytest.raises(ConfigError, match="--link-transport grpc"):
-        to_start_options(spec)
+    options = to_start_options(spec)
+    assert options["link_transport"] == "grpc"
+    request = orchestrator_pb2.OrchestratorServiceStartServiceRequest(
+        lan="lt", name="vm1-e1000", listen="127.0.0.1:0", **options)
+    got = from_start_request(request, RpcPolicy(command="virtwire serve orchestrator"))
+    assert got.link_transport == "grpc"
+    assert got.argv()[-2:] == ["--link-transport", "grpc"]
+    auto = to_start_options(dataclasses.replace(spec, link_transport="auto"))
+    assert "link_transport" not in auto
+    request.link_transport = "shm"
+    with pytest.raises(ConfigError, match="link_transport 'shm'"):
+        from_start_request(request, RpcPolicy(command="virtwire serve orchestrator"))
 
 
 # -- the plan ----------------------------------------------------------------------

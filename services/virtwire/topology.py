@@ -43,8 +43,8 @@ keeps it on the Connect stream. The top-level value is the LAN's default; a
 node's own value overrides it for that node's services (a hub, a tap, a vm's
 e1000 and guest: the e1000's also covers the guest's MMIO socket). A link is
 a pair of ends with no options, so a node is the finest choice; either end
-with ``grpc`` keeps a link on the stream. A node on another host takes only
-``auto`` (StartService has no such option yet).
+with ``grpc`` keeps a link on the stream. A node on another host gets it
+through StartService (its ``link_transport``).
 
 Scalars follow YAML 1.2's core schema, not PyYAML's YAML 1.1 default: an
 unquoted MAC such as ``52:54:00:12:34:01`` stays a string (YAML 1.1 reads it
@@ -1200,7 +1200,6 @@ class _Resolver:
         spec, report = self.spec, self.report
         self._check_hosts()
         self._check_trust()
-        self._check_link_transports()
         macs = self._assign_macs()
         self._check_unique_ips()
         self._check_host_resources()
@@ -1239,19 +1238,6 @@ class _Resolver:
         """Node ``name``'s own link_transport, else the LAN's."""
         own: LinkTransport | None = getattr(self.spec.nodes[name], "link_transport", None)
         return own if own is not None else self.spec.link_transport
-
-    def _check_link_transports(self) -> None:
-        """StartService has no link transport: a node on another host stays on auto."""
-        for name, node in self.spec.nodes.items():
-            if node.host is None or name in self.stand_ins \
-                    or self._link_transport(name) == "auto":
-                continue
-            own = getattr(node, "link_transport", None) is not None
-            what = "grpc" if own else "link_transport grpc (the LAN's)"
-            self.report.error(("nodes", name, "link_transport") if own else ("nodes", name), (
-                f"{what} on host {node.host!r}: a node on another host is started by that "
-                "host's orchestrator, which takes only auto so far; set link_transport: auto "
-                "on this node"))
 
     def _node(self, name: str, mac: tuple[str, bool] | None, ports: Sequence[str]) -> Node:
         node = self.spec.nodes[name]

@@ -11,7 +11,8 @@ namespaces) is a PermissionDeniedError (``allowlist.RpcPolicy``).
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, cast, get_args
 
 from virtwire.address import check_name, parse_peer, parse_sockaddr, shorten
 from virtwire.allowlist import RpcPolicy
@@ -34,7 +35,11 @@ from virtwire.orchestrator.spec import (
     TapServiceSpec,
 )
 from virtwire.rpc.netdev import netdev_to_proto, rpc_netdev
+from virtwire.topology import LinkTransport
 from virtwire.v1 import orchestrator_pb2
+
+#: What StartService.link_transport may say.
+LINK_TRANSPORTS: tuple[str, ...] = get_args(LinkTransport)
 
 __all__ = ["MAX_HUB_PORTS", "from_start_request", "to_start_options"]
 
@@ -46,11 +51,13 @@ _OPTION_KINDS = ("hub", "tap", "guestmem", "e1000", "guest")
 
 def to_start_options(spec: ServiceSpec) -> dict[str, Any]:
     """``{KIND: Start<Kind>Options}``: keyword arguments of the StartService request."""
+    options = _kind_options(spec)
     if not isinstance(spec, GuestMemServiceSpec) and spec.link_transport != "auto":
-        # The topology refuses it first (with its line); never dropped silently.
-        raise ConfigError(f"a {spec.kind} service on another host cannot be started with "
-                          f"--link-transport {spec.link_transport}: StartService has no "
-                          "such option (only auto)")
+        options["link_transport"] = spec.link_transport
+    return options
+
+
+def _kind_options(spec: ServiceSpec) -> dict[str, Any]:
     if isinstance(spec, HubServiceSpec):
         return {"hub": orchestrator_pb2.StartHubOptions(
             hub_id=spec.hub_id, name=spec.name,
@@ -158,6 +165,18 @@ def _guest(msg: orchestrator_pb2.StartGuestOptions, policy: RpcPolicy) -> GuestS
 def from_start_request(request: orchestrator_pb2.OrchestratorServiceStartServiceRequest,
                        policy: RpcPolicy) -> ServiceSpec:
     """The spec a StartService asks for, checked; ConfigError or PermissionDeniedError."""
+    spec = _spec_of(request, policy)
+    transport = request.link_transport or "auto"
+    if transport not in LINK_TRANSPORTS:
+        raise ConfigError(f"StartService.link_transport {shorten(transport)}: use one of "
+                          f"{', '.join(LINK_TRANSPORTS)}")
+    if transport != "auto" and not isinstance(spec, GuestMemServiceSpec):
+        spec = dataclasses.replace(spec, link_transport=cast(LinkTransport, transport))
+    return spec
+
+
+def _spec_of(request: orchestrator_pb2.OrchestratorServiceStartServiceRequest,
+             policy: RpcPolicy) -> ServiceSpec:
     kind = request.WhichOneof("options")
     if kind is None:
         raise ConfigError("StartService needs the service's options: set one of "
