@@ -314,3 +314,32 @@ async def test_set_link_down_drops_and_counts(hub: HubServer) -> None:
         await b.wait_for(1)
         assert b.frames == [frame(99)]
         assert info.admin_down
+
+
+async def test_a_cancel_that_lands_while_a_session_winds_down_still_ends_it() -> None:
+    """The session's stream ends, and while its tasks wind down the dialer is
+    stopped: the cancel must end the session's caller, not be taken for the
+    session's end (a dialer would then redial for ever and never stop)."""
+    winding = asyncio.Event()
+
+    class Stream:
+        async def read_batch(self) -> Batch | None:
+            return None  # the remote closed the stream
+
+        async def write_batch(self, batch: Batch) -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                winding.set()
+                await asyncio.sleep(0.2)  # a slow wind-down: the cancel lands here
+
+    peer = LinkPeer(Sink("a"), "b")
+    peer.out_frames.append(frame(0))  # so the writer is busy writing
+    peer.credits = 1
+    session = server_link.LinkSession(peer, Stream())
+    runner = asyncio.create_task(session.run(credits=1, remote_ready=True))
+    await asyncio.wait_for(winding.wait(), 5)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, 5)
+    assert peer.session is None  # detached all the same

@@ -151,14 +151,18 @@ class LinkSession:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if isinstance(stream, fastpath.UnixLinkStream):
-                stream.unbind()
-                stream.close()
-            if peer.session is self:
-                peer.detach(reason)
+            try:
+                # gather, not a suppressed await per task: a cancel of this
+                # task that lands here must still end it (a dialer being
+                # stopped would otherwise take the session's end for a
+                # broken link and redial for ever).
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                if isinstance(stream, fastpath.UnixLinkStream):
+                    stream.unbind()
+                    stream.close()
+                if peer.session is self:
+                    peer.detach(reason)
         return reason
 
     async def _watch(self, control: _Duplex) -> None:
