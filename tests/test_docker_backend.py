@@ -327,7 +327,12 @@ def test_stream_ports_say_where_they_listen_and_publish_on_the_host(
         assert reachable == {"hub0": "", "vm1": "", "qemu0": f"127.0.0.1:{port}",
                              "qemu1": f"{container_ip}:10556"}
         table = lan.cli("status", lan.name).stdout.splitlines()
-        assert ["qemu0", "stream", f"127.0.0.1:{port}"] in [line.split() for line in table]
+        # NODE PORT LISTENS AT, then the RELAY column of a published port.
+        (relayed,) = [line.split() for line in table
+                      if line.split()[:3] == ["qemu0", "stream", f"127.0.0.1:{port}"]]
+        assert " ".join(relayed[3:]).startswith("0 accepted, 0 open, 0 refused"), relayed
+        assert any(line.split()[:3] == ["qemu1", "stream", f"{container_ip}:10556"]
+                   for line in table)
 
         _arp_through_stream_port(f"127.0.0.1:{port}")
         _arp_through_stream_port(f"{container_ip}:10556")
