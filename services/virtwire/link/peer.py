@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 from virtwire.errors import LimitError
 from virtwire.net.net import NetClient
-from virtwire.net.queue import NET_PACKET_FLAG_NONE, NET_PACKET_FLAG_SENT_CB
+from virtwire.net.queue import NET_PACKET_FLAG_SENT_CB
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +296,6 @@ class LinkPeer(NetClient):
     def _take_frames(self, frames: Sequence[bytes], requests: dict[int, int]) -> None:
         """Frames of a batch one by one: empty ones, and those with a completion
         request (always queued, answered when delivered or purged)."""
-        local_queue = self.local.incoming_queue
         stats = self.stats
         plain: list[bytes] = []
         for i, frame in enumerate(frames):
@@ -319,10 +318,8 @@ class LinkPeer(NetClient):
             if self.pending_requests >= self.window:
                 raise self.protocol_error(
                     f"the peer keeps more than {self.window} completion requests pending")
-            stats.tx_frames += 1
-            stats.tx_bytes += len(frame)
-            if local_queue.send(self, NET_PACKET_FLAG_NONE, frame,
-                                self._completion_cb(cid)) == 0:
+            # As any send: counted, captured, through the filters, then queued.
+            if self.send_packet_async(frame, self._completion_cb(cid)) == 0:
                 self.pending_requests += 1
         if plain:
             self.out_credits += self.send_packets(plain, self._credit, queue_rest=True)

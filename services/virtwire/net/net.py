@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from virtwire.net.eth import NET_BUFSIZE
+from virtwire.net.filter import FilterChain, NetFilter, filter_send
 from virtwire.net.queue import NET_PACKET_FLAG_NONE, NetQueue, SentCb
 
 logger = logging.getLogger(__name__)
@@ -32,9 +33,11 @@ class NetClientStats:
     dropped_link_down: int = 0
     dropped_refused: int = 0
     dropped_malformed: int = 0
+    #: Dropped by one of this NetClient's filters (each counts its causes).
+    dropped_filter: int = 0
 
 
-class NetClient:
+class NetClient(FilterChain):
     """QEMU's NetClientState: a named frame endpoint with one peer."""
 
     #: NetClientInfo type name, e.g. "hubport", "tap", "stream".
@@ -61,6 +64,10 @@ class NetClient:
         self.capture_dropped = 0
         #: Capture subscriptions refused: the NetClient had its most subscribers.
         self.capture_refused = 0
+        #: NetFilters, head first (virtwire.net.filter).
+        self.filters: list[NetFilter] = []
+        #: Filters refused: the NetClient had MAX_FILTERS.
+        self.filters_refused = 0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -111,6 +118,10 @@ class NetClient:
         if self.capture_hooks:
             for hook in self.capture_hooks:
                 hook("tx", data)
+        if self.filters or peer.filters:
+            ret = filter_send(self, peer, NET_PACKET_FLAG_NONE, data)
+            if ret:
+                return ret
         return peer.incoming_queue.send(self, NET_PACKET_FLAG_NONE, data, sent_cb)
 
     def send_packet(self, data: bytes) -> int:
@@ -127,7 +138,8 @@ class NetClient:
         and the caller keeps the frames after it until it fires; with
         ``queue_rest`` too, every frame after it was queued with it as well.
         Frames of more than NET_BUFSIZE bytes are dropped and counted, as one
-        by one; a link-down NetClient drops them all (counted) and returns
+        by one, and with filters on either side every frame walks them
+        alone; a link-down NetClient drops them all (counted) and returns
         their number.
         """
         peer = self.peer
@@ -135,7 +147,7 @@ class NetClient:
         if self.link_down or peer is None:
             stats.dropped_link_down += len(frames)
             return len(frames)
-        if frames and max(map(len, frames)) > NET_BUFSIZE:
+        if self.filters or peer.filters or (frames and max(map(len, frames)) > NET_BUFSIZE):
             return self._send_one_by_one(frames, sent_cb, queue_rest)
         taken = peer.incoming_queue.send_batch(self, frames, sent_cb, queue_rest)
         sent = frames
@@ -303,4 +315,4 @@ class NetClient:
         s = self.stats
         q = self.incoming_queue
         return (s.dropped_link_down + s.dropped_refused + s.dropped_malformed
-                + q.dropped + q.purged)
+                + s.dropped_filter + q.dropped + q.purged)
