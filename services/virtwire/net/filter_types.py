@@ -10,11 +10,22 @@ gives: an id, a direction, a status and string properties. Host resources
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from virtwire.errors import ConfigError
-from virtwire.net.filter import FilterContext, FilterDirection, NetFilter
+from virtwire.net.filter import (
+    FilterContext,
+    FilterDirection,
+    NetFilter,
+    check_filter_id,
+    parse_status,
+)
 
-__all__ = ["FILTER_TYPES", "new_filter", "register_filter_type"]
+__all__ = ["FILTER_TYPES", "FilterSpec", "new_filter", "register_filter_type"]
+
+#: Longest ``--object`` text taken, and most properties in one.
+MAX_SPEC_CHARS = 4096
+MAX_SPEC_PROPS = 32
 
 #: Filter classes by type name.
 FILTER_TYPES: dict[str, type[NetFilter]] = {}
@@ -48,3 +59,72 @@ def new_filter(kind: str, fid: str, props: Mapping[str, str], ctx: FilterContext
     if cls is None:
         raise ConfigError(f"filter type {kind!r} is not one of {', '.join(sorted(FILTER_TYPES))}")
     return cls.create(fid, props, ctx, direction=direction, status=status)
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One filter as the command line, a topology or an RPC names it.
+
+    Its text form is QEMU's ``-object``: ``filter-KIND,id=ID,netdev=NETCLIENT
+    [,queue=all|rx|tx][,status=on|off][,position=head|tail|id=OTHER]
+    [,insert=behind|before][,PROP=VALUE...]``. ``virtwire serve --object`` takes it.
+    """
+
+    kind: str
+    id: str
+    netdev: str
+    direction: FilterDirection = FilterDirection.ALL
+    status: bool = True
+    position: str = "tail"
+    insert: str = "behind"
+    props: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> FilterSpec:
+        if len(text) > MAX_SPEC_CHARS:
+            raise ConfigError(f"filter object: {len(text)} characters, more than {MAX_SPEC_CHARS}")
+        head, _, rest = text.partition(",")
+        if not head.startswith("filter-") or len(head) == len("filter-"):
+            raise ConfigError(f"filter object {text!r}: start with filter-TYPE "
+                              "(e.g. filter-dump,id=f0,netdev=NETCLIENT,file=out.pcap)")
+        kind = head[len("filter-"):]
+        items: dict[str, str] = {}
+        for part in rest.split(",") if rest else []:
+            key, eq, value = part.partition("=")
+            if not eq or not key:
+                raise ConfigError(f"filter object {text!r}: {part!r} is not KEY=VALUE")
+            if key in items:
+                raise ConfigError(f"filter object {text!r}: {key} given twice")
+            items[key] = value
+        if len(items) > MAX_SPEC_PROPS:
+            raise ConfigError(f"filter object {text!r}: more than {MAX_SPEC_PROPS} properties")
+        for required in ("id", "netdev"):
+            if not items.get(required):
+                raise ConfigError(f"filter object {text!r}: {required}= is required")
+        return cls(kind=kind, id=check_filter_id(items.pop("id")), netdev=items.pop("netdev"),
+                   direction=FilterDirection.parse(items.pop("queue", "all")),
+                   status=parse_status(items.pop("status", "on")),
+                   position=items.pop("position", "tail"), insert=items.pop("insert", "behind"),
+                   props=items)
+
+    def format(self) -> str:
+        """The ``--object`` text ``parse`` reads back."""
+        parts = [f"filter-{self.kind}", f"id={self.id}", f"netdev={self.netdev}"]
+        if self.direction is not FilterDirection.ALL:
+            parts.append(f"queue={self.direction.value}")
+        if not self.status:
+            parts.append("status=off")
+        if self.position != "tail":
+            parts.append(f"position={self.position}")
+        if self.insert != "behind":
+            parts.append(f"insert={self.insert}")
+        for key, value in self.props.items():
+            if "," in value or "," in key:
+                raise ConfigError(f"filter {self.id}: {key}={value!r} may not contain a comma")
+            parts.append(f"{key}={value}")
+        return ",".join(parts)
+
+    def build(self, ctx: FilterContext) -> NetFilter:
+        """The filter (not yet on its NetClient)."""
+        return new_filter(self.kind, self.id, self.props, ctx, direction=self.direction,
+                          status=self.status)
