@@ -222,6 +222,7 @@ class NetClientRegistry:
             "dropped_malformed": s.dropped_malformed
             + (peer.stats.dropped_malformed if isinstance(peer, LinkPeer) else 0),
             "dropped_purged": q.purged + out_purged,
+            "dropped_filter": s.dropped_filter,
         }
         counters = netclient_pb2.NetClientCounters(
             rx_frames=s.rx_frames, rx_bytes=s.rx_bytes,

@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvirtwire/v1/netclient.proto\x12\x0bvirtwire.v1\"\xc3\x03\n\x11NetClientCounters\x12\x11\n\trx_frames\x18\x01 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x02 \x01(\x04\x12\x11\n\ttx_frames\x18\x03 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x04 \x01(\x04\x12\x1a\n\x12\x64ropped_queue_full\x18\x05 \x01(\x04\x12\x19\n\x11\x64ropped_link_down\x18\x06 \x01(\x04\x12\x17\n\x0f\x64ropped_refused\x18\x07 \x01(\x04\x12\x19\n\x11\x64ropped_malformed\x18\x08 \x01(\x04\x12\x16\n\x0e\x64ropped_purged\x18\t \x01(\x04\x12\x11\n\tqueue_len\x18\n \x01(\r\x12\x17\n\x0f\x63\x61pture_dropped\x18\x0b \x01(\x04\x12\x16\n\x0epeer_queue_len\x18\x0c \x01(\r\x12\x1c\n\x14link_credits_refused\x18\r \x01(\x04\x12\x1c\n\x14link_protocol_errors\x18\x0e \x01(\x04\x12\x17\n\x0f\x63\x61pture_refused\x18\x0f \x01(\x04\x12\x1b\n\x13\x63\x61pture_subscribers\x18\x10 \x01(\r\x12\x14\n\x0c\x66lush_sliced\x18\x11 \x01(\x04\x12\x15\n\rdropped_total\x18\x12 \x01(\x04\"\xbd\x02\n\x0eServerCounters\x12\x15\n\rnames_refused\x18\x01 \x01(\x04\x12\x15\n\rlinks_refused\x18\x02 \x01(\x04\x12\x1c\n\x14link_credits_refused\x18\x03 \x01(\x04\x12\x1c\n\x14link_protocol_errors\x18\x04 \x01(\x04\x12\x1f\n\x17max_capture_subscribers\x18\x05 \x01(\r\x12\x1a\n\x12\x66\x61st_path_accepted\x18\x06 \x01(\x04\x12\x1a\n\x12\x66\x61st_path_declined\x18\x07 \x01(\x04\x12 \n\x18\x66\x61st_path_tokens_refused\x18\x08 \x01(\x04\x12$\n\x1c\x66\x61st_path_handshakes_refused\x18\t \x01(\x04\x12 \n\x18\x66\x61st_path_offers_refused\x18\n \x01(\x04\"\xd2\x02\n\rNetClientInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nadmin_down\x18\x03 \x01(\x08\x12\x11\n\tlink_down\x18\x04 \x01(\x08\x12*\n\nlink_state\x18\x05 \x01(\x0e\x32\x16.virtwire.v1.LinkState\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12\x30\n\x08\x63ounters\x18\x07 \x01(\x0b\x32\x1e.virtwire.v1.NetClientCounters\x12\x0c\n\x04info\x18\x08 \x01(\t\x12\r\n\x05\x64ials\x18\t \x01(\x08\x12\x12\n\nlink_error\x18\n \x01(\t\x12\x30\n\rbackend_state\x18\x0b \x01(\x0e\x32\x19.virtwire.v1.BackendState\x12\x17\n\x0f\x62\x61\x63kend_address\x18\x0c \x01(\t\x12\x16\n\x0elink_transport\x18\r \x01(\t\"\x17\n\x15ListNetClientsRequest\"u\n\x16ListNetClientsResponse\x12.\n\nnetclients\x18\x01 \x03(\x0b\x32\x1a.virtwire.v1.NetClientInfo\x12+\n\x06server\x18\x02 \x01(\x0b\x32\x1b.virtwire.v1.ServerCounters\"#\n\x13GetNetClientRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x14GetNetClientResponse\x12-\n\tnetclient\x18\x01 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo\"<\n\rInjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66rame\x18\x02 \x01(\x0c\x12\x0e\n\x06repeat\x18\x03 \x01(\r\"3\n\x0eInjectResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\r\"|\n\rCaptureFilter\x12)\n\tdirection\x18\x01 \x01(\x0e\x32\x16.virtwire.v1.Direction\x12\x11\n\tethertype\x18\x02 \x01(\r\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x0f\n\x07src_mac\x18\x04 \x01(\t\x12\x0f\n\x07\x64st_mac\x18\x05 \x01(\t\"j\n\x0e\x43\x61ptureRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1a.virtwire.v1.CaptureFilter\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0f\n\x07snaplen\x18\x04 \x01(\r\"\x84\x01\n\x0f\x43\x61ptureResponse\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\x12\x10\n\x08orig_len\x18\x02 \x01(\r\x12)\n\tdirection\x18\x03 \x01(\x0e\x32\x16.virtwire.v1.Direction\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x05 \x01(\x04\"*\n\x0eSetLinkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02up\x18\x02 \x01(\x08\"@\n\x0fSetLinkResponse\x12-\n\tnetclient\x18\x01 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo*^\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_RX\x10\x01\x12\x10\n\x0c\x44IRECTION_TX\x10\x02\x12\x12\n\x0e\x44IRECTION_BOTH\x10\x03*m\n\tLinkState\x12\x1a\n\x16LINK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LINK_STATE_NO_PEER\x10\x01\x12\x19\n\x15LINK_STATE_CONNECTING\x10\x02\x12\x11\n\rLINK_STATE_UP\x10\x03*\x85\x01\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42\x41\x43KEND_STATE_CONNECTED\x10\x01\x12\x1b\n\x17\x42\x41\x43KEND_STATE_LISTENING\x10\x02\x12\x1c\n\x18\x42\x41\x43KEND_STATE_CONNECTING\x10\x03\x32\x93\x03\n\x10NetClientService\x12Y\n\x0eListNetClients\x12\".virtwire.v1.ListNetClientsRequest\x1a#.virtwire.v1.ListNetClientsResponse\x12S\n\x0cGetNetClient\x12 .virtwire.v1.GetNetClientRequest\x1a!.virtwire.v1.GetNetClientResponse\x12\x41\n\x06Inject\x12\x1a.virtwire.v1.InjectRequest\x1a\x1b.virtwire.v1.InjectResponse\x12\x46\n\x07\x43\x61pture\x12\x1b.virtwire.v1.CaptureRequest\x1a\x1c.virtwire.v1.CaptureResponse0\x01\x12\x44\n\x07SetLink\x12\x1b.virtwire.v1.SetLinkRequest\x1a\x1c.virtwire.v1.SetLinkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvirtwire/v1/netclient.proto\x12\x0bvirtwire.v1\"\xdb\x03\n\x11NetClientCounters\x12\x11\n\trx_frames\x18\x01 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x02 \x01(\x04\x12\x11\n\ttx_frames\x18\x03 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x04 \x01(\x04\x12\x1a\n\x12\x64ropped_queue_full\x18\x05 \x01(\x04\x12\x19\n\x11\x64ropped_link_down\x18\x06 \x01(\x04\x12\x17\n\x0f\x64ropped_refused\x18\x07 \x01(\x04\x12\x19\n\x11\x64ropped_malformed\x18\x08 \x01(\x04\x12\x16\n\x0e\x64ropped_purged\x18\t \x01(\x04\x12\x11\n\tqueue_len\x18\n \x01(\r\x12\x17\n\x0f\x63\x61pture_dropped\x18\x0b \x01(\x04\x12\x16\n\x0epeer_queue_len\x18\x0c \x01(\r\x12\x1c\n\x14link_credits_refused\x18\r \x01(\x04\x12\x1c\n\x14link_protocol_errors\x18\x0e \x01(\x04\x12\x17\n\x0f\x63\x61pture_refused\x18\x0f \x01(\x04\x12\x1b\n\x13\x63\x61pture_subscribers\x18\x10 \x01(\r\x12\x14\n\x0c\x66lush_sliced\x18\x11 \x01(\x04\x12\x15\n\rdropped_total\x18\x12 \x01(\x04\x12\x16\n\x0e\x64ropped_filter\x18\x13 \x01(\x04\"\xbd\x02\n\x0eServerCounters\x12\x15\n\rnames_refused\x18\x01 \x01(\x04\x12\x15\n\rlinks_refused\x18\x02 \x01(\x04\x12\x1c\n\x14link_credits_refused\x18\x03 \x01(\x04\x12\x1c\n\x14link_protocol_errors\x18\x04 \x01(\x04\x12\x1f\n\x17max_capture_subscribers\x18\x05 \x01(\r\x12\x1a\n\x12\x66\x61st_path_accepted\x18\x06 \x01(\x04\x12\x1a\n\x12\x66\x61st_path_declined\x18\x07 \x01(\x04\x12 \n\x18\x66\x61st_path_tokens_refused\x18\x08 \x01(\x04\x12$\n\x1c\x66\x61st_path_handshakes_refused\x18\t \x01(\x04\x12 \n\x18\x66\x61st_path_offers_refused\x18\n \x01(\x04\"\xd2\x02\n\rNetClientInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nadmin_down\x18\x03 \x01(\x08\x12\x11\n\tlink_down\x18\x04 \x01(\x08\x12*\n\nlink_state\x18\x05 \x01(\x0e\x32\x16.virtwire.v1.LinkState\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12\x30\n\x08\x63ounters\x18\x07 \x01(\x0b\x32\x1e.virtwire.v1.NetClientCounters\x12\x0c\n\x04info\x18\x08 \x01(\t\x12\r\n\x05\x64ials\x18\t \x01(\x08\x12\x12\n\nlink_error\x18\n \x01(\t\x12\x30\n\rbackend_state\x18\x0b \x01(\x0e\x32\x19.virtwire.v1.BackendState\x12\x17\n\x0f\x62\x61\x63kend_address\x18\x0c \x01(\t\x12\x16\n\x0elink_transport\x18\r \x01(\t\"\x17\n\x15ListNetClientsRequest\"u\n\x16ListNetClientsResponse\x12.\n\nnetclients\x18\x01 \x03(\x0b\x32\x1a.virtwire.v1.NetClientInfo\x12+\n\x06server\x18\x02 \x01(\x0b\x32\x1b.virtwire.v1.ServerCounters\"#\n\x13GetNetClientRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x14GetNetClientResponse\x12-\n\tnetclient\x18\x01 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo\"<\n\rInjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66rame\x18\x02 \x01(\x0c\x12\x0e\n\x06repeat\x18\x03 \x01(\r\"3\n\x0eInjectResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\r\"|\n\rCaptureFilter\x12)\n\tdirection\x18\x01 \x01(\x0e\x32\x16.virtwire.v1.Direction\x12\x11\n\tethertype\x18\x02 \x01(\r\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x0f\n\x07src_mac\x18\x04 \x01(\t\x12\x0f\n\x07\x64st_mac\x18\x05 \x01(\t\"j\n\x0e\x43\x61ptureRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1a.virtwire.v1.CaptureFilter\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0f\n\x07snaplen\x18\x04 \x01(\r\"\x84\x01\n\x0f\x43\x61ptureResponse\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\x12\x10\n\x08orig_len\x18\x02 \x01(\r\x12)\n\tdirection\x18\x03 \x01(\x0e\x32\x16.virtwire.v1.Direction\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x05 \x01(\x04\"*\n\x0eSetLinkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02up\x18\x02 \x01(\x08\"@\n\x0fSetLinkResponse\x12-\n\tnetclient\x18\x01 \x01(\x0b\x32\x1a.virtwire.v1.NetClientInfo*^\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_RX\x10\x01\x12\x10\n\x0c\x44IRECTION_TX\x10\x02\x12\x12\n\x0e\x44IRECTION_BOTH\x10\x03*m\n\tLinkState\x12\x1a\n\x16LINK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LINK_STATE_NO_PEER\x10\x01\x12\x19\n\x15LINK_STATE_CONNECTING\x10\x02\x12\x11\n\rLINK_STATE_UP\x10\x03*\x85\x01\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42\x41\x43KEND_STATE_CONNECTED\x10\x01\x12\x1b\n\x17\x42\x41\x43KEND_STATE_LISTENING\x10\x02\x12\x1c\n\x18\x42\x41\x43KEND_STATE_CONNECTING\x10\x03\x32\x93\x03\n\x10NetClientService\x12Y\n\x0eListNetClients\x12\".virtwire.v1.ListNetClientsRequest\x1a#.virtwire.v1.ListNetClientsResponse\x12S\n\x0cGetNetClient\x12 .virtwire.v1.GetNetClientRequest\x1a!.virtwire.v1.GetNetClientResponse\x12\x41\n\x06Inject\x12\x1a.virtwire.v1.InjectRequest\x1a\x1b.virtwire.v1.InjectResponse\x12\x46\n\x07\x43\x61pture\x12\x1b.virtwire.v1.CaptureRequest\x1a\x1c.virtwire.v1.CaptureResponse0\x01\x12\x44\n\x07SetLink\x12\x1b.virtwire.v1.SetLinkRequest\x1a\x1c.virtwire.v1.SetLinkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtwire.v1.netclient_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTION']._serialized_start=2005
-  _globals['_DIRECTION']._serialized_end=2099
-  _globals['_LINKSTATE']._serialized_start=2101
-  _globals['_LINKSTATE']._serialized_end=2210
-  _globals['_BACKENDSTATE']._serialized_start=2213
-  _globals['_BACKENDSTATE']._serialized_end=2346
+  _globals['_DIRECTION']._serialized_start=2029
+  _globals['_DIRECTION']._serialized_end=2123
+  _globals['_LINKSTATE']._serialized_start=2125
+  _globals['_LINKSTATE']._serialized_end=2234
+  _globals['_BACKENDSTATE']._serialized_start=2237
+  _globals['_BACKENDSTATE']._serialized_end=2370
   _globals['_NETCLIENTCOUNTERS']._serialized_start=45
-  _globals['_NETCLIENTCOUNTERS']._serialized_end=496
-  _globals['_SERVERCOUNTERS']._serialized_start=499
-  _globals['_SERVERCOUNTERS']._serialized_end=816
-  _globals['_NETCLIENTINFO']._serialized_start=819
-  _globals['_NETCLIENTINFO']._serialized_end=1157
-  _globals['_LISTNETCLIENTSREQUEST']._serialized_start=1159
-  _globals['_LISTNETCLIENTSREQUEST']._serialized_end=1182
-  _globals['_LISTNETCLIENTSRESPONSE']._serialized_start=1184
-  _globals['_LISTNETCLIENTSRESPONSE']._serialized_end=1301
-  _globals['_GETNETCLIENTREQUEST']._serialized_start=1303
-  _globals['_GETNETCLIENTREQUEST']._serialized_end=1338
-  _globals['_GETNETCLIENTRESPONSE']._serialized_start=1340
-  _globals['_GETNETCLIENTRESPONSE']._serialized_end=1409
-  _globals['_INJECTREQUEST']._serialized_start=1411
-  _globals['_INJECTREQUEST']._serialized_end=1471
-  _globals['_INJECTRESPONSE']._serialized_start=1473
-  _globals['_INJECTRESPONSE']._serialized_end=1524
-  _globals['_CAPTUREFILTER']._serialized_start=1526
-  _globals['_CAPTUREFILTER']._serialized_end=1650
-  _globals['_CAPTUREREQUEST']._serialized_start=1652
-  _globals['_CAPTUREREQUEST']._serialized_end=1758
-  _globals['_CAPTURERESPONSE']._serialized_start=1761
-  _globals['_CAPTURERESPONSE']._serialized_end=1893
-  _globals['_SETLINKREQUEST']._serialized_start=1895
-  _globals['_SETLINKREQUEST']._serialized_end=1937
-  _globals['_SETLINKRESPONSE']._serialized_start=1939
-  _globals['_SETLINKRESPONSE']._serialized_end=2003
-  _globals['_NETCLIENTSERVICE']._serialized_start=2349
-  _globals['_NETCLIENTSERVICE']._serialized_end=2752
+  _globals['_NETCLIENTCOUNTERS']._serialized_end=520
+  _globals['_SERVERCOUNTERS']._serialized_start=523
+  _globals['_SERVERCOUNTERS']._serialized_end=840
+  _globals['_NETCLIENTINFO']._serialized_start=843
+  _globals['_NETCLIENTINFO']._serialized_end=1181
+  _globals['_LISTNETCLIENTSREQUEST']._serialized_start=1183
+  _globals['_LISTNETCLIENTSREQUEST']._serialized_end=1206
+  _globals['_LISTNETCLIENTSRESPONSE']._serialized_start=1208
+  _globals['_LISTNETCLIENTSRESPONSE']._serialized_end=1325
+  _globals['_GETNETCLIENTREQUEST']._serialized_start=1327
+  _globals['_GETNETCLIENTREQUEST']._serialized_end=1362
+  _globals['_GETNETCLIENTRESPONSE']._serialized_start=1364
+  _globals['_GETNETCLIENTRESPONSE']._serialized_end=1433
+  _globals['_INJECTREQUEST']._serialized_start=1435
+  _globals['_INJECTREQUEST']._serialized_end=1495
+  _globals['_INJECTRESPONSE']._serialized_start=1497
+  _globals['_INJECTRESPONSE']._serialized_end=1548
+  _globals['_CAPTUREFILTER']._serialized_start=1550
+  _globals['_CAPTUREFILTER']._serialized_end=1674
+  _globals['_CAPTUREREQUEST']._serialized_start=1676
+  _globals['_CAPTUREREQUEST']._serialized_end=1782
+  _globals['_CAPTURERESPONSE']._serialized_start=1785
+  _globals['_CAPTURERESPONSE']._serialized_end=1917
+  _globals['_SETLINKREQUEST']._serialized_start=1919
+  _globals['_SETLINKREQUEST']._serialized_end=1961
+  _globals['_SETLINKRESPONSE']._serialized_start=1963
+  _globals['_SETLINKRESPONSE']._serialized_end=2027
+  _globals['_NETCLIENTSERVICE']._serialized_start=2373
+  _globals['_NETCLIENTSERVICE']._serialized_end=2776
 # @@protoc_insertion_point(module_scope)
