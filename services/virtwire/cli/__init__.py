@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 from virtwire import __version__, tls
 from virtwire.cli import certs, demo, frames, lan, serve
+from virtwire.cli import filter as filter_verbs
+from virtwire.cli import netem as netem_verbs
 from virtwire.cli.exitcode import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
 from virtwire.cli.format import target_name
 from virtwire.cli.log import setup_logging
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="VERB", action=Verbs,
                            help="'virtwire VERB --help': its options and an example")
     for verbs in (lan, frames, demo, certs, serve):
+        verbs.add_commands(sub)
+    for verbs in (filter_verbs, netem_verbs):
         verbs.add_commands(sub)
     assert isinstance(sub, Verbs)
     p.description = ("QEMU's network data path as gRPC services: run a LAN of emulated "

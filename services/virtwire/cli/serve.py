@@ -76,6 +76,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         with user_file(args.ready_file, "write"):
             Path(args.ready_file).write_text("")
     host = SERVE_KINDS[args.kind].build(args)
+    configure_filters(host, args)
     host.registry.max_captures = args.max_captures
     host.registry.set_link_transport(args.link_transport)
     host.insecure = args.insecure
@@ -86,6 +87,46 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         await stopped.wait()
         logger.info("signal received, shutting down")
     return 0
+
+
+# -- filters: --object, --chardev, --dump-dir ---------------------------------------------
+def configure_filters(host: ServiceHost, args: argparse.Namespace) -> None:
+    """Give ``host`` the filters of its command line; they go on its NetClients
+    at every start (a bad one fails the start)."""
+    from virtwire.net.filter_types import FilterSpec
+
+    host.filters.specs = [FilterSpec.parse(text) for text in args.object]
+    if args.dump_dir:
+        dump_dir = Path(args.dump_dir)
+        if not dump_dir.is_dir():
+            raise ConfigError(f"--dump-dir {args.dump_dir}: not a directory")
+        host.filters.dump_dir = dump_dir.resolve()
+    host.filters.chardev_specs = [_parse_chardev(text) for text in args.chardev]
+
+
+def _parse_chardev(text: str) -> object:
+    try:
+        from virtwire.net.chardev import ChardevSpec  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError as exc:
+        if exc.name != "virtwire.net.chardev":
+            raise
+        raise ConfigError(f"--chardev {text!r}: this virtwire has no chardevs yet") from None
+    spec: object = ChardevSpec.parse(text)
+    return spec
+
+
+def _add_filter_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--object", action="append", default=[],
+                    metavar="filter-KIND,id=ID,netdev=NETCLIENT[,...]",
+                    help="a net filter on one of this service's NetClients, as QEMU's "
+                         "-object (queue=rx|tx|all, status=on|off, position=head|tail|"
+                         "id=OTHER, insert=behind|before, then the kind's properties); "
+                         "added at start (repeatable)")
+    sp.add_argument("--chardev", action="append", default=[], metavar="socket,id=ID,...",
+                    help="a chardev mirror and redirector filters may name by ID, from "
+                         "--object or FilterService (repeatable)")
+    sp.add_argument("--dump-dir", metavar="DIR",
+                    help="where dump filters write: their file= names a file in DIR")
 
 
 # -- the kinds -----------------------------------------------------------------------
@@ -301,5 +342,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         help="how this service's links carry frames: auto (a unix socket "
                              "when both ends share a kernel and a network namespace, else "
                              "the gRPC stream; the default) or grpc (always the stream)")
+        _add_filter_arguments(sp)
         tls.add_arguments(sp, default_name=name, server=True)
         kind.add_arguments(sp)

@@ -19,6 +19,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lifecycle of a LAN", ("up", "down", "status", "validate", "render", "demo")),
     ("inspect", ("list", "capture")),
     ("drive", ("inject", "link", "ping")),
+    ("impair and filter", ("netem", "filter")),
     ("serve", ("serve", "certs")),
 )
 
@@ -38,6 +39,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "link": ("virtwire link vm2 down",),
     "ping": ("virtwire ping vm1 vm2 -c 5",),
     "serve": ("virtwire serve hub --listen 127.0.0.1:7000 --ports 2",),
+    "filter": ("virtwire filter add vm1 dump --id d0 --queue rx file=vm1.pcap",
+               "virtwire filter ls"),
+    "netem": ("virtwire netem set vm1 --delay 20ms --jitter 5ms --loss 1%",
+              "virtwire netem show"),
 }
 
 #: The whole command: what most users do first.

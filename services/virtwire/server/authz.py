@@ -6,7 +6,7 @@ this interceptor then reads the role the certificate carries
 kubelet authorizes each verb after authenticating the client:
 
 - ``controller`` may call everything;
-- ``viewer`` may read: status, lists, stats, capture, ping;
+- ``viewer`` may read: status, lists (of filters too), stats, capture, ping;
 - ``service`` is what services present to each other: links, DMA, MMIO and
   interrupts, plus what a viewer may do.
 
@@ -63,7 +63,7 @@ PERMISSIONS: dict[str, Access] = {
     # Read.
     **{_V1 + m: Access.READ for m in (
         "NetClientService/ListNetClients", "NetClientService/GetNetClient",
-        "NetClientService/Capture",
+        "NetClientService/Capture", "FilterService/ListFilters",
         "OrchestratorService/GetStatus", "OrchestratorService/Capture",
         "OrchestratorService/Ping", "OrchestratorService/ListServices",
         "HubService/ListPorts", "TapService/ListBackends",
@@ -79,7 +79,8 @@ PERMISSIONS: dict[str, Access] = {
         "E1000Service/WatchIrq", "E1000Service/ResetDevice",
         "E1000Service/OfferMmioSocket")},
     # Everything else (Up, Down, StartService, StopServices, SetLink, Inject,
-    # AddPort, RemovePort, AddBackend, RemoveBackend, Send, Receive) is CONTROL.
+    # AddPort, RemovePort, AddBackend, RemoveBackend, Send, Receive, AddFilter,
+    # UpdateFilter, RemoveFilter) is CONTROL.
 }
 
 

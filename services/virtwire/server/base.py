@@ -1,6 +1,7 @@
 """What every virtwire server provides.
 
 - NetClientService (list, inject, capture, set_link) over its registry;
+- FilterService (NetFilters on its NetClients, server.filter);
 - LinkService, so peers can dial its NetClients;
 - gRPC server reflection and grpc.health.v1;
 - graceful shutdown within a bounded grace.
@@ -28,8 +29,16 @@ from virtwire.net.queue import Defer, install_deferral, remove_deferral
 from virtwire.rpc.options import GRPC_OPTIONS
 from virtwire.rpc.status import ErrorInterceptor
 from virtwire.server.authz import AuthorizationInterceptor
+from virtwire.server.filter import FilterHost, FilterServicer
 from virtwire.server.registry import NetClientRegistry
-from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
+from virtwire.v1 import (
+    filter_pb2,
+    filter_pb2_grpc,
+    link_pb2,
+    link_pb2_grpc,
+    netclient_pb2,
+    netclient_pb2_grpc,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -192,9 +201,15 @@ class ServiceHost:
         self.insecure = False
         #: With TLS on: refuses callers whose certificate's role does not allow the RPC.
         self.authz = AuthorizationInterceptor(self.service_name)
+        #: Its NetFilters: ``--object``, ``--dump-dir``, ``--chardev``, FilterService.
+        self.filters = FilterHost(self.registry)
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         return ()
+
+    def filter_servicer(self) -> filter_pb2_grpc.FilterServiceServicer:
+        """The FilterService this host serves (over its own NetClients)."""
+        return FilterServicer(self.filters)
 
     @property
     def address(self) -> str:
@@ -203,6 +218,16 @@ class ServiceHost:
         return str(SockAddr(self.listen_addr.host, self.port))
 
     async def start(self) -> None:
+        # The --object filters go on the NetClients the subclass made (a bad one
+        # fails the start, before anything listens).
+        await self.filters.start()
+        try:
+            await self._listen()
+        except BaseException:
+            await self.filters.stop()
+            raise
+
+    async def _listen(self) -> None:
         # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
         # Domain errors become statuses (the interceptor listed first wraps the
         # rest), and authorization runs before any handler.
@@ -215,9 +240,11 @@ class ServiceHost:
         netclient_pb2_grpc.add_NetClientServiceServicer_to_server(
             NetClientServicer(self.registry), server)
         link_pb2_grpc.add_LinkServiceServicer_to_server(LinkServicer(self.registry), server)
+        filter_pb2_grpc.add_FilterServiceServicer_to_server(self.filter_servicer(), server)
         names = [
             netclient_pb2.DESCRIPTOR.services_by_name["NetClientService"].full_name,
             link_pb2.DESCRIPTOR.services_by_name["LinkService"].full_name,
+            filter_pb2.DESCRIPTOR.services_by_name["FilterService"].full_name,
             *self.add_servicers(server),
         ]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -253,6 +280,7 @@ class ServiceHost:
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace)
+        await self.filters.stop()
         await self.registry.close()
         await self.close_backends()
         if self.server is not None:

@@ -32,8 +32,10 @@ from virtwire.orchestrator.forward import PortForwarder
 from virtwire.orchestrator.health import check_health
 from virtwire.rpc.status import forwarded, translated
 from virtwire.server.base import ServiceHost
+from virtwire.server.filter import LanFilterServicer
 from virtwire.topology import Topology, TopologyError, parse_topology
 from virtwire.v1 import (
+    filter_pb2_grpc,
     guest_pb2,
     guest_pb2_grpc,
     netclient_pb2,
@@ -88,6 +90,10 @@ class OrchestratorServer(ServiceHost):
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(self), server)
         return [orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name]
+
+    def filter_servicer(self) -> filter_pb2_grpc.FilterServiceServicer:
+        """FilterService on the LAN's nodes, forwarded to their services."""
+        return LanFilterServicer(self.orchestrator)
 
     async def start(self) -> None:
         await super().start()

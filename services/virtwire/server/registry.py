@@ -122,6 +122,7 @@ class NetClientRegistry:
             self._gone.credits_refused += peer.credits_refused
             self._gone.protocol_errors += peer.protocol_errors
             peer.close()
+        nc.remove_all_filters()  # each releases what it holds, then cleans up
         nc.purge_queued_packets()
         nc.cleanup()
         del self._ncs[nc.name]
