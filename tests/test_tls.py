@@ -25,6 +25,7 @@ from virtwire.orchestrator.launch import ServiceProcess
 from virtwire.server.authz import Access, access_of, allowed
 from virtwire.v1 import (
     e1000_pb2,
+    filter_pb2,
     guest_pb2,
     guestmem_pb2,
     hub_pb2,
@@ -44,7 +45,8 @@ _OWN = {"hub": hub_pb2.DESCRIPTOR.services_by_name["HubService"],
         "guest": guest_pb2.DESCRIPTOR.services_by_name["GuestService"],
         "orchestrator": orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]}
 _COMMON = (netclient_pb2.DESCRIPTOR.services_by_name["NetClientService"],
-           link_pb2.DESCRIPTOR.services_by_name["LinkService"])
+           link_pb2.DESCRIPTOR.services_by_name["LinkService"],
+           filter_pb2.DESCRIPTOR.services_by_name["FilterService"])
 
 
 @dataclass

@@ -180,6 +180,24 @@ async def cmd_filter_ls(args: argparse.Namespace) -> int:
 
 
 # -- arguments ------------------------------------------------------------------------
+class IntermixedParser(argparse.ArgumentParser):
+    """A verb whose PROP=VALUE words may follow its options (``filter add vm1 netem
+    --id n delay=20ms``): argparse takes positionals after options only this way."""
+
+    _inner = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def add_target_arguments(sp: argparse.ArgumentParser, optional: bool = False) -> None:
     """TARGET, ``-s SERVER``, ``--lan`` and TLS, as the verbs on NetClients take them."""
     tls.add_arguments(sp, default_name=tls.DEFAULT_CLIENT_NAME)
@@ -202,7 +220,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                          help="add, remove and list net filters on a NetClient",
                          description="Net filters (QEMU's -object filter-*) on a NetClient "
                          "at runtime: add, rm and ls, with each filter's counters.")
-    verbs = flt.add_subparsers(dest="filter_verb", required=True, metavar="add|rm|ls")
+    verbs = flt.add_subparsers(dest="filter_verb", required=True, metavar="add|rm|ls",
+                               parser_class=IntermixedParser)
 
     add = verbs.add_parser("add", allow_abbrev=False, help="add a filter",
                            description="Add a filter of KIND (dump, buffer, mirror, "

@@ -18,8 +18,7 @@ from typing import Any
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lifecycle of a LAN", ("up", "down", "status", "validate", "render", "demo")),
     ("inspect", ("list", "capture")),
-    ("drive", ("inject", "link", "ping")),
-    ("impair and filter", ("netem", "filter")),
+    ("drive", ("inject", "link", "ping", "netem", "filter")),
     ("serve", ("serve", "certs")),
 )
 
