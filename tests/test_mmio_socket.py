@@ -19,10 +19,13 @@ import pytest
 
 from virtwire.errors import LimitError, UnavailableError
 from virtwire.guest import mmio_unix
+from virtwire.guest.driver import E1000Driver
 from virtwire.guest.mmio import GrpcMmio, MmioPort
 from virtwire.guest.mmio_unix import RECORD, UnixMmio
 from virtwire.hw import e1000_regs as r
+from virtwire.hw.dma import RamDma
 from virtwire.link import unix as fastpath
+from virtwire.mem.client import GuestMemClient
 from virtwire.server import e1000 as e1000_server
 from virtwire.server.e1000 import E1000Server
 from virtwire.server.guest import GuestServer, open_mmio_socket
@@ -288,3 +291,77 @@ async def test_a_flood_of_irq_records_in_one_read_applies_the_last_level_once() 
     assert port.irq.level == bool((n - 2) % 2)
     assert port.irq.changes - before == n - 1
     assert port.error is None
+
+
+async def test_an_interrupt_is_handled_inline_in_one_write(make_nic: NicFactory) -> None:
+    """On the socket the driver handles an interrupt in the read that raised the
+    line: the rings' RDT and TDT writes (a reply sent from the RX handler) and
+    the ICR read leave in one socket write, and the read clears every cause
+    (the reply's TXDW too), so one interrupt is one round trip."""
+    nic = await make_nic()
+    port = await unix_port(nic)
+    port.doorbells = frozenset({r.E1000_TDT})
+    mem = await GuestMemClient.connect(nic.guestmem_address)
+    driver = E1000Driver(port, mem, watchdog_interval=60.0)
+    try:
+        await driver.up()
+        reply = b"\xff" * 6 + driver.mac + b"\x08\x06" + bytes(46)
+        got: list[bytes] = []
+
+        def answer(frames: list[bytes]) -> None:
+            got.extend(frames)
+            driver.try_send([reply])
+
+        driver.rx_handlers.append(answer)
+        frame = driver.mac + b"\x52\x54\x00\x00\x00\xff\x08\x06" + bytes(50)
+        await port.sync()
+        sent, interrupts = port.requests, driver.counters.interrupts
+        # Frames wait 1 s after the RCTL write (docs/e1000.md#receive).
+        await until(lambda: nic.device().receive(frame) > 0, what="frame taken by the NIC")
+        await until(lambda: driver.counters.interrupts > interrupts, what="interrupt handled")
+        assert got == [frame]
+        assert nic.device().hw_stats()["GPTC"] == 1
+        await asyncio.sleep(0.05)
+        assert driver.counters.interrupts == interrupts + 1
+        assert driver.counters.spurious_interrupts == 0
+        assert port.requests == sent + 1
+        assert not port.irq.level
+    finally:
+        await driver.down()
+        await port.close()
+        await mem.close()
+
+
+async def test_an_unanswered_inline_icr_read_is_given_up_and_counted() -> None:
+    """A NIC that stops answering cannot stall interrupts: the watchdog gives the
+    ICR read up after the MMIO timeout (counted), the next interrupt is handled,
+    and the late answer goes to nobody."""
+    port = UnixMmio("test")
+    written: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            written.append(data)
+
+    port.transport = Transport()  # type: ignore[assignment]
+    driver = E1000Driver(port, RamDma(4 << 20), mmio_timeout=0.01)
+    driver.state = "up"
+    driver._inline = port
+    port.on_read = driver._on_read
+    port.data_received(RECORD.pack(mmio_unix.IRQ, 1, 1))
+    first = driver._icr_read
+    assert first is not None and len(written) == 1
+    assert RECORD.unpack(written[0][-RECORD.size:])[:2] == (mmio_unix.READ, r.E1000_ICR)
+    port.data_received(RECORD.pack(mmio_unix.IRQ, 1, 2))  # still waiting: no second read
+    assert len(written) == 1
+    await asyncio.sleep(0.02)
+    driver._check_icr_read()
+    assert driver.counters.mmio_timeouts == 1 and first.cancelled()
+    port.data_received(RECORD.pack(mmio_unix.IRQ, 1, 3))  # the next interrupt goes on
+    second = driver._icr_read
+    assert second is not None and second is not first and len(written) == 2
+    port.data_received(RECORD.pack(mmio_unix.ANSWER, r.E1000_ICR_RXT0, 0))  # the late one
+    assert not second.done() and driver.counters.interrupts == 0
+    port.data_received(RECORD.pack(mmio_unix.IRQ, 0, 4) + RECORD.pack(mmio_unix.ANSWER, 0x80, 0))
+    assert second.result() == 0x80 and driver._icr_read is None
+    assert driver.counters.interrupts == 1

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from virtwire.errors import BackendError, ConfigError
-from virtwire.guest.mmio import MmioPort
+from virtwire.guest.mmio import InlineIrqPort, MmioPort
 from virtwire.hw.dma import DmaError, DmaMemory
 from virtwire.hw.e1000_regs import (
     DESC_SIZE,
@@ -466,6 +466,15 @@ class E1000Driver:
         self._tx_ctx_cache: bytes | None = None
         self._tx_space = asyncio.Event()
         self._irq_task: asyncio.Task[None] | None = None
+        #: Interrupts handled inline, in the port's read callback (an InlineIrqPort).
+        self._inline: InlineIrqPort | None = None
+        #: Inline: the ICR read of the interrupt being handled, and when it left.
+        self._icr_read: asyncio.Future[int] | None = None
+        self._icr_sent = 0.0
+        #: Inline: the interrupt task has work (LSC, NAPI polling).
+        self._wake = asyncio.Event()
+        self._lsc_pending = False
+        self._polling = False
         self._last_rx = 0
         self._rx_blank = b"".join(
             RX_DESC.pack(self.layout.rx_bufs + i * buf_size, 0, 0, 0, 0, 0)
@@ -548,6 +557,9 @@ class E1000Driver:
                               ) from exc
         self.state = "up"
         self.error = None
+        if isinstance(self.mmio, InlineIrqPort):
+            self._inline = self.mmio
+            self.mmio.on_read = self._on_read
         self._irq_task = asyncio.create_task(self._irq_loop(), name=f"{self.name}-irq")
         logger.info("%s: up, mac %s, link %s, %d/%d descriptors, %d-byte buffers at %#x",
                     self.name, format_mac(self.mac), "up" if self.link_up else "down",
@@ -635,6 +647,12 @@ class E1000Driver:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._inline is not None:
+            self._inline.on_read = None
+            self._inline = None
+        if self._icr_read is not None:
+            self._icr_read.cancel()
+            self._icr_read = None
         if self.state == "up":
             with contextlib.suppress(DriverError, BackendError):
                 self._write(E1000_IMC, MASK32)
@@ -649,21 +667,107 @@ class E1000Driver:
 
     # -- interrupts -------------------------------------------------------------------------
     async def _irq_loop(self) -> None:
+        """Interrupts (unless handled inline), the watchdog and NAPI polling."""
         irq = self.mmio.irq
         while self.state == "up":
             try:
                 async with asyncio.timeout(self.watchdog_interval):
-                    await irq.wait_high()
+                    if self._inline is not None:
+                        await self._wake.wait()
+                    else:
+                        await irq.wait_high()
             except TimeoutError:
+                self._check_icr_read()
                 await self._guarded(self._watchdog())
                 continue
-            await self._guarded(self._interrupt())
+            if self._inline is not None:
+                self._wake.clear()
+                if self._lsc_pending:
+                    self._lsc_pending = False
+                    await self._guarded(self._update_link())
+            else:
+                await self._guarded(self._interrupt())
             # NAPI-like: while frames keep coming, poll the rings (guest memory, no
             # MMIO) instead of waiting for the next interrupt's round trips.
             while self._last_rx and self.poll_interval > 0 and self.state == "up":
+                self._polling = True
                 await asyncio.sleep(self.poll_interval)
                 self.counters.polls += 1
                 self.service_rings()
+            if self._polling:
+                self._polling = False
+                self._on_read()  # the line may have risen while we polled
+
+    # -- inline interrupts (an InlineIrqPort) ----------------------------------------------
+    def _on_read(self) -> None:
+        """After every read from the NIC: take the answer of our ICR read, and
+        handle a raised line right here, as a hard IRQ handler would: no task
+        wakes, and the ICR read leaves in one write with the RDT/TDT writes."""
+        try:
+            read = self._icr_read
+            if read is not None:
+                if not read.done():
+                    return
+                self._icr_read = None
+                self._icr_answered(read)
+            port = self._inline
+            if port is not None and port.irq.level and self.state == "up" \
+                    and not self._polling:
+                self._start_interrupt(port)
+        except Exception:  # a bug must not break the port's read callback
+            self.counters.handler_errors += 1
+            logger.exception("%s: interrupt handling failed", self.name)
+
+    def _start_interrupt(self, port: InlineIrqPort) -> None:
+        """Take what the rings hold (frames and completions are in guest memory
+        before the line rises), then read ICR, which clears the causes and lowers
+        the line; its answer brings a second look (``_icr_answered``) for what
+        arrived before the read cleared ICR."""
+        port.hold()
+        try:
+            self.service_rings()
+            self._icr_read = port.read_posted(E1000_ICR)
+        except BackendError as exc:
+            self._fail(exc)
+        finally:
+            port.release()
+        self._icr_sent = time.monotonic()
+
+    def _icr_answered(self, read: asyncio.Future[int]) -> None:
+        if read.cancelled():
+            return
+        exc = read.exception()
+        if exc is not None:
+            if isinstance(exc, BackendError):
+                self._fail(exc)
+            return
+        icr = read.result()
+        counters = self.counters
+        counters.interrupts += 1
+        if not icr:
+            counters.spurious_interrupts += 1
+        if icr & E1000_ICR_RXO:
+            counters.rx_overruns += 1
+        if icr & E1000_ICR_LSC:
+            counters.lsc_events += 1
+            self._lsc_pending = True
+            self._wake.set()
+        self.service_rings()
+        if self._last_rx and self.poll_interval > 0:
+            self._polling = True
+            self._wake.set()
+
+    def _check_icr_read(self) -> None:
+        """An inline ICR read unanswered for mmio_timeout is given up (counted),
+        so that the next interrupt is handled."""
+        read = self._icr_read
+        if read is not None and not read.done() and \
+                time.monotonic() - self._icr_sent > self.mmio_timeout:
+            self.counters.mmio_timeouts += 1
+            logger.warning("%s: the NIC did not answer an ICR read within %gs", self.name,
+                           self.mmio_timeout)
+            read.cancel()
+            self._icr_read = None
 
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         """Run one interrupt/watchdog step; a NIC that does not answer is counted,

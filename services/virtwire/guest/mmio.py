@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import grpc
 
@@ -68,6 +69,21 @@ class MmioPort(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class InlineIrqPort(MmioPort, Protocol):
+    """A port whose line changes arrive in event-loop callbacks (not inside the
+    driver's own accesses), so the driver may handle interrupts right there:
+    ``on_read`` runs after every read from the NIC, ``read_posted`` posts a
+    read that leaves with the next write, and between ``hold`` and ``release``
+    everything posted leaves as one write (``virtwire.guest.mmio_unix.UnixMmio``)."""
+
+    on_read: Callable[[], None] | None
+
+    def read_posted(self, offset: int) -> asyncio.Future[int]: ...
+    def hold(self) -> None: ...
+    def release(self) -> None: ...
 
 
 class LocalNic(Protocol):
