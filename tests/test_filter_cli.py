@@ -346,3 +346,35 @@ async def test_lan_netem_set_show_reset(script: Path, lan_env: dict[str, str]) -
     finally:
         rc, out, err = await _run(script, "netem", "reset", "vm1", env=lan_env)
     assert rc == 0 and out.startswith("netem removed from vm1"), err
+
+
+async def test_lan_filter_add_ls_rm_on_nodes_and_hub_ports(
+        script: Path, lan_env: dict[str, str]) -> None:
+    """A real filter type on a hub port and on a vm's NIC, added, listed by LAN
+    name (HUB:PORT, NODE) and removed through the orchestrator."""
+    pytest.importorskip("virtwire.net.filter_buffer")
+    targets = ("hub0:hub0port1", "vm1")
+    for target in targets:
+        rc, out, err = await _run(script, "filter", "add", target, "buffer", "--id", "b",
+                                  "--queue", "rx", "interval=1000", env=lan_env)
+        assert rc == 0, err
+        assert out.strip() == f"added filter b (buffer, queue rx, on) to {target} at position 0"
+    try:
+        for args, words in ((("interval=0",), "interval"), (("--id", "b"), "already there"),
+                            (("--position", "id=zz"), "no filter 'zz'")):
+            argv = ["filter", "add", "vm1", "buffer", "interval=10", *args]
+            if "--id" not in args:
+                argv += ["--id", "b2"]
+            rc, out, err = await _run(script, *argv, env=lan_env)
+            assert rc == EXIT_USAGE and words in err, (args, out, err)
+        rc, out, err = await _run(script, "filter", "ls", env=lan_env)
+        assert rc == 0, err
+        rows = [line.split()[:6] for line in out.splitlines()[1:]]
+        assert sorted(rows) == sorted(
+            [t, "b", "buffer", "rx", "on", "interval=1000"] for t in targets), out
+    finally:
+        for target in targets:
+            rc, out, err = await _run(script, "filter", "rm", target, "b", env=lan_env)
+            assert rc == 0 and out.startswith(f"removed filter b (buffer) from {target}"), err
+    rc, out, err = await _run(script, "filter", "ls", "--json", env=lan_env)
+    assert rc == 0 and json.loads(out) == {"filters": []}, err

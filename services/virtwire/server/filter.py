@@ -28,7 +28,7 @@ import grpc
 
 from virtwire import tls
 from virtwire.address import shorten
-from virtwire.errors import ConfigError, LimitError, NotFoundError
+from virtwire.errors import ConfigError, LimitError, NotFoundError, VirtwireError
 from virtwire.net.filter import (
     MAX_FILTERS,
     FilterContext,
@@ -38,7 +38,7 @@ from virtwire.net.filter import (
 )
 from virtwire.net.filter_types import MAX_SPEC_CHARS, MAX_SPEC_PROPS, FilterSpec, new_filter
 from virtwire.net.net import NetClient
-from virtwire.rpc.status import forwarded
+from virtwire.rpc.status import forwarded, translated
 from virtwire.v1 import filter_pb2, filter_pb2_grpc
 
 if TYPE_CHECKING:
@@ -370,10 +370,14 @@ class LanFilterServicer(filter_pb2_grpc.FilterServiceServicer):
             if rec.kind not in self.KINDS:
                 continue
             node = topo.nodes.get(rec.node)
-            async with tls.aio_channel(rec.address) as ch:
-                with forwarded():
-                    got = await filter_pb2_grpc.FilterServiceStub(ch).ListFilters(
-                        filter_pb2.ListFiltersRequest(), timeout=_RPC_TIMEOUT_S)
+            try:
+                async with tls.aio_channel(rec.address) as ch:
+                    with translated(rec.name):
+                        got = await filter_pb2_grpc.FilterServiceStub(ch).ListFilters(
+                            filter_pb2.ListFiltersRequest(), timeout=_RPC_TIMEOUT_S)
+            except VirtwireError as exc:  # as GetStatus: the others are still listed
+                logger.warning("ListFilters: %s", exc)
+                continue
             for info in got.filters:
                 if isinstance(node, HubNode):
                     resp.filters.append(self._renamed(info, f"{rec.node}:{info.netclient}"))
