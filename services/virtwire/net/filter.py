@@ -226,6 +226,11 @@ class NetFilter:
         """The current properties, as ``configure`` takes them (for listing)."""
         return {}
 
+    def counters(self) -> dict[str, int]:
+        """Counters of the filter's own kind, beyond ``stats`` (netem's
+        delayed, reordered...), by name; the List RPC shows them."""
+        return {}
+
     # -- filter.c ---------------------------------------------------------------------
     def set_status(self, on: bool) -> None:
         """status=off lets everything through, and releases what is held."""
