@@ -184,6 +184,10 @@ class FilterHost:
                 result = close()
                 if inspect.isawaitable(result):
                     await result
+        for chardev in chardevs.values():  # net.chardev: close, then wait until closed
+            wait_closed = getattr(chardev, "wait_closed", None)
+            if callable(wait_closed):
+                await wait_closed()
 
     # -- what the RPCs do -------------------------------------------------------------
     def add(self, netclient: str, kind: str, fid: str, *,
