@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from virtwire.cli.exitcode import EXIT_OK
 from virtwire.cli.filter import FilterClient, add_target_arguments, queue_word
 from virtwire.cli.format import format_json, format_table
-from virtwire.errors import ConfigError, VirtwireError
+from virtwire.errors import ConfigError
+from virtwire.net.units import parse_rate
 from virtwire.v1 import filter_pb2
 
 #: The filter ``netem set`` makes, and its kind.
@@ -46,18 +47,15 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def _rate_kbit(text: str) -> str:
-    """A rate property in kbit/s, as containerlab shows it; as given if it
-    cannot be read (the units module reads it as the filter does)."""
+    """A rate property in kbit/s, as containerlab shows it (read by net.units, as
+    the filter reads it); as given if it cannot be read."""
     if not text:
         return ""
     try:
-        from virtwire.net import units  # type: ignore[attr-defined,unused-ignore]
-
-        bits = float(units.parse_rate(text))
-    except (ImportError, AttributeError, ValueError, VirtwireError):
+        bits = parse_rate(text)
+    except ConfigError:
         return text
-    kbit = bits / 1000
-    return f"{kbit:g}"
+    return f"{bits / 1000:g}"
 
 
 def _cell(props: Mapping[str, str], prop: str) -> str:
