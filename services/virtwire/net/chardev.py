@@ -30,9 +30,12 @@ Writes are coalesced into one transport write per turn of the event loop
 and bounded: a frame that would take the connection's buffered output past
 ``WRITE_BUFFER_MAX`` is dropped and counted (``dropped_slow_reader``), as is
 one written while no connection is up (``dropped_not_connected``). Reading
-hands at most ``READ_SLICE`` frames to the callback per turn of the loop,
-and stops while no reader is attached (the bytes wait in the socket, as a
-QEMU chardev without a frontend). Like QEMU's, a chardev serves one filter.
+hands at most ``READ_SLICE`` frames to the callback per turn of the loop.
+While no callback is set, input waits in the socket (as a QEMU chardev
+without a read handler), except on a chardev whose filter only writes to
+it (a mirror's or redirector's outdev): there what arrives is read and
+dropped (``bytes_discarded``), so that a hangup is seen and a client
+redials at once. Like QEMU's, a chardev serves one filter.
 See docs/filters.md.
 """
 
@@ -209,6 +212,8 @@ class ChardevStats:
     dropped_not_connected: int = 0
     #: Frames written while the connection's output was full.
     dropped_slow_reader: int = 0
+    #: Bytes read and dropped: they came to a chardev whose user only writes.
+    bytes_discarded: int = 0
     #: Connections closed for a malformed length (0, > NET_BUFSIZE, a vnet header).
     bad_frames: int = 0
     connects: int = 0
@@ -275,8 +280,15 @@ class _Connection(asyncio.Protocol):
         """Hand up to READ_SLICE complete frames to the reader; keep the rest."""
         chardev = self.chardev
         handler = chardev.handler
-        if handler is None or self.dead:
-            self._pause(True)
+        if self.dead:
+            return
+        if handler is None:
+            if chardev.discard_input:
+                chardev.stats.bytes_discarded += len(self._rbuf)
+                self._rbuf.clear()
+                self._pause(False)
+            else:
+                self._pause(True)
             return
         rbuf = self._rbuf
         vnet = chardev.vnet_hdr
@@ -314,7 +326,7 @@ class _Connection(asyncio.Protocol):
             chardev._bad_frame(self, bad)
             return
         if chardev.handler is None:
-            self._pause(True)
+            self._drain()  # held or discarded, as the chardev's user wants
         elif n == READ_SLICE:
             # More may be complete: let the loop run, then go on.
             self._pause(True)
@@ -371,6 +383,8 @@ class Chardev:
         self.owner: object | None = None
         self.user = ""
         self.vnet_hdr = False
+        #: Read and drop what arrives while no handler is set (a writer's chardev).
+        self.discard_input = False
         #: The reader's callback, or None (reading stops).
         self.handler: FrameHandler | None = None
         self.last_error = ""
@@ -488,7 +502,7 @@ class Chardev:
         self.connected.set()
         logger.info("chardev %s: %s %s", self.id,
                     "connection from" if self.spec.server else "connected to", conn.remote)
-        if self.handler is None:
+        if self.handler is None and not self.discard_input:
             conn._pause(True)
 
     def _disconnected(self, conn: _Connection, exc: Exception | None) -> None:
@@ -523,17 +537,26 @@ class Chardev:
             raise ConfigError(f"filter {name}: chardev {self.id} is in use by filter "
                               f"{self.user}; a chardev serves one filter")
 
-    def claim(self, owner: object, name: str, *, vnet_hdr: bool = False) -> None:
-        """Let filter ``owner`` use this chardev (ConfigError if another does)."""
+    def claim(self, owner: object, name: str, *, vnet_hdr: bool = False,
+              reads: bool = True) -> None:
+        """Let filter ``owner`` use this chardev (ConfigError if another does).
+        A user that only writes (``reads`` False) has what arrives read and
+        discarded, so a hangup is seen at once; otherwise input waits in the
+        socket until a frame handler is set."""
         self.check_free(owner, name)
         self.owner = owner
         self.user = name
         self.vnet_hdr = vnet_hdr
+        self.discard_input = not reads
+        conn = self.conn
+        if conn is not None and self.handler is None:
+            conn.schedule_drain()
 
     def unclaim(self, owner: object) -> None:
         if self.owner is owner:
             self.owner = None
             self.user = ""
+            self.discard_input = False
             self.set_frame_handler(None)
 
     def set_frame_handler(self, handler: FrameHandler | None) -> None:
@@ -541,7 +564,7 @@ class Chardev:
         self.handler = handler
         conn = self.conn
         if conn is not None:
-            if handler is None:
+            if handler is None and not self.discard_input:
                 conn._pause(True)
             else:
                 conn.schedule_drain()
@@ -612,6 +635,7 @@ class Chardev:
         return {"frames_out": s.frames_out, "bytes_out": s.bytes_out, "frames_in": s.frames_in,
                 "bytes_in": s.bytes_in, "dropped_not_connected": s.dropped_not_connected,
                 "dropped_slow_reader": s.dropped_slow_reader, "bad_frames": s.bad_frames,
+                "bytes_discarded": s.bytes_discarded,
                 "connects": s.connects, "disconnects": s.disconnects,
                 "connect_errors": s.connect_errors}
 

@@ -97,7 +97,7 @@ class FilterMirror(NetFilter):
             self.outdev.unclaim(self)
         self.vnet_hdr = parsed["vnet_hdr"]
         if new is not None:
-            new.claim(self, self.id, vnet_hdr=self.vnet_hdr)
+            new.claim(self, self.id, vnet_hdr=self.vnet_hdr, reads=False)
         self.outdev = new
         self.netdev_out = parsed["netdev_out"]
 

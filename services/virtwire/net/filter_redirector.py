@@ -87,7 +87,7 @@ class FilterRedirector(NetFilter):
         self.vnet_hdr = parsed["vnet_hdr"]
         for new in (indev, outdev):
             if new is not None:
-                new.claim(self, self.id, vnet_hdr=self.vnet_hdr)
+                new.claim(self, self.id, vnet_hdr=self.vnet_hdr, reads=new is indev)
         if self.indev is not None and self.indev is not indev:
             self.indev.set_frame_handler(None)
         self.indev, self.outdev = indev, outdev
