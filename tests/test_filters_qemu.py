@@ -818,3 +818,18 @@ async def test_redirector_bad_input_changes_nothing(chardevs: dict[str, Chardev]
     assert chardevs["c1"].handler is not None and chardevs["c0"].handler is None
     a.remove_filter("r0")
     assert all(cd.user == "" and cd.handler is None for cd in chardevs.values())
+
+
+def test_every_builtin_type_is_found_whatever_was_imported_first() -> None:
+    """A fresh process that imported one type's module still finds the others."""
+    code = textwrap.dedent("""
+        import virtwire.net.filter_dump
+        from virtwire.net.filter import FilterContext
+        from virtwire.net.filter_types import new_filter
+        import asyncio
+        ctx = FilterContext(scheduler=asyncio.new_event_loop())
+        print(new_filter("buffer", "b0", {"interval": "5"}, ctx).kind)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.split() == ["buffer"]

@@ -36,10 +36,16 @@ def register_filter_type(cls: type[NetFilter]) -> type[NetFilter]:
     return cls
 
 
+_loaded = False
+
+
 def _load() -> None:
     """Import the modules that register the built-in types (each registers
-    itself); a module not there yet is skipped."""
+    itself); a module not there yet is skipped. Once, whatever was registered
+    before (importing one type's module must not hide the others)."""
     import importlib
+    global _loaded
+    _loaded = True
     for module in ("filter_dump", "filter_buffer", "filter_mirror", "filter_redirector",
                    "netem"):
         try:
@@ -53,7 +59,7 @@ def new_filter(kind: str, fid: str, props: Mapping[str, str], ctx: FilterContext
                direction: FilterDirection | str = FilterDirection.ALL,
                status: bool = True) -> NetFilter:
     """A filter of type ``kind``; ConfigError for an unknown type or a bad property."""
-    if not FILTER_TYPES:
+    if not _loaded:
         _load()
     cls = FILTER_TYPES.get(kind)
     if cls is None:
