@@ -242,6 +242,8 @@ class GuestServer(ServiceHost):
 
     def status(self) -> guest_pb2.GetStatusResponse:
         driver = self.driver
+        if driver is not None:
+            driver.reclaim_tx()
         c = driver.counters if driver is not None else None
         dropped = self.subscriber_dropped
         if c is not None:
