@@ -222,6 +222,25 @@ def test_dump_update_to_a_new_file_and_a_refused_update_changes_nothing(tmp_path
     assert read_pcap_records((tmp_path / "two.pcap").read_bytes()) == [(b"\x02" * 60, 60)]
 
 
+def test_dump_write_error_stops_writing_and_counts_what_it_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = pair()
+    dump = make("dump", "d0", {"file": "full.pcap"}, FilterContext(dump_dir=tmp_path))
+    a.add_filter(dump)
+    a.send_packet(b"\x01" * 60)
+
+    def enospc(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(filter_dump.os, "write", enospc)
+    dump.flush()
+    a.send_packet(b"\x02" * 60)
+    monkeypatch.undo()
+    a.remove_filter("d0")
+    assert dump.counters()["write_errors"] == 1 and dump.counters()["not_written"] == 2
+    assert len(b.got) == 2 and (tmp_path / "full.pcap").stat().st_size == 24
+
+
 @pytest.mark.parametrize("name", ["../x.pcap", "a/b.pcap", "/etc/passwd", ".hidden", "..",
                                   "", "x\0y", "a" * 200])
 def test_dump_refuses_a_path_as_its_file(tmp_path: Path, name: str) -> None:
