@@ -87,3 +87,20 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+@dataclass
+class PercentTarget(Target):
+    """A target on a fraction measured in percent (``0.012 % pass``): the digits
+    a drop fraction needs, which Target's ``12 %`` would round away."""
+
+    unit: str = "%"
+
+    def cell(self) -> str:
+        if self.measured is None:
+            return "not measured"
+        return f"{self.measured:.3f} % {'pass' if self.passed else 'FAIL'}"
+
+    def goal(self) -> str:
+        sign = "≤" if self.kind == "max" else "≥"
+        return f"{self.what} {sign} {self.limit:g} %"
