@@ -16,6 +16,10 @@
 - vm: two real QEMU VMs with iperf3, direct, through QEMU's hub and through a
   virtwire hub (vm_bench, when bench/vm_bench.py is there).
 
+After every part has run, two virtwire guests (iperf) are set against two QEMU
+VMs direct (vm) of the same run: the ratio each way, and issue 10's targets for
+them as pass/fail (``guests_vs_direct`` in the JSON).
+
 Tables are markdown, as the README takes them; the machine load is printed
 before and after, and --json FILE writes every figure.
 """
@@ -82,6 +86,24 @@ def run_part(name: str, quick: bool) -> dict[str, Any]:
     return result
 
 
+def guests_vs_direct(iperf: dict[str, Any], vm: dict[str, Any] | None) -> dict[str, Any]:
+    """Two virtwire guests against two QEMU VMs direct, both measured in this run
+    (printed; the ratio and the QEMU figures are "not measured" without vm)."""
+    import iperf_bench
+
+    if vm is not None and ("skipped" in vm or "direct_mbit_s" not in vm):
+        vm = None
+    out = iperf_bench.comparison(iperf, vm) if vm is not None else {}
+    ts = iperf_bench.targets(iperf, vm)
+    out["targets"] = [t.as_dict() for t in ts]
+    accel = f", QEMU accel={vm.get('accel')}" if vm is not None else ""
+    print(f"\n## Two virtwire guests vs two QEMU VMs direct (iperf3, this run{accel})\n")
+    print(iperf_bench.comparison_table(iperf, vm))
+    print("\n**Targets** (issue 10; a report, not a test)\n")
+    print(iperf_bench.targets_table(ts))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in PARTS:
         if name in parts:
             report[name] = run_part(name, a.quick)
+    if isinstance(report.get("iperf"), dict) and "skipped" not in report["iperf"]:
+        report["guests_vs_direct"] = guests_vs_direct(report["iperf"], report.get("vm"))
     report["load_after"] = load_figures()
     report["elapsed_s"] = round(time.monotonic() - t0, 1)
     print(f"\nafter: {load_note()} ({report['elapsed_s']:.0f} s of benchmarks)")

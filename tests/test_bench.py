@@ -8,15 +8,18 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 import hubbench
+import iperf_bench
 import lanbench
 import procstat
 import report
+import run as bench_run
 from loadgen import Endpoint, LoadConfig
 from peers import (
     LoopPeer,
@@ -182,3 +185,111 @@ async def test_a_failed_run_is_tried_once_more_and_its_error_kept(
 
     run = await hubbench._measure("loop", LoadConfig(size=64, count=100), 0.0)
     assert run["error"] == "no hub" and run["attempts"] == 2 and "result" not in run
+
+
+def _counters(frames: dict[str, int], drops: dict[str, int]) -> iperf_bench.Counters:
+    return iperf_bench.Counters(frames=frames, drops=drops)
+
+
+def test_counters_are_diffed_per_key_and_a_counter_that_went_back_is_refused() -> None:
+    before = iperf_bench.Counters({"nicA.GPTC": 10}, {"hub/p0.dropped_total": 1},
+                                  {"hub/p0.dropped_queue_full": 1})
+    after = iperf_bench.Counters({"nicA.GPTC": 25, "nicB.GPRC": 7},
+                                 {"hub/p0.dropped_total": 4},
+                                 {"hub/p0.dropped_queue_full": 4})
+    delta = iperf_bench.diff_counters(before, after)
+    assert delta.frames == {"nicA.GPTC": 15, "nicB.GPRC": 7}  # new counter: from 0
+    assert delta.drops == {"hub/p0.dropped_total": 3}
+    assert delta.causes == {"hub/p0.dropped_queue_full": 3}
+    with pytest.raises(ValueError, match=r"nicA\.GPTC went back"):
+        iperf_bench.diff_counters(after, before)
+
+
+def test_every_frame_is_carried_dropped_or_shown_as_unaccounted() -> None:
+    assert iperf_bench.where("nicA/e1000.dropped_total") == "nicA"
+    assert iperf_bench.where("tapB.tx_dropped") == "tapB"
+    delta = _counters(
+        {"nicA.GPTC": 1000, "nicB.GPTC": 100, "nicA.GPRC": 98, "nicB.GPRC": 990},
+        {"nicB.rx_no_buffers": 5, "hub/hub0port1.dropped_total": 3, "guestB.dropped": 2,
+         "tapA.tx_dropped": 0})
+    got = iperf_bench.account(delta, ["nicA", "nicB"], ["nicA", "nicB", "hub"])
+    assert (got["sent"], got["carried"], got["dropped"]) == (1100, 1088, 10)
+    # guestB's drop is after the ring: it does not explain frames sent but not carried
+    assert got["dropped_between_nics"] == 8 and got["unaccounted"] == 4
+    assert got["dropped_pct"] == pytest.approx(100 * 10 / 1098)
+    assert got["drops_by_counter"] == {"guestB.dropped": 2, "hub/hub0port1.dropped_total": 3,
+                                       "nicB.rx_no_buffers": 5}
+    empty = iperf_bench.account(_counters({}, {}), ["nicA", "nicB"], [])
+    assert empty["dropped_pct"] is None and empty["unaccounted"] == 0
+
+
+def test_cpu_per_frame_and_per_mb() -> None:
+    got = iperf_bench.cpu_figures({"hub": 0.5, "nicA": 1.5}, 100_000, 50_000_000)
+    assert got["cpu_s_sum"] == 2.0
+    assert got["cpu_us_per_frame"] == 20.0 and got["cpu_ms_per_mb"] == 40.0
+    none = iperf_bench.cpu_figures({"hub": 0.5}, 0, 0)
+    assert none["cpu_us_per_frame"] is None and none["cpu_ms_per_mb"] is None
+
+
+def test_iperf3_json_gives_rate_bytes_and_retransmits() -> None:
+    result: dict[str, Any] = {"start": {"connected": [{"socket": 5}]},
+                              "end": {"sum_received": {"bits_per_second": 4.5e8,
+                                                       "bytes": 168_000_000, "seconds": 3.01},
+                                      "sum_sent": {"retransmits": 7}}}
+    got = iperf_bench.iperf_figures(result)
+    assert got == {"mbit_s": 450.0, "received_bytes": 168_000_000, "seconds": 3.01,
+                   "retransmits": 7, "streams": 1}
+    del result["end"]["sum_sent"]
+    assert iperf_bench.iperf_figures(result)["retransmits"] is None
+
+
+def _guests(ab: float, ba: float, pct_ab: float | None, pct_ba: float | None
+            ) -> dict[str, object]:
+    return {"a_to_b": {"mbit_s": ab, "frames": {"dropped_pct": pct_ab},
+                       "cpu": {"cpu_ms_per_mb": 30.0}},
+            "b_to_a": {"mbit_s": ba, "frames": {"dropped_pct": pct_ba},
+                       "cpu": {"cpu_ms_per_mb": 32.0}}}
+
+
+def test_guest_targets_against_qemu_direct_of_the_same_run() -> None:
+    vm = {"accel": "tcg", "direct_mbit_s": 500.0,
+          "paths": {"direct": {"a_to_b": {"mbit_s": 400.0, "cpu_ms_per_mb": 10.0},
+                               "b_to_a": {"mbit_s": 600.0, "cpu_ms_per_mb": 12.0}}}}
+    guests = _guests(240.0, 160.0, 0.02, 0.25)
+    cells = [t.cell() for t in iperf_bench.targets(guests, vm)]
+    assert cells == ["0.400x pass", "200 Mbit/s pass", "0.250 % FAIL"]
+    cmp = iperf_bench.comparison(guests, vm)
+    assert cmp["a_to_b_ratio"] == pytest.approx(0.6)
+    assert cmp["b_to_a_ratio"] == pytest.approx(160 / 600)
+    assert cmp["mean_ratio"] == pytest.approx(0.4)
+    assert cmp["cpu_ms_per_mb"]["b_to_a"] == {"virtwire_guests": 32.0, "qemu_direct": 12.0}
+    table = iperf_bench.comparison_table(guests, vm)
+    assert "| A → B | 240.0 | 400.0 | 0.600 | 30.00 | 10.00 |" in table
+    assert ("| frames dropped, steady single stream (worse direction) ≤ 0.1 % | 0.250 % FAIL |"
+            in iperf_bench.targets_table(iperf_bench.targets(guests, vm)))
+
+
+def test_guest_targets_without_a_reference_or_a_direction() -> None:
+    slow = iperf_bench.targets(_guests(100.0, 120.0, 0.0, 0.05), None)
+    assert [t.cell() for t in slow] == ["not measured", "110 Mbit/s FAIL", "0.050 % pass"]
+    half = {"a_to_b": _guests(300.0, 0.0, 0.0, None)["a_to_b"]}
+    assert [t.measured for t in iperf_bench.targets(half, None)] == [None, None, None]
+
+
+def test_percent_target_keeps_the_digits_of_a_small_fraction() -> None:
+    t = report.PercentTarget("dropped", 0.0123, 0.1, "max")
+    assert (t.cell(), t.goal()) == ("0.012 % pass", "dropped ≤ 0.1 %")
+    assert t.as_dict()["passed"] is True and t.as_dict()["unit"] == "%"
+    assert report.PercentTarget("dropped", None, 0.1, "max").cell() == "not measured"
+
+
+def test_run_sets_guests_against_direct_only_when_vm_measured_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    guests = _guests(240.0, 160.0, 0.0, 0.0)
+    got = bench_run.guests_vs_direct(guests, {"bench": "vm", "skipped": "no vm_bench"})
+    assert "mean_ratio" not in got
+    assert [t["passed"] for t in got["targets"]] == [None, True, True]
+    got = bench_run.guests_vs_direct(guests, {"direct_mbit_s": 800.0, "paths": {}})
+    assert got["mean_ratio"] == pytest.approx(0.25)
+    assert [t["passed"] for t in got["targets"]] == [False, True, True]
+    assert "0.25x FAIL" in capsys.readouterr().out
