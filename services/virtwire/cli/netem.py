@@ -3,7 +3,9 @@
 As containerlab's ``tools netem``: ``set`` creates or changes the filter of
 kind ``netem`` and id ``netem`` on TARGET (the net filter of net/netem.py),
 ``show`` prints a table of impairments and drops, ``reset`` removes it. TARGET
-is what ``virtwire filter`` takes (cli.filter).
+is what ``virtwire filter`` takes (cli.filter). As ``tc qdisc ... netem`` on an
+interface shapes its egress, a new netem sees what TARGET sends (``--queue
+tx``) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ async def cmd_netem_set(args: argparse.Namespace) -> int:
             info = await client.update(NETEM_ID, props)
             what = "changed"
         else:
-            info = await client.add(NETEM_KIND, NETEM_ID, props, queue=args.queue or "all")
+            info = await client.add(NETEM_KIND, NETEM_ID, props, queue=args.queue or "tx")
             what = "set"
     print(f"netem {what} on {args.target}: "
           + ", ".join(f"{k}={v}" for k, v in sorted(info.props.items())))
@@ -149,8 +151,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     for name, (_, help_text) in OPTIONS.items():
         st.add_argument(f"--{name}", metavar="VALUE", help=help_text)
     st.add_argument("--queue", choices=["all", "rx", "tx"],
-                    help="which frames, when created: rx (to TARGET), tx (from it), "
-                         "all (default)")
+                    help="which frames, when created: tx (what TARGET sends: its egress, "
+                         "as tc netem on an interface; the default), rx (to TARGET), all "
+                         "(both ways, so a delay counts twice in a round trip)")
 
     sh = verbs.add_parser("show", allow_abbrev=False, help="TARGET's netem, or all of them",
                           description="The netem filters of TARGET, or of every NetClient, "
