@@ -10,8 +10,9 @@ event loop) and end at their deadline:
 - ``wait_for_frame``: the first matching frame, or None when none came in time;
 - ``expect_no_frame``: None when none came for the whole duration, else the
   first one (returned as soon as it arrives);
-- ``count_frames``: matching frames seen in the duration (or until ``at_least``
-  were seen). A frame the queue could not hold still matched and is counted.
+- ``count_frames``: matching frames seen since the source started (a watch
+  counts from its start), over the duration or until ``at_least`` were seen. A
+  frame the queue could not hold still matched and is counted.
 
 The same waits run on any ``FrameSource`` (the CLI feeds them a Capture
 stream from an orchestrator). Timeouts and durations are bounded by
@@ -111,15 +112,14 @@ async def count_frames(source: FrameSource, duration: float, at_least: int = 0) 
     check_wait(duration, "duration")
     start = time.monotonic()
     got = 0
-    dropped_before = source.dropped
     try:
         async with asyncio.timeout(duration):
-            while not at_least or got + source.dropped - dropped_before < at_least:
+            while not at_least or got + source.dropped < at_least:
                 await source.get()
                 got += 1
     except TimeoutError:
         pass
-    lost = source.dropped - dropped_before
+    lost = source.dropped
     return CountResult(got + lost, lost, time.monotonic() - start)
 
 

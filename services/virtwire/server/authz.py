@@ -63,7 +63,9 @@ PERMISSIONS: dict[str, Access] = {
     # Read.
     **{_V1 + m: Access.READ for m in (
         "NetClientService/ListNetClients", "NetClientService/GetNetClient",
-        "NetClientService/Capture", "FilterService/ListFilters",
+        "NetClientService/Capture", "NetClientService/WaitForFrame",
+        "NetClientService/ExpectNoFrame", "NetClientService/CountFrames",
+        "FilterService/ListFilters",
         "OrchestratorService/GetStatus", "OrchestratorService/Capture",
         "OrchestratorService/Ping", "OrchestratorService/ListServices",
         "HubService/ListPorts", "TapService/ListBackends",

@@ -1,6 +1,7 @@
 """What every virtwire server provides.
 
-- NetClientService (list, inject, capture, set_link) over its registry;
+- NetClientService (list, inject, capture, set_link, and the assertions
+  WaitForFrame / ExpectNoFrame / CountFrames) over its registry;
 - FilterService (NetFilters on its NetClients, server.filter);
 - LinkService, so peers can dial its NetClients;
 - gRPC server reflection and grpc.health.v1;
@@ -21,9 +22,11 @@ from grpc_reflection.v1alpha import reflection
 
 from virtwire import tls
 from virtwire.address import SockAddr, parse_sockaddr
-from virtwire.errors import ConfigError
-from virtwire.net.capture import CaptureFilter, CaptureSubscription
+from virtwire.errors import ConfigError, DeadlineError
+from virtwire.net.assertion import FrameWatch, check_wait
+from virtwire.net.capture import CapturedFrame, CaptureFilter, CaptureSubscription
 from virtwire.net.eth import check_frame, parse_mac
+from virtwire.net.match import parse_match
 from virtwire.net.net import NetClient
 from virtwire.net.queue import Defer, install_deferral, remove_deferral
 from virtwire.rpc.options import GRPC_OPTIONS
@@ -156,6 +159,64 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
         nc.set_link(request.up)
         logger.info("set_link %s %s", nc.name, "up" if request.up else "down")
         return netclient_pb2.SetLinkResponse(netclient=self.registry.info(nc))
+
+
+    # -- assertions (virtwire.net.assertion) -------------------------------------------
+    def _watch(self, name: str, match: str, direction: int, wait_ms: int,
+               what: str) -> tuple[FrameWatch, float]:
+        """The watch a request asks for, checked in full before it starts."""
+        nc = self.registry.get(name)
+        rx, tx = _directions(direction)
+        seconds = check_wait(wait_ms / 1000, what)
+        return FrameWatch(nc, parse_match(match), rx=rx, tx=tx,
+                          max_subscribers=self.registry.max_captures), seconds
+
+    async def WaitForFrame(self, request: netclient_pb2.WaitForFrameRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> netclient_pb2.WaitForFrameResponse:
+        watch, timeout = self._watch(request.name, request.match, request.direction,
+                                     request.timeout_ms, "timeout")
+        with watch:  # LimitError at the cap
+            got = await watch.wait_for_frame(timeout)
+        if got is None:
+            raise DeadlineError(f"no frame matching {watch.match} on {request.name} "
+                                f"within {timeout:g} s")
+        return netclient_pb2.WaitForFrameResponse(frame=_matched(got))
+
+    async def ExpectNoFrame(self, request: netclient_pb2.ExpectNoFrameRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]
+                            ) -> netclient_pb2.ExpectNoFrameResponse:
+        watch, duration = self._watch(request.name, request.match, request.direction,
+                                      request.duration_ms, "duration")
+        with watch:
+            got = await watch.expect_no_frame(duration)
+        if got is None:
+            return netclient_pb2.ExpectNoFrameResponse(seen=False)
+        return netclient_pb2.ExpectNoFrameResponse(seen=True, frame=_matched(got))
+
+    async def CountFrames(self, request: netclient_pb2.CountFramesRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]
+                          ) -> netclient_pb2.CountFramesResponse:
+        watch, duration = self._watch(request.name, request.match, request.direction,
+                                      request.duration_ms, "duration")
+        with watch:
+            got = await watch.count_frames(duration, request.at_least)
+        return netclient_pb2.CountFramesResponse(
+            count=got.count, lost=got.lost, elapsed_ms=round(got.elapsed_s * 1000))
+
+
+def _directions(direction: int) -> tuple[bool, bool]:
+    """(rx, tx) of a Direction; UNSPECIFIED and BOTH are both."""
+    if direction not in netclient_pb2.Direction.values():
+        raise ConfigError(f"unknown direction {direction}")
+    return (direction != netclient_pb2.DIRECTION_TX, direction != netclient_pb2.DIRECTION_RX)
+
+
+def _matched(item: CapturedFrame) -> netclient_pb2.MatchedFrame:
+    return netclient_pb2.MatchedFrame(
+        frame=item.frame, timestamp_ns=item.timestamp_ns,
+        direction=(netclient_pb2.DIRECTION_RX if item.direction == "rx"
+                   else netclient_pb2.DIRECTION_TX))
 
 
 def inject(nc: NetClient, frame: bytes, repeat: int = 1) -> tuple[int, int]:

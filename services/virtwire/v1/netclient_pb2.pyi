@@ -231,3 +231,75 @@ class SetLinkResponse(_message.Message):
     NETCLIENT_FIELD_NUMBER: _ClassVar[int]
     netclient: NetClientInfo
     def __init__(self, netclient: _Optional[_Union[NetClientInfo, _Mapping]] = ...) -> None: ...
+
+class MatchedFrame(_message.Message):
+    __slots__ = ("frame", "direction", "timestamp_ns")
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
+    frame: bytes
+    direction: Direction
+    timestamp_ns: int
+    def __init__(self, frame: _Optional[bytes] = ..., direction: _Optional[_Union[Direction, str]] = ..., timestamp_ns: _Optional[int] = ...) -> None: ...
+
+class WaitForFrameRequest(_message.Message):
+    __slots__ = ("name", "match", "direction", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    match: str
+    direction: Direction
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., match: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class WaitForFrameResponse(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: MatchedFrame
+    def __init__(self, frame: _Optional[_Union[MatchedFrame, _Mapping]] = ...) -> None: ...
+
+class ExpectNoFrameRequest(_message.Message):
+    __slots__ = ("name", "match", "direction", "duration_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    match: str
+    direction: Direction
+    duration_ms: int
+    def __init__(self, name: _Optional[str] = ..., match: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class ExpectNoFrameResponse(_message.Message):
+    __slots__ = ("seen", "frame")
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    seen: bool
+    frame: MatchedFrame
+    def __init__(self, seen: _Optional[bool] = ..., frame: _Optional[_Union[MatchedFrame, _Mapping]] = ...) -> None: ...
+
+class CountFramesRequest(_message.Message):
+    __slots__ = ("name", "match", "direction", "duration_ms", "at_least")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    AT_LEAST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    match: str
+    direction: Direction
+    duration_ms: int
+    at_least: int
+    def __init__(self, name: _Optional[str] = ..., match: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., duration_ms: _Optional[int] = ..., at_least: _Optional[int] = ...) -> None: ...
+
+class CountFramesResponse(_message.Message):
+    __slots__ = ("count", "lost", "elapsed_ms")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    lost: int
+    elapsed_ms: int
+    def __init__(self, count: _Optional[int] = ..., lost: _Optional[int] = ..., elapsed_ms: _Optional[int] = ...) -> None: ...

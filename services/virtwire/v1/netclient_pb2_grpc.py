@@ -60,6 +60,21 @@ class NetClientServiceStub:
                 request_serializer=virtwire_dot_v1_dot_netclient__pb2.SetLinkRequest.SerializeToString,
                 response_deserializer=virtwire_dot_v1_dot_netclient__pb2.SetLinkResponse.FromString,
                 _registered_method=True)
+        self.WaitForFrame = channel.unary_unary(
+                '/virtwire.v1.NetClientService/WaitForFrame',
+                request_serializer=virtwire_dot_v1_dot_netclient__pb2.WaitForFrameRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_netclient__pb2.WaitForFrameResponse.FromString,
+                _registered_method=True)
+        self.ExpectNoFrame = channel.unary_unary(
+                '/virtwire.v1.NetClientService/ExpectNoFrame',
+                request_serializer=virtwire_dot_v1_dot_netclient__pb2.ExpectNoFrameRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_netclient__pb2.ExpectNoFrameResponse.FromString,
+                _registered_method=True)
+        self.CountFrames = channel.unary_unary(
+                '/virtwire.v1.NetClientService/CountFrames',
+                request_serializer=virtwire_dot_v1_dot_netclient__pb2.CountFramesRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_netclient__pb2.CountFramesResponse.FromString,
+                _registered_method=True)
 
 
 class NetClientServiceServicer:
@@ -102,6 +117,34 @@ class NetClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitForFrame(self, request, context):
+        """The first frame matching an expression that the NetClient receives or sends
+        from the call on. DEADLINE_EXCEEDED when none came within timeout_ms (the
+        CLI's "not met", exit 1); NOT_FOUND for an unknown NetClient;
+        INVALID_ARGUMENT for a bad match; OUT_OF_RANGE for a timeout outside 1 ms to
+        1 h; FAILED_PRECONDITION when the NetClient has the most capture subscribers
+        its server allows (each assertion takes one while it runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExpectNoFrame(self, request, context):
+        """Watch for duration_ms that no matching frame passes; returns early with the
+        first one that does. Errors as WaitForFrame's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountFrames(self, request, context):
+        """Count the matching frames over duration_ms (or until at_least matched).
+        Errors as WaitForFrame's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +172,21 @@ def add_NetClientServiceServicer_to_server(servicer, server):
                     servicer.SetLink,
                     request_deserializer=virtwire_dot_v1_dot_netclient__pb2.SetLinkRequest.FromString,
                     response_serializer=virtwire_dot_v1_dot_netclient__pb2.SetLinkResponse.SerializeToString,
+            ),
+            'WaitForFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitForFrame,
+                    request_deserializer=virtwire_dot_v1_dot_netclient__pb2.WaitForFrameRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_netclient__pb2.WaitForFrameResponse.SerializeToString,
+            ),
+            'ExpectNoFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpectNoFrame,
+                    request_deserializer=virtwire_dot_v1_dot_netclient__pb2.ExpectNoFrameRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_netclient__pb2.ExpectNoFrameResponse.SerializeToString,
+            ),
+            'CountFrames': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountFrames,
+                    request_deserializer=virtwire_dot_v1_dot_netclient__pb2.CountFramesRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_netclient__pb2.CountFramesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +325,87 @@ class NetClientService:
             '/virtwire.v1.NetClientService/SetLink',
             virtwire_dot_v1_dot_netclient__pb2.SetLinkRequest.SerializeToString,
             virtwire_dot_v1_dot_netclient__pb2.SetLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitForFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.NetClientService/WaitForFrame',
+            virtwire_dot_v1_dot_netclient__pb2.WaitForFrameRequest.SerializeToString,
+            virtwire_dot_v1_dot_netclient__pb2.WaitForFrameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpectNoFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.NetClientService/ExpectNoFrame',
+            virtwire_dot_v1_dot_netclient__pb2.ExpectNoFrameRequest.SerializeToString,
+            virtwire_dot_v1_dot_netclient__pb2.ExpectNoFrameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountFrames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.NetClientService/CountFrames',
+            virtwire_dot_v1_dot_netclient__pb2.CountFramesRequest.SerializeToString,
+            virtwire_dot_v1_dot_netclient__pb2.CountFramesResponse.FromString,
             options,
             channel_credentials,
             insecure,
