@@ -14,9 +14,11 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from virtwire.cli.exitcode import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from virtwire.errors import LimitError, OutOfRangeError
@@ -200,7 +202,8 @@ async def test_count_frames_over_a_duration_or_up_to_at_least(
      grpc.StatusCode.OUT_OF_RANGE, "timeout 0 s is out of range"),
     (netclient_pb2.WaitForFrameRequest(name="p1", match="any", timeout_ms=3_600_001),
      grpc.StatusCode.OUT_OF_RANGE, "at most 3600 s"),
-    (netclient_pb2.WaitForFrameRequest(name="p1", match="any", timeout_ms=10, direction=9),
+    (netclient_pb2.WaitForFrameRequest(name="p1", match="any", timeout_ms=10,
+                                      direction=cast(Any, 9)),
      grpc.StatusCode.INVALID_ARGUMENT, "unknown direction 9"),
     (netclient_pb2.ExpectNoFrameRequest(name="p1", match="any", duration_ms=0),
      grpc.StatusCode.OUT_OF_RANGE, "duration 0 s is out of range"),
@@ -211,7 +214,7 @@ async def test_count_frames_over_a_duration_or_up_to_at_least(
 ])
 async def test_bad_requests_are_refused_with_their_status(
         hub_sink: tuple[HubServer, Sink], stub: netclient_pb2_grpc.NetClientServiceStub,
-        request_: object, code: grpc.StatusCode, words: str) -> None:
+        request_: Message, code: grpc.StatusCode, words: str) -> None:
     method = {netclient_pb2.WaitForFrameRequest: stub.WaitForFrame,
               netclient_pb2.ExpectNoFrameRequest: stub.ExpectNoFrame,
               netclient_pb2.CountFramesRequest: stub.CountFrames}[type(request_)]
