@@ -199,8 +199,8 @@ def test_a_topology_error_is_a_config_error() -> None:
 def test_the_tap_schema_has_exactly_the_tap_services_options() -> None:
     for backend, model in TAP_SPECS.items():
         # publish: (a stream port's host address in containers) is no backend option,
-        # nor is link_transport (the service's --link-transport).
-        node_fields = {"kind", "backend", "host", "link_transport"} \
+        # nor is link_transport (the service's --link-transport), nor are its filters.
+        node_fields = {"kind", "backend", "host", "link_transport", "filters", "netem"} \
             | ({"publish"} if backend == "stream" else set())
         fields = set(model.model_fields) - node_fields
         assert fields == set(NETDEV_OPTIONS[backend])
@@ -284,7 +284,8 @@ def test_unknown_field_lists_the_allowed_ones(tmp_path: Path) -> None:
             kind: vm
             macaddr: 52:54:00:12:34:01
         """, "lab.yaml:5: node 'vm1': unknown field 'macaddr'",
-        "(allowed: kind, mac, model, compat, memory, ip, bridge, host, link_transport)")
+        "(allowed: kind, mac, model, compat, memory, ip, bridge, host, link_transport, "
+        "filters, netem)")
 
 
 def test_unknown_top_level_and_bridge_fields(tmp_path: Path) -> None:
@@ -295,7 +296,7 @@ def test_unknown_top_level_and_bridge_fields(tmp_path: Path) -> None:
           vm1: {kind: vm, bridge: {ifname: vw0, mtu: 1500}}
         """)
     assert ("lab.yaml:2: unknown field 'link' (allowed: version, name, hosts, tls, "
-            "link_transport, nodes, links)") in message
+            "link_transport, nodes, links, schedule)") in message
     assert "lab.yaml:4: node 'vm1': bridge: unknown field 'mtu' (allowed: ifname, netns, ip)" \
         in message
 
@@ -306,8 +307,8 @@ def test_an_option_of_another_backend_is_named_as_such(tmp_path: Path) -> None:
         nodes:
           q: {kind: tap, backend: stream, ifname: vw0}
         """, "lab.yaml:3: node 'q': unknown field 'ifname': 'ifname' is an option of the "
-        "tap backend (allowed here: kind, backend, host, link_transport, listen, connect, "
-        "reconnect, publish)")
+        "tap backend (allowed here: kind, backend, host, link_transport, filters, netem, "
+        "listen, connect, reconnect, publish)")
 
 
 def test_missing_fields(tmp_path: Path) -> None:
@@ -565,10 +566,10 @@ def test_a_self_link_and_the_other_cross_checks_are_reported_with_node_errors(
     assert message.splitlines() == [f"{tmp_path / 'lab.yaml'}:{line}: {what}" for line, what in [
         (4, "node 'vm1': mac: bad MAC address 'zz': expected aa:bb:cc:dd:ee:ff"),
         (5, "node 'vm2': unknown field 'colour' (allowed: kind, mac, model, compat, memory, "
-            "ip, bridge, host, link_transport)"),
+            "ip, bridge, host, link_transport, filters, netem)"),
         (7, "node 'vm4': mac: MAC 52:54:00:12:34:03 is already used by node 'vm3' (line 6)"),
         (8, "node 'q': unknown field 'bogus' (allowed: kind, backend, host, link_transport, "
-            "listen, connect, reconnect, publish)"),
+            "filters, netem, listen, connect, reconnect, publish)"),
         (10, "links[0] (vm1 -- vm1): node 'vm1' is linked to itself"),
         (12, "links[2] (q -- nope): unknown node 'nope' (known: hub0, vm1, vm2, vm3, vm4, q)"),
         (13, "links[3]: a link is a pair [NODE, NODE] where a hub end may be HUB:PORT, not a "

@@ -116,8 +116,9 @@ def test_a_bad_value_is_an_error_with_its_line_and_the_allowed_values(
 
 
 def test_link_transport_of_a_link_entry_is_not_a_link_syntax() -> None:
-    # Links are [a, b] pairs: the choice is per node.
-    with pytest.raises(TopologyError, match=r"lt\.yaml:\d+: links\[0\]: a link is a pair"):
+    # A link's long form has ends and filters: the choice is per node.
+    with pytest.raises(TopologyError, match=r"lt\.yaml:4: links\[0\] \(v -- h\): unknown "
+                                            r"field 'link_transport' \(allowed: ends"):
         parse_topology("name: lt\nnodes: {h: {kind: hub}, v: {kind: vm}}\n"
                        "links:\n  - {ends: [v, h], link_transport: grpc}\n", "lt.yaml")
 

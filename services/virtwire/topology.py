@@ -67,7 +67,7 @@ import math
 import os
 import re
 from collections import deque
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -97,9 +97,20 @@ from virtwire.errors import ConfigError, PermissionDeniedError
 from virtwire.guest.responder import parse_interface
 from virtwire.mem.guestmem import check_size, parse_size
 from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.net.filter import (
+    MAX_FILTERS,
+    FilterContext,
+    FilterDirection,
+    NetFilter,
+    TimerHandle,
+    check_filter_id,
+    parse_status,
+)
+from virtwire.net.filter_types import FilterSpec, filter_type
 from virtwire.net.hub import is_numbered_port
 from virtwire.net.netdev import Netdev, format_backend_spec, netdev_from_options
 from virtwire.net.tap import check_ifname
+from virtwire.net.units import parse_duration
 
 __all__ = [
     "Bridge",
@@ -108,6 +119,8 @@ __all__ = [
     "HubNode",
     "Link",
     "Node",
+    "NodeFilter",
+    "ScheduleStep",
     "Service",
     "TapNode",
     "Topology",
@@ -218,8 +231,8 @@ _Loader.yaml_constructors = {
 }
 
 _Path = tuple[Hashable, ...]
-#: Deepest path whose line is recorded (nodes.NAME.bridge.ip is 4 deep).
-_MAX_POSITION_DEPTH = 6
+#: Deepest path whose line is recorded (nodes.NAME.ports.PORT.filters.N.PROP is 7 deep).
+_MAX_POSITION_DEPTH = 8
 
 
 @dataclass
@@ -419,7 +432,7 @@ def _option_text(value: object) -> str | None:
 
 # -- the schema (pydantic): what a file may say ------------------------------------
 #: A tap node's fields that are not options of its backend.
-_NODE_FIELDS = ("kind", "backend", "host", "publish", "link_transport")
+_NODE_FIELDS = ("kind", "backend", "host", "publish", "link_transport", "filters", "netem")
 #: The backend options that name where a backend waits for its peer.
 _LISTEN_OPTIONS = {"stream": ("listen",), "dgram": ("local", "mcast")}
 
@@ -436,6 +449,26 @@ _Option = Annotated[str | None, BeforeValidator(_option_text),
 #: Guest RAM: "64M", "1G", or bytes; stored as bytes.
 _Memory = Annotated[int, BeforeValidator(_memory_bytes),
                     WithJsonSchema({"type": ["string", "integer"], "default": "64M"})]
+
+
+#: ``filters:`` and ``netem:`` as written: each entry is checked by the resolver
+#: (``_Filters``), which knows the filter types and which NetClient it is on.
+_RawFilters = Annotated[list[Any], WithJsonSchema(
+    {"type": "array", "items": {"type": "object", "required": ["type"]},
+     "description": "net filters: {type: KIND, id: ID, queue: all|rx|tx, PROP: VALUE...}"})]
+_RawNetem = Annotated[Any, WithJsonSchema(
+    {"type": "object", "description": "netem properties (delay: 20ms, loss: 1%...): the "
+     "filter 'virtwire netem set' makes (id netem, queue tx)"})]
+
+
+def _link_ends(value: object) -> object:
+    """A link's two ends: the pair itself, or a long form's ``ends``."""
+    if isinstance(value, dict):
+        if "ends" not in value:
+            raise ConfigError("a link written as a mapping needs ends: [NODE, NODE] "
+                              "(and may have filters: and netem: per end)")
+        return value["ends"]
+    return value
 
 
 class HostSpec(_Spec):
@@ -457,12 +490,21 @@ class TlsSpec(_Spec):
     dir: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
+class PortSpec(_Spec):
+    """A hub port's filters (``ports: {NAME: {filters: [...], netem: {...}}}``)."""
+
+    filters: _RawFilters = []
+    netem: _RawNetem | None = None
+
+
 class HubSpec(_Spec):
     """A hub (QEMU's -netdev hubport): frames go to every port but the source."""
 
     kind: Literal["hub"]
     host: HostName | None = None
     link_transport: LinkTransport | None = None
+    #: Filters of named ports (each named in a link, HUB:PORT).
+    ports: dict[str, PortSpec] = {}
 
 
 class BridgeSpec(_Spec):
@@ -485,6 +527,9 @@ class VmSpec(_Spec):
     bridge: BridgeSpec | None = None
     host: HostName | None = None
     link_transport: LinkTransport | None = None
+    #: On the e1000's NetClient.
+    filters: _RawFilters = []
+    netem: _RawNetem | None = None
 
     @field_validator("compat", mode="before")
     @classmethod
@@ -500,6 +545,9 @@ class _TapSpec(_Spec):
     backend: str
     host: HostName | None = None
     link_transport: LinkTransport | None = None
+    #: On the backend's NetClient.
+    filters: _RawFilters = []
+    netem: _RawNetem | None = None
 
     def options(self, base_dir: Path | None = None) -> dict[str, str]:
         """The backend options as `serve tap --backend` takes them.
@@ -583,7 +631,21 @@ TAP_SPECS: dict[str, type[_TapSpec]] = {
     "tap": TapTapSpec, "stream": TapStreamSpec, "dgram": TapDgramSpec}
 TapSpec = Annotated[TapTapSpec | TapStreamSpec | TapDgramSpec, Field(discriminator="backend")]
 NodeSpec = Annotated[HubSpec | VmSpec | TapSpec, Field(discriminator="kind")]
-LinkSpec = Annotated[list[str], Field(min_length=2, max_length=2)]
+LinkSpec = Annotated[list[str], BeforeValidator(_link_ends), Field(min_length=2, max_length=2),
+                    WithJsonSchema({"oneOf": [
+                        {"type": "array", "items": {"type": "string"}, "minItems": 2,
+                         "maxItems": 2},
+                        {"type": "object", "required": ["ends"], "properties": {
+                            "ends": {"type": "array", "items": {"type": "string"},
+                                     "minItems": 2, "maxItems": 2},
+                            "filters": {"type": "object"}, "netem": {"type": "object"}},
+                         "additionalProperties": False}]})]
+#: A schedule step as written (checked by the resolver, ``_Filters.schedule``).
+StepSpec = Annotated[dict[str, Any], WithJsonSchema(
+    {"type": "object", "required": ["at"],
+     "description": "{at: 10s, link: {node: N, state: down|up}} | {at: .., netem: {target: T, "
+                    "PROP: V..}} | {at: .., netem_reset: {target: T}} | {at: .., filter: "
+                    "{target: T, op: add|update|remove, ...}}"})]
 
 
 class TopologySpec(_Spec):
@@ -597,6 +659,8 @@ class TopologySpec(_Spec):
     link_transport: LinkTransport = "auto"
     nodes: Annotated[dict[NodeName, NodeSpec], Field(min_length=1)]
     links: list[LinkSpec] = []
+    #: Changes at times after the LAN is healthy (netem, link state, filters).
+    schedule: list[StepSpec] = []
 
 
 _NODE_ADAPTER: TypeAdapter[NodeSpec] = TypeAdapter(NodeSpec)
@@ -784,6 +848,80 @@ class Link:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NodeFilter:
+    """A filter the topology puts on a NetClient at start: an ``--object`` of ``service``.
+
+    ``netclient`` is the NetClient's name, or "" for a hub's link end without a
+    port name (the port the hub makes for link ``link``: the plan names it, and
+    ``spec.netdev`` is a placeholder until then).
+    """
+
+    node: str
+    service: str
+    netclient: str
+    spec: FilterSpec
+    #: The link whose end it is on (None for a node's or a port's own filters).
+    link: int | None = None
+    line: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "service": self.service, "netclient": self.netclient,
+                "link": self.link, "line": self.line, "kind": self.spec.kind,
+                "id": self.spec.id, "object": self.spec.format()}
+
+
+ScheduleAction = Literal["link", "netem", "netem_reset", "filter"]
+SCHEDULE_ACTIONS: tuple[ScheduleAction, ...] = ("link", "netem", "netem_reset", "filter")
+#: What a step does to a filter: netem's ``set`` adds the filter, or updates it if there.
+StepOp = Literal["add", "update", "remove", "set"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleStep:
+    """A change at ``at`` seconds after the LAN is healthy, on ``target`` (NODE or HUB:PORT).
+
+    ``link``: SetLink(``up``). ``netem``: the netem filter ``fid`` set (added
+    seeing ``direction``, or updated) with ``props``. ``netem_reset``: it
+    removed. ``filter``: filter ``fid`` added (``kind``, ``direction``,
+    ``status``, ``position``, ``insert``, ``props``), updated (``props``,
+    ``status``) or removed, as ``op`` says.
+    """
+
+    index: int
+    at: float
+    action: ScheduleAction
+    target: str
+    up: bool = True
+    op: StepOp = "set"
+    kind: str = ""
+    fid: str = ""
+    direction: FilterDirection = FilterDirection.ALL
+    status: bool | None = None
+    position: str = "tail"
+    insert: str = "behind"
+    props: Mapping[str, str] = field(default_factory=dict)
+    line: int = 0
+
+    def describe(self) -> str:
+        """``link vm2 down``, ``netem vm2 loss=30%``, ``filter add dump d0 on hub0:p1 ...``."""
+        props = "".join(f" {k}={v}" for k, v in self.props.items())
+        if self.action == "link":
+            return f"link {self.target} {'up' if self.up else 'down'}"
+        if self.action == "netem":
+            return f"netem {self.target}{props}"
+        if self.action == "netem_reset":
+            return f"netem_reset {self.target}"
+        kind = f" {self.kind}" if self.op == "add" else ""
+        status = ("" if self.status is None or (self.op == "add" and self.status)
+                  else f" status={'on' if self.status else 'off'}")
+        return f"filter {self.op}{kind} {self.fid} on {self.target}{status}{props}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "at": self.at, "line": self.line, "action": self.action,
+                "target": self.target, "what": self.describe()}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Topology:
     """A validated LAN. ``nodes`` and ``services`` are in start order."""
 
@@ -798,6 +936,10 @@ class Topology:
     tls_dir: Path | None = None
     #: The LAN's default ``link_transport`` (each node has its own resolved).
     link_transport: LinkTransport = "auto"
+    #: The filters put on NetClients at start, each NetClient's in file order.
+    filters: tuple[NodeFilter, ...] = ()
+    #: The steps of ``schedule:``, by time (file order at the same time).
+    schedule: tuple[ScheduleStep, ...] = ()
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -827,6 +969,9 @@ class Topology:
             "warnings": list(self.warnings),
             "tls": {"dir": str(self.tls_dir)} if self.tls_dir else None,
             "link_transport": self.link_transport,
+            # Only when there are some: what a LAN without them printed is unchanged.
+            **({"filters": [f.to_dict() for f in self.filters]} if self.filters else {}),
+            **({"schedule": [s.to_dict() for s in self.schedule]} if self.schedule else {}),
         }
 
 
@@ -970,13 +1115,15 @@ def _partial_spec(data: Any, errors: Sequence[Mapping[str, Any]],
                            and ("hosts", key) not in broken
                            else HostSpec.model_construct(address=f"<host {key}>"))
     raw_links = data.get("links") if ("links",) not in broken else None
-    links = [["", ""] if ("links", i) in broken else raw for i, raw in enumerate(raw_links or [])]
+    links = [["", ""] if ("links", i) in broken else _link_ends(raw)
+             for i, raw in enumerate(raw_links or [])]
+    schedule = data.get("schedule") if ("schedule",) not in broken else None
     tls = data.get("tls") if ("tls",) not in broken else None
     transport = data.get("link_transport") if ("link_transport",) not in broken else None
     spec = TopologySpec.model_construct(
         name=data["name"] if ("name",) not in broken else "lan", hosts=hosts, nodes=node_specs,
         links=links, tls=TlsSpec.model_validate(tls) if tls is not None else None,
-        link_transport=transport or "auto")
+        link_transport=transport or "auto", schedule=schedule or [])
     return _Partial(spec, broken, frozenset(str(k) for k in nodes if ("nodes", k) in broken),
                     frozenset(i for i in range(len(links)) if ("links", i) in broken))
 
@@ -1039,6 +1186,8 @@ class _Report:
         links = data.get("links") if isinstance(data, dict) else None
         if isinstance(links, list) and index < len(links):
             item = links[index]
+            if isinstance(item, dict):  # the long form
+                item = item.get("ends")
             if isinstance(item, list) and len(item) == 2 \
                     and all(isinstance(e, str) and len(e) <= 64 for e in item):
                 return (item[0], item[1])
@@ -1110,6 +1259,8 @@ class _Report:
             else:
                 what = f"expected a mapping, not {_describe(value)}"
             self.error(path, what)
+        elif kind == "value_error" and path[:1] == ("links",) and len(path) == 2:
+            self.error(path, str(ctx.get("error", err["msg"])))
         elif path[:1] == ("links",) and len(path) == 2:
             size = f" of {len(value)}" if isinstance(value, list) else ""
             self.error(path, f"{_LINK_FORM}, not {_describe(value)}{size}")
@@ -1142,6 +1293,8 @@ def _strip_tags(loc: _Path) -> tuple[_Path, type[BaseModel] | None]:
         return tuple(path), TAP_SPECS.get(backend)
     if tag == "vm" and len(path) >= 4 and path[2] == "bridge":
         return tuple(path), BridgeSpec
+    if tag == "hub" and len(path) >= 5 and path[2] == "ports":
+        return tuple(path), PortSpec
     models: dict[str, type[BaseModel]] = {"hub": HubSpec, "vm": VmSpec}
     return tuple(path), models.get(tag)
 
@@ -1160,6 +1313,9 @@ def _allowed_hint(model: type[BaseModel] | None, which: str) -> str:
 
 
 def _unknown_hint(model: type[BaseModel] | None, name: Hashable) -> str:
+    if model is HubSpec and name in ("filters", "netem"):
+        return (": a hub has no NetClient of its own; put filters on its ports "
+                "(ports: {PORT: {filters: [...]}}) or on link ends")
     if model is not None and issubclass(model, _TapSpec):
         if name in ("id", "name"):
             return ": a tap node's backend is named after the node"
@@ -1205,6 +1361,9 @@ class _Resolver:
         self._check_host_resources()
         services = self._services_by_node()
         links, hub_ports = self._links()
+        checker = _Filters(self, links)
+        filters = checker.node_filters()
+        schedule = checker.schedule()
         for name in self.order:
             node = spec.nodes[name]
             if node.kind != "hub" and not any(name in link.nodes for link in links):
@@ -1232,7 +1391,8 @@ class _Resolver:
                    for n, h in spec.hosts.items()},
             nodes=nodes, services=tuple(start), links=tuple(links),
             warnings=report.warning_lines(), link_transport=spec.link_transport,
-            tls_dir=(self.base_dir / spec.tls.dir).resolve() if spec.tls else None)
+            tls_dir=(self.base_dir / spec.tls.dir).resolve() if spec.tls else None,
+            filters=filters, schedule=schedule)
 
     def _link_transport(self, name: str) -> LinkTransport:
         """Node ``name``'s own link_transport, else the LAN's."""
@@ -1561,3 +1721,645 @@ class _Resolver:
                               f"{dialer!r} on host {d_host!r} dials {listener!r}, which runs "
                               "on this machine (loopback only): place it on a host too")
 
+
+
+# -- filters and the schedule ------------------------------------------------------------
+#: Most steps in ``schedule:``, and the latest ``at:`` (a week).
+MAX_SCHEDULE_STEPS = 1000
+MAX_AT_S = 7 * 24 * 3600.0
+#: The id of the filter ``netem:`` makes, as ``virtwire netem set`` does.
+NETEM_ID = "netem"
+#: Keys of a filter entry that are not properties of its type.
+_FILTER_KEYS = ("type", "id", "queue", "status", "position", "insert")
+#: A filter's properties that name a host resource a topology cannot give:
+#: chardevs come from a service's own ``--chardev``.
+_CHARDEV_PROPS = {"mirror": ("outdev",), "redirector": ("indev", "outdev")}
+_ENTRY_HINT = "a filter is a mapping {type: KIND, id: ID, queue: all|rx|tx, PROP: VALUE...}"
+
+#: A NetClient the topology filters: (service, NetClient name), or (service,
+#: "#LINK") for a hub's link end without a port name.
+_NcKey = tuple[str, str]
+
+
+class _NoTimer:
+    def cancel(self) -> None:
+        pass
+
+
+class _NoClock:
+    """The scheduler filters get while their properties are checked: they never run."""
+
+    def time(self) -> float:
+        return 0.0
+
+    def call_later(self, delay: float, callback: Any) -> TimerHandle:
+        return _NoTimer()
+
+
+def _prop_text(value: object) -> str:
+    """A filter property as ``--object`` text: true/false are on/off, numbers text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int | float):
+        return str(value)
+    raise ConfigError(f"expected a string, a number or true/false, not {_describe(value)}")
+
+
+def _at_seconds(value: object) -> float:
+    """``at:``: a duration (10s, 1.5s, 500ms) or a number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"expected a time after the LAN is healthy (e.g. 10s, 500ms), "
+                          f"not {_describe(value)}")
+    if isinstance(value, str):
+        seconds = parse_duration(value, "at")
+    else:
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ConfigError(f"at {value} is not a time of 0 or more seconds")
+    if seconds > MAX_AT_S:
+        raise ConfigError(f"at {value}: at most a week ({MAX_AT_S:g}s) after the start")
+    return seconds
+
+
+@dataclass
+class _Chain:
+    """What the file has put on one NetClient so far: id -> (kind, direction)."""
+
+    node: str
+    service: str
+    netclient: str
+    #: Other NetClients of the same service a mirror may name (a hub's named ports).
+    siblings: frozenset[str]
+    ids: dict[str, tuple[str, FilterDirection]] = field(default_factory=dict)
+
+
+@dataclass
+class _Source:
+    """A ``filters:`` list or a ``netem:`` mapping, and the NetClient it is for."""
+
+    path: _Path
+    chain: _Chain
+    netem: bool
+    link: int | None = None
+
+
+class _Filters:
+    """Checks ``filters:``/``netem:`` (of nodes, hub ports, link ends) and ``schedule:``."""
+
+    def __init__(self, resolver: _Resolver, links: Sequence[Link]) -> None:
+        self.r = resolver
+        self.spec = resolver.spec
+        self.report = resolver.report
+        self.links = {link.index: link for link in links}
+        #: Each hub's named ports (in links, either side).
+        self.named: dict[str, set[str]] = {}
+        for link in links:
+            for end in (link.dialer, link.listener):
+                if self.spec.nodes[end.node].kind == "hub" and end.netclient:
+                    self.named.setdefault(end.node, set()).add(end.netclient)
+        self.chains: dict[_NcKey, _Chain] = {}
+        #: (service, dump file) -> where it is first written.
+        self.dumps: dict[tuple[str, str], _Path] = {}
+
+    # -- where filters go ----------------------------------------------------------
+    def _chain(self, node: str, port: str | None, link: int | None = None) -> _Chain:
+        service = self.r._service_of(node)
+        if self.spec.nodes[node].kind == "hub":
+            netclient = port or ""
+            key: _NcKey = (service, netclient or f"#{link}")
+            siblings = frozenset(self.named.get(node, set()) - {netclient})
+        else:
+            netclient, key, siblings = node, (service, node), frozenset()
+        if key not in self.chains:
+            self.chains[key] = _Chain(node, service, netclient, siblings)
+        return self.chains[key]
+
+    def _sources(self) -> list[_Source]:
+        out: list[_Source] = []
+
+        def add(path: _Path, owner: Any, chain: _Chain, link: int | None = None) -> None:
+            if owner.filters:
+                out.append(_Source((*path, "filters"), chain, False, link))
+            if owner.netem is not None:
+                out.append(_Source((*path, "netem"), chain, True, link))
+
+        for name, node in self.spec.nodes.items():
+            if name in self.r.stand_ins:
+                continue
+            if isinstance(node, HubSpec):
+                for port, port_spec in node.ports.items():
+                    path: _Path = ("nodes", name, "ports", port)
+                    try:
+                        _check_port_name(port, name)
+                    except ConfigError as exc:
+                        self.report.error(path, str(exc))
+                        continue
+                    if port not in self.named.get(name, set()):
+                        self.report.error(path, f"port {port!r} is in no link: name it in one "
+                                          f"(e.g. [NODE, {name}:{port}])")
+                        continue
+                    add(path, port_spec, self._chain(name, port))
+            else:
+                add(("nodes", name), node, self._chain(name, None))
+        data = self.report.doc.data
+        raw_links = data.get("links") if isinstance(data, dict) else None
+        for index, raw in enumerate(raw_links if isinstance(raw_links, list) else []):
+            if isinstance(raw, dict):
+                out.extend(self._link_sources(index, raw))
+        return out
+
+    def _link_sources(self, index: int, raw: Mapping[Any, Any]) -> list[_Source]:
+        """The per-end ``filters:`` and ``netem:`` of long-form link ``index``."""
+        out: list[_Source] = []
+        for key in raw:
+            if key not in ("ends", "filters", "netem"):
+                self.report.error(("links", index), f"unknown field {key!r} (allowed: "
+                                  "ends, filters, netem)", line=self.report.line(
+                                      ("links", index, key)))
+        link = self.links.get(index)
+        for what in ("filters", "netem"):
+            per_end = raw.get(what)
+            if per_end is None:
+                continue
+            path: _Path = ("links", index, what)
+            if not isinstance(per_end, dict):
+                self.report.error(path, f"expected a mapping of link end to {what}, e.g. "
+                                  f"{what}: {{NODE: ...}}, not {_describe(per_end)}")
+                continue
+            if link is None:
+                continue  # the link itself is wrong: reported
+            ends = {link.dialer.node: link.dialer, link.listener.node: link.listener}
+            written = dict(zip((e.partition(":")[0] for e in link.ends), link.ends, strict=True))
+            for end_key, value in per_end.items():
+                node = str(end_key).partition(":")[0]
+                end = ends.get(node)
+                if end is None or (str(end_key) != node and str(end_key) != written[node]):
+                    self.report.error((*path, end_key), f"{_describe(end_key)} is not an end "
+                                      f"of this link (its ends: {', '.join(link.ends)})")
+                    continue
+                chain = self._chain(node, end.netclient or None, index)
+                if what == "filters" and not isinstance(value, list):
+                    self.report.error((*path, end_key), f"expected a list of filters, not "
+                                      f"{_describe(value)}")
+                    continue
+                if value:
+                    out.append(_Source((*path, end_key), chain, what == "netem", index))
+        return out
+
+    def _raw(self, path: _Path) -> Any:
+        value: Any = self.report.doc.data
+        for part in path:
+            value = value[part]
+        return value
+
+    # -- static filters ------------------------------------------------------------
+    def node_filters(self) -> tuple[NodeFilter, ...]:
+        entries: list[tuple[int, _Path, _Source, Any]] = []
+        for source in self._sources():
+            raw = self._raw(source.path)
+            if source.netem:
+                entries.append((self.report.line(source.path), source.path, source, raw))
+            else:
+                entries.extend((self.report.line((*source.path, i)), (*source.path, i), source,
+                                item) for i, item in enumerate(raw))
+        entries.sort(key=lambda e: e[0])
+        out: list[NodeFilter] = []
+        for line, path, source, raw in entries:
+            if source.netem:
+                if not isinstance(raw, dict):
+                    self.report.error(path, f"netem is a mapping of its properties (delay: "
+                                      f"20ms, loss: 1%...), not {_describe(raw)}")
+                    continue
+                spec = self.entry(path, {"type": "netem", "id": NETEM_ID, "queue": "tx",
+                                         **raw}, source.chain, netem=True)
+            else:
+                spec = self.entry(path, raw, source.chain)
+            if spec is not None:
+                chain = source.chain
+                out.append(NodeFilter(node=chain.node, service=chain.service,
+                                      netclient=chain.netclient, spec=spec, link=source.link,
+                                      line=line))
+        return tuple(out)
+
+    def entry(self, path: _Path, raw: Any, chain: _Chain, *, netem: bool = False,
+              what: str = "") -> FilterSpec | None:
+        """One filter entry, checked and added to ``chain``; None (reported) if bad."""
+        if not isinstance(raw, dict):
+            self.report.error(path, f"{_ENTRY_HINT}, not {_describe(raw)}")
+            return None
+        report = self.report
+        ok = True
+        props: dict[str, str] = {}
+        for key, value in raw.items():
+            if not isinstance(key, str):
+                report.error(path, f"property name {_describe(key)} is not a string")
+                ok = False
+                continue
+            if key in _FILTER_KEYS or (what and key in ("target", "op")):
+                continue
+            try:
+                props[key] = _prop_text(value)
+            except ConfigError as exc:
+                report.error((*path, key), str(exc))
+                ok = False
+        if netem and "type" in raw and raw["type"] != "netem":
+            report.error((*path, "type"), "netem: makes a netem filter: write a "
+                         "filters: entry for another type")
+            return None
+        kind = raw.get("type")
+        if not isinstance(kind, str) or not kind:
+            report.error(path, f"missing field 'type' ({_ENTRY_HINT})" if kind is None
+                         else f"type: expected a filter type, not {_describe(kind)}")
+            return None
+        try:
+            cls = filter_type(kind)
+        except ConfigError as exc:
+            report.error((*path, "type"), str(exc))
+            return None
+        fields: dict[str, Any] = {}
+        checks: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+            ("id", check_filter_id), ("queue", FilterDirection.parse), ("status", parse_status))
+        for key, check in checks:
+            value = raw.get(key, {"id": kind, "queue": "all", "status": "on"}[key])
+            try:
+                if not isinstance(value, str) and not (key == "status"
+                                                       and isinstance(value, bool)):
+                    raise ConfigError(f"expected text, not {_describe(value)}")
+                fields[key] = check(value)
+            except ConfigError as exc:
+                report.error((*path, key), str(exc))
+                ok = False
+        position, insert = raw.get("position", "tail"), raw.get("insert", "behind")
+        if not isinstance(position, str) or not (position in ("head", "tail")
+                                                 or position.startswith("id=")):
+            report.error((*path, "position"), f"position {_describe(position)}: head, tail "
+                         "or id=FILTER (a filter before it on this NetClient)")
+            ok = False
+        elif position.startswith("id=") and position[3:] not in chain.ids:
+            have = ", ".join(chain.ids) or "none"
+            report.error((*path, "position"), f"{position}: no filter {position[3:]!r} is on "
+                         f"{self._where(chain)} before this one (there: {have})")
+            ok = False
+        if insert not in ("behind", "before"):
+            report.error((*path, "insert"), f"insert {_describe(insert)}: behind or before")
+            ok = False
+        if not ok:
+            return None
+        fid: str = fields["id"]
+        if fid in chain.ids:
+            report.error((*path, "id") if "id" in raw else path,
+                         f"a filter {fid!r} is already on {self._where(chain)}"
+                         + ("" if "id" in raw else ": give this one an id"))
+            return None
+        if len(chain.ids) >= MAX_FILTERS:
+            report.error(path, f"{self._where(chain)} takes at most {MAX_FILTERS} filters")
+            return None
+        if not self.check_values(path, cls, fid, fields["queue"], props, chain, initial=True):
+            return None
+        spec = FilterSpec(kind=kind, id=fid, netdev=chain.netclient or "port",
+                          direction=fields["queue"], status=fields["status"],
+                          position=position, insert=str(insert), props=props)
+        try:
+            FilterSpec.parse(spec.format())  # the caps of --object text
+        except ConfigError as exc:
+            report.error(path, str(exc))
+            return None
+        chain.ids[fid] = (kind, fields["queue"])
+        return spec
+
+    @staticmethod
+    def _where(chain: _Chain) -> str:
+        if chain.netclient == chain.node:
+            return f"{chain.node}'s NetClient"
+        return f"port {chain.node}:{chain.netclient}" if chain.netclient else \
+            f"{chain.node}'s port of this link"
+
+    def check_values(self, path: _Path, cls: type[NetFilter], fid: str,
+                     direction: FilterDirection, props: Mapping[str, str], chain: _Chain, *,
+                     initial: bool) -> bool:
+        """The type's own check of ``props`` (units, ranges, required ones), run on a
+        filter that is never added: it opens no file and no socket."""
+        report, kind = self.report, cls.kind
+        unknown = sorted(set(props) - set(cls.PROPERTIES) - {"status"})
+        if unknown:
+            takes = ", ".join(cls.PROPERTIES) or "none"
+            report.error((*path, unknown[0]), f"{kind} has no propert"
+                         f"{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} "
+                         f"(it takes {takes})")
+            return False
+        if kind == "redirector" and initial:
+            report.error(path, "redirector reads and writes chardevs (indev=, outdev=), which "
+                         "only a service's own --chardev gives: a topology has none")
+            return False
+        for prop in _CHARDEV_PROPS.get(kind, ()):
+            if props.get(prop):
+                report.error((*path, prop), (
+                    f"{kind} {prop}= names a chardev, which only a service's own --chardev "
+                    "gives: a topology has none (a mirror may copy to another port of its "
+                    "hub with netdev_out=PORT)"))
+                return False
+        checked = {k: v for k, v in props.items() if k != "status"}
+        clock = _NoClock()
+        nf = cls(fid, direction=direction, scheduler=clock)
+
+        def lookup(name: str) -> Any:
+            if chain.netclient == chain.node:
+                raise ConfigError(f"netdev_out={name}: {chain.node}'s service has no other "
+                                  "NetClient (a mirror there copies to a chardev)")
+            if name not in chain.siblings:
+                others = ", ".join(sorted(chain.siblings)) or "none"
+                raise ConfigError(f"netdev_out={name}: not another named port of hub "
+                                  f"{chain.node} (named ports: {others})")
+            return object()
+
+        nf.context = FilterContext(scheduler=clock, netclient=lookup)
+        try:
+            if kind == "dump":
+                return self._check_dump(path, nf, checked, chain, initial)
+            nf.parse_properties(checked, initial)
+        except (ConfigError, LookupError) as exc:
+            report.error(path, str(exc).strip("'\""))
+            return False
+        return True
+
+    def _check_dump(self, path: _Path, nf: NetFilter, props: dict[str, str], chain: _Chain,
+                    initial: bool) -> bool:
+        """A dump's values; its ``file`` a plain name, once per service (the service's
+        dump dir is its own directory in the LAN's state dir)."""
+        from virtwire.net.filter_dump import MAX_MAXLEN, FilterDump, check_dump_name
+
+        name = props.pop("file", None)
+        if name is None and initial:
+            self.report.error(path, "dump needs file: NAME (a pcap file the orchestrator "
+                              "writes in the LAN's state dir, dump/SERVICE/NAME)")
+            return False
+        if name is not None:
+            if "/" in name:
+                self.report.error((*path, "file"), f"dump file {shorten(name)} is a path: give "
+                                  "a plain file name; it is written in the LAN's state dir "
+                                  "(dump/SERVICE/NAME)")
+                return False
+            check_dump_name(name)
+            first = self.dumps.setdefault((chain.service, name), path)
+            if first != path:
+                self.report.error((*path, "file"), f"dump file {name!r} is already written "
+                                  f"by {self.report.where(first)} (line "
+                                  f"{self.report.line(first)}) in service {chain.service}")
+                return False
+        assert isinstance(nf, FilterDump)
+        # As if a file were open at the largest snaplen: only the values are checked.
+        nf.file_snaplen = MAX_MAXLEN
+        nf.parse_properties(props, initial=False)
+        return True
+
+    # -- the schedule ------------------------------------------------------------------
+    def schedule(self) -> tuple[ScheduleStep, ...]:
+        report = self.report
+        raw_steps = self.spec.schedule
+        if len(raw_steps) > MAX_SCHEDULE_STEPS:
+            report.error(("schedule",), f"{len(raw_steps)} steps: at most "
+                         f"{MAX_SCHEDULE_STEPS}")
+            return ()
+        parsed: list[tuple[float, int, ScheduleAction, Any]] = []
+        for index, raw in enumerate(raw_steps):
+            path: _Path = ("schedule", index)
+            ok = True
+            for key in raw:
+                if key != "at" and key not in SCHEDULE_ACTIONS:
+                    report.error(path, f"unknown field {_describe(key)}: a step is "
+                                 "{at: TIME, ACTION: {...}} with one ACTION of "
+                                 f"{', '.join(SCHEDULE_ACTIONS)}", line=report.line((*path, key)))
+                    ok = False
+            actions = [a for a in SCHEDULE_ACTIONS if a in raw]
+            if "at" not in raw:
+                report.error(path, "missing field 'at' (when, after the LAN is healthy: "
+                             "e.g. at: 10s)")
+                ok = False
+            if len(actions) != 1:
+                report.error(path, f"a step does one thing: give one of "
+                             f"{', '.join(SCHEDULE_ACTIONS)}" + (f", not {' and '.join(actions)}"
+                                                                 if actions else ""))
+                ok = False
+            try:
+                at = _at_seconds(raw.get("at", 0))
+            except ConfigError as exc:
+                report.error((*path, "at"), str(exc))
+                ok = False
+            if ok:
+                parsed.append((at, index, actions[0], raw[actions[0]]))
+        parsed.sort(key=lambda p: (p[0], p[1]))
+        steps = [self._step(at, index, action, body) for at, index, action, body in parsed]
+        return tuple(s for s in steps if s is not None)
+
+    def _target(self, path: _Path, body: Mapping[str, Any], key: str = "target"
+                ) -> tuple[str, _Chain] | None:
+        """A step's NODE or HUB:PORT (a named port) and its NetClient's chain."""
+        report = self.report
+        text = body.get(key)
+        if not isinstance(text, str):
+            report.error(path, f"missing field {key!r} (NODE, or HUB:PORT)" if text is None
+                         else f"{key}: expected NODE or HUB:PORT, not {_describe(text)}")
+            return None
+        node_name, sep, port = text.partition(":")
+        node = self.spec.nodes.get(node_name)
+        if node is None:
+            report.error((*path, key), f"unknown node {node_name!r} (known: "
+                         f"{', '.join(self.spec.nodes)})")
+            return None
+        if node_name in self.r.stand_ins:
+            return None
+        if node.kind == "hub":
+            named = self.named.get(node_name, set())
+            if not sep:
+                report.error((*path, key), f"{node_name} is a hub: name a port, "
+                             f"{node_name}:PORT")
+                return None
+            if port not in named:
+                have = ", ".join(sorted(named)) or "none"
+                report.error((*path, key), f"hub {node_name} has no port named {port!r} in "
+                             f"its links (named: {have}); name the port in its link, "
+                             f"[NODE, {node_name}:PORT]")
+                return None
+            return text, self._chain(node_name, port)
+        if sep:
+            report.error((*path, key), f"{text!r}: a {node.kind} node has a single port: "
+                         f"write just {node_name!r}")
+            return None
+        return text, self._chain(node_name, None)
+
+    def _step(self, at: float, index: int, action: ScheduleAction, body: Any
+              ) -> ScheduleStep | None:
+        report = self.report
+        path: _Path = ("schedule", index, action)
+        line = report.line(("schedule", index))
+        if not isinstance(body, dict):
+            report.error(path, f"expected a mapping ({action}: {{target: NODE, ...}}), not "
+                         f"{_describe(body)}")
+            return None
+        base: dict[str, Any] = {"index": index, "at": at, "action": action, "line": line}
+        if action == "link":
+            return self._link_step(path, body, base)
+        if action == "netem_reset":
+            return self._reset_step(path, body, base)
+        if action == "netem":
+            return self._netem_step(path, body, base)
+        return self._filter_step(path, body, base)
+
+    def _only(self, path: _Path, body: Mapping[str, Any], allowed: Sequence[str]) -> bool:
+        extra = [k for k in body if k not in allowed]
+        for key in extra:
+            self.report.error(path, f"unknown field {_describe(key)} (allowed: "
+                              f"{', '.join(allowed)})", line=self.report.line((*path, key)))
+        return not extra
+
+    def _link_step(self, path: _Path, body: Mapping[str, Any], base: dict[str, Any]
+                   ) -> ScheduleStep | None:
+        key = "node" if "node" in body else "target"
+        if not self._only(path, body, (key, "state")):
+            return None
+        target = self._target(path, body, key)
+        state = body.get("state")
+        if state not in ("up", "down"):
+            self.report.error((*path, "state") if "state" in body else path,
+                              f"state: up or down, not {_describe(state)}" if "state" in body
+                              else "missing field 'state' (up or down)")
+            return None
+        if target is None:
+            return None
+        return ScheduleStep(**base, target=target[0], up=state == "up")
+
+    def _reset_step(self, path: _Path, body: Mapping[str, Any], base: dict[str, Any]
+                    ) -> ScheduleStep | None:
+        if not self._only(path, body, ("target", "id")):
+            return None
+        target = self._target(path, body)
+        fid = body.get("id", NETEM_ID)
+        if target is None or not self._check_id(path, fid):
+            return None
+        chain = target[1]
+        if fid not in chain.ids:
+            self.report.warn(path, f"no netem {fid!r} is on {target[0]} at this point of the "
+                             "schedule: the step does nothing unless one was added by hand")
+        chain.ids.pop(fid, None)
+        return ScheduleStep(**base, target=target[0], op="remove", kind="netem", fid=fid)
+
+    def _check_id(self, path: _Path, fid: Any) -> bool:
+        try:
+            if not isinstance(fid, str):
+                raise ConfigError(f"expected a filter id, not {_describe(fid)}")
+            check_filter_id(fid)
+        except ConfigError as exc:
+            self.report.error((*path, "id"), str(exc))
+            return False
+        return True
+
+    def _netem_step(self, path: _Path, body: Mapping[str, Any], base: dict[str, Any]
+                    ) -> ScheduleStep | None:
+        target = self._target(path, body)
+        if target is None:
+            return None
+        text, chain = target
+        fid = body.get("id", NETEM_ID)
+        if not self._check_id(path, fid):
+            return None
+        have = chain.ids.get(fid)
+        props = {k: v for k, v in body.items() if k not in ("target", "id", "queue")}
+        if not props:
+            self.report.error(path, "give the netem properties to set (delay: 20ms, "
+                              "loss: 30%...); netem_reset removes it")
+            return None
+        if have is None:
+            spec = self.entry(path, {"type": "netem", "id": fid, "queue": "tx", **body},
+                              chain, netem=True, what="step")
+            if spec is None:
+                return None
+            return ScheduleStep(**base, target=text, op="set", kind="netem", fid=fid,
+                                direction=spec.direction, props=spec.props)
+        kind, direction = have
+        if kind != "netem":
+            self.report.error(path, f"{text} has a {kind} filter {fid!r} at this point: "
+                              "netem sets a netem")
+            return None
+        queue = body.get("queue")
+        if queue is not None and queue != direction.value:
+            self.report.error((*path, "queue"), f"the netem on {text} sees {direction.value} "
+                              "already: netem_reset it first to change its queue")
+            return None
+        texts = self._props(path, props)
+        if texts is None or not self.check_values(path, filter_type("netem"), fid, direction,
+                                                  texts, chain, initial=False):
+            return None
+        return ScheduleStep(**base, target=text, op="set", kind="netem", fid=fid,
+                            direction=direction, props=texts)
+
+    def _props(self, path: _Path, raw: Mapping[str, Any]) -> dict[str, str] | None:
+        out: dict[str, str] = {}
+        for key, value in raw.items():
+            try:
+                out[str(key)] = _prop_text(value)
+            except ConfigError as exc:
+                self.report.error((*path, key), str(exc))
+                return None
+        return out
+
+    def _filter_step(self, path: _Path, body: Mapping[str, Any], base: dict[str, Any]
+                     ) -> ScheduleStep | None:
+        report = self.report
+        op = body.get("op")
+        if op not in ("add", "update", "remove"):
+            report.error((*path, "op") if "op" in body else path,
+                         f"op: add, update or remove, not {_describe(op)}" if "op" in body
+                         else "missing field 'op' (add, update or remove)")
+            return None
+        target = self._target(path, body)
+        if target is None:
+            return None
+        text, chain = target
+        if op == "add":
+            spec = self.entry(path, body, chain, what="step")
+            if spec is None:
+                return None
+            return ScheduleStep(**base, target=text, op="add", kind=spec.kind, fid=spec.id,
+                                direction=spec.direction, status=spec.status,
+                                position=spec.position, insert=spec.insert, props=spec.props)
+        fid = body.get("id")
+        if fid is None:
+            report.error(path, f"missing field 'id' (the filter to {op})")
+            return None
+        if not self._check_id(path, fid):
+            return None
+        have = chain.ids.get(fid)
+        if have is None:
+            report.error((*path, "id"), f"no filter {fid!r} is on {text} at this point of "
+                         f"the schedule (there: {', '.join(chain.ids) or 'none'})")
+            return None
+        if op == "remove":
+            if not self._only(path, body, ("target", "op", "id")):
+                return None
+            del chain.ids[fid]
+            return ScheduleStep(**base, target=text, op="remove", kind=have[0], fid=fid)
+        status: bool | None = None
+        if "status" in body:
+            try:
+                status = parse_status(body["status"])
+            except ConfigError as exc:
+                report.error((*path, "status"), str(exc))
+                return None
+        props = self._props(path, {k: v for k, v in body.items()
+                                   if k not in ("target", "op", "id", "status")})
+        if props is None:
+            return None
+        if not props and status is None:
+            report.error(path, "give the properties to change, or status: on|off")
+            return None
+        try:
+            cls = filter_type(have[0])
+        except ConfigError as exc:
+            report.error(path, str(exc))
+            return None
+        if not self.check_values(path, cls, fid, have[1], props, chain, initial=False):
+            return None
+        return ScheduleStep(**base, target=text, op="update", kind=have[0], fid=fid,
+                            status=status, props=props)

@@ -21,7 +21,7 @@ from virtwire.net.filter import (
     parse_status,
 )
 
-__all__ = ["FILTER_TYPES", "FilterSpec", "new_filter", "register_filter_type"]
+__all__ = ["FILTER_TYPES", "FilterSpec", "filter_type", "new_filter", "register_filter_type"]
 
 #: Longest ``--object`` text taken, and most properties in one.
 MAX_SPEC_CHARS = 4096
@@ -55,16 +55,21 @@ def _load() -> None:
                 raise
 
 
-def new_filter(kind: str, fid: str, props: Mapping[str, str], ctx: FilterContext, *,
-               direction: FilterDirection | str = FilterDirection.ALL,
-               status: bool = True) -> NetFilter:
-    """A filter of type ``kind``; ConfigError for an unknown type or a bad property."""
+def filter_type(kind: str) -> type[NetFilter]:
+    """The class of filter type ``kind`` (the built-in types loaded); ConfigError if unknown."""
     if not _loaded:
         _load()
     cls = FILTER_TYPES.get(kind)
     if cls is None:
         raise ConfigError(f"filter type {kind!r} is not one of {', '.join(sorted(FILTER_TYPES))}")
-    return cls.create(fid, props, ctx, direction=direction, status=status)
+    return cls
+
+
+def new_filter(kind: str, fid: str, props: Mapping[str, str], ctx: FilterContext, *,
+               direction: FilterDirection | str = FilterDirection.ALL,
+               status: bool = True) -> NetFilter:
+    """A filter of type ``kind``; ConfigError for an unknown type or a bad property."""
+    return filter_type(kind).create(fid, props, ctx, direction=direction, status=status)
 
 
 @dataclass(frozen=True)
