@@ -21,6 +21,7 @@ from virtwire.net.match import (
 )
 
 from support.e1000_program import eth, ipv4, ipv6, tcp, udp, vlan_tag
+from support.need import need
 
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
@@ -168,8 +169,10 @@ def test_the_caps_are_inclusive() -> None:
 
 
 # -- pcap-filter through libpcap ---------------------------------------------------------
-needs_libpcap = pytest.mark.skipif(ctypes.util.find_library("pcap") is None,
-                                   reason="no libpcap (Debian: libpcap0.8)")
+@pytest.fixture
+def needs_libpcap() -> None:
+    need(ctypes.util.find_library("pcap") is not None,
+         "libpcap not installed (Debian package libpcap0.8)")
 
 #: pcap-filter expression -> the field form that means the same on FRAMES.
 EQUIVALENT = [
@@ -187,7 +190,7 @@ EQUIVALENT = [
 ]
 
 
-@needs_libpcap
+@pytest.mark.usefixtures("needs_libpcap")
 @pytest.mark.parametrize(("pcap", "fields"), EQUIVALENT)
 def test_pcap_filter_agrees_with_the_field_form(pcap: str, fields: str) -> None:
     got = matching(f"pcap:{pcap}")
@@ -195,7 +198,7 @@ def test_pcap_filter_agrees_with_the_field_form(pcap: str, fields: str) -> None:
     assert got, "each pair matches at least one frame"
 
 
-@needs_libpcap
+@pytest.mark.usefixtures("needs_libpcap")
 def test_a_bad_pcap_filter_is_a_config_error_with_libpcaps_words() -> None:
     with pytest.raises(MatchError, match=r"pcap-filter expression 'udp port': .*syntax error"):
         parse_match("pcap:udp port")

@@ -18,7 +18,8 @@ from typing import Any
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lifecycle of a LAN", ("up", "down", "status", "validate", "render", "demo")),
     ("inspect", ("list", "capture")),
-    ("drive", ("inject", "link", "ping", "netem", "filter")),
+    ("drive", ("inject", "link", "ping", "netem", "filter", "replay")),
+    ("assert", ("expect",)),
     ("serve", ("serve", "certs")),
 )
 
@@ -42,6 +43,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                "virtwire filter ls"),
     "netem": ("virtwire netem set vm1 --delay 20ms --jitter 5ms --loss 1%",
               "virtwire netem show"),
+    "expect": ("virtwire expect vm2 --match 'ip.src=198.18.0.1,ip.proto=icmp' --timeout 2s",
+               "virtwire expect vm2 --match 'pcap:arp' --none --timeout 1s"),
+    "replay": ("virtwire replay vm1 -r vm1.pcap --speed 2",
+               "virtwire replay -s 127.0.0.1:7000 p0 -r frames.pcap --speed max"),
 }
 
 #: The whole command: what most users do first.

@@ -1,12 +1,15 @@
 """pcap files (libpcap format, nanosecond timestamps, LINKTYPE_ETHERNET).
 
 ``pcap_header`` and ``pcap_record`` give the bytes, for writers that buffer
-them (the ``dump`` filter); ``PcapWriter`` appends to a stream.
+them (the ``dump`` filter); ``PcapWriter`` appends to a stream; ``iter_pcap``
+reads one back record by record, with timestamps (``virtwire replay``).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -71,3 +74,55 @@ def read_pcap_records(data: bytes) -> list[tuple[bytes, int]]:
         records.append((data[off:off + incl], orig))
         off += incl
     return records
+
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAPNG_MAGIC = 0x0A0D0D0A
+
+
+@dataclass(frozen=True)
+class PcapRecord:
+    """One record of a pcap file."""
+
+    frame: bytes
+    orig_len: int
+    timestamp_ns: int
+
+
+def iter_pcap(stream: BinaryIO, *, max_record: int = SNAPLEN) -> Iterator[PcapRecord]:
+    """The records of a pcap stream (either byte order, micro- or nanosecond
+    timestamps, LINKTYPE_ETHERNET), read one at a time; ValueError for another
+    format (pcapng included), another link type, a record longer than
+    ``max_record``, or a file cut inside a record."""
+    head = stream.read(PCAP_HEADER_LEN)
+    if len(head) < 4:
+        raise ValueError("not a pcap file (empty or shorter than its header)")
+    le, = struct.unpack_from("<I", head)
+    if le == PCAPNG_MAGIC:
+        raise ValueError("a pcapng file: convert it to pcap (editcap -F pcap IN OUT)")
+    order = next((o for o in ("<", ">") if struct.unpack_from(f"{o}I", head)[0] in
+                  (PCAP_MAGIC_NS, PCAP_MAGIC_US)), None)
+    if order is None:
+        raise ValueError(f"not a pcap file (magic {le:#010x})")
+    if len(head) < PCAP_HEADER_LEN:
+        raise ValueError("a pcap file cut inside its header")
+    magic, _, _, _, _, _, linktype = struct.unpack(f"{order}IHHiIII", head)
+    if linktype != LINKTYPE_ETHERNET:
+        raise ValueError(f"link type {linktype}, not Ethernet ({LINKTYPE_ETHERNET})")
+    scale = 1 if magic == PCAP_MAGIC_NS else 1000
+    record = struct.Struct(f"{order}IIII")
+    index = 0
+    while True:
+        rhead = stream.read(PCAP_RECORD_HEADER_LEN)
+        if not rhead:
+            return
+        index += 1
+        if len(rhead) < PCAP_RECORD_HEADER_LEN:
+            raise ValueError(f"record {index}: the file ends inside its header")
+        sec, frac, incl, orig = record.unpack(rhead)
+        if incl > max_record:
+            raise ValueError(f"record {index}: {incl} bytes, more than {max_record}")
+        data = stream.read(incl)
+        if len(data) < incl:
+            raise ValueError(f"record {index}: the file ends inside its {incl} bytes")
+        yield PcapRecord(data, orig, sec * 1_000_000_000 + frac * scale)
