@@ -17,9 +17,8 @@ from typing import Any
 #: The top-level help's groups, in order (serving is for services and hosts, last).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lifecycle of a LAN", ("up", "down", "status", "validate", "render", "demo")),
-    ("inspect", ("list", "capture")),
+    ("inspect", ("list", "capture", "expect")),
     ("drive", ("inject", "link", "ping", "netem", "filter", "replay")),
-    ("assert", ("expect",)),
     ("serve", ("serve", "certs")),
 )
 
