@@ -24,6 +24,15 @@ def test_the_plugin_is_installed_as_an_entry_point() -> None:
     assert "virtwire.testing" in names
 
 
+def _have(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+# The example uses `virtwire netem` and `virtwire expect`; until both verbs have
+# landed (issue 11, in progress) it cannot run.
+@pytest.mark.skipif(not (_have("virtwire.net.netem") and _have("virtwire.cli.expect")),
+                    reason="needs net/netem.py and cli/expect.py (issue 11, in progress)")
 def test_the_example_a_user_copies_passes_and_leaves_no_lan(tmp_path: Path) -> None:
     done = run_pytest(str(ROOT / "examples" / "test_default_lan.py"))
     assert done.returncode == 0, done.stdout + done.stderr
