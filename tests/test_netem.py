@@ -604,3 +604,17 @@ def test_delay_needs_an_event_loop() -> None:
     with pytest.raises(ConfigError, match="needs an event loop"):
         nf.configure({"delay": "1ms"})
     assert nf.config.delay == 0.0
+
+
+def test_a_seed_s_losses_do_not_depend_on_the_delay() -> None:
+    def lost(props: Mapping[str, str]) -> list[bool]:
+        rig = Rig({"loss": "10%", "seed": "77", **props})
+        rig.send_at([i * 0.001 for i in range(5000)])
+        rig.clock.run_all()
+        arrived = {index(d) for d in rig.b.frames}
+        return [i not in arrived for i in range(5000)]
+
+    plain = lost({})
+    assert plain == lost({"delay": "30ms", "jitter": "10ms", "rate": "10mbit"})
+    assert plain == lost({"reorder": "20%", "delay": "1ms"})
+    assert 300 < sum(plain) < 700
