@@ -205,3 +205,21 @@ def test_a_bad_pcap_filter_is_a_config_error_with_libpcaps_words() -> None:
     with pytest.raises(MatchError, match="ASCII"):
         parse_match("pcap:host \u00e9")
 
+
+
+
+@pytest.mark.usefixtures("needs_libpcap")
+def test_the_examples_of_the_docs_parse() -> None:
+    """docs/match.md's first block and the module's docstring hold valid matches."""
+    import re
+    from pathlib import Path
+
+    from virtwire.net import match as module
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "match.md").read_text()
+    block = re.search(r"```\n(.*?)```", text, re.DOTALL)
+    assert block is not None and module.__doc__ is not None
+    examples = [*block.group(1).splitlines(), module.__doc__.split("\n\n")[2]]
+    assert len(examples) == 6
+    for example in examples:
+        parse_match(example)

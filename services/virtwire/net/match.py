@@ -3,7 +3,7 @@ NetClientService.WaitForFrame/ExpectNoFrame/CountFrames) waits for.
 
 A match is written as a small expression (docs/match.md):
 
-    ethertype=ipv4,ip.src=198.18.0.0/15,ip.proto=udp,udp.dport=53|5353,bytes@14=45/f0
+    ethertype=ipv4,ip.src=198.18.0.0/15,ip.proto=udp,udp.dport=53|5353,bytes@14=40/f0
 
 terms joined by ``,`` (all must hold); a term is ``FIELD=VALUE``,
 ``FIELD!=VALUE`` (must not hold) or ``any``; a value may list alternatives
