@@ -12,7 +12,9 @@ StartService carries typed options, never argv: the agent checks them and
 builds the command line itself (``start_options``). Nothing in a request
 names a program or a path on the agent's host: a tap's script is a NAME its
 own ``--allow-script NAME=PATH`` defines, a bridge's netns needs its
-``--allow-netns``, and guest RAM is always a new file of its own.
+``--allow-netns``, and guest RAM is always a new file of its own. A service
+with a dump filter writes in the agent's own state dir
+(``agent/LAN/dump/SERVICE/``): the request names only the file.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from virtwire.address import parse_sockaddr
 from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError, NotFoundError
 from virtwire.orchestrator.runtime.process import ProcessRuntime
-from virtwire.orchestrator.spec import ServiceSpec
+from virtwire.orchestrator.spec import FilteredSpec, ServiceSpec, has_dump, with_dump_dir
 from virtwire.orchestrator.start_options import from_start_request
+from virtwire.orchestrator.statedir import private_dir
 from virtwire.v1 import orchestrator_pb2
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,11 @@ class Agent:
                                                           tls_args=agent_tls_args,
                                                           root=self.workdir.parent)
             await runtime.open()
+        if isinstance(spec, FilteredSpec) and has_dump(spec.filters):  # a dir of its own
+            root = self.workdir.parent
+            dump = private_dir(root, *(self.workdir / lan).relative_to(root).parts, "dump", name)
+            assert dump is not None
+            spec = with_dump_dir(spec, str(dump))
         address, pid = await runtime.start(name, spec, listen)
         rec = self.records[(lan, name)] = AgentRecord(lan, name, kind, address, pid)
         logger.info("agent: LAN %s: %s %s serves at %s (pid %d)", lan, kind, name, address, pid)

@@ -13,6 +13,11 @@ addresses, the orchestrator's address and pid), so ``virtwire down`` and
 LAN dirs are private (``statedir.py``), a state read back is validated
 (names by the topology's rules), and each pid comes with its start time and
 the boot id (``pids.py``): one that no longer matches is never signalled.
+
+A topology's filters are in its services' specs (``--object``); a process
+service with a dump filter writes in ``LAN/dump/SERVICE/``, which ``down``
+keeps (everything else of the LAN's state dir goes). Its ``schedule:`` runs
+once the LAN is healthy (``schedule.ScheduleRunner``), until ``down``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from virtwire.orchestrator.runtime import Runtime
 from virtwire.orchestrator.runtime.docker import DockerRuntime
 from virtwire.orchestrator.runtime.process import ProcessRuntime
 from virtwire.orchestrator.runtime.remote import RemoteRuntime
+from virtwire.orchestrator.schedule import ScheduleRunner
 from virtwire.orchestrator.spec import ServiceSpec, with_hub_ports
 from virtwire.orchestrator.statedir import private_dir
 from virtwire.orchestrator.subnet import check_subnet
@@ -73,6 +79,8 @@ from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+#: Where a LAN's process services write their dumps: LAN/dump/SERVICE/.
+DUMP_DIR = "dump"
 #: The runtimes of this machine's services, by their ``--backend`` name (other
 #: hosts' services run through their orchestrator).
 LOCAL_RUNTIMES = ("process", "docker")
@@ -217,10 +225,31 @@ def lan_dir(name: str, root: Path | None = None) -> Path:
 
 def remove_lan_dir(name: str, root: Path | None = None) -> None:
     """Remove LAN ``name``'s state directory: only ``root/NAME``, only when the
-    root and it are private directories of ours (PermissionDeniedError if not)."""
+    root and it are private directories of ours (PermissionDeniedError if not).
+
+    Its dumps (``dump/``, a private directory holding files) are kept: the
+    captures are what a run was for. The next ``up`` of the LAN overwrites them.
+    """
     path = private_dir(root or state_root(), check_lan(name), create=False)
-    if path is not None:
+    if path is None:
+        return
+    dumps = path / DUMP_DIR
+    try:
+        keep = (not dumps.is_symlink() and dumps.is_dir() and any(dumps.rglob("*"))
+                and private_dir(path, DUMP_DIR, create=False) is not None)
+    except (OSError, PermissionDeniedError):
+        keep = False
+    if not keep:
         shutil.rmtree(path, ignore_errors=True)
+        return
+    for entry in path.iterdir():
+        if entry.name == DUMP_DIR:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    logger.info("LAN %s: its dumps stay in %s", name, dumps)
 
 
 def _read_state_file(path: Path) -> Any:
@@ -301,6 +330,9 @@ class Orchestrator:
         #: Where each tap node's backend is bound, as its service reports it
         #: (NetClientInfo.backend_address: the real port of a ``listen: ...:0``).
         self.bound: dict[str, str] = {}
+        #: The topology's schedule as it runs (None: none, or not up yet).
+        self.schedule: ScheduleRunner | None = None
+        self._scheduler: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -327,6 +359,12 @@ class Orchestrator:
             if backend != "docker":
                 raise ConfigError("a subnet is for the docker backend only")
             check_subnet(subnet)
+        if backend == "docker" and any(
+                nf.spec.kind == "dump" and not self._host_of(topo, nf.service)
+                for nf in topo.filters):
+            raise ConfigError("dump filters write in the LAN's state dir on this machine: run "
+                              "this LAN with the process backend (or place those nodes on "
+                              "hosts)")
         existing = lan_dir(topo.name, self.state_root) / STATE_FILE
         if existing.exists():
             raise ConfigError(f"LAN {topo.name!r} is already up ({existing}); "
@@ -340,8 +378,11 @@ class Orchestrator:
         self.runtimes = {}
         self._launched = []
         self.bound = {}
+        self.schedule = None
         self.backend_kind = backend
         self.state = RunState.STARTING
+        loop = asyncio.get_running_loop()
+        healthy_at = 0.0
         try:
             for host in sorted({s.host or "" for s in topo.services}):
                 yield UpEvent("starting", message=self._runtime_message(topo, host, backend))
@@ -349,8 +390,9 @@ class Orchestrator:
                 await self.runtimes[host].open()
             for svc in topo.services:
                 addresses = {name: rec.address for name, rec in self.services.items()}
-                spec = self.specs[svc.name] = service_spec(topo, svc.name, addresses)
                 runtime = self.runtimes[svc.host or ""]
+                spec = self.specs[svc.name] = service_spec(
+                    topo, svc.name, addresses, dump_root=self._dump_root(runtime, svc.name))
                 where = f" on host {svc.host}" if svc.host else ""
                 yield UpEvent("starting", svc.name,
                               message=f"starting {svc.kind} {svc.name}{where}")
@@ -376,6 +418,7 @@ class Orchestrator:
                             f"{link.listener.service}/{link.listener.netclient}"))
             await self._wait_healthy()
             await self._snapshot_ports()
+            healthy_at = loop.time()  # the schedule's time 0
             yield UpEvent("healthy", message=f"{len(self.services)} services SERVING")
         except Exception as exc:
             logger.error("up failed: %s", exc)
@@ -385,6 +428,13 @@ class Orchestrator:
             return
         self.state = RunState.RUNNING
         self._watcher = asyncio.create_task(self._watch(), name="orchestrator-watch")
+        if topo.schedule:
+            self.schedule = ScheduleRunner(topo.schedule, self.resolve, self._note)
+            self._scheduler = asyncio.create_task(self.schedule.run(healthy_at),
+                                                  name="orchestrator-schedule")
+            last = topo.schedule[-1].at
+            self._note(f"schedule: {len(topo.schedule)} steps, the last {last:g}s after "
+                       "the LAN was healthy")
         ports = "".join(f"; {node.name}'s {self._port_text(node.name)}"
                         for node in topo.taps() if self.reachable_at(node))
         yield UpEvent("done", message=f"LAN {topo.name!r} is up{ports}")
@@ -439,6 +489,20 @@ class Orchestrator:
             return self.pki.identity(name, [host]).args()
         return [] if tls.is_local(parse_sockaddr(f"{host}:0")) else ["--insecure"]
 
+    @staticmethod
+    def _host_of(topo: Topology, service: str) -> str:
+        return next(s.host or "" for s in topo.services if s.name == service)
+
+    def _dump_root(self, runtime: Runtime, name: str) -> str:
+        """``LAN/dump`` for a process service of this machine with a dump filter
+        (its ``NAME/`` made private there); "" otherwise (an agent picks its own)."""
+        assert self.topology is not None
+        if runtime.kind != "process" or not any(
+                nf.spec.kind == "dump" for nf in self.topology.filters if nf.service == name):
+            return ""
+        private_dir(self.state_root, self.topology.name, DUMP_DIR, name)
+        return str(self.dir / DUMP_DIR)
+
     def _make_runtime(self, topo: Topology, host: str, backend: str, subnet: str) -> Runtime:
         if host:
             return RemoteRuntime(topo.hosts[host], topo.name)
@@ -486,6 +550,11 @@ class Orchestrator:
         if self.state in (RunState.IDLE, RunState.STOPPED):
             return 0
         self.state = RunState.STOPPING
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+            self._scheduler = None
         if self._watcher is not None:
             self._watcher.cancel()
             try:
@@ -568,6 +637,11 @@ class Orchestrator:
 
     def _event(self, msg: str) -> None:
         logger.warning("%s", msg)
+        self.events.append(msg)
+
+    def _note(self, msg: str) -> None:
+        """An event that is no trouble (a schedule step that ran)."""
+        logger.info("%s", msg)
         self.events.append(msg)
 
     def _vm_dependents(self, rec: ServiceRecord) -> list[ServiceRecord]:

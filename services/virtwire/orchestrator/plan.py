@@ -15,17 +15,25 @@ so a restarted dialer redials the same port.
 
 A node's ``link_transport`` goes to each of its services that has links (a
 vm's e1000 and guest, not its guestmem); "auto" adds no argument.
+
+Filters: a service hosting the NetClient of a topology filter gets it as
+``--object filter-KIND,id=ID,netdev=NETCLIENT,...``, in file order; a hub
+link end without a port name is the port named as above. A service with a
+dump filter writes in ``DUMP_ROOT/SERVICE`` (``--dump-dir``) when the caller
+gives ``dump_root`` (the orchestrator: its LAN's state dir); without filters
+nothing is added, so a topology without them has the argv it always had.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from virtwire.net.hub import hub_port_name
 from virtwire.orchestrator import spec
-from virtwire.topology import HubNode, Link, TapNode, Topology, VmNode
+from virtwire.topology import HubNode, Link, NodeFilter, TapNode, Topology, VmNode
 
-__all__ = ["auto_ports", "plan", "service_spec"]
+__all__ = ["auto_ports", "filter_netclient", "filter_objects", "plan", "service_spec"]
 
 #: Addresses by service name.
 Addresses = Mapping[str, str]
@@ -48,6 +56,27 @@ def auto_ports(topo: Topology, hub: str) -> dict[int, str]:
     return auto
 
 
+def dial_port(link: Link) -> str:
+    """The port a hub dials ``link`` from: its named one, else ``to-LISTENER``."""
+    return link.dialer.netclient or f"to-{link.listener.node}"
+
+
+def filter_netclient(topo: Topology, nf: NodeFilter) -> str:
+    """The NetClient topology filter ``nf`` is on (a hub's unnamed link end: its port)."""
+    if nf.netclient or nf.link is None:
+        return nf.netclient
+    link = next(link for link in topo.links if link.index == nf.link)
+    if link.dialer.node == nf.node:
+        return dial_port(link)
+    return auto_ports(topo, nf.node)[link.index]
+
+
+def filter_objects(topo: Topology, service: str) -> tuple[str, ...]:
+    """The ``--object`` texts of the topology's filters on ``service``'s NetClients."""
+    return tuple(replace(nf.spec, netdev=filter_netclient(topo, nf)).format()
+                 for nf in topo.filters if nf.service == service)
+
+
 def peer(topo: Topology, link: Link, addresses: Addresses) -> str:
     """What the dialer of ``link`` dials: ``LISTENER_ADDRESS/NETCLIENT``."""
     netclient = link.listener.netclient
@@ -56,26 +85,34 @@ def peer(topo: Topology, link: Link, addresses: Addresses) -> str:
     return f"{addresses[link.listener.service]}/{netclient}"
 
 
-def service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.ServiceSpec:
+def service_spec(topo: Topology, name: str, addresses: Addresses, *,
+                 dump_root: str = "") -> spec.ServiceSpec:
     """What service ``name`` is started with; ``addresses`` has those it needs
-    (the listeners it dials, its VM's guestmem and e1000)."""
+    (the listeners it dials, its VM's guestmem and e1000). ``dump_root``: where
+    services with a dump filter get their --dump-dir (``DUMP_ROOT/NAME``)."""
+    planned = _service_spec(topo, name, addresses)
+    return spec.with_dump_dir(planned, f"{dump_root}/{name}") if dump_root else planned
+
+
+def _service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.ServiceSpec:
     svc = next(s for s in topo.services if s.name == name)
     node = topo.node(svc.node)
     dials = [link for link in topo.links if link.dialer.service == name]
     peers = [peer(topo, link, addresses) for link in dials]
+    filters = filter_objects(topo, name)
     if isinstance(node, HubNode):
         # In the hub's creation order: named ports, ports that dial, link ends.
         ports = [spec.HubPortSpec(port) for port in node.ports]
-        ports += [spec.HubPortSpec(link.dialer.netclient or f"to-{link.listener.node}", dialed)
+        ports += [spec.HubPortSpec(dial_port(link), dialed)
                   for link, dialed in zip(dials, peers, strict=True)]
         ports += [spec.HubPortSpec(port) for port in auto_ports(topo, name).values()]
         return spec.HubServiceSpec(name=node.name, ports=tuple(ports),
-                                   link_transport=node.link_transport)
+                                   link_transport=node.link_transport, filters=filters)
     if isinstance(node, TapNode):
         return spec.TapServiceSpec(backend=node.backend,
                                    options={**node.options, "id": node.name},
                                    peer=peers[0] if peers else "",
-                                   link_transport=node.link_transport)
+                                   link_transport=node.link_transport, filters=filters)
     assert isinstance(node, VmNode)
     if svc.kind == "guestmem":
         return spec.GuestMemServiceSpec(size=node.memory)
@@ -84,7 +121,7 @@ def service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.Servic
         return spec.E1000ServiceSpec(guestmem=guestmem, mac=node.mac, model=node.model,
                                      compat=node.compat, name=node.name,
                                      peer=peers[0] if peers else "",
-                                     link_transport=node.link_transport)
+                                     link_transport=node.link_transport, filters=filters)
     bridge = node.bridge
     return spec.GuestServiceSpec(
         e1000=addresses[node.service("e1000")], guestmem=guestmem,
@@ -95,6 +132,8 @@ def service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.Servic
         link_transport=node.link_transport)
 
 
-def plan(topo: Topology, addresses: Addresses) -> dict[str, spec.ServiceSpec]:
+def plan(topo: Topology, addresses: Addresses, *,
+         dump_root: str = "") -> dict[str, spec.ServiceSpec]:
     """Every service's spec, in start order, with every address known."""
-    return {svc.name: service_spec(topo, svc.name, addresses) for svc in topo.services}
+    return {svc.name: service_spec(topo, svc.name, addresses, dump_root=dump_root)
+            for svc in topo.services}

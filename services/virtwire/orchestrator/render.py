@@ -532,6 +532,11 @@ def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = 
         raise ConfigError(f"unknown render format {fmt!r}: use one of {', '.join(FORMATS)}")
     if subnet and fmt != "compose":
         raise ConfigError("--subnet is for the compose format only")
+    dumps = [nf for nf in topo.filters if nf.spec.kind == "dump"]
+    if dumps:
+        raise ConfigError(f"{topo.source}:{dumps[0].line}: a dump filter writes in the LAN's "
+                          "state dir, which a rendered deployment has none of: run this LAN "
+                          "with 'virtwire up' (process backend), or drop the dump")
     net = SUBNET
     if subnet:
         net = str(check_subnet(subnet))

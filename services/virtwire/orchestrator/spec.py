@@ -8,6 +8,11 @@ typed StartService options another host's orchestrator validates and runs.
 
 ``link_transport`` is the service's ``--link-transport``; "auto" (the
 default) adds no argument, so a LAN that never chooses has the argv it had.
+
+``filters`` (hub, tap, e1000) are the topology's filters on the service's
+NetClients, each an ``--object`` text (``net.filter_types.FilterSpec``), and
+``dump_dir`` its ``--dump-dir`` (set by whoever runs it, in its own state
+dir, when a filter is a dump); without filters neither adds an argument.
 """
 
 from __future__ import annotations
@@ -20,13 +25,24 @@ from virtwire.net.netdev import format_backend_spec
 from virtwire.topology import LinkTransport
 
 __all__ = ["E1000ServiceSpec", "GuestMemServiceSpec", "GuestServiceSpec", "HubPortSpec",
-           "HubServiceSpec", "ServiceSpec", "TapServiceSpec", "link_transport_argv",
-           "with_hub_ports"]
+           "HubServiceSpec", "ServiceSpec", "TapServiceSpec", "filter_argv", "has_dump",
+           "link_transport_argv", "with_dump_dir", "with_hub_ports"]
 
 
 def link_transport_argv(transport: LinkTransport) -> list[str]:
     """``--link-transport grpc``; nothing for "auto", the service's default."""
     return [] if transport == "auto" else ["--link-transport", transport]
+
+
+def has_dump(filters: tuple[str, ...]) -> bool:
+    """Whether one of these ``--object`` texts is a dump filter (it needs a --dump-dir)."""
+    return any(text.startswith("filter-dump,") for text in filters)
+
+
+def filter_argv(filters: tuple[str, ...], dump_dir: str) -> list[str]:
+    """``--object TEXT`` per filter, then ``--dump-dir DIR`` if given."""
+    args = [arg for text in filters for arg in ("--object", text)]
+    return args + (["--dump-dir", dump_dir] if dump_dir else [])
 
 
 @dataclass(frozen=True)
@@ -46,13 +62,16 @@ class HubServiceSpec:
     #: In creation order.
     ports: tuple[HubPortSpec, ...] = ()
     link_transport: LinkTransport = "auto"
+    filters: tuple[str, ...] = ()
+    dump_dir: str = ""
 
     def argv(self) -> list[str]:
         args = ["--hub-id", str(self.hub_id)] if self.hub_id else []
         args += ["--name", self.name] if self.name else []
         for port in self.ports:
             args += ["--port", f"{port.name}={port.peer}" if port.peer else port.name]
-        return args + link_transport_argv(self.link_transport)
+        return (args + link_transport_argv(self.link_transport)
+                + filter_argv(self.filters, self.dump_dir))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,11 +87,14 @@ class TapServiceSpec:
     options: Mapping[str, str] = field(default_factory=dict)
     peer: str = ""
     link_transport: LinkTransport = "auto"
+    filters: tuple[str, ...] = ()
+    dump_dir: str = ""
 
     def argv(self) -> list[str]:
         args = ["--backend", format_backend_spec(self.backend, self.options)]
         args += ["--peer", self.peer] if self.peer else []
-        return args + link_transport_argv(self.link_transport)
+        return (args + link_transport_argv(self.link_transport)
+                + filter_argv(self.filters, self.dump_dir))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +120,8 @@ class E1000ServiceSpec:
     rpc_dma: bool = False
     #: Also whether it offers its guest the same-host MMIO socket.
     link_transport: LinkTransport = "auto"
+    filters: tuple[str, ...] = ()
+    dump_dir: str = ""
 
     def argv(self) -> list[str]:
         args = ["--guestmem", self.guestmem, "--mac", self.mac, "--model", self.model,
@@ -105,7 +129,8 @@ class E1000ServiceSpec:
         if self.peer:
             args += ["--peer", self.peer]
         args += ["--dma", "rpc"] if self.rpc_dma else []
-        return args + link_transport_argv(self.link_transport)
+        return (args + link_transport_argv(self.link_transport)
+                + filter_argv(self.filters, self.dump_dir))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +166,15 @@ class GuestServiceSpec:
 
 ServiceSpec = (HubServiceSpec | TapServiceSpec | GuestMemServiceSpec | E1000ServiceSpec
                | GuestServiceSpec)
+#: The kinds whose NetClients are LAN nodes, which topology filters go on.
+FilteredSpec = HubServiceSpec | TapServiceSpec | E1000ServiceSpec
+
+
+def with_dump_dir(spec: ServiceSpec, directory: str) -> ServiceSpec:
+    """``spec`` with ``--dump-dir directory`` if one of its filters is a dump."""
+    if isinstance(spec, FilteredSpec) and has_dump(spec.filters):
+        return replace(spec, dump_dir=directory)
+    return spec
 
 
 def with_hub_ports(spec: ServiceSpec, seen: list[str]) -> ServiceSpec:

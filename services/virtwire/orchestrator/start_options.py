@@ -7,6 +7,11 @@ argv, so it cannot add flags (``--shm-path``, ``--ready-file``, an
 abbreviation of ``--listen``...); every field is checked here, and what the
 agent's own command line does not allow (script paths, unix sockets,
 namespaces) is a PermissionDeniedError (``allowlist.RpcPolicy``).
+
+Filters (``filters``, field 12) are ``--object`` texts, each parsed by
+``FilterSpec.parse`` and sent on in its canonical form; a dump's file must
+be a plain name (the agent gives the service a --dump-dir of its own, in its
+state dir), and chardevs, which only a command line gives, are refused.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from virtwire.guest.responder import parse_interface
 from virtwire.hw.e1000 import COMPAT_VERSIONS, MODELS
 from virtwire.mem.guestmem import check_size
 from virtwire.net.eth import FrameError, format_mac, parse_mac
+from virtwire.net.filter_types import FilterSpec
 from virtwire.net.hub import check_hub_name
 from virtwire.net.netdev import netdev_from_options, netdev_options
 from virtwire.net.tap import check_ifname
 from virtwire.orchestrator.spec import (
     E1000ServiceSpec,
+    FilteredSpec,
     GuestMemServiceSpec,
     GuestServiceSpec,
     HubPortSpec,
@@ -41,10 +48,13 @@ from virtwire.v1 import orchestrator_pb2
 #: What StartService.link_transport may say.
 LINK_TRANSPORTS: tuple[str, ...] = get_args(LinkTransport)
 
-__all__ = ["MAX_HUB_PORTS", "from_start_request", "to_start_options"]
+__all__ = ["MAX_HUB_PORTS", "MAX_START_FILTERS", "from_start_request", "to_start_options"]
 
-#: Ports one StartService may create on a hub.
+#: Ports one StartService may create on a hub, and filters it may add.
 MAX_HUB_PORTS = 1024
+MAX_START_FILTERS = 256
+#: Filter properties naming a chardev: a service an agent starts has none.
+_CHARDEV_PROPS = ("outdev", "indev")
 _HUB_ID_MAX = (1 << 31) - 1
 _OPTION_KINDS = ("hub", "tap", "guestmem", "e1000", "guest")
 
@@ -54,7 +64,30 @@ def to_start_options(spec: ServiceSpec) -> dict[str, Any]:
     options = _kind_options(spec)
     if not isinstance(spec, GuestMemServiceSpec) and spec.link_transport != "auto":
         options["link_transport"] = spec.link_transport
+    if isinstance(spec, FilteredSpec) and spec.filters:
+        options["filters"] = list(spec.filters)
     return options
+
+
+def check_filters(texts: list[str]) -> tuple[str, ...]:
+    """StartService.filters, each parsed and in its canonical form; ConfigError if not."""
+    from virtwire.net.filter_dump import check_dump_name
+
+    if len(texts) > MAX_START_FILTERS:
+        raise ConfigError(f"filters: {len(texts)} filters, at most {MAX_START_FILTERS}")
+    out: list[str] = []
+    for text in texts:
+        spec = FilterSpec.parse(text)
+        where = f"filters: {shorten(text, 80)}"
+        check_name(spec.netdev, "filter netdev")
+        if spec.kind == "dump":
+            check_dump_name(spec.props.get("file", ""))
+        for prop in _CHARDEV_PROPS:
+            if spec.props.get(prop):
+                raise ConfigError(f"{where}: {prop}= names a chardev, and a service an agent "
+                                  "starts has none")
+        out.append(spec.format())
+    return tuple(out)
 
 
 def _kind_options(spec: ServiceSpec) -> dict[str, Any]:
@@ -166,6 +199,10 @@ def from_start_request(request: orchestrator_pb2.OrchestratorServiceStartService
                        policy: RpcPolicy) -> ServiceSpec:
     """The spec a StartService asks for, checked; ConfigError or PermissionDeniedError."""
     spec = _spec_of(request, policy)
+    if request.filters:
+        if not isinstance(spec, FilteredSpec):
+            raise ConfigError(f"filters: a {spec.kind} service has no NetClients to filter")
+        spec = dataclasses.replace(spec, filters=check_filters(list(request.filters)))
     transport = request.link_transport or "auto"
     if transport not in LINK_TRANSPORTS:
         raise ConfigError(f"StartService.link_transport {shorten(transport)}: use one of "

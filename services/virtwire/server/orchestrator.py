@@ -190,6 +190,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                                 restarts=rec.restarts, host=rec.host, backend=rec.backend)
                 for nc in listed.get(rec.name, []):
                     ns.netclients.add(name=nc.name, service=rec.name, info=nc)
+        for step in orch.schedule.records if orch.schedule is not None else []:
+            resp.schedule.add(index=step.step.index, at=step.step.at,
+                              what=step.step.describe(), ran=step.ran, ran_at=step.ran_at,
+                              error=step.error)
         return resp
 
     async def SetLink(self, request: orchestrator_pb2.OrchestratorServiceSetLinkRequest,

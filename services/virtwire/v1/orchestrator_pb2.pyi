@@ -130,14 +130,32 @@ class PublishRelay(_message.Message):
     def __init__(self, listen: _Optional[str] = ..., target: _Optional[str] = ..., accepted: _Optional[int] = ..., refused: _Optional[int] = ..., target_failed: _Optional[int] = ..., active: _Optional[int] = ...) -> None: ...
 
 class OrchestratorServiceGetStatusResponse(_message.Message):
-    __slots__ = ("name", "state", "nodes")
+    __slots__ = ("name", "state", "nodes", "schedule")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+    schedule: _containers.RepeatedCompositeFieldContainer[ScheduleStepStatus]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., schedule: _Optional[_Iterable[_Union[ScheduleStepStatus, _Mapping]]] = ...) -> None: ...
+
+class ScheduleStepStatus(_message.Message):
+    __slots__ = ("index", "at", "what", "ran", "ran_at", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    RAN_FIELD_NUMBER: _ClassVar[int]
+    RAN_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    at: float
+    what: str
+    ran: bool
+    ran_at: float
+    error: str
+    def __init__(self, index: _Optional[int] = ..., at: _Optional[float] = ..., what: _Optional[str] = ..., ran: _Optional[bool] = ..., ran_at: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class OrchestratorServiceSetLinkRequest(_message.Message):
     __slots__ = ("target", "up")
@@ -280,11 +298,12 @@ class StartGuestOptions(_message.Message):
     def __init__(self, e1000: _Optional[str] = ..., guestmem: _Optional[str] = ..., ip: _Optional[str] = ..., bridge_tap: _Optional[str] = ..., bridge_ip: _Optional[str] = ..., netns: _Optional[str] = ..., rpc_dma: _Optional[bool] = ...) -> None: ...
 
 class OrchestratorServiceStartServiceRequest(_message.Message):
-    __slots__ = ("lan", "name", "listen", "link_transport", "hub", "tap", "guestmem", "e1000", "guest")
+    __slots__ = ("lan", "name", "listen", "link_transport", "filters", "hub", "tap", "guestmem", "e1000", "guest")
     LAN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LISTEN_FIELD_NUMBER: _ClassVar[int]
     LINK_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     HUB_FIELD_NUMBER: _ClassVar[int]
     TAP_FIELD_NUMBER: _ClassVar[int]
     GUESTMEM_FIELD_NUMBER: _ClassVar[int]
@@ -294,12 +313,13 @@ class OrchestratorServiceStartServiceRequest(_message.Message):
     name: str
     listen: str
     link_transport: str
+    filters: _containers.RepeatedScalarFieldContainer[str]
     hub: StartHubOptions
     tap: StartTapOptions
     guestmem: StartGuestMemOptions
     e1000: StartE1000Options
     guest: StartGuestOptions
-    def __init__(self, lan: _Optional[str] = ..., name: _Optional[str] = ..., listen: _Optional[str] = ..., link_transport: _Optional[str] = ..., hub: _Optional[_Union[StartHubOptions, _Mapping]] = ..., tap: _Optional[_Union[StartTapOptions, _Mapping]] = ..., guestmem: _Optional[_Union[StartGuestMemOptions, _Mapping]] = ..., e1000: _Optional[_Union[StartE1000Options, _Mapping]] = ..., guest: _Optional[_Union[StartGuestOptions, _Mapping]] = ...) -> None: ...
+    def __init__(self, lan: _Optional[str] = ..., name: _Optional[str] = ..., listen: _Optional[str] = ..., link_transport: _Optional[str] = ..., filters: _Optional[_Iterable[str]] = ..., hub: _Optional[_Union[StartHubOptions, _Mapping]] = ..., tap: _Optional[_Union[StartTapOptions, _Mapping]] = ..., guestmem: _Optional[_Union[StartGuestMemOptions, _Mapping]] = ..., e1000: _Optional[_Union[StartE1000Options, _Mapping]] = ..., guest: _Optional[_Union[StartGuestOptions, _Mapping]] = ...) -> None: ...
 
 class OrchestratorServiceStartServiceResponse(_message.Message):
     __slots__ = ("address", "pid")
