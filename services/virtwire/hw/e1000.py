@@ -405,7 +405,7 @@ class TxdProps:
                    bool(op & E1000_TXD_CMD_TSE))
 
 
-@dataclass
+@dataclass(slots=True)
 class TxDescWork:
     """A TX descriptor being processed, kept while a slice is pending."""
 
@@ -535,6 +535,9 @@ def rxbufsize(rctl: int) -> int:
         0x00030000: 256,
     }.get(v, 2048)
 
+
+#: The upper dword of a written-back TX descriptor keeps all but EC, LC and TU.
+_TXD_STAT_CLEAR = ~(E1000_TXD_STAT_EC | E1000_TXD_STAT_LC | E1000_TXD_STAT_TU) & MASK32
 
 _PRC_REGS = (PRC64, PRC127, PRC255, PRC511, PRC1023, PRC1522)
 _PTC_REGS = (PTC64, PTC127, PTC255, PTC511, PTC1023, PTC1522)
@@ -776,18 +779,17 @@ class E1000(NetClient):
             # otherwise raised now, opening a new window.
             if self.mit_timer_on:
                 return
+            # mit_update_delay on each candidate: the smallest non-zero one.
             mit_delay = 0
-
-            def update(value: int) -> None:
-                nonlocal mit_delay
+            if self.mit_ide and pending & (E1000_ICR_TXQE | E1000_ICR_TXDW):
+                mit_delay = mac[TADV] * 4
+            if mac[RDTR] and pending & E1000_ICS_RXT0:
+                value = mac[RADV] * 4
                 if value and (mit_delay == 0 or value < mit_delay):
                     mit_delay = value
-
-            if self.mit_ide and pending & (E1000_ICR_TXQE | E1000_ICR_TXDW):
-                update(mac[TADV] * 4)
-            if mac[RDTR] and pending & E1000_ICS_RXT0:
-                update(mac[RADV] * 4)
-            update(mac[ITR])
+            value = mac[ITR]
+            if value and (mit_delay == 0 or value < mit_delay):
+                mit_delay = value
             mit_delay = max(mit_delay, MIT_MIN_DELAY)
             self.mit_timer_on = True
             if self._mit_timer is not None:
@@ -900,27 +902,34 @@ class E1000(NetClient):
         if self.mac_reg[index] != MASK32:
             self.mac_reg[index] += 1
 
-    def _grow_8reg(self, index: int, size: int) -> None:
-        """e1000x_grow_8reg_if_not_full: a saturating 64-bit counter in two registers."""
+    def _count_frame(self, size_regs: tuple[int, ...], wire_size: int, tp_reg: int,
+                     gp_reg: int, total_reg: int, good_reg: int, octets: int,
+                     cast_reg: int) -> None:
+        """One good frame's statistics in one call (the per-frame hot path):
+        the size bucket, TPT/TPR, GPTC/GPRC, TOT/TOR and GOT/GOR (by ``octets``)
+        and, when ``cast_reg`` >= 0, BPxC or MPxC; each saturates as in
+        e1000x_inc_reg_if_not_full / e1000x_grow_8reg_if_not_full."""
         mac = self.mac_reg
-        total = mac[index] | (mac[index + 1] << 32)
-        total = min(total + size, 0xFFFFFFFFFFFFFFFF)
-        mac[index] = total & MASK32
-        mac[index + 1] = total >> 32
-
-    def _increase_size_stats(self, regs: tuple[int, ...], size: int) -> None:
-        if size > 1023:
-            self._inc_reg(regs[5])
-        elif size > 511:
-            self._inc_reg(regs[4])
-        elif size > 255:
-            self._inc_reg(regs[3])
-        elif size > 127:
-            self._inc_reg(regs[2])
-        elif size > 64:
-            self._inc_reg(regs[1])
-        elif size == 64:
-            self._inc_reg(regs[0])
+        if wire_size > 1023:
+            size_reg = size_regs[5]
+        elif wire_size > 511:
+            size_reg = size_regs[4]
+        elif wire_size > 255:
+            size_reg = size_regs[3]
+        elif wire_size > 127:
+            size_reg = size_regs[2]
+        elif wire_size > 64:
+            size_reg = size_regs[1]
+        else:
+            size_reg = size_regs[0] if wire_size == 64 else -1
+        for index in (size_reg, tp_reg, gp_reg, cast_reg):
+            if index >= 0 and mac[index] != MASK32:
+                mac[index] += 1
+        for index in (total_reg, good_reg):
+            total = mac[index] | (mac[index + 1] << 32)
+            total = min(total + octets, MASK64)
+            mac[index] = total & MASK32
+            mac[index + 1] = total >> 32
 
     def hw_stats(self) -> dict[str, int]:
         """The statistics registers, without the read-to-clear side effects."""
@@ -1064,7 +1073,8 @@ class E1000(NetClient):
         for i in range(FFMT, FFMT + 255):
             w[i] = self._set_4bit
         w[TDLEN] = w[RDLEN] = self._set_dlen
-        w[TCTL] = w[TDT] = self._set_tctl
+        w[TCTL] = self._set_tctl
+        w[TDT] = self._set_tdt
         w[MDIC] = self._set_mdic
         w[ICS] = self._set_ics_reg
         for i in (TDH, RDH, RDTR, RADV, TADV, ITR, AIT):
@@ -1138,6 +1148,18 @@ class E1000(NetClient):
         self.mac_reg[TDT] &= MASK16
         self.start_xmit()
 
+    def _set_tdt(self, index: int, val: int) -> None:
+        """set_tctl for TDT (the doorbell of every transmit), with start_xmit's
+        common case inline: TX enabled, not busy, no slice pending."""
+        mac = self.mac_reg
+        mac[TDT] = val & MASK16
+        if (mac[TCTL] & E1000_TCTL_EN and not self.tx.busy
+                and self._tx_resume_timer is None):
+            self._tx_start = mac[TDH]
+            self._xmit()
+        else:
+            self.start_xmit()
+
     def _set_ics_reg(self, index: int, val: int) -> None:
         self.set_ics(val)
 
@@ -1198,10 +1220,6 @@ class E1000(NetClient):
             self.set_ics(E1000_ICR_MDAC)
 
     # -- transmit -------------------------------------------------------------------------
-    def _tx_desc_base(self) -> int:
-        mac = self.mac_reg
-        return (mac[TDBAH] << 32) + (mac[TDBAL] & ~0xF)
-
     def start_xmit(self) -> None:
         """Process TX descriptors from TDH up to TDT; ends with ICS TXQE.
 
@@ -1240,7 +1258,8 @@ class E1000(NetClient):
         try:
             while work is not None or mac[TDH] != mac[TDT]:
                 if work is None:
-                    base = (self._tx_desc_base() + DESC_SIZE * mac[TDH]) & MASK64
+                    base = ((mac[TDBAH] << 32) + (mac[TDBAL] & ~0xF)
+                            + DESC_SIZE * mac[TDH]) & MASK64
                     try:
                         desc = self._dma_read(base, DESC_SIZE)
                     except _DmaAbort:
@@ -1279,7 +1298,7 @@ class E1000(NetClient):
         finally:
             tp.busy = False
         if done:
-            self.set_ics(cause)
+            self.set_interrupt_cause(cause | mac[ICR])  # set_ics
             return
         self.drops.tx_sliced += 1
         self._tx_resume_timer = self.scheduler.call_later(0, self._tx_resume_cb)
@@ -1323,13 +1342,13 @@ class E1000(NetClient):
             self.drops.tx_cancelled += 1
 
     def _txdesc_writeback(self, base: int, desc: bytes) -> int:
-        """Set DD in the descriptor's upper dword if RS or RPS asked for it."""
+        """Set DD in the descriptor's upper dword if RS or RPS asked for it (QEMU
+        writes back only that dword)."""
         _addr, lower, upper = TX_DESC.unpack(desc)
         if not lower & (E1000_TXD_CMD_RS | E1000_TXD_CMD_RPS):
             return 0
-        upper = (upper | E1000_TXD_STAT_DD) & ~(E1000_TXD_STAT_EC | E1000_TXD_STAT_LC
-                                                | E1000_TXD_STAT_TU)
-        self._dma_write(base + TX_DESC_UPPER_OFFSET, struct.pack("<I", upper & MASK32))
+        upper = (upper | E1000_TXD_STAT_DD) & _TXD_STAT_CLEAR
+        self._dma_write(base + TX_DESC_UPPER_OFFSET, upper.to_bytes(4, "little"))
         return E1000_ICR_TXDW
 
     def process_tx_desc(self, work: TxDescWork) -> bool:
@@ -1338,11 +1357,11 @@ class E1000(NetClient):
         Returns False when the budget ran out inside a TSO burst: ``work``
         then holds where to go on (QEMU's addr and split_size).
         """
-        _buffer_addr, txd_lower, txd_upper = TX_DESC.unpack(work.desc)
+        buffer_addr, txd_lower, txd_upper = TX_DESC.unpack(work.desc)
         tp = self.tx
         if not work.started:
             work.started = True
-            if not self._tx_desc_begin(work, txd_lower, txd_upper):
+            if not self._tx_desc_begin(work, buffer_addr, txd_lower, txd_upper):
                 return True
         if tp.cptse:
             if not self._tso_gather(work):
@@ -1361,7 +1380,8 @@ class E1000(NetClient):
         tp.end_packet()
         return True
 
-    def _tx_desc_begin(self, work: TxDescWork, txd_lower: int, txd_upper: int) -> bool:
+    def _tx_desc_begin(self, work: TxDescWork, buffer_addr: int, txd_lower: int,
+                       txd_upper: int) -> bool:
         """The first part of process_tx_desc; False for a context descriptor (done)."""
         tp = self.tx
         dtype = txd_lower & (E1000_TXD_CMD_DEXT | E1000_TXD_DTYP_D)
@@ -1386,7 +1406,7 @@ class E1000(NetClient):
                 and (tp.cptse or txd_lower & E1000_TXD_CMD_EOP)):
             tp.vlan_needed = True
             tp.vlan_header[:] = struct.pack(">HH", mac[VET] & MASK16, txd_upper >> 16)
-        work.addr = TX_DESC.unpack(work.desc)[0]
+        work.addr = buffer_addr
         work.split_size = txd_lower & MASK16
         return True
 
@@ -1474,14 +1494,11 @@ class E1000(NetClient):
         else:
             dest = bytes(data[0:6])
             frame = bytes(memoryview(data)[:size])
-        self._e1000_send_packet(frame, dest)
-        self._inc_reg(TPT)
-        self._grow_8reg(TOTL, size + 4)
-        self._inc_reg(GPTC)
-        self._grow_8reg(GOTCL, size + 4)
+        self._e1000_send_packet(frame, dest, size)
 
-    def _e1000_send_packet(self, frame: bytes, dest: bytes) -> None:
-        """e1000_send_packet: out to the peer, or back to ourselves in PHY loopback."""
+    def _e1000_send_packet(self, frame: bytes, dest: bytes, size: int) -> None:
+        """e1000_send_packet: out to the peer, or back to ourselves in PHY loopback;
+        then its statistics and xmit_seg's (TPT, TOT, GPTC, GOT by ``size`` + 4)."""
         self.budget.charge(1 + (len(frame) >> 10))
         if self.phy_reg[MII_BMCR] & MII_BMCR_LOOPBACK:
             self._in_loopback = True
@@ -1494,11 +1511,8 @@ class E1000(NetClient):
         else:
             self.send_packet(frame)
         # QEMU classifies by the buffer's first 6 bytes even for shorter frames.
-        if dest == _BROADCAST:
-            self._inc_reg(BPTC)
-        elif dest[0] & 1:
-            self._inc_reg(MPTC)
-        self._increase_size_stats(_PTC_REGS, len(frame) + 4)
+        cast = BPTC if dest == _BROADCAST else MPTC if dest[0] & 1 else -1
+        self._count_frame(_PTC_REGS, len(frame) + 4, TPT, GPTC, TOTL, GOTCL, size + 4, cast)
 
     # -- receive ---------------------------------------------------------------------------
     def _has_rxbufs(self, total_size: int) -> bool:
@@ -1642,10 +1656,11 @@ class E1000(NetClient):
         self.drops.rx_no_buffers += 1
         self.set_ics(E1000_ICS_RXO)
 
-    def receive(self, data: bytes) -> int:
-        return self.receive_iov(data)
-
     def receive_iov(self, data: bytes) -> int:
+        """e1000_receive_iov (the same as ``receive``)."""
+        return self.receive(data)
+
+    def receive(self, data: bytes) -> int:
         """e1000_receive_iov, under the NIC's re-entrancy guard, then a DMA flush.
 
         A frame that arrives outside any device operation (from the peer) opens
@@ -1683,18 +1698,24 @@ class E1000(NetClient):
             if self._rx_flush_timer is None:
                 self._rx_flush_timer = self.scheduler.call_later(0, self._rx_flush_cb)
             return 0
-        if self._qemu72 and len(data) < MIN_BUF_SIZE_72:
+        qemu72 = self._qemu72
+        if qemu72 and len(data) < MIN_BUF_SIZE_72:
             data = data.ljust(MIN_BUF_SIZE_72, b"\0")  # QEMU 7.2 pads short frames
         size = len(data)
         consumed = size or 1  # never 0 ("queue it") for an empty frame
         hdr = data if size >= MAXIMUM_ETHERNET_HDR_LEN else data.ljust(
             MAXIMUM_ETHERNET_HDR_LEN, b"\0")
-        if self._is_oversized(size):
+        rctl = mac[RCTL]
+        # e1000x_is_oversized's limits can only be passed by a frame over 1518 bytes.
+        if size > MAXIMUM_ETHERNET_VLAN_SIZE and self._is_oversized(size):
             self.drops.rx_oversize += 1
             return consumed
-        vet = mac[VET] & MASK16
-        is_vlan = size >= 14 and ((hdr[12] << 8) | hdr[13]) == vet
-        if not self._receive_filter(hdr, is_vlan):
+        is_vlan = size >= 14 and ((hdr[12] << 8) | hdr[13]) == mac[VET] & MASK16
+        # The common case first: an untagged unicast frame for one of the receive
+        # addresses (the group filter's RA match), without UPE, on QEMU 9.
+        ra = self._ra_cache
+        if (is_vlan or qemu72 or ra is None or hdr[0] & 1 or rctl & E1000_RCTL_UPE
+                or hdr[0:6] not in ra) and not self._receive_filter(hdr, is_vlan):
             self.drops.rx_filtered += 1
             return consumed
 
@@ -1713,11 +1734,12 @@ class E1000(NetClient):
 
         rdh_start = mac[RDH]
         desc_offset = 0
-        total_size = size + (0 if mac[RCTL] & E1000_RCTL_SECRC else 4)
-        if not self._has_rxbufs(total_size):
+        total_size = size + (0 if rctl & E1000_RCTL_SECRC else 4)
+        rxbuf_size = self.rxbuf_size
+        if (rdh_start == mac[RDT] if total_size <= rxbuf_size
+                else not self._has_rxbufs(total_size)):
             self._receiver_overrun()
             return -1
-        rxbuf_size = self.rxbuf_size
         rdba = (mac[RDBAH] << 32) + (mac[RDBAL] & ~0xF)
         budget = self.budget
         budget.charge(1 + (size >> 10))
@@ -1761,18 +1783,10 @@ class E1000(NetClient):
             self.drops.rx_dma_errors += 1
             return -1
 
-        # e1000x_update_rx_total_stats
-        self._increase_size_stats(_PRC_REGS, total_size)
-        self._inc_reg(TPR)
-        self._inc_reg(GPRC)
-        self._grow_8reg(TORL, size + 4)
-        self._grow_8reg(GORCL, size + 4)
-        if self._qemu72:
-            pass  # QEMU 7.2 counted BPRC/MPRC in the filter instead
-        elif dest == _BROADCAST:
-            self._inc_reg(BPRC)
-        elif dest[0] & 1:
-            self._inc_reg(MPRC)
+        # e1000x_update_rx_total_stats (QEMU 7.2 counted BPRC/MPRC in the filter instead)
+        cast = (-1 if qemu72 else BPRC if dest == _BROADCAST else MPRC if dest[0] & 1
+                else -1)
+        self._count_frame(_PRC_REGS, total_size, TPR, GPRC, TORL, GORCL, size + 4, cast)
 
         n = E1000_ICS_RXT0
         rdt = mac[RDT]
@@ -1780,5 +1794,5 @@ class E1000(NetClient):
             rdt += mac[RDLEN] // DESC_SIZE
         if ((rdt - mac[RDH]) & MASK32) * DESC_SIZE <= mac[RDLEN] >> self.rxbuf_min_shift:
             n |= E1000_ICS_RXDMT0
-        self.set_ics(n)
+        self.set_interrupt_cause(n | mac[ICR])  # set_ics
         return size or consumed

@@ -64,7 +64,11 @@ class AsyncioScheduler:
         return int(self.loop.time() * NS_PER_S)
 
     def call_later(self, delay_ns: int, fn: TimerCallback) -> TimerHandle:
-        return self.loop.call_later(max(0, delay_ns) / NS_PER_S, fn)
+        if delay_ns <= 0:
+            # The next turn of the loop (slice continuations, the end of a
+            # frame's budget: several per frame): no clock read, no timer heap.
+            return self.loop.call_soon(fn)
+        return self.loop.call_later(delay_ns / NS_PER_S, fn)
 
 
 class ManualTimer:

@@ -149,14 +149,20 @@ class E1000Server(ServiceHost):
             return None
         return self.mmio_read(acc.offset)
 
+    # mmio_read / mmio_write carry every register access of a driver (several
+    # per frame): the offset check and device() run only when they would fail.
     def mmio_read(self, offset: int) -> int:
-        check_offset(offset)
-        nic = self.device()
+        nic = self.nic
+        if offset & 3 or not 0 <= offset < BAR0_SIZE or nic is None:
+            check_offset(offset)
+            nic = self.device()
         return nic.mmio_read(offset) if self.memory_enabled else MASTER_ABORT
 
     def mmio_write(self, offset: int, value: int) -> None:
-        check_offset(offset)
-        nic = self.device()
+        nic = self.nic
+        if offset & 3 or not 0 <= offset < BAR0_SIZE or nic is None:
+            check_offset(offset)
+            nic = self.device()
         if self.memory_enabled:
             nic.mmio_write(offset, value)
 
