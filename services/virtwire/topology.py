@@ -2133,6 +2133,8 @@ class _Filters:
                                  f"{', '.join(SCHEDULE_ACTIONS)}", line=report.line((*path, key)))
                     ok = False
             actions = [a for a in SCHEDULE_ACTIONS if a in raw]
+            if not ok and not actions:
+                continue  # an unknown field, said already
             if "at" not in raw:
                 report.error(path, "missing field 'at' (when, after the LAN is healthy: "
                              "e.g. at: 10s)")

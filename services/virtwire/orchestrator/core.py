@@ -235,7 +235,8 @@ def remove_lan_dir(name: str, root: Path | None = None) -> None:
         return
     dumps = path / DUMP_DIR
     try:
-        keep = (not dumps.is_symlink() and dumps.is_dir() and any(dumps.rglob("*"))
+        keep = (not dumps.is_symlink() and dumps.is_dir()
+                and any(p.is_file() for p in dumps.rglob("*"))
                 and private_dir(path, DUMP_DIR, create=False) is not None)
     except (OSError, PermissionDeniedError):
         keep = False
