@@ -30,6 +30,18 @@ A topology names the LAN, its nodes and the links between them::
       - [vm1, hub0]                 # NODE or HUB:PORT; a hub without a port gets a new one
       - [qemu0, hub0:uplink]
 
+Net filters and a schedule (docs/topology.md)::
+
+    nodes:
+      vm2: {kind: vm, netem: {delay: 20ms, loss: 1%}}   # or filters: [{type: KIND, ...}]
+      hub0: {kind: hub, ports: {wan: {filters: [{type: dump, file: wan.pcap}]}}}
+    links:
+      - ends: [vm1, hub0]                               # the long form: filters per end
+        filters: {hub0: [{type: netem, id: n0, queue: rx, rate: 10mbit}]}
+    schedule:                                           # after the LAN is healthy
+      - {at: 10s, link: {node: vm2, state: down}}
+      - {at: 20s, netem: {target: vm2, loss: 30%}}      # also netem_reset, filter
+
 ``load_topology`` / ``parse_topology`` return a ``Topology`` or raise one
 ``TopologyError`` listing every problem, one per line, each as
 ``FILE:LINE: WHERE: WHAT`` (WHERE is ``node 'vm1'``, ``host 'h1'`` or
