@@ -797,8 +797,10 @@ class E1000(NetClient):
             self._mit_timer = self.scheduler.call_later(mit_delay * MIT_UNIT_NS,
                                                         self._mit_timer_cb)
             self.mit_ide = 0
-        self.mit_irq_level = pending != 0
-        self._pci_set_irq(self.mit_irq_level)
+        level = self.mit_irq_level = pending != 0
+        if level != self.irq_level:  # _pci_set_irq
+            self.irq_level = level
+            self._set_irq(level)
 
     def set_ics(self, val: int) -> None:
         """set_ics: OR causes into ICR."""
@@ -1026,7 +1028,10 @@ class E1000(NetClient):
             if owned:
                 self.budget.end()
             self._engaged_in_io = False
-            self._dma_flush()
+            try:  # _dma_flush, inline on the path of every register write
+                self.dma.dma_flush()
+            except DmaError:
+                self.dma_errors += 1
 
     def _build_ops(self) -> tuple[list[ReadOp | None], list[WriteOp | None]]:
         """macreg_readops / macreg_writeops (every compat flag on, as QEMU 9 default)."""
@@ -1370,14 +1375,17 @@ class E1000(NetClient):
             split_size = min(TX_BUFFER_SIZE - tp.size, work.split_size)
             tp.data[tp.size:tp.size + split_size] = self._dma_read(work.addr, split_size)
             tp.size = (tp.size + split_size) & MASK16
-            self.budget.charge(split_size >> 10)
+            if split_size >> 10:  # (_xmit charged this descriptor already)
+                self.budget.charge(split_size >> 10)
 
         # eop:
         if not txd_lower & E1000_TXD_CMD_EOP:
             return True
         if not (tp.cptse and tp.size < tp.tso_props.hdr_len):
             self.xmit_seg()
-        tp.end_packet()
+        # tp.end_packet(), inline:
+        tp.tso_frames = tp.sum_needed = tp.size = 0
+        tp.vlan_needed = tp.cptse = False
         return True
 
     def _tx_desc_begin(self, work: TxDescWork, buffer_addr: int, txd_lower: int,
@@ -1678,7 +1686,10 @@ class E1000(NetClient):
         finally:
             if owned:
                 self._engaged_in_io = False
-            self._dma_flush()
+            try:  # _dma_flush, inline on the path of every frame
+                self.dma.dma_flush()
+            except DmaError:
+                self.dma_errors += 1
         return ret
 
     def _receive_iov(self, data: bytes) -> int:
