@@ -16,7 +16,12 @@ from virtwire.net.filter_types import FilterSpec
 from virtwire.orchestrator.core import DUMP_DIR, remove_lan_dir
 from virtwire.orchestrator.plan import plan
 from virtwire.orchestrator.render import render
-from virtwire.orchestrator.spec import E1000ServiceSpec, HubServiceSpec, TapServiceSpec
+from virtwire.orchestrator.spec import (
+    E1000ServiceSpec,
+    HubPortSpec,
+    HubServiceSpec,
+    TapServiceSpec,
+)
 from virtwire.orchestrator.start_options import (
     MAX_START_FILTERS,
     from_start_request,
@@ -456,3 +461,25 @@ def test_removing_a_lan_dir_keeps_its_dumps(tmp_path: Path) -> None:
     (dumps / "vm1.pcap").unlink()
     remove_lan_dir("lab", tmp_path)
     assert not lan.exists()
+
+
+async def test_an_agent_starts_a_service_with_its_filters_and_a_dump_dir_of_its_own(
+        tmp_path: Path) -> None:
+    from virtwire import tls
+    from virtwire.orchestrator.agent import Agent
+    from virtwire.v1 import filter_pb2, filter_pb2_grpc
+
+    agent = Agent(tmp_path / "state" / "agent")
+    request = _request(HubServiceSpec(name="hub0", ports=(HubPortSpec("p1"),), filters=(
+        "filter-dump,id=cap,netdev=p1,file=p1.pcap",
+        "filter-netem,id=netem,netdev=p1,queue=tx,delay=1ms")))
+    request.name = "hub0"
+    try:
+        rec = await agent.start_request(request)
+        async with tls.aio_channel(rec.address) as ch:
+            got = await filter_pb2_grpc.FilterServiceStub(ch).ListFilters(
+                filter_pb2.ListFiltersRequest(netclient="p1"), timeout=5)
+        assert [(f.id, f.kind) for f in got.filters] == [("cap", "dump"), ("netem", "netem")]
+        assert (tmp_path / "state" / "agent" / "f" / DUMP_DIR / "hub0" / "p1.pcap").is_file()
+    finally:
+        await agent.close()
