@@ -74,6 +74,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, runtime_checkable
@@ -461,12 +462,22 @@ class VirtwireHubPeer(ProcPeer):
     ends of the LAN live in different containers.
     ``link_transport``: passed as ``--link-transport`` to every service
     (``grpc``: frames on the gRPC stream only; None: the services' default).
+    ``serve_args``: more arguments for `serve KIND` by kind (``hub``, ``tap``),
+    e.g. ``--object filter-...`` and ``--dump-dir``; ``hub_ports``: the hub
+    creates these two named ports (``--port``) and backend a dials the first,
+    b the second, so an ``--object`` can name them (else new unnamed ports).
     """
 
     def __init__(self, taps: int = 1, secure: bool = False,
-                 link_transport: str | None = None) -> None:
+                 link_transport: str | None = None,
+                 serve_args: Mapping[str, Sequence[str]] | None = None,
+                 hub_ports: tuple[str, str] | None = None, name: str = "") -> None:
         super().__init__()
         self.taps = taps
+        self.serve_args = {k: list(v) for k, v in (serve_args or {}).items()}
+        self.hub_ports = hub_ports
+        #: (kind, gRPC address) of every service started, in order.
+        self.services: list[tuple[str, str]] = []
         #: Every service on mutual TLS (a throwaway CA, made in start()).
         self.secure = secure
         self.tls_args: list[str] = []
@@ -474,12 +485,15 @@ class VirtwireHubPeer(ProcPeer):
         self.name = ("virtwire" if taps == 1 else "virtwire-3p") + ("-tls" if secure else "")
         if link_transport:
             self.name += f"-{link_transport}"
+        if name:
+            self.name = name
 
     async def _serve(self, kind: str, *args: str) -> str:
         assert self.tmp is not None
         ready = os.path.join(self.tmp, f"{kind}{len(self.procs)}.ready")
         proc = await self.spawn(sys.executable, "-m", "virtwire.cli", "serve", kind, *args,
-                                *self.tls_args, *self.transport_args, "--ready-file", ready,
+                                *self.serve_args.get(kind, ()), *self.tls_args,
+                                *self.transport_args, "--ready-file", ready,
                                 label=kind)
         await wait_paths([ready], [proc], 20.0)
         loop = asyncio.get_running_loop()
@@ -488,6 +502,7 @@ class VirtwireHubPeer(ProcPeer):
             with open(ready) as f:
                 address = f.read().strip()
             if address or loop.time() > end:
+                self.services.append((kind, address))
                 return address
             await asyncio.sleep(0.01)
 
@@ -497,10 +512,11 @@ class VirtwireHubPeer(ProcPeer):
             import benchtls
 
             self.tls_args = benchtls.service_args(benchtls.make_pki(pathlib.Path(tmp, "pki")))
-        hub = await self._serve("hub")
+        ports = list(self.hub_ports or ("", ""))
+        hub = await self._serve("hub", *(a for p in ports if p for a in ("--port", p)))
         socks = [os.path.join(tmp, "a"), os.path.join(tmp, "b")]
-        backends = [["--backend", f"stream,listen=unix:{path}", "--peer", f"{hub}/"]
-                    for path in socks]
+        backends = [["--backend", f"stream,listen=unix:{path}", "--peer", f"{hub}/{port}"]
+                    for path, port in zip(socks, ports, strict=True)]
         if self.taps == 1:
             await self._serve("tap", *backends[0], *backends[1])
         else:
@@ -601,11 +617,14 @@ class Measured:
     memory: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-async def run_measured(peer: Peer, cfg: LoadConfig, rss: bool = False) -> Measured:
+async def run_measured(peer: Peer, cfg: LoadConfig, rss: bool = False,
+                       after: Callable[[Peer], Awaitable[None]] | None = None) -> Measured:
     """:func:`run_one`, reading every process of the path from /proc: utime +
     stime just before the frames start and as soon as the receiver is done
     (before the peer is stopped), and with ``rss`` their resident sets
-    throughout (the load generator is not part of the path: not counted)."""
+    throughout (the load generator is not part of the path: not counted).
+    ``after`` is awaited once the load is done, before the peer stops (e.g. to
+    read its counters)."""
     async with peer as (a, b):
         procs = peer.path_procs() if isinstance(peer, ProcPeer) else []
         meter = CpuMeter(procs)
@@ -618,6 +637,8 @@ async def run_measured(peer: Peer, cfg: LoadConfig, rss: bool = False) -> Measur
             if logs:
                 raise LoadgenError(f"{exc}\n{logs}") from exc
             raise
+        if after is not None:
+            await after(peer)
     return Measured(res, meter.used_s, meter.per_frame_us(res.received),
                     sampler.as_dict() if rss else {})
 

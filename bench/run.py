@@ -8,6 +8,9 @@
   per frame of every process of the path (/proc), latency p50/p99 at 10, 100
   and 1000 frames/s, resident sets under a 2x flood, the ratios to QEMU's hub
   and the issue's targets with pass/fail;
+- filters: the virtwire hub hop with no filter, an idle netem, an active
+  netem (delay, loss) and a dump on one hub port: CPU µs per frame, frames/s,
+  the delta to no filter and loss (bench/filterbench.py);
 - lan: `virtwire ping vm1 vm2` on the default LAN at 10, 100 and 1000/s
   (bench/lanbench.py);
 - dma: guest-memory DMA (dma_bench);
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from report import load_figures, load_note
 
-PARTS = ("hub", "lan", "dma", "guest", "iperf", "vm")
+PARTS = ("hub", "filters", "lan", "dma", "guest", "iperf", "vm")
 
 
 def _parts(text: str) -> list[str]:
@@ -57,6 +60,11 @@ def run_part(name: str, quick: bool) -> dict[str, Any]:
 
         print("\n## Hub hop: stream -> hub -> stream (unix sockets)\n", flush=True)
         return hubbench.run(quick=quick)
+    if name == "filters":
+        import filterbench
+
+        print("\n## Net filters on the hub hop: none, idle and active netem, dump\n", flush=True)
+        return filterbench.run(quick=quick)
     if name == "lan":
         import lanbench
 

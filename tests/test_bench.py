@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
+import filterbench
 import hubbench
 import iperf_bench
 import lanbench
@@ -293,3 +294,111 @@ def test_run_sets_guests_against_direct_only_when_vm_measured_it(
     assert got["mean_ratio"] == pytest.approx(0.25)
     assert [t["passed"] for t in got["targets"]] == [False, True, True]
     assert "0.25x FAIL" in capsys.readouterr().out
+
+
+# -- bench/filterbench.py ----------------------------------------------------------------
+def test_filterbench_objects_are_filters_the_services_take(tmp_path: Path) -> None:
+    from virtwire.net.filter import FilterContext, FilterDirection
+    from virtwire.net.filter_types import FilterSpec
+    from virtwire.net.netem import Netem
+
+    async def build(spec: FilterSpec) -> Any:
+        ctx = FilterContext(scheduler=asyncio.get_running_loop(), dump_dir=tmp_path)
+        return spec.build(ctx)
+
+    built = {}
+    for variant, text in filterbench.VARIANTS:
+        args = filterbench.hub_args(text, str(tmp_path))
+        if not text:
+            assert args == []
+            continue
+        assert args[0] == "--object"
+        assert ("--dump-dir" in args) == (variant == "dump")
+        spec = FilterSpec.parse(args[1])
+        assert (spec.netdev, spec.direction) == (filterbench.PORT_B, FilterDirection.TX)
+        nf = asyncio.run(build(spec))
+        built[variant] = nf
+        nf.cleanup()
+    idle, active = built["netem-idle"], built["netem-active"]
+    assert isinstance(idle, Netem) and isinstance(active, Netem)
+    assert not idle.config.timed and idle.config.loss == 0.0
+    assert (active.config.delay, active.config.loss) == (0.001, 0.01)
+    assert active.config.seed == filterbench.SEED
+    assert active.config.limit >= filterbench.QUICK.count
+    assert built["netem-rate"].config.rate == 10e9
+    assert filterbench.filter_object("dump:file=x.pcap", "d1", "p") == (
+        "filter-dump,id=d1,netdev=p,queue=tx,file=x.pcap")
+    with pytest.raises(ValueError):
+        filterbench.filter_object(":x=1")
+
+
+def _fb_run(received: int, sent: int, cpu: float, fps: float) -> dict[str, Any]:
+    return {"result": {"sent": sent, "received": received, "lost": sent - received,
+                       "frames_per_s": fps, "lat_p50_us": 10.0},
+            "cpu_us_per_frame": {"hub": cpu / 2, "tap": cpu / 2, "sum": cpu}}
+
+
+def test_filterbench_deltas_against_no_filter_and_loss() -> None:
+    runs = {"none": {"64": _fb_run(1000, 1000, 2.0, 600_000.0)},
+            "netem-active": {"64": _fb_run(990, 1000, 5.0, 150_000.0)},
+            "dump": {"64": {"error": "boom"}}}
+    got = filterbench.summary(runs)
+    active = got["netem-active"]["64"]
+    assert active["cpu_delta_us"] == pytest.approx(3.0)
+    assert active["cpu_delta_pct"] == pytest.approx(150.0)
+    assert active["fps_delta_pct"] == pytest.approx(-75.0)
+    assert (active["delivered_pct"], active["lost"]) == (pytest.approx(99.0), 10)
+    assert got["none"]["64"]["cpu_delta_us"] == 0.0
+    assert got["dump"]["64"]["cpu_delta_us"] is None and got["dump"]["64"]["lost"] is None
+    text = filterbench.table(runs)
+    assert "| netem-active | 64 | 150,000 | -75% | 10 (99.00% delivered) | 5.0 | +3.0 |" in text
+    assert "| dump | 64 | FAILED |" in text
+    # no baseline: no deltas rather than a wrong one
+    alone = filterbench.summary({"dump": {"64": _fb_run(10, 10, 4.0, 1.0)}})
+    assert alone["dump"]["64"]["cpu_delta_us"] is None
+
+
+def test_filterbench_keeps_the_lowest_cpu_run_and_never_a_failed_one() -> None:
+    good, worse = _fb_run(10, 10, 2.0, 1.0), _fb_run(10, 10, 3.0, 1.0)
+    assert filterbench.better(good, None) and filterbench.better({"error": "x"}, None)
+    assert filterbench.better(good, worse) and not filterbench.better(worse, good)
+    assert not filterbench.better({"error": "x"}, good)
+    assert filterbench.better(good, {"error": "x"})
+
+
+def test_virtwire_peer_with_named_hub_ports_and_a_filter_carries_frames(
+        tmp_path: Path) -> None:
+    spec = dict(filterbench.VARIANTS)["netem-active"]
+    peer = filterbench.make_filter_peer("netem-active", spec, str(tmp_path))
+    assert peer.name == "virtwire+netem-active"
+    assert peer.hub_ports == (filterbench.PORT_A, filterbench.PORT_B)
+    drops: dict[str, int] = {}
+
+    async def after(p: Any) -> None:
+        await filterbench.read_drops(p, drops)
+
+    m = asyncio.run(run_measured(peer, LoadConfig(size=64, count=2000, timeout=20, idle=1.0),
+                                 after=after))
+    assert {"hub", "tap"} <= set(m.cpu_s)
+    assert [kind for kind, _ in peer.services] == ["hub", "tap"]
+    # the netem's own loss (1%, seeded) is what the receiver missed, read from the hub
+    assert set(drops) == {"hub pb f0 loss"}
+    assert 0 < m.result.lost <= drops["hub pb f0 loss"] < 100
+
+
+def test_filterbench_drop_causes_come_from_the_counters_not_their_totals() -> None:
+    netclients = {"netclients": [
+        {"name": "pb", "counters": {"tx_frames": 10, "dropped_queue_full": 3,
+                                    "dropped_link_down": 0, "dropped_filter": 9,
+                                    "dropped_total": 12}},
+        {"name": "pa", "counters": {"rx_frames": 10}}]}
+    filters = {"filters": [{"netclient": "pb", "id": "f0",
+                            "counters": {"dropped": {"loss": 9, "limit": 0},
+                                         "dropped_total": 9}}]}
+    assert filterbench.drop_causes("hub", netclients, filters) == {
+        "hub pb dropped_queue_full": 3, "hub pb f0 loss": 9}
+    assert filterbench.drop_causes("tap", {}, {}) == {}
+    run = _fb_run(10, 10, 2.0, 1.0)
+    assert filterbench._drops_text(run) == "not read"
+    run["drops"] = {}
+    assert filterbench._drops_text(run) == "none"
