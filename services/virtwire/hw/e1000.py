@@ -888,9 +888,17 @@ class E1000(NetClient):
         try:
             self.dma.dma_write(addr & MASK64, data)
         except DmaError:
-            self.dma_errors += 1
-            if self.dma_error_policy == "stop":
-                raise _DmaAbort from None
+            self._dma_write_failed()
+
+    def _dma_write_failed(self) -> None:
+        """A DMA write raised DmaError: counted; under policy 'stop' the ring stops."""
+        self.dma_errors += 1
+        if self.dma_error_policy == "stop":
+            raise _DmaAbort from None
+
+    @staticmethod
+    def _dma_write_dropped(addr: int, data: bytes) -> None:
+        """pci_dma_write while bus mastering is off: nothing is written."""
 
     def _dma_flush(self) -> None:
         try:
@@ -1754,6 +1762,9 @@ class E1000(NetClient):
         rdba = (mac[RDBAH] << 32) + (mac[RDBAL] & ~0xF)
         budget = self.budget
         budget.charge(1 + (size >> 10))
+        # _dma_write inline (three writes per descriptor): every write below
+        # has data, and bus mastering cannot change inside the loop.
+        dma_write = self.dma.dma_write if self.bus_master else self._dma_write_dropped
         try:
             while True:
                 budget.charge(1)
@@ -1765,8 +1776,10 @@ class E1000(NetClient):
                 if buffer_addr:
                     if desc_offset < size:
                         copy_size = min(size - desc_offset, rxbuf_size)
-                        self._dma_write(buffer_addr,
-                                        payload[desc_offset:desc_offset + copy_size])
+                        try:
+                            dma_write(buffer_addr, payload[desc_offset:desc_offset + copy_size])
+                        except DmaError:
+                            self._dma_write_failed()
                     desc_offset += desc_size
                     length = desc_size & MASK16
                     if desc_offset >= total_size:
@@ -1774,10 +1787,16 @@ class E1000(NetClient):
                     else:
                         status &= ~E1000_RXD_STAT_EOP
                 # else: a null buffer address; written back with DD, skipped.
-                self._dma_write(base, RX_DESC.pack(buffer_addr, length, csum, status, errors,
-                                                   vlan_special))
+                try:
+                    dma_write(base, RX_DESC.pack(buffer_addr, length, csum, status, errors,
+                                                 vlan_special))
+                except DmaError:
+                    self._dma_write_failed()
                 status |= vlan_status | E1000_RXD_STAT_DD
-                self._dma_write(base + RX_DESC_STATUS_OFFSET, bytes((status,)))
+                try:
+                    dma_write((base + RX_DESC_STATUS_OFFSET) & MASK64, bytes((status,)))
+                except DmaError:
+                    self._dma_write_failed()
                 mac[RDH] += 1
                 if mac[RDH] * DESC_SIZE >= mac[RDLEN]:
                     mac[RDH] = 0
