@@ -51,7 +51,7 @@ COMMAND_SLACK_S = 60.0
 UP_TIMEOUT_S = 180.0
 
 
-class VirtwireCommandError(AssertionError):
+class VirtwireCommandError(VirtwireError, AssertionError):
     """A ``virtwire`` command exited non-zero (or could not run in time)."""
 
     def __init__(self, argv: Sequence[str], returncode: int | None, output: str) -> None:
