@@ -2,12 +2,15 @@
 NetClientService.WaitForFrame / ExpectNoFrame / CountFrames against an
 in-process hub (answers, bounds, errors, the subscriber cap, cancellation), and
 `virtwire expect` through the real console script, on a service and on the
-default LAN, with its exit codes."""
+default LAN, with its exit codes; the orchestrator's WaitForFrame /
+ExpectNoFrame / CountFrames for LAN nodes (by stub and grpcurl), forwarded to
+the node's service with the caller's deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -28,10 +31,16 @@ from virtwire.net.match import parse_match
 from virtwire.server.authz import Access, access_of
 from virtwire.server.base import inject
 from virtwire.server.hub import HubServer
-from virtwire.v1 import netclient_pb2, netclient_pb2_grpc
+from virtwire.v1 import (
+    netclient_pb2,
+    netclient_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+)
 
 from support.doubles import Sink, frame, until
 from support.e1000_program import eth, ipv4, udp
+from support.procs import GRPCURL, grpcurl
 
 VIRTWIRE_SCRIPT = Path(sys.executable).parent / "virtwire"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"
@@ -368,7 +377,7 @@ def lan_env(tmp_path_factory: pytest.TempPathFactory, script: Path) -> Iterator[
 
 async def test_expect_a_ping_on_a_lan_node(script: Path, lan_env: dict[str, str]) -> None:
     """vm2's NIC receives vm1's echo request and sends its reply, as the
-    orchestrator's Capture stream shows them, matched here."""
+    orchestrator's WaitForFrame, forwarded to vm2's e1000, finds them."""
     request = ("vm2", "-m", "ip.src=198.18.0.1,ip.dst=198.18.0.2,ip.proto=icmp",
                "--direction", "rx", "-t", "60s")
     reply = ("vm2", "-m", "pcap:icmp[icmptype] = icmp-echoreply and src host 198.18.0.2",
@@ -391,3 +400,184 @@ async def test_expect_a_ping_on_a_lan_node(script: Path, lan_env: dict[str, str]
     assert rc == EXIT_OK, (out, err)
     rc, out, err = await _run(script, "expect", "vm9", "-m", "any", env=lan_env)
     assert rc == EXIT_USAGE and "no node 'vm9'" in err, (out, err)
+
+
+# -- the orchestrator serves the assertions for LAN nodes -----------------------------------
+def _orchestrator(env: dict[str, str]) -> str:
+    state = json.loads((Path(env["VIRTWIRE_STATE_DIR"]) / "default" / "state.json").read_text())
+    return str(state["orchestrator"])
+
+
+async def _subscribers(stub: orchestrator_pb2_grpc.OrchestratorServiceStub, node: str,
+                       netclient: str) -> int:
+    status = await stub.GetStatus(orchestrator_pb2.OrchestratorServiceGetStatusRequest(),
+                                  timeout=30)
+    for ns in status.nodes:
+        if ns.name == node:
+            for nc in ns.netclients:
+                if nc.name == netclient:
+                    return int(nc.info.counters.capture_subscribers)
+    raise AssertionError(f"no {node} {netclient} in {status}")
+
+
+async def _until_watched(stub: orchestrator_pb2_grpc.OrchestratorServiceStub, node: str,
+                         netclient: str, call: asyncio.Future[Any]) -> None:
+    """Until ``node``'s ``netclient`` is watched (``call``'s watch started; its
+    failure, if it ends first)."""
+    for _ in range(600):
+        if call.done():
+            call.result()
+            raise AssertionError(f"{call} ended before its watch was seen")
+        if await _subscribers(stub, node, netclient) >= 1:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{node} {netclient}: no watch within 30 s")
+
+
+async def test_the_orchestrator_forwards_the_assertions_to_the_nodes_service(
+        lan_env: dict[str, str]) -> None:
+    """Each RPC by node name, answered by the hub: a frame injected into the
+    hub's qemu0 port is its rx, and goes out of hub0port1 (tx) to vm1."""
+    async with grpc.aio.insecure_channel(_orchestrator(lan_env)) as ch:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        call = asyncio.ensure_future(stub.WaitForFrame(
+            orchestrator_pb2.OrchestratorServiceWaitForFrameRequest(
+                target="hub0:hub0port1", match="ethertype=0x88b5",
+                direction=netclient_pb2.DIRECTION_TX, timeout_ms=60_000), timeout=90))
+        await _until_watched(stub, "hub0", "hub0port1", call)
+        await stub.Inject(orchestrator_pb2.OrchestratorServiceInjectRequest(
+            target="hub0:qemu0", frame=DNS), timeout=30)
+        await stub.Inject(orchestrator_pb2.OrchestratorServiceInjectRequest(
+            target="hub0:qemu0", frame=OTHER), timeout=30)
+        got = await call
+        assert got.frame.frame == OTHER
+        assert got.frame.direction == netclient_pb2.DIRECTION_TX
+
+        count = asyncio.ensure_future(stub.CountFrames(
+            orchestrator_pb2.OrchestratorServiceCountFramesRequest(
+                target="hub0:qemu0", match="ip.proto=udp,udp.dport=53",
+                direction=netclient_pb2.DIRECTION_RX, duration_ms=3_600_000, at_least=3),
+            timeout=90))
+        await _until_watched(stub, "hub0", "qemu0", count)
+        await stub.Inject(orchestrator_pb2.OrchestratorServiceInjectRequest(
+            target="hub0:qemu0", frame=OTHER, repeat=2), timeout=30)
+        await stub.Inject(orchestrator_pb2.OrchestratorServiceInjectRequest(
+            target="hub0:qemu0", frame=DNS, repeat=3), timeout=30)
+        counted = await count
+        assert (counted.count, counted.lost) == (3, 0)
+        assert counted.elapsed_ms < 3_600_000
+
+        none = await stub.ExpectNoFrame(orchestrator_pb2.OrchestratorServiceExpectNoFrameRequest(
+            target="vm2", match="udp.dport=9", duration_ms=200), timeout=30)
+        assert not none.seen and not none.HasField("frame")
+
+        # None in time: the service's DEADLINE_EXCEEDED and its words, passed on.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.WaitForFrame(orchestrator_pb2.OrchestratorServiceWaitForFrameRequest(
+                target="hub0:qemu0", match="udp.dport=9", timeout_ms=200), timeout=30)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert info.value.details() == ("no frame matching udp.dport=9 on qemu0 "
+                                        "within 0.2 s")
+
+
+async def test_the_callers_deadline_goes_with_the_forwarded_call(
+        lan_env: dict[str, str]) -> None:
+    """A caller that gives up after 1 s of an hour's wait: the forwarded call
+    carries that deadline, so the hub releases its watch then, not in an hour."""
+    async with grpc.aio.insecure_channel(_orchestrator(lan_env)) as ch:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        before = await _subscribers(stub, "hub0", "hub0port2")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.WaitForFrame(orchestrator_pb2.OrchestratorServiceWaitForFrameRequest(
+                target="hub0:hub0port2", match="udp.dport=9", timeout_ms=3_600_000),
+                timeout=1)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(600):
+            if await _subscribers(stub, "hub0", "hub0port2") == before:
+                break
+            await asyncio.sleep(0.05)
+        assert await _subscribers(stub, "hub0", "hub0port2") == before, \
+            "the hub still watches for a caller that is gone"
+
+
+@pytest.mark.parametrize(("method", "body", "code", "words"), [
+    ("WaitForFrame", {"target": "vm9", "match": "any", "timeout_ms": 10},
+     "NotFound", "no node 'vm9' in LAN 'default'"),
+    ("CountFrames", {"target": "hub0:nope", "match": "any", "duration_ms": 10},
+     "NotFound", "no NetClient named 'nope'"),
+    ("WaitForFrame", {"target": "vm2", "match": "udp.dprot=53", "timeout_ms": 10},
+     "InvalidArgument", "did you mean udp.dport?"),
+    ("ExpectNoFrame", {"target": "vm2", "match": "pcap:port", "duration_ms": 10},
+     "InvalidArgument", "syntax error"),
+    ("WaitForFrame", {"target": "hub0", "match": "any", "timeout_ms": 10},
+     "InvalidArgument", "hub0 is a hub: name a port"),
+    ("CountFrames", {"target": "vm2", "match": "any", "duration_ms": 4_000_000},
+     "OutOfRange", "out of range"),
+])
+def test_bad_assertions_to_the_orchestrator_through_grpcurl(
+        lan_env: dict[str, str], method: str, body: dict[str, Any], code: str,
+        words: str) -> None:
+    out = subprocess.run([str(GRPCURL), "-plaintext", "-d", json.dumps(body),
+                          _orchestrator(lan_env), f"virtwire.v1.OrchestratorService/{method}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0, out.stdout
+    assert f"Code: {code}" in out.stderr and words in out.stderr, out.stderr
+
+
+def test_grpcurl_waits_for_a_frame_on_a_lan_node(lan_env: dict[str, str]) -> None:
+    """grpcurl as a user would call it: ExpectNoFrame answered by vm2's e1000."""
+    out = grpcurl("-d", json.dumps({"target": "vm2", "match": "udp.dport=9",
+                                    "duration_ms": 200}),
+                  _orchestrator(lan_env), "virtwire.v1.OrchestratorService/ExpectNoFrame",
+                  timeout=60)
+    assert json.loads(out or "{}").get("seen", False) is False
+
+
+def test_the_orchestrators_assertions_are_reads() -> None:
+    for method in ("WaitForFrame", "ExpectNoFrame", "CountFrames"):
+        assert access_of(f"/virtwire.v1.OrchestratorService/{method}") is Access.READ
+
+
+async def test_expect_on_a_lan_uses_the_orchestrators_rpc(
+        script: Path, lan_env: dict[str, str]) -> None:
+    """The CLI asks the orchestrator (one watch on the hub while it runs: no
+    Capture stream of its own) and prints the service's verdict."""
+    async with grpc.aio.insecure_channel(_orchestrator(lan_env)) as ch:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+        run = asyncio.ensure_future(_run(script, "expect", "hub0:qemu0", "-m", "ethertype=0x88b5",
+                                         "--direction", "rx", "-c", "2", "-t", "3600s",
+                                         env=lan_env))
+        await _until_watched(stub, "hub0", "qemu0", run)
+        await stub.Inject(orchestrator_pb2.OrchestratorServiceInjectRequest(
+            target="hub0:qemu0", frame=OTHER, repeat=2), timeout=30)
+        rc, out, err = await run
+    assert rc == EXIT_OK, (out, err)
+    assert out.startswith("met: hub0:qemu0: frame matching ethertype=0x88b5: 2 in "), out
+    rc, out, err = await _run(script, "expect", "hub0:nope", "-m", "any", "-t", "1s",
+                              env=lan_env)
+    assert rc == EXIT_USAGE and "no NetClient named 'nope'" in err, (out, err)
+    rc, out, err = await _run(script, "expect", "hub0:qemu0", "-m", "udp.dport=9", "-t", "200ms",
+                              env=lan_env)
+    assert rc == EXIT_ERROR, (out, err)
+    assert out.strip() == "not met: hub0:qemu0: frame matching udp.dport=9: none within 0.2 s"
+
+
+class _Context:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+@pytest.mark.parametrize(("remaining", "wait_ms", "deadline"), [
+    (2.5, 60_000, 2.5),          # the caller's deadline, kept
+    (None, 2_000, 12.0),         # none: the wait and the orchestrator's margin
+    (1e9, 2_000, 12.0),          # one past the wait: no longer than it needs
+    (-1.0, 2_000, 0.0),          # already past: the callee answers DEADLINE_EXCEEDED
+])
+def test_the_forwarded_deadline(remaining: float | None, wait_ms: int,
+                                deadline: float) -> None:
+    from virtwire.server.orchestrator import assertion_deadline
+
+    assert assertion_deadline(cast(Any, _Context(remaining)), wait_ms) == deadline

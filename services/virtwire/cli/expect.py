@@ -9,15 +9,16 @@ least N (CountFrames, returning once N came), exactly N with ``--exact``
 
 TARGET is what the other verbs take (``Target``): NETCLIENT of ``-s SERVER``
 or ADDRESS/NETCLIENT of one service, whose server runs the assertion; or
-NODE / HUB:PORT of a running LAN, watched through its orchestrator's Capture
-stream and matched here (the same matcher, virtwire.net.assertion).
+NODE / HUB:PORT of a running LAN, whose orchestrator serves the same three
+RPCs (OrchestratorService.WaitForFrame...) and forwards them to the service
+hosting the node, with this side's deadline. Either way the match runs
+where the frames are, and this side only prints the answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,9 @@ from virtwire.address import parse_peer, parse_sockaddr
 from virtwire.cli import lan
 from virtwire.cli.exitcode import EXIT_ERROR, EXIT_OK
 from virtwire.cli.format import LAN_ORCHESTRATOR
-from virtwire.errors import ConfigError, DeadlineError, UnavailableError
-from virtwire.net.assertion import check_wait, count_frames, expect_no_frame, wait_for_frame
-from virtwire.net.capture import CapturedFrame
-from virtwire.net.match import FrameMatch, describe, parse_match
+from virtwire.errors import ConfigError, DeadlineError
+from virtwire.net.assertion import check_wait
+from virtwire.net.match import describe, parse_match
 from virtwire.net.units import parse_duration
 from virtwire.rpc.status import translated
 from virtwire.v1 import (
@@ -81,38 +81,6 @@ class Target:
         return netclient_pb2_grpc.NetClientServiceStub(self.channel)
 
 
-class _StreamSource:
-    """Matching frames of a LAN node: its orchestrator's Capture stream, matched
-    here. ``dropped`` stays 0 (the stream's losses are of unmatched frames too,
-    so they are reported apart, as ``capture_lost``)."""
-
-    dropped = 0
-
-    def __init__(self, target: Target, match: FrameMatch,
-                 direction: netclient_pb2.Direction) -> None:
-        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(target.channel)
-        self.call: Any = stub.Capture(orchestrator_pb2.OrchestratorServiceCaptureRequest(
-            target=target.netclient, filter=netclient_pb2.CaptureFilter(direction=direction)))
-        self.frames: AsyncIterator[orchestrator_pb2.OrchestratorServiceCaptureResponse] = (
-            self.call.__aiter__())
-        self.match = match
-        self.capture_lost = 0
-
-    async def get(self) -> CapturedFrame:
-        while True:
-            try:
-                got = (await self.frames.__anext__()).frame
-            except StopAsyncIteration:
-                raise UnavailableError("the orchestrator ended the capture stream") from None
-            self.capture_lost = got.dropped
-            if self.match.matches(got.frame):
-                word = "rx" if got.direction == netclient_pb2.DIRECTION_RX else "tx"
-                return CapturedFrame(word, got.frame, got.timestamp_ns)
-
-    def close(self) -> None:
-        self.call.cancel()
-
-
 def _seconds(text: str) -> float:
     """``2s``, ``500ms``, or a number of seconds."""
     try:
@@ -125,11 +93,8 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _frame_words(frame: CapturedFrame | netclient_pb2.MatchedFrame) -> str:
-    if isinstance(frame, CapturedFrame):
-        direction = frame.direction
-    else:
-        direction = "rx" if frame.direction == netclient_pb2.DIRECTION_RX else "tx"
+def _frame_words(frame: netclient_pb2.MatchedFrame) -> str:
+    direction = "rx" if frame.direction == netclient_pb2.DIRECTION_RX else "tx"
     return f"{direction}, {describe(frame.frame)}"
 
 
@@ -142,22 +107,30 @@ async def cmd_expect(args: argparse.Namespace) -> int:
     what = f"{args.target}: {'no ' if args.none else ''}frame matching {match}"
     async with target.channel:
         with translated(target.where):
-            if target.lan:
-                return await _expect_lan(args, target, match, wait, what)
-            return await _expect_service(args, target, wait, what)
+            return await _expect(args, target, wait, what)
 
 
-async def _expect_service(args: argparse.Namespace, target: Target, wait: float,
-                          what: str) -> int:
-    stub = target.netclient_stub()
+async def _call(target: Target, method: str, deadline: float, **fields: Any) -> Any:
+    """``method`` (WaitForFrame, ExpectNoFrame, CountFrames) of the target's
+    server: NetClientService's of a service, or OrchestratorService's for a LAN
+    node (the orchestrator forwards it to the node's service)."""
+    if target.lan:
+        orch = orchestrator_pb2_grpc.OrchestratorServiceStub(target.channel)
+        request: Any = getattr(orchestrator_pb2, f"OrchestratorService{method}Request")(
+            target=target.netclient, **fields)
+        return await getattr(orch, method)(request, timeout=deadline)
+    request = getattr(netclient_pb2, f"{method}Request")(name=target.netclient, **fields)
+    return await getattr(target.netclient_stub(), method)(request, timeout=deadline)
+
+
+async def _expect(args: argparse.Namespace, target: Target, wait: float, what: str) -> int:
     direction = DIRECTIONS[args.direction]
     ms = max(1, round(wait * 1000))  # check_wait: 0 < wait <= 1 h
     deadline = wait + RPC_MARGIN_S
     start = time.monotonic()
     if args.none:
-        got = await stub.ExpectNoFrame(netclient_pb2.ExpectNoFrameRequest(
-            name=target.netclient, match=args.match, direction=direction, duration_ms=ms),
-            timeout=deadline)
+        got = await _call(target, "ExpectNoFrame", deadline, match=args.match,
+                          direction=direction, duration_ms=ms)
         if got.seen:
             print(f"not met: {what}: one seen after {time.monotonic() - start:.3f} s "
                   f"({_frame_words(got.frame)})")
@@ -165,15 +138,14 @@ async def _expect_service(args: argparse.Namespace, target: Target, wait: float,
         print(f"met: {what} in {wait:g} s")
         return EXIT_OK
     if args.at_least is not None:
-        counted = await stub.CountFrames(netclient_pb2.CountFramesRequest(
-            name=target.netclient, match=args.match, direction=direction, duration_ms=ms,
-            at_least=0 if args.exact else args.at_least), timeout=deadline)
+        counted = await _call(target, "CountFrames", deadline, match=args.match,
+                              direction=direction, duration_ms=ms,
+                              at_least=0 if args.exact else args.at_least)
         return _count_verdict(args, what, counted.count, counted.lost,
                               counted.elapsed_ms / 1000)
     try:
-        found = await stub.WaitForFrame(netclient_pb2.WaitForFrameRequest(
-            name=target.netclient, match=args.match, direction=direction, timeout_ms=ms),
-            timeout=deadline)
+        found = await _call(target, "WaitForFrame", deadline, match=args.match,
+                            direction=direction, timeout_ms=ms)
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
             raise
@@ -186,47 +158,13 @@ async def _expect_service(args: argparse.Namespace, target: Target, wait: float,
     return EXIT_OK
 
 
-async def _expect_lan(args: argparse.Namespace, target: Target, match: FrameMatch,
-                      wait: float, what: str) -> int:
-    source = _StreamSource(target, match, DIRECTIONS[args.direction])
-    start = time.monotonic()
-    try:
-        if args.none:
-            seen = await expect_no_frame(source, wait)
-            if seen is not None:
-                print(f"not met: {what}: one seen after {time.monotonic() - start:.3f} s "
-                      f"({_frame_words(seen)})")
-                return EXIT_ERROR
-            print(f"met: {what} in {wait:g} s" + _lost_words(source))
-            return EXIT_OK
-        if args.at_least is not None:
-            counted = await count_frames(source, wait, 0 if args.exact else args.at_least)
-            return _count_verdict(args, what, counted.count, 0, counted.elapsed_s,
-                                  _lost_words(source))
-        found = await wait_for_frame(source, wait)
-    finally:
-        source.close()
-    if found is None:
-        print(f"not met: {what}: none within {wait:g} s" + _lost_words(source))
-        return EXIT_ERROR
-    print(f"met: {what}: seen after {time.monotonic() - start:.3f} s ({_frame_words(found)})")
-    return EXIT_OK
-
-
-def _lost_words(source: _StreamSource) -> str:
-    if not source.capture_lost:
-        return ""
-    return (f" ({source.capture_lost} frames lost: the capture stream fell behind, "
-            "so the answer may be wrong)")
-
-
 def _count_verdict(args: argparse.Namespace, what: str, count: int, lost: int,
-                   elapsed: float, note: str = "") -> int:
+                   elapsed: float) -> int:
     wanted = f"exactly {args.at_least}" if args.exact else f"at least {args.at_least}"
     met = count == args.at_least if args.exact else count >= args.at_least
     lost_words = f", {lost} of them not kept (the watch fell behind)" if lost else ""
     print(f"{'met' if met else 'not met'}: {what}: {count} in {elapsed:.3f} s, "
-          f"wanted {wanted}{lost_words}{note}")
+          f"wanted {wanted}{lost_words}")
     return EXIT_OK if met else EXIT_ERROR
 
 

@@ -14,8 +14,9 @@ event loop) and end at their deadline:
   counts from its start), over the duration or until ``at_least`` were seen. A
   frame the queue could not hold still matched and is counted.
 
-The same waits run on any ``FrameSource`` (the CLI feeds them a Capture
-stream from an orchestrator). Timeouts and durations are bounded by
+The same waits run on any ``FrameSource`` (a stream adapter, or a test's
+double); the orchestrator forwards its assertions to the node's service, which
+runs them on a FrameWatch. Timeouts and durations are bounded by
 ``MAX_WAIT_S``: more is an OutOfRangeError.
 """
 

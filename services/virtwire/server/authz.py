@@ -67,6 +67,8 @@ PERMISSIONS: dict[str, Access] = {
         "NetClientService/ExpectNoFrame", "NetClientService/CountFrames",
         "FilterService/ListFilters",
         "OrchestratorService/GetStatus", "OrchestratorService/Capture",
+        "OrchestratorService/WaitForFrame", "OrchestratorService/ExpectNoFrame",
+        "OrchestratorService/CountFrames",
         "OrchestratorService/Ping", "OrchestratorService/ListServices",
         "HubService/ListPorts", "TapService/ListBackends",
         "GuestService/GetStatus", "GuestService/Ping",

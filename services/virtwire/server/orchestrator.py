@@ -2,8 +2,11 @@
 
 Node names (NODE or HUB:PORT) are resolved to the service address and
 NetClient name, and the call is forwarded to that service's NetClientService
-(or, for Ping, to the vm's GuestService). StartService, StopServices and
-ListServices serve another host's orchestrator (``orchestrator.agent.Agent``).
+(or, for Ping, to the vm's GuestService): SetLink, Inject, Capture, and the
+assertions WaitForFrame, ExpectNoFrame and CountFrames (with the caller's
+deadline, so the service's answer, DEADLINE_EXCEEDED included, is passed on).
+StartService, StopServices and ListServices serve another host's
+orchestrator (``orchestrator.agent.Agent``).
 
 Up with an empty topology runs the one this server was given at start (read
 from a file on this host, trusted); topology text in the request is a
@@ -129,6 +132,19 @@ def relay_status(relay: PortForwarder) -> orchestrator_pb2.PublishRelay:
         refused=relay.refused, target_failed=relay.target_failed, active=relay.active)
 
 
+def assertion_deadline(context: grpc.aio.ServicerContext[Any, Any], wait_ms: int) -> float:
+    """Seconds the forwarded assertion may take: what is left of the caller's
+    deadline (kept: the service answers within it, as if called directly), at
+    most the wait asked for with ``_RPC_TIMEOUT_S`` on top (a caller without a
+    deadline). The wait itself is checked by the service (OUT_OF_RANGE), so a
+    bad one is answered as the service answers it."""
+    bound = wait_ms / 1000 + _RPC_TIMEOUT_S
+    remaining = context.time_remaining()
+    if remaining is None:
+        return bound
+    return max(0.0, min(float(remaining), bound))
+
+
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """Thin adapter: RPCs to Orchestrator methods and the services' own RPCs."""
 
@@ -230,6 +246,51 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             with forwarded():
                 async for item in call:
                     yield orchestrator_pb2.OrchestratorServiceCaptureResponse(frame=item)
+
+    # -- assertions, forwarded to the service hosting the node ------------------------
+    async def WaitForFrame(self, request: orchestrator_pb2.OrchestratorServiceWaitForFrameRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> orchestrator_pb2.OrchestratorServiceWaitForFrameResponse:
+        address, name = self.orch.resolve(request.target)
+        async with tls.aio_channel(address) as ch:
+            with forwarded():
+                got = await netclient_pb2_grpc.NetClientServiceStub(ch).WaitForFrame(
+                    netclient_pb2.WaitForFrameRequest(
+                        name=name, match=request.match, direction=request.direction,
+                        timeout_ms=request.timeout_ms),
+                    timeout=assertion_deadline(context, request.timeout_ms))
+        return orchestrator_pb2.OrchestratorServiceWaitForFrameResponse(frame=got.frame)
+
+    async def ExpectNoFrame(self,
+                            request: orchestrator_pb2.OrchestratorServiceExpectNoFrameRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]
+                            ) -> orchestrator_pb2.OrchestratorServiceExpectNoFrameResponse:
+        address, name = self.orch.resolve(request.target)
+        async with tls.aio_channel(address) as ch:
+            with forwarded():
+                got = await netclient_pb2_grpc.NetClientServiceStub(ch).ExpectNoFrame(
+                    netclient_pb2.ExpectNoFrameRequest(
+                        name=name, match=request.match, direction=request.direction,
+                        duration_ms=request.duration_ms),
+                    timeout=assertion_deadline(context, request.duration_ms))
+        resp = orchestrator_pb2.OrchestratorServiceExpectNoFrameResponse(seen=got.seen)
+        if got.HasField("frame"):
+            resp.frame.CopyFrom(got.frame)
+        return resp
+
+    async def CountFrames(self, request: orchestrator_pb2.OrchestratorServiceCountFramesRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]
+                          ) -> orchestrator_pb2.OrchestratorServiceCountFramesResponse:
+        address, name = self.orch.resolve(request.target)
+        async with tls.aio_channel(address) as ch:
+            with forwarded():
+                got = await netclient_pb2_grpc.NetClientServiceStub(ch).CountFrames(
+                    netclient_pb2.CountFramesRequest(
+                        name=name, match=request.match, direction=request.direction,
+                        duration_ms=request.duration_ms, at_least=request.at_least),
+                    timeout=assertion_deadline(context, request.duration_ms))
+        return orchestrator_pb2.OrchestratorServiceCountFramesResponse(
+            count=got.count, lost=got.lost, elapsed_ms=got.elapsed_ms)
 
     async def Ping(self, request: orchestrator_pb2.OrchestratorServicePingRequest,
                    context: grpc.aio.ServicerContext[Any, Any]

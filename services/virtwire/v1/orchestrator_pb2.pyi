@@ -205,6 +205,68 @@ class OrchestratorServiceCaptureResponse(_message.Message):
     frame: _netclient_pb2.CaptureResponse
     def __init__(self, frame: _Optional[_Union[_netclient_pb2.CaptureResponse, _Mapping]] = ...) -> None: ...
 
+class OrchestratorServiceWaitForFrameRequest(_message.Message):
+    __slots__ = ("target", "match", "direction", "timeout_ms")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    match: str
+    direction: _netclient_pb2.Direction
+    timeout_ms: int
+    def __init__(self, target: _Optional[str] = ..., match: _Optional[str] = ..., direction: _Optional[_Union[_netclient_pb2.Direction, str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceWaitForFrameResponse(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: _netclient_pb2.MatchedFrame
+    def __init__(self, frame: _Optional[_Union[_netclient_pb2.MatchedFrame, _Mapping]] = ...) -> None: ...
+
+class OrchestratorServiceExpectNoFrameRequest(_message.Message):
+    __slots__ = ("target", "match", "direction", "duration_ms")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    match: str
+    direction: _netclient_pb2.Direction
+    duration_ms: int
+    def __init__(self, target: _Optional[str] = ..., match: _Optional[str] = ..., direction: _Optional[_Union[_netclient_pb2.Direction, str]] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceExpectNoFrameResponse(_message.Message):
+    __slots__ = ("seen", "frame")
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    seen: bool
+    frame: _netclient_pb2.MatchedFrame
+    def __init__(self, seen: _Optional[bool] = ..., frame: _Optional[_Union[_netclient_pb2.MatchedFrame, _Mapping]] = ...) -> None: ...
+
+class OrchestratorServiceCountFramesRequest(_message.Message):
+    __slots__ = ("target", "match", "direction", "duration_ms", "at_least")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    AT_LEAST_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    match: str
+    direction: _netclient_pb2.Direction
+    duration_ms: int
+    at_least: int
+    def __init__(self, target: _Optional[str] = ..., match: _Optional[str] = ..., direction: _Optional[_Union[_netclient_pb2.Direction, str]] = ..., duration_ms: _Optional[int] = ..., at_least: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceCountFramesResponse(_message.Message):
+    __slots__ = ("count", "lost", "elapsed_ms")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    lost: int
+    elapsed_ms: int
+    def __init__(self, count: _Optional[int] = ..., lost: _Optional[int] = ..., elapsed_ms: _Optional[int] = ...) -> None: ...
+
 class OrchestratorServicePingRequest(_message.Message):
     __slots__ = ("from_node", "to", "count", "timeout_ms")
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]

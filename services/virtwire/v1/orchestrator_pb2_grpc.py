@@ -70,6 +70,21 @@ class OrchestratorServiceStub:
                 request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingRequest.SerializeToString,
                 response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingResponse.FromString,
                 _registered_method=True)
+        self.WaitForFrame = channel.unary_unary(
+                '/virtwire.v1.OrchestratorService/WaitForFrame',
+                request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceWaitForFrameRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceWaitForFrameResponse.FromString,
+                _registered_method=True)
+        self.ExpectNoFrame = channel.unary_unary(
+                '/virtwire.v1.OrchestratorService/ExpectNoFrame',
+                request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceExpectNoFrameRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceExpectNoFrameResponse.FromString,
+                _registered_method=True)
+        self.CountFrames = channel.unary_unary(
+                '/virtwire.v1.OrchestratorService/CountFrames',
+                request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesResponse.FromString,
+                _registered_method=True)
         self.StartService = channel.unary_unary(
                 '/virtwire.v1.OrchestratorService/StartService',
                 request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStartServiceRequest.SerializeToString,
@@ -140,6 +155,27 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitForFrame(self, request, context):
+        """Wait for a frame matching an expression on a node (NetClientService.WaitForFrame).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExpectNoFrame(self, request, context):
+        """Expect no matching frame on a node for a while (NetClientService.ExpectNoFrame).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountFrames(self, request, context):
+        """Count matching frames on a node (NetClientService.CountFrames).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartService(self, request, context):
         """Agent: start one service on this host for a LAN spanning hosts.
         """
@@ -198,6 +234,21 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingRequest.FromString,
                     response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingResponse.SerializeToString,
+            ),
+            'WaitForFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitForFrame,
+                    request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceWaitForFrameRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceWaitForFrameResponse.SerializeToString,
+            ),
+            'ExpectNoFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpectNoFrame,
+                    request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceExpectNoFrameRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceExpectNoFrameResponse.SerializeToString,
+            ),
+            'CountFrames': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountFrames,
+                    request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesResponse.SerializeToString,
             ),
             'StartService': grpc.unary_unary_rpc_method_handler(
                     servicer.StartService,
@@ -405,6 +456,87 @@ class OrchestratorService:
             '/virtwire.v1.OrchestratorService/Ping',
             virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingRequest.SerializeToString,
             virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServicePingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitForFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.OrchestratorService/WaitForFrame',
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceWaitForFrameRequest.SerializeToString,
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceWaitForFrameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpectNoFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.OrchestratorService/ExpectNoFrame',
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceExpectNoFrameRequest.SerializeToString,
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceExpectNoFrameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountFrames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtwire.v1.OrchestratorService/CountFrames',
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesRequest.SerializeToString,
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesResponse.FromString,
             options,
             channel_credentials,
             insecure,
