@@ -66,6 +66,14 @@ class HubPort(NetClient):
         self.hub = hub
         self.port_id = port_id
 
+    def forward_ports(self) -> Sequence[HubPort]:
+        """The ports a frame received here may go out of: for a hub, every other.
+
+        ``can_receive`` and ``flush_peer_side`` are written over these, so a
+        learning switch (net.switch) keeps QEMU's hub rules by narrowing them to
+        the ports that share a VLAN with this one."""
+        return [port for port in self.hub.ports if port is not self]
+
     def receive(self, data: bytes) -> int:
         """net_hub_port_receive: forward, and always report the frame consumed."""
         for port in self.hub.ports:
@@ -105,19 +113,19 @@ class HubPort(NetClient):
         return taken
 
     def can_receive(self) -> bool:
-        """net_hub_port_can_receive: true if ANY other port can send."""
-        for port in self.hub.ports:
-            if port is not self and port.can_send_packet():
+        """net_hub_port_can_receive: true if ANY port we forward to can send."""
+        for port in self.forward_ports():
+            if port.can_send_packet():
                 return True
         return False
 
     def flush_peer_side(self) -> None:
-        """net_hub_flush: our peer flushed, so flush every other port's queue."""
-        for port in self.hub.ports:
-            if port is not self:
-                port.incoming_queue.flush()
-                if port.peer is not None:
-                    port.peer.peer_ready_changed()
+        """net_hub_flush: our peer flushed, so flush the queue of every port
+        that forwards to us (for a hub, every other port)."""
+        for port in self.forward_ports():
+            port.incoming_queue.flush()
+            if port.peer is not None:
+                port.peer.peer_ready_changed()
 
     def cleanup(self) -> None:
         self.hub.ports = [p for p in self.hub.ports if p is not self]
@@ -125,6 +133,9 @@ class HubPort(NetClient):
 
 class Hub:
     """QEMU's NetHub: an id and its ports, newest first; and a name for the ports'."""
+
+    #: What ``add_port`` makes (a switch makes its own kind of port).
+    port_class: type[HubPort] = HubPort
 
     def __init__(self, hub_id: int = 0, name: str = "") -> None:
         self.id = hub_id
@@ -142,7 +153,7 @@ class Hub:
             port_id += 1
         name = name or hub_port_name(self.name, port_id)
         self._next_port = port_id + 1
-        port = HubPort(self, name, port_id)
+        port = self.port_class(self, name, port_id)
         self.ports.insert(0, port)
         logger.info("hub %s: added port %s", self.name, name)
         return port

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from virtwire.net.eth import NET_BUFSIZE
-from virtwire.net.filter import FilterChain, NetFilter, filter_send
+from virtwire.net.filter import FilterChain, NetFilter, filter_send, filter_send_batch
 from virtwire.net.queue import NET_PACKET_FLAG_NONE, NetQueue, SentCb
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class NetClientStats:
     dropped_malformed: int = 0
     #: Dropped by one of this NetClient's filters (each counts its causes).
     dropped_filter: int = 0
+    #: Filtered by a switch port (net.switch: VLAN, same port...; it counts each cause).
+    dropped_switch: int = 0
 
 
 class NetClient(FilterChain):
@@ -138,16 +140,23 @@ class NetClient(FilterChain):
         and the caller keeps the frames after it until it fires; with
         ``queue_rest`` too, every frame after it was queued with it as well.
         Frames of more than NET_BUFSIZE bytes are dropped and counted, as one
-        by one, and with filters on either side every frame walks them
-        alone; a link-down NetClient drops them all (counted) and returns
-        their number.
+        by one. With filters on either side the batch walks them together
+        (``filter_send_batch``), and a frame a filter took counts as
+        delivered; but with a sent_cb and no ``queue_rest`` (where the caller
+        keeps the frames after the first queued one, which must not have been
+        through the filters) every frame walks them alone. A link-down
+        NetClient drops them all (counted) and returns their number.
         """
         peer = self.peer
         stats = self.stats
         if self.link_down or peer is None:
             stats.dropped_link_down += len(frames)
             return len(frames)
-        if self.filters or peer.filters or (frames and max(map(len, frames)) > NET_BUFSIZE):
+        if frames and max(map(len, frames)) > NET_BUFSIZE:
+            return self._send_one_by_one(frames, sent_cb, queue_rest)
+        if self.filters or peer.filters:
+            if sent_cb is None or queue_rest:
+                return self._send_filtered(peer, frames, sent_cb)
             return self._send_one_by_one(frames, sent_cb, queue_rest)
         taken = peer.incoming_queue.send_batch(self, frames, sent_cb, queue_rest)
         sent = frames
@@ -161,9 +170,50 @@ class NetClient(FilterChain):
                     hook("tx", data)
         return taken
 
+    def _send_filtered(self, peer: NetClient, frames: Sequence[bytes],
+                       sent_cb: SentCb | None) -> int:
+        """``send_packets`` through filters, every frame sent: without a sent_cb
+        or with ``queue_rest``. As ``send_packet_async`` for each: counted and
+        captured, then through the filters, then what passed to the peer's
+        incoming_queue (frames a filter handed on meanwhile with no sent_cb).
+        Returns the frames the filters took plus those delivered at once."""
+        stats = self.stats
+        stats.tx_frames += len(frames)
+        stats.tx_bytes += sum(map(len, frames))
+        if self.capture_hooks:
+            for data in frames:
+                for hook in self.capture_hooks:
+                    hook("tx", data)
+        batch = filter_send_batch(self, peer, NET_PACKET_FLAG_NONE,
+                                  frames if isinstance(frames, list) else list(frames))
+        out = batch.frames
+        handed = batch.handed
+        taken = len(frames) - (len(out) - batch.handed_count)
+        if not out:
+            return taken
+        queue = peer.incoming_queue
+        if handed is None:
+            return taken + queue.send_batch(self, out, sent_cb, True)
+        if sent_cb is None:
+            sent = queue.send_batch(self, out, None)
+            return taken + sent - sum(handed[:sent])
+        # Runs of the sender's frames (with sent_cb) and handed-on ones (without).
+        i, n = 0, len(out)
+        while i < n:
+            mark = handed[i]
+            j = i + 1
+            while j < n and handed[j] == mark:
+                j += 1
+            sent = queue.send_batch(self, out[i:j], None if mark else sent_cb, True)
+            if not mark:
+                taken += sent
+            i = j
+        return taken
+
     def _send_one_by_one(self, frames: Sequence[bytes], sent_cb: SentCb | None,
                          queue_rest: bool) -> int:
-        """``send_packets`` frame by frame, for a batch with a frame too long."""
+        """``send_packets`` frame by frame: a batch with a frame too long, or
+        through filters with a sent_cb and no ``queue_rest``."""
         taken = 0
         for i, data in enumerate(frames):
             if self.send_packet_async(data, sent_cb) != 0:
@@ -315,4 +365,4 @@ class NetClient(FilterChain):
         s = self.stats
         q = self.incoming_queue
         return (s.dropped_link_down + s.dropped_refused + s.dropped_malformed
-                + s.dropped_filter + q.dropped + q.purged)
+                + s.dropped_filter + s.dropped_switch + q.dropped + q.purged)
