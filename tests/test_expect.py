@@ -581,3 +581,64 @@ def test_the_forwarded_deadline(remaining: float | None, wait_ms: int,
     from virtwire.server.orchestrator import assertion_deadline
 
     assert assertion_deadline(cast(Any, _Context(remaining)), wait_ms) == deadline
+
+
+# -- virtwire expect --json ------------------------------------------------------------------
+_JSON_KEYS = ["target", "match", "mode", "met", "elapsed_s", "timeout_s", "frame", "count",
+              "lost", "at_least", "exact"]
+
+
+async def test_expect_json_in_each_mode_with_the_same_exit_codes(
+        script: Path, hub_sink: tuple[HubServer, Sink]) -> None:
+    hub, _ = hub_sink
+    base = ("-s", hub.address, "p1", "--json")
+    rc, out, err = await _expect_while(
+        hub, script, (*base, "-m", "ip.proto=icmp", "-t", "60s"), [DNS, PING])
+    assert rc == EXIT_OK, (out, err)
+    got = json.loads(out)
+    assert list(got) == _JSON_KEYS
+    assert (got["target"], got["match"], got["mode"], got["met"]) == (
+        "p1", "ip.proto=icmp", "frame", True)
+    assert got["timeout_s"] == 60 and 0 < got["elapsed_s"] < 60
+    assert got["frame"]["direction"] == "tx" and got["frame"]["hex"] == PING.hex()
+    assert got["frame"]["length"] == len(PING) and got["frame"]["timestamp_ns"] > 0
+    assert got["frame"]["summary"].startswith(f"{len(PING)} bytes, 02:00:00:00:00:01 > ")
+    assert (got["count"], got["lost"], got["at_least"], got["exact"]) == (None, None, None,
+                                                                        False)
+
+    rc, out, _ = await _expect_while(hub, script, (*base, "-m", "udp.dport=53", "-t", "200ms"),
+                                     [PING])
+    got = json.loads(out)
+    assert rc == EXIT_ERROR and (got["met"], got["frame"], got["timeout_s"]) == (False, None,
+                                                                                0.2)
+
+    rc, out, _ = await _expect_while(
+        hub, script, (*base, "-m", "udp.dport=53", "--none", "-t", "3600s"), [PING, DNS])
+    got = json.loads(out)
+    assert rc == EXIT_ERROR and (got["mode"], got["met"]) == ("none", False)
+    assert got["frame"]["hex"] == DNS.hex()
+
+    rc, out, _ = await _expect_while(
+        hub, script, (*base, "-m", "ip.proto=icmp", "-c", "2", "--exact", "-t", "500ms"),
+        [PING] * 3)
+    got = json.loads(out)
+    assert rc == EXIT_ERROR
+    assert (got["mode"], got["met"], got["count"], got["lost"], got["at_least"],
+            got["exact"], got["frame"]) == ("count", False, 3, 0, 2, True, None)
+    assert got["elapsed_s"] >= 0.5
+
+
+async def test_expect_json_errors_are_not_json(script: Path,
+                                               hub_sink: tuple[HubServer, Sink]) -> None:
+    rc, out, err = await _run(script, "expect", f"{hub_sink[0].address}/p9", "-m", "any",
+                              "--json")
+    assert rc == EXIT_USAGE and out == "", (out, err)
+    assert "no NetClient named 'p9'" in err
+
+
+async def test_expect_json_on_a_lan_node(script: Path, lan_env: dict[str, str]) -> None:
+    rc, out, err = await _run(script, "expect", "vm2", "-m", "udp.dport=9", "--none",
+                              "-t", "200ms", "--json", env=lan_env)
+    assert rc == EXIT_OK, (out, err)
+    got = json.loads(out)
+    assert (got["target"], got["mode"], got["met"], got["frame"]) == ("vm2", "none", True, None)

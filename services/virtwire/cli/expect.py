@@ -18,6 +18,7 @@ where the frames are, and this side only prints the answer.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -93,9 +94,65 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _direction_word(direction: int) -> str:
+    return "rx" if direction == netclient_pb2.DIRECTION_RX else "tx"
+
+
 def _frame_words(frame: netclient_pb2.MatchedFrame) -> str:
-    direction = "rx" if frame.direction == netclient_pb2.DIRECTION_RX else "tx"
-    return f"{direction}, {describe(frame.frame)}"
+    return f"{_direction_word(frame.direction)}, {describe(frame.frame)}"
+
+
+@dataclass
+class Outcome:
+    """What an expectation found: printed as a line, or with ``--json`` as the
+    object docs/cli-json.md describes."""
+
+    target: str
+    #: The expression as parsed (its canonical text).
+    match: str
+    #: "frame" (WaitForFrame), "none" (ExpectNoFrame) or "count" (CountFrames).
+    mode: str
+    met: bool
+    #: Seconds from the call to its answer, as this side measured them.
+    elapsed_s: float
+    #: The timeout or duration asked for, in seconds.
+    timeout_s: float
+    #: The frame matched (mode frame), or the one seen (mode none, not met).
+    frame: netclient_pb2.MatchedFrame | None = None
+    #: Mode count: frames counted, of them those not kept, and what was wanted.
+    count: int | None = None
+    lost: int | None = None
+    at_least: int | None = None
+    exact: bool = False
+
+    def text(self) -> str:
+        what = f"{self.target}: {'no ' if self.mode == 'none' else ''}frame matching {self.match}"
+        verdict = "met" if self.met else "not met"
+        if self.mode == "count":
+            wanted = f"exactly {self.at_least}" if self.exact else f"at least {self.at_least}"
+            lost_words = (f", {self.lost} of them not kept (the watch fell behind)"
+                          if self.lost else "")
+            return (f"{verdict}: {what}: {self.count} in {self.elapsed_s:.3f} s, "
+                    f"wanted {wanted}{lost_words}")
+        if self.frame is not None:
+            seen = "one seen" if self.mode == "none" else "seen"
+            return (f"{verdict}: {what}: {seen} after {self.elapsed_s:.3f} s "
+                    f"({_frame_words(self.frame)})")
+        if self.mode == "none":
+            return f"{verdict}: {what} in {self.timeout_s:g} s"
+        return f"{verdict}: {what}: none within {self.timeout_s:g} s"
+
+    def to_dict(self) -> dict[str, Any]:
+        frame = None
+        if self.frame is not None:
+            frame = {"direction": _direction_word(self.frame.direction),
+                     "timestamp_ns": int(self.frame.timestamp_ns),
+                     "length": len(self.frame.frame), "summary": describe(self.frame.frame),
+                     "hex": self.frame.frame.hex()}
+        return {"target": self.target, "match": self.match, "mode": self.mode,
+                "met": self.met, "elapsed_s": round(self.elapsed_s, 6),
+                "timeout_s": self.timeout_s, "frame": frame, "count": self.count,
+                "lost": self.lost, "at_least": self.at_least, "exact": self.exact}
 
 
 async def cmd_expect(args: argparse.Namespace) -> int:
@@ -104,10 +161,11 @@ async def cmd_expect(args: argparse.Namespace) -> int:
     if args.exact and args.at_least is None:
         raise ConfigError("--exact goes with --count N")
     target = Target.resolve(args, args.target)
-    what = f"{args.target}: {'no ' if args.none else ''}frame matching {match}"
     async with target.channel:
         with translated(target.where):
-            return await _expect(args, target, wait, what)
+            outcome = await _expect(args, target, str(match), wait)
+    print(json.dumps(outcome.to_dict(), indent=2) if args.json else outcome.text())
+    return EXIT_OK if outcome.met else EXIT_ERROR
 
 
 async def _call(target: Target, method: str, deadline: float, **fields: Any) -> Any:
@@ -123,26 +181,30 @@ async def _call(target: Target, method: str, deadline: float, **fields: Any) -> 
     return await getattr(target.netclient_stub(), method)(request, timeout=deadline)
 
 
-async def _expect(args: argparse.Namespace, target: Target, wait: float, what: str) -> int:
+async def _expect(args: argparse.Namespace, target: Target, match: str,
+                  wait: float) -> Outcome:
     direction = DIRECTIONS[args.direction]
     ms = max(1, round(wait * 1000))  # check_wait: 0 < wait <= 1 h
     deadline = wait + RPC_MARGIN_S
     start = time.monotonic()
+
+    def outcome(mode: str, met: bool, **more: Any) -> Outcome:
+        return Outcome(args.target, match, mode, met, time.monotonic() - start, wait, **more)
+
     if args.none:
         got = await _call(target, "ExpectNoFrame", deadline, match=args.match,
                           direction=direction, duration_ms=ms)
-        if got.seen:
-            print(f"not met: {what}: one seen after {time.monotonic() - start:.3f} s "
-                  f"({_frame_words(got.frame)})")
-            return EXIT_ERROR
-        print(f"met: {what} in {wait:g} s")
-        return EXIT_OK
+        return outcome("none", not got.seen, frame=got.frame if got.seen else None)
     if args.at_least is not None:
         counted = await _call(target, "CountFrames", deadline, match=args.match,
                               direction=direction, duration_ms=ms,
                               at_least=0 if args.exact else args.at_least)
-        return _count_verdict(args, what, counted.count, counted.lost,
-                              counted.elapsed_ms / 1000)
+        met = (counted.count == args.at_least if args.exact
+               else counted.count >= args.at_least)
+        result = outcome("count", met, count=int(counted.count), lost=int(counted.lost),
+                         at_least=args.at_least, exact=args.exact)
+        result.elapsed_s = counted.elapsed_ms / 1000  # the service's: how long it counted
+        return result
     try:
         found = await _call(target, "WaitForFrame", deadline, match=args.match,
                             direction=direction, timeout_ms=ms)
@@ -151,21 +213,8 @@ async def _expect(args: argparse.Namespace, target: Target, wait: float, what: s
             raise
         if time.monotonic() - start >= deadline:
             raise DeadlineError(f"{target.where} did not answer within {deadline:g} s") from exc
-        print(f"not met: {what}: none within {wait:g} s")
-        return EXIT_ERROR
-    print(f"met: {what}: seen after {time.monotonic() - start:.3f} s "
-          f"({_frame_words(found.frame)})")
-    return EXIT_OK
-
-
-def _count_verdict(args: argparse.Namespace, what: str, count: int, lost: int,
-                   elapsed: float) -> int:
-    wanted = f"exactly {args.at_least}" if args.exact else f"at least {args.at_least}"
-    met = count == args.at_least if args.exact else count >= args.at_least
-    lost_words = f", {lost} of them not kept (the watch fell behind)" if lost else ""
-    print(f"{'met' if met else 'not met'}: {what}: {count} in {elapsed:.3f} s, "
-          f"wanted {wanted}{lost_words}")
-    return EXIT_OK if met else EXIT_ERROR
+        return outcome("frame", False)
+    return outcome("frame", True, frame=found.frame)
 
 
 def _count(text: str) -> int:
@@ -212,3 +261,5 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="expect at least N matching frames within the timeout")
     sp.add_argument("--exact", action="store_true",
                     help="with --count: exactly N, counted over the whole timeout")
+    sp.add_argument("--json", action="store_true",
+                    help="print the result as JSON (docs/cli-json.md); same exit codes")
