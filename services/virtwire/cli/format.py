@@ -190,6 +190,17 @@ def format_status(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse,
             f"{format_table(rows)}\n\n{format_table(rows2)}")
 
 
+def format_schedule(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse) -> str:
+    """`virtwire status`'s table of the topology's schedule (GetStatus.schedule):
+    each step's time, what it does, whether and when it ran, and why it failed;
+    "" when the topology has none. Times are seconds after the LAN was healthy."""
+    rows = [("STEP", "AT", "WHAT", "RAN", "ERROR")]
+    for step in resp.schedule:
+        ran = f"yes, at {step.ran_at:.3f}s" if step.ran else "not yet"
+        rows.append((str(step.index), f"{step.at:g}s", step.what, ran, step.error or "-"))
+    return format_table(rows) if len(rows) > 1 else ""
+
+
 def format_ports(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse) -> str:
     """`virtwire status`'s table of where each stream/dgram port waits for its
     peer, as this host reaches it (NodeStatus.reachable_at), with a RELAY

@@ -28,10 +28,12 @@ from virtwire.cli.format import (
     format_json,
     format_ping,
     format_ports,
+    format_schedule,
     format_status,
     link_up_down,
 )
-from virtwire.cli.plantable import format_plan
+from virtwire.cli.plantable import format_filters, format_plan
+from virtwire.cli.plantable import format_schedule as format_schedule_plan
 from virtwire.cli.serve import serving, until_stopped
 from virtwire.errors import BackendError, ConfigError, NotFoundError, VirtwireError
 from virtwire.orchestrator import pids
@@ -257,11 +259,38 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with ch:
         resp = await stub.GetStatus(orchestrator_pb2.OrchestratorServiceGetStatusRequest(),
                                     timeout=RPC_TIMEOUT_S)
-    ports = format_ports(resp)
-    print(format_json(resp) if args.json
-          else format_status(resp, state.orchestrator) + (f"\n\n{ports}" if ports else ""))
+    if args.json:
+        print(format_json(resp))
+    else:
+        parts = [format_status(resp, state.orchestrator), format_ports(resp),
+                 _titled("SCHEDULE (seconds after the LAN was healthy)", format_schedule(resp)),
+                 _titled("FILTERS", await _filters_table(state))]
+        print("\n\n".join(part for part in parts if part))
     unhealthy = any(not s.healthy for n in resp.nodes for s in n.services)
     return EXIT_ERROR if unhealthy else EXIT_OK
+
+
+def _titled(title: str, table: str) -> str:
+    return f"{title}\n{table}" if table else ""
+
+
+async def _filters_table(state: LanState) -> str:
+    """The LAN's filters (the orchestrator's ListFilters, by node), as `filter ls`
+    shows them; "" when there are none, or (with a note on stderr) when they
+    could not be listed: status still shows the rest."""
+    from virtwire.cli.filter import format_filters
+    from virtwire.v1 import filter_pb2, filter_pb2_grpc
+
+    ch, _ = _stub(state)
+    try:
+        async with ch:
+            with translated(LAN_ORCHESTRATOR):
+                got = await filter_pb2_grpc.FilterServiceStub(ch).ListFilters(
+                    filter_pb2.ListFiltersRequest(), timeout=RPC_TIMEOUT_S)
+    except VirtwireError as exc:
+        print(f"status: filters not listed: {exc}", file=sys.stderr)
+        return ""
+    return format_filters(got.filters) if got.filters else ""
 
 
 async def cmd_link_node(args: argparse.Namespace) -> int:
@@ -297,6 +326,12 @@ async def cmd_validate(args: argparse.Namespace) -> int:
               f"{len(topo.links)} links, {len(topo.services)} services, in start order:\n\n"
               f"{format_plan(topo)}\n\n(a service's name stands for the address 'up' "
               "gives it; SERVICE/NETCLIENT is a link's peer)")
+        filters, schedule = format_filters(topo), format_schedule_plan(topo)
+        if filters:
+            print(f"\n{len(topo.filters)} filters, put on at start:\n{filters}")
+        if schedule:
+            print(f"\n{len(topo.schedule)} schedule steps, in seconds after the LAN is "
+                  f"healthy:\n{schedule}")
     _print_warnings(topo)
     return EXIT_OK
 

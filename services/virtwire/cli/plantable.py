@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from virtwire.cli.format import format_table
 from virtwire.orchestrator import spec
-from virtwire.orchestrator.plan import plan
+from virtwire.orchestrator.plan import filter_netclient, plan
 from virtwire.topology import Service, Topology
 
 
@@ -72,3 +72,27 @@ def format_plan(topo: Topology) -> str:
         rows.append((svc.name, svc.kind, svc.node, _runs_on(topo, svc),
                      ", ".join(_dials(sp)) or "-", ", ".join(options) or "-"))
     return format_table(rows)
+
+
+def format_filters(topo: Topology) -> str:
+    """The filters the topology puts on NetClients at start, as `validate` lists
+    them: where (NODE or HUB:PORT, a hub's unnamed link end by the port the plan
+    gives it), id, kind, queue, status, properties, the service that gets the
+    ``--object`` and the line; "" when it has none."""
+    rows = [("TARGET", "ID", "KIND", "QUEUE", "STATUS", "PROPS", "SERVICE", "LINE")]
+    for nf in topo.filters:
+        netclient = filter_netclient(topo, nf)
+        target = nf.node if netclient == nf.node else f"{nf.node}:{netclient}"
+        sp = nf.spec
+        props = ",".join(f"{k}={v}" for k, v in sp.props.items()) or "-"
+        rows.append((target, sp.id, sp.kind, sp.direction.value, "on" if sp.status else "off",
+                     props, nf.service, str(nf.line)))
+    return format_table(rows) if len(rows) > 1 else ""
+
+
+def format_schedule(topo: Topology) -> str:
+    """The topology's schedule as `validate` lists it, by time: "" when it has none."""
+    rows = [("STEP", "AT", "WHAT", "LINE")]
+    for step in topo.schedule:
+        rows.append((str(step.index), f"{step.at:g}s", step.describe(), str(step.line)))
+    return format_table(rows) if len(rows) > 1 else ""
