@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from virtwire import __version__, tls
 from virtwire.cli import certs, demo, expect, frames, lan, replay, serve
 from virtwire.cli import filter as filter_verbs
+from virtwire.cli import graph as graph_verbs
 from virtwire.cli import netem as netem_verbs
+from virtwire.cli import top as top_verbs
 from virtwire.cli.exitcode import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
 from virtwire.cli.format import target_name
 from virtwire.cli.log import setup_logging
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     for verbs in (filter_verbs, netem_verbs):
         verbs.add_commands(sub)
     for verbs in (expect, replay):
+        verbs.add_commands(sub)
+    for verbs in (graph_verbs, top_verbs):
         verbs.add_commands(sub)
     assert isinstance(sub, Verbs)
     p.description = ("QEMU's network data path as gRPC services: run a LAN of emulated "

@@ -17,7 +17,7 @@ from typing import Any
 #: The top-level help's groups, in order (serving is for services and hosts, last).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lifecycle of a LAN", ("up", "down", "status", "validate", "render", "demo")),
-    ("inspect", ("list", "capture", "expect")),
+    ("inspect", ("list", "capture", "expect", "top", "graph")),
     ("drive", ("inject", "link", "ping", "netem", "filter", "replay")),
     ("serve", ("serve", "certs")),
 )
@@ -44,6 +44,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
               "virtwire netem show"),
     "expect": ("virtwire expect vm2 --match 'ip.src=198.18.0.1,ip.proto=icmp' --timeout 2s",
                "virtwire expect vm2 --match 'pcap:arp' --none --timeout 1s"),
+    "top": ("virtwire top default",
+            "virtwire top --count 2 --interval 0.5   # two tables, for scripts"),
+    "graph": ("virtwire graph examples/default.yaml -o default.svg",
+              "virtwire graph default -o live.mmd      # a running LAN: link states, rates"),
     "replay": ("virtwire replay vm1 -r vm1.pcap --speed 2",
                "virtwire replay -s 127.0.0.1:7000 p0 -r frames.pcap --speed max"),
 }
