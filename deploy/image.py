@@ -11,7 +11,8 @@ Steps of `build`, each skipped when its result is already there:
    none by default) it starts `dockerd --storage-driver=vfs` in the background, with
    its bridges confined to 198.18.0.0/15 and no default bridge network.
 2. ensure_base_image(): `virtwire-base:bookworm`, imported from a Debian bookworm
-   minbase rootfs made by debootstrap (python3, python3-venv, iproute2), with
+   minbase rootfs made by debootstrap (python3, python3-venv, iproute2,
+   libpcap0.8), with
    bookworm-updates and -security applied and docs/man/locales pruned. The rootfs
    tarball is cached under .cache/docker/ of the repo, so a lost image re-imports
    in seconds.
@@ -56,7 +57,9 @@ WHEEL_SOURCES: tuple[str, ...] = (
 
 DEFAULT_BASE = "virtwire-base:bookworm"
 SUITE = "bookworm"
-BASE_PACKAGES: tuple[str, ...] = ("python3", "python3-venv", "iproute2")
+# libpcap0.8: `pcap:` match expressions (virtwire.net.match loads libpcap.so.0.8 to
+# compile them), so assertions on services in containers take tcpdump's language too.
+BASE_PACKAGES: tuple[str, ...] = ("python3", "python3-venv", "iproute2", "libpcap0.8")
 MIRROR = os.environ.get("VIRTWIRE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get(
     "VIRTWIRE_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security"

@@ -10,6 +10,7 @@ creates is removed again, also when a test fails.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import time
 import uuid
@@ -26,6 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # A cold machine debootstraps the base image (~1 min) before the first test runs.
 pytestmark = pytest.mark.timeout(900)
 
+#: A `pcap:` match compiled by the image's libpcap, on an ICMP and an ARP frame.
+PCAP_PROBE = (
+    "from virtwire.net.match import parse_match\n"
+    "from virtwire.guest.responder import build_echo_frame\n"
+    "import ipaddress\n"
+    "a, b = ipaddress.IPv4Address('198.18.0.1'), ipaddress.IPv4Address('198.18.0.2')\n"
+    "icmp = build_echo_frame(8, bytes(6), bytes(6), a, b, 1, 1, b'x')\n"
+    "arp = bytes(12) + bytes.fromhex('0806') + bytes(46)\n"
+    "m = parse_match('pcap:icmp and host 198.18.0.2')\n"
+    "print('pcap:', m.matches(icmp), m.matches(arp))\n"
+)
 SUBNET = "198.18.10.0/24"
 HUB_IP = "198.18.10.10"
 GRPC_PORT = 50051
@@ -101,14 +113,16 @@ def test_image_contents(image: str, image_mod: ModuleType) -> None:
                                image).stdout)
     assert labels["org.opencontainers.image.version"] == version
     script = ("id -u; ip -V; python3 --version; /opt/virtwire/bin/python -c "
-              "'import grpc, virtwire; print(grpc.__version__)'; "
+              "'import grpc, virtwire; print(grpc.__version__)'; /opt/virtwire/bin/python -c "
+              f"{shlex.quote(PCAP_PROBE)}; "
               "for c in gcc cc g++ clang make pip; do command -v $c; done; true")
     out = run(image, "-c", script, docker_args=("--network", "none", "--entrypoint", "sh"))
     lines = out.stdout.splitlines()
     assert lines[0] == "10000", "the default user is unprivileged"
     assert "iproute2" in lines[1]
     assert lines[2].startswith("Python 3.")
-    assert len(lines) == 4, f"compilers or pip in the image: {lines[4:]}"
+    assert lines[4] == "pcap: True False", "libpcap compiles pcap: matches in the image"
+    assert len(lines) == 5, f"compilers or pip in the image: {lines[5:]}"
     size = image_mod.image_size(image)
     print(f"{image}: {size / 1e6:.0f} MB")
     assert size < 250e6
