@@ -320,7 +320,7 @@ def test_missing_fields(tmp_path: Path) -> None:
           empty:
         """)
     assert "lab.yaml:1: missing field 'name' (required: name, nodes)" in message
-    assert "lab.yaml:2: node 'hub0': missing field 'kind' (one of hub, vm, tap)" in message
+    assert "lab.yaml:2: node 'hub0': missing field 'kind' (one of hub, switch, vm, tap)" in message
     assert "lab.yaml:3: node 'q': missing field 'backend' (one of tap, stream, dgram)" \
         in message
     assert "lab.yaml:4: node 'vm1': bridge: missing field 'ifname' (required: ifname)" \
@@ -332,11 +332,11 @@ def test_unknown_kind_and_backend(tmp_path: Path) -> None:
     message = problems(tmp_path, """\
         name: lab
         nodes:
-          a: {kind: switch}
+          a: {kind: bridge}
           b: {kind: tap, backend: vde}
         """)
-    assert "lab.yaml:3: node 'a': kind: unknown kind 'switch': expected one of hub, vm, tap" \
-        in message
+    assert ("lab.yaml:3: node 'a': kind: unknown kind 'bridge': expected one of hub, switch, "
+            "vm, tap") in message
     assert "lab.yaml:4: node 'b': backend: unknown backend 'vde'" in message
 
 
@@ -588,7 +588,7 @@ def test_the_cross_checks_around_broken_parts_raise_no_false_alarms(tmp_path: Pa
           h1: {address: "not an address!"}
           h2: {address: 198.18.1.2}
         nodes:
-          sw: {kind: switch}
+          sw: {kind: bridge}
           vm1: {kind: vm, host: h1, model: nope}
           vm2: {kind: vm, host: h1}
           VM3: {kind: vm}

@@ -11,6 +11,13 @@ A topology names the LAN, its nodes and the links between them::
     link_transport: auto            # optional: auto (default) | grpc, for every node
     nodes:
       hub0: {kind: hub}
+      sw0:                          # a learning switch (docs/switch.md)
+        kind: switch
+        aging: 300s                 # forget a MAC unseen this long (default 300s)
+        mirror: tap                 # optional: a port that gets a copy of every frame
+        ports:
+          p1: {vlan: 10}            # access port (untagged, one VLAN; default 1)
+          up: {trunk: [10, 20], native: 1}   # trunk: tagged VLANs, native untagged
       vm1:                          # a virtwire VM: guestmem + e1000 + guest services
         kind: vm
         mac: 52:54:00:12:34:01      # default: QEMU's 52:54:00:12:34:56, +1 per VM
@@ -121,6 +128,15 @@ from virtwire.net.filter import (
 from virtwire.net.filter_types import FilterSpec, filter_type
 from virtwire.net.hub import is_numbered_port
 from virtwire.net.netdev import Netdev, format_backend_spec, netdev_from_options
+from virtwire.net.switch import (
+    AGING_MAX_S,
+    DEFAULT_AGING_S,
+    DEFAULT_MAX_ENTRIES,
+    MAX_ENTRIES_LIMIT,
+    VLAN_MAX,
+    VLAN_MIN,
+    PortVlans,
+)
 from virtwire.net.tap import check_ifname
 from virtwire.net.units import parse_duration
 
@@ -134,6 +150,7 @@ __all__ = [
     "NodeFilter",
     "ScheduleStep",
     "Service",
+    "SwitchNode",
     "TapNode",
     "Topology",
     "TopologyError",
@@ -144,14 +161,17 @@ __all__ = [
     "parse_topology",
 ]
 
-NodeKind = Literal["hub", "vm", "tap"]
+NodeKind = Literal["hub", "switch", "vm", "tap"]
 ServiceKind = Literal["hub", "guestmem", "e1000", "guest", "tap"]
 #: ``serve KIND --link-transport`` (server.link.LINK_TRANSPORTS).
 LinkTransport = Literal["auto", "grpc"]
 E1000ModelName = Literal["82540EM", "82544GC", "82545EM"]
 QemuCompat = Literal["9.0", "7.2"]
 
-NODE_KINDS: tuple[NodeKind, ...] = ("hub", "vm", "tap")
+NODE_KINDS: tuple[NodeKind, ...] = ("hub", "switch", "vm", "tap")
+#: Kinds whose service is a hub server (ports, HUB:PORT link ends); a switch's
+#: service is a hub's with learning and VLANs (``serve switch``).
+HUB_KINDS: tuple[NodeKind, ...] = ("hub", "switch")
 #: The services a vm node runs, in start order; each is named NODE-KIND.
 VM_SERVICES: tuple[ServiceKind, ...] = ("guestmem", "e1000", "guest")
 #: QEMU's default MAC (qemu_macaddr_default_if_unset): 52:54:00:12:34:56, then
@@ -519,6 +539,62 @@ class HubSpec(_Spec):
     ports: dict[str, PortSpec] = {}
 
 
+def _check_vid(vid: int) -> int:
+    if not VLAN_MIN <= vid <= VLAN_MAX:
+        raise ConfigError(f"bad VLAN {vid}: a VLAN id is {VLAN_MIN} to {VLAN_MAX}")
+    return vid
+
+
+_Vid = Annotated[int, AfterValidator(_check_vid)]
+
+
+class SwitchPortSpec(PortSpec):
+    """A switch port: ``vlan: 10`` (access) or ``trunk: [10, 20]`` with an
+    optional ``native: 1``; and filters, as a hub port's."""
+
+    vlan: _Vid | None = None
+    trunk: Annotated[list[_Vid], Field(min_length=1, max_length=VLAN_MAX)] | None = None
+    native: _Vid | None = None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Self:
+        if self.vlan is not None and self.trunk is not None:
+            raise ConfigError("a port is an access port (vlan: V) or a trunk (trunk: [V, ...]),"
+                              " not both")
+        if self.native is not None and self.trunk is None:
+            raise ConfigError("native: only a trunk port has a native VLAN (give trunk: [...])")
+        return self
+
+    def vlans(self) -> PortVlans | None:
+        """The port's VLANs, None if it gives none (access VLAN 1)."""
+        if self.trunk is not None:
+            return PortVlans.trunked(self.trunk, self.native)
+        return PortVlans.access(self.vlan) if self.vlan is not None else None
+
+
+def _aging_seconds(value: object) -> object:
+    if isinstance(value, str):
+        value = parse_duration(value, "aging")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not 0 < value <= AGING_MAX_S:
+        raise ConfigError(f"aging {value}: more than 0 s, at most a week")
+    return value
+
+
+class SwitchSpec(HubSpec):
+    """A learning switch: MAC learning with aging, 802.1Q VLANs, a mirror port."""
+
+    kind: Literal["switch"]  # type: ignore[assignment]
+    #: Per named port: VLANs and filters.
+    ports: dict[str, SwitchPortSpec] = {}  # type: ignore[assignment]
+    #: Seconds (or a duration, 300s) a MAC lives unseen.
+    aging: Annotated[float, BeforeValidator(_aging_seconds)] = DEFAULT_AGING_S
+    #: MAC table entries; new MACs beyond are flooded and counted.
+    max_entries: Annotated[int, Field(ge=1, le=MAX_ENTRIES_LIMIT)] = DEFAULT_MAX_ENTRIES
+    #: A port named in the switch's links that gets a copy of every forwarded frame.
+    mirror: str | None = None
+
+
 class BridgeSpec(_Spec):
     """Bridge the guest's NIC to a Linux TAP (a real kernel stack on the LAN; root)."""
 
@@ -642,7 +718,7 @@ class TapDgramSpec(_TapSpec):
 TAP_SPECS: dict[str, type[_TapSpec]] = {
     "tap": TapTapSpec, "stream": TapStreamSpec, "dgram": TapDgramSpec}
 TapSpec = Annotated[TapTapSpec | TapStreamSpec | TapDgramSpec, Field(discriminator="backend")]
-NodeSpec = Annotated[HubSpec | VmSpec | TapSpec, Field(discriminator="kind")]
+NodeSpec = Annotated[HubSpec | SwitchSpec | VmSpec | TapSpec, Field(discriminator="kind")]
 LinkSpec = Annotated[list[str], BeforeValidator(_link_ends), Field(min_length=2, max_length=2),
                     WithJsonSchema({"oneOf": [
                         {"type": "array", "items": {"type": "string"}, "minItems": 2,
@@ -725,6 +801,22 @@ class HubNode(Node):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "ports": list(self.ports)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwitchNode(HubNode):
+    """A learning switch (``serve switch``): a hub node with VLANs and a MAC table."""
+
+    kind: ClassVar[NodeKind] = "switch"
+    #: (port, its VLANs as ``serve switch --vlans PORT=...`` takes them), named ports only.
+    vlans: tuple[tuple[str, str], ...] = ()
+    mirror: str = ""
+    aging: float = DEFAULT_AGING_S
+    max_entries: int = DEFAULT_MAX_ENTRIES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "vlans": dict(self.vlans), "mirror": self.mirror or None,
+                "aging": self.aging, "max_entries": self.max_entries}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1093,6 +1185,8 @@ def _stand_in(raw: object) -> NodeSpec:
     kind = raw.get("kind") if isinstance(raw, dict) else None
     if kind == "vm":
         return VmSpec.model_construct(kind="vm")
+    if kind == "switch":
+        return SwitchSpec.model_construct(kind="switch")
     if kind == "tap":
         backend = raw.get("backend") if isinstance(raw, dict) else None
         if backend == "tap":
@@ -1267,7 +1361,7 @@ class _Report:
             if not path:
                 what = f"a topology is a mapping with name, nodes and links, not {_describe(value)}"
             elif len(path) == 2 and path[0] == "nodes" and value is None:
-                what = "the node is empty: give at least its kind (hub, vm or tap)"
+                what = "the node is empty: give at least its kind (hub, switch, vm or tap)"
             else:
                 what = f"expected a mapping, not {_describe(value)}"
             self.error(path, what)
@@ -1305,9 +1399,9 @@ def _strip_tags(loc: _Path) -> tuple[_Path, type[BaseModel] | None]:
         return tuple(path), TAP_SPECS.get(backend)
     if tag == "vm" and len(path) >= 4 and path[2] == "bridge":
         return tuple(path), BridgeSpec
-    if tag == "hub" and len(path) >= 5 and path[2] == "ports":
-        return tuple(path), PortSpec
-    models: dict[str, type[BaseModel]] = {"hub": HubSpec, "vm": VmSpec}
+    if tag in HUB_KINDS and len(path) >= 5 and path[2] == "ports":
+        return tuple(path), SwitchPortSpec if tag == "switch" else PortSpec
+    models: dict[str, type[BaseModel]] = {"hub": HubSpec, "switch": SwitchSpec, "vm": VmSpec}
     return tuple(path), models.get(tag)
 
 
@@ -1325,7 +1419,7 @@ def _allowed_hint(model: type[BaseModel] | None, which: str) -> str:
 
 
 def _unknown_hint(model: type[BaseModel] | None, name: Hashable) -> str:
-    if model is HubSpec and name in ("filters", "netem"):
+    if model in (HubSpec, SwitchSpec) and name in ("filters", "netem"):
         return (": a hub has no NetClient of its own; put filters on its ports "
                 "(ports: {PORT: {filters: [...]}}) or on link ends")
     if model is not None and issubclass(model, _TapSpec):
@@ -1359,7 +1453,7 @@ class _Resolver:
         self.stand_ins = partial.stand_ins if partial else frozenset()
         self.skip_links = partial.skip_links if partial else frozenset()
         self._opts: dict[str, dict[str, str]] = {}
-        rank = {"hub": 0, "vm": 1, "tap": 2}
+        rank = {"hub": 0, "switch": 0, "vm": 1, "tap": 2}
         #: Node names in start order: hubs, vms, taps; file order within a kind.
         self.order = sorted(spec.nodes, key=lambda n: rank[spec.nodes[n].kind])
         self.position = {name: i for i, name in enumerate(self.order)}
@@ -1378,10 +1472,10 @@ class _Resolver:
         schedule = checker.schedule()
         for name in self.order:
             node = spec.nodes[name]
-            if node.kind != "hub" and not any(name in link.nodes for link in links):
+            if node.kind not in HUB_KINDS and not any(name in link.nodes for link in links):
                 report.warn(("nodes", name), "not in any link: it has no peer")
-            elif node.kind == "hub" and not any(name in link.nodes for link in links):
-                report.warn(("nodes", name), "no links: nothing is plugged into this hub")
+            elif node.kind in HUB_KINDS and not any(name in link.nodes for link in links):
+                report.warn(("nodes", name), f"no links: nothing is plugged into this {node.kind}")
         used_hosts = {n.host for n in spec.nodes.values()}
         for host in spec.hosts:
             if host not in used_hosts:
@@ -1415,6 +1509,12 @@ class _Resolver:
         node = self.spec.nodes[name]
         line = self.report.line(("nodes", name))
         transport = self._link_transport(name)
+        if isinstance(node, SwitchSpec):
+            vlans = tuple((port, v.format()) for port, spec in node.ports.items()
+                          if (v := spec.vlans()) is not None)
+            return SwitchNode(name=name, host=node.host, line=line, ports=tuple(ports),
+                              link_transport=transport, vlans=vlans, mirror=node.mirror or "",
+                              aging=node.aging, max_entries=node.max_entries)
         if isinstance(node, HubSpec):
             return HubNode(name=name, host=node.host, line=line, ports=tuple(ports),
                            link_transport=transport)
@@ -1604,7 +1704,7 @@ class _Resolver:
                             needs=(nic, mem))]
                 vm_services.update((svc.name, name) for svc in out[name])
             else:
-                kind: ServiceKind = "hub" if node.kind == "hub" else "tap"
+                kind: ServiceKind = "hub" if node.kind in HUB_KINDS else "tap"
                 out[name] = [Service(name=name, kind=kind, node=name, host=node.host)]
         for name in self.spec.nodes:
             if name in vm_services and vm_services[name] != name:
@@ -1627,7 +1727,7 @@ class _Resolver:
         if not sep:
             return _End(node, None)
         kind = self.spec.nodes[node].kind
-        if kind != "hub":
+        if kind not in HUB_KINDS:
             self.report.error(path, f"{text!r}: a {kind} node has a single port: "
                               f"write just {node!r}")
             return None
@@ -1666,12 +1766,12 @@ class _Resolver:
             for end in (a, b):
                 kind = spec.nodes[end.node].kind
                 key = (end.node, end.port)
-                if kind == "hub" and end.port is None:
+                if kind in HUB_KINDS and end.port is None:
                     continue  # a new port each time
                 if key in taken:
                     first = f"links[{taken[key]}] (line {report.line(('links', taken[key]))})"
-                    if kind == "hub":
-                        report.error(path, f"hub port {end.node}:{end.port} is already "
+                    if kind in HUB_KINDS:
+                        report.error(path, f"{kind} port {end.node}:{end.port} is already "
                                      f"linked by {first}")
                     else:
                         report.error(path, f"node {end.node!r} is already linked by {first}: "
@@ -1701,7 +1801,7 @@ class _Resolver:
         return links, hub_ports
 
     def _endpoint(self, end: _End) -> Endpoint:
-        is_hub = self.spec.nodes[end.node].kind == "hub"
+        is_hub = self.spec.nodes[end.node].kind in HUB_KINDS
         return Endpoint(node=end.node, service=self._service_of(end.node),
                         netclient=(end.port or "") if is_hub else end.node)
 
@@ -1829,7 +1929,7 @@ class _Filters:
         self.named: dict[str, set[str]] = {}
         for link in links:
             for end in (link.dialer, link.listener):
-                if self.spec.nodes[end.node].kind == "hub" and end.netclient:
+                if self.spec.nodes[end.node].kind in HUB_KINDS and end.netclient:
                     self.named.setdefault(end.node, set()).add(end.netclient)
         self.chains: dict[_NcKey, _Chain] = {}
         #: (service, dump file) -> where it is first written.
@@ -1838,7 +1938,7 @@ class _Filters:
     # -- where filters go ----------------------------------------------------------
     def _chain(self, node: str, port: str | None, link: int | None = None) -> _Chain:
         service = self.r._service_of(node)
-        if self.spec.nodes[node].kind == "hub":
+        if self.spec.nodes[node].kind in HUB_KINDS:
             netclient = port or ""
             key: _NcKey = (service, netclient or f"#{link}")
             siblings = frozenset(self.named.get(node, set()) - {netclient})
@@ -1860,6 +1960,15 @@ class _Filters:
         for name, node in self.spec.nodes.items():
             if name in self.r.stand_ins:
                 continue
+            if isinstance(node, SwitchSpec):
+                if node.mirror is not None and node.mirror not in self.named.get(name, set()):
+                    self.report.error(("nodes", name, "mirror"),
+                                      f"mirror port {node.mirror!r} is in no link: name it in "
+                                      f"one (e.g. [NODE, {name}:{node.mirror}])")
+                if node.host is not None:
+                    self.report.error(("nodes", name, "host"),
+                                      "a switch runs on this machine for now: StartService "
+                                      "does not carry its VLANs (leave out host:)")
             if isinstance(node, HubSpec):
                 for port, port_spec in node.ports.items():
                     path: _Path = ("nodes", name, "ports", port)
@@ -2184,15 +2293,16 @@ class _Filters:
             return None
         if node_name in self.r.stand_ins:
             return None
-        if node.kind == "hub":
+        if node.kind in HUB_KINDS:
             named = self.named.get(node_name, set())
             if not sep:
-                report.error((*path, key), f"{node_name} is a hub: name a port, "
+                report.error((*path, key), f"{node_name} is a {node.kind}: name a port, "
                              f"{node_name}:PORT")
                 return None
             if port not in named:
                 have = ", ".join(sorted(named)) or "none"
-                report.error((*path, key), f"hub {node_name} has no port named {port!r} in "
+                report.error((*path, key), f"{node.kind} {node_name} has no port named "
+                             f"{port!r} in "
                              f"its links (named: {have}); name the port in its link, "
                              f"[NODE, {node_name}:PORT]")
                 return None

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from virtwire import __version__, tls
 from virtwire.cli import certs, demo, expect, frames, lan, replay, serve
+from virtwire.cli import fdb as fdb_verbs
 from virtwire.cli import filter as filter_verbs
 from virtwire.cli import graph as graph_verbs
 from virtwire.cli import netem as netem_verbs
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="'virtwire VERB --help': its options and an example")
     for verbs in (lan, frames, demo, certs, serve):
         verbs.add_commands(sub)
-    for verbs in (filter_verbs, netem_verbs):
+    for verbs in (filter_verbs, netem_verbs, fdb_verbs):
         verbs.add_commands(sub)
     for verbs in (expect, replay):
         verbs.add_commands(sub)

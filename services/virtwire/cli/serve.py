@@ -144,10 +144,47 @@ def _hub_arguments(sp: argparse.ArgumentParser) -> None:
                          "(default 256)")
 
 
-def _build_hub(args: argparse.Namespace) -> ServiceHost:
+def _switch_arguments(sp: argparse.ArgumentParser) -> None:
+    _hub_arguments(sp)
+    sp.add_argument("--vlans", action="append", default=[], metavar="PORT=VLANS",
+                    help="a port's VLANs: PORT=10 (access) or PORT=trunk=10,20[,native=1] "
+                         "(ports not named are access ports of VLAN 1; repeatable)")
+    sp.add_argument("--mirror", default="", metavar="PORT",
+                    help="this port gets a copy of every forwarded frame")
+    sp.add_argument("--aging", default="300s", metavar="DURATION",
+                    help="forget a MAC not seen for this long (default 300s)")
+    sp.add_argument("--max-entries", type=int, default=4096, metavar="N",
+                    help="MAC table entries; new MACs beyond N are flooded and counted "
+                         "(default 4096)")
+
+
+def _build_switch(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.net.switch import PortVlans
+    from virtwire.net.units import parse_duration
+    from virtwire.server.switch import SwitchServer
+
+    host = SwitchServer(args.listen, args.hub_id, max_ports=args.max_ports, name=args.name,
+                        aging=parse_duration(args.aging, "--aging"),
+                        max_entries=args.max_entries)
+    vlans: dict[str, PortVlans] = {}
+    for text in args.vlans:
+        name, sep, spec = text.partition("=")
+        if not name or not sep:
+            raise ConfigError(f"bad --vlans {text!r}: expected PORT=VLAN or "
+                              "PORT=trunk=VLAN,...[,native=VLAN]")
+        vlans[name] = PortVlans.parse(spec)
+    _add_hub_ports(host, args)
+    for name, v in vlans.items():
+        host.switch.set_port_vlans(name, v)  # HubError for a port not made
+    if args.mirror:
+        host.switch.set_mirror(args.mirror)
+    return host
+
+
+def _add_hub_ports(host: ServiceHost, args: argparse.Namespace) -> None:
     from virtwire.server.hub import HubServer
 
-    host = HubServer(args.listen, args.hub_id, max_ports=args.max_ports, name=args.name)
+    assert isinstance(host, HubServer)
     for _ in range(args.ports):
         host.add_port()
     for spec in args.port:
@@ -155,6 +192,13 @@ def _build_hub(args: argparse.Namespace) -> ServiceHost:
         if not name:
             raise ConfigError(f"bad --port {spec!r}: expected NAME or NAME=ADDR/NETCLIENT")
         host.add_port(name, peer if sep else "")
+
+
+def _build_hub(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.server.hub import HubServer
+
+    host = HubServer(args.listen, args.hub_id, max_ports=args.max_ports, name=args.name)
+    _add_hub_ports(host, args)
     return host
 
 
@@ -315,6 +359,8 @@ class ServeKind:
 #: `virtwire serve KIND`, in the order the help lists them.
 SERVE_KINDS: dict[str, ServeKind] = {
     "hub": ServeKind("a hub (QEMU's -netdev hubport)", _hub_arguments, _build_hub),
+    "switch": ServeKind("a learning switch: MAC table, 802.1Q VLANs, a mirror port",
+                        _switch_arguments, _build_switch),
     "tap": ServeKind("host-side backends: tap, stream, dgram", _tap_arguments, _build_tap),
     "guestmem": ServeKind("one guest's RAM: shared memory + DMA RPCs", _guestmem_arguments,
                           _build_guestmem),

@@ -18,7 +18,7 @@ from typing import Any
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lifecycle of a LAN", ("up", "down", "status", "validate", "render", "demo")),
     ("inspect", ("list", "capture", "expect", "top", "graph")),
-    ("drive", ("inject", "link", "ping", "netem", "filter", "replay")),
+    ("drive", ("inject", "link", "ping", "netem", "filter", "replay", "fdb")),
     ("serve", ("serve", "certs")),
 )
 
@@ -50,6 +50,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
               "virtwire graph default -o live.mmd      # a running LAN: link states, rates"),
     "replay": ("virtwire replay vm1 -r vm1.pcap --speed 2",
                "virtwire replay -s 127.0.0.1:7000 p0 -r frames.pcap --speed max"),
+    "fdb": ("virtwire fdb sw0                 # MAC, VLAN, port, age",
+            "virtwire fdb sw0 --flush --port p1"),
 }
 
 #: The whole command: what most users do first.

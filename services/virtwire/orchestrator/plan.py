@@ -8,7 +8,8 @@ its runtimes (process, docker, remote); ``render`` calls it with every
 service's address inside the deployment (``NAME:50051``).
 
 Links: the dialer of a link is given its listener's address and NetClient,
-``ADDRESS/NETCLIENT``. A hub is started with its node's name; a link end on
+``ADDRESS/NETCLIENT``. A hub is started with its node's name (a switch
+node as a hub with its VLANs, mirror and aging: ``serve switch``); a link end on
 it without a port name gets a port created with the hub, named as that hub
 names an unnamed port (``net.hub.hub_port_name``: ``swport1`` on hub ``sw``),
 so a restarted dialer redials the same port.
@@ -31,7 +32,7 @@ from dataclasses import replace
 
 from virtwire.net.hub import hub_port_name
 from virtwire.orchestrator import spec
-from virtwire.topology import HubNode, Link, NodeFilter, TapNode, Topology, VmNode
+from virtwire.topology import HubNode, Link, NodeFilter, SwitchNode, TapNode, Topology, VmNode
 
 __all__ = ["auto_ports", "filter_netclient", "filter_objects", "plan", "service_spec"]
 
@@ -106,6 +107,11 @@ def _service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.Servi
         ports += [spec.HubPortSpec(dial_port(link), dialed)
                   for link, dialed in zip(dials, peers, strict=True)]
         ports += [spec.HubPortSpec(port) for port in auto_ports(topo, name).values()]
+        if isinstance(node, SwitchNode):  # a hub with VLANs: `serve switch`
+            return spec.SwitchServiceSpec(
+                name=node.name, ports=tuple(ports), link_transport=node.link_transport,
+                filters=filters, vlans=node.vlans, mirror=node.mirror, aging=node.aging,
+                max_entries=node.max_entries)
         return spec.HubServiceSpec(name=node.name, ports=tuple(ports),
                                    link_transport=node.link_transport, filters=filters)
     if isinstance(node, TapNode):

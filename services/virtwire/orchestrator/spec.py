@@ -25,8 +25,8 @@ from virtwire.net.netdev import format_backend_spec
 from virtwire.topology import LinkTransport
 
 __all__ = ["E1000ServiceSpec", "GuestMemServiceSpec", "GuestServiceSpec", "HubPortSpec",
-           "HubServiceSpec", "ServiceSpec", "TapServiceSpec", "filter_argv", "has_dump",
-           "link_transport_argv", "with_dump_dir", "with_hub_ports"]
+           "HubServiceSpec", "ServiceSpec", "SwitchServiceSpec", "TapServiceSpec", "filter_argv",
+           "has_dump", "link_transport_argv", "with_dump_dir", "with_hub_ports"]
 
 
 def link_transport_argv(transport: LinkTransport) -> list[str]:
@@ -72,6 +72,28 @@ class HubServiceSpec:
             args += ["--port", f"{port.name}={port.peer}" if port.peer else port.name]
         return (args + link_transport_argv(self.link_transport)
                 + filter_argv(self.filters, self.dump_dir))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwitchServiceSpec(HubServiceSpec):
+    """A hub's spec run as ``serve switch``: VLANs per port, a mirror, aging, the
+    MAC table's size (net.switch)."""
+
+    kind: ClassVar[str] = "switch"
+    #: (port, ``--vlans`` text: ``10`` or ``trunk=10,20,native=1``).
+    vlans: tuple[tuple[str, str], ...] = ()
+    mirror: str = ""
+    aging: float = 300.0
+    max_entries: int = 4096
+
+    def argv(self) -> list[str]:
+        args = super().argv()
+        for port, text in self.vlans:
+            args += ["--vlans", f"{port}={text}"]
+        args += ["--mirror", self.mirror] if self.mirror else []
+        args += ["--aging", f"{self.aging:g}s"] if self.aging != 300.0 else []
+        args += ["--max-entries", str(self.max_entries)] if self.max_entries != 4096 else []
+        return args
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -71,6 +71,7 @@ PERMISSIONS: dict[str, Access] = {
         "OrchestratorService/CountFrames",
         "OrchestratorService/Ping", "OrchestratorService/ListServices",
         "HubService/ListPorts", "TapService/ListBackends",
+        "SwitchService/ListMacTable", "SwitchService/ListSwitchPorts",
         "GuestService/GetStatus", "GuestService/Ping",
         "E1000Service/GetStats", "E1000Service/DescribeDevice",
         "GuestMemService/Describe", "GuestMemService/Stats")},

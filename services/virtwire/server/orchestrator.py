@@ -36,6 +36,7 @@ from virtwire.orchestrator.health import check_health
 from virtwire.rpc.status import forwarded, translated
 from virtwire.server.base import ServiceHost
 from virtwire.server.filter import LanFilterServicer
+from virtwire.server.switch import LanSwitchServicer
 from virtwire.topology import Topology, TopologyError, parse_topology
 from virtwire.v1 import (
     filter_pb2_grpc,
@@ -45,6 +46,8 @@ from virtwire.v1 import (
     netclient_pb2_grpc,
     orchestrator_pb2,
     orchestrator_pb2_grpc,
+    switch_pb2,
+    switch_pb2_grpc,
 )
 
 logger = logging.getLogger(__name__)
@@ -92,7 +95,11 @@ class OrchestratorServer(ServiceHost):
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(self), server)
-        return [orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name]
+        # SwitchService on the LAN's switch nodes, forwarded as FilterService is.
+        switch_pb2_grpc.add_SwitchServiceServicer_to_server(
+            LanSwitchServicer(self.orchestrator), server)
+        return [orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name,
+                switch_pb2.DESCRIPTOR.services_by_name["SwitchService"].full_name]
 
     def filter_servicer(self) -> filter_pb2_grpc.FilterServiceServicer:
         """FilterService on the LAN's nodes, forwarded to their services."""

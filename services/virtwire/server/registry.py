@@ -224,6 +224,7 @@ class NetClientRegistry:
             + (peer.stats.dropped_malformed if isinstance(peer, LinkPeer) else 0),
             "dropped_purged": q.purged + out_purged,
             "dropped_filter": s.dropped_filter,
+            "dropped_switch": s.dropped_switch,
         }
         counters = netclient_pb2.NetClientCounters(
             rx_frames=s.rx_frames, rx_bytes=s.rx_bytes,

@@ -41,7 +41,7 @@ BACKEND_STATE_LISTENING: BackendState
 BACKEND_STATE_CONNECTING: BackendState
 
 class NetClientCounters(_message.Message):
-    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped_queue_full", "dropped_link_down", "dropped_refused", "dropped_malformed", "dropped_purged", "queue_len", "capture_dropped", "peer_queue_len", "link_credits_refused", "link_protocol_errors", "capture_refused", "capture_subscribers", "flush_sliced", "dropped_total", "dropped_filter")
+    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped_queue_full", "dropped_link_down", "dropped_refused", "dropped_malformed", "dropped_purged", "queue_len", "capture_dropped", "peer_queue_len", "link_credits_refused", "link_protocol_errors", "capture_refused", "capture_subscribers", "flush_sliced", "dropped_total", "dropped_filter", "dropped_switch")
     RX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     RX_BYTES_FIELD_NUMBER: _ClassVar[int]
     TX_FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class NetClientCounters(_message.Message):
     FLUSH_SLICED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FILTER_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_SWITCH_FIELD_NUMBER: _ClassVar[int]
     rx_frames: int
     rx_bytes: int
     tx_frames: int
@@ -80,7 +81,8 @@ class NetClientCounters(_message.Message):
     flush_sliced: int
     dropped_total: int
     dropped_filter: int
-    def __init__(self, rx_frames: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_frames: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., dropped_queue_full: _Optional[int] = ..., dropped_link_down: _Optional[int] = ..., dropped_refused: _Optional[int] = ..., dropped_malformed: _Optional[int] = ..., dropped_purged: _Optional[int] = ..., queue_len: _Optional[int] = ..., capture_dropped: _Optional[int] = ..., peer_queue_len: _Optional[int] = ..., link_credits_refused: _Optional[int] = ..., link_protocol_errors: _Optional[int] = ..., capture_refused: _Optional[int] = ..., capture_subscribers: _Optional[int] = ..., flush_sliced: _Optional[int] = ..., dropped_total: _Optional[int] = ..., dropped_filter: _Optional[int] = ...) -> None: ...
+    dropped_switch: int
+    def __init__(self, rx_frames: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_frames: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., dropped_queue_full: _Optional[int] = ..., dropped_link_down: _Optional[int] = ..., dropped_refused: _Optional[int] = ..., dropped_malformed: _Optional[int] = ..., dropped_purged: _Optional[int] = ..., queue_len: _Optional[int] = ..., capture_dropped: _Optional[int] = ..., peer_queue_len: _Optional[int] = ..., link_credits_refused: _Optional[int] = ..., link_protocol_errors: _Optional[int] = ..., capture_refused: _Optional[int] = ..., capture_subscribers: _Optional[int] = ..., flush_sliced: _Optional[int] = ..., dropped_total: _Optional[int] = ..., dropped_filter: _Optional[int] = ..., dropped_switch: _Optional[int] = ...) -> None: ...
 
 class ServerCounters(_message.Message):
     __slots__ = ("names_refused", "links_refused", "link_credits_refused", "link_protocol_errors", "max_capture_subscribers", "fast_path_accepted", "fast_path_declined", "fast_path_tokens_refused", "fast_path_handshakes_refused", "fast_path_offers_refused")
