@@ -18,7 +18,7 @@ import yaml
 from virtwire import __version__
 from virtwire.cli import main
 from virtwire.orchestrator.render import PORT, render
-from virtwire.topology import TapNode, Topology, VmNode, load_topology
+from virtwire.topology import SwitchNode, TapNode, Topology, VmNode, load_topology
 
 from support.need import need
 
@@ -98,7 +98,9 @@ def _check_commands(topo: Topology, commands: dict[str, list[str]]) -> None:
     want = _expected_targets(topo)
     for svc in topo.services:
         cmd = commands[svc.name]
-        assert cmd[:4] == ["serve", svc.kind, "--listen", LISTEN], cmd
+        # A switch node's service is a hub's, served by `serve switch`.
+        serve_kind = "switch" if isinstance(topo.node(svc.node), SwitchNode) else svc.kind
+        assert cmd[:4] == ["serve", serve_kind, "--listen", LISTEN], cmd
         got = _dial_targets(cmd)
         assert len(got) == len(want.get(svc.name, [])), svc.name
         for target, expected in zip(got, want.get(svc.name, []), strict=True):

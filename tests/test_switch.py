@@ -5,10 +5,16 @@ Plain objects: a Switch, its ports, a Receiver plugged into each, a fake clock.
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import pytest
 
 from virtwire.errors import ConfigError
 from virtwire.net.switch import PortVlans, Switch, SwitchError, SwitchPort
+from virtwire.orchestrator.plan import service_spec
+from virtwire.orchestrator.spec import SwitchServiceSpec
+from virtwire.topology import SwitchNode, TopologyError, load_topology
 
 from support.doubles import Receiver
 
@@ -336,3 +342,84 @@ def test_removing_a_port_forgets_its_macs() -> None:
     r.sw.remove_port("p2")
     assert r.sw.table() == [] and r.sw.mirror is None
     assert r.ports[0].targets == ()
+
+
+# -- topology: kind: switch ------------------------------------------------------------
+
+_SW_LAN = """\
+name: lab
+nodes:
+  sw:
+    kind: switch
+    aging: 90s
+    mirror: mon
+    ports:
+      a: {{vlan: 10}}
+      up: {{trunk: [10, 20], native: 1}}
+{extra}  vm1: {{kind: vm}}
+  t1: {{kind: tap, backend: stream, listen: 127.0.0.1:0}}
+  t2: {{kind: tap, backend: stream, listen: 127.0.0.1:0}}
+links:
+  - [vm1, sw:a]
+  - [t1, sw:up]
+  - [t2, sw:mon]
+"""
+
+
+def _lab(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "lab.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_switch_node_is_planned_as_serve_switch(tmp_path: Path) -> None:
+    topo = load_topology(_lab(tmp_path, _SW_LAN.format(extra="")))
+    node = topo.node("sw")
+    assert isinstance(node, SwitchNode) and node.kind == "switch"
+    assert dict(node.vlans) == {"a": "10", "up": "trunk=10,20,native=1"}
+    assert (node.mirror, node.aging, node.max_entries) == ("mon", 90.0, 4096)
+    spec = service_spec(topo, "sw", {})
+    assert isinstance(spec, SwitchServiceSpec) and spec.kind == "switch"
+    argv = spec.argv()
+    assert argv[:6] == ["--name", "sw", "--port", "a", "--port", "up"]
+    pairs = list(itertools.pairwise(argv))
+    assert ("--vlans", "a=10") in pairs and ("--vlans", "up=trunk=10,20,native=1") in pairs
+    assert ("--mirror", "mon") in pairs and ("--aging", "90s") in pairs
+    assert "--max-entries" not in argv  # the default is not written
+
+
+@pytest.mark.parametrize(("ports", "line", "what"), [
+    ("      b: {vlan: 4095}\n", 10, "bad VLAN 4095"),
+    ("      b: {vlan: 10, trunk: [10]}\n", 10, "not both"),
+    ("      b: {native: 1}\n", 10, "only a trunk port has a native VLAN"),
+    ("      b: {trunk: []}\n", 10, "at least 1 item"),
+    ("      b: {trunk: [0, 10]}\n", 10, "bad VLAN 0"),
+    ("      b: {vlan: 10}\n", 10, "port 'b' is in no link"),
+])
+def test_bad_switch_ports_are_reported_with_their_line(tmp_path: Path, ports: str, line: int,
+                                                      what: str) -> None:
+    text = _SW_LAN.format(extra="").replace("      up: {trunk: [10, 20], native: 1}\n",
+                                            "      up: {trunk: [10, 20], native: 1}\n" + ports)
+    with pytest.raises(TopologyError) as err:
+        load_topology(_lab(tmp_path, text))
+    assert f"lab.yaml:{line}: node 'sw'" in str(err.value) and what in str(err.value), \
+        str(err.value)
+
+
+@pytest.mark.parametrize(("old", "new", "line", "what"), [
+    ("aging: 90s", "aging: 0s", 5, "aging"),
+    ("aging: 90s", "aging: 9 weeks", 5, "aging"),
+    ("mirror: mon", "mirror: nope", 6, "mirror port 'nope' is in no link"),
+    ("aging: 90s", "aging: 90s\n    max_entries: 0", 6, "max_entries"),
+    ("aging: 90s", "aging: 90s\n    host: h1", 6, "host"),
+])
+def test_bad_switch_settings_are_reported_with_their_line(tmp_path: Path, old: str, new: str,
+                                                         line: int, what: str) -> None:
+    text = _SW_LAN.format(extra="").replace(old, new)
+    if "host: h1" in new:
+        text = text.replace("nodes:\n", "hosts:\n  h1: {address: 198.18.1.1}\nnodes:\n")
+        line += 2
+    with pytest.raises(TopologyError) as err:
+        load_topology(_lab(tmp_path, text))
+    assert f"lab.yaml:{line}: node 'sw'" in str(err.value) and what in str(err.value), \
+        str(err.value)
