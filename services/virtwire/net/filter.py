@@ -27,6 +27,18 @@ removed (``remove_filter``) at runtime. Turning a filter's status off, or
 removing it, releases what it holds. Every packet a filter drops is counted by
 cause in its ``stats`` and in its NetClient's ``stats.dropped_filter``.
 
+Batches (``NetClient.send_packets`` without a sent_cb or with ``queue_rest``,
+as hubs and links send) walk the chain together: ``filter_send_batch`` lays
+out the walk order (the sender's "tx" filters head to tail, then the
+receiver's "rx" filters tail to head) and hands the batch to each filter that
+overrides ``receive_iov_batch`` (netem, dump) at once; runs of filters that do
+not are walked frame by frame together, so what they see, and in what order,
+is what single sends give them. A filter that hands a frame on synchronously
+during the walk (``pass_to_next``: a netem duplicate or corrupted frame) puts
+it in the batch where a single send would have delivered it, and it goes on
+with no sent_cb. The surviving frames reach the receiver's incoming_queue in
+one ``send_batch``. See docs/filters.md.
+
 Filters with timers take a ``Scheduler`` (an asyncio loop is one: its
 ``time`` and ``call_later``); tests pass a manual clock.
 """
@@ -48,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_FILTERS",
+    "FilterBatch",
     "FilterContext",
     "FilterDirection",
     "FilterStats",
@@ -56,6 +69,7 @@ __all__ = [
     "TimerHandle",
     "check_filter_id",
     "filter_send",
+    "filter_send_batch",
 ]
 
 #: Filters one NetClient takes; one more is refused (LimitError) and counted.
@@ -133,6 +147,57 @@ def parse_status(value: str | bool) -> bool:
     raise ConfigError(f"filter status {value!r} is not on or off")
 
 
+class FilterBatch:
+    """Frames walking a filter chain together, in order; ``handed[i]`` is True
+    for a frame a filter handed on during the walk (pass_to_next) rather than
+    one the sender sent (None: there are none). ``passed`` counts, for the
+    filter that built this batch from another, the frames of that other it
+    passed on (the rest it took)."""
+
+    __slots__ = ("frames", "handed", "passed")
+
+    def __init__(self, frames: list[bytes] | None = None) -> None:
+        self.frames: list[bytes] = [] if frames is None else frames
+        self.handed: list[bool] | None = None
+        self.passed = 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def add(self, data: bytes, handed: bool = False) -> None:
+        """Append a frame; ``handed``: one a filter handed on."""
+        if handed and self.handed is None:
+            self.handed = [False] * len(self.frames)
+        self.frames.append(data)
+        if self.handed is not None:
+            self.handed.append(handed)
+
+    def pass_on(self, source: FilterBatch, i: int) -> None:
+        """Frame ``i`` of ``source`` passes on (it keeps its mark)."""
+        self.add(source.frames[i], source.handed is not None and source.handed[i])
+        self.passed += 1
+
+    @property
+    def handed_count(self) -> int:
+        return sum(self.handed) if self.handed is not None else 0
+
+
+#: A walk order: each filter with the direction it sees the packets in.
+_Order = list[tuple["NetFilter", FilterDirection]]
+
+
+class _Collect:
+    """A batch walk in progress over ``run`` (part of a walk order): where
+    ``pass_to_next`` from one of its filters, for ``sender``, puts a frame."""
+
+    __slots__ = ("out", "run", "sender")
+
+    def __init__(self, run: _Order, sender: NetClient, out: FilterBatch) -> None:
+        self.run = run
+        self.sender = sender
+        self.out = out
+
+
 @dataclass
 class FilterContext:
     """What a service gives its filters. It comes only from the service's own
@@ -153,8 +218,12 @@ class NetFilter:
 
     Subclasses override ``filter_receive`` (NetFilterClass.receive_iov), and
     ``release`` and ``cleanup`` if they hold packets, and declare the
-    properties they take in ``PROPERTIES`` (parsed by ``configure``).
+    properties they take in ``PROPERTIES`` (parsed by ``configure``). Those
+    for which a whole batch is cheaper override ``receive_iov_batch`` too.
     """
+
+    #: Set while a batch walk runs over this filter (see ``pass_to_next``).
+    _collect: _Collect | None = None
 
     #: The filter type, e.g. "dump", "buffer", "mirror", "netem".
     kind: ClassVar[str] = "generic"
@@ -181,6 +250,22 @@ class NetFilter:
                        data: bytes) -> int:
         """0: pass ``data`` on; len(data): taken (hand it on later or drop it)."""
         return 0
+
+    def receive_iov_batch(self, direction: FilterDirection, sender: NetClient, flags: int,
+                          batch: FilterBatch) -> FilterBatch:
+        """``filter_receive`` for a whole batch: the frames to pass on, in
+        order (``batch`` itself when every frame passes unchanged), their
+        ``passed`` counted. This default hands each frame to
+        ``filter_receive``; a frame it hands on meanwhile (``pass_to_next``)
+        lands in the result where a single send would have delivered it.
+        The walk counts seen/passed/taken."""
+        collect = self._collect
+        out = collect.out if collect is not None else FilterBatch()
+        receive = self.filter_receive
+        for i, data in enumerate(batch.frames):
+            if not receive(direction, sender, flags, data):
+                out.pass_on(batch, i)
+        return out
 
     def release(self) -> None:
         """Hand on everything held now (status off, removal)."""
@@ -280,6 +365,16 @@ class NetFilter:
             direction = self.resolved_direction(sender)
         if direction is FilterDirection.ALL:
             raise ValueError("pass_to_next needs a direction")
+        collect = self._collect
+        if collect is not None and collect.sender is sender:
+            # Inside a batch walk over us: on through the rest of its run, then
+            # into the batch, where a single send would have delivered it.
+            for at, (nf, d) in enumerate(collect.run):
+                if nf is self and d is direction:
+                    ret = _walk_frame(collect.run[at + 1:], sender, flags, data)
+                    if not ret:
+                        collect.out.add(data, True)
+                    return ret
         chain = netdev.filters
         try:
             at = chain.index(self)
@@ -300,6 +395,130 @@ class NetFilter:
         if ret:
             return ret
         return receiver.incoming_queue.send(sender, flags, data, None)
+
+
+    def pass_batch_to_next(self, sender: NetClient | None, flags: int, frames: list[bytes],
+                           direction: FilterDirection | None = None) -> None:
+        """``pass_to_next`` for each of ``frames`` (one sender), in order, as one
+        batch: the rest of the walk as ``filter_send_batch`` does it, then one
+        ``send_batch`` (no sent_cb) to the receiver's incoming_queue."""
+        netdev = self.netdev
+        if not frames:
+            return
+        if netdev is None or sender is None or self._collect is not None:
+            for data in frames:
+                self.pass_to_next(sender, flags, data, direction)
+            return
+        if direction is None:
+            direction = self.resolved_direction(sender)
+        if direction is FilterDirection.ALL:
+            raise ValueError("pass_batch_to_next needs a direction")
+        chain = netdev.filters
+        try:
+            at = chain.index(self)
+        except ValueError:  # removed while it held the packets: walk the whole chain
+            at = -1 if direction is FilterDirection.TX else len(chain)
+        if direction is FilterDirection.TX:
+            receiver = sender.peer
+            if receiver is None:
+                # As pass_to_next: the sender's later filters still see them.
+                for data in frames:
+                    self.pass_to_next(sender, flags, data, direction)
+                return
+            order = _order(chain[at + 1:], FilterDirection.TX)
+            order += _order(receiver.filters[::-1], FilterDirection.RX)
+        else:
+            receiver = netdev
+            order = _order(chain[:max(at, 0)][::-1], FilterDirection.RX)
+        batch = _walk_batch(order, sender, flags, FilterBatch(frames))
+        if batch.frames:
+            receiver.incoming_queue.send_batch(sender, batch.frames, None)
+
+
+def _order(filters: list[NetFilter], direction: FilterDirection) -> _Order:
+    """Of ``filters`` (in walk order), those that are on and see ``direction``."""
+    return [(nf, direction) for nf in filters if nf.status and nf.direction.sees(direction)]
+
+
+def _batches(nf: NetFilter) -> bool:
+    """Whether ``nf`` takes batches at once (overrides receive_iov_batch)."""
+    return type(nf).receive_iov_batch is not NetFilter.receive_iov_batch
+
+
+def _walk_frame(run: _Order, sender: NetClient, flags: int, data: bytes) -> int:
+    """``_walk`` over a walk order that is already filtered."""
+    for nf, direction in run:
+        stats = nf.stats
+        stats.seen += 1
+        ret = nf.filter_receive(direction, sender, flags, data)
+        if ret:
+            stats.taken += 1
+            return ret
+        stats.passed += 1
+    return 0
+
+
+def _walk_batch(order: _Order, sender: NetClient, flags: int, batch: FilterBatch) -> FilterBatch:
+    """``batch`` through the filters of ``order``: a filter that overrides
+    receive_iov_batch gets it whole; each run of filters that do not is
+    walked frame by frame (each frame through the whole run before the next
+    one, as single sends go). Returns what passed all of them."""
+    i = 0
+    n_order = len(order)
+    while i < n_order and batch.frames:
+        nf, direction = order[i]
+        if _batches(nf):
+            run = order[i:i + 1]
+            i += 1
+        else:
+            j = i + 1
+            while j < n_order and not _batches(order[j][0]):
+                j += 1
+            run = order[i:j]
+            i = j
+        out = FilterBatch()
+        collect = _Collect(run, sender, out)
+        saved = [f._collect for f, _ in run]
+        for f, _ in run:
+            f._collect = collect
+        try:
+            if len(run) == 1 and _batches(nf):
+                n = len(batch.frames)
+                result = nf.receive_iov_batch(direction, sender, flags, batch)
+                passed = n if result is batch else result.passed
+                if result is not out and out.frames:
+                    # Frames handed on meanwhile into a batch the filter did not
+                    # build on: they go first (they were handed on before it ended).
+                    for k in range(len(result.frames)):
+                        out.pass_on(result, k)
+                    result = out
+                stats = nf.stats
+                stats.seen += n
+                stats.passed += passed
+                stats.taken += n - passed
+                result.passed = 0
+                batch = result
+            else:
+                for k, data in enumerate(batch.frames):
+                    if not _walk_frame(run, sender, flags, data):
+                        out.pass_on(batch, k)
+                out.passed = 0
+                batch = out
+        finally:
+            for (f, _), old in zip(run, saved, strict=True):
+                f._collect = old
+    return batch
+
+
+def filter_send_batch(sender: NetClient, receiver: NetClient, flags: int,
+                      frames: list[bytes]) -> FilterBatch:
+    """Steps 1 and 2 of a send, for a batch: what goes on to the receiver's
+    incoming_queue (frames the filters took are gone; frames they handed on
+    meanwhile are marked ``handed``)."""
+    order = _order(sender.filters, FilterDirection.TX) if sender.filters else []
+    if receiver.filters:
+        order += _order(receiver.filters[::-1], FilterDirection.RX)
+    return _walk_batch(order, sender, flags, FilterBatch(frames))
 
 
 def _walk(filters: list[NetFilter], direction: FilterDirection, sender: NetClient,

@@ -155,7 +155,7 @@ class NetClient(FilterChain):
         if frames and max(map(len, frames)) > NET_BUFSIZE:
             return self._send_one_by_one(frames, sent_cb, queue_rest)
         if self.filters or peer.filters:
-            if sent_cb is None or queue_rest:
+            if len(frames) > 1 and (sent_cb is None or queue_rest):
                 return self._send_filtered(peer, frames, sent_cb)
             return self._send_one_by_one(frames, sent_cb, queue_rest)
         taken = peer.incoming_queue.send_batch(self, frames, sent_cb, queue_rest)

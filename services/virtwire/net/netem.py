@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from virtwire.errors import ConfigError
 from virtwire.net import units
-from virtwire.net.filter import FilterDirection, NetFilter, TimerHandle
+from virtwire.net.filter import FilterBatch, FilterDirection, NetFilter, TimerHandle
 from virtwire.net.filter_types import register_filter_type
 
 if TYPE_CHECKING:
@@ -145,6 +145,13 @@ class NetemConfig:
     def timed(self) -> bool:
         """Whether frames wait at all (else, with nothing held, they go at once)."""
         return bool(self.delay or self.jitter or self.rate)
+
+    @property
+    def idle(self) -> bool:
+        """Whether netem does nothing to a frame (and draws nothing for it):
+        with nothing held, every frame passes on unchanged."""
+        return (self.loss_model == "random" and not self.loss and not self.duplicate
+                and not self.corrupt and not self.reorder and not self.timed)
 
 
 _DEFAULTS = NetemConfig()
@@ -279,6 +286,8 @@ class Netem(NetFilter):
     def __init__(self, fid: str, **kw: Any) -> None:
         super().__init__(fid, **kw)
         self.config = dataclasses.replace(_DEFAULTS, seed=secrets.randbits(64))
+        #: config.idle, kept for the batch path.
+        self._idle = self.config.idle
         self._streams = _Streams(self.config.seed)
         self._lanes = {d: _Lane(d) for d in (FilterDirection.TX, FilterDirection.RX)}
         #: Gilbert-Elliott: in the bad state; 4-state model: the state (1-4).
@@ -379,6 +388,7 @@ class Netem(NetFilter):
             return
         new: NetemConfig = parsed["config"]
         old, self.config = self.config, new
+        self._idle = new.idle
         if new.seed != old.seed:
             self._streams = _Streams(new.seed)
             self._ge_bad, self._state = False, 1
@@ -435,6 +445,21 @@ class Netem(NetFilter):
                        data: bytes) -> int:
         lane = self._lanes[direction]
         return 0 if self._enqueue(lane, sender, flags, data, True) else len(data)
+
+    def receive_iov_batch(self, direction: FilterDirection, sender: NetClient, flags: int,
+                          batch: FilterBatch) -> FilterBatch:
+        """A batch: untouched when netem is idle and holds nothing, else each
+        frame through ``_enqueue`` in order, as single sends."""
+        lane = self._lanes[direction]
+        if self._idle and not lane.held:
+            return batch
+        collect = self._collect
+        out = collect.out if collect is not None else FilterBatch()
+        enqueue = self._enqueue
+        for i, data in enumerate(batch.frames):
+            if enqueue(lane, sender, flags, data, True):
+                out.pass_on(batch, i)
+        return out
 
     def _enqueue(self, lane: _Lane, sender: NetClient, flags: int, data: bytes,
                  first: bool) -> bool:
@@ -559,12 +584,20 @@ class Netem(NetFilter):
         """Hand on the frames that are due, at most RELEASE_BATCH of them."""
         lane.timer = None
         now = self.now()
-        for _ in range(RELEASE_BATCH):
-            held = lane.held  # afresh: a frame handed on may release or remove us
-            if not held or held[0][0] > now + _EARLY:
-                break
-            _, sender, flags, data = held.popleft()
-            self._hand_on(lane, sender, flags, data)
+        held = lane.held
+        due: list[_Held] = []
+        while held and len(due) < RELEASE_BATCH and held[0][0] <= now + _EARLY:
+            due.append(held.popleft())
+        # Each run of one sender's frames goes on as one batch, in order.
+        i, n = 0, len(due)
+        while i < n:
+            _, sender, flags, _ = due[i]
+            j = i + 1
+            while j < n and due[j][1] is sender and due[j][2] == flags:
+                j += 1
+            self.stats.released += j - i
+            self.pass_batch_to_next(sender, flags, [h[3] for h in due[i:j]], lane.direction)
+            i = j
         self._arm(lane, now)
 
     def _hand_on(self, lane: _Lane, sender: NetClient, flags: int, data: bytes) -> None:
