@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from statistics import NormalDist, fmean, pstdev
 
@@ -17,7 +16,7 @@ from virtwire.net.filter_types import FILTER_TYPES, FilterSpec, new_filter
 from virtwire.net.net import NetClient
 from virtwire.net.netem import DEFAULT_LIMIT, RELEASE_BATCH, Netem
 
-Z99 = NormalDist().inv_cdf(0.995)
+from support.binomial import within_binomial_99
 
 
 class Handle:
@@ -119,11 +118,6 @@ class Rig:
         for t, data in self.b.got:
             out.setdefault(index(data), t - times[index(data)])
         return out
-
-
-def within_binomial_99(count: int, n: int, p: float) -> bool:
-    half = Z99 * math.sqrt(n * p * (1 - p))
-    return n * p - half <= count <= n * p + half
 
 
 def test_registered_and_built_from_a_filter_spec() -> None:
@@ -440,6 +434,29 @@ def test_the_same_seed_repeats_a_run_frame_for_frame() -> None:
     assert first == _run({**_BUSY, "seed": "42"})
     assert first != _run({**_BUSY, "seed": "43"})
     assert first[1]["loss"] > 0
+
+
+def test_setting_the_same_seed_again_starts_the_draws_afresh() -> None:
+    """docs/filters.md: setting seed on a running netem starts its draws afresh,
+    also when it is the seed in use (`virtwire netem set --seed 42` twice)."""
+    rig = Rig({"loss": "30%", "seed": "42"})
+
+    def lost_in_next(n: int) -> list[int]:
+        start = rig.netem.stats.seen
+        before = {index(d) for d in rig.b.frames}
+        for i in range(start, start + n):
+            rig.a.send_packet(frame(i))
+        arrived = {index(d) for d in rig.b.frames} - before
+        return [i - start for i in range(start, start + n) if i not in arrived]
+
+    first = lost_in_next(200)
+    assert within_binomial_99(len(first), 200, 0.3), first
+    rig.netem.configure({"seed": "42"})
+    assert lost_in_next(200) == first
+    rig.netem.configure({"loss": "30%"})  # no seed given: the draws go on
+    assert lost_in_next(200) != first
+    rig.netem.configure({"loss": "30%", "seed": "43"})
+    assert lost_in_next(200) != first
 
 
 def test_without_a_seed_one_is_chosen_and_listed() -> None:

@@ -318,7 +318,8 @@ class Netem(NetFilter):
         self._check(new, what)
         if new.timed:
             self.require_scheduler()  # ConfigError now, not at the first frame
-        return {"config": new}
+        # A seed given, even the one in use, starts the draws afresh (docs/filters.md).
+        return {"config": new, "reseed": "seed" in values}
 
     @staticmethod
     def _parse_one(name: str, text: str, what: str) -> Any:
@@ -389,7 +390,7 @@ class Netem(NetFilter):
         new: NetemConfig = parsed["config"]
         old, self.config = self.config, new
         self._idle = new.idle
-        if new.seed != old.seed:
+        if parsed.get("reseed") or new.seed != old.seed:
             self._streams = _Streams(new.seed)
             self._ge_bad, self._state = False, 1
         elif new.loss_model != old.loss_model:
