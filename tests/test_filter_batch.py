@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_filter import Log as IdLog
 
 from virtwire.net.filter import FilterContext, FilterDirection, NetFilter
 from virtwire.net.filter_dump import FilterDump
@@ -79,14 +80,9 @@ class Sink(NetClient):
         return max(0, self.accept - len(self.got))
 
 
-class Log(NetFilter):
-    """Keeps the per-frame default: records what it sees in a shared log."""
-
-    kind = "log"
-
-    def __init__(self, fid: str, log: list[str], **kw: Any) -> None:
-        super().__init__(fid, **kw)
-        self.log = log
+class Log(IdLog):
+    """Keeps the per-frame default: logs each frame it sees (id, direction,
+    the frame's first two bytes) in a shared log."""
 
     def filter_receive(self, direction: FilterDirection, sender: NetClient, flags: int,
                        data: bytes) -> int:

@@ -376,10 +376,7 @@ class NetFilter:
                         collect.out.add(data, True)
                     return ret
         chain = netdev.filters
-        try:
-            at = chain.index(self)
-        except ValueError:  # removed while it held the packet: walk the whole chain
-            at = -1 if direction is FilterDirection.TX else len(chain)
+        at = self._position(chain, direction)
         if direction is FilterDirection.TX:
             ret = _walk(chain[at + 1:], FilterDirection.TX, sender, flags, data)
             if ret:
@@ -396,6 +393,14 @@ class NetFilter:
             return ret
         return receiver.incoming_queue.send(sender, flags, data, None)
 
+    def _position(self, chain: list[NetFilter], direction: FilterDirection) -> int:
+        """Our index in ``chain``, where a hand-on resumes after; if we were
+        removed while holding packets, the end they were going from (the
+        whole chain is walked)."""
+        try:
+            return chain.index(self)
+        except ValueError:
+            return -1 if direction is FilterDirection.TX else len(chain)
 
     def pass_batch_to_next(self, sender: NetClient | None, flags: int, frames: list[bytes],
                            direction: FilterDirection | None = None) -> None:
@@ -414,10 +419,7 @@ class NetFilter:
         if direction is FilterDirection.ALL:
             raise ValueError("pass_batch_to_next needs a direction")
         chain = netdev.filters
-        try:
-            at = chain.index(self)
-        except ValueError:  # removed while it held the packets: walk the whole chain
-            at = -1 if direction is FilterDirection.TX else len(chain)
+        at = self._position(chain, direction)
         if direction is FilterDirection.TX:
             receiver = sender.peer
             if receiver is None:
