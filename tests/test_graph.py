@@ -144,10 +144,10 @@ def test_svg_is_xml_naming_every_node(example: Path, tmp_path: Path) -> None:
     root = ET.parse(out).getroot()
     ns = "{http://www.w3.org/2000/svg}"
     assert root.tag == f"{ns}svg"
-    groups = {g.get("class"): [] for g in root.iter(f"{ns}g")}
+    groups: dict[str | None, list[str]] = {g.get("class"): [] for g in root.iter(f"{ns}g")}
     for g in root.iter(f"{ns}g"):
         title = g.find(f"{ns}title")
-        groups[g.get("class")].append(title.text if title is not None else "")
+        groups[g.get("class")].append(title.text or "" if title is not None else "")
     assert sorted(groups["node"]) == sorted(topo.nodes)
     assert len(groups["edge"]) == len(topo.links)
     texts = {t.text for t in root.iter(f"{ns}text")}
@@ -252,15 +252,22 @@ def test_a_running_lans_link_set_down_is_drawn_down(lan: dict[str, str],
     assert "style=solid" in edges["vm2"], edges["vm2"]
 
 
+def _sent(edge: str) -> int:
+    """The frames the hub sent qemu0, as its link's label says."""
+    found = re.search(r"hub0→qemu0 (\d+) frames", edge)
+    assert found, edge
+    return int(found.group(1))
+
+
 def test_a_running_lans_links_carry_their_traffic(lan: dict[str, str]) -> None:
     """With one sample, totals: what the hub sent each port since the LAN came up."""
     before = _edge_lines(cli("graph", "-o", "-", "--format", "dot", "--interval", "0",
                              env=lan).stdout)
-    sent = int(re.search(r"hub0→qemu0 (\d+) frames", before["qemu0"]).group(1))
+    sent = _sent(before["qemu0"])
     cli("inject", "hub0:hub0port1", "--hex", frame(0, 60).hex(), "--repeat", "50", env=lan)
     after = _edge_lines(cli("graph", "-o", "-", "--format", "dot", "--interval", "0",
                             env=lan).stdout)
-    now = int(re.search(r"hub0→qemu0 (\d+) frames", after["qemu0"]).group(1))
+    now = _sent(after["qemu0"])
     assert now - sent == 50, after["qemu0"]
 
 
@@ -270,6 +277,6 @@ def test_a_running_lans_svg_names_every_node(lan: dict[str, str], tmp_path: Path
     cli("graph", "--interval", "0", "-o", str(out), env=lan)
     ns = "{http://www.w3.org/2000/svg}"
     root = ET.parse(out).getroot()
-    titles = sorted((g.find(f"{ns}title").text or "") for g in root.iter(f"{ns}g")
-                    if g.get("class") == "node")
+    titles = sorted(getattr(g.find(f"{ns}title"), "text", "") or ""
+                    for g in root.iter(f"{ns}g") if g.get("class") == "node")
     assert titles == ["hub0", "qemu0", "vm1", "vm2"]

@@ -56,14 +56,21 @@ def sorted_rows(before: Sample, after: Sample) -> list[tuple[tuple[str, str], Ra
     return sorted(moved.items(), key=lambda kv: (-kv[1].fps, -kv[1].drops_ps, kv[0]))
 
 
+def _clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
 def _num(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if value else "0"
 
 
-def build_table(name: str, before: Sample, after: Sample, *, live: bool = False) -> Table:
-    """The table for the interval between two samples (``live``: says how to quit)."""
+def build_table(name: str, before: Sample, after: Sample, *, live: bool = False,
+                clock: str = "") -> Table:
+    """The table for the interval between two samples, taken at wall-clock time
+    ``clock`` (HH:MM:SS, "" for none); ``live``: it says how to quit."""
     seconds = after.at - before.at
-    table = Table(title=f"LAN {name}: rates over {seconds:.1f} s"
+    at = f" at {clock}" if clock else ""
+    table = Table(title=f"LAN {name}{at}: rates over {seconds:.1f} s"
                   + (" (q or Ctrl-C quits)" if live else ""), title_justify="left")
     for col in ("NODE", "NETCLIENT", "LINK"):
         table.add_column(col, no_wrap=True)
@@ -134,7 +141,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
             while count is None or shown < count:
                 await asyncio.sleep(args.interval)
                 after = await take_sample(stub)
-                console.print(build_table(name, before, after))
+                console.print(build_table(name, before, after, clock=_clock()))
                 before, shown = after, shown + 1
             return EXIT_OK
         return await _live(console, stub, name, before, args.interval)
@@ -154,7 +161,8 @@ async def _live(console: Console, stub: orchestrator_pb2_grpc.OrchestratorServic
                                           screen=False, transient=False) as live:
             while not await _wait(quit_event, interval):
                 after = await take_sample(stub)
-                live.update(build_table(name, before, after, live=True), refresh=True)
+                live.update(build_table(name, before, after, live=True, clock=_clock()),
+                            refresh=True)
                 before = after
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
