@@ -426,18 +426,24 @@ class VdeHubPeer(ProcPeer):
     """
 
     def __init__(
-        self, attach: Literal["native", "vde_plug"] = "native", switch: str = "vde_switch"
+        self, attach: Literal["native", "vde_plug"] = "native", switch: str = "vde_switch",
+        hub: bool = True,
     ) -> None:
         super().__init__()
         self.attach = attach
         self.switch = switch
+        #: False: vde_switch as a learning switch (no --hub), for bench/switchbench.py.
+        self.hub = hub
         self.name = "vde" if attach == "native" else "vde_plug"
+        if not hub:
+            self.name += "-switch"
 
     async def start(self) -> tuple[Endpoint, Endpoint]:
         tmp = self.mktemp()
         swdir = os.path.join(tmp, "sw")
         # vde_switch in the foreground exits on EOF of stdin: hold a pipe open.
-        sw = await self.spawn(self.switch, "--hub", "--sock", swdir, stdin=asyncio.subprocess.PIPE)
+        mode = ["--hub"] if self.hub else []
+        sw = await self.spawn(self.switch, *mode, "--sock", swdir, stdin=asyncio.subprocess.PIPE)
         await wait_paths([os.path.join(swdir, "ctl")], [sw], 10.0)
         if self.attach == "native":
             return Endpoint("vde", swdir, framing="dgram"), Endpoint("vde", swdir, framing="dgram")
@@ -466,14 +472,18 @@ class VirtwireHubPeer(ProcPeer):
     e.g. ``--object filter-...`` and ``--dump-dir``; ``hub_ports``: the hub
     creates these two named ports (``--port``) and backend a dials the first,
     b the second, so an ``--object`` can name them (else new unnamed ports).
+    ``hub_kind``: ``switch`` runs `serve switch` (the learning switch) in the
+    hub's place, with the same ports (bench/switchbench.py).
     """
 
     def __init__(self, taps: int = 1, secure: bool = False,
                  link_transport: str | None = None,
                  serve_args: Mapping[str, Sequence[str]] | None = None,
-                 hub_ports: tuple[str, str] | None = None, name: str = "") -> None:
+                 hub_ports: tuple[str, str] | None = None, name: str = "",
+                 hub_kind: str = "hub") -> None:
         super().__init__()
         self.taps = taps
+        self.hub_kind = hub_kind
         self.serve_args = {k: list(v) for k, v in (serve_args or {}).items()}
         self.hub_ports = hub_ports
         #: (kind, gRPC address) of every service started, in order.
@@ -513,7 +523,7 @@ class VirtwireHubPeer(ProcPeer):
 
             self.tls_args = benchtls.service_args(benchtls.make_pki(pathlib.Path(tmp, "pki")))
         ports = list(self.hub_ports or ("", ""))
-        hub = await self._serve("hub", *(a for p in ports if p for a in ("--port", p)))
+        hub = await self._serve(self.hub_kind, *(a for p in ports if p for a in ("--port", p)))
         socks = [os.path.join(tmp, "a"), os.path.join(tmp, "b")]
         backends = [["--backend", f"stream,listen=unix:{path}", "--peer", f"{hub}/{port}"]
                     for path, port in zip(socks, ports, strict=True)]

@@ -11,6 +11,9 @@
 - filters: the virtwire hub hop with no filter, an idle netem, an active
   netem (delay, loss) and a dump on one hub port: CPU µs per frame, frames/s,
   the delta to no filter and loss (bench/filterbench.py);
+- switch: the learning switch's hop (bench/switchbench.py) against
+  ``vde_switch`` without ``--hub`` in the same run, flooding and learned
+  unicast, with virtwire's hub as baseline: frames/s, CPU µs per frame, loss;
 - lan: `virtwire ping vm1 vm2` on the default LAN at 10, 100 and 1000/s
   (bench/lanbench.py);
 - dma: guest-memory DMA (dma_bench);
@@ -42,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from report import load_figures, load_note
 
-PARTS = ("hub", "filters", "lan", "dma", "guest", "iperf", "vm")
+PARTS = ("hub", "filters", "switch", "lan", "dma", "guest", "iperf", "vm")
 
 
 def _parts(text: str) -> list[str]:
@@ -65,6 +68,11 @@ def run_part(name: str, quick: bool) -> dict[str, Any]:
 
         print("\n## Net filters on the hub hop: none, idle and active netem, dump\n", flush=True)
         return filterbench.run(quick=quick)
+    if name == "switch":
+        import switchbench
+
+        print("\n## Switch hop: stream -> switch -> stream, against vde_switch\n", flush=True)
+        return switchbench.run(quick=quick)
     if name == "lan":
         import lanbench
 

@@ -423,3 +423,43 @@ def test_bad_switch_settings_are_reported_with_their_line(tmp_path: Path, old: s
         load_topology(_lab(tmp_path, text))
     assert f"lab.yaml:{line}: node 'sw'" in str(err.value) and what in str(err.value), \
         str(err.value)
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+def _mixed() -> list[bytes]:
+    return [frame(BCAST, A), frame(BCAST, B), frame(B, A), tagged(BCAST, C, 20),
+            frame(A, C), frame(A, B), b"\x00" * 8, frame(MCAST, A), frame(C, A)]
+
+
+def test_a_batch_switches_as_the_same_frames_one_by_one() -> None:
+    """The batch path (send_packets: each destination port gets its frames in
+    one send, in order) ends as single sends do: same frames at every port,
+    same table, same counters."""
+    def rig() -> Rig:
+        r = Rig(*access(1, 1), PortVlans.trunked([1, 20]), PortVlans.access(1))
+        r.sw.set_mirror("p3")
+        return r
+
+    one, batch = rig(), rig()
+    for data in _mixed():
+        one.devs[0].send_packet(data)
+    assert batch.devs[0].send_packets(_mixed()) == len(_mixed())
+    assert batch.got() == one.got()
+    assert [(e.mac, e.vlan, e.port) for e in batch.sw.table()] == \
+        [(e.mac, e.vlan, e.port) for e in one.sw.table()]
+    for a, b in zip(one.ports, batch.ports, strict=True):
+        assert a.switch_stats == b.switch_stats
+        assert a.stats == b.stats
+
+
+def test_a_batch_stops_where_no_target_can_take_more() -> None:
+    r = Rig(*access(1, 1))
+    r.devs[1].ready = False
+    frames = [frame(BCAST, A)] * 3
+    assert r.devs[0].send_packets(frames) == 0  # all queued at p0
+    assert len(r.ports[0].incoming_queue) == 3
+    r.devs[1].ready = True
+    r.devs[1].flush_queued_packets()
+    assert r.got() == [[], frames]
