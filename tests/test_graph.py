@@ -274,7 +274,9 @@ def test_a_running_lans_links_carry_their_traffic(lan: dict[str, str]) -> None:
 @needs_dot
 def test_a_running_lans_svg_names_every_node(lan: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "live.svg"
-    cli("graph", "--interval", "0", "-o", str(out), env=lan)
+    cli("graph", "--lan", "default", "--interval", "0", "-o", str(out), env=lan)
+    got = cli("graph", "other", "--lan", "default", "-o", str(out), env=lan, ok=(2,))
+    assert "two LANs named" in got.stderr
     ns = "{http://www.w3.org/2000/svg}"
     root = ET.parse(out).getroot()
     titles = sorted(getattr(g.find(f"{ns}title"), "text", "") or ""

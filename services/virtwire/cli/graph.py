@@ -45,6 +45,8 @@ from virtwire.topology import Endpoint, HubNode, Link, TapNode, Topology, VmNode
 FORMATS = ("svg", "png", "dot", "mmd")
 #: Graphviz's layout program (Debian: graphviz); looked up on PATH only.
 DOT_PROGRAM = "dot"
+#: The longest --interval between a running LAN's two samples.
+MAX_INTERVAL_S = 600.0
 #: How long dot may take to lay out a LAN.
 DOT_TIMEOUT_S = 60.0
 
@@ -381,8 +383,9 @@ async def _lan_graph(lan: str | None, interval: float) -> Graph:
     from virtwire.cli.top import take_sample
 
     state = read_state(lan)
-    if not state.source or not Path(state.source).is_absolute() \
-            or not Path(state.source).is_file():
+    # `up --detach` records the file's absolute path; a foreground `up` the path it was
+    # given, which is found from the same directory. Either way the LAN's name must match.
+    if not state.source or not Path(state.source).is_file():
         raise NotFoundError(f"LAN {state.name!r}: its topology file {state.source!r} is not "
                             "here to read (run 'virtwire graph FILE' on the file it was "
                             "started from)")
@@ -402,7 +405,13 @@ async def _lan_graph(lan: str | None, interval: float) -> Graph:
 
 async def cmd_graph(args: argparse.Namespace) -> int:
     fmt = output_format(args.output, args.format)
-    if args.target is not None and _is_file(args.target):
+    if not 0 <= args.interval <= MAX_INTERVAL_S:
+        raise ConfigError(f"--interval must be 0 to {MAX_INTERVAL_S:.0f} s")
+    if args.lan is not None:
+        if args.target is not None and args.target != args.lan:
+            raise ConfigError(f"two LANs named: {args.target} and --lan {args.lan}")
+        graph = await _lan_graph(args.lan, args.interval)
+    elif args.target is not None and _is_file(args.target):
         topo = await asyncio.to_thread(load_topology, args.target)  # FILE:LINE errors
         for warning in topo.warnings:
             print(warning, file=sys.stderr)
@@ -435,6 +444,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     g.set_defaults(verb=cmd_graph)
     g.add_argument("target", nargs="?", metavar="FILE|LAN",
                    help="a topology file, or a running LAN (default: the only one running)")
+    g.add_argument("--lan", help="the running LAN, as LAN (when several run)")
     g.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="where to write: OUT.svg, .png, .dot or .mmd ('-': stdout)")
     g.add_argument("--format", choices=FORMATS, help="the format, instead of OUT's suffix")
