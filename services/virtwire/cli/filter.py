@@ -18,27 +18,13 @@ from virtwire import tls
 from virtwire.address import parse_peer, parse_sockaddr
 from virtwire.cli import lan
 from virtwire.cli.exitcode import EXIT_OK
-from virtwire.cli.format import LAN_ORCHESTRATOR, format_json, format_table
+from virtwire.cli.filtertable import QUEUES, format_filters, queue_word, status_word
+from virtwire.cli.format import LAN_ORCHESTRATOR, format_json
 from virtwire.errors import ConfigError
 from virtwire.rpc.status import translated
 from virtwire.v1 import filter_pb2, filter_pb2_grpc
 
 RPC_TIMEOUT_S = 10.0
-
-QUEUES = {"all": filter_pb2.FILTER_DIRECTION_ALL, "rx": filter_pb2.FILTER_DIRECTION_RX,
-          "tx": filter_pb2.FILTER_DIRECTION_TX}
-_QUEUE_WORD = {**{v: k for k, v in QUEUES.items()},
-               filter_pb2.FILTER_DIRECTION_UNSPECIFIED: "all"}
-
-
-def queue_word(direction: int) -> str:
-    word: str = _QUEUE_WORD.get(direction, "?")  # type: ignore[call-overload]
-    return word
-
-
-def status_word(status: int) -> str:
-    return "off" if status == filter_pb2.FILTER_STATUS_OFF else "on"
-
 
 @dataclass
 class FilterClient:
@@ -126,24 +112,6 @@ def parse_props(items: Sequence[str]) -> dict[str, str]:
             raise ConfigError(f"property {key} given twice")
         props[key] = value
     return props
-
-
-def format_props(props: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(props.items())) or "-"
-
-
-def format_filters(filters: Sequence[filter_pb2.FilterInfo]) -> str:
-    """The table of `filter ls`: one filter a row, each NetClient's head first."""
-    rows = [("NETCLIENT", "ID", "KIND", "QUEUE", "STATUS", "PROPS", "SEEN", "PASSED",
-             "TAKEN", "DROPPED")]
-    for f in filters:
-        c = f.counters
-        dropped = str(c.dropped_total)
-        if c.dropped:
-            dropped += " (" + ", ".join(f"{k} {v}" for k, v in sorted(c.dropped.items())) + ")"
-        rows.append((f.netclient, f.id, f.kind, queue_word(f.direction), status_word(f.status),
-                     format_props(f.props), str(c.seen), str(c.passed), str(c.taken), dropped))
-    return format_table(rows)
 
 
 # -- the verbs ------------------------------------------------------------------------

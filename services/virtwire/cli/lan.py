@@ -23,6 +23,7 @@ import grpc
 
 from virtwire import tls
 from virtwire.cli.exitcode import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from virtwire.cli.filtertable import format_filters as format_filter_infos
 from virtwire.cli.format import (
     LAN_ORCHESTRATOR,
     format_json,
@@ -278,7 +279,6 @@ async def _filters_table(state: LanState) -> str:
     """The LAN's filters (the orchestrator's ListFilters, by node), as `filter ls`
     shows them; "" when there are none, or (with a note on stderr) when they
     could not be listed: status still shows the rest."""
-    from virtwire.cli.filter import format_filters
     from virtwire.v1 import filter_pb2, filter_pb2_grpc
 
     ch, _ = _stub(state)
@@ -290,7 +290,7 @@ async def _filters_table(state: LanState) -> str:
     except VirtwireError as exc:
         print(f"status: filters not listed: {exc}", file=sys.stderr)
         return ""
-    return format_filters(got.filters) if got.filters else ""
+    return format_filter_infos(got.filters) if got.filters else ""
 
 
 async def cmd_link_node(args: argparse.Namespace) -> int:

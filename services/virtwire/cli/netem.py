@@ -14,7 +14,8 @@ import argparse
 from collections.abc import Mapping, Sequence
 
 from virtwire.cli.exitcode import EXIT_OK
-from virtwire.cli.filter import FilterClient, add_target_arguments, queue_word
+from virtwire.cli.filter import FilterClient, add_target_arguments
+from virtwire.cli.filtertable import queue_word
 from virtwire.cli.format import format_json, format_table
 from virtwire.errors import ConfigError
 from virtwire.net.units import parse_rate
