@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from virtwire.cli.plantable import format_plan
 from virtwire.errors import ConfigError
 from virtwire.net.switch import PortVlans, Switch, SwitchError, SwitchPort
 from virtwire.orchestrator.plan import service_spec
@@ -386,6 +387,10 @@ def test_a_switch_node_is_planned_as_serve_switch(tmp_path: Path) -> None:
     assert ("--vlans", "a=10") in pairs and ("--vlans", "up=trunk=10,20,native=1") in pairs
     assert ("--mirror", "mon") in pairs and ("--aging", "90s") in pairs
     assert "--max-entries" not in argv  # the default is not written
+    table = format_plan(topo)  # `virtwire validate FILE`
+    row = next(line for line in table.splitlines() if line.startswith("sw "))
+    assert row.split()[1] == "switch" and "a (10), up (trunk=10,20,native=1)" in row
+    assert "mon (mirror)" in row and "aging 90s" in row
 
 
 @pytest.mark.parametrize(("ports", "line", "what"), [

@@ -43,6 +43,10 @@ def _size(size: int) -> str:
 
 def _addresses(sp: spec.ServiceSpec) -> list[str]:
     """Where the service is reached and what it is started with."""
+    if isinstance(sp, spec.SwitchServiceSpec):  # its VLANs, mirror and aging too
+        vlans = {**dict(sp.vlans), **({sp.mirror: "mirror"} if sp.mirror else {})}
+        ports = ", ".join(f"{p.name} ({vlans.get(p.name, '1')})" for p in sp.ports)
+        return [*([f"ports {ports}"] if ports else []), f"aging {sp.aging:g}s"]
     if isinstance(sp, spec.HubServiceSpec):
         return [f"ports {', '.join(port.name for port in sp.ports)}"] if sp.ports else []
     if isinstance(sp, spec.TapServiceSpec):
@@ -69,7 +73,8 @@ def format_plan(topo: Topology) -> str:
         options = _addresses(sp)
         if not isinstance(sp, spec.GuestMemServiceSpec) and sp.link_transport != "auto":
             options.append(f"link transport {sp.link_transport}")
-        rows.append((svc.name, svc.kind, svc.node, _runs_on(topo, svc),
+        # The `serve KIND` it runs: a switch node's hub service says switch.
+        rows.append((svc.name, sp.kind, svc.node, _runs_on(topo, svc),
                      ", ".join(_dials(sp)) or "-", ", ".join(options) or "-"))
     return format_table(rows)
 
