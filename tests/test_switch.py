@@ -12,7 +12,7 @@ import pytest
 
 from virtwire.cli.plantable import format_plan
 from virtwire.errors import ConfigError
-from virtwire.net.switch import PortVlans, Switch, SwitchError, SwitchPort
+from virtwire.net.switch import EXPIRE_BATCH, PortVlans, Switch, SwitchError, SwitchPort
 from virtwire.orchestrator.plan import service_spec
 from virtwire.orchestrator.spec import SwitchServiceSpec
 from virtwire.topology import SwitchNode, TopologyError, load_topology
@@ -468,3 +468,23 @@ def test_a_batch_stops_where_no_target_can_take_more() -> None:
     r.devs[1].ready = True
     r.devs[1].flush_queued_packets()
     assert r.got() == [[], frames]
+
+
+def test_a_table_that_aged_at_once_is_expired_in_bounded_steps() -> None:
+    """No data-path call removes more than EXPIRE_BATCH entries (the event loop
+    is not held); an aged entry is never used, nor listed, meanwhile."""
+    r = Rig(*access(1, 1, 1), max_entries=1000, aging=10.0)
+    for i in range(600):
+        r.send(0, frame(BCAST, bytes([2, 0, 0, 0, i >> 8, i & 0xFF])))
+    assert len(r.sw.fdb) == 600
+    r.clock.now += 11
+    assert r.sw.lookup(bytes([2, 0, 0, 0, 0, 5]), 1) is None
+    assert len(r.sw.fdb) == 600 - EXPIRE_BATCH
+    assert r.sw.table() == []
+    r.got()
+    to_aged = frame(bytes([2, 0, 0, 0, 0, 5]), B)
+    r.send(1, to_aged)  # its entry (p0) aged: flooded, not sent to p0 alone
+    assert r.got() == [[to_aged], [], [to_aged]]
+    while r.sw.expire():
+        pass
+    assert [e.mac for e in r.sw.table()] == ["02:00:00:00:00:02"]

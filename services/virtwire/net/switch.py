@@ -47,9 +47,14 @@ DEFAULT_VLAN = 1
 DEFAULT_AGING_S = 300.0
 #: MAC table entries a switch holds unless told otherwise.
 DEFAULT_MAX_ENTRIES = 4096
-#: Largest --max-entries / --aging accepted (a table, a week).
-MAX_ENTRIES_LIMIT = 1 << 20
+#: Largest --max-entries / --aging accepted: a table ListMacTable lists in one
+#: response (well under the 16 MiB message cap) and sorts off the event loop; a week.
+MAX_ENTRIES_LIMIT = 1 << 16
 AGING_MAX_S = 7 * 24 * 3600.0
+#: Entries one expire() on the data path removes at most, so that a table that
+#: aged all at once does not hold the event loop; the rest go on later calls
+#: (an aged entry is never used meanwhile: lookup checks its age).
+EXPIRE_BATCH = 256
 _TAG_LEN = 4
 _TPID = ETH_P_8021Q.to_bytes(2, "big")
 
@@ -190,6 +195,27 @@ class FdbView:
     vlan: int
     port: str
     age: float
+
+
+@dataclass(frozen=True)
+class FdbSnapshot:
+    """``Switch.snapshot``: the clock, the aging time and the entries then."""
+
+    now: float
+    aging: float
+    items: list[tuple[tuple[bytes, int], FdbEntry]]
+
+
+def table_rows(snap: FdbSnapshot, port: str = "", vlan: int = 0) -> list[FdbView]:
+    """The live entries of ``snap`` (of one port or VLAN if given) as MAC table
+    rows, by VLAN then MAC."""
+    oldest = snap.now - snap.aging
+    rows = [FdbView(format_mac(mac), vid, e.port.name, max(0.0, snap.now - e.seen))
+            for (mac, vid), e in snap.items
+            if e.seen > oldest and (not port or e.port.name == port)
+            and (not vlan or vid == vlan)]
+    rows.sort(key=lambda r: (r.vlan, r.mac))
+    return rows
 
 
 class SwitchPort(HubPort):
@@ -333,12 +359,13 @@ class Switch(Hub):
                                  if p is not port and not mine.isdisjoint(p.vlans.vlans))
 
     # -- the MAC table ---------------------------------------------------------------
-    def expire(self) -> int:
-        """Forget the entries not seen for ``aging`` seconds; how many went."""
+    def expire(self, limit: int = EXPIRE_BATCH) -> int:
+        """Forget (at most ``limit`` of) the entries not seen for ``aging``
+        seconds, oldest first; how many went."""
         oldest = self.clock() - self.aging
         fdb = self.fdb
         gone = 0
-        while fdb:
+        while fdb and gone < limit:
             key, entry = next(iter(fdb.items()))
             if entry.seen > oldest:
                 break
@@ -374,15 +401,14 @@ class Switch(Hub):
         fdb[key] = FdbEntry(port, now)
         port.switch_stats.learned += 1
 
+    def snapshot(self) -> FdbSnapshot:
+        """The table as it is now, copied in one C-level step, for ``table_rows``
+        (which may run in another thread: it only reads the copy's entries)."""
+        return FdbSnapshot(self.clock(), self.aging, list(self.fdb.items()))
+
     def table(self, port: str = "", vlan: int = 0) -> list[FdbView]:
         """The live entries (optionally of one port or VLAN), by VLAN then MAC."""
-        self.expire()
-        now = self.clock()
-        rows = [FdbView(format_mac(mac), vid, e.port.name, max(0.0, now - e.seen))
-                for (mac, vid), e in self.fdb.items()
-                if (not port or e.port.name == port) and (not vlan or vid == vlan)]
-        rows.sort(key=lambda r: (r.vlan, r.mac))
-        return rows
+        return table_rows(self.snapshot(), port, vlan)
 
     def flush(self, port: SwitchPort | str | None = None, vlan: int = 0) -> int:
         """Forget every entry (of ``port`` and/or ``vlan`` if given); how many went."""

@@ -8,6 +8,7 @@ request's ``node`` names a switch node of its LAN and the call goes to it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from virtwire.net.switch import (
     Switch,
     SwitchError,
     SwitchPort,
+    table_rows,
 )
 from virtwire.rpc.status import forwarded
 from virtwire.server.hub import DEFAULT_MAX_PORTS, HubServer
@@ -114,7 +116,10 @@ class SwitchServicer(switch_pb2_grpc.SwitchServiceServicer):
         sw = self.host.switch
         if request.port:
             sw.require_port(request.port)
-        rows = sw.table(request.port, request.vlan)
+        sw.expire()
+        # A quick copy on the loop; filtering, formatting and sorting up to
+        # 65536 rows off it, so that no ListMacTable holds the event loop.
+        rows = await asyncio.to_thread(table_rows, sw.snapshot(), request.port, request.vlan)
         return switch_pb2.ListMacTableResponse(
             entries=[switch_pb2.MacTableEntry(mac=r.mac, vlan=r.vlan, port=r.port,
                                               age_seconds=r.age) for r in rows],
