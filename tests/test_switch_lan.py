@@ -169,3 +169,55 @@ def test_fdb_through_the_orchestrator(lan: SwitchLan) -> None:
     status = json.loads(lan.cli("status", "swtest", "--json").stdout)
     sw = next(n for n in status["nodes"] if n["name"] == "sw")
     assert all("dropped_switch" in nc["info"]["counters"] for nc in sw["netclients"])
+
+
+TRUNK_TOPOLOGY = """\
+name: swtrunk
+nodes:
+  sw0:
+    kind: switch
+    ports:
+      a: {{vlan: 10}}
+      trunk: {{trunk: [10, 20]}}
+  sw1:
+    kind: switch
+    ports:
+      a: {{vlan: 10}}
+      b: {{vlan: 20}}
+      up: {{trunk: [10, 20]}}
+  n0: {{kind: tap, backend: stream, listen: 127.0.0.1:{p0}}}
+  n1: {{kind: tap, backend: stream, listen: 127.0.0.1:{p1}}}
+  n2: {{kind: tap, backend: stream, listen: 127.0.0.1:{p2}}}
+links:
+  - [n0, sw0:a]
+  - [n1, sw1:a]
+  - [n2, sw1:b]
+  - [sw1:up, sw0:trunk]
+"""
+
+
+def test_a_trunk_carries_vlan_10_to_a_second_switch_and_not_to_vlan_20(
+        tmp_path: Path) -> None:
+    """sw1 dials sw0 from its port up; both ends are trunks. A VLAN 10 frame
+    from sw0:a crosses the trunk tagged and leaves sw1 at its VLAN 10 port
+    untagged, not at its VLAN 20 port; and sw1 learned the MAC on up."""
+    lan = SwitchLan(tmp_path)
+    lan.file.write_text(TRUNK_TOPOLOGY.format(**{f"p{i}": _free_port() for i in range(3)}))
+    out = lan.cli("up", str(lan.file), "--detach")
+    assert out.returncode == 0, out.stdout + out.stderr
+    try:
+        state = json.loads((lan.dir / "state" / "swtrunk" / "state.json").read_text())
+        with grpc.insecure_channel(state["orchestrator"]) as ch:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+            got = _watch(stub, ["sw1:a", "sw1:b", "sw1:up", "sw0:trunk"], f"eth.src={A}",
+                         ("sw0:a", frame("ff:ff:ff:ff:ff:ff", A)))
+            # sw0:trunk and sw1:up send to each other: sw0's trunk carries it (tagged)
+            # towards sw1, and sw1's up port never sends it back.
+            assert got == {"sw1:a": 1, "sw1:b": 0, "sw1:up": 0, "sw0:trunk": 1}, got
+            tagged = _watch(stub, ["sw0:trunk"], f"eth.src={A},vlan=10",
+                            ("sw0:a", frame("ff:ff:ff:ff:ff:ff", A)))
+            assert tagged == {"sw0:trunk": 1}
+        fdb = json.loads(lan.cli("fdb", "sw1", "--lan", "swtrunk", "--json").stdout)
+        assert [(e["mac"], e["vlan"], e["port"]) for e in fdb["entries"]] == [(A, 10, "up")]
+    finally:
+        lan.cli("down", "swtrunk")
