@@ -46,16 +46,15 @@ import contextlib
 import logging
 import os
 import re
-import socket
 import struct
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from virtwire.address import SockAddr, parse_sockaddr
 from virtwire.errors import BackendError, ConfigError
 from virtwire.net.eth import NET_BUFSIZE
-from virtwire.net.stream import stream_listen_socket
+from virtwire.net.stream import FramedConnection, StreamEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +79,6 @@ MAX_SPEC_CHARS = 1024
 #: Output a connection may have buffered (ours and the transport's) before
 #: frames are dropped as dropped_slow_reader.
 WRITE_BUFFER_MAX = 1 << 20
-#: Coalesced output goes to the transport at least every this many bytes.
-WRITE_CHUNK = 64 * 1024
 #: Frames handed to the reader per turn of the event loop.
 READ_SLICE = 256
 DEFAULT_RECONNECT_S = 1.0
@@ -221,19 +218,13 @@ class ChardevStats:
     connect_errors: int = 0
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(FramedConnection):
     """One connection of a Chardev: QEMU's framing both ways."""
 
     def __init__(self, chardev: Chardev, remote: str) -> None:
+        super().__init__(chardev.loop, remote)
         self.chardev = chardev
-        self.remote = remote
-        self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = chardev.loop.create_future()
-        self.dead = False
         self.read_paused = False
-        self._rbuf = bytearray()
-        self._wbuf = bytearray()
-        self._flush_scheduled = False
         self._drain_scheduled = False
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -247,15 +238,8 @@ class _Connection(asyncio.Protocol):
         self._rbuf += data
         self._drain()
 
-    def eof_received(self) -> bool:
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self.dead = True
-        self._rbuf.clear()
-        self._wbuf.clear()
-        if not self.closed.done():
-            self.closed.set_result(None)
+        self._lost()
         self.chardev._disconnected(self, exc)
 
     # -- reading -----------------------------------------------------------------------
@@ -340,22 +324,7 @@ class _Connection(asyncio.Protocol):
         return len(self._wbuf) + (transport.get_write_buffer_size() if transport else 0)
 
     def write(self, record: bytes) -> None:
-        self._wbuf += record
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.chardev.loop.call_soon(self._flush)
-        elif len(self._wbuf) >= WRITE_CHUNK:
-            self._write_out()
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._write_out()
-
-    def _write_out(self) -> None:
-        if not self._wbuf or self.dead or self.transport is None:
-            return
-        data, self._wbuf = self._wbuf, bytearray()
-        self.transport.write(data)
+        self._write(self.chardev.loop, record)
 
     def close(self, abort: bool = False) -> None:
         if self.transport is not None and not self.dead:
@@ -367,8 +336,9 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
 
 
-class Chardev:
-    """A socket chardev (QEMU's char-socket) that carries frames."""
+class Chardev(StreamEndpoint[_Connection]):
+    """A socket chardev (QEMU's char-socket) that carries frames; its socket
+    half (listen, accept, dial, close) is the stream netdev's."""
 
     def __init__(self, spec: ChardevSpec) -> None:
         self.spec = spec
@@ -377,7 +347,7 @@ class Chardev:
         self.stats = ChardevStats()
         self.conn: _Connection | None = None
         self.connected = asyncio.Event()
-        self.closed = False
+        self._init_endpoint(spec.addr)
         #: The filter using it, and its name (one at a time, as a QEMU
         #: chardev's frontend).
         self.owner: object | None = None
@@ -387,13 +357,6 @@ class Chardev:
         self.discard_input = False
         #: The reader's callback, or None (reading stops).
         self.handler: FrameHandler | None = None
-        self.last_error = ""
-        #: The address bound (a server on port 0 gets a real port).
-        self.local_address = spec.addr
-        self._listen_sock: socket.socket | None = None
-        self._accepting = False
-        self._unix_inode: tuple[int, int] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<Chardev {self.id} {self.describe()}>"
@@ -403,14 +366,7 @@ class Chardev:
         """Listen or connect, as the spec says (BackendError if that fails)."""
         spec = self.spec
         if spec.server:
-            sock = stream_listen_socket(spec.addr)
-            self._listen_sock = sock
-            if spec.addr.is_unix:
-                st = os.stat(spec.addr.path)
-                self._unix_inode = (st.st_dev, st.st_ino)
-            else:
-                self.local_address = SockAddr(spec.addr.host, int(sock.getsockname()[1]))
-            self._accept_poll(True)
+            self._listen(spec.addr)
             if spec.wait:
                 logger.info("chardev %s: waiting for a connection on %s (wait=off does "
                             "not wait)", self.id, self.local_address)
@@ -418,75 +374,24 @@ class Chardev:
             else:
                 logger.info("chardev %s: listening on %s", self.id, self.local_address)
         elif spec.reconnect == 0:
-            if await self._dial() is None:
+            if await self._dial(spec.addr) is None:
                 raise BackendError(f"chardev {self.id}: cannot connect to {spec.addr}: "
                                    f"{self.last_error} (reconnect=S dials in the background)")
         else:
             self._spawn(self._connect_loop(), f"chardev-connect {self.id}")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = self.loop.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def label(self) -> str:
+        return f"chardev {self.id}"
 
-    # -- server=on -------------------------------------------------------------------------
-    def _accept_poll(self, enable: bool) -> None:
-        sock = self._listen_sock
-        if sock is None or self.closed or enable == self._accepting:
-            return
-        self._accepting = enable
-        if enable:
-            self.loop.add_reader(sock.fileno(), self._accept)
-        else:
-            self.loop.remove_reader(sock.fileno())
+    def new_connection(self, remote: str) -> _Connection:
+        return _Connection(self, remote)
 
-    def _accept(self) -> None:
-        assert self._listen_sock is not None
-        try:
-            csock, raddr = self._listen_sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            logger.warning("chardev %s: accept on %s failed: %s", self.id,
-                           self.local_address, exc.strerror)
-            return
-        self._accept_poll(False)  # one client at a time: the next waits in the backlog
-        csock.setblocking(False)
-        remote = f"{raddr[0]}:{raddr[1]}" if isinstance(raddr, tuple) else "unix"
-        self._spawn(self._attach(csock, remote), f"chardev-accept {self.id}")
-
-    async def _attach(self, csock: socket.socket, remote: str) -> None:
-        try:
-            await self.loop.connect_accepted_socket(lambda: _Connection(self, remote),
-                                                    sock=csock)
-        except OSError as exc:
-            csock.close()
-            logger.warning("chardev %s: connection from %s failed: %s", self.id, remote, exc)
-            self._accept_poll(True)
-
-    # -- server=off ---------------------------------------------------------------------------
-    async def _dial(self) -> _Connection | None:
-        addr = self.spec.addr
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                if addr.is_unix:
-                    _, conn = await self.loop.create_unix_connection(
-                        lambda: _Connection(self, str(addr)), addr.path)
-                else:
-                    _, conn = await self.loop.create_connection(
-                        lambda: _Connection(self, str(addr)), addr.host, addr.port)
-        except (OSError, TimeoutError) as exc:
-            error = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            self.stats.connect_errors += 1
-            if error != self.last_error:
-                logger.warning("chardev %s: connect to %s failed: %s", self.id, addr, error)
-            self.last_error = error
-            return None
-        return conn
+    def count_connect_error(self) -> None:
+        self.stats.connect_errors += 1
 
     async def _connect_loop(self) -> None:
         while not self.closed:
-            conn = await self._dial()
+            conn = await self._dial(self.spec.addr)
             if conn is not None:
                 await conn.closed
             await asyncio.sleep(self.spec.reconnect)
@@ -591,21 +496,10 @@ class Chardev:
         """Stop listening and dialling; close the connection (what is queued is sent)."""
         if self.closed:
             return
-        self._accept_poll(False)
-        self.closed = True
+        self._close_endpoint(self.spec.addr)
         self.handler = None
-        for task in list(self._tasks):
-            task.cancel()
         if self.conn is not None:
             self.conn.close()
-        if self._listen_sock is not None:
-            self._listen_sock.close()
-            self._listen_sock = None
-        if self._unix_inode is not None:
-            with contextlib.suppress(OSError):
-                st = os.stat(self.spec.addr.path)
-                if (st.st_dev, st.st_ino) == self._unix_inode:
-                    os.unlink(self.spec.addr.path)
         logger.info("chardev %s: closed", self.id)
 
     async def wait_closed(self) -> None:

@@ -35,7 +35,7 @@ import stat
 import struct
 from collections.abc import Coroutine, Sequence
 from itertools import chain
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from virtwire.address import SockAddr
 from virtwire.errors import BackendError, ConfigError
@@ -107,21 +107,192 @@ def stream_listen_socket(addr: SockAddr) -> socket.socket:
     return sock
 
 
-class NetStreamConnection(asyncio.Protocol):
-    """One connection of a StreamBackend: parses and writes QEMU's framing."""
+ConnT = TypeVar("ConnT", bound=asyncio.Protocol)
 
-    def __init__(self, backend: StreamBackend, remote: str) -> None:
-        self.backend = backend
+
+class StreamEndpoint(Generic[ConnT]):
+    """The socket half the stream netdev and the socket chardev
+    (virtwire.net.chardev) share: listen and take one client at a time (the
+    next waits in the backlog, as in QEMU), or dial with a timeout; the tasks
+    it starts are kept until done, and closing undoes it all.
+
+    Subclasses set the attributes below and say how they log (``label``),
+    make a connection (``new_connection``) and count a failed dial."""
+
+    loop: asyncio.AbstractEventLoop
+    closed: bool
+    last_error: str
+    #: The address actually bound (a listen on port 0 gets a real port).
+    local_address: SockAddr
+    _tasks: set[asyncio.Task[None]]
+    _listen_sock: socket.socket | None
+    _accepting: bool
+    _unix_inode: tuple[int, int] | None
+
+    def label(self) -> str:
+        """How logs name it, e.g. "stream NAME"."""
+        raise NotImplementedError
+
+    def new_connection(self, remote: str) -> ConnT:
+        """The protocol of one connection, to or from ``remote``."""
+        raise NotImplementedError
+
+    def count_connect_error(self) -> None:
+        """A dial failed."""
+
+    def _init_endpoint(self, addr: SockAddr) -> None:
+        self.closed = False
+        self.last_error = ""
+        self.local_address = addr
+        self._tasks = set()
+        self._listen_sock = None
+        self._accepting = False
+        self._unix_inode = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self.loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- server=on ----------------------------------------------------------------
+    def _listen(self, addr: SockAddr) -> None:
+        """Bind and listen on ``addr`` (BackendError, ConfigError), and accept."""
+        sock = stream_listen_socket(addr)
+        self._listen_sock = sock
+        if addr.is_unix:
+            st = os.stat(addr.path)
+            self._unix_inode = (st.st_dev, st.st_ino)
+        else:
+            self.local_address = SockAddr(addr.host, int(sock.getsockname()[1]))
+        self._accept_poll(True)
+
+    def _accept_poll(self, enable: bool) -> None:
+        sock = self._listen_sock
+        if sock is None or self.closed or enable == self._accepting:
+            return
+        self._accepting = enable
+        if enable:
+            self.loop.add_reader(sock.fileno(), self._accept)
+        else:
+            self.loop.remove_reader(sock.fileno())
+
+    def _accept(self) -> None:
+        assert self._listen_sock is not None
+        try:
+            csock, raddr = self._listen_sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            logger.warning("%s: accept on %s failed: %s", self.label(), self.local_address,
+                           exc.strerror)
+            return
+        self._accept_poll(False)  # one client at a time: the next waits in the backlog
+        csock.setblocking(False)
+        remote = f"{raddr[0]}:{raddr[1]}" if isinstance(raddr, tuple) else "unix"
+        self._spawn(self._attach_accepted(csock, remote), f"{self.label()} accept")
+
+    async def _attach_accepted(self, csock: socket.socket, remote: str) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: self.new_connection(remote),
+                                                    sock=csock)
+        except OSError as exc:
+            csock.close()
+            logger.warning("%s: connection from %s failed: %s", self.label(), remote, exc)
+            self._accept_poll(True)
+
+    # -- server=off ---------------------------------------------------------------
+    async def _dial(self, addr: SockAddr, retry_note: str = "") -> ConnT | None:
+        """One connection attempt to ``addr``; None (counted, logged once per
+        distinct error, ``retry_note`` appended) if it failed."""
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                if addr.is_unix:
+                    _, conn = await self.loop.create_unix_connection(
+                        lambda: self.new_connection(str(addr)), addr.path)
+                else:
+                    _, conn = await self.loop.create_connection(
+                        lambda: self.new_connection(str(addr)), addr.host, addr.port)
+        except (OSError, TimeoutError) as exc:
+            error = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            self.count_connect_error()
+            if error != self.last_error:
+                logger.warning("%s: connect to %s failed: %s%s", self.label(), addr, error,
+                               retry_note)
+            self.last_error = error
+            return None
+        return conn
+
+    # -- closing ------------------------------------------------------------------
+    def _close_endpoint(self, addr: SockAddr) -> None:
+        """Stop accepting and dialling, and remove the unix socket we bound
+        (if it is still ours). The caller closes its connection."""
+        self._accept_poll(False)
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._listen_sock is not None:
+            self._listen_sock.close()
+            self._listen_sock = None
+        if self._unix_inode is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(addr.path)
+                if (st.st_dev, st.st_ino) == self._unix_inode:
+                    os.unlink(addr.path)
+
+
+class FramedConnection(asyncio.Protocol):
+    """What the stream netdev's and the socket chardev's connections share:
+    their state, the end of a connection, and writes gathered into one
+    transport write per turn of the loop (or every WRITE_CHUNK bytes)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, remote: str) -> None:
         self.remote = remote
         self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = backend.loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
         self.dead = False
-        #: Waiting for net_stream_send_completed (reading is paused).
-        self.waiting = False
-        self.write_paused = False
         self._rbuf = bytearray()
         self._wbuf = bytearray()
         self._flush_scheduled = False
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def _lost(self) -> None:
+        """connection_lost's common part: nothing more is read or written."""
+        self.dead = True
+        self._rbuf.clear()
+        self._wbuf.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _write(self, loop: asyncio.AbstractEventLoop, data: bytes) -> None:
+        self._wbuf += data
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush_writes)
+        elif len(self._wbuf) >= WRITE_CHUNK:
+            self._write_out()
+
+    def _flush_writes(self) -> None:
+        self._flush_scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
+        if not self._wbuf or self.dead or self.transport is None:
+            return
+        data, self._wbuf = self._wbuf, bytearray()
+        self.transport.write(data)
+
+
+class NetStreamConnection(FramedConnection):
+    """One connection of a StreamBackend: parses and writes QEMU's framing."""
+
+    def __init__(self, backend: StreamBackend, remote: str) -> None:
+        super().__init__(backend.loop, remote)
+        self.backend = backend
+        #: Waiting for net_stream_send_completed (reading is paused).
+        self.waiting = False
+        self.write_paused = False
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -146,15 +317,8 @@ class NetStreamConnection(asyncio.Protocol):
             rbuf.clear()
         self.net_stream_send(data)
 
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self.dead = True
-        self._rbuf.clear()
-        self._wbuf.clear()
-        if not self.closed.done():
-            self.closed.set_result(None)
+        self._lost()
         self.backend.net_stream_disconnected(self, exc)
 
     def pause_writing(self) -> None:
@@ -227,23 +391,8 @@ class NetStreamConnection(asyncio.Protocol):
     def write_frames(self, frames: Sequence[bytes]) -> None:
         """``write_frame`` for a batch."""
         # One copy of each frame: the prefixes and frames joined in one go.
-        self._wbuf += b"".join(chain.from_iterable(zip(map(_LEN.pack, map(len, frames)),
-                                                       frames, strict=True)))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.backend.loop.call_soon(self._flush_writes)
-        elif len(self._wbuf) >= WRITE_CHUNK:
-            self._write_out()
-
-    def _flush_writes(self) -> None:
-        self._flush_scheduled = False
-        self._write_out()
-
-    def _write_out(self) -> None:
-        if not self._wbuf or self.dead or self.transport is None:
-            return
-        data, self._wbuf = self._wbuf, bytearray()
-        self.transport.write(data)
+        self._write(self.backend.loop, b"".join(chain.from_iterable(
+            zip(map(_LEN.pack, map(len, frames)), frames, strict=True))))
 
     def close(self) -> None:
         if self.transport is not None and not self.dead:
@@ -251,7 +400,7 @@ class NetStreamConnection(asyncio.Protocol):
             self.transport.close()
 
 
-class StreamBackend(NetClient):
+class StreamBackend(NetClient, StreamEndpoint[NetStreamConnection]):
     """QEMU's NetStreamState: frames over a length-prefixed stream socket."""
 
     kind = "stream"
@@ -265,95 +414,32 @@ class StreamBackend(NetClient):
         self.reconnect_seconds = reconnect_seconds or DEFAULT_RECONNECT_S
         self.conn: NetStreamConnection | None = None
         self.connected = asyncio.Event()
-        self.closed = False
+        self._init_endpoint(addr)
         #: Backend counters beyond NetClientStats.
         self.connects = 0
         self.disconnects = 0
         self.connect_errors = 0
         self.bad_lengths = 0
-        self.last_error = ""
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._listen_sock: socket.socket | None = None
-        self._accepting = False
-        self._unix_inode: tuple[int, int] | None = None
-        #: The address actually bound (a listen on port 0 gets a real port).
-        self.local_address = addr
         self.set_carrier(False, "backend")
         if listen:
-            sock = stream_listen_socket(addr)
-            self._listen_sock = sock
-            if addr.is_unix:
-                st = os.stat(addr.path)
-                self._unix_inode = (st.st_dev, st.st_ino)
-            else:
-                self.local_address = SockAddr(addr.host, int(sock.getsockname()[1]))
-            self._accept_poll(True)
+            self._listen(addr)
             logger.info("stream %s: listening on %s", name, self.local_address)
         else:
             self._spawn(self._connect_loop(), f"stream-connect {name}")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = self.loop.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def label(self) -> str:
+        return f"stream {self.name}"
 
-    # -- server=on ----------------------------------------------------------------
-    def _accept_poll(self, enable: bool) -> None:
-        sock = self._listen_sock
-        if sock is None or self.closed or enable == self._accepting:
-            return
-        self._accepting = enable
-        if enable:
-            self.loop.add_reader(sock.fileno(), self._net_stream_accept)
-        else:
-            self.loop.remove_reader(sock.fileno())
+    def new_connection(self, remote: str) -> NetStreamConnection:
+        return NetStreamConnection(self, remote)
 
-    def _net_stream_accept(self) -> None:
-        assert self._listen_sock is not None
-        try:
-            csock, raddr = self._listen_sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            logger.warning("stream %s: accept on %s failed: %s", self.name,
-                           self.local_address, exc.strerror)
-            return
-        self._accept_poll(False)  # one client at a time: the next waits in the backlog
-        csock.setblocking(False)
-        remote = f"{raddr[0]}:{raddr[1]}" if isinstance(raddr, tuple) else "unix"
-        self._spawn(self._attach_accepted(csock, remote), f"stream-accept {self.name}")
+    def count_connect_error(self) -> None:
+        self.connect_errors += 1
 
-    async def _attach_accepted(self, csock: socket.socket, remote: str) -> None:
-        try:
-            await self.loop.connect_accepted_socket(
-                lambda: NetStreamConnection(self, remote), sock=csock)
-        except OSError as exc:
-            csock.close()
-            logger.warning("stream %s: accepted connection from %s failed: %s",
-                           self.name, remote, exc)
-            self._accept_poll(True)
-
-    # -- server=off ---------------------------------------------------------------
     async def _connect_loop(self) -> None:
-        addr = self.addr
+        """server=off: connect, and again every reconnect_seconds after a failure or EOF."""
         while not self.closed:
-            conn: NetStreamConnection | None = None
-            try:
-                async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    if addr.is_unix:
-                        _, conn = await self.loop.create_unix_connection(
-                            lambda: NetStreamConnection(self, str(addr)), addr.path)
-                    else:
-                        _, conn = await self.loop.create_connection(
-                            lambda: NetStreamConnection(self, str(addr)), addr.host, addr.port)
-            except (OSError, TimeoutError) as exc:
-                error = "timed out" if isinstance(exc, TimeoutError) else (
-                    exc.strerror or str(exc))
-                self.connect_errors += 1
-                if error != self.last_error:
-                    logger.warning("stream %s: connect to %s failed: %s; retrying every %gs",
-                                   self.name, addr, error, self.reconnect_seconds)
-                self.last_error = error
+            conn = await self._dial(self.addr, f"; retrying every {self.reconnect_seconds:g}s")
             if conn is not None:
                 await conn.closed
             await asyncio.sleep(self.reconnect_seconds)
@@ -436,21 +522,10 @@ class StreamBackend(NetClient):
     def cleanup(self) -> None:
         if self.closed:
             return
-        self._accept_poll(False)
-        self.closed = True
-        for task in list(self._tasks):
-            task.cancel()
+        self._close_endpoint(self.addr)
         conn = self.conn
         if conn is not None:
             conn.close()
-        if self._listen_sock is not None:
-            self._listen_sock.close()
-            self._listen_sock = None
-        if self._unix_inode is not None:
-            with contextlib.suppress(OSError):
-                st = os.stat(self.addr.path)
-                if (st.st_dev, st.st_ino) == self._unix_inode:
-                    os.unlink(self.addr.path)
         logger.info("stream %s: closed", self.name)
 
     def describe(self) -> str:
@@ -469,5 +544,5 @@ class StreamBackend(NetClient):
         return " ".join(parts)
 
 
-__all__ = ["DEFAULT_RECONNECT_S", "NetStreamConnection", "StreamBackend", "claim_unix_path",
-           "stream_listen_socket"]
+__all__ = ["DEFAULT_RECONNECT_S", "FramedConnection", "NetStreamConnection", "StreamBackend",
+           "StreamEndpoint", "claim_unix_path", "stream_listen_socket"]
