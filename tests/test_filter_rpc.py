@@ -225,6 +225,29 @@ async def test_a_bad_add_is_refused_and_changes_nothing(
     assert {name: _chain(hub, name) for name in ("p0", "p1")} == before
 
 
+@pytest.mark.parametrize(("queue", "seen"), [
+    (filter_pb2.FILTER_DIRECTION_RX, True), (filter_pb2.FILTER_DIRECTION_ALL, True),
+    (filter_pb2.FILTER_DIRECTION_TX, False)])
+async def test_inject_walks_the_targets_rx_filters_as_a_peers_frame_would(
+        lan: tuple[HubServer, Sink], stub: filter_pb2_grpc.FilterServiceStub,
+        queue: int, seen: bool) -> None:
+    """Inject delivers "as if from its peer": the frames pass the target's rx
+    filters (a tx-only filter never sees them), and what a filter drops is
+    reported as dropped and counted in the NetClient's dropped_filter."""
+    hub, sink = lan
+    await stub.AddFilter(filter_pb2.AddFilterRequest(netclient="p0", kind="probe", id="pr",
+                                                     direction=queue, props={"every": "2"}))
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        got = await netclient_pb2_grpc.NetClientServiceStub(ch).Inject(
+            netclient_pb2.InjectRequest(name="p0", frame=frame(1), repeat=10))
+    want_dropped = 5 if seen else 0
+    assert (got.accepted, got.dropped) == (10 - want_dropped, want_dropped)
+    await until(lambda: len(sink.frames) == 10 - want_dropped)
+    p0 = hub.registry.get("p0")
+    assert p0.stats.dropped_filter == want_dropped
+    assert p0.filters[0].stats.seen == (10 if seen else 0)
+
+
 async def test_the_filter_cap_is_refused_and_counted(
         lan: tuple[HubServer, Sink], stub: filter_pb2_grpc.FilterServiceStub) -> None:
     hub, _ = lan

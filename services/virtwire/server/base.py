@@ -26,6 +26,7 @@ from virtwire.errors import ConfigError, DeadlineError
 from virtwire.net.assertion import FrameWatch, check_wait
 from virtwire.net.capture import CapturedFrame, CaptureFilter, CaptureSubscription
 from virtwire.net.eth import check_frame, parse_mac
+from virtwire.net.filter import filter_send
 from virtwire.net.match import parse_match
 from virtwire.net.net import NetClient
 from virtwire.net.queue import Defer, install_deferral, remove_deferral
@@ -225,6 +226,10 @@ def inject(nc: NetClient, frame: bytes, repeat: int = 1) -> tuple[int, int]:
     queue = nc.incoming_queue
     before = nc.dropped_total
     for _ in range(repeat):
+        # As a frame from the peer would, it walks nc's rx filters first
+        # (docs/filters.md); one they take is theirs to pass on or drop.
+        if nc.filters and filter_send(injector, nc, 0, frame):
+            continue
         queue.send(injector, 0, frame, None)
     dropped = nc.dropped_total - before
     return repeat - dropped, dropped
