@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from virtwire import tls
 from virtwire.cli.log import label_records
@@ -27,6 +28,9 @@ from virtwire.guest.driver import DEFAULT_RING
 from virtwire.server.base import SHUTDOWN_GRACE_S, ServiceHost
 from virtwire.server.guest import SERVICE_RING, GuestServer
 from virtwire.server.link import LINK_TRANSPORTS
+
+if TYPE_CHECKING:
+    from virtwire.net.netdev import Netdev
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     host.registry.max_captures = args.max_captures
     host.registry.set_link_transport(args.link_transport)
     host.insecure = args.insecure
+    host.metrics_listen = args.metrics_listen
+    host.metrics_lan = args.metrics_lan
+    host.metrics_service = args.metrics_service
     async with serving(host) as stopped:
         label_records(f"{host.service_name}@{host.address}")
         if args.ready_file:
@@ -127,6 +134,19 @@ def _add_filter_arguments(sp: argparse.ArgumentParser) -> None:
                          "--object or FilterService (repeatable)")
     sp.add_argument("--dump-dir", metavar="DIR",
                     help="where dump filters write: their file= names a file in DIR")
+
+
+def _add_metrics_arguments(sp: argparse.ArgumentParser) -> None:
+    group = sp.add_argument_group("Prometheus metrics (docs/metrics.md)")
+    group.add_argument("--metrics-listen", default="", metavar="ADDR:PORT",
+                       help="serve /metrics here (prometheus-client's HTTP server); off "
+                            "loopback only over TLS (the TLS flags: HTTPS with this "
+                            "service's certificate, client certificates required) or with "
+                            "--insecure")
+    group.add_argument("--metrics-lan", default="", metavar="LAN",
+                       help="the lan label of every metric (default empty)")
+    group.add_argument("--metrics-service", default="", metavar="NAME",
+                       help="the service label of every metric (default: the kind)")
 
 
 # -- the kinds -----------------------------------------------------------------------
@@ -215,6 +235,15 @@ def _tap_arguments(sp: argparse.ArgumentParser) -> None:
                          "| dgram,mcast=230.0.0.1:1234")
     sp.add_argument("--peer", action="append", default=[], metavar="ADDR/NETCLIENT",
                     help="peer of the n-th --backend (empty NETCLIENT: a new hub port)")
+    sp.add_argument("--netns", default="", metavar="PATH",
+                    help="open the tap backends inside the network namespace of this file "
+                         "(a container's /proc/PID/ns/net, /run/netns/NAME) and bring them "
+                         "up there (needs CAP_SYS_ADMIN; docs/topology.md, containers)")
+    sp.add_argument("--tap-ip", default="", metavar="CIDR",
+                    help="give the (one) tap backend's interface this IPv4 address and "
+                         "bring it up, e.g. 198.18.0.20/24")
+    sp.add_argument("--tap-mac", default="", metavar="MAC",
+                    help="give the (one) tap backend's interface this MAC")
     _add_allow_script(sp, "AddBackend")
 
 
@@ -230,9 +259,34 @@ def _build_tap(args: argparse.Namespace) -> ServiceHost:
     configs = [parse_backend_spec(spec) for spec in args.backend]
     for i, peer in enumerate(args.peer):
         configs[i] = dataclasses.replace(configs[i], peer=peer)
+    configs = _tap_setup(args, configs)
     host = TapServer(args.listen, allowed_scripts=parse_allow_scripts(args.allow_script))
     host.pending_configs.extend(configs)
     return host
+
+
+def _tap_setup(args: argparse.Namespace, configs: list[Netdev]) -> list[Netdev]:
+    """--netns, --tap-ip and --tap-mac onto the command line's tap backends (only
+    there: a spec, and so an RPC, cannot name a namespace)."""
+    from virtwire.net.netdev import NetdevTap
+    from virtwire.net.nsjoin import TapSetup
+
+    if not (args.netns or args.tap_ip or args.tap_mac):
+        return configs
+    taps = [i for i, config in enumerate(configs) if isinstance(config, NetdevTap)]
+    if not taps:
+        raise ConfigError("--netns, --tap-ip and --tap-mac are for tap backends: "
+                          "give a --backend tap,...")
+    if (args.tap_ip or args.tap_mac) and len(taps) > 1:
+        raise ConfigError("--tap-ip and --tap-mac set one interface: give one tap backend")
+    if args.netns and not os.path.isabs(args.netns):
+        raise ConfigError(f"--netns {args.netns!r}: give the namespace file's absolute path")
+    TapSetup(ip=args.tap_ip, mac=args.tap_mac)  # checked before anything opens
+    out = list(configs)
+    for i in taps:
+        out[i] = dataclasses.replace(out[i], netns=args.netns, ip=args.tap_ip,
+                                     mac=args.tap_mac)
+    return out
 
 
 def _guestmem_arguments(sp: argparse.ArgumentParser) -> None:
@@ -347,6 +401,36 @@ def _build_orchestrator(args: argparse.Namespace) -> ServiceHost:
                               allow_netns=args.allow_netns)
 
 
+def _qemu_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--name", required=True, help="the qemu node")
+    sp.add_argument("--stream", required=True, metavar="PATH",
+                    help="the unix socket of its stream port (-netdev stream dials it)")
+    sp.add_argument("--console", required=True, metavar="PATH",
+                    help="the serial console log (appended to)")
+    sp.add_argument("--kernel", default="", metavar="PATH")
+    sp.add_argument("--initrd", default="", metavar="PATH")
+    sp.add_argument("--append", default="", metavar="TEXT", help="kernel command line")
+    sp.add_argument("--disk", default="", metavar="PATH", help="a disk image to boot")
+    sp.add_argument("--memory", type=int, default=256 << 20, metavar="BYTES")
+    sp.add_argument("--nic", choices=("e1000", "virtio-net-pci"), default="e1000")
+    sp.add_argument("--mac", default="52:54:00:12:34:56")
+    sp.add_argument("--arg", action="append", default=[], metavar="ARG",
+                    help="one more QEMU argument (repeatable; --arg=-smp for a leading '-')")
+
+
+def _build_qemu(args: argparse.Namespace) -> ServiceHost:
+    from virtwire.orchestrator.spec import QemuServiceSpec
+    from virtwire.server.qemu import QemuServer
+
+    if bool(args.kernel) == bool(args.disk):
+        raise ConfigError("give --kernel or --disk (one of them)")
+    spec = QemuServiceSpec(name=args.name, stream=args.stream, console=args.console,
+                           kernel=args.kernel, initrd=args.initrd, append=args.append,
+                           disk=args.disk, memory=args.memory, nic=args.nic, mac=args.mac,
+                           args=tuple(args.arg))
+    return QemuServer(args.listen, spec)
+
+
 @dataclass(frozen=True)
 class ServeKind:
     """One kind of `virtwire serve`: its help, its options, its ServiceHost."""
@@ -368,6 +452,8 @@ SERVE_KINDS: dict[str, ServeKind] = {
                        _e1000_arguments, _build_e1000),
     "guest": ServeKind("a guest's e1000 driver: send/receive, ping, TAP bridge",
                        _guest_arguments, _build_guest),
+    "qemu": ServeKind("a real QEMU VM of a qemu node, on its stream port", _qemu_arguments,
+                      _build_qemu),
     "orchestrator": ServeKind("runs LANs from topology files (virtwire up)",
                               _orchestrator_arguments, _build_orchestrator),
 }
@@ -388,6 +474,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         help="how this service's links carry frames: auto (a unix socket "
                              "when both ends share a kernel and a network namespace, else "
                              "the gRPC stream; the default) or grpc (always the stream)")
+        _add_metrics_arguments(sp)
         _add_filter_arguments(sp)
         tls.add_arguments(sp, default_name=name, server=True)
         kind.add_arguments(sp)

@@ -34,6 +34,15 @@ from virtwire.rpc.options import GRPC_OPTIONS
 from virtwire.rpc.status import ErrorInterceptor
 from virtwire.server.authz import AuthorizationInterceptor
 from virtwire.server.filter import FilterHost, FilterServicer
+from virtwire.server.metrics import (
+    MetricsEndpoint,
+    MetricSet,
+    RpcMetricsInterceptor,
+    SnapshotCollector,
+    parse_metrics_listen,
+    registry_metrics,
+    rpc_histogram,
+)
 from virtwire.server.registry import NetClientRegistry
 from virtwire.v1 import (
     filter_pb2,
@@ -269,6 +278,25 @@ class ServiceHost:
         self.authz = AuthorizationInterceptor(self.service_name)
         #: Its NetFilters: ``--object``, ``--dump-dir``, ``--chardev``, FilterService.
         self.filters = FilterHost(self.registry)
+        #: ``--metrics-listen``: where /metrics is served ("": nowhere), and the
+        #: ``lan``/``service`` labels of its families (docs/metrics.md).
+        self.metrics_listen = ""
+        self.metrics_lan = ""
+        self.metrics_service = ""
+        self.metrics: MetricsEndpoint | None = None
+
+    @property
+    def metrics_address(self) -> str:
+        """Where /metrics is served, HOST:PORT ("" when it is not)."""
+        return self.metrics.address if self.metrics is not None else ""
+
+    def metric_labels(self) -> dict[str, str]:
+        return {"lan": self.metrics_lan, "service": self.metrics_service or self.service_name}
+
+    def collect_metrics(self, ms: MetricSet) -> None:
+        """Add this service's counters to ``ms``; runs on the event loop at each
+        scrape, so it only reads counters. Subclasses add their own after these."""
+        registry_metrics(self.registry, ms)
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         return ()
@@ -299,6 +327,31 @@ class ServiceHost:
         # rest), and authorization runs before any handler.
         interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
             ErrorInterceptor()]
+        if self.metrics_listen:
+            # Before the gRPC port, so a used metrics port fails the start cleanly.
+            endpoint = MetricsEndpoint(parse_metrics_listen(self.metrics_listen),
+                                       insecure=self.insecure, what=self.service_name)
+            base = self.metric_labels()
+            endpoint.registry.register(SnapshotCollector(
+                asyncio.get_running_loop(), self.collect_metrics, base))
+            # Outermost, so it sees the status the error interceptor sets.
+            interceptors.insert(0, RpcMetricsInterceptor(
+                rpc_histogram(endpoint.registry, base), base))
+            endpoint.start()
+            self.metrics = endpoint
+        try:
+            await self._serve(interceptors)
+        except BaseException:
+            await self._stop_metrics()
+            raise
+
+    async def _stop_metrics(self) -> None:
+        endpoint, self.metrics = self.metrics, None
+        if endpoint is not None:
+            await asyncio.to_thread(endpoint.stop)
+
+    async def _serve(self, interceptors: list[grpc.aio.ServerInterceptor]  # type: ignore[type-arg]
+                     ) -> None:
         if tls.active() is not None:
             interceptors.append(self.authz)
         server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)],
@@ -351,6 +404,7 @@ class ServiceHost:
         await self.close_backends()
         if self.server is not None:
             remove_deferral(self._flush_defer)
+        await self._stop_metrics()
         self.state = ServerState.STOPPED
 
     async def close_backends(self) -> None:

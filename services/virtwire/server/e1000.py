@@ -36,6 +36,7 @@ from virtwire.mem.client import GuestMemClient
 from virtwire.net.eth import format_mac, parse_mac
 from virtwire.server.base import ServiceHost
 from virtwire.server.link import boot_id
+from virtwire.server.metrics import MetricSet, mem_metrics
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,11 @@ def check_offset(offset: int) -> None:
     if offset >= BAR0_SIZE:
         raise OutOfRangeError(f"register offset {offset:#x} is outside BAR0 "
                               f"(size {BAR0_SIZE:#x})")
+
+
+#: 64-bit octet counters hw_stats() joins from their halves (the halves are left out).
+_OCTET_REGISTERS = frozenset({"GORC", "GOTC", "TOR", "TOT"})
+_OCTET_HALVES = frozenset({f"{r}{h}" for r in _OCTET_REGISTERS for h in "LH"})
 
 
 class E1000Server(ServiceHost):
@@ -94,6 +100,8 @@ class E1000Server(ServiceHost):
         self.nic: E1000 | None = None
         self.memory_enabled = True
         self.irq_seq = 0
+        #: Rising edges of the interrupt line (interrupts delivered to the guest).
+        self.irq_raised = 0
         self._irq_watchers: list[asyncio.Queue[tuple[bool, int]]] = []
         self._irq_sinks: list[Callable[[bool, int], None]] = []
         #: The same-host MMIO socket (made on the first offer) and its sessions.
@@ -195,6 +203,7 @@ class E1000Server(ServiceHost):
     # -- interrupt line -------------------------------------------------------------
     def _on_irq(self, level: bool) -> None:
         self.irq_seq += 1
+        self.irq_raised += level
         for sink in self._irq_sinks:
             sink(level, self.irq_seq)
         for queue in self._irq_watchers:
@@ -242,6 +251,51 @@ class E1000Server(ServiceHost):
                 return offer.socket_name, offer.token, ""
         self.mmio_offers_declined += 1
         return "", b"", why
+
+    def collect_metrics(self, ms: MetricSet) -> None:
+        super().collect_metrics(ms)
+        nic = self.nic
+        if nic is None:
+            return
+        name = nic.name
+        for register, value in nic.hw_stats().items():
+            if register in _OCTET_REGISTERS:
+                ms.counter("virtwire_e1000_statistics_bytes",
+                           "The e1000's octet statistics registers (64-bit GORC, GOTC, TOR, "
+                           "TOT), read without clearing them", value,
+                           netclient=name, register=register)
+            elif register not in _OCTET_HALVES:
+                ms.counter("virtwire_e1000_statistics",
+                           "The e1000's statistics registers (packets, errors, collisions), "
+                           "read without clearing them: a guest read resets them",
+                           value, netclient=name, register=register)
+        for cause, value in nic.drop_counters().items():
+            ms.counter("virtwire_e1000_dropped_frames",
+                       "Frames or descriptors the e1000 dropped, by cause", value,
+                       netclient=name, cause=cause)
+        for what, value in nic.deferred_counters().items():
+            ms.counter("virtwire_e1000_deferred",
+                       "Work left for a later turn of the event loop (nothing lost), by kind",
+                       value, netclient=name, kind=what)
+        ms.counter("virtwire_e1000_interrupts", "Rising edges of the interrupt line",
+                   self.irq_raised, netclient=name)
+        ms.counter("virtwire_e1000_irq_transitions",
+                   "Changes of the interrupt line's level (either way)", self.irq_seq,
+                   netclient=name)
+        ms.gauge("virtwire_e1000_irq_level", "The interrupt line's level (1: raised)",
+                 1 if nic.irq_level else 0, netclient=name)
+        ms.gauge("virtwire_e1000_link_up", "STATUS.LU: 1 while the NIC reports link up",
+                 1 if nic.mac_reg[STATUS] & E1000_STATUS_LU else 0, netclient=name)
+        for what, value in self.mmio_counters().items():
+            if what == "sessions":
+                ms.gauge("virtwire_e1000_mmio_sessions",
+                         "Drivers whose MMIO uses the same-host socket", value, netclient=name)
+            else:
+                ms.counter(f"virtwire_e1000_mmio_{what}",
+                           f"Same-host MMIO socket: {what.replace('_', ' ')}", value,
+                           netclient=name)
+        if self.dma is not None:
+            mem_metrics(self.dma.counters, ms, netclient=name)
 
     def mmio_counters(self) -> dict[str, int]:
         """What GetStats shows of the same-host MMIO socket."""

@@ -57,6 +57,7 @@ from virtwire.rpc.options import GRPC_OPTIONS
 from virtwire.rpc.status import translated
 from virtwire.server.base import ServiceHost
 from virtwire.server.link import boot_id
+from virtwire.server.metrics import MetricSet, mem_metrics
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc, guest_pb2, guest_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -239,6 +240,28 @@ class GuestServer(ServiceHost):
         if need_link and not driver.link_up:
             raise DriverError("the NIC's link is down")
         return driver
+
+    def collect_metrics(self, ms: MetricSet) -> None:
+        super().collect_metrics(ms)
+        driver = self.driver
+        if driver is not None:
+            # DriverCounters: plain ints the driver keeps (no reclaim here: read only).
+            for what, value in driver.counters.as_dict().items():
+                direction, _, rest = what.partition("_")
+                if direction in ("rx", "tx") and rest in ("frames", "bytes"):
+                    ms.counter(f"virtwire_guest_{rest}",
+                               f"{rest.capitalize()} the guest's driver sent (tx) or "
+                               "received (rx)", value, direction=direction)
+                else:
+                    ms.counter(f"virtwire_guest_driver_{what}",
+                               f"The guest driver's {what.replace('_', ' ')} counter", value)
+            ms.gauge("virtwire_guest_link_up", "1 while the guest's driver sees link up",
+                     1 if driver.link_up else 0)
+        ms.counter("virtwire_guest_subscriber_dropped_frames",
+                   "Frames Receive subscribers lost for not keeping up",
+                   self.subscriber_dropped)
+        if self.mem is not None:
+            mem_metrics(self.mem.counters, ms, netclient="")
 
     def status(self) -> guest_pb2.GetStatusResponse:
         driver = self.driver

@@ -30,6 +30,7 @@ from virtwire.mem.guestmem import (
     format_size,
 )
 from virtwire.server.base import ServiceHost
+from virtwire.server.metrics import MetricSet, mem_metrics
 from virtwire.v1 import guestmem_pb2, guestmem_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,15 @@ class GuestMemServer(ServiceHost):
             max_op_bytes=MAX_OP_BYTES, max_batch_bytes=MAX_BATCH_BYTES,
             max_batch_ops=MAX_BATCH_OPS, max_size=self.max_size,
             preallocated=mem.owned and self.prealloc)
+
+    def collect_metrics(self, ms: MetricSet) -> None:
+        super().collect_metrics(ms)
+        memory = self._memory
+        if memory is not None:
+            # What this service served (shared-memory accesses of its peers bypass it).
+            mem_metrics(memory.counters, ms, netclient="")
+            ms.gauge("virtwire_guestmem_size_bytes", "Guest RAM this service holds",
+                     memory.size)
 
     def stats(self) -> guestmem_pb2.GuestMemCounters:
         return guestmem_pb2.GuestMemCounters(**self.memory.counters.as_dict())
