@@ -146,8 +146,12 @@ __all__ = [
     "Host",
     "HubNode",
     "Link",
+    "NetnsInterface",
+    "NetnsNode",
+    "NetnsRoute",
     "Node",
     "NodeFilter",
+    "QemuNode",
     "ScheduleStep",
     "Service",
     "SwitchNode",
@@ -161,14 +165,14 @@ __all__ = [
     "parse_topology",
 ]
 
-NodeKind = Literal["hub", "switch", "vm", "tap"]
-ServiceKind = Literal["hub", "guestmem", "e1000", "guest", "tap"]
+NodeKind = Literal["hub", "switch", "vm", "tap", "netns", "qemu"]
+ServiceKind = Literal["hub", "guestmem", "e1000", "guest", "tap", "qemu"]
 #: ``serve KIND --link-transport`` (server.link.LINK_TRANSPORTS).
 LinkTransport = Literal["auto", "grpc"]
 E1000ModelName = Literal["82540EM", "82544GC", "82545EM"]
 QemuCompat = Literal["9.0", "7.2"]
 
-NODE_KINDS: tuple[NodeKind, ...] = ("hub", "switch", "vm", "tap")
+NODE_KINDS: tuple[NodeKind, ...] = ("hub", "switch", "vm", "tap", "netns", "qemu")
 #: Kinds whose service is a hub server (ports, HUB:PORT link ends); a switch's
 #: service is a hub's with learning and VLANs (``serve switch``).
 HUB_KINDS: tuple[NodeKind, ...] = ("hub", "switch")
@@ -715,10 +719,113 @@ class TapDgramSpec(_TapSpec):
     localaddr: _Option = None
 
 
+# -- host nodes: a network namespace, a real QEMU VM (this machine only) -----------------
+#: A netns node's interfaces: eth0..eth15, each a TAP inside the namespace.
+NETNS_IFACE_RE = re.compile(r"^eth(?:[0-9]|1[0-5])$")
+#: Caps of what a netns node lists (its TAPs, routes, startup commands).
+NETNS_MAX_IFACES = 16
+NETNS_MAX_ADDRESSES = 16
+NETNS_MAX_ROUTES = 64
+NETNS_MAX_COMMANDS = 32
+COMMAND_MAX_LEN = 4096
+#: A qemu node's extra arguments.
+QEMU_MAX_ARGS = 64
+QEMU_NICS = ("e1000", "virtio-net-pci")
+
+
+def _check_iface_address(text: str) -> str:
+    """An interface address with its prefix: 198.18.0.1/24 or fd00::1/64."""
+    if "/" not in text:
+        raise ConfigError(f"{text[:60]!r}: give the prefix length too (198.18.0.1/24)")
+    try:
+        return str(ipaddress.ip_interface(text))
+    except ValueError:
+        raise ConfigError(f"{text[:60]!r} is not an IPv4 or IPv6 address with a "
+                          "prefix (198.18.0.1/24, fd00::1/64)") from None
+
+
+def _check_route_to(text: str) -> str:
+    if text == "default":
+        return text
+    try:
+        return str(ipaddress.ip_network(text))
+    except ValueError:
+        raise ConfigError(f"{text[:60]!r} is not 'default' or a network "
+                          "(198.18.1.0/24, with its host bits 0)") from None
+
+
+def _check_via(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(f"{text[:60]!r} is not an IP address") from None
+
+
+_Command = Annotated[str, Field(min_length=1, max_length=COMMAND_MAX_LEN)]
+
+
+class NetnsIfaceSpec(_Spec):
+    """One interface of a netns node: a TAP in the namespace, up, with addresses."""
+
+    addresses: Annotated[list[Annotated[str, AfterValidator(_check_iface_address)]],
+                         Field(max_length=NETNS_MAX_ADDRESSES)] = []
+    mtu: Annotated[int, Field(ge=68, le=65535)] | None = None
+
+
+class NetnsRouteSpec(_Spec):
+    """``{to: default|NET, via: IP, dev: ethN}`` (at least one of via, dev)."""
+
+    to: Annotated[str, AfterValidator(_check_route_to)]
+    via: Annotated[str, AfterValidator(_check_via)] | None = None
+    dev: str | None = None
+
+
+class NetnsSpec(_Spec):
+    """A Linux network namespace as a host (root, process backend)."""
+
+    kind: Literal["netns"]
+    interfaces: Annotated[dict[str, NetnsIfaceSpec],
+                          Field(min_length=1, max_length=NETNS_MAX_IFACES)]
+    routes: Annotated[list[NetnsRouteSpec], Field(max_length=NETNS_MAX_ROUTES)] = []
+    #: Shell commands run inside once its interfaces are up (from a file on this host only).
+    commands: Annotated[list[_Command], Field(max_length=NETNS_MAX_COMMANDS)] = []
+    host: HostName | None = None
+
+
+class QemuSpec(_Spec):
+    """A real QEMU VM the orchestrator runs, on a stream port virtwire makes for it."""
+
+    kind: Literal["qemu"]
+    kernel: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    initrd: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    append: Annotated[str, Field(max_length=COMMAND_MAX_LEN)] | None = None
+    disk: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    memory: _Memory = 256 << 20
+    nic: Literal["e1000", "virtio-net-pci"] = "e1000"
+    mac: Annotated[str, AfterValidator(_check_mac)] | None = None
+    #: More QEMU arguments, as a list (from a file on this host only).
+    args: Annotated[list[Annotated[str, Field(max_length=COMMAND_MAX_LEN)]],
+                    Field(max_length=QEMU_MAX_ARGS)] = []
+    host: HostName | None = None
+    link_transport: LinkTransport | None = None
+    #: On its stream port's NetClient.
+    filters: _RawFilters = []
+    netem: _RawNetem | None = None
+
+    @model_validator(mode="after")
+    def _one_boot_source(self) -> Self:
+        if (self.kernel is None) == (self.disk is None):
+            raise ConfigError("give either kernel: (with initrd:, append:) or disk:")
+        if self.kernel is None and (self.initrd is not None or self.append is not None):
+            raise ConfigError("initrd: and append: go with kernel:")
+        return self
+
+
 TAP_SPECS: dict[str, type[_TapSpec]] = {
     "tap": TapTapSpec, "stream": TapStreamSpec, "dgram": TapDgramSpec}
 TapSpec = Annotated[TapTapSpec | TapStreamSpec | TapDgramSpec, Field(discriminator="backend")]
-NodeSpec = Annotated[HubSpec | SwitchSpec | VmSpec | TapSpec, Field(discriminator="kind")]
+NodeSpec = Annotated[HubSpec | SwitchSpec | VmSpec | TapSpec | NetnsSpec | QemuSpec,
+                    Field(discriminator="kind")]
 LinkSpec = Annotated[list[str], BeforeValidator(_link_ends), Field(min_length=2, max_length=2),
                     WithJsonSchema({"oneOf": [
                         {"type": "array", "items": {"type": "string"}, "minItems": 2,
@@ -895,6 +1002,75 @@ class TapNode(Node):
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "backend": self.backend, "options": dict(self.options),
                 "spec": self.backend_spec(), "publish": self.publish or None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetnsInterface:
+    name: str
+    #: ``ip addr add`` texts (198.18.0.1/24, fd00::1/64).
+    addresses: tuple[str, ...] = ()
+    mtu: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetnsRoute:
+    to: str
+    via: str = ""
+    dev: str = ""
+
+    def ip_args(self) -> list[str]:
+        """``ip route add`` arguments."""
+        return [self.to, *(["via", self.via] if self.via else []),
+                *(["dev", self.dev] if self.dev else [])]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetnsNode(Node):
+    """A network namespace; interface ethN is the tap service NODE-ethN (a TAP inside)."""
+
+    kind: ClassVar[NodeKind] = "netns"
+    interfaces: tuple[NetnsInterface, ...] = ()
+    routes: tuple[NetnsRoute, ...] = ()
+    commands: tuple[str, ...] = ()
+
+    def service(self, iface: str) -> str:
+        """The tap service (and its NetClient) of interface ``iface``."""
+        return f"{self.name}-{iface}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(),
+                "interfaces": {i.name: {"addresses": list(i.addresses), "mtu": i.mtu}
+                               for i in self.interfaces},
+                "routes": [{"to": r.to, "via": r.via or None, "dev": r.dev or None}
+                           for r in self.routes],
+                "commands": list(self.commands)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class QemuNode(Node):
+    """A QEMU VM (service NODE-qemu) on the stream port NODE (a tap service it dials)."""
+
+    kind: ClassVar[NodeKind] = "qemu"
+    kernel: str = ""
+    initrd: str = ""
+    append: str = ""
+    disk: str = ""
+    memory: int = 256 << 20
+    nic: str = "e1000"
+    mac: str = ""
+    mac_assigned: bool = False
+    args: tuple[str, ...] = ()
+
+    @property
+    def qemu_service(self) -> str:
+        return f"{self.name}-qemu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "kernel": self.kernel or None,
+                "initrd": self.initrd or None, "append": self.append or None,
+                "disk": self.disk or None, "memory": self.memory, "nic": self.nic,
+                "mac": self.mac, "mac_assigned": self.mac_assigned, "args": list(self.args)}
+
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1187,6 +1363,10 @@ def _stand_in(raw: object) -> NodeSpec:
         return VmSpec.model_construct(kind="vm")
     if kind == "switch":
         return SwitchSpec.model_construct(kind="switch")
+    if kind == "netns":
+        return NetnsSpec.model_construct(kind="netns", interfaces={})
+    if kind == "qemu":
+        return QemuSpec.model_construct(kind="qemu")
     if kind == "tap":
         backend = raw.get("backend") if isinstance(raw, dict) else None
         if backend == "tap":
@@ -1401,7 +1581,12 @@ def _strip_tags(loc: _Path) -> tuple[_Path, type[BaseModel] | None]:
         return tuple(path), BridgeSpec
     if tag in HUB_KINDS and len(path) >= 5 and path[2] == "ports":
         return tuple(path), SwitchPortSpec if tag == "switch" else PortSpec
-    models: dict[str, type[BaseModel]] = {"hub": HubSpec, "switch": SwitchSpec, "vm": VmSpec}
+    if tag == "netns" and len(path) >= 5 and path[2] == "interfaces":
+        return tuple(path), NetnsIfaceSpec
+    if tag == "netns" and len(path) >= 5 and path[2] == "routes":
+        return tuple(path), NetnsRouteSpec
+    models: dict[str, type[BaseModel]] = {"hub": HubSpec, "switch": SwitchSpec, "vm": VmSpec,
+                                          "netns": NetnsSpec, "qemu": QemuSpec}
     return tuple(path), models.get(tag)
 
 
@@ -1453,7 +1638,7 @@ class _Resolver:
         self.stand_ins = partial.stand_ins if partial else frozenset()
         self.skip_links = partial.skip_links if partial else frozenset()
         self._opts: dict[str, dict[str, str]] = {}
-        rank = {"hub": 0, "switch": 0, "vm": 1, "tap": 2}
+        rank = {"hub": 0, "switch": 0, "vm": 1, "tap": 2, "netns": 2, "qemu": 2}
         #: Node names in start order: hubs, vms, taps; file order within a kind.
         self.order = sorted(spec.nodes, key=lambda n: rank[spec.nodes[n].kind])
         self.position = {name: i for i, name in enumerate(self.order)}
@@ -1462,6 +1647,7 @@ class _Resolver:
         spec, report = self.spec, self.report
         self._check_hosts()
         self._check_trust()
+        self._check_host_kinds()
         macs = self._assign_macs()
         self._check_unique_ips()
         self._check_host_resources()
@@ -1530,6 +1716,23 @@ class _Resolver:
                           compat=node.compat, memory=node.memory,
                           ip=ipaddress.IPv4Interface(node.ip) if node.ip else None,
                           bridge=bridge)
+        if isinstance(node, NetnsSpec):
+            return NetnsNode(
+                name=name, host=node.host, line=line, link_transport=transport,
+                interfaces=tuple(NetnsInterface(name=i, addresses=tuple(spec.addresses),
+                                                mtu=spec.mtu)
+                                 for i, spec in node.interfaces.items()),
+                routes=tuple(NetnsRoute(to=r.to, via=r.via or "", dev=r.dev or "")
+                             for r in node.routes),
+                commands=tuple(node.commands))
+        if isinstance(node, QemuSpec):
+            mac_text, assigned = mac if mac is not None else ("", False)
+            return QemuNode(name=name, host=node.host, line=line, link_transport=transport,
+                            kernel=self._host_file(node.kernel),
+                            initrd=self._host_file(node.initrd),
+                            append=node.append or "", disk=self._host_file(node.disk),
+                            memory=node.memory, nic=node.nic, mac=mac_text,
+                            mac_assigned=assigned, args=tuple(node.args))
         return TapNode(name=name, host=node.host, line=line, link_transport=transport,
                        backend=node.backend, options=self._tap_options(name),
                        publish=getattr(node, "publish", None) or "")
@@ -1590,6 +1793,56 @@ class _Resolver:
                               "this host: run 'virtwire up FILE' here for a LAN with tls:",
                               denied=True)
 
+    def _host_file(self, text: str | None) -> str:
+        """A qemu node's file, relative to the topology file's directory; "" for none."""
+        if not text:
+            return ""
+        return str(Path(text) if Path(text).is_absolute() else self.base_dir / text)
+
+    def _check_host_kinds(self) -> None:
+        """netns and qemu nodes: this machine only, from a file read here; their
+        interfaces, routes and files (docs/topology.md)."""
+        for name, node in self.spec.nodes.items():
+            if not isinstance(node, NetnsSpec | QemuSpec) or name in self.stand_ins:
+                continue
+            what = "network namespace" if isinstance(node, NetnsSpec) else "QEMU VM"
+            if self.remote is not None:
+                self.report.error(("nodes", name, "kind"), (
+                    f"a {node.kind} node runs a {what} and commands on this host: a topology "
+                    "sent by RPC may not have one (run 'virtwire up FILE' here)"), denied=True)
+                continue
+            if node.host is not None:
+                self.report.error(("nodes", name, "host"), f"a {node.kind} node runs on "
+                                  "this machine (leave out host:)")
+            if isinstance(node, NetnsSpec):
+                self._check_netns_node(name, node)
+            else:
+                for option in ("kernel", "initrd", "disk"):
+                    path = self._host_file(getattr(node, option))
+                    if path and not Path(path).is_file():
+                        self.report.error(("nodes", name, option),
+                                          f"{shorten(path)}: no such file")
+
+    def _check_netns_node(self, name: str, node: NetnsSpec) -> None:
+        families: dict[str, set[int]] = {}
+        for iface, spec in node.interfaces.items():
+            if not NETNS_IFACE_RE.match(iface):
+                self.report.error(("nodes", name, "interfaces", iface),
+                                  f"interface {iface[:40]!r}: name it eth0 .. eth15")
+            families[iface] = {ipaddress.ip_interface(a).version for a in spec.addresses}
+        for i, route in enumerate(node.routes):
+            path: _Path = ("nodes", name, "routes", i)
+            if route.via is None and route.dev is None:
+                self.report.error(path, "a route needs via: IP or dev: ethN (or both)")
+            if route.dev is not None and route.dev not in node.interfaces:
+                self.report.error((*path, "dev"), f"unknown interface {route.dev[:40]!r} "
+                                  f"(this node has: {', '.join(node.interfaces)})")
+            version = (ipaddress.ip_address(route.via).version if route.via else None)
+            if route.to != "default" and version is not None \
+                    and ipaddress.ip_network(route.to).version != version:
+                self.report.error(path, f"to {route.to} and via {route.via} are not of one "
+                                  "IP version")
+
     def _check_hosts(self) -> None:
         known = (f"known: {', '.join(self.spec.hosts)}" if self.spec.hosts
                  else "the file defines no hosts")
@@ -1610,7 +1863,8 @@ class _Resolver:
         """Each vm's MAC: its own, or QEMU's next free default."""
         macs: dict[str, tuple[str, bool]] = {}
         owner: dict[str, str] = {}
-        vms = [(n, s) for n, s in self.spec.nodes.items() if isinstance(s, VmSpec)]
+        vms: list[tuple[str, VmSpec | QemuSpec]] = [
+            (n, s) for n, s in self.spec.nodes.items() if isinstance(s, VmSpec | QemuSpec)]
         for name, vm in vms:
             if vm.mac is None:
                 continue
@@ -1703,15 +1957,27 @@ class _Resolver:
                     Service(name=drv, kind="guest", node=name, host=node.host,
                             needs=(nic, mem))]
                 vm_services.update((svc.name, name) for svc in out[name])
+            elif isinstance(node, NetnsSpec):
+                out[name] = [Service(name=f"{name}-{iface}", kind="tap", node=name)
+                             for iface in node.interfaces]
+                vm_services.update((svc.name, name) for svc in out[name])
+            elif isinstance(node, QemuSpec):
+                out[name] = [Service(name=name, kind="tap", node=name),
+                             Service(name=f"{name}-qemu", kind="qemu", node=name,
+                                     needs=(name,))]
+                vm_services.update((svc.name, name) for svc in out[name])
             else:
                 kind: ServiceKind = "hub" if node.kind in HUB_KINDS else "tap"
                 out[name] = [Service(name=name, kind=kind, node=name, host=node.host)]
         for name in self.spec.nodes:
             if name in vm_services and vm_services[name] != name:
                 vm = vm_services[name]
-                self.report.error(("nodes", name), f"the name is taken by the {name[len(vm) + 1:]} "
-                                  f"service of vm {vm!r} (a vm's services are named "
-                                  "NODE-guestmem, NODE-e1000 and NODE-guest)")
+                owner_kind = self.spec.nodes[vm].kind
+                named = {"vm": "NODE-guestmem, NODE-e1000 and NODE-guest",
+                         "netns": "NODE-INTERFACE", "qemu": "NODE and NODE-qemu"}[owner_kind]
+                self.report.error(("nodes", name), f"the name is taken by the "
+                                  f"{name[len(vm) + 1:]} service of {owner_kind} {vm!r} (a "
+                                  f"{owner_kind}'s services are named {named})")
         return out
 
     def _service_of(self, name: str) -> str:
@@ -1724,9 +1990,12 @@ class _Resolver:
             known = ", ".join(self.spec.nodes)
             self.report.error(path, f"unknown node {node!r} (known: {known})")
             return None
+        spec = self.spec.nodes[node]
+        if isinstance(spec, NetnsSpec):
+            return self._netns_end(index, text, node, port if sep else None, spec)
         if not sep:
             return _End(node, None)
-        kind = self.spec.nodes[node].kind
+        kind = spec.kind
         if kind not in HUB_KINDS:
             self.report.error(path, f"{text!r}: a {kind} node has a single port: "
                               f"write just {node!r}")
@@ -1736,6 +2005,24 @@ class _Resolver:
         except ConfigError as exc:
             self.report.error(path, str(exc))
             return None
+
+    def _netns_end(self, index: int, text: str, node: str, port: str | None,
+                   spec: NetnsSpec) -> _End | None:
+        """NODE:ethN of a netns node (NODE alone when it has one interface)."""
+        path: _Path = ("links", index)
+        if node in self.stand_ins:
+            return _End(node, port or "eth0")
+        if port is None:
+            if len(spec.interfaces) == 1:
+                return _End(node, next(iter(spec.interfaces)))
+            self.report.error(path, f"{text!r}: netns {node} has several interfaces: name "
+                              f"one, {node}:IFACE ({', '.join(spec.interfaces)})")
+            return None
+        if port not in spec.interfaces:
+            self.report.error(path, f"{text!r}: unknown interface {port[:40]!r} of netns "
+                              f"{node} (it has: {', '.join(spec.interfaces)})")
+            return None
+        return _End(node, port)
 
     def _links(self) -> tuple[list[Link], dict[str, list[str]]]:
         spec, report = self.spec, self.report
@@ -1773,6 +2060,10 @@ class _Resolver:
                     if kind in HUB_KINDS:
                         report.error(path, f"{kind} port {end.node}:{end.port} is already "
                                      f"linked by {first}")
+                    elif kind == "netns":
+                        report.error(path, f"interface {end.node}:{end.port} is already "
+                                     f"linked by {first}: link it to a switch or hub to "
+                                     "join more nodes")
                     else:
                         report.error(path, f"node {end.node!r} is already linked by {first}: "
                                      f"a {kind} has a single port; link both to a hub to "
@@ -1792,7 +2083,7 @@ class _Resolver:
             adjacent[a.node].append(b.node)
             adjacent[b.node].append(a.node)
             dialer, listener = (a, b) if self.position[a.node] > self.position[b.node] else (b, a)
-            if listener.port is not None:
+            if listener.port is not None and spec.nodes[listener.node].kind in HUB_KINDS:
                 hub_ports.setdefault(listener.node, []).append(listener.port)
             self._check_reachable(index, dialer.node, listener.node)
             links.append(Link(index=index, dialer=self._endpoint(dialer),
@@ -1801,6 +2092,9 @@ class _Resolver:
         return links, hub_ports
 
     def _endpoint(self, end: _End) -> Endpoint:
+        if self.spec.nodes[end.node].kind == "netns":
+            service = f"{end.node}-{end.port}"
+            return Endpoint(node=end.node, service=service, netclient=service)
         is_hub = self.spec.nodes[end.node].kind in HUB_KINDS
         return Endpoint(node=end.node, service=self._service_of(end.node),
                         netclient=(end.port or "") if is_hub else end.node)
@@ -1942,6 +2236,9 @@ class _Filters:
             netclient = port or ""
             key: _NcKey = (service, netclient or f"#{link}")
             siblings = frozenset(self.named.get(node, set()) - {netclient})
+        elif self.spec.nodes[node].kind == "netns":
+            service = netclient = f"{node}-{port}"
+            key, siblings = (service, netclient), frozenset()
         else:
             netclient, key, siblings = node, (service, node), frozenset()
         if key not in self.chains:
@@ -1982,7 +2279,7 @@ class _Filters:
                                           f"(e.g. [NODE, {name}:{port}])")
                         continue
                     add(path, port_spec, self._chain(name, port))
-            else:
+            elif not isinstance(node, NetnsSpec):
                 add(("nodes", name), node, self._chain(name, None))
         data = self.report.doc.data
         raw_links = data.get("links") if isinstance(data, dict) else None

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 from virtwire import __version__, tls
 from virtwire.cli import certs, demo, expect, frames, lan, replay, serve
+from virtwire.cli import console as console_verbs
+from virtwire.cli import exec as exec_verbs
 from virtwire.cli import fdb as fdb_verbs
 from virtwire.cli import filter as filter_verbs
 from virtwire.cli import graph as graph_verbs
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     for verbs in (expect, replay):
         verbs.add_commands(sub)
     for verbs in (graph_verbs, top_verbs):
+        verbs.add_commands(sub)
+    for verbs in (exec_verbs, console_verbs):
         verbs.add_commands(sub)
     assert isinstance(sub, Verbs)
     p.description = ("QEMU's network data path as gRPC services: run a LAN of emulated "

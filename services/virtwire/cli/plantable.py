@@ -31,6 +31,8 @@ def _dials(sp: spec.ServiceSpec) -> list[str]:
         return [f"{sp.guestmem} (DMA)", *([sp.peer] if sp.peer else [])]
     if isinstance(sp, spec.GuestServiceSpec):
         return [f"{sp.e1000} (MMIO, IRQ)", f"{sp.guestmem} (rings)"]
+    if isinstance(sp, spec.QemuServiceSpec):
+        return [f"{sp.name} (-netdev stream, unix:{sp.stream})"]
     return []
 
 
@@ -56,6 +58,10 @@ def _addresses(sp: spec.ServiceSpec) -> list[str]:
         return [f"{_size(sp.size)} RAM"]
     if isinstance(sp, spec.E1000ServiceSpec):
         return [f"mac {sp.mac}", f"{sp.model} (QEMU {sp.compat})"]
+    if isinstance(sp, spec.QemuServiceSpec):
+        boot = f"kernel {sp.kernel}" if sp.kernel else f"disk {sp.disk}"
+        return [boot, f"{_size(sp.memory)} RAM", f"{sp.nic} mac {sp.mac}",
+                f"console {sp.console}"]
     texts = [f"ip {sp.ip}"] if sp.ip else []
     if sp.bridge_tap:
         where = [f"netns {sp.netns}"] if sp.netns else []
@@ -71,7 +77,8 @@ def format_plan(topo: Topology) -> str:
     for svc in topo.services:
         sp = specs[svc.name]
         options = _addresses(sp)
-        if not isinstance(sp, spec.GuestMemServiceSpec) and sp.link_transport != "auto":
+        if not isinstance(sp, spec.GuestMemServiceSpec | spec.QemuServiceSpec) \
+                and sp.link_transport != "auto":
             options.append(f"link transport {sp.link_transport}")
         # The `serve KIND` it runs: a switch node's hub service says switch.
         rows.append((svc.name, sp.kind, svc.node, _runs_on(topo, svc),

@@ -17,8 +17,8 @@ from typing import Any
 #: The top-level help's groups, in order (serving is for services and hosts, last).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lifecycle of a LAN", ("up", "down", "status", "validate", "render", "demo")),
-    ("inspect", ("list", "capture", "expect", "top", "graph")),
-    ("drive", ("inject", "link", "ping", "netem", "filter", "replay", "fdb")),
+    ("inspect", ("list", "capture", "expect", "top", "graph", "console")),
+    ("drive", ("inject", "link", "ping", "netem", "filter", "replay", "fdb", "exec")),
     ("serve", ("serve", "certs")),
 )
 
@@ -50,6 +50,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
               "virtwire graph default -o live.mmd      # a running LAN: link states, rates"),
     "replay": ("virtwire replay vm1 -r vm1.pcap --speed 2",
                "virtwire replay -s 127.0.0.1:7000 p0 -r frames.pcap --speed max"),
+    "exec": ("virtwire exec h1 -- ip addr show eth0",
+             "virtwire exec h1 -- ping -c 3 198.18.10.2"),
+    "console": ("virtwire console q1                # follow it; Ctrl-C ends",
+                "virtwire console q1 --no-follow"),
     "fdb": ("virtwire fdb sw0                 # MAC, VLAN, port, age",
             "virtwire fdb sw0 --flush --port p1"),
 }

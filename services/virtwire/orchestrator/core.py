@@ -51,6 +51,12 @@ from virtwire.errors import (
 from virtwire.orchestrator import pids
 from virtwire.orchestrator.forward import PortForwarder
 from virtwire.orchestrator.health import HEALTH_TIMEOUT_S, check_health, wait_serving
+from virtwire.orchestrator.hostnodes import (
+    NetnsHosts,
+    check_qemu_paths,
+    qemu_nodes,
+    remove_recorded_netns,
+)
 from virtwire.orchestrator.pki import LanPki, lan_tls_dir
 from virtwire.orchestrator.plan import service_spec
 from virtwire.orchestrator.runtime import Runtime
@@ -64,10 +70,13 @@ from virtwire.orchestrator.subnet import check_subnet
 from virtwire.rpc.status import translated
 from virtwire.topology import (
     LAN_NAME_MAX,
+    NETNS_IFACE_RE,
     NODE_NAME_MAX,
     VM_SERVICES,
     HubNode,
+    NetnsNode,
     Node,
+    QemuNode,
     TapNode,
     Topology,
     VmNode,
@@ -186,7 +195,9 @@ class LanState:
 def _check_record(rec: ServiceRecord) -> None:
     """A service record's names follow the topology's rules (NODE or NODE-KIND)."""
     check_node_name(rec.node[:NODE_NAME_MAX + 1])
-    if rec.name != rec.node and rec.name not in (f"{rec.node}-{k}" for k in VM_SERVICES):
+    suffix = rec.name[len(rec.node) + 1:] if rec.name.startswith(f"{rec.node}-") else ""
+    if rec.name != rec.node and rec.name not in (f"{rec.node}-{k}" for k in VM_SERVICES) \
+            and suffix != "qemu" and not NETNS_IFACE_RE.match(suffix):
         raise ConfigError(f"service {rec.name[:80]!r} is not a service name of node "
                           f"{rec.node!r}")
     if rec.pid < 0 or rec.start_time < 0:
@@ -233,6 +244,8 @@ def remove_lan_dir(name: str, root: Path | None = None) -> None:
     path = private_dir(root or state_root(), check_lan(name), create=False)
     if path is None:
         return
+    # A crashed orchestrator's network namespaces (netns nodes) go with the LAN.
+    remove_recorded_netns(path, check_lan(name))
     dumps = path / DUMP_DIR
     try:
         keep = (not dumps.is_symlink() and dumps.is_dir()
@@ -334,6 +347,8 @@ class Orchestrator:
         #: The topology's schedule as it runs (None: none, or not up yet).
         self.schedule: ScheduleRunner | None = None
         self._scheduler: asyncio.Task[None] | None = None
+        #: The namespaces of the LAN's netns nodes (hostnodes.py).
+        self.hostnodes: NetnsHosts | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -385,6 +400,11 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         healthy_at = 0.0
         try:
+            self.hostnodes = NetnsHosts(topo, self.dir)
+            if backend != "process" and (self.hostnodes.nodes() or qemu_nodes(topo)):
+                raise ConfigError("netns and qemu nodes run with the process backend only")
+            self.hostnodes.check()
+            check_qemu_paths(topo, self.dir)
             for host in sorted({s.host or "" for s in topo.services}):
                 yield UpEvent("starting", message=self._runtime_message(topo, host, backend))
                 self.runtimes[host] = self._make_runtime(topo, host, backend, subnet)
@@ -393,7 +413,14 @@ class Orchestrator:
                 addresses = {name: rec.address for name, rec in self.services.items()}
                 runtime = self.runtimes[svc.host or ""]
                 spec = self.specs[svc.name] = service_spec(
-                    topo, svc.name, addresses, dump_root=self._dump_root(runtime, svc.name))
+                    topo, svc.name, addresses, dump_root=self._dump_root(runtime, svc.name),
+                    lan_dir=str(self.dir))
+                node = topo.node(svc.node)
+                if isinstance(node, NetnsNode) and svc.name == node.service(
+                        node.interfaces[0].name):
+                    ns = await self.hostnodes.create(node)
+                    yield UpEvent("starting", svc.name, message=f"{node.name}: network "
+                                  f"namespace {ns}")
                 where = f" on host {svc.host}" if svc.host else ""
                 yield UpEvent("starting", svc.name,
                               message=f"starting {svc.kind} {svc.name}{where}")
@@ -406,6 +433,7 @@ class Orchestrator:
                     backend=runtime.kind, agent=agent,
                     start_time=self._start_time(runtime, pid))
                 self._write_state()
+                await self._attach(svc.node, svc.name)
                 if svc.kind == "tap" and runtime.kind != "docker":
                     await self._learn_bound(svc.node, address)
                 port = self._port_text(svc.node) if svc.kind == "tap" else ""
@@ -417,6 +445,8 @@ class Orchestrator:
                         yield UpEvent("link", svc.name, message=(
                             f"link {link.ends[0]} -- {link.ends[1]}: {svc.name} dials "
                             f"{link.listener.service}/{link.listener.netclient}"))
+            for netns in self.hostnodes.nodes():
+                await self.hostnodes.run_commands(netns)
             await self._wait_healthy()
             await self._snapshot_ports()
             healthy_at = loop.time()  # the schedule's time 0
@@ -457,6 +487,13 @@ class Orchestrator:
         for info in infos:
             if info.name == node and info.backend_address:
                 self.bound[node] = info.backend_address
+
+    async def _attach(self, node_name: str, service: str) -> None:
+        """A netns node's interface just (re)started: its TAP into the namespace."""
+        assert self.topology is not None
+        node = self.topology.node(node_name)
+        if isinstance(node, NetnsNode) and self.hostnodes is not None:
+            await self.hostnodes.attach(node, service[len(node.name) + 1:])
 
     async def _learn_bound(self, node: str, address: str) -> None:
         """``note_bound`` from tap node ``node``'s service at ``address``."""
@@ -582,6 +619,11 @@ class Orchestrator:
         stopped = len(self._launched)
         self._launched = []
         self.runtimes = {}
+        if self.hostnodes is not None:
+            try:
+                await self.hostnodes.delete_all()
+            except Exception as exc:
+                logger.error("removing the network namespaces: %s", exc)
         if self.topology is not None:
             try:
                 remove_lan_dir(self.topology.name, self.state_root)
@@ -647,6 +689,10 @@ class Orchestrator:
 
     def _vm_dependents(self, rec: ServiceRecord) -> list[ServiceRecord]:
         """The services of rec's VM started after it, when rec is its guestmem or e1000."""
+        node = self.topology.nodes.get(rec.node) if self.topology else None
+        if isinstance(node, QemuNode) and rec.kind == "tap":
+            # QEMU's stream client does not redial: a new port needs a new QEMU.
+            return [self.services[node.qemu_service]]
         if rec.kind not in ("guestmem", "e1000"):
             return []
         names = list(self.services)
@@ -661,6 +707,7 @@ class Orchestrator:
             rec.address, rec.pid = await runtime.start(
                 rec.name, self._restart_spec(rec), listen=rec.address)
             rec.start_time = self._start_time(runtime, rec.pid)
+            await self._attach(rec.node, rec.name)
         except BackendError as exc:
             self._event(f"restart of {rec.name} failed: {exc}")
             self._write_state()
@@ -683,6 +730,15 @@ class Orchestrator:
             if not port:
                 raise ConfigError(f"{node_name} is a hub: name a port, {node_name}:PORT")
             return self.services[node_name].address, port
+        if isinstance(node, NetnsNode):
+            ifaces = [i.name for i in node.interfaces]
+            if not port and len(ifaces) == 1:
+                port = ifaces[0]
+            if port not in ifaces:
+                raise NotFoundError(f"netns {node_name} has no interface {port[:40]!r}: "
+                                    f"name one, {node_name}:IFACE ({', '.join(ifaces)})")
+            service = node.service(port)
+            return self.services[service].address, service
         if port:
             raise ConfigError(f"{node_name} is a {node.kind}: it has no ports")
         service = node.service("e1000") if isinstance(node, VmNode) else node_name

@@ -32,7 +32,18 @@ from dataclasses import replace
 
 from virtwire.net.hub import hub_port_name
 from virtwire.orchestrator import spec
-from virtwire.topology import HubNode, Link, NodeFilter, SwitchNode, TapNode, Topology, VmNode
+from virtwire.orchestrator.hostnodes import qemu_paths, tap_name
+from virtwire.topology import (
+    HubNode,
+    Link,
+    NetnsNode,
+    NodeFilter,
+    QemuNode,
+    SwitchNode,
+    TapNode,
+    Topology,
+    VmNode,
+)
 
 __all__ = ["auto_ports", "filter_netclient", "filter_objects", "plan", "service_spec"]
 
@@ -87,15 +98,17 @@ def peer(topo: Topology, link: Link, addresses: Addresses) -> str:
 
 
 def service_spec(topo: Topology, name: str, addresses: Addresses, *,
-                 dump_root: str = "") -> spec.ServiceSpec:
+                 dump_root: str = "", lan_dir: str = "LAN") -> spec.ServiceSpec:
     """What service ``name`` is started with; ``addresses`` has those it needs
     (the listeners it dials, its VM's guestmem and e1000). ``dump_root``: where
-    services with a dump filter get their --dump-dir (``DUMP_ROOT/NAME``)."""
-    planned = _service_spec(topo, name, addresses)
+    services with a dump filter get their --dump-dir (``DUMP_ROOT/NAME``);
+    ``lan_dir``: the LAN's state dir, where a qemu node's socket and console are."""
+    planned = _service_spec(topo, name, addresses, lan_dir)
     return spec.with_dump_dir(planned, f"{dump_root}/{name}") if dump_root else planned
 
 
-def _service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.ServiceSpec:
+def _service_spec(topo: Topology, name: str, addresses: Addresses,
+                  lan_dir: str = "LAN") -> spec.ServiceSpec:
     svc = next(s for s in topo.services if s.name == name)
     node = topo.node(svc.node)
     dials = [link for link in topo.links if link.dialer.service == name]
@@ -119,6 +132,22 @@ def _service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.Servi
                                    options={**node.options, "id": node.name},
                                    peer=peers[0] if peers else "",
                                    link_transport=node.link_transport, filters=filters)
+    if isinstance(node, NetnsNode):  # its TAP, under our name until it moves in
+        return spec.TapServiceSpec(backend="tap",
+                                   options={"ifname": tap_name(topo.name, name), "id": name},
+                                   peer=peers[0] if peers else "",
+                                   link_transport=node.link_transport, filters=filters)
+    if isinstance(node, QemuNode):
+        sock, console = qemu_paths(lan_dir, node.name)
+        if svc.kind == "tap":  # its stream port, which QEMU dials
+            return spec.TapServiceSpec(backend="stream",
+                                       options={"listen": f"unix:{sock}", "id": node.name},
+                                       peer=peers[0] if peers else "",
+                                       link_transport=node.link_transport, filters=filters)
+        return spec.QemuServiceSpec(name=node.name, stream=sock, console=console,
+                                    kernel=node.kernel, initrd=node.initrd,
+                                    append=node.append, disk=node.disk, memory=node.memory,
+                                    nic=node.nic, mac=node.mac, args=node.args)
     assert isinstance(node, VmNode)
     if svc.kind == "guestmem":
         return spec.GuestMemServiceSpec(size=node.memory)
@@ -139,7 +168,8 @@ def _service_spec(topo: Topology, name: str, addresses: Addresses) -> spec.Servi
 
 
 def plan(topo: Topology, addresses: Addresses, *,
-         dump_root: str = "") -> dict[str, spec.ServiceSpec]:
+         dump_root: str = "", lan_dir: str = "LAN") -> dict[str, spec.ServiceSpec]:
     """Every service's spec, in start order, with every address known."""
-    return {svc.name: service_spec(topo, svc.name, addresses, dump_root=dump_root)
+    return {svc.name: service_spec(topo, svc.name, addresses, dump_root=dump_root,
+                                   lan_dir=lan_dir)
             for svc in topo.services}

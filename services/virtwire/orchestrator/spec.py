@@ -25,7 +25,8 @@ from virtwire.net.netdev import format_backend_spec
 from virtwire.topology import LinkTransport
 
 __all__ = ["E1000ServiceSpec", "GuestMemServiceSpec", "GuestServiceSpec", "HubPortSpec",
-           "HubServiceSpec", "ServiceSpec", "SwitchServiceSpec", "TapServiceSpec", "filter_argv",
+           "HubServiceSpec", "QemuServiceSpec", "ServiceSpec", "SwitchServiceSpec",
+           "TapServiceSpec", "filter_argv",
            "has_dump", "link_transport_argv", "with_dump_dir", "with_hub_ports"]
 
 
@@ -186,8 +187,37 @@ class GuestServiceSpec:
         return args + link_transport_argv(self.link_transport)
 
 
+@dataclass(frozen=True, kw_only=True)
+class QemuServiceSpec:
+    """A QEMU VM run by ``serve qemu`` (server/qemu.py): it dials ``stream``
+    (the unix socket of its stream port) and writes its serial console to
+    ``console``. Only from a topology file read on this host: never over StartService."""
+
+    kind: ClassVar[str] = "qemu"
+    name: str
+    stream: str
+    console: str
+    kernel: str = ""
+    initrd: str = ""
+    append: str = ""
+    disk: str = ""
+    memory: int = 256 << 20
+    nic: str = "e1000"
+    mac: str = ""
+    args: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        out = ["--name", self.name, "--stream", self.stream, "--console", self.console,
+               "--memory", str(self.memory), "--nic", self.nic]
+        for option in ("kernel", "initrd", "append", "disk", "mac"):
+            value = getattr(self, option)
+            out += [f"--{option}", value] if value else []
+        # --arg=X: an argument starting with '-' is the value, not an option.
+        return out + [f"--arg={arg}" for arg in self.args]
+
+
 ServiceSpec = (HubServiceSpec | TapServiceSpec | GuestMemServiceSpec | E1000ServiceSpec
-               | GuestServiceSpec)
+               | GuestServiceSpec | QemuServiceSpec)
 #: The kinds whose NetClients are LAN nodes, which topology filters go on.
 FilteredSpec = HubServiceSpec | TapServiceSpec | E1000ServiceSpec
 

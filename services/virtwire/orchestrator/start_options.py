@@ -38,6 +38,7 @@ from virtwire.orchestrator.spec import (
     GuestServiceSpec,
     HubPortSpec,
     HubServiceSpec,
+    QemuServiceSpec,
     ServiceSpec,
     TapServiceSpec,
 )
@@ -62,7 +63,8 @@ _OPTION_KINDS = ("hub", "tap", "guestmem", "e1000", "guest")
 def to_start_options(spec: ServiceSpec) -> dict[str, Any]:
     """``{KIND: Start<Kind>Options}``: keyword arguments of the StartService request."""
     options = _kind_options(spec)
-    if not isinstance(spec, GuestMemServiceSpec) and spec.link_transport != "auto":
+    if not isinstance(spec, GuestMemServiceSpec | QemuServiceSpec) \
+            and spec.link_transport != "auto":
         options["link_transport"] = spec.link_transport
     if isinstance(spec, FilteredSpec) and spec.filters:
         options["filters"] = list(spec.filters)
@@ -91,6 +93,8 @@ def check_filters(texts: list[str]) -> tuple[str, ...]:
 
 
 def _kind_options(spec: ServiceSpec) -> dict[str, Any]:
+    if isinstance(spec, QemuServiceSpec):  # a program to run: never over an RPC
+        raise ConfigError("a qemu node runs on this machine only: not through StartService")
     if isinstance(spec, HubServiceSpec):
         return {"hub": orchestrator_pb2.StartHubOptions(
             hub_id=spec.hub_id, name=spec.name,
@@ -207,7 +211,7 @@ def from_start_request(request: orchestrator_pb2.OrchestratorServiceStartService
     if transport not in LINK_TRANSPORTS:
         raise ConfigError(f"StartService.link_transport {shorten(transport)}: use one of "
                           f"{', '.join(LINK_TRANSPORTS)}")
-    if transport != "auto" and not isinstance(spec, GuestMemServiceSpec):
+    if transport != "auto" and not isinstance(spec, GuestMemServiceSpec | QemuServiceSpec):
         spec = dataclasses.replace(spec, link_transport=cast(LinkTransport, transport))
     return spec
 
