@@ -165,8 +165,15 @@ def test_each_config_class_has_its_messages_fields() -> None:
     for cls, message in ((NetdevTap, tap_pb2.TapBackendConfig),
                          (NetdevStream, tap_pb2.StreamBackendConfig),
                          (NetdevDgram, tap_pb2.DgramBackendConfig)):
-        own = {f.name for f in dataclasses.fields(cls)} - {"name", "peer"}
+        # A TAP's netns/ip/mac come from its service's command line only.
+        own = {f.name for f in dataclasses.fields(cls)} - {"name", "peer", "netns", "ip", "mac"}
         assert own == {f.name for f in message.DESCRIPTOR.fields}
+
+
+def test_a_taps_namespace_never_goes_on_the_wire() -> None:
+    with pytest.raises(ConfigError, match="command line only"):
+        netdev_to_proto(NetdevTap(name="t", ifname="eth1", netns="/proc/1/ns/net"))
+    assert netdev_to_proto(NetdevTap(name="t", ifname="eth1")).tap.ifname == "eth1"
 
 
 def test_a_message_without_a_kind_is_a_config_error() -> None:

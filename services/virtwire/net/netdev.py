@@ -72,6 +72,13 @@ class NetdevTap(NetdevBase):
     #: Run as ``SCRIPT IFNAME``; "" runs nothing (QEMU's ``script=no``).
     script: str = ""
     downscript: str = ""
+    #: From the service's command line only (``serve tap --netns/--tap-ip/--tap-mac``),
+    #: never from a spec (so never from an RPC): the network namespace file to open
+    #: the TAP in (``net.nsjoin``; "" for the service's own), and what the
+    #: interface gets there (an IPv4 CIDR, a MAC; with a netns it is always brought up).
+    netns: str = ""
+    ip: str = ""
+    mac: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -334,7 +341,8 @@ def net_init_tap(name: str, config: NetdevTap) -> TapBackend:
     """Open the TAP device (its script runs later: ``TapBackend.run_script``)."""
     return TapBackend(name, config.ifname, vnet_hdr=config.vnet_hdr,
                       no_padding=config.no_padding, script=config.script,
-                      downscript=config.downscript)
+                      downscript=config.downscript, netns=config.netns, ip=config.ip,
+                      mac=config.mac)
 
 
 def net_init_stream(name: str, config: NetdevStream) -> StreamBackend:

@@ -214,14 +214,23 @@ class TapBackend(NetClient):
     kind = "tap"
 
     def __init__(self, name: str, ifname: str = "", *, vnet_hdr: bool = False,
-                 no_padding: bool = False, script: str = "", downscript: str = "") -> None:
+                 no_padding: bool = False, script: str = "", downscript: str = "",
+                 netns: str = "", ip: str = "", mac: str = "") -> None:
         super().__init__(name)
         self.vnet_hdr = vnet_hdr
         self.no_padding = no_padding
         self.script = script
         self.downscript = downscript
+        #: The network namespace file the TAP was opened in ("": the service's own).
+        self.netns = netns
         self._loop = asyncio.get_running_loop()
-        self.fd, self.ifname = tap_open(ifname, vnet_hdr)
+        if netns or ip or mac:  # in another namespace, or set up: net.nsjoin
+            from virtwire.net.nsjoin import TapSetup, open_tap_in
+
+            self.fd, self.ifname = open_tap_in(netns, ifname, vnet_hdr,
+                                               TapSetup(ip=ip, mac=mac))
+        else:
+            self.fd, self.ifname = tap_open(ifname, vnet_hdr)
         self.closed = False
         self.poll = PolledFd(self._loop, self.fd, self.tap_send, self.flush_queued_packets)
         #: Backend counters beyond NetClientStats.
@@ -360,6 +369,8 @@ class TapBackend(NetClient):
 
     def describe(self) -> str:
         parts = [f"ifname={self.ifname}"]
+        if self.netns:
+            parts.append(f"netns={self.netns}")
         if self.vnet_hdr:
             parts.append("vnet_hdr=on")
         if self.no_padding:

@@ -27,6 +27,9 @@ _OPTIONS_MESSAGE: dict[str, type[Message]] = {
     NetdevDgram.type: tap_pb2.DgramBackendConfig,
 }
 _COMMON_FIELDS = ("name", "peer")
+#: A TAP's namespace and setup (``serve tap --netns/--tap-ip/--tap-mac``): from a
+#: service's own command line only, so never in the wire form.
+_LOCAL_FIELDS = ("netns", "ip", "mac")
 
 
 def _fields(options: Message) -> dict[str, Any]:
@@ -47,8 +50,12 @@ def netdev_from_proto(msg: tap_pb2.BackendConfig) -> Netdev:
 
 def netdev_to_proto(config: Netdev) -> tap_pb2.BackendConfig:
     """The BackendConfig of a Netdev."""
+    local = [f for f in _LOCAL_FIELDS if getattr(config, f, "")]
+    if local:
+        raise ConfigError(f"a backend's {', '.join(local)} come from its service's command "
+                          "line only (serve tap --netns/--tap-ip/--tap-mac), not over an RPC")
     options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-               if f.name not in _COMMON_FIELDS}
+               if f.name not in _COMMON_FIELDS and f.name not in _LOCAL_FIELDS}
     kind: dict[str, Any] = {config.type: _OPTIONS_MESSAGE[config.type](**options)}
     return tap_pb2.BackendConfig(name=config.name, peer=config.peer, **kind)
 
