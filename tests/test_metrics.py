@@ -165,6 +165,24 @@ async def test_hub_counters_move_with_injected_frames(hub: HubServer) -> None:
     assert value(after, "virtwire_metrics_snapshot_seconds") > 0
 
 
+async def test_a_snapshot_in_steps_reads_every_netclient() -> None:
+    """A hub with more ports than one step reads: every port is in the scrape once."""
+    from virtwire.server.metrics import SNAPSHOT_STEP
+
+    host = HubServer("127.0.0.1:0")
+    host.metrics_listen = "127.0.0.1:0"
+    n = SNAPSHOT_STEP * 3 + 1
+    for _ in range(n):
+        host.add_port()
+    async with host:
+        samples = await scrape(host.metrics_address)
+    rx = [s for s in samples if s.name == "virtwire_netclient_frames_total"
+          and s.labels["direction"] == "rx"]
+    assert len({s.labels["netclient"] for s in rx}) == len(rx) == n
+    assert value(samples, "virtwire_netclients") == n
+    assert value(samples, "virtwire_server_names_refused_total") == 0  # after the last step
+
+
 async def test_metrics_stop_with_the_service() -> None:
     host = HubServer("127.0.0.1:0")
     host.metrics_listen = "127.0.0.1:0"
@@ -302,6 +320,26 @@ async def test_e1000_and_guest_counters_move_with_a_ping(
     assert value(nic1, "virtwire_link_batches_sent_total", netclient="vm1") >= count
     assert value(g1, "virtwire_rpc_server_handling_seconds_count",
                  method="/virtwire.v1.GuestService/Ping", code="OK") >= 1
+    # docs/metrics.md lists every family each kind of service serves.
+    check_documented([*nic1, *g1, *mem1, *hubm])
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+
+
+def check_documented(samples: list[Sample]) -> None:
+    doc = DOC.read_text()
+    names = {re.sub(r"_seconds_(bucket|count|sum)$", "_seconds", s.name) for s in samples}
+    missing = []
+    for name in sorted(names):
+        if f"`{name}`" in doc:
+            continue
+        if name.startswith("virtwire_guest_driver_"):  # listed by counter name
+            driver = name.removeprefix("virtwire_guest_driver_").removesuffix("_total")
+            if f" {driver}," in doc or f" {driver} |" in doc:
+                continue
+        missing.append(name)
+    assert not missing, f"not in docs/metrics.md: {missing}"
 
 
 # -- the CLI's refusals ---------------------------------------------------------------
@@ -355,3 +393,85 @@ async def test_metrics_over_tls_require_a_client_certificate(tmp_path: Path) -> 
         tls.configure(None)
     samples = check_conventions(text)
     assert value(samples, "virtwire_netclients") == 0
+
+
+# -- the orchestrator: a metrics port per service, listed by status --------------------
+LAN_YAML = """\
+name: {name}
+nodes:
+  hub0: {{kind: hub}}
+  vm1: {{kind: vm, ip: 198.18.0.1/24, memory: 16M}}
+  vm2: {{kind: vm, ip: 198.18.0.2/24, memory: 16M}}
+links:
+  - [vm1, hub0]
+  - [vm2, hub0]
+"""
+
+
+def free_port_range(count: int) -> int:
+    """A base port with ``count`` free ports from it (checked, not reserved)."""
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free port range")
+
+
+def test_metrics_plan_gives_each_local_service_the_next_port(tmp_path: Path) -> None:
+    from virtwire.orchestrator.core import metrics_plan
+    from virtwire.topology import parse_topology
+
+    topo = parse_topology(LAN_YAML.format(name="m") + "metrics: {port: 9500}\n", "lan.yaml")
+    assert topo.metrics_port == 9500
+    planned = metrics_plan(topo)
+    assert list(planned) == [s.name for s in topo.services]
+    assert list(planned.values()) == [f"127.0.0.1:{9500 + i}" for i in range(len(planned))]
+    assert metrics_plan(topo, "docker") == {}
+    assert metrics_plan(parse_topology(LAN_YAML.format(name="m"), "lan.yaml")) == {}
+    assert parse_topology(LAN_YAML.format(name="m") + "metrics: {}\n", "x").metrics_port == 9400
+    with pytest.raises(ConfigError, match="do not fit"):
+        metrics_plan(parse_topology(LAN_YAML.format(name="m") + "metrics: {port: 65533}\n",
+                                    "lan.yaml"))
+    with pytest.raises(ConfigError):
+        parse_topology(LAN_YAML.format(name="m") + "metrics: {port: 70000}\n", "lan.yaml")
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([*VIRTWIRE, *args], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out
+
+
+async def test_up_metrics_gives_ports_that_status_lists(tmp_path: Path) -> None:
+    import json
+    import os
+
+    env = {**os.environ, "VIRTWIRE_STATE_DIR": str(tmp_path / "state")}
+    file = tmp_path / "lan.yaml"
+    file.write_text(LAN_YAML.format(name="mlan"))
+    base = free_port_range(7)
+    await asyncio.to_thread(_cli, "up", str(file), "--detach", "--metrics", str(base), env=env)
+    try:
+        status = json.loads((await asyncio.to_thread(_cli, "status", "--json", env=env)).stdout)
+        listed = {s["name"]: s["metrics"] for n in status["nodes"] for s in n["services"]}
+        order = ["hub0", "vm1-guestmem", "vm1-e1000", "vm1-guest",
+                 "vm2-guestmem", "vm2-e1000", "vm2-guest"]
+        assert listed == {name: f"127.0.0.1:{base + i}" for i, name in enumerate(order)}
+        for name, address in listed.items():
+            samples = await scrape(address)
+            assert {s.labels["lan"] for s in samples} == {"mlan"}
+            assert {s.labels["service"] for s in samples} == {name}
+        hub = await scrape(listed["hub0"])
+        assert value(hub, "virtwire_netclients") == 2
+        assert value(hub, "virtwire_netclient_link_state", netclient="hub0port0",
+                     state="up") == 1
+    finally:
+        await asyncio.to_thread(_cli, "down", "mlan", env=env)

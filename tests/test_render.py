@@ -556,3 +556,70 @@ def test_tls_rendered_by_a_non_root_user(tmp_path: Path,
         # Root containers (a TAP, a bridged guest) read any file; the others need it.
         assert (key in chown.split()) != _needs_caps(topo, svc.name), svc.name
         assert (tmp_path / "lan-certs" / f"{svc.name}-key.pem").stat().st_uid != 10000
+
+
+# -- metrics: (docs/metrics.md) --------------------------------------------------------
+def _metrics_topology(tmp_path: Path, port: int = 9500) -> Topology:
+    topo = tmp_path / "metrics.yaml"
+    topo.write_text((EXAMPLES / "default.yaml").read_text() + f"metrics: {{port: {port}}}\n")
+    return load_topology(topo)
+
+
+def test_compose_carries_metrics_ports_and_scrape_labels(tmp_path: Path) -> None:
+    topo = _metrics_topology(tmp_path)
+    services = yaml.safe_load(render(topo, "compose"))["services"]
+    assert set(services) == {s.name for s in topo.services}
+    for svc in topo.services:
+        spec = services[svc.name]
+        cmd = spec["command"]
+        assert _flag(cmd, "--metrics-listen") == "0.0.0.0:9500"
+        assert _flag(cmd, "--metrics-lan") == topo.name
+        assert _flag(cmd, "--metrics-service") == svc.name
+        assert "--insecure" in cmd  # plaintext off loopback, as the gRPC port
+        assert spec["expose"] == ["9500"]
+        assert {k: v for k, v in spec["labels"].items() if k.startswith("prometheus.io/")} == {
+            "prometheus.io/scrape": "true", "prometheus.io/port": "9500",
+            "prometheus.io/path": "/metrics", "prometheus.io/scheme": "http"}
+    # Without metrics: none of it.
+    plain = yaml.safe_load(render(load_topology(EXAMPLES / "default.yaml"), "compose"))
+    for spec in plain["services"].values():
+        assert "--metrics-listen" not in spec["command"] and "expose" not in spec
+        assert not any(k.startswith("prometheus.io/") for k in spec["labels"])
+
+
+def test_k8s_carries_metrics_ports_and_scrape_annotations(tmp_path: Path) -> None:
+    topo = _metrics_topology(tmp_path, 9600)
+    docs = list(yaml.safe_load_all(render(topo, "k8s")))
+    deployments = {d["metadata"]["name"]: d for d in docs if d and d["kind"] == "Deployment"}
+    k8s_services = {d["metadata"]["name"]: d for d in docs if d and d["kind"] == "Service"}
+    assert set(deployments) == {s.name for s in topo.services}
+    for name, dep in deployments.items():
+        template = dep["spec"]["template"]
+        assert template["metadata"]["annotations"] == {
+            "prometheus.io/scrape": "true", "prometheus.io/port": "9600",
+            "prometheus.io/path": "/metrics", "prometheus.io/scheme": "http"}
+        container = template["spec"]["containers"][0]
+        assert {"name": "metrics", "containerPort": 9600, "protocol": "TCP"} in container["ports"]
+        assert _flag(container["args"], "--metrics-listen") == "0.0.0.0:9600"
+        assert _flag(container["args"], "--metrics-service") == name
+        ports = k8s_services[name]["spec"]["ports"]
+        assert [p["name"] for p in ports] == ["grpc", "metrics"]
+        assert ports[1]["port"] == ports[1]["targetPort"] == 9600
+    plain = list(yaml.safe_load_all(render(load_topology(EXAMPLES / "default.yaml"), "k8s")))
+    for doc in plain:
+        if doc and doc["kind"] == "Deployment":
+            assert "annotations" not in doc["spec"]["template"]["metadata"]
+
+
+def test_metrics_over_tls_are_scraped_over_https(tmp_path: Path) -> None:
+    path = _tls_topology(tmp_path)
+    path.write_text(path.read_text() + "metrics: {}\n")
+    topo = load_topology(path)
+    out = tmp_path / "lan.yml"
+    assert main(["render", "compose", str(path), "-o", str(out)]) == 0
+    services = yaml.safe_load(out.read_text())["services"]
+    hub = services["hub0"]
+    assert _flag(hub["command"], "--metrics-listen") == "0.0.0.0:9400"  # the default port
+    assert "--insecure" not in hub["command"] and "--tls-cert" in hub["command"]
+    assert hub["labels"]["prometheus.io/scheme"] == "https"
+    assert topo.metrics_port == 9400

@@ -296,7 +296,7 @@ def test_unknown_top_level_and_bridge_fields(tmp_path: Path) -> None:
           vm1: {kind: vm, bridge: {ifname: vw0, mtu: 1500}}
         """)
     assert ("lab.yaml:2: unknown field 'link' (allowed: version, name, hosts, tls, "
-            "link_transport, nodes, links, schedule)") in message
+            "metrics, link_transport, nodes, links, schedule)") in message
     assert "lab.yaml:4: node 'vm1': bridge: unknown field 'mtu' (allowed: ifname, netns, ip)" \
         in message
 

@@ -8,6 +8,7 @@ A topology names the LAN, its nodes and the links between them::
       h1: {address: 198.18.1.1}     # running `virtwire serve orchestrator` on
                                     # ADDRESS:PORT (port: default 50050)
     tls: {dir: pki}                 # optional: mutual TLS from `virtwire certs init pki`
+    metrics: {port: 9400}           # optional: /metrics per service, ports 9400 up
     link_transport: auto            # optional: auto (default) | grpc, for every node
     nodes:
       hub0: {kind: hub}
@@ -517,6 +518,19 @@ class HostSpec(_Spec):
     port: Annotated[int, Field(ge=1, le=65535)] = AGENT_PORT
 
 
+#: The first metrics port (``metrics: {}``): one up per service of a machine.
+DEFAULT_METRICS_PORT = 9400
+#: The service kinds that are `virtwire serve KIND` processes, each with its /metrics.
+METRICS_KINDS = frozenset({"hub", "switch", "tap", "guestmem", "e1000", "guest"})
+
+
+class MetricsSpec(_Spec):
+    """``metrics: {port: N}``: every service serves Prometheus /metrics, a process
+    of this machine on 127.0.0.1:N, N+1... in start order (docs/metrics.md)."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_METRICS_PORT
+
+
 class TlsSpec(_Spec):
     """``tls: {dir: PKI}``: mutual TLS for the whole LAN from the CA directory PKI
     (relative to the topology file): ``virtwire certs init PKI`` made it. With its
@@ -850,6 +864,7 @@ class TopologySpec(_Spec):
     name: Annotated[str, AfterValidator(_check_name("LAN", LAN_NAME_MAX))]
     hosts: dict[HostName, HostSpec] = {}
     tls: TlsSpec | None = None
+    metrics: MetricsSpec | None = None
     #: The LAN's default; a node's own link_transport overrides it.
     link_transport: LinkTransport = "auto"
     nodes: Annotated[dict[NodeName, NodeSpec], Field(min_length=1)]
@@ -1220,6 +1235,8 @@ class Topology:
     filters: tuple[NodeFilter, ...] = ()
     #: The steps of ``schedule:``, by time (file order at the same time).
     schedule: tuple[ScheduleStep, ...] = ()
+    #: ``metrics.port``: the first service's /metrics port (0: no metrics).
+    metrics_port: int = 0
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -1252,6 +1269,7 @@ class Topology:
             # Only when there are some: what a LAN without them printed is unchanged.
             **({"filters": [f.to_dict() for f in self.filters]} if self.filters else {}),
             **({"schedule": [s.to_dict() for s in self.schedule]} if self.schedule else {}),
+            **({"metrics": {"port": self.metrics_port}} if self.metrics_port else {}),
         }
 
 
@@ -1684,7 +1702,8 @@ class _Resolver:
             nodes=nodes, services=tuple(start), links=tuple(links),
             warnings=report.warning_lines(), link_transport=spec.link_transport,
             tls_dir=(self.base_dir / spec.tls.dir).resolve() if spec.tls else None,
-            filters=filters, schedule=schedule)
+            filters=filters, schedule=schedule,
+            metrics_port=spec.metrics.port if spec.metrics else 0)
 
     def _link_transport(self, name: str) -> LinkTransport:
         """Node ``name``'s own link_transport, else the LAN's."""

@@ -43,7 +43,7 @@ from virtwire.orchestrator.launch import VIRTWIRE_CMD, wait_ready
 from virtwire.orchestrator.pki import LanPki, lan_identity, lan_tls_dir
 from virtwire.orchestrator.statedir import private_dir
 from virtwire.rpc.status import translated
-from virtwire.topology import Topology, load_topology
+from virtwire.topology import DEFAULT_METRICS_PORT, Topology, load_topology
 from virtwire.v1 import guest_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 _DONE = orchestrator_pb2.UP_EVENT_KIND_DONE
@@ -145,7 +145,18 @@ def _spawn_detached(ready: Path, log: Path, topology: Path) -> subprocess.Popen[
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-async def _stream_up(address: str, source: str, backend: str, subnet: str) -> bool:
+def _metrics_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {port} (1 to 65535)")
+    return port
+
+
+async def _stream_up(address: str, source: str, backend: str, subnet: str,
+                     metrics_port: int = 0) -> bool:
     """Call Up and print its progress; True when the LAN came up.
 
     The topology field stays empty: the orchestrator runs the file it was
@@ -155,7 +166,8 @@ async def _stream_up(address: str, source: str, backend: str, subnet: str) -> bo
     async with tls.aio_channel(address) as ch:
         stub = Stub(ch)
         async for event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
-                source=source, backend=backend, subnet=subnet)):
+                source=source, backend=backend, subnet=subnet,
+                metrics_port=metrics_port)):
             kind = orchestrator_pb2.UpEventKind.Name(event.kind).removeprefix(
                 "UP_EVENT_KIND_").lower()
             print(f"{kind:16} {event.message}", flush=True)
@@ -192,7 +204,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
             proc.kill()
             raise BackendError(f"the orchestrator did not start; see {log}") from None
         ready.unlink()
-        if await _stream_up(address, args.file, args.backend, args.subnet):
+        if await _stream_up(address, args.file, args.backend, args.subnet, args.metrics):
             print(f"LAN {topo.name!r} is up (orchestrator {address}, pid {proc.pid}); "
                   f"'virtwire down {topo.name}' stops it")
             return EXIT_OK
@@ -206,7 +218,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
     host = OrchestratorServer(local_topology=topo)
     async with serving(host, grace=0.5) as stopped:
         came_up = await until_stopped(stopped, _stream_up(host.address, args.file,
-                                                          args.backend, args.subnet))
+                                                          args.backend, args.subnet,
+                                                          args.metrics))
         if came_up:
             print(f"LAN {topo.name!r} is up (orchestrator {host.address}); Ctrl-C stops it",
                   flush=True)
@@ -411,6 +424,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                          "'make image'); nodes with a host: run on that host")
     up.add_argument("--subnet", default="", help="docker: the LAN network's subnet, inside "
                     "198.18.0.0/15 (default: the highest free 198.19.N.0/24)")
+    up.add_argument("--metrics", nargs="?", type=_metrics_port, const=DEFAULT_METRICS_PORT,
+                    default=0, metavar="PORT",
+                    help="every service of this machine serves Prometheus /metrics on "
+                         f"127.0.0.1, from PORT up in start order (default {DEFAULT_METRICS_PORT}"
+                         "; also the topology's metrics: {port: N}); 'status' lists them")
     down = sub.add_parser("down", allow_abbrev=False, help="stop a running LAN",
                           description="Stop a LAN's services and remove its state (and, "
                           "with docker, its containers and network); also after its "

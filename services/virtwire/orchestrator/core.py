@@ -70,6 +70,7 @@ from virtwire.orchestrator.subnet import check_subnet
 from virtwire.rpc.status import translated
 from virtwire.topology import (
     LAN_NAME_MAX,
+    METRICS_KINDS,
     NETNS_IFACE_RE,
     NODE_NAME_MAX,
     VM_SERVICES,
@@ -146,6 +147,8 @@ class ServiceRecord:
     #: The process's start time (``pids.start_time``; 0 when not a local process):
     #: its pid is only signalled while that still matches.
     start_time: int = 0
+    #: Where it serves Prometheus /metrics (``metrics:`` / ``up --metrics``; "": nowhere).
+    metrics: str = ""
 
 
 @dataclass
@@ -319,6 +322,20 @@ def read_state(name: str | None = None, root: Path | None = None) -> LanState:
     return LanState.from_dict(data, path, name)
 
 
+def metrics_plan(topo: Topology, backend: str = "process") -> dict[str, str]:
+    """Each metrics-serving service's ``--metrics-listen``: with ``metrics_port``
+    N, the process services of this machine get 127.0.0.1:N, N+1... in start order
+    (docs/metrics.md). Services of other hosts and containers get none here."""
+    if not topo.metrics_port or backend != "process":
+        return {}
+    local = [svc.name for svc in topo.services
+             if not svc.host and svc.kind in METRICS_KINDS]
+    if topo.metrics_port + len(local) - 1 > 65535:
+        raise ConfigError(f"metrics ports {topo.metrics_port} and up do not fit "
+                          f"{len(local)} services below 65536")
+    return {name: f"127.0.0.1:{topo.metrics_port + i}" for i, name in enumerate(local)}
+
+
 class Orchestrator:
     """Runs one LAN: ``up``, ``down``, ``resolve`` node names, a restart watcher."""
 
@@ -347,6 +364,8 @@ class Orchestrator:
         #: The topology's schedule as it runs (None: none, or not up yet).
         self.schedule: ScheduleRunner | None = None
         self._scheduler: asyncio.Task[None] | None = None
+        #: Each service's --metrics-listen (``metrics_plan``), by name.
+        self.metrics: dict[str, str] = {}
         #: The namespaces of the LAN's netns nodes (hostnodes.py).
         self.hostnodes: NetnsHosts | None = None
 
@@ -396,6 +415,7 @@ class Orchestrator:
         self.bound = {}
         self.schedule = None
         self.backend_kind = backend
+        self.metrics = metrics_plan(topo, backend)
         self.state = RunState.STARTING
         loop = asyncio.get_running_loop()
         healthy_at = 0.0
@@ -431,7 +451,8 @@ class Orchestrator:
                 self.services[svc.name] = ServiceRecord(
                     svc.name, svc.kind, svc.node, address, pid, spec.argv(), host=svc.host or "",
                     backend=runtime.kind, agent=agent,
-                    start_time=self._start_time(runtime, pid))
+                    start_time=self._start_time(runtime, pid),
+                    metrics=self.metrics.get(svc.name, ""))
                 self._write_state()
                 await self._attach(svc.node, svc.name)
                 if svc.kind == "tap" and runtime.kind != "docker":
@@ -546,7 +567,16 @@ class Orchestrator:
             return RemoteRuntime(topo.hosts[host], topo.name)
         if backend == "docker":
             return DockerRuntime(topo, subnet, pki=self.pki)
-        return ProcessRuntime(self.dir, tls_args=self._tls_args)
+        return ProcessRuntime(self.dir, tls_args=self._service_args)
+
+    def _service_args(self, name: str, host: str) -> list[str]:
+        """What a process service gets beyond its spec: TLS, and metrics if planned."""
+        args = self._tls_args(name, host)
+        listen = self.metrics.get(name)
+        if listen and self.topology is not None:
+            args += ["--metrics-listen", listen, "--metrics-lan", self.topology.name,
+                     "--metrics-service", name]
+        return args
 
     @staticmethod
     def _runtime_message(topo: Topology, host: str, backend: str) -> str:

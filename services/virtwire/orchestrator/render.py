@@ -63,7 +63,7 @@ from virtwire.orchestrator.spec import (
     TapServiceSpec,
 )
 from virtwire.orchestrator.subnet import check_subnet
-from virtwire.topology import Service, TapNode, Topology, VmNode
+from virtwire.topology import METRICS_KINDS, Service, TapNode, Topology, VmNode
 
 PORT = 50051
 LISTEN = f"0.0.0.0:{PORT}"
@@ -176,12 +176,37 @@ def service_commands(topo: Topology, directory: str = SECRETS_DIR) -> dict[str, 
     """``serve KIND --listen 0.0.0.0:50051 ...`` for every service, in start order.
 
     With the topology's ``tls:`` each gets its identity's files in ``directory``,
-    else ``--insecure``.
+    else ``--insecure``; with its ``metrics:``, ``--metrics-listen 0.0.0.0:PORT``.
     """
     specs = plan(topo, {svc.name: address_of(svc.name) for svc in topo.services})
     return {name: [*container_command(spec),
-                   *(container_tls_args(name, directory) if topo.tls_dir else ["--insecure"])]
+                   *(container_tls_args(name, directory) if topo.tls_dir else ["--insecure"]),
+                   *metrics_args(topo, name)]
             for name, spec in specs.items()}
+
+
+def has_metrics(topo: Topology, svc: Service) -> bool:
+    """Whether ``svc``'s container serves /metrics (the topology's ``metrics:``)."""
+    return bool(topo.metrics_port) and svc.kind in METRICS_KINDS
+
+
+def metrics_args(topo: Topology, name: str) -> list[str]:
+    """``--metrics-listen 0.0.0.0:PORT`` (every container has its own port PORT, the
+    topology's ``metrics.port``) with the LAN and service labels; none without it."""
+    svc = next(s for s in topo.services if s.name == name)
+    if not has_metrics(topo, svc):
+        return []
+    return ["--metrics-listen", f"0.0.0.0:{topo.metrics_port}", "--metrics-lan", topo.name,
+            "--metrics-service", name]
+
+
+def scrape_annotations(topo: Topology) -> dict[str, str]:
+    """Prometheus's usual ``prometheus.io/*`` annotations (labels in compose) for a
+    service with metrics; https with the topology's ``tls:`` (a scraper then needs
+    a client certificate from the LAN's CA: docs/metrics.md)."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(topo.metrics_port),
+            "prometheus.io/path": "/metrics",
+            "prometheus.io/scheme": "https" if topo.tls_dir else "http"}
 
 
 def needs_net_admin(topo: Topology, svc: Service) -> bool:
@@ -327,6 +352,10 @@ def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities 
             spec["networks"] = [NETWORK, PUBLISH_NETWORK]
         if svc.needs:
             spec["depends_on"] = list(svc.needs)
+        if has_metrics(topo, svc):
+            # Reachable on the LAN's network (for a Prometheus joined to it), not published.
+            spec["expose"] = [str(topo.metrics_port)]
+            spec["labels"].update(scrape_annotations(topo))
         caps = capabilities(topo, svc)
         if caps:
             spec["cap_add"] = caps
@@ -424,6 +453,15 @@ def render_k8s(topo: Topology, identities: Identities | None = None) -> list[dic
             "args": commands[svc.name],
             "ports": [{"name": "grpc", "containerPort": PORT, "protocol": "TCP"}],
         }
+        service_ports = [{"name": "grpc", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]
+        template: dict[str, Any] = {"labels": labels}
+        if has_metrics(topo, svc):
+            port = topo.metrics_port
+            container["ports"].append({"name": "metrics", "containerPort": port,
+                                       "protocol": "TCP"})
+            service_ports.append({"name": "metrics", "port": port, "targetPort": port,
+                                  "protocol": "TCP"})
+            template["annotations"] = scrape_annotations(topo)
         volumes: list[dict[str, Any]] = []
         mounts: list[dict[str, Any]] = []
         caps = capabilities(topo, svc)
@@ -457,15 +495,13 @@ def render_k8s(topo: Topology, identities: Identities | None = None) -> list[dic
             "metadata": {"name": svc.name, "labels": labels},
             "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
                      "selector": {"matchLabels": selector},
-                     "template": {"metadata": {"labels": labels}, "spec": pod}},
+                     "template": {"metadata": template, "spec": pod}},
         })
         docs.append({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": svc.name, "labels": labels},
-            "spec": {"type": "ClusterIP", "selector": selector,
-                     "ports": [{"name": "grpc", "port": PORT, "targetPort": PORT,
-                                "protocol": "TCP"}]},
+            "spec": {"type": "ClusterIP", "selector": selector, "ports": service_ports},
         })
     return docs
 

@@ -38,6 +38,7 @@ from virtwire.server.metrics import (
     MetricsEndpoint,
     MetricSet,
     RpcMetricsInterceptor,
+    Snapshot,
     SnapshotCollector,
     parse_metrics_listen,
     registry_metrics,
@@ -293,10 +294,11 @@ class ServiceHost:
     def metric_labels(self) -> dict[str, str]:
         return {"lan": self.metrics_lan, "service": self.metrics_service or self.service_name}
 
-    def collect_metrics(self, ms: MetricSet) -> None:
+    def collect_metrics(self, ms: MetricSet) -> Snapshot:
         """Add this service's counters to ``ms``; runs on the event loop at each
-        scrape, so it only reads counters. Subclasses add their own after these."""
-        registry_metrics(self.registry, ms)
+        scrape, a step between yields, so it only reads counters. Subclasses add
+        their own after these (``yield from super().collect_metrics(ms)``)."""
+        yield from registry_metrics(self.registry, ms)
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         return ()

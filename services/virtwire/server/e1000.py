@@ -36,7 +36,7 @@ from virtwire.mem.client import GuestMemClient
 from virtwire.net.eth import format_mac, parse_mac
 from virtwire.server.base import ServiceHost
 from virtwire.server.link import boot_id
-from virtwire.server.metrics import MetricSet, mem_metrics
+from virtwire.server.metrics import MetricSet, Snapshot, mem_metrics
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -252,8 +252,8 @@ class E1000Server(ServiceHost):
         self.mmio_offers_declined += 1
         return "", b"", why
 
-    def collect_metrics(self, ms: MetricSet) -> None:
-        super().collect_metrics(ms)
+    def collect_metrics(self, ms: MetricSet) -> Snapshot:
+        yield from super().collect_metrics(ms)
         nic = self.nic
         if nic is None:
             return

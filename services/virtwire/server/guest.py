@@ -57,7 +57,7 @@ from virtwire.rpc.options import GRPC_OPTIONS
 from virtwire.rpc.status import translated
 from virtwire.server.base import ServiceHost
 from virtwire.server.link import boot_id
-from virtwire.server.metrics import MetricSet, mem_metrics
+from virtwire.server.metrics import MetricSet, Snapshot, mem_metrics
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc, guest_pb2, guest_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -241,8 +241,8 @@ class GuestServer(ServiceHost):
             raise DriverError("the NIC's link is down")
         return driver
 
-    def collect_metrics(self, ms: MetricSet) -> None:
-        super().collect_metrics(ms)
+    def collect_metrics(self, ms: MetricSet) -> Snapshot:
+        yield from super().collect_metrics(ms)
         driver = self.driver
         if driver is not None:
             # DriverCounters: plain ints the driver keeps (no reclaim here: read only).

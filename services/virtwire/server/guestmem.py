@@ -30,7 +30,7 @@ from virtwire.mem.guestmem import (
     format_size,
 )
 from virtwire.server.base import ServiceHost
-from virtwire.server.metrics import MetricSet, mem_metrics
+from virtwire.server.metrics import MetricSet, Snapshot, mem_metrics
 from virtwire.v1 import guestmem_pb2, guestmem_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -161,8 +161,8 @@ class GuestMemServer(ServiceHost):
             max_batch_ops=MAX_BATCH_OPS, max_size=self.max_size,
             preallocated=mem.owned and self.prealloc)
 
-    def collect_metrics(self, ms: MetricSet) -> None:
-        super().collect_metrics(ms)
+    def collect_metrics(self, ms: MetricSet) -> Snapshot:
+        yield from super().collect_metrics(ms)
         memory = self._memory
         if memory is not None:
             # What this service served (shared-memory accesses of its peers bypass it).

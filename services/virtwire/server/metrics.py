@@ -2,12 +2,13 @@
 
 Nothing here runs per frame. The counters the data path already keeps (NetClient
 stats, queue and link counters, e1000 registers, guest-memory counters) are read
-at scrape time: prometheus-client's own HTTP server thread asks the service's
-event loop for one snapshot (``ServiceHost.collect_metrics``, a plain
-``MetricSet``: no protobuf, no locks), waits for it, and turns it into metric
-families in that thread. The loop is held only for the snapshot; its duration
-is itself a metric (``virtwire_metrics_snapshot_seconds``). The one per-call
-cost is the RPC latency histogram (``RpcMetricsInterceptor``), per RPC.
+at scrape time: prometheus-client's own HTTP server thread has the service's
+event loop run the snapshot (``ServiceHost.collect_metrics``, a generator filling
+a plain ``MetricSet``) one step per loop callback, SNAPSHOT_STEP NetClients a
+step, waiting for each, and turns the set into metric families in that thread.
+The loop is held only for one step at a time; the longest hold is itself a
+metric (``virtwire_metrics_snapshot_seconds``). The one per-call cost is the RPC
+latency histogram (``RpcMetricsInterceptor``), per RPC.
 
 Every family carries the ``lan`` and ``service`` labels of the process
 (``--metrics-lan``, ``--metrics-service``); per-NetClient families add
@@ -28,7 +29,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,8 +52,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PREFIX = "virtwire_"
-#: How long a scrape waits for the event loop's snapshot before answering without it.
+#: How long a scrape waits for a step of the snapshot before answering without it.
 SNAPSHOT_TIMEOUT_S = 5.0
+#: NetClients read per step of a snapshot (one event-loop callback each): a 256-port
+#: hub is read in 8 steps of about a millisecond each, not one of several.
+SNAPSHOT_STEP = 32
 #: The RPC latency histogram's buckets, in seconds (100 us to 10 s).
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -60,6 +64,8 @@ RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 BASE_LABELS = ("lan", "service")
 
 Kind = Literal["counter", "gauge"]
+#: A snapshot: fills a MetricSet, yielding where the event loop may run in between.
+Snapshot = Generator[None, None, None]
 
 
 @dataclass
@@ -116,45 +122,66 @@ class MetricSet:
 class SnapshotCollector(Collector):
     """A custom collector: one snapshot taken on the service's event loop per scrape."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, snapshot: Callable[[MetricSet], None],
-                 base: dict[str, str]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 snapshot: Callable[[MetricSet], Snapshot], base: dict[str, str]) -> None:
         self.loop = loop
         self.snapshot = snapshot
         self.base = base
         #: Scrapes answered without a snapshot (loop busy past the timeout, or closed).
         self.failures = 0
-        self.last_snapshot_s = 0.0
+        #: The longest step of the last scrape's snapshot, in seconds.
+        self.longest_step_s = 0.0
 
-    def _take(self) -> MetricSet:
-        """Runs on the loop: as short as the counters allow."""
+    def _step(self, ms: MetricSet, steps: list[Snapshot]) -> bool:
+        """Runs on the loop: one step of the snapshot; False once it is complete."""
         start = time.perf_counter()
-        ms = MetricSet()
-        self.snapshot(ms)
-        self.last_snapshot_s = time.perf_counter() - start
-        return ms
+        try:
+            if not steps:
+                steps.append(self.snapshot(ms))
+            next(steps[0])
+            more = True
+        except StopIteration:
+            more = False
+        self.longest_step_s = max(self.longest_step_s, time.perf_counter() - start)
+        return more
 
-    def collect(self) -> Iterator[Metric]:
-        fut: concurrent.futures.Future[MetricSet] = concurrent.futures.Future()
+    def _on_loop(self, ms: MetricSet, steps: list[Snapshot]) -> bool:
+        fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
 
         def run() -> None:
             if not fut.set_running_or_notify_cancel():
                 return
             try:
-                fut.set_result(self._take())
+                fut.set_result(self._step(ms, steps))
             except BaseException as exc:
                 fut.set_exception(exc)
 
-        ms = MetricSet()
+        self.loop.call_soon_threadsafe(run)
         try:
-            self.loop.call_soon_threadsafe(run)
-            ms = fut.result(timeout=SNAPSHOT_TIMEOUT_S)
-        except Exception as exc:
+            return fut.result(timeout=SNAPSHOT_TIMEOUT_S)
+        finally:
             fut.cancel()
+
+    def collect(self) -> Iterator[Metric]:
+        ms = MetricSet()
+        steps: list[Snapshot] = []
+        self.longest_step_s = 0.0
+        try:
+            while self._on_loop(ms, steps):
+                pass
+        except Exception as exc:
+            ms = MetricSet()
             self.failures += 1
             logger.warning("metrics: no snapshot from the event loop: %s",
                            exc or type(exc).__name__)
+        finally:
+            if steps:
+                # Closed on the loop's thread or not at all: it only reads counters.
+                with contextlib.suppress(RuntimeError):
+                    self.loop.call_soon_threadsafe(steps[0].close)
         ms.gauge("virtwire_metrics_snapshot_seconds",
-                 "How long the last scrape's snapshot held the event loop", self.last_snapshot_s)
+                 "The longest the last scrape's snapshot held the event loop at once",
+                 self.longest_step_s)
         ms.counter("virtwire_metrics_snapshot_failures",
                    "Scrapes answered without a snapshot (event loop busy or closed)",
                    self.failures)
@@ -288,9 +315,11 @@ class MetricsEndpoint:
 DROP_CAUSES = ("queue_full", "link_down", "refused", "malformed", "purged", "filter", "switch")
 
 
-def registry_metrics(registry: NetClientRegistry, ms: MetricSet) -> None:
+def registry_metrics(registry: NetClientRegistry, ms: MetricSet) -> Snapshot:
     """Per NetClient: frames and bytes each way, drops by cause, queues, link state;
-    per link: batches, credits, completions; the server's own counters."""
+    per link: batches, credits, completions; the server's own counters. Yields
+    every SNAPSHOT_STEP NetClients (one gone meanwhile is still read: its counters
+    are plain attributes)."""
     from virtwire.link import LinkPeer
     from virtwire.v1 import netclient_pb2
 
@@ -298,7 +327,9 @@ def registry_metrics(registry: NetClientRegistry, ms: MetricSet) -> None:
                    for k, v in netclient_pb2.LinkState.items()}
     ncs = registry.all()
     ms.gauge("virtwire_netclients", "NetClients this service hosts", len(ncs))
-    for nc in ncs:
+    for i, nc in enumerate(ncs):
+        if i and i % SNAPSHOT_STEP == 0:
+            yield
         info = registry.info(nc)
         c = info.counters
         name = nc.name
@@ -406,5 +437,6 @@ def mem_metrics(counters: MemCounters, ms: MetricSet, **labels: str) -> None:
                counters.invalid_requests, **labels, cause="invalid_request")
 
 
-__all__ = ["MetricSet", "MetricsEndpoint", "RpcMetricsInterceptor", "SnapshotCollector",
-           "mem_metrics", "parse_metrics_listen", "registry_metrics", "rpc_histogram"]
+__all__ = ["MetricSet", "MetricsEndpoint", "RpcMetricsInterceptor", "Snapshot",
+           "SnapshotCollector", "mem_metrics", "parse_metrics_listen", "registry_metrics",
+           "rpc_histogram"]

@@ -17,6 +17,7 @@ unix sockets, namespaces or directories unless the command line allows them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -163,6 +164,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                  context: grpc.aio.ServicerContext[Any, Any]
                  ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceUpResponse]:
         topo = await self.host.topology_for(request)
+        if request.metrics_port:
+            if request.metrics_port > 65535:
+                raise OutOfRangeError(f"metrics_port {request.metrics_port} is not a port")
+            topo = dataclasses.replace(topo, metrics_port=request.metrics_port)
         events = self.orch.up(topo, request.backend or "process", request.subnet)
         async for event in events:
             yield orchestrator_pb2.OrchestratorServiceUpResponse(
@@ -210,7 +215,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                     continue
                 ns.services.add(name=rec.name, kind=rec.kind, node=rec.node,
                                 address=rec.address, pid=rec.pid, healthy=rec.healthy,
-                                restarts=rec.restarts, host=rec.host, backend=rec.backend)
+                                restarts=rec.restarts, host=rec.host, backend=rec.backend,
+                                metrics=rec.metrics)
                 for nc in listed.get(rec.name, []):
                     ns.netclients.add(name=nc.name, service=rec.name, info=nc)
         for step in orch.schedule.records if orch.schedule is not None else []:

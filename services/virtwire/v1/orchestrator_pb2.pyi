@@ -28,16 +28,18 @@ UP_EVENT_KIND_DONE: UpEventKind
 UP_EVENT_KIND_ERROR: UpEventKind
 
 class OrchestratorServiceUpRequest(_message.Message):
-    __slots__ = ("topology", "source", "backend", "subnet")
+    __slots__ = ("topology", "source", "backend", "subnet", "metrics_port")
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     topology: str
     source: str
     backend: str
     subnet: str
-    def __init__(self, topology: _Optional[str] = ..., source: _Optional[str] = ..., backend: _Optional[str] = ..., subnet: _Optional[str] = ...) -> None: ...
+    metrics_port: int
+    def __init__(self, topology: _Optional[str] = ..., source: _Optional[str] = ..., backend: _Optional[str] = ..., subnet: _Optional[str] = ..., metrics_port: _Optional[int] = ...) -> None: ...
 
 class OrchestratorServiceUpResponse(_message.Message):
     __slots__ = ("kind", "service", "address", "message")
@@ -66,7 +68,7 @@ class OrchestratorServiceGetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("name", "kind", "node", "address", "pid", "healthy", "restarts", "host", "backend")
+    __slots__ = ("name", "kind", "node", "address", "pid", "healthy", "restarts", "host", "backend", "metrics")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +78,7 @@ class ServiceStatus(_message.Message):
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     node: str
@@ -85,7 +88,8 @@ class ServiceStatus(_message.Message):
     restarts: int
     host: str
     backend: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., restarts: _Optional[int] = ..., host: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    metrics: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., restarts: _Optional[int] = ..., host: _Optional[str] = ..., backend: _Optional[str] = ..., metrics: _Optional[str] = ...) -> None: ...
 
 class NodeNetClient(_message.Message):
     __slots__ = ("name", "service", "info")
