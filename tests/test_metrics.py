@@ -183,6 +183,27 @@ async def test_a_snapshot_in_steps_reads_every_netclient() -> None:
     assert value(samples, "virtwire_server_names_refused_total") == 0  # after the last step
 
 
+def test_metrics_listen_addresses() -> None:
+    from virtwire.server.metrics import parse_metrics_listen
+
+    assert str(parse_metrics_listen("9400")) == "127.0.0.1:9400"  # a bare port: loopback
+    assert parse_metrics_listen("[::1]:0").host == "::1"
+    for bad in ("unix:/tmp/m.sock", ":9400", "host"):
+        with pytest.raises(ConfigError):
+            parse_metrics_listen(bad)
+
+
+async def test_metrics_on_ipv6_loopback() -> None:
+    host = HubServer("127.0.0.1:0")
+    host.metrics_listen = "[::1]:0"
+    try:
+        async with host:
+            assert host.metrics_address.startswith("[::1]:")
+            assert value(await scrape(host.metrics_address), "virtwire_netclients") == 0
+    except ConfigError as exc:  # a machine without IPv6 loopback
+        pytest.skip(str(exc))
+
+
 async def test_metrics_stop_with_the_service() -> None:
     host = HubServer("127.0.0.1:0")
     host.metrics_listen = "127.0.0.1:0"

@@ -139,7 +139,8 @@ def _add_filter_arguments(sp: argparse.ArgumentParser) -> None:
 def _add_metrics_arguments(sp: argparse.ArgumentParser) -> None:
     group = sp.add_argument_group("Prometheus metrics (docs/metrics.md)")
     group.add_argument("--metrics-listen", default="", metavar="ADDR:PORT",
-                       help="serve /metrics here (prometheus-client's HTTP server); off "
+                       help="serve /metrics here (prometheus-client's HTTP server; a bare "
+                            "PORT is 127.0.0.1:PORT); off "
                             "loopback only over TLS (the TLS flags: HTTPS with this "
                             "service's certificate, client certificates required) or with "
                             "--insecure")

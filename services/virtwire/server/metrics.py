@@ -245,7 +245,10 @@ class RpcMetricsInterceptor(WrappingInterceptor):
 
 # -- the endpoint ------------------------------------------------------------------
 def parse_metrics_listen(text: str) -> SockAddr:
-    """``--metrics-listen ADDR:PORT`` (TCP only: prometheus scrapes HTTP over TCP)."""
+    """``--metrics-listen ADDR:PORT`` (TCP only: prometheus scrapes HTTP over TCP);
+    a bare PORT is loopback's, 127.0.0.1:PORT."""
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
     addr = parse_sockaddr(text)
     if addr.is_unix:
         raise ConfigError(f"--metrics-listen {text}: give ADDR:PORT, not a unix socket")
