@@ -496,3 +496,18 @@ async def test_up_metrics_gives_ports_that_status_lists(tmp_path: Path) -> None:
                      state="up") == 1
     finally:
         await asyncio.to_thread(_cli, "down", "mlan", env=env)
+
+
+def test_docker_containers_get_the_topologys_metrics_port() -> None:
+    """Planned without an engine: each container serves /metrics on 0.0.0.0:PORT of
+    its own namespace, labelled with the LAN and itself (as render gives it)."""
+    from virtwire.orchestrator.runtime.docker import DockerRuntime
+    from virtwire.orchestrator.spec import HubServiceSpec
+    from virtwire.topology import parse_topology
+
+    topo = parse_topology(LAN_YAML.format(name="d") + "metrics: {port: 9500}\n", "lan.yaml")
+    command = DockerRuntime(topo)._command("hub0", HubServiceSpec())
+    assert command[-7:] == ["--insecure", "--metrics-listen", "0.0.0.0:9500",
+                            "--metrics-lan", "d", "--metrics-service", "hub0"]
+    plain = parse_topology(LAN_YAML.format(name="d"), "lan.yaml")
+    assert "--metrics-listen" not in DockerRuntime(plain)._command("hub0", HubServiceSpec())

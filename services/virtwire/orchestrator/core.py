@@ -452,7 +452,7 @@ class Orchestrator:
                     svc.name, svc.kind, svc.node, address, pid, spec.argv(), host=svc.host or "",
                     backend=runtime.kind, agent=agent,
                     start_time=self._start_time(runtime, pid),
-                    metrics=self.metrics.get(svc.name, ""))
+                    metrics=self._metrics_address(svc.name, svc.kind, runtime))
                 self._write_state()
                 await self._attach(svc.node, svc.name)
                 if svc.kind == "tap" and runtime.kind != "docker":
@@ -568,6 +568,16 @@ class Orchestrator:
         if backend == "docker":
             return DockerRuntime(topo, subnet, pki=self.pki)
         return ProcessRuntime(self.dir, tls_args=self._service_args)
+
+    def _metrics_address(self, name: str, kind: str, runtime: Runtime) -> str:
+        """Where service ``name`` serves /metrics, as this machine reaches it: its
+        planned loopback port, or a container's address with the topology's port
+        (the docker runtime gives it --metrics-listen 0.0.0.0:PORT); "" for none."""
+        assert self.topology is not None
+        if runtime.kind == "docker" and self.topology.metrics_port and kind in METRICS_KINDS:
+            host = parse_sockaddr(runtime.listen_address(name)).host
+            return f"{host}:{self.topology.metrics_port}"
+        return self.metrics.get(name, "")
 
     def _service_args(self, name: str, host: str) -> list[str]:
         """What a process service gets beyond its spec: TLS, and metrics if planned."""

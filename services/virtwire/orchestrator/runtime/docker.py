@@ -59,6 +59,7 @@ from virtwire.orchestrator.render import (
     container_tls_args,
     container_tls_env,
     identity_files,
+    metrics_args,
     published_port,
     shm_bytes,
 )
@@ -184,7 +185,9 @@ class DockerRuntime:
 
     def _command(self, name: str, spec: ServiceSpec) -> list[str]:
         tls_args = container_tls_args(name) if self.pki is not None else ["--insecure"]
-        return [*container_command(spec), *tls_args]
+        # With the topology's metrics: /metrics on 0.0.0.0:PORT of its own network
+        # namespace, as render gives it (docs/metrics.md).
+        return [*container_command(spec), *tls_args, *metrics_args(self.topo, name)]
 
     def _owner(self, name: str) -> tuple[int, int]:
         """The uid and gid service ``name``'s container runs as, with TLS on."""
