@@ -1837,10 +1837,12 @@ class _Resolver:
                 self._check_netns_node(name, node)
             else:
                 for option in ("kernel", "initrd", "disk"):
-                    path = self._host_file(getattr(node, option))
+                    written = getattr(node, option)
+                    path = self._host_file(written)
                     if path and not Path(path).is_file():
+                        where = "" if written == path else f" (in {shorten(str(self.base_dir))})"
                         self.report.error(("nodes", name, option),
-                                          f"{shorten(path)}: no such file")
+                                          f"{shorten(written)}: no such file{where}")
 
     def _check_netns_node(self, name: str, node: NetnsSpec) -> None:
         families: dict[str, set[int]] = {}

@@ -20,8 +20,17 @@ __all__ = ["add_commands", "cmd_exec"]
 
 async def cmd_exec(args: argparse.Namespace) -> int:
     command = list(args.cmd)
-    if command[:1] == ["--"]:
-        command = command[1:]
+    if "--" in command:  # options between NODE and --: exec's own (--lan LAN)
+        cut = command.index("--")
+        own, command = command[:cut], command[cut + 1:]
+        if own:
+            late = argparse.ArgumentParser(prog="virtwire exec", allow_abbrev=False,
+                                           add_help=False)
+            late.add_argument("--lan")
+            got, rest = late.parse_known_args(own)
+            if rest:
+                raise ConfigError(f"virtwire exec: unknown option {rest[0][:40]!r} before --")
+            args.lan = got.lan or args.lan
     if not command:
         raise ConfigError("give the command after --: virtwire exec NODE -- CMD [ARG...]")
     state = read_state(lan_name(args))

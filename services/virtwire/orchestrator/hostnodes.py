@@ -35,7 +35,8 @@ from pathlib import Path
 from virtwire.errors import BackendError
 from virtwire.topology import NetnsNode, QemuNode, Topology
 
-__all__ = ["NETNS_RECORD", "NetnsHosts", "netns_name", "qemu_paths", "remove_recorded_netns",
+__all__ = ["NETNS_RECORD", "NetnsHosts", "iface_mac", "netns_name", "qemu_paths",
+           "remove_recorded_netns",
            "tap_name"]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,13 @@ def tap_name(lan: str, service: str) -> str:
     """The host-side name of a netns interface's TAP before it moves (14 characters,
     IFNAMSIZ-safe): the same for a restart, different per LAN and service."""
     return "vwn" + hashlib.sha256(f"{lan}/{service}".encode()).hexdigest()[:11]
+
+
+def iface_mac(lan: str, service: str) -> str:
+    """A netns interface's MAC: locally administered, unicast, the same after a restart
+    of its service (whose new TAP would get a random one, stale in its peers' ARP caches)."""
+    digest = hashlib.sha256(f"mac/{lan}/{service}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02 | (digest[0] & 0xFC), *digest[1:6]))
 
 
 def qemu_paths(lan_dir: str, node: str) -> tuple[str, str]:
@@ -160,13 +168,15 @@ class NetnsHosts:
             if asyncio.get_running_loop().time() > deadline:
                 raise BackendError(f"{node.service(iface)}: its TAP {tap} did not appear")
             await asyncio.sleep(0.02)  # the service opens it as it starts
-        await asyncio.to_thread(self._attach, ns, tap, spec.name, spec.addresses, spec.mtu)
+        mac = iface_mac(self.topo.name, node.service(iface))
+        await asyncio.to_thread(self._attach, ns, tap, spec.name, mac, spec.addresses, spec.mtu)
         await self.add_routes(node)
 
     @staticmethod
-    def _attach(ns: str, tap: str, iface: str, addresses: tuple[str, ...],
+    def _attach(ns: str, tap: str, iface: str, mac: str, addresses: tuple[str, ...],
                 mtu: int | None) -> None:
         _ip("link", "set", "dev", tap, "netns", ns, "name", iface)
+        _ip("-n", ns, "link", "set", "dev", iface, "address", mac)
         if mtu is not None:
             _ip("-n", ns, "link", "set", "dev", iface, "mtu", str(mtu))
         for address in addresses:
