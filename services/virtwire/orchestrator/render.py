@@ -566,6 +566,10 @@ def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = 
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown render format {fmt!r}: use one of {', '.join(FORMATS)}")
+    hosts = [n.name for n in topo.nodes.values() if n.kind in ("netns", "qemu")]
+    if hosts:  # a namespace or a VM of this machine: run them with 'virtwire up' here
+        raise ConfigError(f"{', '.join(hosts)}: netns and qemu nodes run with 'virtwire up' "
+                          "on this machine (process backend), not in a rendered deployment")
     if subnet and fmt != "compose":
         raise ConfigError("--subnet is for the compose format only")
     dumps = [nf for nf in topo.filters if nf.spec.kind == "dump"]
