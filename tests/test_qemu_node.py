@@ -162,3 +162,18 @@ def test_the_vm_is_restarted_after_kill_9(lan: QemuLan) -> None:
         time.sleep(0.3)
     lan.wait_ready(before + 1)  # it booted again, its console appended to the same log
     assert lan.ping()
+
+
+def test_a_restarted_stream_port_restarts_qemu(lan: QemuLan) -> None:
+    """QEMU 7.2's stream client never redials: a new port gets a new QEMU."""
+    lan.wait_ready(1)
+    before = lan.console().count(READY_MARKER)
+    port, vm = lan.service("vm"), lan.service("vm-qemu")
+    os.kill(port["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while lan.service("vm-qemu")["restarts"] < vm["restarts"] + 1:
+        assert time.monotonic() < deadline, "vm-qemu was not restarted with its port"
+        time.sleep(0.3)
+    assert lan.service("vm")["restarts"] == port["restarts"] + 1
+    lan.wait_ready(before + 1)
+    assert lan.ping()
