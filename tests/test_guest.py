@@ -260,7 +260,11 @@ async def test_ring_wraps_many_times_with_batched_tail_writes() -> None:
             assert await rig.driver.send(frames[i:i + 25]) == (25, 0)
         assert peer.frames == frames
         tdt = sum(1 for e in rig.port.log if e[:2] == ("w", r.E1000_TDT))
-        assert tdt == 1 + 3000 // 25  # bring-up + one per batch, never one per frame
+        # Bring-up, one per batch, and at most one more each time a batch found
+        # the ring full and sent its rest after waiting (none if nothing of it
+        # fitted; how often depends on the NIC's pace); never one per frame.
+        batches = 3000 // 25
+        assert 1 + batches <= tdt <= 1 + batches + rig.driver.counters.tx_ring_full
 
         incoming = [frame_to(MAC_A, i, 64 + (i * 7) % 1450) for i in range(3000)]
         for i, f in enumerate(incoming):
