@@ -77,7 +77,7 @@ def _run(argv: Sequence[str] | None) -> int:
     for name, least in _AT_LEAST:
         if getattr(args, name, least) < least:
             parser.error(f"--{name.replace('_', '-')} must be at least {least}")
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, getattr(args, "log_format", "text"))
     try:
         # up takes the LAN's identity from its topology's tls: (orchestrator/pki.py).
         tls.configure(tls.config_from_args(args))

@@ -1,8 +1,14 @@
-"""Logging of every `virtwire` command; a serving process names itself in each record."""
+"""Logging of every `virtwire` command; a serving process names itself in each record.
+
+``--log-format text`` (the default) is one line per record as before; ``json`` is
+virtwire.logfmt's JSON lines.
+"""
 
 from __future__ import annotations
 
 import logging
+
+from virtwire.logfmt import JsonFormatter, identity, set_log_format
 
 
 class _ServiceLabel(logging.Filter):
@@ -18,14 +24,23 @@ class _ServiceLabel(logging.Filter):
 _label = _ServiceLabel()
 
 
-def setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool, fmt: str = "text") -> None:
+    set_log_format(fmt)
     handler = logging.StreamHandler()
     handler.addFilter(_label)
-    handler.setFormatter(logging.Formatter(
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
-def label_records(label: str) -> None:
-    """From now on, log records name the service as ``label`` (e.g. "hub@ADDR")."""
+def name_service(kind: str, name: str) -> None:
+    """JSON records name the service ``name`` of kind ``kind`` from now on."""
+    identity.kind = kind
+    identity.name = name
+
+
+def label_records(label: str, address: str = "") -> None:
+    """From now on, log records name the service as ``label`` (e.g. "hub@ADDR")
+    and, as JSON, carry ``address``."""
     _label.label = label
+    identity.address = address

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from virtwire import tls
-from virtwire.cli.log import label_records
+from virtwire.cli.log import label_records, name_service
 from virtwire.cli.userfile import user_file
 from virtwire.errors import ConfigError
 from virtwire.guest.driver import DEFAULT_RING
+from virtwire.logfmt import LOG_FORMATS
 from virtwire.server.base import SHUTDOWN_GRACE_S, ServiceHost
 from virtwire.server.guest import SERVICE_RING, GuestServer
 from virtwire.server.link import LINK_TRANSPORTS
@@ -79,6 +80,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         # listening. Empty until serving, as the waiters expect.
         with user_file(args.ready_file, "write"):
             Path(args.ready_file).write_text("")
+    name_service(args.kind, args.log_name or args.metrics_service or args.kind)
     host = SERVE_KINDS[args.kind].build(args)
     configure_filters(host, args)
     host.registry.max_captures = args.max_captures
@@ -88,7 +90,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     host.metrics_lan = args.metrics_lan
     host.metrics_service = args.metrics_service
     async with serving(host) as stopped:
-        label_records(f"{host.service_name}@{host.address}")
+        label_records(f"{host.service_name}@{host.address}", host.address)
         if args.ready_file:
             Path(args.ready_file).write_text(host.address + "\n")
         await stopped.wait()
@@ -134,6 +136,16 @@ def _add_filter_arguments(sp: argparse.ArgumentParser) -> None:
                          "--object or FilterService (repeatable)")
     sp.add_argument("--dump-dir", metavar="DIR",
                     help="where dump filters write: their file= names a file in DIR")
+
+
+def _add_log_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                    help="text (one line per event, the default) or json (one object per "
+                         "line: ts, level, logger, service, kind, msg, netclient...; "
+                         "docs/logs.md); an orchestrator passes its own to its services")
+    sp.add_argument("--log-name", default="", metavar="NAME",
+                    help="the service field of JSON log lines (default: --metrics-service, "
+                         "else the kind)")
 
 
 def _add_metrics_arguments(sp: argparse.ArgumentParser) -> None:
@@ -475,6 +487,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         help="how this service's links carry frames: auto (a unix socket "
                              "when both ends share a kernel and a network namespace, else "
                              "the gRPC stream; the default) or grpc (always the stream)")
+        _add_log_arguments(sp)
         _add_metrics_arguments(sp)
         _add_filter_arguments(sp)
         tls.add_arguments(sp, default_name=name, server=True)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from virtwire.address import NAME_MAX, shorten
 from virtwire.errors import ConfigError
+from virtwire.logfmt import netclient_extra
 from virtwire.net.net import NetClient
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class Hub:
         self._next_port = port_id + 1
         port = self.port_class(self, name, port_id)
         self.ports.insert(0, port)
-        logger.info("hub %s: added port %s", self.name, name)
+        logger.info("hub %s: added port %s", self.name, name, extra=netclient_extra(name))
         return port
 
     def port(self, name: str) -> HubPort:
@@ -172,4 +173,5 @@ class Hub:
         if port.peer is not None and port.peer.peer is port:
             port.peer.peer = None
         port.peer = None
-        logger.info("hub %s: removed port %s", self.name, name)
+        logger.info("hub %s: removed port %s", self.name, name,
+                    extra=netclient_extra(name))

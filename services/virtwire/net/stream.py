@@ -39,6 +39,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from virtwire.address import SockAddr
 from virtwire.errors import BackendError, ConfigError
+from virtwire.logfmt import netclient_extra
 from virtwire.net.eth import NET_BUFSIZE
 from virtwire.net.net import NetClient
 
@@ -470,7 +471,8 @@ class StreamBackend(NetClient, StreamEndpoint[NetStreamConnection]):
         if exc is not None:
             self.last_error = str(exc)
         if not self.closed:
-            logger.warning("stream %s: %s disconnected%s", self.name, conn.remote, reason)
+            logger.warning("stream %s: %s disconnected%s", self.name, conn.remote, reason,
+                           extra=netclient_extra(self.name))
         self.set_carrier(False, "backend")
         # What waited for the socket is dropped now (the link is down).
         self.flush_queued_packets()

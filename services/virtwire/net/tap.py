@@ -29,6 +29,7 @@ import signal
 import struct
 
 from virtwire.errors import BackendError, ConfigError
+from virtwire.logfmt import netclient_extra
 from virtwire.net.eth import ETH_ZLEN, NET_BUFSIZE
 from virtwire.net.fdpoll import PolledFd
 from virtwire.net.net import NetClient
@@ -308,7 +309,7 @@ class TapBackend(NetClient):
             except OSError as exc:
                 self.read_errors += 1
                 logger.warning("tap %s: read from %s failed: %s", self.name, self.ifname,
-                               exc.strerror)
+                               exc.strerror, extra=netclient_extra(self.name))
                 return
             if strip:
                 buf = buf[strip:]
@@ -347,7 +348,7 @@ class TapBackend(NetClient):
                 self._last_write_errno = exc.errno or 0
                 hint = " (interface down?)" if exc.errno == errno.EIO else ""
                 logger.warning("tap %s: write to %s failed: %s%s", self.name, self.ifname,
-                               exc.strerror, hint)
+                               exc.strerror, hint, extra=netclient_extra(self.name))
             return -1
         self._last_write_errno = 0
         return len(data)

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from virtwire import tls
 from virtwire.address import SockAddr, parse_sockaddr
 from virtwire.errors import ConfigError, DeadlineError
+from virtwire.logfmt import netclient_extra
 from virtwire.net.assertion import FrameWatch, check_wait
 from virtwire.net.capture import CapturedFrame, CaptureFilter, CaptureSubscription
 from virtwire.net.eth import check_frame, parse_mac
@@ -168,7 +169,8 @@ class NetClientServicer(netclient_pb2_grpc.NetClientServiceServicer):
                       ) -> netclient_pb2.SetLinkResponse:
         nc = self.registry.get(request.name)
         nc.set_link(request.up)
-        logger.info("set_link %s %s", nc.name, "up" if request.up else "down")
+        logger.info("set_link %s %s", nc.name, "up" if request.up else "down",
+                    extra=netclient_extra(nc.name))
         return netclient_pb2.SetLinkResponse(netclient=self.registry.info(nc))
 
 

@@ -32,6 +32,7 @@ from virtwire.errors import (
 )
 from virtwire.link import DEFAULT_WINDOW, HELLO_TIMEOUT_S, Batch, LinkPeer
 from virtwire.link import unix as fastpath
+from virtwire.logfmt import netclient_extra
 from virtwire.mem.guestmem import HostIdentity
 from virtwire.net.net import NetClient
 from virtwire.rpc.options import GRPC_EOF, GRPC_OPTIONS
@@ -267,7 +268,8 @@ class LinkDialer:
                     session = await self._session(call, welcome)
                     session.on_up = self.connected.set
                     logger.info("link %s -> %s/%s: connected (%s)", self.local.name,
-                                self.spec.addr, welcome.netclient, session.transport)
+                                self.spec.addr, welcome.netclient, session.transport,
+                                extra=netclient_extra(self.local.name))
                     self.last_error = await session.run(welcome.credits, welcome.can_receive)
                 except VirtwireError as exc:
                     self._dial_failed(exc)
@@ -306,7 +308,8 @@ class LinkDialer:
             stream = await fastpath.dial(offer.socket, offer.token)
         except VirtwireError as exc:
             self.fast_path_reason = str(exc)
-            logger.info("link %s: staying on the Connect stream (%s)", self.local.name, exc)
+            logger.info("link %s: staying on the Connect stream (%s)", self.local.name, exc,
+                        extra=netclient_extra(self.local.name))
             with translated():
                 await call.write(link_pb2.ConnectRequest(
                     fast_path_result=link_pb2.LinkFastPathResult(
@@ -328,7 +331,8 @@ class LinkDialer:
         else:
             reason = _describe(exc)
         if reason != self.last_error:
-            logger.error("link %s -> %s: %s; retrying", self.local.name, self.spec, reason)
+            logger.error("link %s -> %s: %s; retrying", self.local.name, self.spec, reason,
+                         extra=netclient_extra(self.local.name))
         self.last_error = reason
 
 
@@ -421,7 +425,8 @@ class LinkAcceptor:
             self.listener.withdraw(offer)
             self.fast_path_declined += 1
             logger.info("link %s: the dialler stays on the Connect stream (%s)", peer.name,
-                        shorten(answer.fast_path_result.reason, 200))
+                        shorten(answer.fast_path_result.reason, 200),
+                        extra=netclient_extra(peer.name))
             return LinkSession(peer, grpc_stream)
         try:
             stream = await asyncio.wait_for(asyncio.shield(offer.stream), HELLO_TIMEOUT_S)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from virtwire.errors import BackendError
+from virtwire.logfmt import log_format
 from virtwire.orchestrator.launch import VIRTWIRE_CMD, NotReady, wait_ready
 from virtwire.orchestrator.runtime import START_TIMEOUT_S
 from virtwire.orchestrator.statedir import private_dir
@@ -112,6 +113,8 @@ class ProcessRuntime:
         # Spawned from the event loop's thread: PDEATHSIG follows the thread
         # that forked, and this one lives as long as the orchestrator.
         tls_args = self.tls_args(name, self.host) if self.tls_args is not None else []
+        if log_format() != "text":  # the orchestrator's own --log-format
+            tls_args = [*tls_args, "--log-format", log_format(), "--log-name", name]
         proc = _spawn([*VIRTWIRE_CMD, "serve", kind, "--listen", listen, *args, *tls_args,
                        "--ready-file", str(ready)], log)
         self.procs[name] = proc
