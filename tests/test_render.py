@@ -18,7 +18,14 @@ import yaml
 from virtwire import __version__
 from virtwire.cli import main
 from virtwire.orchestrator.render import PORT, render
-from virtwire.topology import SwitchNode, TapNode, Topology, VmNode, load_topology
+from virtwire.topology import (
+    ContainerNode,
+    SwitchNode,
+    TapNode,
+    Topology,
+    VmNode,
+    load_topology,
+)
 
 from support.need import need
 
@@ -131,7 +138,15 @@ def _needs_caps(topo: Topology, name: str) -> bool:
     node = topo.node(svc.node)
     if isinstance(node, TapNode):
         return node.backend == "tap"
+    if isinstance(node, ContainerNode):  # its TAP, opened inside the container node
+        return True
     return isinstance(node, VmNode) and svc.kind == "guest" and node.bridge is not None
+
+
+def _no_k8s_for_containers(topo: Topology) -> None:
+    """render k8s refuses container nodes (test_container_node checks the message)."""
+    if topo.containers():
+        pytest.skip("container nodes render as compose only")
 
 
 def _parse_shm(text: str) -> int:
@@ -144,8 +159,10 @@ def test_compose(topo_file: Path, tmp_path: Path) -> None:
     doc: dict[str, Any] = yaml.safe_load(_render(topo_file, "compose", tmp_path).read_text())
     assert doc["version"] == "3.8"
     services = doc["services"]
-    assert list(services) == [s.name for s in topo.services]
-    _check_commands(topo, {name: spec["command"] for name, spec in services.items()})
+    # Container nodes run their own image (test_container_node checks them).
+    assert list(services) == [*(s.name for s in topo.services),
+                              *(c.name for c in topo.containers())]
+    _check_commands(topo, {svc.name: services[svc.name]["command"] for svc in topo.services})
     (net_name, net), = doc["networks"].items()
     (ipam,) = net["ipam"]["config"]
     assert ipaddress.ip_network(ipam["subnet"]).subnet_of(BENCHMARK)  # type: ignore[arg-type]
@@ -158,7 +175,9 @@ def test_compose(topo_file: Path, tmp_path: Path) -> None:
         # compose restarts by `restart`, a Swarm by deploy.restart_policy.
         assert spec["restart"] == "on-failure"
         assert spec["deploy"] == {"restart_policy": {"condition": "on-failure"}}
-        assert spec.get("depends_on", []) == list(svc.needs)
+        node = topo.node(svc.node)
+        container = [node.name] if isinstance(node, ContainerNode) else []
+        assert spec.get("depends_on", []) == [*svc.needs, *container]
         if _needs_caps(topo, svc.name):
             assert "NET_ADMIN" in spec["cap_add"]
             assert spec["devices"] == ["/dev/net/tun:/dev/net/tun"] and spec["user"] == "0"
@@ -178,6 +197,7 @@ def test_compose(topo_file: Path, tmp_path: Path) -> None:
 
 def test_k8s(topo_file: Path, tmp_path: Path) -> None:
     topo = load_topology(topo_file)
+    _no_k8s_for_containers(topo)
     docs = list(yaml.safe_load_all(_render(topo_file, "k8s", tmp_path).read_text()))
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     k8s_services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
@@ -217,6 +237,7 @@ def test_k8s(topo_file: Path, tmp_path: Path) -> None:
 
 def test_both_formats_give_the_same_commands(topo_file: Path) -> None:
     topo = load_topology(topo_file)
+    _no_k8s_for_containers(topo)
     compose = yaml.safe_load(render(topo, "compose"))
     k8s = [d for d in yaml.safe_load_all(render(topo, "k8s")) if d["kind"] == "Deployment"]
     assert [d["spec"]["template"]["spec"]["containers"][0]["args"] for d in k8s] == [
@@ -267,6 +288,7 @@ def test_the_header_says_how_to_run_and_tear_down(topo_file: Path, tmp_path: Pat
                     f"docker compose -p {name} -f {out} down -v",
                     f"docker stack deploy -c {out} {name}", f"docker stack rm {name}"):
         assert any(command in line for line in header), (command, header)
+    _no_k8s_for_containers(load_topology(topo_file))
     k8s = _render(topo_file, "k8s", tmp_path).read_text()
     assert f"kubectl -n {name} apply -f " in k8s and f"kubectl -n {name} delete -f " in k8s
     assert "# Run:       docker compose -p default -f FILE up -d" in render(
@@ -383,15 +405,17 @@ def _cert_info(pem: bytes) -> dict[str, str]:
 
 def test_without_tls_every_service_is_insecure(topo_file: Path, tmp_path: Path) -> None:
     topo = load_topology(topo_file)
-    for fmt in ("compose", "k8s"):
+    for fmt in ("compose", "k8s") if not topo.containers() else ("compose",):
         text = _render(topo_file, fmt, tmp_path).read_text()
         assert "--insecure" in text.split("\n", 3)[1] + text.split("\n", 3)[2]
         docs = list(yaml.safe_load_all(text))
         if fmt == "compose":
-            commands = [s["command"] for s in docs[0]["services"].values()]
+            commands = [s["command"] for s in docs[0]["services"].values()
+                        if s["labels"]["virtwire.kind"] != "container"]
             assert "secrets" not in docs[0]
             assert not any("secrets" in s or "environment" in s
-                           for s in docs[0]["services"].values())
+                           for s in docs[0]["services"].values()
+                           if s["labels"]["virtwire.kind"] != "container")
         else:
             assert not [d for d in docs if d["kind"] == "Secret"]
             commands = [d["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -86,6 +86,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,8 @@ from virtwire.net.units import parse_duration
 
 __all__ = [
     "Bridge",
+    "ContainerInterface",
+    "ContainerNode",
     "Endpoint",
     "Host",
     "HubNode",
@@ -166,17 +169,21 @@ __all__ = [
     "parse_topology",
 ]
 
-NodeKind = Literal["hub", "switch", "vm", "tap", "netns", "qemu"]
+NodeKind = Literal["hub", "switch", "vm", "tap", "netns", "qemu", "container"]
 ServiceKind = Literal["hub", "guestmem", "e1000", "guest", "tap", "qemu"]
 #: ``serve KIND --link-transport`` (server.link.LINK_TRANSPORTS).
 LinkTransport = Literal["auto", "grpc"]
 E1000ModelName = Literal["82540EM", "82544GC", "82545EM"]
 QemuCompat = Literal["9.0", "7.2"]
 
-NODE_KINDS: tuple[NodeKind, ...] = ("hub", "switch", "vm", "tap", "netns", "qemu")
+NODE_KINDS: tuple[NodeKind, ...] = ("hub", "switch", "vm", "tap", "netns", "qemu",
+                                    "container")
 #: Kinds whose service is a hub server (ports, HUB:PORT link ends); a switch's
 #: service is a hub's with learning and VLANs (``serve switch``).
 HUB_KINDS: tuple[NodeKind, ...] = ("hub", "switch")
+#: Kinds whose link ends are NODE:IFACE, each interface the tap service NODE-IFACE
+#: (a TAP inside the node's network namespace) with a NetClient of that name.
+IFACE_KINDS: tuple[NodeKind, ...] = ("netns", "container")
 #: The services a vm node runs, in start order; each is named NODE-KIND.
 VM_SERVICES: tuple[ServiceKind, ...] = ("guestmem", "e1000", "guest")
 #: QEMU's default MAC (qemu_macaddr_default_if_unset): 52:54:00:12:34:56, then
@@ -835,10 +842,71 @@ class QemuSpec(_Spec):
         return self
 
 
+# -- container nodes: a container of the local engine (this machine only) ------------------
+#: A container's interfaces: eth1, eth2, ... (eth0 is a management network's).
+CONTAINER_IFACE_RE = re.compile(r"^eth[1-9][0-9]{0,2}$")
+CONTAINER_MAX_IFACES = 64
+CONTAINER_MAX_ENV = 256
+CONTAINER_MAX_ARGS = 256
+#: A Docker image reference (NAME[:TAG][@DIGEST], a registry host, an image id).
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: A Docker network's name (the management network, which must exist).
+_NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_image(text: str) -> str:
+    if not _IMAGE_RE.match(text):
+        raise ConfigError(f"bad image {text[:60]!r}: a Docker image reference "
+                          "(NAME[:TAG][@DIGEST], e.g. alpine:3.20 or vw-busybox:latest)")
+    return text
+
+
+def _check_network(text: str) -> str:
+    if text in ("host", "none", "bridge") or not _NETWORK_RE.match(text):
+        raise ConfigError(f"management: {text[:60]!r}: name a user-defined Docker network "
+                          "(docker network create NAME), not host, none or bridge; leave "
+                          "it out for no network but the LAN's")
+    return text
+
+
+_EnvValue = Annotated[str, BeforeValidator(_option_text),
+                      Field(max_length=COMMAND_MAX_LEN),
+                      WithJsonSchema({"type": ["string", "number", "boolean"]})]
+
+
+class ContainerIfaceSpec(_Spec):
+    """One interface of a container: a TAP in its network namespace, up."""
+
+    ip: Annotated[str, AfterValidator(_check_cidr)] | None = None
+    mac: Annotated[str, AfterValidator(_check_mac)] | None = None
+
+
+class ContainerSpec(_Spec):
+    """A container of an image in the local engine, with no network of its own;
+    its interfaces eth1..ethN are TAPs in its namespace (docs/topology.md)."""
+
+    kind: Literal["container"]
+    image: Annotated[str, AfterValidator(_check_image)]
+    #: The image's command unless given: a list, or a string split as a shell would.
+    command: Annotated[str, Field(min_length=1, max_length=COMMAND_MAX_LEN)] | Annotated[
+        list[Annotated[str, Field(max_length=COMMAND_MAX_LEN)]],
+        Field(min_length=1, max_length=CONTAINER_MAX_ARGS)] | None = None
+    env: Annotated[dict[str, _EnvValue], Field(max_length=CONTAINER_MAX_ENV)] = {}
+    #: ``eth1: {ip: 198.18.0.20/24, mac: ...}``; ``eth1: {}`` (or nothing) for neither.
+    interfaces: Annotated[dict[str, ContainerIfaceSpec | None],
+                          Field(min_length=1, max_length=CONTAINER_MAX_IFACES)]
+    #: A Docker network the container also joins (its eth0); none by default.
+    management: Annotated[str, AfterValidator(_check_network)] | None = None
+    host: HostName | None = None
+    link_transport: LinkTransport | None = None
+
+
 TAP_SPECS: dict[str, type[_TapSpec]] = {
     "tap": TapTapSpec, "stream": TapStreamSpec, "dgram": TapDgramSpec}
 TapSpec = Annotated[TapTapSpec | TapStreamSpec | TapDgramSpec, Field(discriminator="backend")]
-NodeSpec = Annotated[HubSpec | SwitchSpec | VmSpec | TapSpec | NetnsSpec | QemuSpec,
+NodeSpec = Annotated[HubSpec | SwitchSpec | VmSpec | TapSpec | NetnsSpec | QemuSpec
+                     | ContainerSpec,
                     Field(discriminator="kind")]
 LinkSpec = Annotated[list[str], BeforeValidator(_link_ends), Field(min_length=2, max_length=2),
                     WithJsonSchema({"oneOf": [
@@ -1087,6 +1155,43 @@ class QemuNode(Node):
                 "mac": self.mac, "mac_assigned": self.mac_assigned, "args": list(self.args)}
 
 
+@dataclass(frozen=True, kw_only=True)
+class ContainerInterface:
+    name: str
+    ip: ipaddress.IPv4Interface | None = None
+    mac: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ip": str(self.ip) if self.ip else None, "mac": self.mac or None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerNode(Node):
+    """A container (``virtwire-LAN-NODE``); interface ethN is the tap service
+    NODE-ethN, whose TAP is inside the container's network namespace."""
+
+    kind: ClassVar[NodeKind] = "container"
+    image: str
+    #: Empty: the image's own command.
+    command: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    interfaces: tuple[ContainerInterface, ...] = ()
+    #: A Docker network it also joins ("": none, ``--network none``).
+    management: str = ""
+
+    def service(self, iface: str) -> str:
+        """The tap service (and its NetClient) of interface ``iface``."""
+        return f"{self.name}-{iface}"
+
+    def interface(self, service: str) -> ContainerInterface:
+        """The interface tap service ``service`` is."""
+        return next(i for i in self.interfaces if self.service(i.name) == service)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "image": self.image, "command": list(self.command),
+                "env": dict(self.env), "management": self.management or None,
+                "interfaces": {i.name: i.to_dict() for i in self.interfaces}}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Service:
@@ -1250,6 +1355,9 @@ class Topology:
     def taps(self) -> list[TapNode]:
         return [n for n in self.nodes.values() if isinstance(n, TapNode)]
 
+    def containers(self) -> list[ContainerNode]:
+        return [n for n in self.nodes.values() if isinstance(n, ContainerNode)]
+
     def links_of(self, node: str) -> list[Link]:
         return [link for link in self.links if node in link.nodes]
 
@@ -1385,6 +1493,8 @@ def _stand_in(raw: object) -> NodeSpec:
         return NetnsSpec.model_construct(kind="netns", interfaces={})
     if kind == "qemu":
         return QemuSpec.model_construct(kind="qemu")
+    if kind == "container":
+        return ContainerSpec.model_construct(kind="container", image="", interfaces={})
     if kind == "tap":
         backend = raw.get("backend") if isinstance(raw, dict) else None
         if backend == "tap":
@@ -1601,10 +1711,13 @@ def _strip_tags(loc: _Path) -> tuple[_Path, type[BaseModel] | None]:
         return tuple(path), SwitchPortSpec if tag == "switch" else PortSpec
     if tag == "netns" and len(path) >= 5 and path[2] == "interfaces":
         return tuple(path), NetnsIfaceSpec
+    if tag == "container" and len(path) >= 5 and path[2] == "interfaces":
+        return tuple(path), ContainerIfaceSpec
     if tag == "netns" and len(path) >= 5 and path[2] == "routes":
         return tuple(path), NetnsRouteSpec
     models: dict[str, type[BaseModel]] = {"hub": HubSpec, "switch": SwitchSpec, "vm": VmSpec,
-                                          "netns": NetnsSpec, "qemu": QemuSpec}
+                                          "netns": NetnsSpec, "qemu": QemuSpec,
+                                          "container": ContainerSpec}
     return tuple(path), models.get(tag)
 
 
@@ -1656,7 +1769,7 @@ class _Resolver:
         self.stand_ins = partial.stand_ins if partial else frozenset()
         self.skip_links = partial.skip_links if partial else frozenset()
         self._opts: dict[str, dict[str, str]] = {}
-        rank = {"hub": 0, "switch": 0, "vm": 1, "tap": 2, "netns": 2, "qemu": 2}
+        rank = {"hub": 0, "switch": 0, "vm": 1, "tap": 2, "netns": 2, "qemu": 2, "container": 2}
         #: Node names in start order: hubs, vms, taps; file order within a kind.
         self.order = sorted(spec.nodes, key=lambda n: rank[spec.nodes[n].kind])
         self.position = {name: i for i, name in enumerate(self.order)}
@@ -1666,6 +1779,7 @@ class _Resolver:
         self._check_hosts()
         self._check_trust()
         self._check_host_kinds()
+        self._check_containers()
         macs = self._assign_macs()
         self._check_unique_ips()
         self._check_host_resources()
@@ -1752,6 +1866,14 @@ class _Resolver:
                             append=node.append or "", disk=self._host_file(node.disk),
                             memory=node.memory, nic=node.nic, mac=mac_text,
                             mac_assigned=assigned, args=tuple(node.args))
+        if isinstance(node, ContainerSpec):
+            return ContainerNode(
+                name=name, line=line, link_transport=transport, image=node.image,
+                command=tuple(self._container_command(node)),
+                env=tuple(node.env.items()), management=node.management or "",
+                interfaces=tuple(ContainerInterface(
+                    name=i, ip=ipaddress.IPv4Interface(f.ip) if f and f.ip else None,
+                    mac=(f.mac or "") if f else "") for i, f in node.interfaces.items()))
         return TapNode(name=name, host=node.host, line=line, link_transport=transport,
                        backend=node.backend, options=self._tap_options(name),
                        publish=getattr(node, "publish", None) or "")
@@ -1864,6 +1986,47 @@ class _Resolver:
                 self.report.error(path, f"to {route.to} and via {route.via} are not of one "
                                   "IP version")
 
+    @staticmethod
+    def _container_command(node: ContainerSpec) -> list[str]:
+        if isinstance(node.command, str):
+            try:
+                return shlex.split(node.command)
+            except ValueError:
+                return []  # reported by _check_containers
+        return list(node.command or [])
+
+    def _check_containers(self) -> None:
+        """Container nodes: this machine only, from a file read here (an image and a
+        command are a program to run); interface names, env names, the command."""
+        for name, node in self.spec.nodes.items():
+            if not isinstance(node, ContainerSpec) or name in self.stand_ins:
+                continue
+            if self.remote is not None:
+                self.report.error(("nodes", name, "kind"), (
+                    "a container node runs an image and a command on this host: a topology "
+                    "sent by RPC may not have one (run 'virtwire up FILE' here)"), denied=True)
+                continue
+            if node.host is not None:
+                self.report.error(("nodes", name, "host"), "a container node runs in this "
+                                  "machine's engine for now (leave out host:)")
+            for iface in node.interfaces:
+                if not CONTAINER_IFACE_RE.match(iface):
+                    self.report.error(("nodes", name, "interfaces", iface), (
+                        f"interface {iface[:40]!r}: a container's interfaces are eth1, eth2, "
+                        "... (eth0 is left to a management network)"))
+            for key in node.env:
+                if not _ENV_NAME_RE.match(key):
+                    self.report.error(("nodes", name, "env", key), (
+                        f"bad variable name {key[:40]!r}: letters, digits and _, "
+                        "not starting with a digit"))
+            if isinstance(node.command, str):
+                try:
+                    if not shlex.split(node.command):
+                        self.report.error(("nodes", name, "command"), "an empty command")
+                except ValueError as exc:
+                    self.report.error(("nodes", name, "command"),
+                                      f"cannot split the command as a shell would: {exc}")
+
     def _check_hosts(self) -> None:
         known = (f"known: {', '.join(self.spec.hosts)}" if self.spec.hosts
                  else "the file defines no hosts")
@@ -1912,11 +2075,16 @@ class _Resolver:
     def _check_unique_ips(self) -> None:
         owner: dict[ipaddress.IPv4Address, _Path] = {}
         for name, node in self.spec.nodes.items():
-            if not isinstance(node, VmSpec):
+            if isinstance(node, ContainerSpec) and name not in self.stand_ins:
+                fields: list[tuple[_Path, str | None]] = [
+                    (("nodes", name, "interfaces", i, "ip"), f.ip if f else None)
+                    for i, f in node.interfaces.items()]
+            elif not isinstance(node, VmSpec):
                 continue
-            fields: list[tuple[_Path, str | None]] = [(("nodes", name, "ip"), node.ip)]
-            if node.bridge is not None:
-                fields.append((("nodes", name, "bridge", "ip"), node.bridge.ip))
+            else:
+                fields = [(("nodes", name, "ip"), node.ip)]
+                if node.bridge is not None:
+                    fields.append((("nodes", name, "bridge", "ip"), node.bridge.ip))
             for path, text in fields:
                 if text is None:
                     continue
@@ -1978,7 +2146,7 @@ class _Resolver:
                     Service(name=drv, kind="guest", node=name, host=node.host,
                             needs=(nic, mem))]
                 vm_services.update((svc.name, name) for svc in out[name])
-            elif isinstance(node, NetnsSpec):
+            elif isinstance(node, NetnsSpec | ContainerSpec):
                 out[name] = [Service(name=f"{name}-{iface}", kind="tap", node=name)
                              for iface in node.interfaces]
                 vm_services.update((svc.name, name) for svc in out[name])
@@ -1995,7 +2163,8 @@ class _Resolver:
                 vm = vm_services[name]
                 owner_kind = self.spec.nodes[vm].kind
                 named = {"vm": "NODE-guestmem, NODE-e1000 and NODE-guest",
-                         "netns": "NODE-INTERFACE", "qemu": "NODE and NODE-qemu"}[owner_kind]
+                         "netns": "NODE-INTERFACE", "qemu": "NODE and NODE-qemu",
+                         "container": "NODE-INTERFACE"}[owner_kind]
                 self.report.error(("nodes", name), f"the name is taken by the "
                                   f"{name[len(vm) + 1:]} service of {owner_kind} {vm!r} (a "
                                   f"{owner_kind}'s services are named {named})")
@@ -2014,6 +2183,8 @@ class _Resolver:
         spec = self.spec.nodes[node]
         if isinstance(spec, NetnsSpec):
             return self._netns_end(index, text, node, port if sep else None, spec)
+        if isinstance(spec, ContainerSpec):
+            return self._container_end(index, text, node, port if sep else None, spec)
         if not sep:
             return _End(node, None)
         kind = spec.kind
@@ -2041,6 +2212,24 @@ class _Resolver:
             return None
         if port not in spec.interfaces:
             self.report.error(path, f"{text!r}: unknown interface {port[:40]!r} of netns "
+                              f"{node} (it has: {', '.join(spec.interfaces)})")
+            return None
+        return _End(node, port)
+
+    def _container_end(self, index: int, text: str, node: str, port: str | None,
+                       spec: ContainerSpec) -> _End | None:
+        """NODE:ethN of a container node (NODE alone when it has one interface)."""
+        path: _Path = ("links", index)
+        if node in self.stand_ins:
+            return _End(node, port or "eth1")
+        if port is None:
+            if len(spec.interfaces) == 1:
+                return _End(node, next(iter(spec.interfaces)))
+            self.report.error(path, f"{text!r}: container {node} has several interfaces: "
+                              f"name one, {node}:IFACE ({', '.join(spec.interfaces)})")
+            return None
+        if port not in spec.interfaces:
+            self.report.error(path, f"{text!r}: unknown interface {port[:40]!r} of container "
                               f"{node} (it has: {', '.join(spec.interfaces)})")
             return None
         return _End(node, port)
@@ -2081,7 +2270,7 @@ class _Resolver:
                     if kind in HUB_KINDS:
                         report.error(path, f"{kind} port {end.node}:{end.port} is already "
                                      f"linked by {first}")
-                    elif kind == "netns":
+                    elif kind in IFACE_KINDS:
                         report.error(path, f"interface {end.node}:{end.port} is already "
                                      f"linked by {first}: link it to a switch or hub to "
                                      "join more nodes")
@@ -2094,15 +2283,22 @@ class _Resolver:
                     taken[key] = index
             if clash:
                 continue
-            if root(a.node) == root(b.node):
-                loop = self._path(adjacent, b.node, a.node)
-                report.error(path, "closes a loop " + " -- ".join([*loop, a.node])
+            # A container is a host, not a bridge: each of its interfaces is a
+            # vertex of its own, so one on two hubs (or twice on one) is no loop.
+            va, vb = (f"{e.node}:{e.port}" if spec.nodes[e.node].kind == "container"
+                      else e.node for e in (a, b))
+            for vertex in (va, vb):
+                parent.setdefault(vertex, vertex)
+                adjacent.setdefault(vertex, [])
+            if root(va) == root(vb):
+                loop = self._path(adjacent, vb, va)
+                report.error(path, "closes a loop " + " -- ".join([*loop, va])
                              + ": hubs flood every frame to all other ports, so a broadcast "
                              "would circle forever; remove one link of the loop")
                 continue
-            parent[root(a.node)] = root(b.node)
-            adjacent[a.node].append(b.node)
-            adjacent[b.node].append(a.node)
+            parent[root(va)] = root(vb)
+            adjacent[va].append(vb)
+            adjacent[vb].append(va)
             dialer, listener = (a, b) if self.position[a.node] > self.position[b.node] else (b, a)
             if listener.port is not None and spec.nodes[listener.node].kind in HUB_KINDS:
                 hub_ports.setdefault(listener.node, []).append(listener.port)
@@ -2113,7 +2309,7 @@ class _Resolver:
         return links, hub_ports
 
     def _endpoint(self, end: _End) -> Endpoint:
-        if self.spec.nodes[end.node].kind == "netns":
+        if self.spec.nodes[end.node].kind in IFACE_KINDS:
             service = f"{end.node}-{end.port}"
             return Endpoint(node=end.node, service=service, netclient=service)
         is_hub = self.spec.nodes[end.node].kind in HUB_KINDS
@@ -2257,7 +2453,7 @@ class _Filters:
             netclient = port or ""
             key: _NcKey = (service, netclient or f"#{link}")
             siblings = frozenset(self.named.get(node, set()) - {netclient})
-        elif self.spec.nodes[node].kind == "netns":
+        elif self.spec.nodes[node].kind in IFACE_KINDS:
             service = netclient = f"{node}-{port}"
             key, siblings = (service, netclient), frozenset()
         else:
@@ -2300,7 +2496,7 @@ class _Filters:
                                           f"(e.g. [NODE, {name}:{port}])")
                         continue
                     add(path, port_spec, self._chain(name, port))
-            elif not isinstance(node, NetnsSpec):
+            elif not isinstance(node, NetnsSpec | ContainerSpec):
                 add(("nodes", name), node, self._chain(name, None))
         data = self.report.doc.data
         raw_links = data.get("links") if isinstance(data, dict) else None

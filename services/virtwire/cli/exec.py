@@ -46,8 +46,8 @@ async def cmd_exec(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sp = sub.add_parser("exec", allow_abbrev=False,
-                        help="run a command inside a node (netns): virtwire exec NODE -- CMD")
-    sp.add_argument("node", metavar="NODE", help="a netns node of a running LAN")
+                        help="run a command inside a netns or container node: exec NODE -- CMD")
+    sp.add_argument("node", metavar="NODE", help="a netns or container node of a running LAN")
     sp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD",
                     help="the command and its arguments")
     sp.add_argument("--lan", help="the LAN, when several run")

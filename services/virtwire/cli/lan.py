@@ -100,6 +100,14 @@ async def _kill_services(state: LanState) -> None:
             await asyncio.to_thread(remove_lan, state.name)
         except BackendError as exc:
             print(f"virtwire: warning: {exc}", file=sys.stderr)
+    if any(rec.name != rec.node and rec.kind == "tap" for rec in state.services):
+        # NODE-ethN: maybe a container node's interface; its container, by its labels.
+        from virtwire.orchestrator.containers import remove_lan_containers
+
+        try:
+            await asyncio.to_thread(remove_lan_containers, state.name)
+        except BackendError:
+            pass  # no engine: no container node either
     from virtwire.orchestrator.runtime.remote import stop_remote_lan
 
     for agent in sorted({rec.agent for rec in state.services if rec.agent}):

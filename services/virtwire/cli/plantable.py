@@ -53,7 +53,9 @@ def _addresses(sp: spec.ServiceSpec) -> list[str]:
         return [f"ports {', '.join(port.name for port in sp.ports)}"] if sp.ports else []
     if isinstance(sp, spec.TapServiceSpec):
         options = ",".join(f"{k}={v}" for k, v in sp.options.items() if k != "id")
-        return [f"{sp.backend} {options}".rstrip()]
+        inside = [f"inside netns {sp.netns}"] if sp.netns else []  # a container's interface
+        return [f"{sp.backend} {options}".rstrip(), *inside,
+                *([f"ip {sp.ip}"] if sp.ip else []), *([f"mac {sp.mac}"] if sp.mac else [])]
     if isinstance(sp, spec.GuestMemServiceSpec):
         return [f"{_size(sp.size)} RAM"]
     if isinstance(sp, spec.E1000ServiceSpec):

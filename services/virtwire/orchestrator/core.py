@@ -49,6 +49,7 @@ from virtwire.errors import (
     VirtwireError,
 )
 from virtwire.orchestrator import pids
+from virtwire.orchestrator.containers import ContainerNodes
 from virtwire.orchestrator.forward import PortForwarder
 from virtwire.orchestrator.health import HEALTH_TIMEOUT_S, check_health, wait_serving
 from virtwire.orchestrator.hostnodes import (
@@ -69,11 +70,13 @@ from virtwire.orchestrator.statedir import private_dir
 from virtwire.orchestrator.subnet import check_subnet
 from virtwire.rpc.status import translated
 from virtwire.topology import (
+    CONTAINER_IFACE_RE,
     LAN_NAME_MAX,
     METRICS_KINDS,
     NETNS_IFACE_RE,
     NODE_NAME_MAX,
     VM_SERVICES,
+    ContainerNode,
     HubNode,
     NetnsNode,
     Node,
@@ -200,7 +203,8 @@ def _check_record(rec: ServiceRecord) -> None:
     check_node_name(rec.node[:NODE_NAME_MAX + 1])
     suffix = rec.name[len(rec.node) + 1:] if rec.name.startswith(f"{rec.node}-") else ""
     if rec.name != rec.node and rec.name not in (f"{rec.node}-{k}" for k in VM_SERVICES) \
-            and suffix != "qemu" and not NETNS_IFACE_RE.match(suffix):
+            and suffix != "qemu" and not NETNS_IFACE_RE.match(suffix) \
+            and not CONTAINER_IFACE_RE.match(suffix):
         raise ConfigError(f"service {rec.name[:80]!r} is not a service name of node "
                           f"{rec.node!r}")
     if rec.pid < 0 or rec.start_time < 0:
@@ -368,6 +372,8 @@ class Orchestrator:
         self.metrics: dict[str, str] = {}
         #: The namespaces of the LAN's netns nodes (hostnodes.py).
         self.hostnodes: NetnsHosts | None = None
+        #: The LAN's container nodes (containers.py), created before any service.
+        self.containers: ContainerNodes | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -425,16 +431,23 @@ class Orchestrator:
                 raise ConfigError("netns and qemu nodes run with the process backend only")
             self.hostnodes.check()
             check_qemu_paths(topo, self.dir)
+            self.containers = ContainerNodes(topo, shared_pid=backend == "docker")
+            await self.containers.check()  # images: before anything starts
             for host in sorted({s.host or "" for s in topo.services}):
                 yield UpEvent("starting", message=self._runtime_message(topo, host, backend))
                 self.runtimes[host] = self._make_runtime(topo, host, backend, subnet)
                 await self.runtimes[host].open()
+            for cnode in self.containers:
+                pid = await self.containers.create(cnode)
+                yield UpEvent("starting", cnode.name, message=(
+                    f"{cnode.name}: container {cnode.image} (pid {pid}), network "
+                    f"{cnode.management or 'none'}"))
             for svc in topo.services:
                 addresses = {name: rec.address for name, rec in self.services.items()}
                 runtime = self.runtimes[svc.host or ""]
                 spec = self.specs[svc.name] = service_spec(
                     topo, svc.name, addresses, dump_root=self._dump_root(runtime, svc.name),
-                    lan_dir=str(self.dir))
+                    lan_dir=str(self.dir), netns=self.containers.netns())
                 node = topo.node(svc.node)
                 if isinstance(node, NetnsNode) and svc.name == node.service(
                         node.interfaces[0].name):
@@ -659,6 +672,11 @@ class Orchestrator:
         stopped = len(self._launched)
         self._launched = []
         self.runtimes = {}
+        if self.containers is not None:
+            try:  # after their interfaces' services: the TAPs went with them
+                await self.containers.close()
+            except Exception as exc:
+                logger.error("removing the container nodes: %s", exc)
         if self.hostnodes is not None:
             try:
                 await self.hostnodes.delete_all()
@@ -770,12 +788,12 @@ class Orchestrator:
             if not port:
                 raise ConfigError(f"{node_name} is a hub: name a port, {node_name}:PORT")
             return self.services[node_name].address, port
-        if isinstance(node, NetnsNode):
+        if isinstance(node, NetnsNode | ContainerNode):
             ifaces = [i.name for i in node.interfaces]
             if not port and len(ifaces) == 1:
                 port = ifaces[0]
             if port not in ifaces:
-                raise NotFoundError(f"netns {node_name} has no interface {port[:40]!r}: "
+                raise NotFoundError(f"{node.kind} {node_name} has no interface {port[:40]!r}: "
                                     f"name one, {node_name}:IFACE ({', '.join(ifaces)})")
             service = node.service(port)
             return self.services[service].address, service

@@ -34,6 +34,7 @@ from virtwire.net.hub import hub_port_name
 from virtwire.orchestrator import spec
 from virtwire.orchestrator.hostnodes import qemu_paths, tap_name
 from virtwire.topology import (
+    ContainerNode,
     HubNode,
     Link,
     NetnsNode,
@@ -45,7 +46,13 @@ from virtwire.topology import (
     VmNode,
 )
 
-__all__ = ["auto_ports", "filter_netclient", "filter_objects", "plan", "service_spec"]
+__all__ = ["CONTAINER_NETNS", "auto_ports", "filter_netclient", "filter_objects", "plan",
+           "service_spec"]
+
+#: A container node's network namespace as its interfaces' tap services see it
+#: when they share its pid namespace (the docker backend, ``render compose``):
+#: its first process's. The process backend gives ``/proc/PID/ns/net`` instead.
+CONTAINER_NETNS = "/proc/1/ns/net"
 
 #: Addresses by service name.
 Addresses = Mapping[str, str]
@@ -98,17 +105,20 @@ def peer(topo: Topology, link: Link, addresses: Addresses) -> str:
 
 
 def service_spec(topo: Topology, name: str, addresses: Addresses, *,
-                 dump_root: str = "", lan_dir: str = "LAN") -> spec.ServiceSpec:
+                 dump_root: str = "", lan_dir: str = "LAN",
+                 netns: Mapping[str, str] | None = None) -> spec.ServiceSpec:
     """What service ``name`` is started with; ``addresses`` has those it needs
     (the listeners it dials, its VM's guestmem and e1000). ``dump_root``: where
     services with a dump filter get their --dump-dir (``DUMP_ROOT/NAME``);
-    ``lan_dir``: the LAN's state dir, where a qemu node's socket and console are."""
-    planned = _service_spec(topo, name, addresses, lan_dir)
+    ``lan_dir``: the LAN's state dir, where a qemu node's socket and console are;
+    ``netns``: by container node, its namespace file (default CONTAINER_NETNS)."""
+    planned = _service_spec(topo, name, addresses, lan_dir, netns or {})
     return spec.with_dump_dir(planned, f"{dump_root}/{name}") if dump_root else planned
 
 
 def _service_spec(topo: Topology, name: str, addresses: Addresses,
-                  lan_dir: str = "LAN") -> spec.ServiceSpec:
+                  lan_dir: str = "LAN",
+                  netns: Mapping[str, str] | None = None) -> spec.ServiceSpec:
     svc = next(s for s in topo.services if s.name == name)
     node = topo.node(svc.node)
     dials = [link for link in topo.links if link.dialer.service == name]
@@ -132,6 +142,13 @@ def _service_spec(topo: Topology, name: str, addresses: Addresses,
                                    options={**node.options, "id": node.name},
                                    peer=peers[0] if peers else "",
                                    link_transport=node.link_transport, filters=filters)
+    if isinstance(node, ContainerNode):  # a TAP opened inside the container (net.nsjoin)
+        iface = node.interface(name)
+        return spec.TapServiceSpec(backend="tap", options={"ifname": iface.name, "id": name},
+                                   peer=peers[0] if peers else "",
+                                   link_transport=node.link_transport, filters=filters,
+                                   netns=(netns or {}).get(node.name, CONTAINER_NETNS),
+                                   ip=str(iface.ip) if iface.ip else "", mac=iface.mac)
     if isinstance(node, NetnsNode):  # its TAP, under our name until it moves in
         return spec.TapServiceSpec(backend="tap",
                                    options={"ifname": tap_name(topo.name, name), "id": name},
@@ -168,8 +185,9 @@ def _service_spec(topo: Topology, name: str, addresses: Addresses,
 
 
 def plan(topo: Topology, addresses: Addresses, *,
-         dump_root: str = "", lan_dir: str = "LAN") -> dict[str, spec.ServiceSpec]:
+         dump_root: str = "", lan_dir: str = "LAN",
+         netns: Mapping[str, str] | None = None) -> dict[str, spec.ServiceSpec]:
     """Every service's spec, in start order, with every address known."""
     return {svc.name: service_spec(topo, svc.name, addresses, dump_root=dump_root,
-                                   lan_dir=lan_dir)
+                                   lan_dir=lan_dir, netns=netns)
             for svc in topo.services}

@@ -63,7 +63,7 @@ from virtwire.orchestrator.spec import (
     TapServiceSpec,
 )
 from virtwire.orchestrator.subnet import check_subnet
-from virtwire.topology import METRICS_KINDS, Service, TapNode, Topology, VmNode
+from virtwire.topology import METRICS_KINDS, ContainerNode, Service, TapNode, Topology, VmNode
 
 PORT = 50051
 LISTEN = f"0.0.0.0:{PORT}"
@@ -216,7 +216,7 @@ def needs_net_admin(topo: Topology, svc: Service) -> bool:
         return node.backend == "tap"
     if isinstance(node, VmNode):
         return svc.kind == "guest" and node.bridge is not None
-    return False
+    return isinstance(node, ContainerNode)  # its TAP, inside the container node
 
 
 def capabilities(topo: Topology, svc: Service) -> list[str]:
@@ -228,7 +228,28 @@ def capabilities(topo: Topology, svc: Service) -> list[str]:
     # Creating a network namespace (bridge netns=) is CAP_SYS_ADMIN.
     if isinstance(node, VmNode) and node.bridge is not None and node.bridge.netns:
         caps.append("SYS_ADMIN")
+    # Entering a container node's network namespace (setns, net.nsjoin) too.
+    if isinstance(node, ContainerNode):
+        caps.append("SYS_ADMIN")
     return caps
+
+
+def container_node_compose(topo: Topology, node: ContainerNode) -> dict[str, Any]:
+    """A container node as a compose service: its image, command and environment,
+    no network (``network_mode: none``) or only its management network."""
+    spec: dict[str, Any] = {"image": node.image, "hostname": node.name,
+                            "labels": {"virtwire.lan": topo.name, "virtwire.node": node.name,
+                                       "virtwire.kind": "container"}}
+    if node.command:
+        spec["command"] = list(node.command)
+    if node.env:
+        spec["environment"] = dict(node.env)
+    if node.management:
+        spec["networks"] = [node.management]
+    else:
+        spec["network_mode"] = "none"
+    spec["restart"] = "on-failure"
+    return spec
 
 
 def container_owner(topo: Topology, svc: Service) -> tuple[int, int]:
@@ -361,6 +382,11 @@ def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities 
             spec["cap_add"] = caps
             spec["devices"] = ["/dev/net/tun:/dev/net/tun"]
             spec["user"] = "0"
+        if isinstance(node, ContainerNode):
+            # Its TAP opens in the container node's namespace: /proc/1/ns/net of
+            # the pid namespace they share (plan.CONTAINER_NETNS).
+            spec["pid"] = f"service:{node.name}"
+            spec["depends_on"] = [*spec.get("depends_on", []), node.name]
         vm = _vm(topo, svc)
         if vm is not None:
             if svc.kind == "guestmem":
@@ -377,12 +403,16 @@ def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities 
         # Swarm's equivalent (it ignores `restart`); docker-compose 1.29 accepts it.
         spec["deploy"] = {"restart_policy": {"condition": "on-failure"}}
         services[svc.name] = spec
+    for cnode in topo.containers():
+        services[cnode.name] = container_node_compose(topo, cnode)
     networks: dict[str, Any] = {NETWORK: {"internal": True,
                                           "ipam": {"config": [{"subnet": subnet}]},
                                           "labels": {"virtwire.lan": topo.name}}}
     if any(node.publish for node in topo.taps()):
         networks[PUBLISH_NETWORK] = {"driver_opts": PUBLISH_DRIVER_OPTS,
                                      "labels": {"virtwire.lan": topo.name}}
+    for management in sorted({c.management for c in topo.containers() if c.management}):
+        networks[management] = {"external": True}  # the user's, as up requires
     doc: dict[str, Any] = {"version": "3.8", "services": services, "networks": networks}
     if secrets:
         doc["secrets"] = secrets
@@ -441,6 +471,10 @@ def render_k8s(topo: Topology, identities: Identities | None = None) -> list[dic
     if topo.tls_dir is not None and identities is None:
         raise ConfigError("the topology has a tls: section: render needs the "
                           "certificates (issue_identities)")
+    if topo.containers():
+        raise ConfigError(f"container nodes ({', '.join(c.name for c in topo.containers())}) "
+                          "render as compose only: in Kubernetes their interfaces' services "
+                          "would have to share their pod")
     commands = service_commands(topo, K8S_SECRETS_DIR)
     docs: list[dict[str, Any]] = []
     for svc in topo.services:

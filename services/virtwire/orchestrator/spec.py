@@ -112,10 +112,18 @@ class TapServiceSpec:
     link_transport: LinkTransport = "auto"
     filters: tuple[str, ...] = ()
     dump_dir: str = ""
+    #: A container's interface: the namespace file its TAP opens in (``--netns``),
+    #: its IPv4 address and MAC (``--tap-ip``, ``--tap-mac``). Never over StartService.
+    netns: str = ""
+    ip: str = ""
+    mac: str = ""
 
     def argv(self) -> list[str]:
         args = ["--backend", format_backend_spec(self.backend, self.options)]
         args += ["--peer", self.peer] if self.peer else []
+        args += ["--netns", self.netns] if self.netns else []
+        args += ["--tap-ip", self.ip] if self.ip else []
+        args += ["--tap-mac", self.mac] if self.mac else []
         return (args + link_transport_argv(self.link_transport)
                 + filter_argv(self.filters, self.dump_dir))
 

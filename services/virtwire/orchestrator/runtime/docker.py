@@ -18,7 +18,9 @@ to the container's address.
 
 Containers run as the image's unprivileged user, except a Linux TAP backend
 or a bridged guest: uid 0, NET_ADMIN, /dev/net/tun (and SYS_ADMIN to create a
-network namespace), the same rules ``virtwire render`` follows. A VM's
+network namespace), the same rules ``virtwire render`` follows. A container
+node's interface (a tap service) also gets SYS_ADMIN and shares the container
+node's pid namespace, to open its TAP in that node's network namespace. A VM's
 guestmem container gets a /dev/shm big enough for its RAM and a shareable IPC
 namespace that its e1000 and guest containers join, so DMA stays in shared
 memory. ``close`` removes every container and the network.
@@ -65,7 +67,7 @@ from virtwire.orchestrator.render import (
 )
 from virtwire.orchestrator.runtime import START_TIMEOUT_S
 from virtwire.orchestrator.subnet import check_subnet, pick_subnet, service_ips
-from virtwire.topology import Service, TapNode, Topology, VmNode
+from virtwire.topology import ContainerNode, Service, TapNode, Topology, VmNode
 
 if TYPE_CHECKING:
     import docker
@@ -236,6 +238,10 @@ class DockerRuntime:
         if caps:
             config.update(cap_add=caps, devices=["/dev/net/tun:/dev/net/tun:rwm"])
         node = self.topo.node(svc.node)
+        if isinstance(node, ContainerNode):
+            # Its TAP opens in the container node's namespace, /proc/1/ns/net of
+            # the pid namespace they share (orchestrator/containers.py).
+            config["pid_mode"] = f"container:{container_name(self.topo.name, node.name)}"
         if isinstance(node, VmNode):
             if svc.kind == "guestmem":
                 config.update(shm_size=shm_bytes(node), ipc_mode="shareable")
