@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from virtwire.errors import BackendError, ConfigError
+from virtwire.net.netdev import NetdevTap, net_init_tap
 from virtwire.net.nsjoin import TapSetup
-from virtwire.net.tap import TapBackend
 
 from support.netns import netns, require_root
 
@@ -30,8 +30,8 @@ async def test_tap_opens_inside_the_namespace_with_its_address() -> None:
     require_root()
     with netns() as ns:
         path = f"/run/netns/{ns.name}"
-        be = TapBackend("c1-eth1", "eth1", netns=path, ip="198.18.77.2/24",
-                        mac="02:00:00:77:00:02")
+        be = net_init_tap("c1-eth1", NetdevTap(ifname="eth1", netns=path, ip="198.18.77.2/24",
+                                               mac="02:00:00:77:00:02"))
         try:
             shown = ns.ip("-o", "addr", "show", "eth1")
             assert "inet 198.18.77.2/24 brd 198.18.77.255" in shown
@@ -47,6 +47,6 @@ async def test_tap_opens_inside_the_namespace_with_its_address() -> None:
 async def test_a_missing_namespace_is_a_backend_error() -> None:
     require_root()
     with pytest.raises(BackendError, match="cannot open network namespace"):
-        TapBackend("x", "eth1", netns="/proc/999999999/ns/net")
+        net_init_tap("x", NetdevTap(ifname="eth1", netns="/proc/999999999/ns/net"))
     with pytest.raises(BackendError, match="cannot enter network namespace"):
-        TapBackend("x", "eth1", netns="/etc/hostname")  # not a namespace
+        net_init_tap("x", NetdevTap(ifname="eth1", netns="/etc/hostname"))  # not a netns

@@ -18,6 +18,7 @@ ADDR is HOST:PORT or unix:PATH; every spec also takes ``id=NAME`` (or
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from virtwire.address import check_name, parse_peer, parse_sockaddr, shorten
 from virtwire.errors import ConfigError
 from virtwire.net.dgram import DgramBackend, check_interface_addr, check_multicast_group
 from virtwire.net.net import NetClient
+from virtwire.net.nsjoin import TapSetup, open_tap_in
 from virtwire.net.stream import DEFAULT_RECONNECT_S, StreamBackend
 from virtwire.net.tap import TapBackend, check_ifname, check_script
 
@@ -339,10 +341,13 @@ def parse_backend_spec(spec: str) -> Netdev:
 # -- init functions -----------------------------------------------------------------
 def net_init_tap(name: str, config: NetdevTap) -> TapBackend:
     """Open the TAP device (its script runs later: ``TapBackend.run_script``)."""
+    opener = None
+    if config.netns or config.ip or config.mac:  # inside a namespace, set up: net.nsjoin
+        opener = functools.partial(open_tap_in, config.netns,
+                                   setup=TapSetup(ip=config.ip, mac=config.mac))
     return TapBackend(name, config.ifname, vnet_hdr=config.vnet_hdr,
                       no_padding=config.no_padding, script=config.script,
-                      downscript=config.downscript, netns=config.netns, ip=config.ip,
-                      mac=config.mac)
+                      downscript=config.downscript, netns=config.netns, opener=opener)
 
 
 def net_init_stream(name: str, config: NetdevStream) -> StreamBackend:

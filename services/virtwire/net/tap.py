@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import struct
+from collections.abc import Callable
 
 from virtwire.errors import BackendError, ConfigError
 from virtwire.logfmt import netclient_extra
@@ -53,6 +54,10 @@ TAP_SEND_BUDGET = 50
 SCRIPT_TIMEOUT_S = 30.0
 #: How much of a script's output is kept (the end of it), for the log.
 SCRIPT_OUTPUT_MAX = 4096
+
+
+#: Opens a TAP: (ifname, vnet_hdr) -> (non-blocking fd, the interface's name).
+TapOpener = Callable[[str, bool], tuple[int, str]]
 
 
 def check_ifname(ifname: str) -> None:
@@ -216,7 +221,7 @@ class TapBackend(NetClient):
 
     def __init__(self, name: str, ifname: str = "", *, vnet_hdr: bool = False,
                  no_padding: bool = False, script: str = "", downscript: str = "",
-                 netns: str = "", ip: str = "", mac: str = "") -> None:
+                 netns: str = "", opener: TapOpener | None = None) -> None:
         super().__init__(name)
         self.vnet_hdr = vnet_hdr
         self.no_padding = no_padding
@@ -225,13 +230,8 @@ class TapBackend(NetClient):
         #: The network namespace file the TAP was opened in ("": the service's own).
         self.netns = netns
         self._loop = asyncio.get_running_loop()
-        if netns or ip or mac:  # in another namespace, or set up: net.nsjoin
-            from virtwire.net.nsjoin import TapSetup, open_tap_in
-
-            self.fd, self.ifname = open_tap_in(netns, ifname, vnet_hdr,
-                                               TapSetup(ip=ip, mac=mac))
-        else:
-            self.fd, self.ifname = tap_open(ifname, vnet_hdr)
+        # ``opener``: e.g. net.nsjoin's, inside another namespace (net_init_tap).
+        self.fd, self.ifname = (opener or tap_open)(ifname, vnet_hdr)
         self.closed = False
         self.poll = PolledFd(self._loop, self.fd, self.tap_send, self.flush_queued_packets)
         #: Backend counters beyond NetClientStats.
