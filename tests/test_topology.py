@@ -320,7 +320,8 @@ def test_missing_fields(tmp_path: Path) -> None:
           empty:
         """)
     assert "lab.yaml:1: missing field 'name' (required: name, nodes)" in message
-    assert "lab.yaml:2: node 'hub0': missing field 'kind' (one of hub, switch, vm, tap, netns, qemu" in message
+    assert ("lab.yaml:2: node 'hub0': missing field 'kind' "
+            "(one of hub, switch, vm, tap, netns, qemu") in message
     assert "lab.yaml:3: node 'q': missing field 'backend' (one of tap, stream, dgram)" \
         in message
     assert "lab.yaml:4: node 'vm1': bridge: missing field 'ifname' (required: ifname)" \
