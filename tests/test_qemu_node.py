@@ -2,10 +2,11 @@
 
 The guest is tests/support/qemu_vm.py's (the host's kernel, a busybox
 initramfs with e1000.ko; its /init takes its address from vw.ip= and prints
-READY_MARKER on the serial console). It sits on a switch with a netns host;
-the host pings it (the guest's kernel answers), `virtwire console` shows its
-console, and after kill -9 of QEMU the orchestrator restarts it and the
-pings work again.
+READY_MARKER on the serial console). It sits on a switch with a netns host.
+At each boot the guest pings the host (vw.ping=; its console is output only,
+so the result is a line there, PING_MARKER), and the host pings the guest
+(the guest's kernel answers); `virtwire console` shows the console, and after
+kill -9 of QEMU the orchestrator restarts it, and both pings work again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from support.netns import list_netns, require_root
 from support.procs import VIRTWIRE
 from support.qemu_vm import (
     DEFAULT_CACHE_DIR,
+    PING_MARKER,
     READY_MARKER,
     boot_kernel,
     build_initramfs,
@@ -49,7 +51,9 @@ nodes:
     kind: qemu
     kernel: {kernel}
     initrd: {initrd}
-    append: console=ttyS0 quiet panic=-1 rdinit=/init ipv6.disable=1 vw.ip=198.18.40.5/24 vw.name=vm
+    append: >-
+      console=ttyS0 quiet panic=-1 rdinit=/init ipv6.disable=1
+      vw.ip=198.18.40.5/24 vw.name=vm vw.ping=198.18.40.1
     memory: 128M
     nic: e1000
     mac: 52:54:00:40:00:05
@@ -92,6 +96,17 @@ class QemuLan:
             assert time.monotonic() < deadline, f"no boot #{times}:\n{self.console()[-2000:]}"
             time.sleep(0.5)
 
+    def wait_guest_pinged(self, times: int) -> None:
+        """Until the console shows the guest's own ping of h1 succeeding ``times`` times."""
+        ok = f"{PING_MARKER} 198.18.40.1 ok"
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while self.console().count(ok) < times:
+            console = self.console()
+            assert f"{PING_MARKER} 198.18.40.1 failed" not in console.split(READY_MARKER)[-1], \
+                f"the guest's ping of h1 failed:\n{console[-2000:]}"
+            assert time.monotonic() < deadline, f"no ping #{times}:\n{console[-2000:]}"
+            time.sleep(0.5)
+
     def ping(self, count: int = 3) -> bool:
         out = self.cli("exec", "h1", "--", "busybox", "ping", "-c", str(count), "-W", "2",
                        "198.18.40.5")
@@ -125,10 +140,11 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuLan]:
         subprocess.run(["rm", "-rf", str(lan.state_dir)], check=False)
 
 
-def test_the_vm_boots_and_a_netns_host_pings_it_through_the_switch(lan: QemuLan) -> None:
+def test_the_vm_boots_and_pings_a_netns_host_through_the_switch(lan: QemuLan) -> None:
     lan.wait_ready(1)
     assert "ip=198.18.40.5/24 carrier=1" in lan.console()
-    assert lan.ping()
+    lan.wait_guest_pinged(1)  # the guest's own ping of h1, through sw0
+    assert lan.ping()         # and h1's of the guest
     fdb = lan.cli("fdb", "sw0", "--json")
     assert "52:54:00:40:00:05" in fdb.stdout  # the node's mac:, learned on port b
 
@@ -161,6 +177,7 @@ def test_the_vm_is_restarted_after_kill_9(lan: QemuLan) -> None:
         assert time.monotonic() < deadline, "vm-qemu was not restarted"
         time.sleep(0.3)
     lan.wait_ready(before + 1)  # it booted again, its console appended to the same log
+    lan.wait_guest_pinged(before + 1)
     assert lan.ping()
 
 

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
 READY_MARKER = "VIRTWIRE-VM-READY"
+#: Printed on the serial console after the boot-time ping that ``vw.ping=IP``
+#: asks for: ``VIRTWIRE-VM-PING IP ok`` (a reply came) or ``... failed``.
+PING_MARKER = "VIRTWIRE-VM-PING"
 DEFAULT_CACHE_DIR = Path(
     os.environ.get("VIRTWIRE_VM_CACHE", Path.home() / ".cache" / "virtwire-vm")
 )
@@ -72,11 +75,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo 1 > /proc/sys/kernel/printk
 insmod /lib/modules/e1000.ko
-ip=''; name=vm
+ip=''; name=vm; pingto=''
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vw.ip=*) ip="${{arg#vw.ip=}}" ;;
     vw.name=*) name="${{arg#vw.name=}}" ;;
+    vw.ping=*) pingto="${{arg#vw.ping=}}" ;;
   esac
 done
 hostname "$name"
@@ -89,6 +93,13 @@ while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt 100 
 done
 stty -F /dev/ttyS0 -echo
 echo "{READY_MARKER} name=$name ip=$ip carrier=$(cat /sys/class/net/eth0/carrier)"
+if [ -n "$pingto" ]; then  # a guest whose console is output only pings once it is up
+  (n=0; r=failed
+   while [ $n -lt 10 ]; do
+     ping -c 1 -W 2 "$pingto" >/dev/null 2>&1 && {{ r=ok; break; }}; n=$((n + 1))
+   done
+   echo "{PING_MARKER} $pingto $r") &
+fi
 while true; do setsid cttyhack sh; done
 """
 
