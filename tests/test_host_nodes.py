@@ -108,6 +108,23 @@ def test_a_netns_and_a_qemu_node_resolve_and_plan(files: Path) -> None:
         to_start_options(vm)
 
 
+def test_a_qemu_node_with_a_disk_boots_from_it(files: Path) -> None:
+    """disk: instead of kernel: is a virtio drive and no -kernel; a comma in its
+    path is doubled (QEMU's escape), so the path cannot add drive options."""
+    disk = files / "deb,snapshot=on.qcow2"
+    disk.write_bytes(b"d")
+    text = GOOD.replace("    kernel: vmlinuz\n    initrd: initrd.gz\n    append: console=ttyS0\n",
+                        f"    disk: {disk}\n")
+    topo = _load(files, text)
+    vm = plan(topo, {s.name: s.name for s in topo.services},  # type: ignore[attr-defined]
+              lan_dir="/run/vw/lab")["q1-qemu"]
+    assert isinstance(vm, spec.QemuServiceSpec)
+    cmd = qemu_command(vm)
+    assert "-kernel" not in cmd and "-initrd" not in cmd and "-append" not in cmd
+    assert cmd[cmd.index("-drive") + 1] == \
+        f"file={str(disk).replace(',', ',,')},if=virtio"
+
+
 @pytest.mark.parametrize(("patch", "expected"), [
     (("198.18.10.1/24", "198.18.10.300/24"),
      "lab.yaml:7: node 'h1': interfaces.eth0.addresses[0]: '198.18.10.300/24' is not an "

@@ -58,7 +58,9 @@ def qemu_command(spec: QemuServiceSpec, binary: str = QEMU_BINARY) -> list[str]:
         cmd += ["-initrd", spec.initrd] if spec.initrd else []
         cmd += ["-append", spec.append] if spec.append else []
     else:
-        cmd += ["-drive", f"file={spec.disk},if=virtio"]
+        # QEMU's option syntax: a comma in the path is doubled, so the path
+        # cannot add options of its own to the drive.
+        cmd += ["-drive", f"file={spec.disk.replace(',', ',,')},if=virtio"]
     cmd += ["-chardev", f"file,id=vwser0,path={spec.console},append=on",
             "-serial", "chardev:vwser0",
             "-netdev", f"stream,id=vwnet0,server=off,addr.type=unix,addr.path={spec.stream}",
