@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from virtwire import __version__
-from virtwire.cli import main
+from virtwire.cli import build_parser, main
+from virtwire.errors import ConfigError
 from virtwire.orchestrator.render import PORT, render
 from virtwire.topology import (
     ContainerNode,
@@ -654,3 +655,32 @@ def test_metrics_over_tls_are_scraped_over_https(tmp_path: Path) -> None:
     assert "--insecure" not in hub["command"] and "--tls-cert" in hub["command"]
     assert hub["labels"]["prometheus.io/scheme"] == "https"
     assert topo.metrics_port == 9400
+
+
+def test_log_format_json_reaches_every_service_command(tmp_path: Path) -> None:
+    """render --log-format json: each service logs JSON lines named after itself
+    (docs/logs.md); without it, or with text, the output is as it was."""
+    mixed = _topologies(tmp_path)[-1]
+    topo = load_topology(mixed)
+    for fmt in ("compose", "k8s"):
+        plain = _render(mixed, fmt, tmp_path).read_text()
+        out = tmp_path / f"json-{fmt}.yaml"
+        assert main(["render", fmt, str(mixed), "-o", str(out), "--log-format", "json"]) == 0
+        if fmt == "compose":
+            commands = {name: spec["command"] for name, spec in
+                        yaml.safe_load(out.read_text())["services"].items()}
+        else:
+            commands = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0][
+                "args"] for d in yaml.safe_load_all(out.read_text()) if d["kind"] == "Deployment"}
+        assert list(commands) == [s.name for s in topo.services]
+        for name, command in commands.items():
+            assert command[-4:] == ["--log-format", "json", "--log-name", name], command
+            args = build_parser().parse_args(command)  # what `virtwire serve` takes
+            assert (args.log_format, args.log_name) == ("json", name)
+        _check_commands(topo, {name: c[:-4] for name, c in commands.items()})
+        assert "--log-format" not in plain
+        again = tmp_path / f"out-{fmt}.yaml"  # the header names the file: the same one
+        assert main(["render", fmt, str(mixed), "-o", str(again), "--log-format", "text"]) == 0
+        assert again.read_text() == plain
+    with pytest.raises(ConfigError, match="log format 'xml'"):
+        render(topo, "compose", log_format="xml")

@@ -33,10 +33,12 @@ from virtwire.cli.format import (
     format_status,
     link_up_down,
 )
+from virtwire.cli.log import name_service
 from virtwire.cli.plantable import format_filters, format_plan
 from virtwire.cli.plantable import format_schedule as format_schedule_plan
 from virtwire.cli.serve import serving, until_stopped
 from virtwire.errors import BackendError, ConfigError, NotFoundError, VirtwireError
+from virtwire.logfmt import LOG_FORMATS, log_format
 from virtwire.orchestrator import pids
 from virtwire.orchestrator.core import LanState, lan_dir, read_state, remove_lan_dir, state_root
 from virtwire.orchestrator.launch import VIRTWIRE_CMD, wait_ready
@@ -142,12 +144,15 @@ def _print_warnings(topo: Topology) -> None:
 # -- up ------------------------------------------------------------------------------
 def _spawn_detached(ready: Path, log: Path, topology: Path) -> subprocess.Popen[bytes]:
     """`virtwire serve orchestrator --topology FILE` in its own session: it
-    outlives this command, and reads the topology itself (trusted, as here)."""
+    outlives this command, and reads the topology itself (trusted, as here).
+    It logs in this command's ``--log-format`` and passes it to its services."""
     with open(log, "ab") as out:
         identity = tls.active()
+        fmt = log_format()
         return subprocess.Popen([*VIRTWIRE_CMD, "serve", "orchestrator",
                                  "--topology", str(topology.resolve()),
                                  *(identity.args() if identity else []),
+                                 *(["--log-format", fmt] if fmt != "text" else []),
                                  "--ready-file", str(ready)],
                                 stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -223,6 +228,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
         # Up's events and the lines below say what happens: the in-process
         # server's log lines (listening, stopping) would only repeat them.
         logging.getLogger().setLevel(logging.WARNING)
+    # Its JSON log lines name it as a detached one's do (docs/logs.md).
+    name_service("orchestrator", "orchestrator")
     host = OrchestratorServer(local_topology=topo)
     async with serving(host, grace=0.5) as stopped:
         came_up = await until_stopped(stopped, _stream_up(host.address, args.file,
@@ -363,7 +370,8 @@ async def cmd_render(args: argparse.Namespace) -> int:
     topo = load_topology(args.file)
     output = None if args.output in (None, "-") else Path(args.output)
     text = render(topo, args.format, args.subnet, output=output,
-                  certs_dir=Path(args.certs_dir) if args.certs_dir else None)
+                  certs_dir=Path(args.certs_dir) if args.certs_dir else None,
+                  log_format=args.log_format)
     _print_warnings(topo)
     if output is None:
         sys.stdout.write(text)
@@ -414,6 +422,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rnd.add_argument("--certs-dir", metavar="DIR",
                      help="with tls: in the topology, where the services' certificates "
                           "are issued (default: OUTPUT-STEM-certs next to -o)")
+    rnd.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                     help="every service's --log-format: text (the default, adds nothing) "
+                          "or json (docs/logs.md)")
 
     up = sub.add_parser("up", allow_abbrev=False, help="run a LAN from a topology file",
                         description="Run a LAN from a topology file: start its services "
@@ -437,6 +448,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                     help="every service of this machine serves Prometheus /metrics on "
                          f"127.0.0.1, from PORT up in start order (default {DEFAULT_METRICS_PORT}"
                          "; also the topology's metrics: {port: N}); 'status' lists them")
+    up.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                    help="text (the default) or json (one object per line; docs/logs.md): "
+                         "the orchestrator's log and those of the services it starts "
+                         "(their NAME.log in the LAN's state dir, or the containers' logs)")
     down = sub.add_parser("down", allow_abbrev=False, help="stop a running LAN",
                           description="Stop a LAN's services and remove its state (and, "
                           "with docker, its containers and network); also after its "

@@ -54,6 +54,7 @@ import yaml
 from virtwire import __version__, certs, tls
 from virtwire.address import parse_sockaddr
 from virtwire.errors import BackendError, ConfigError
+from virtwire.logfmt import LOG_FORMATS
 from virtwire.orchestrator.pki import LanPki
 from virtwire.orchestrator.plan import plan
 from virtwire.orchestrator.spec import (
@@ -172,17 +173,29 @@ def container_tls_env(name: str, directory: str = SECRETS_DIR) -> dict[str, str]
     return {tls.ENV_DIR: directory, tls.ENV_NAME: name}
 
 
-def service_commands(topo: Topology, directory: str = SECRETS_DIR) -> dict[str, list[str]]:
+def service_commands(topo: Topology, directory: str = SECRETS_DIR,
+                     log_format: str = "text") -> dict[str, list[str]]:
     """``serve KIND --listen 0.0.0.0:50051 ...`` for every service, in start order.
 
     With the topology's ``tls:`` each gets its identity's files in ``directory``,
-    else ``--insecure``; with its ``metrics:``, ``--metrics-listen 0.0.0.0:PORT``.
+    else ``--insecure``; with its ``metrics:``, ``--metrics-listen 0.0.0.0:PORT``;
+    with a ``log_format`` other than text, ``--log-format FMT --log-name NAME``.
     """
     specs = plan(topo, {svc.name: address_of(svc.name) for svc in topo.services})
     return {name: [*container_command(spec),
                    *(container_tls_args(name, directory) if topo.tls_dir else ["--insecure"]),
-                   *metrics_args(topo, name)]
+                   *metrics_args(topo, name), *log_args(name, log_format)]
             for name, spec in specs.items()}
+
+
+def log_args(name: str, log_format: str) -> list[str]:
+    """``--log-format FMT --log-name NAME`` for service ``name`` (docs/logs.md); none
+    for text, the services' default, so a text LAN's commands stay as they were."""
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"log format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    if log_format == "text":
+        return []
+    return ["--log-format", log_format, "--log-name", name]
 
 
 def has_metrics(topo: Topology, svc: Service) -> bool:
@@ -345,7 +358,7 @@ def _compose_secrets(topo: Topology, svc: Service, identities: Identities,
 
 
 def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities | None = None,
-                   base: Path | None = None) -> dict[str, Any]:
+                   base: Path | None = None, log_format: str = "text") -> dict[str, Any]:
     """A version 3.8 compose file (docker-compose v1, ``docker compose``, ``docker stack``).
 
     With ``identities`` (the topology has ``tls:``) each service gets its own as
@@ -354,7 +367,7 @@ def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities 
     if topo.tls_dir is not None and identities is None:
         raise ConfigError("the topology has a tls: section: render needs the "
                           "certificates (issue_identities)")
-    commands = service_commands(topo)
+    commands = service_commands(topo, log_format=log_format)
     services: dict[str, Any] = {}
     secrets: dict[str, Any] = {}
     for svc in topo.services:
@@ -462,7 +475,8 @@ def _k8s_tls_volume(topo: Topology, svc: Service) -> dict[str, Any]:
                   {"key": "tls.key", "path": key}]}}
 
 
-def render_k8s(topo: Topology, identities: Identities | None = None) -> list[dict[str, Any]]:
+def render_k8s(topo: Topology, identities: Identities | None = None,
+               log_format: str = "text") -> list[dict[str, Any]]:
     """A Deployment and a ClusterIP Service (port 50051) per virtwire service.
 
     With ``identities`` (the topology has ``tls:``) each service's comes first,
@@ -475,7 +489,7 @@ def render_k8s(topo: Topology, identities: Identities | None = None) -> list[dic
         raise ConfigError(f"container nodes ({', '.join(c.name for c in topo.containers())}) "
                           "render as compose only: in Kubernetes their interfaces' services "
                           "would have to share their pod")
-    commands = service_commands(topo, K8S_SECRETS_DIR)
+    commands = service_commands(topo, K8S_SECRETS_DIR, log_format)
     docs: list[dict[str, Any]] = []
     for svc in topo.services:
         _check_k8s_name(svc.name)
@@ -589,14 +603,15 @@ def _run_header(topo: Topology, fmt: str, output: Path | None) -> str:
 
 
 def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = None,
-           certs_dir: Path | None = None) -> str:
+           certs_dir: Path | None = None, log_format: str = "text") -> str:
     """The rendered YAML text for ``fmt`` (compose or k8s).
 
     ``subnet``: the compose network's (inside 198.18.0.0/15; default SUBNET), so
     that several rendered LANs can run on one engine. With the topology's
     ``tls:``, the services' certificates are issued into ``certs_dir`` (default:
     ``default_certs_dir(output)``), and compose secrets name them relative to
-    ``output``'s directory.
+    ``output``'s directory. ``log_format``: every service's ``--log-format``
+    (text, the default, adds nothing).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown render format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -630,9 +645,9 @@ def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = 
               + _trust_header(fmt, identities) + _run_header(topo, fmt, output))
     if fmt == "compose":
         doc = render_compose(topo, net, identities,
-                             output.parent if output is not None else None)
+                             output.parent if output is not None else None, log_format)
         return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False)
-    return header + yaml.dump_all(render_k8s(topo, identities), Dumper=_Dumper,
+    return header + yaml.dump_all(render_k8s(topo, identities, log_format), Dumper=_Dumper,
                                   sort_keys=False)
 
 

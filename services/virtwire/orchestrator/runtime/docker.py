@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from virtwire import certs
 from virtwire.address import SockAddr, parse_sockaddr
 from virtwire.errors import BackendError
+from virtwire.logfmt import log_format
 from virtwire.orchestrator.forward import PortForwarder
 from virtwire.orchestrator.health import check_health
 from virtwire.orchestrator.render import (
@@ -61,6 +62,7 @@ from virtwire.orchestrator.render import (
     container_tls_args,
     container_tls_env,
     identity_files,
+    log_args,
     metrics_args,
     published_port,
     shm_bytes,
@@ -188,8 +190,10 @@ class DockerRuntime:
     def _command(self, name: str, spec: ServiceSpec) -> list[str]:
         tls_args = container_tls_args(name) if self.pki is not None else ["--insecure"]
         # With the topology's metrics: /metrics on 0.0.0.0:PORT of its own network
-        # namespace, as render gives it (docs/metrics.md).
-        return [*container_command(spec), *tls_args, *metrics_args(self.topo, name)]
+        # namespace, as render gives it (docs/metrics.md). The orchestrator's own
+        # --log-format, as ProcessRuntime passes it (docs/logs.md).
+        return [*container_command(spec), *tls_args, *metrics_args(self.topo, name),
+                *log_args(name, log_format())]
 
     def _owner(self, name: str) -> tuple[int, int]:
         """The uid and gid service ``name``'s container runs as, with TLS on."""
