@@ -494,8 +494,35 @@ async def test_up_metrics_gives_ports_that_status_lists(tmp_path: Path) -> None:
         assert value(hub, "virtwire_netclients") == 2
         assert value(hub, "virtwire_netclient_link_state", netclient="hub0port0",
                      state="up") == 1
+        # The plain table has them too, in a METRICS column.
+        table = (await asyncio.to_thread(_cli, "status", env=env)).stdout.split("\n\n")[0]
+        header, *rows = table.splitlines()[1:]
+        assert header.split()[-1] == "METRICS", table
+        assert {row.split()[2]: row.split()[-1] for row in rows} == listed
     finally:
         await asyncio.to_thread(_cli, "down", "mlan", env=env)
+
+
+def test_status_table_has_metrics_only_when_a_service_serves_them() -> None:
+    from virtwire.cli.format import format_status
+    from virtwire.v1 import orchestrator_pb2
+
+    resp = orchestrator_pb2.OrchestratorServiceGetStatusResponse(name="lan", state="running")
+    node = resp.nodes.add(name="vm1", kind="vm")
+    node.services.add(name="vm1-e1000", backend="process", address="127.0.0.1:4001",
+                      pid=10, healthy=True)
+    node.services.add(name="vm1-guest", backend="process", address="127.0.0.1:4002",
+                      pid=11, healthy=True)
+    without = format_status(resp, "127.0.0.1:4000").split("\n\n")[0].splitlines()
+    assert without[1].split() == ["NODE", "KIND", "SERVICE", "RUNS", "AS", "ADDRESS", "PID",
+                                  "HEALTH", "RESTARTS"]
+    assert "METRICS" not in format_status(resp, "127.0.0.1:4000")
+    resp.nodes[0].services[0].metrics = "127.0.0.1:9400"
+    table = format_status(resp, "127.0.0.1:4000").split("\n\n")[0].splitlines()
+    assert table[1].split()[-1] == "METRICS"
+    # A service without /metrics (a QEMU process, a guest off) shows "-".
+    assert [row.split()[-1] for row in table[2:]] == ["127.0.0.1:9400", "-"]
+    assert [row.split()[:-1] for row in table[2:]] == [row.split() for row in without[2:]]
 
 
 def test_docker_containers_get_the_topologys_metrics_port() -> None:

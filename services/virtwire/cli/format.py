@@ -169,13 +169,19 @@ def format_status(resp: orchestrator_pb2.OrchestratorServiceGetStatusResponse,
     A NetClient's QUEUED is what waits at it: delivered to it and not yet
     received (``queue_len``, e.g. a NIC whose link is down), and sent by it and
     not yet across its link (``peer_queue_len``).
+
+    A METRICS column (each service's /metrics address, "-" for one without)
+    comes only when some service serves /metrics (docs/metrics.md).
     """
-    rows = [("NODE", "KIND", "SERVICE", "RUNS AS", "ADDRESS", "PID", "HEALTH", "RESTARTS")]
+    metrics = any(svc.metrics for node in resp.nodes for svc in node.services)
+    rows = [("NODE", "KIND", "SERVICE", "RUNS AS", "ADDRESS", "PID", "HEALTH", "RESTARTS",
+             *(("METRICS",) if metrics else ()))]
     for node in resp.nodes:
         for svc in node.services:
             runs = f"host {svc.host}" if svc.host else svc.backend
             rows.append((node.name, node.kind, svc.name, runs, svc.address, str(svc.pid),
-                         "serving" if svc.healthy else "NOT SERVING", str(svc.restarts)))
+                         "serving" if svc.healthy else "NOT SERVING", str(svc.restarts),
+                         *((svc.metrics or "-",) if metrics else ())))
     rows2 = [("NODE", "NETCLIENT", "LINK", "BACKEND", "PEER", "RX FRAMES", "RX BYTES",
               "TX FRAMES", "TX BYTES", "DROPPED", "QUEUED")]
     for node in resp.nodes:
