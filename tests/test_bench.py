@@ -381,9 +381,12 @@ def test_virtwire_peer_with_named_hub_ports_and_a_filter_carries_frames(
                                  after=after))
     assert {"hub", "tap"} <= set(m.cpu_s)
     assert [kind for kind, _ in peer.services] == ["hub", "tap"]
-    # the netem's own loss (1%, seeded) is what the receiver missed, read from the hub
-    assert set(drops) == {"hub pb f0 loss"}
-    assert 0 < m.result.lost <= drops["hub pb f0 loss"] < 100
+    # What the receiver missed is accounted for: the netem's own loss (1%, seeded),
+    # read from the hub, plus, on a loaded box, frames that reached the receiving
+    # tap before or after its stream client was connected (dropped_link_down there).
+    assert "hub pb f0 loss" in drops and 0 < drops["hub pb f0 loss"] < 100
+    assert set(drops) <= {"hub pb f0 loss", "tap stream1 dropped_link_down"}, drops
+    assert 0 < m.result.lost <= sum(drops.values())
 
 
 def test_filterbench_drop_causes_come_from_the_counters_not_their_totals() -> None:
