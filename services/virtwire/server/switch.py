@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -177,39 +177,34 @@ class LanSwitchServicer(switch_pb2_grpc.SwitchServiceServicer):
                                 f"(switches: {known})")
         return self.orch.services[node].address
 
+    async def _forward(self, node: str, method: str, request: Any) -> Any:
+        """Call ``method`` of the switch service of ``node`` with ``request``,
+        its answer and errors passed on (rpc.status.forwarded)."""
+        async with tls.aio_channel(self._address(node)) as ch:
+            with forwarded():
+                call = getattr(switch_pb2_grpc.SwitchServiceStub(ch), method)
+                return await call(request, timeout=_RPC_TIMEOUT_S)
+
     async def ListMacTable(self, request: switch_pb2.ListMacTableRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> switch_pb2.ListMacTableResponse:
-        async with tls.aio_channel(self._address(request.node)) as ch:
-            with forwarded():
-                got: switch_pb2.ListMacTableResponse = await switch_pb2_grpc.SwitchServiceStub(
-                    ch).ListMacTable(request, timeout=_RPC_TIMEOUT_S)
-        return got
+        return cast(switch_pb2.ListMacTableResponse,
+                    await self._forward(request.node, "ListMacTable", request))
 
     async def FlushMacTable(self, request: switch_pb2.FlushMacTableRequest,
                             context: grpc.aio.ServicerContext[Any, Any]
                             ) -> switch_pb2.FlushMacTableResponse:
-        async with tls.aio_channel(self._address(request.node)) as ch:
-            with forwarded():
-                got: switch_pb2.FlushMacTableResponse = await switch_pb2_grpc.SwitchServiceStub(
-                    ch).FlushMacTable(request, timeout=_RPC_TIMEOUT_S)
-        return got
+        return cast(switch_pb2.FlushMacTableResponse,
+                    await self._forward(request.node, "FlushMacTable", request))
 
     async def SetPortVlans(self, request: switch_pb2.SetPortVlansRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> switch_pb2.SetPortVlansResponse:
-        async with tls.aio_channel(self._address(request.node)) as ch:
-            with forwarded():
-                got: switch_pb2.SetPortVlansResponse = await switch_pb2_grpc.SwitchServiceStub(
-                    ch).SetPortVlans(request, timeout=_RPC_TIMEOUT_S)
-        return got
+        return cast(switch_pb2.SetPortVlansResponse,
+                    await self._forward(request.node, "SetPortVlans", request))
 
     async def ListSwitchPorts(self, request: switch_pb2.ListSwitchPortsRequest,
                               context: grpc.aio.ServicerContext[Any, Any]
                               ) -> switch_pb2.ListSwitchPortsResponse:
-        async with tls.aio_channel(self._address(request.node)) as ch:
-            with forwarded():
-                got: switch_pb2.ListSwitchPortsResponse = await (
-                    switch_pb2_grpc.SwitchServiceStub(ch).ListSwitchPorts(
-                        request, timeout=_RPC_TIMEOUT_S))
-        return got
+        return cast(switch_pb2.ListSwitchPortsResponse,
+                    await self._forward(request.node, "ListSwitchPorts", request))
