@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from virtwire.net.eth import NET_BUFSIZE
 from virtwire.net.filter import FilterChain, NetFilter, filter_send, filter_send_batch
 from virtwire.net.queue import NET_PACKET_FLAG_NONE, NetQueue, SentCb
+from virtwire.tracing import Sampler
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ class NetClient(FilterChain):
     kind = "generic"
     #: NET_CLIENT_DRIVER_NIC: set_link on a NIC's peer changes the NIC too.
     is_nic = False
+    #: The span a frame this NetClient sends starts its trace with, when its
+    #: ``sampler`` picks it (docs/tracing.md). Backends where frames enter the
+    #: LAN name it ("tap.read"; "e1000.transmit" for a NIC); "" (hub ports,
+    #: links) means not an ingress point: ``--trace-sample`` arms no sampler.
+    ingress_span = ""
+    #: Chooses frames to trace as they are sent (None: none; ``Sampler.idle``
+    #: ones are cleared on the next send).
+    sampler: Sampler | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -107,6 +116,8 @@ class NetClient(FilterChain):
 
     def send_packet_async(self, data: bytes, sent_cb: SentCb | None) -> int:
         """qemu_send_packet_async: 0 means queued, wait for sent_cb."""
+        if self.sampler is not None:
+            data = self._sample((data,))[0]
         peer = self.peer
         if self.link_down or peer is None:
             self.stats.dropped_link_down += 1
@@ -147,6 +158,8 @@ class NetClient(FilterChain):
         through the filters) every frame walks them alone. A link-down
         NetClient drops them all (counted) and returns their number.
         """
+        if self.sampler is not None:
+            frames = self._sample(frames)
         peer = self.peer
         stats = self.stats
         if self.link_down or peer is None:
@@ -169,6 +182,16 @@ class NetClient(FilterChain):
                 for hook in self.capture_hooks:
                     hook("tx", data)
         return taken
+
+    def _sample(self, frames: Sequence[bytes]) -> Sequence[bytes]:
+        """``frames`` with those the sampler picks made TracedFrames."""
+        sampler = self.sampler
+        assert sampler is not None
+        if sampler.idle:
+            self.sampler = None
+            return frames
+        return sampler.sample(frames, self.ingress_span or "netclient.send",
+                              {"netclient": self.name})
 
     def _send_filtered(self, peer: NetClient, frames: Sequence[bytes],
                        sent_cb: SentCb | None) -> int:

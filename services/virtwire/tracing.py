@@ -1,0 +1,358 @@
+"""Per-frame tracing: a sampled frame carries its trace context across hops.
+
+What users see is described in docs/tracing.md. In short:
+
+- A frame is chosen where it enters the LAN (a NetClient's ``sampler``, armed
+  by ``--trace-sample 1/N`` or by ``virtwire trace NODE --match EXPR``). It is
+  then a ``TracedFrame``: the same bytes, plus ``ctx``, the OpenTelemetry
+  SpanContext of its latest span.
+- Each hop that handles a traced frame adds one span (``add_span``) whose
+  parent is the frame's ``ctx``, and hands the new context on. QEMU-level
+  names: ``tap.read``, ``link.send``, ``hub.forward``, ``e1000.receive``,
+  ``dma.write``, ``irq``, ``guest.rx`` (and ``e1000.transmit``, ``inject``
+  where frames enter from a guest or an RPC).
+- Across processes the context travels as ``to_wire`` bytes (the link batch's
+  trace field) and comes back with ``from_wire``.
+- Spans go to this process's TracerProvider: always to ``recent`` (a capped
+  ring that TraceService reads, overflow counted), and to the exporters the
+  server's command line named (a JSON-lines file or OTLP; server.tracesetup).
+
+Cost with nothing traced: the hot paths test ``STATE.live`` (traced frames
+alive in this process) once per batch, and a NetClient's ``sampler is None``
+once per send. Only traced frames pay for spans.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from virtwire.errors import ConfigError
+
+__all__ = [
+    "MAX_RECENT_SPANS",
+    "STATE",
+    "WIRE_SIZE",
+    "RecentSpans",
+    "Sampler",
+    "TracedFrame",
+    "add_span",
+    "configure",
+    "context_of",
+    "from_wire",
+    "now_ns",
+    "parse_sample",
+    "provider",
+    "recent",
+    "to_wire",
+    "traced",
+]
+
+#: Spans the in-memory ring keeps (TraceService reads them); older ones are
+#: dropped and counted in ``RecentSpans.dropped``.
+MAX_RECENT_SPANS = 8192
+#: Bytes of a context on the wire: trace id (16), span id (8), flags (1).
+WIRE_SIZE = 25
+#: The largest N of ``--trace-sample 1/N``.
+MAX_SAMPLE_EVERY = 1 << 30
+#: The most frames one armed match may trace.
+MAX_MATCH_COUNT = 10000
+
+now_ns = time.time_ns
+
+
+class _State:
+    """Process-wide tracing state the hot paths read."""
+
+    __slots__ = ("created", "live")
+
+    def __init__(self) -> None:
+        #: TracedFrames alive in this process: 0 means no hop has work to do.
+        self.live = 0
+        #: TracedFrames made since start (for tests and stats).
+        self.created = 0
+
+
+STATE = _State()
+
+
+class TracedFrame(bytes):
+    """A sampled frame: its bytes, and ``ctx``, the context of its latest span."""
+
+    ctx: SpanContext
+
+    def __new__(cls, data: bytes, ctx: SpanContext) -> TracedFrame:
+        self = super().__new__(cls, data)
+        self.ctx = ctx
+        STATE.live += 1
+        STATE.created += 1
+        return self
+
+    def __del__(self) -> None:
+        STATE.live -= 1
+
+    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:  # pickles as plain bytes
+        return (bytes, (bytes(self),))
+
+
+def traced(frame: bytes) -> SpanContext | None:
+    """The context a frame carries, or None for an untraced frame."""
+    return frame.ctx if type(frame) is TracedFrame else None
+
+
+def to_wire(ctx: SpanContext) -> bytes:
+    """``ctx`` as WIRE_SIZE bytes: trace id, span id (big-endian), trace flags."""
+    return (ctx.trace_id.to_bytes(16, "big") + ctx.span_id.to_bytes(8, "big")
+            + bytes((int(ctx.trace_flags) & 0xFF,)))
+
+
+def from_wire(data: bytes) -> SpanContext:
+    """The remote context in ``to_wire`` bytes; ConfigError if malformed (wrong
+    size, or a zero trace or span id)."""
+    if len(data) != WIRE_SIZE:
+        raise ConfigError(f"a trace context of {len(data)} bytes (expected {WIRE_SIZE})")
+    trace_id = int.from_bytes(data[:16], "big")
+    span_id = int.from_bytes(data[16:24], "big")
+    if not trace_id or not span_id:
+        raise ConfigError("a trace context with a zero trace or span id")
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(data[24]))
+
+
+@dataclass(frozen=True)
+class FinishedSpan:
+    """A span as TraceService serves it (plain data, from a ReadableSpan)."""
+
+    seq: int
+    trace_id: int
+    span_id: int
+    parent_span_id: int
+    name: str
+    service: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class RecentSpans(SpanProcessor):
+    """The latest MAX_RECENT_SPANS finished spans, numbered from 1 (``seq``)."""
+
+    def __init__(self, maxlen: int = MAX_RECENT_SPANS) -> None:
+        self._spans: collections.deque[FinishedSpan] = collections.deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self.seq = 0
+        #: Spans pushed out of the ring before anyone read past them.
+        self.dropped = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.context
+        if ctx is None:
+            return
+        parent = span.parent
+        resource = span.resource.attributes if span.resource is not None else {}
+        attrs = {k: str(v) for k, v in (span.attributes or {}).items()}
+        with self._lock:
+            self.seq += 1
+            if len(self._spans) == self._spans.maxlen:
+                self.dropped += 1
+            self._spans.append(FinishedSpan(
+                seq=self.seq, trace_id=ctx.trace_id, span_id=ctx.span_id,
+                parent_span_id=parent.span_id if parent is not None else 0,
+                name=span.name, service=str(resource.get("service.name", "")),
+                start_ns=span.start_time or 0, end_ns=span.end_time or 0,
+                attributes=attrs))
+
+    def after(self, seq: int, limit: int, trace_ids: frozenset[int] = frozenset()
+              ) -> list[FinishedSpan]:
+        """Up to ``limit`` spans numbered above ``seq``, oldest first, only of
+        ``trace_ids`` when given."""
+        with self._lock:
+            spans = list(self._spans)
+        out: list[FinishedSpan] = []
+        for span in spans:
+            if span.seq <= seq or (trace_ids and span.trace_id not in trace_ids):
+                continue
+            out.append(span)
+            if len(out) >= limit:
+                break
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._spans.clear()
+
+
+class _Tracing:
+    def __init__(self) -> None:
+        self.recent = RecentSpans()
+        self.provider: TracerProvider | None = None
+        self.tracer: otel_trace.Tracer | None = None
+        self.service = ""
+
+    def setup(self, service: str, lan: str, processors: Sequence[SpanProcessor]) -> None:
+        old = self.provider
+        attrs = {"service.name": service or "virtwire"}
+        if lan:
+            attrs["virtwire.lan"] = lan
+        provider = TracerProvider(resource=Resource.create(attrs))
+        provider.add_span_processor(self.recent)
+        for proc in processors:
+            provider.add_span_processor(proc)
+        self.provider = provider
+        self.tracer = provider.get_tracer("virtwire")
+        self.service = service
+        if old is not None:
+            old.shutdown()
+
+    def get_tracer(self) -> otel_trace.Tracer:
+        tracer = self.tracer
+        if tracer is None:
+            self.setup(self.service, "", ())
+            tracer = self.tracer
+            assert tracer is not None
+        return tracer
+
+
+_tracing = _Tracing()
+
+
+def configure(service: str, lan: str = "", processors: Sequence[SpanProcessor] = ()) -> None:
+    """Name this process's spans and add exporters (the ring is always kept).
+
+    Called once by a server at start; calling again replaces the provider
+    (the old one is shut down, flushing its exporters)."""
+    _tracing.setup(service, lan, processors)
+
+
+def provider() -> TracerProvider | None:
+    """The provider in use (None until the first span or ``configure``)."""
+    return _tracing.provider
+
+
+def shutdown() -> None:
+    """Flush and stop the exporters (at server exit)."""
+    if _tracing.provider is not None:
+        _tracing.provider.shutdown()
+
+
+def recent() -> RecentSpans:
+    return _tracing.recent
+
+
+def add_span(name: str, parent: SpanContext | None, start_ns: int,
+             end_ns: int | None = None,
+             attributes: dict[str, str | int] | None = None) -> SpanContext:
+    """Record a finished span ``name`` (a root when ``parent`` is None) from
+    ``start_ns`` to ``end_ns`` (now if None); its context, to hand on."""
+    tracer = _tracing.get_tracer()
+    ctx = None
+    if parent is not None:
+        ctx = otel_trace.set_span_in_context(NonRecordingSpan(parent))
+    span = tracer.start_span(name, context=ctx, start_time=start_ns,
+                             attributes=attributes)
+    span.end(end_time=end_ns if end_ns is not None else now_ns())
+    return span.get_span_context()
+
+
+def context_of(frame: bytes) -> SpanContext | None:
+    """Alias of ``traced`` for call sites that read better with it."""
+    return traced(frame)
+
+
+def parse_sample(text: str) -> int:
+    """``--trace-sample``: ``off``/``0`` -> 0, ``1/N`` or ``N`` -> N (one frame
+    in N); ConfigError otherwise."""
+    value = text.strip().lower()
+    if value in ("", "off", "0", "none"):
+        return 0
+    num, sep, den = value.partition("/")
+    try:
+        if sep:
+            if int(num) != 1:
+                raise ConfigError(f"--trace-sample {text!r}: write 1/N (one frame in N)")
+            every = int(den)
+        else:
+            every = int(num)
+    except ValueError:
+        raise ConfigError(f"--trace-sample {text!r}: expected off or 1/N, N a whole "
+                          "number") from None
+    if not 1 <= every <= MAX_SAMPLE_EVERY:
+        raise ConfigError(f"--trace-sample {text!r}: N must be 1 to {MAX_SAMPLE_EVERY}")
+    return every
+
+
+class Sampler:
+    """Chooses the frames a NetClient traces where they enter the LAN.
+
+    ``every`` N traces one frame in N, at random (so periodic traffic is not
+    aliased); ``match`` (a predicate, e.g. a FrameMatch's ``matches``) traces
+    every frame it accepts, at most ``count`` of them (then it disarms itself
+    and ``done`` is set). Both may be set: a frame is traced if either says so.
+    """
+
+    __slots__ = ("_countdown", "_rng", "count", "done", "every", "match", "traced")
+
+    def __init__(self, every: int = 0, match: Callable[[bytes], bool] | None = None,
+                 count: int = 0, seed: int | None = None) -> None:
+        if every < 0 or every > MAX_SAMPLE_EVERY:
+            raise ConfigError(f"sample every {every}: expected 0 to {MAX_SAMPLE_EVERY}")
+        if match is not None and not 1 <= count <= MAX_MATCH_COUNT:
+            raise ConfigError(f"trace count {count}: expected 1 to {MAX_MATCH_COUNT}")
+        self.every = every
+        self.match = match
+        self.count = count
+        self.traced = 0
+        self.done = False
+        self._rng = random.Random(seed)
+        self._countdown = self._next_gap()
+
+    def _next_gap(self) -> int:
+        if self.every <= 1:
+            return 1
+        # Geometric gaps of mean ``every``: one frame in N at random.
+        return 1 + int(self._rng.expovariate(1.0 / self.every))
+
+    def pick(self, frame: bytes) -> bool:
+        """Whether to trace ``frame`` (counts it as traced when so)."""
+        if self.match is not None and not self.done:
+            if self.match(frame):
+                self.traced += 1
+                if self.traced >= self.count:
+                    self.done = True
+                return True
+        if self.every:
+            self._countdown -= 1
+            if self._countdown <= 0:
+                self._countdown = self._next_gap()
+                self.traced += 1
+                return True
+        return False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to choose: no rate and the match is done (or absent)."""
+        return not self.every and (self.match is None or self.done)
+
+    def sample(self, frames: Sequence[bytes], span: str,
+               attributes: dict[str, str | int]) -> Sequence[bytes]:
+        """``frames`` with the chosen ones replaced by TracedFrames, each the
+        root of a new trace with a ``span`` span (``frames`` itself if none)."""
+        out: list[bytes] | None = None
+        for i, frame in enumerate(frames):
+            if type(frame) is TracedFrame or not self.pick(frame):
+                continue
+            if out is None:
+                out = list(frames)
+            t = now_ns()
+            attrs = dict(attributes)
+            attrs["frame.len"] = len(frame)
+            out[i] = TracedFrame(frame, add_span(span, None, t, t, attrs))
+        return frames if out is None else out
