@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -144,12 +144,13 @@ def better(run: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return old is None or new < old
 
 
-def summary(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per variant and size: the figures and their deltas to BASELINE."""
+def summary(runs: dict[str, dict[str, dict[str, Any]]], baseline: str = BASELINE
+            ) -> dict[str, dict[str, Any]]:
+    """Per variant and size: the figures and their deltas to ``baseline``."""
     out: dict[str, dict[str, Any]] = {}
     for variant, by_size in runs.items():
         for size, run in by_size.items():
-            base = runs.get(BASELINE, {}).get(size)
+            base = runs.get(baseline, {}).get(size)
             c, f = cpu_sum(run), fps(run)
             out.setdefault(variant, {})[size] = {
                 "cpu_us_per_frame": c, "frames_per_s": f, "delivered_pct": delivered_pct(run),
@@ -171,8 +172,9 @@ def _drops_text(run: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in run["drops"].items()) or "none"
 
 
-def table(runs: dict[str, dict[str, dict[str, Any]]]) -> str:
-    figs = summary(runs)
+def table(runs: dict[str, dict[str, dict[str, Any]]], baseline: str = BASELINE,
+          what: str = "filter on the hub port") -> str:
+    figs = summary(runs, baseline)
     rows = []
     for variant, by_size in runs.items():
         for size, run in by_size.items():
@@ -188,14 +190,18 @@ def table(runs: dict[str, dict[str, dict[str, Any]]]) -> str:
                          num(s["cpu_us_per_frame"], 1), _signed(s["cpu_delta_us"]),
                          _signed(s["cpu_delta_pct"], 0, "%"), _cpu_text(run),
                          num(res["lat_p50_us"]), _drops_text(run)])
-    return md_table(["filter on the hub port", "size B", "frames/s", "vs none", "lost",
-                     "CPU µs/frame, all", "Δ µs/frame vs none", "Δ %",
+    return md_table([what, "size B", "frames/s", f"vs {baseline}", "lost",
+                     "CPU µs/frame, all", f"Δ µs/frame vs {baseline}", "Δ %",
                      "CPU µs/frame by process", "p50 µs in the blast",
                      "dropped where (counters)"], rows)
 
 
+#: ``make_peer(variant, spec, dump_dir)``: a fresh peer for one run of a variant.
+PeerFactory = Callable[[str, str, str], Peer]
+
+
 async def _measure(variant: str, spec: str, cfg: LoadConfig, plan: Plan,
-                   dump_dir: str) -> dict[str, Any]:
+                   dump_dir: str, make_peer: PeerFactory = make_filter_peer) -> dict[str, Any]:
     """One fresh peer, one load (a failed run tried once more, as hubbench's)."""
     errors: list[str] = []
     busy = 0.0
@@ -203,7 +209,7 @@ async def _measure(variant: str, spec: str, cfg: LoadConfig, plan: Plan,
         busy = await wait_for_idle(plan.idle_wait)
         drops: dict[str, int] = {}
         try:
-            m = await run_measured(make_filter_peer(variant, spec, dump_dir), cfg,
+            m = await run_measured(make_peer(variant, spec, dump_dir), cfg,
                                    after=functools.partial(read_drops, into=drops))
         except (LoadgenError, PeerError, OSError) as exc:
             errors.append(str(exc).strip() or type(exc).__name__)
@@ -268,8 +274,10 @@ def _dump_bytes(dump_dir: str) -> int:
     return sum(e.stat().st_size for e in os.scandir(dump_dir) if e.is_file())
 
 
-async def matrix(plan: Plan, variants: Sequence[tuple[str, str]] = VARIANTS
+async def matrix(plan: Plan, variants: Sequence[tuple[str, str]] = VARIANTS,
+                 make_peer: PeerFactory = make_filter_peer
                  ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every variant at every size, ``plan.repeat`` times in turns; the best run of each."""
     runs: dict[str, dict[str, dict[str, Any]]] = {v: {} for v, _ in variants}
     for _ in range(plan.repeat):
         for size in SIZES:
@@ -277,7 +285,7 @@ async def matrix(plan: Plan, variants: Sequence[tuple[str, str]] = VARIANTS
             for variant, spec in variants:
                 dump_dir = tempfile.mkdtemp(prefix="vw-dump-")
                 try:
-                    run = await _measure(variant, spec, cfg, plan, dump_dir)
+                    run = await _measure(variant, spec, cfg, plan, dump_dir, make_peer)
                     if spec.startswith("dump:"):
                         run["dump_bytes"] = _dump_bytes(dump_dir)
                 finally:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from report import load_figures, load_note
 
-PARTS = ("hub", "filters", "switch", "lan", "dma", "guest", "iperf", "vm")
+PARTS = ("hub", "filters", "trace", "switch", "lan", "dma", "guest", "iperf", "vm")
 
 
 def _parts(text: str) -> list[str]:
@@ -68,6 +68,12 @@ def run_part(name: str, quick: bool) -> dict[str, Any]:
 
         print("\n## Net filters on the hub hop: none, idle and active netem, dump\n", flush=True)
         return filterbench.run(quick=quick)
+    if name == "trace":
+        import tracebench
+
+        print("\n## Per-frame tracing on the hub hop: off, 1/1000, 1/100, every frame\n",
+              flush=True)
+        return tracebench.run(quick=quick)
     if name == "switch":
         import switchbench
 
