@@ -1,6 +1,7 @@
 from virtwire.v1 import guest_pb2 as _guest_pb2
 from virtwire.v1 import netclient_pb2 as _netclient_pb2
 from virtwire.v1 import tap_pb2 as _tap_pb2
+from virtwire.v1 import trace_pb2 as _trace_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -28,18 +29,24 @@ UP_EVENT_KIND_DONE: UpEventKind
 UP_EVENT_KIND_ERROR: UpEventKind
 
 class OrchestratorServiceUpRequest(_message.Message):
-    __slots__ = ("topology", "source", "backend", "subnet", "metrics_port")
+    __slots__ = ("topology", "source", "backend", "subnet", "metrics_port", "trace_sample", "trace_otlp", "trace_file")
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_OTLP_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FILE_FIELD_NUMBER: _ClassVar[int]
     topology: str
     source: str
     backend: str
     subnet: str
     metrics_port: int
-    def __init__(self, topology: _Optional[str] = ..., source: _Optional[str] = ..., backend: _Optional[str] = ..., subnet: _Optional[str] = ..., metrics_port: _Optional[int] = ...) -> None: ...
+    trace_sample: str
+    trace_otlp: str
+    trace_file: bool
+    def __init__(self, topology: _Optional[str] = ..., source: _Optional[str] = ..., backend: _Optional[str] = ..., subnet: _Optional[str] = ..., metrics_port: _Optional[int] = ..., trace_sample: _Optional[str] = ..., trace_otlp: _Optional[str] = ..., trace_file: _Optional[bool] = ...) -> None: ...
 
 class OrchestratorServiceUpResponse(_message.Message):
     __slots__ = ("kind", "service", "address", "message")
@@ -270,6 +277,38 @@ class OrchestratorServiceCountFramesResponse(_message.Message):
     lost: int
     elapsed_ms: int
     def __init__(self, count: _Optional[int] = ..., lost: _Optional[int] = ..., elapsed_ms: _Optional[int] = ...) -> None: ...
+
+class OrchestratorServiceTraceRequest(_message.Message):
+    __slots__ = ("target", "match", "count", "timeout_ms")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    match: str
+    count: int
+    timeout_ms: int
+    def __init__(self, target: _Optional[str] = ..., match: _Optional[str] = ..., count: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class TracedFrame(_message.Message):
+    __slots__ = ("trace_id", "spans", "summary", "spans_dropped", "delivered")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    SPANS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    trace_id: bytes
+    spans: _containers.RepeatedCompositeFieldContainer[_trace_pb2.Span]
+    summary: str
+    spans_dropped: int
+    delivered: bool
+    def __init__(self, trace_id: _Optional[bytes] = ..., spans: _Optional[_Iterable[_Union[_trace_pb2.Span, _Mapping]]] = ..., summary: _Optional[str] = ..., spans_dropped: _Optional[int] = ..., delivered: _Optional[bool] = ...) -> None: ...
+
+class OrchestratorServiceTraceResponse(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: TracedFrame
+    def __init__(self, frame: _Optional[_Union[TracedFrame, _Mapping]] = ...) -> None: ...
 
 class OrchestratorServicePingRequest(_message.Message):
     __slots__ = ("from_node", "to", "count", "timeout_ms")

@@ -85,6 +85,11 @@ class OrchestratorServiceStub:
                 request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesRequest.SerializeToString,
                 response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesResponse.FromString,
                 _registered_method=True)
+        self.Trace = channel.unary_stream(
+                '/virtwire.v1.OrchestratorService/Trace',
+                request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceTraceRequest.SerializeToString,
+                response_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceTraceResponse.FromString,
+                _registered_method=True)
         self.StartService = channel.unary_unary(
                 '/virtwire.v1.OrchestratorService/StartService',
                 request_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceStartServiceRequest.SerializeToString,
@@ -176,6 +181,13 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Trace(self, request, context):
+        """Trace frames entering the LAN at a node, through every service they cross.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartService(self, request, context):
         """Agent: start one service on this host for a LAN spanning hosts.
         """
@@ -249,6 +261,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.CountFrames,
                     request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesRequest.FromString,
                     response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesResponse.SerializeToString,
+            ),
+            'Trace': grpc.unary_stream_rpc_method_handler(
+                    servicer.Trace,
+                    request_deserializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceTraceRequest.FromString,
+                    response_serializer=virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceTraceResponse.SerializeToString,
             ),
             'StartService': grpc.unary_unary_rpc_method_handler(
                     servicer.StartService,
@@ -537,6 +554,33 @@ class OrchestratorService:
             '/virtwire.v1.OrchestratorService/CountFrames',
             virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesRequest.SerializeToString,
             virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceCountFramesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Trace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/virtwire.v1.OrchestratorService/Trace',
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceTraceRequest.SerializeToString,
+            virtwire_dot_v1_dot_orchestrator__pb2.OrchestratorServiceTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,
