@@ -29,6 +29,7 @@ from virtwire.cli import filter as filter_verbs
 from virtwire.cli import graph as graph_verbs
 from virtwire.cli import netem as netem_verbs
 from virtwire.cli import top as top_verbs
+from virtwire.cli import trace as trace_verbs
 from virtwire.cli.exitcode import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
 from virtwire.cli.format import target_name
 from virtwire.cli.log import setup_logging
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         verbs.add_commands(sub)
     for verbs in (filter_verbs, netem_verbs, fdb_verbs):
         verbs.add_commands(sub)
-    for verbs in (expect, replay):
+    for verbs in (expect, trace_verbs, replay):
         verbs.add_commands(sub)
     for verbs in (graph_verbs, top_verbs):
         verbs.add_commands(sub)

@@ -43,6 +43,7 @@ from virtwire.orchestrator import pids
 from virtwire.orchestrator.core import LanState, lan_dir, read_state, remove_lan_dir, state_root
 from virtwire.orchestrator.launch import VIRTWIRE_CMD, wait_ready
 from virtwire.orchestrator.pki import LanPki, lan_identity, lan_tls_dir
+from virtwire.orchestrator.render import NO_TRACE, TraceFlags
 from virtwire.orchestrator.statedir import private_dir
 from virtwire.rpc.status import translated
 from virtwire.topology import DEFAULT_METRICS_PORT, Topology, load_topology
@@ -169,7 +170,7 @@ def _metrics_port(text: str) -> int:
 
 
 async def _stream_up(address: str, source: str, backend: str, subnet: str,
-                     metrics_port: int = 0) -> bool:
+                     metrics_port: int = 0, trace: TraceFlags = NO_TRACE) -> bool:
     """Call Up and print its progress; True when the LAN came up.
 
     The topology field stays empty: the orchestrator runs the file it was
@@ -180,7 +181,8 @@ async def _stream_up(address: str, source: str, backend: str, subnet: str,
         stub = Stub(ch)
         async for event in stub.Up(orchestrator_pb2.OrchestratorServiceUpRequest(
                 source=source, backend=backend, subnet=subnet,
-                metrics_port=metrics_port)):
+                metrics_port=metrics_port, trace_sample=trace.sample,
+                trace_otlp=trace.otlp, trace_file=bool(trace.file_dir))):
             kind = orchestrator_pb2.UpEventKind.Name(event.kind).removeprefix(
                 "UP_EVENT_KIND_").lower()
             print(f"{kind:16} {event.message}", flush=True)
@@ -195,6 +197,10 @@ async def cmd_up(args: argparse.Namespace) -> int:
     from virtwire.server.orchestrator import OrchestratorServer
 
     topo = load_topology(args.file)  # TopologyError: exit 2 with FILE:LINE
+    trace = _trace_flags(args)  # a bad --trace-* before anything starts
+    if trace.file_dir and args.backend != "process":
+        raise ConfigError("--trace-file writes in the LAN's state dir on this machine: "
+                          "it is for the process backend")
     _print_warnings(topo)
     root = private_dir(state_root())  # 0700 and ours, or PermissionDeniedError
     assert root is not None
@@ -217,7 +223,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
             proc.kill()
             raise BackendError(f"the orchestrator did not start; see {log}") from None
         ready.unlink()
-        if await _stream_up(address, args.file, args.backend, args.subnet, args.metrics):
+        if await _stream_up(address, args.file, args.backend, args.subnet, args.metrics,
+                            trace):
             print(f"LAN {topo.name!r} is up (orchestrator {address}, pid {proc.pid}); "
                   f"'virtwire down {topo.name}' stops it")
             return EXIT_OK
@@ -234,7 +241,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
     async with serving(host, grace=0.5) as stopped:
         came_up = await until_stopped(stopped, _stream_up(host.address, args.file,
                                                           args.backend, args.subnet,
-                                                          args.metrics))
+                                                          args.metrics, trace))
         if came_up:
             print(f"LAN {topo.name!r} is up (orchestrator {host.address}); Ctrl-C stops it",
                   flush=True)
@@ -244,6 +251,22 @@ async def cmd_up(args: argparse.Namespace) -> int:
     if came_up is None:
         return EXIT_INTERRUPTED
     return EXIT_OK if came_up else EXIT_ERROR
+
+
+def _trace_flags(args: argparse.Namespace) -> TraceFlags:
+    """``--trace-sample/--trace-otlp`` (and up's ``--trace-file``), checked."""
+    return TraceFlags(sample=args.trace_sample or "", otlp=args.trace_otlp or "",
+                      file_dir="traces" if getattr(args, "trace_file", False) else ""
+                      ).checked()
+
+
+def _add_trace_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--trace-sample", metavar="1/N", default="",
+                    help="every service traces one frame in N where frames enter the "
+                         "LAN, recording a span per hop (docs/tracing.md); off by default")
+    sp.add_argument("--trace-otlp", metavar="ENDPOINT", default="",
+                    help="every service exports its spans over OTLP to ENDPOINT "
+                         "(HOST:PORT or http(s)://HOST[:PORT][/PATH])")
 
 
 # -- down, status, link, ping ----------------------------------------------------------
@@ -371,7 +394,7 @@ async def cmd_render(args: argparse.Namespace) -> int:
     output = None if args.output in (None, "-") else Path(args.output)
     text = render(topo, args.format, args.subnet, output=output,
                   certs_dir=Path(args.certs_dir) if args.certs_dir else None,
-                  log_format=args.log_format)
+                  log_format=args.log_format, trace=_trace_flags(args))
     _print_warnings(topo)
     if output is None:
         sys.stdout.write(text)
@@ -425,6 +448,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rnd.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                      help="every service's --log-format: text (the default, adds nothing) "
                           "or json (docs/logs.md)")
+    _add_trace_arguments(rnd)
 
     up = sub.add_parser("up", allow_abbrev=False, help="run a LAN from a topology file",
                         description="Run a LAN from a topology file: start its services "
@@ -452,6 +476,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                     help="text (the default) or json (one object per line; docs/logs.md): "
                          "the orchestrator's log and those of the services it starts "
                          "(their NAME.log in the LAN's state dir, or the containers' logs)")
+    _add_trace_arguments(up)
+    up.add_argument("--trace-file", action="store_true",
+                    help="process backend: each service also writes its spans as JSON "
+                         "lines to traces/NAME.jsonl in the LAN's state dir")
     down = sub.add_parser("down", allow_abbrev=False, help="stop a running LAN",
                           description="Stop a LAN's services and remove its state (and, "
                           "with docker, its containers and network); also after its "

@@ -17,7 +17,7 @@ from typing import Any
 #: The top-level help's groups, in order (serving is for services and hosts, last).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lifecycle of a LAN", ("up", "down", "status", "validate", "render", "demo")),
-    ("inspect", ("list", "capture", "expect", "top", "graph", "console")),
+    ("inspect", ("list", "capture", "expect", "trace", "top", "graph", "console")),
     ("drive", ("inject", "link", "ping", "netem", "filter", "replay", "fdb", "exec")),
     ("serve", ("serve", "certs")),
 )
@@ -44,6 +44,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
               "virtwire netem show"),
     "expect": ("virtwire expect vm2 --match 'ip.src=198.18.0.1,ip.proto=icmp' --timeout 2s",
                "virtwire expect vm2 --match 'pcap:arp' --none --timeout 1s"),
+    "trace": ("virtwire trace vm1 --match ip.proto=icmp --count 3",
+              "virtwire trace p0 --match 'pcap:arp' --json --timeout 10s"),
     "top": ("virtwire top default",
             "virtwire top --count 2 --interval 0.5   # two tables, for scripts"),
     "graph": ("virtwire graph examples/default.yaml -o default.svg",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import ipaddress
 import json
@@ -60,6 +61,7 @@ from virtwire.orchestrator.hostnodes import (
 )
 from virtwire.orchestrator.pki import LanPki, lan_tls_dir
 from virtwire.orchestrator.plan import service_spec
+from virtwire.orchestrator.render import NO_TRACE, TraceFlags
 from virtwire.orchestrator.runtime import Runtime
 from virtwire.orchestrator.runtime.docker import DockerRuntime
 from virtwire.orchestrator.runtime.process import ProcessRuntime
@@ -94,6 +96,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 #: Where a LAN's process services write their dumps: LAN/dump/SERVICE/.
 DUMP_DIR = "dump"
+#: ``up --trace-file``: each process service's spans, traces/NAME.jsonl.
+TRACES_DIR = "traces"
 #: The runtimes of this machine's services, by their ``--backend`` name (other
 #: hosts' services run through their orchestrator).
 LOCAL_RUNTIMES = ("process", "docker")
@@ -374,6 +378,8 @@ class Orchestrator:
         self.hostnodes: NetnsHosts | None = None
         #: The LAN's container nodes (containers.py), created before any service.
         self.containers: ContainerNodes | None = None
+        #: What ``up --trace-*`` gives every service (docs/cli-trace.md).
+        self.trace = NO_TRACE
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -383,12 +389,14 @@ class Orchestrator:
         return lan_dir(self.topology.name, self.state_root)
 
     async def up(self, topo: Topology, backend: str = "process",
-                 subnet: str = "") -> AsyncIterator[UpEvent]:
+                 subnet: str = "", trace: TraceFlags = NO_TRACE) -> AsyncIterator[UpEvent]:
         """Start every service in order, then wait for health; yields progress.
 
         ``backend`` runs this machine's services (process or docker; ``subnet``
         is the docker network's); nodes placed on a host run through that host's
-        orchestrator. On failure everything started is stopped and an ``error``
+        orchestrator. ``trace``: the --trace-* flags of this machine's services
+        (its ``file_dir`` set means "traces/ in the LAN's state dir", process
+        backend only). On failure everything started is stopped and an ``error``
         event is the last.
         """
         if self.state not in (RunState.IDLE, RunState.STOPPED, RunState.FAILED):
@@ -406,6 +414,10 @@ class Orchestrator:
             raise ConfigError("dump filters write in the LAN's state dir on this machine: run "
                               "this LAN with the process backend (or place those nodes on "
                               "hosts)")
+        trace = trace.checked()
+        if trace.file_dir and backend != "process":
+            raise ConfigError("--trace-file writes in the LAN's state dir on this machine: "
+                              "it is for the process backend")
         existing = lan_dir(topo.name, self.state_root) / STATE_FILE
         if existing.exists():
             raise ConfigError(f"LAN {topo.name!r} is already up ({existing}); "
@@ -422,6 +434,10 @@ class Orchestrator:
         self.schedule = None
         self.backend_kind = backend
         self.metrics = metrics_plan(topo, backend)
+        if trace.file_dir:
+            traces = private_dir(self.state_root, topo.name, TRACES_DIR)
+            trace = dataclasses.replace(trace, file_dir=str(traces))
+        self.trace = trace
         self.state = RunState.STARTING
         loop = asyncio.get_running_loop()
         healthy_at = 0.0
@@ -579,7 +595,7 @@ class Orchestrator:
         if host:
             return RemoteRuntime(topo.hosts[host], topo.name)
         if backend == "docker":
-            return DockerRuntime(topo, subnet, pki=self.pki)
+            return DockerRuntime(topo, subnet, pki=self.pki, trace=self.trace)
         return ProcessRuntime(self.dir, tls_args=self._service_args)
 
     def _metrics_address(self, name: str, kind: str, runtime: Runtime) -> str:
@@ -593,8 +609,9 @@ class Orchestrator:
         return self.metrics.get(name, "")
 
     def _service_args(self, name: str, host: str) -> list[str]:
-        """What a process service gets beyond its spec: TLS, and metrics if planned."""
-        args = self._tls_args(name, host)
+        """What a process service gets beyond its spec: TLS, metrics if planned,
+        and ``up``'s --trace-* flags."""
+        args = [*self._tls_args(name, host), *self.trace.args(name)]
         listen = self.metrics.get(name)
         if listen and self.topology is not None:
             args += ["--metrics-listen", listen, "--metrics-lan", self.topology.name,
@@ -801,6 +818,11 @@ class Orchestrator:
             raise ConfigError(f"{node_name} is a {node.kind}: it has no ports")
         service = node.service("e1000") if isinstance(node, VmNode) else node_name
         return self.services[service].address, node_name
+
+    def trace_sources(self) -> dict[str, str]:
+        """Every service of the LAN whose spans ``virtwire trace`` reads, name ->
+        address (each serves TraceService)."""
+        return {name: rec.address for name, rec in self.services.items() if rec.address}
 
     def _vm(self, node_name: str) -> VmNode:
         """Vm node ``node_name``; NotFoundError naming the LAN's vm nodes."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,6 +66,7 @@ from virtwire.orchestrator.spec import (
 )
 from virtwire.orchestrator.subnet import check_subnet
 from virtwire.topology import METRICS_KINDS, ContainerNode, Service, TapNode, Topology, VmNode
+from virtwire.tracing import parse_sample
 
 PORT = 50051
 LISTEN = f"0.0.0.0:{PORT}"
@@ -173,18 +175,74 @@ def container_tls_env(name: str, directory: str = SECRETS_DIR) -> dict[str, str]
     return {tls.ENV_DIR: directory, tls.ENV_NAME: name}
 
 
+#: An OTLP endpoint: HOST:PORT, or http(s)://HOST[:PORT][/PATH].
+_OTLP_RE = re.compile(r"(https?://)?([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:(\d{1,5}))?(/[\w./\-]*)?")
+_OTLP_MAX = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceFlags:
+    """What ``up/render --trace-*`` give every service (docs/cli-trace.md).
+
+    ``sample``: ``1/N`` (``--trace-sample``), "" or off for none; ``otlp``: the
+    ``--trace-otlp`` endpoint; ``file_dir``: with the process backend, each
+    service writes ``DIR/NAME.jsonl`` (``--trace-file``), "" for none.
+    """
+
+    sample: str = ""
+    otlp: str = ""
+    file_dir: str = ""
+
+    def checked(self) -> TraceFlags:
+        """These flags with ``sample`` as 1/N ("" for off); ConfigError if bad."""
+        every = parse_sample(self.sample)
+        check_otlp(self.otlp)
+        return dataclasses.replace(self, sample=f"1/{every}" if every else "")
+
+    def args(self, name: str, *, files: bool = True) -> list[str]:
+        """The flags of service ``name`` (``files``: with --trace-file)."""
+        out: list[str] = []
+        if self.sample:
+            out += ["--trace-sample", self.sample]
+        if self.otlp:
+            out += ["--trace-otlp", self.otlp]
+        if self.file_dir and files:
+            out += ["--trace-file", f"{self.file_dir}/{name}.jsonl"]
+        return out
+
+
+NO_TRACE = TraceFlags()
+
+
+def check_otlp(endpoint: str) -> None:
+    """ConfigError unless ``endpoint`` is "" or an OTLP endpoint (no spaces, at most
+    256 characters, HOST[:PORT] with an optional http(s):// and path)."""
+    if not endpoint:
+        return
+    m = _OTLP_RE.fullmatch(endpoint)
+    ok = (m is not None and len(endpoint) <= _OTLP_MAX
+          and (m.group(4) is None or 1 <= int(m.group(4)) <= 65535))
+    if not ok:
+        raise ConfigError(f"--trace-otlp {endpoint[:60]!r}: expected HOST:PORT or "
+                          "http(s)://HOST[:PORT][/PATH]")
+
+
 def service_commands(topo: Topology, directory: str = SECRETS_DIR,
-                     log_format: str = "text") -> dict[str, list[str]]:
+                     log_format: str = "text", trace: TraceFlags = NO_TRACE
+                     ) -> dict[str, list[str]]:
     """``serve KIND --listen 0.0.0.0:50051 ...`` for every service, in start order.
 
     With the topology's ``tls:`` each gets its identity's files in ``directory``,
     else ``--insecure``; with its ``metrics:``, ``--metrics-listen 0.0.0.0:PORT``;
-    with a ``log_format`` other than text, ``--log-format FMT --log-name NAME``.
+    with a ``log_format`` other than text, ``--log-format FMT --log-name NAME``;
+    ``trace``'s --trace-sample/--trace-otlp (no --trace-file: a container has no
+    state dir of the LAN).
     """
     specs = plan(topo, {svc.name: address_of(svc.name) for svc in topo.services})
     return {name: [*container_command(spec),
                    *(container_tls_args(name, directory) if topo.tls_dir else ["--insecure"]),
-                   *metrics_args(topo, name), *log_args(name, log_format)]
+                   *metrics_args(topo, name), *log_args(name, log_format),
+                   *trace.args(name, files=False)]
             for name, spec in specs.items()}
 
 
@@ -358,7 +416,8 @@ def _compose_secrets(topo: Topology, svc: Service, identities: Identities,
 
 
 def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities | None = None,
-                   base: Path | None = None, log_format: str = "text") -> dict[str, Any]:
+                   base: Path | None = None, log_format: str = "text",
+                   trace: TraceFlags = NO_TRACE) -> dict[str, Any]:
     """A version 3.8 compose file (docker-compose v1, ``docker compose``, ``docker stack``).
 
     With ``identities`` (the topology has ``tls:``) each service gets its own as
@@ -367,7 +426,7 @@ def render_compose(topo: Topology, subnet: str = SUBNET, identities: Identities 
     if topo.tls_dir is not None and identities is None:
         raise ConfigError("the topology has a tls: section: render needs the "
                           "certificates (issue_identities)")
-    commands = service_commands(topo, log_format=log_format)
+    commands = service_commands(topo, log_format=log_format, trace=trace)
     services: dict[str, Any] = {}
     secrets: dict[str, Any] = {}
     for svc in topo.services:
@@ -476,7 +535,7 @@ def _k8s_tls_volume(topo: Topology, svc: Service) -> dict[str, Any]:
 
 
 def render_k8s(topo: Topology, identities: Identities | None = None,
-               log_format: str = "text") -> list[dict[str, Any]]:
+               log_format: str = "text", trace: TraceFlags = NO_TRACE) -> list[dict[str, Any]]:
     """A Deployment and a ClusterIP Service (port 50051) per virtwire service.
 
     With ``identities`` (the topology has ``tls:``) each service's comes first,
@@ -489,7 +548,7 @@ def render_k8s(topo: Topology, identities: Identities | None = None,
         raise ConfigError(f"container nodes ({', '.join(c.name for c in topo.containers())}) "
                           "render as compose only: in Kubernetes their interfaces' services "
                           "would have to share their pod")
-    commands = service_commands(topo, K8S_SECRETS_DIR, log_format)
+    commands = service_commands(topo, K8S_SECRETS_DIR, log_format, trace)
     docs: list[dict[str, Any]] = []
     for svc in topo.services:
         _check_k8s_name(svc.name)
@@ -603,7 +662,8 @@ def _run_header(topo: Topology, fmt: str, output: Path | None) -> str:
 
 
 def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = None,
-           certs_dir: Path | None = None, log_format: str = "text") -> str:
+           certs_dir: Path | None = None, log_format: str = "text",
+           trace: TraceFlags = NO_TRACE) -> str:
     """The rendered YAML text for ``fmt`` (compose or k8s).
 
     ``subnet``: the compose network's (inside 198.18.0.0/15; default SUBNET), so
@@ -611,8 +671,10 @@ def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = 
     ``tls:``, the services' certificates are issued into ``certs_dir`` (default:
     ``default_certs_dir(output)``), and compose secrets name them relative to
     ``output``'s directory. ``log_format``: every service's ``--log-format``
-    (text, the default, adds nothing).
+    (text, the default, adds nothing). ``trace``: every service's
+    --trace-sample and --trace-otlp (none by default).
     """
+    trace = trace.checked()
     if fmt not in FORMATS:
         raise ConfigError(f"unknown render format {fmt!r}: use one of {', '.join(FORMATS)}")
     hosts = [n.name for n in topo.nodes.values() if n.kind in ("netns", "qemu")]
@@ -645,9 +707,11 @@ def render(topo: Topology, fmt: str, subnet: str = "", *, output: Path | None = 
               + _trust_header(fmt, identities) + _run_header(topo, fmt, output))
     if fmt == "compose":
         doc = render_compose(topo, net, identities,
-                             output.parent if output is not None else None, log_format)
+                             output.parent if output is not None else None, log_format,
+                             trace)
         return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False)
-    return header + yaml.dump_all(render_k8s(topo, identities, log_format), Dumper=_Dumper,
+    return header + yaml.dump_all(render_k8s(topo, identities, log_format, trace),
+                                  Dumper=_Dumper,
                                   sort_keys=False)
 
 

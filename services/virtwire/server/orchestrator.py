@@ -34,6 +34,8 @@ from virtwire.orchestrator.agent import Agent
 from virtwire.orchestrator.core import Orchestrator, state_root
 from virtwire.orchestrator.forward import PortForwarder
 from virtwire.orchestrator.health import check_health
+from virtwire.orchestrator.render import TraceFlags
+from virtwire.orchestrator.traces import TraceCollector, check_trace_request, summary
 from virtwire.rpc.status import forwarded, translated
 from virtwire.server.base import ServiceHost
 from virtwire.server.filter import LanFilterServicer
@@ -168,7 +170,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if request.metrics_port > 65535:
                 raise OutOfRangeError(f"metrics_port {request.metrics_port} is not a port")
             topo = dataclasses.replace(topo, metrics_port=request.metrics_port)
-        events = self.orch.up(topo, request.backend or "process", request.subnet)
+        trace = TraceFlags(sample=request.trace_sample, otlp=request.trace_otlp,
+                           file_dir="traces" if request.trace_file else "")
+        events = self.orch.up(topo, request.backend or "process", request.subnet, trace)
         async for event in events:
             yield orchestrator_pb2.OrchestratorServiceUpResponse(
                 kind=_EVENT_KINDS[event.kind], service=event.service,
@@ -304,6 +308,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                     timeout=assertion_deadline(context, request.duration_ms))
         return orchestrator_pb2.OrchestratorServiceCountFramesResponse(
             count=got.count, lost=got.lost, elapsed_ms=got.elapsed_ms)
+
+    async def Trace(self, request: orchestrator_pb2.OrchestratorServiceTraceRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]
+                    ) -> AsyncIterator[orchestrator_pb2.OrchestratorServiceTraceResponse]:
+        timeout_s = check_trace_request(request.count, request.timeout_ms)
+        address, name = self.orch.resolve(request.target)
+        collector = TraceCollector(self.orch.trace_sources(), count=request.count,
+                                   timeout_s=timeout_s)
+        with forwarded():  # ArmTrace's answer (a bad match) as the service gave it
+            async for trace in collector.run(address, name, request.match):
+                yield orchestrator_pb2.OrchestratorServiceTraceResponse(
+                    frame=orchestrator_pb2.TracedFrame(
+                        trace_id=trace.trace_id, spans=trace.spans, summary=summary(trace),
+                        spans_dropped=trace.dropped, delivered=trace.delivered))
 
     async def Ping(self, request: orchestrator_pb2.OrchestratorServicePingRequest,
                    context: grpc.aio.ServicerContext[Any, Any]

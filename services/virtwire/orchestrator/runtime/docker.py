@@ -55,8 +55,10 @@ from virtwire.orchestrator.health import check_health
 from virtwire.orchestrator.render import (
     IMAGE,
     IMAGE_USER,
+    NO_TRACE,
     PORT,
     SECRETS_DIR,
+    TraceFlags,
     capabilities,
     container_command,
     container_tls_args,
@@ -152,8 +154,10 @@ class DockerRuntime:
     kind = "docker"
 
     def __init__(self, topo: Topology, subnet: str = "", image: str = IMAGE,
-                 pki: LanPki | None = None) -> None:
+                 pki: LanPki | None = None, trace: TraceFlags = NO_TRACE) -> None:
         self.topo = topo
+        #: ``up --trace-sample/--trace-otlp``, given to every container.
+        self.trace = trace
         self.image = image
         self.subnet = check_subnet(subnet) if subnet else None
         self.network = network_name(topo.name)
@@ -193,7 +197,7 @@ class DockerRuntime:
         # namespace, as render gives it (docs/metrics.md). The orchestrator's own
         # --log-format, as ProcessRuntime passes it (docs/logs.md).
         return [*container_command(spec), *tls_args, *metrics_args(self.topo, name),
-                *log_args(name, log_format())]
+                *log_args(name, log_format()), *self.trace.args(name, files=False)]
 
     def _owner(self, name: str) -> tuple[int, int]:
         """The uid and gid service ``name``'s container runs as, with TLS on."""
