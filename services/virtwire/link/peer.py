@@ -44,9 +44,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from virtwire.errors import LimitError
+from virtwire.errors import ConfigError, LimitError
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NET_PACKET_FLAG_SENT_CB
+from virtwire.tracing import STATE, TracedFrame, add_span, from_wire, now_ns, to_wire
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class Batch:
     credits: int = 0
     #: Whether the sender's NetClient can receive; None when unchanged.
     ready: bool | None = None
+    #: (index in ``frames``, ``tracing.to_wire`` context) of the traced frames:
+    #: the context is the sender's ``link.send`` span (docs/links.md, Tracing).
+    traces: Sequence[tuple[int, bytes]] = ()
 
 
 class LinkPeer(NetClient):
@@ -140,6 +144,9 @@ class LinkPeer(NetClient):
         self.credits_refused = 0
         #: Sessions ended because the remote broke the protocol.
         self.protocol_errors = 0
+        #: id() of each traced frame in ``out_frames`` -> when we took it (the
+        #: start of its ``link.send`` span); at most one per frame there.
+        self._trace_start: dict[int, int] = {}
         # Not up until a session attaches.
         self.set_carrier(False)
         local.set_carrier(False)
@@ -170,6 +177,8 @@ class LinkPeer(NetClient):
             self._next_completion_id += 1
             self.completions_requested += 1
         self.out_frames.append(data)
+        if STATE.live and type(data) is TracedFrame:
+            self._trace_start[id(data)] = now_ns()
         self.kick()
         return len(data)
 
@@ -198,8 +207,18 @@ class LinkPeer(NetClient):
         stats.rx_frames += taken
         stats.rx_bytes += sum(map(len, frames[:taken])) if taken < len(frames) \
             else sum(map(len, frames))
+        if STATE.live:
+            self._note_traced(frames[:taken] if taken < len(frames) else frames)
         self.kick()
         return taken
+
+    def _note_traced(self, frames: Sequence[bytes]) -> None:
+        """When the traced ones among ``frames`` (just taken) started their link.send."""
+        t = now_ns()
+        starts = self._trace_start
+        for data in frames:
+            if type(data) is TracedFrame:
+                starts[id(data)] = t
 
     def flush_queued_packets(self, purge: bool = False) -> None:
         """Our backlog goes on the wire first, then the usual flush.
@@ -269,6 +288,8 @@ class LinkPeer(NetClient):
             raise self.protocol_error(
                 f"the peer sent {len(frames)} frames with {self.remote_credits} credits left "
                 f"(window {self.window})")
+        if batch.traces:
+            frames = self._traced_frames(frames, batch.traces)
         if batch.credits:
             self._accept_credits(batch.credits)
         if batch.ready is not None:
@@ -292,6 +313,27 @@ class LinkPeer(NetClient):
         ):
             self.flush_queued_packets()
         self.peer_ready_changed()
+
+    def _traced_frames(self, frames: Sequence[bytes], traces: Sequence[tuple[int, bytes]]
+                       ) -> list[bytes]:
+        """``frames`` with those ``traces`` lists made TracedFrames carrying the
+        sender's link.send context; a bad entry (index outside the batch or
+        twice, a malformed context) breaks the protocol."""
+        n = len(frames)
+        if len(traces) > n:
+            raise self.protocol_error(f"{len(traces)} frame traces for {n} frames")
+        out = list(frames)
+        seen: set[int] = set()
+        for index, context in traces:
+            if not 0 <= index < n or index in seen:
+                raise self.protocol_error(f"a bad frame trace for frame {index} of {n}")
+            seen.add(index)
+            try:
+                ctx = from_wire(bytes(context))
+            except ConfigError as exc:
+                raise self.protocol_error(f"frame trace {index}: {exc}") from None
+            out[index] = TracedFrame(out[index], ctx)
+        return out
 
     def _take_frames(self, frames: Sequence[bytes], requests: dict[int, int]) -> None:
         """Frames of a batch one by one: empty ones, and those with a completion
@@ -342,6 +384,8 @@ class LinkPeer(NetClient):
             batch.frames = frames[:n]
             del frames[:n]
             self.on_wire += n
+            if self._trace_start:
+                batch.traces = self._send_spans(batch.frames)
             if self.out_requests:
                 rest: list[tuple[int, int]] = []
                 for index, cid in self.out_requests:
@@ -364,6 +408,24 @@ class LinkPeer(NetClient):
         if not (batch.frames or batch.completions or batch.credits or batch.ready is not None):
             return None
         return batch
+
+    def _send_spans(self, frames: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        """A ``link.send`` span for each traced frame of a batch going out (from
+        when we took it to now, as the batch goes to the writer), parented on
+        the frame's context; the batch's traces. The frame's own ``ctx`` stays
+        as it is: the same frame object may be going out of other ports too."""
+        starts = self._trace_start
+        traces: list[tuple[int, bytes]] = []
+        attrs: dict[str, str | int] = {"netclient": self.local.name,
+                                       "link.peer": self.remote_name,
+                                       "link.transport": self.transport or "grpc"}
+        for i, data in enumerate(frames):
+            if type(data) is TracedFrame:
+                # (The same frame object twice in a batch: the second from now.)
+                start = starts.pop(id(data), None) or now_ns()
+                ctx = add_span("link.send", data.ctx, start, None, attrs)
+                traces.append((i, to_wire(ctx)))
+        return traces
 
     def reset_kick(self) -> None:
         """Back to waking ``wait_for_output`` (a pushing session detached)."""
@@ -394,6 +456,7 @@ class LinkPeer(NetClient):
         self.pending_requests = 0
         self.remote_ready = remote_ready
         self.out_frames.clear()
+        self._trace_start.clear()
         self.out_requests.clear()
         self.out_completions.clear()
         self.out_credits = 0
@@ -417,6 +480,7 @@ class LinkPeer(NetClient):
         dropped = len(self.out_frames)
         self.stats.dropped_link_down += dropped
         self.out_frames.clear()
+        self._trace_start.clear()
         self.out_requests.clear()
         self.out_completions.clear()
         self.set_carrier(False)

@@ -143,6 +143,8 @@ class DgramBackend(NetClient):
     """QEMU's NetDgramState: one frame per datagram to a fixed destination."""
 
     kind = "dgram"
+    #: Frames read from outside the LAN start their trace here (docs/tracing.md).
+    ingress_span = "tap.read"
 
     def __init__(self, name: str, local: SockAddr, remote: SockAddr | None = None, *,
                  multicast: bool = False, multicast_interface: str = "") -> None:

@@ -16,6 +16,7 @@ from virtwire.address import NAME_MAX, shorten
 from virtwire.errors import ConfigError
 from virtwire.logfmt import netclient_extra
 from virtwire.net.net import NetClient
+from virtwire.tracing import STATE, TracedFrame, add_span, now_ns
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class HubPort(NetClient):
     """QEMU's NetHubPort, named ``hub_port_name`` unless given a name."""
 
     kind = "hubport"
+    #: The span a traced frame gets for crossing the hub (docs/hub.md).
+    forward_span = "hub.forward"
 
     def __init__(self, hub: Hub, name: str, port_id: int) -> None:
         super().__init__(name)
@@ -77,10 +80,32 @@ class HubPort(NetClient):
 
     def receive(self, data: bytes) -> int:
         """net_hub_port_receive: forward, and always report the frame consumed."""
+        start = now_ns() if STATE.live and type(data) is TracedFrame else 0
         for port in self.hub.ports:
             if port is not self:
                 port.send_packet(data)
+        if start:
+            self.forwarded((data,), start)
         return len(data)
+
+    def forwarded(self, frames: Sequence[bytes], start: int,
+                  copies: Sequence[Sequence[TracedFrame]] = ()) -> None:
+        """A ``hub.forward`` span (``switch.forward`` for a switch) for each
+        traced frame of ``frames``, offered to the other ports since ``start``:
+        its parent is the frame's context, which becomes the span's. Being set
+        after the offer, it is what the hops that send later (links: when their
+        batch goes out) take as parent. ``copies``, for a switch, lists beside
+        each frame the re-tagged copies it sent, which get the same context."""
+        attrs: dict[str, str | int] = {"netclient": self.name, "hub": self.hub.name,
+                                       "hub.port": self.name}
+        name = self.forward_span
+        for i, data in enumerate(frames):
+            if type(data) is TracedFrame:
+                ctx = add_span(name, data.ctx, start, None, attrs)
+                data.ctx = ctx
+                if copies:
+                    for copy in copies[i]:
+                        copy.ctx = ctx
 
     def deliver_packets(self, sender: NetClient, frames: Sequence[bytes],
                         recheck: bool = False) -> int:
@@ -91,6 +116,7 @@ class HubPort(NetClient):
         one-by-one sends would stop at can_receive."""
         if not self.batch_fast(frames):
             return super().deliver_packets(sender, frames, recheck)
+        start = now_ns() if STATE.live else 0
         others = [port for port in self.hub.ports if port is not self]
         n = len(frames)
         taken = 0
@@ -111,6 +137,8 @@ class HubPort(NetClient):
         stats = self.stats
         stats.rx_frames += taken
         stats.rx_bytes += sum(map(len, frames[:taken])) if taken < n else sum(map(len, frames))
+        if start:
+            self.forwarded(frames[:taken] if taken < n else frames, start)
         return taken
 
     def can_receive(self) -> bool:

@@ -405,6 +405,8 @@ class StreamBackend(NetClient, StreamEndpoint[NetStreamConnection]):
     """QEMU's NetStreamState: frames over a length-prefixed stream socket."""
 
     kind = "stream"
+    #: Frames read from outside the LAN start their trace here (docs/tracing.md).
+    ingress_span = "tap.read"
 
     def __init__(self, name: str, addr: SockAddr, *, listen: bool,
                  reconnect_seconds: float = DEFAULT_RECONNECT_S) -> None:

@@ -36,6 +36,7 @@ from virtwire.errors import ConfigError, NotFoundError
 from virtwire.net.eth import ETH_HLEN, ETH_P_8021Q, format_mac
 from virtwire.net.hub import Hub, HubPort
 from virtwire.net.net import NetClient
+from virtwire.tracing import STATE, TracedFrame, now_ns
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ class SwitchPort(HubPort):
     """A port of a ``Switch``: its VLANs, its counters, the ports it forwards to."""
 
     kind = "switchport"
+    forward_span = "switch.forward"
     hub: Switch
 
     def __init__(self, hub: Hub, name: str, port_id: int) -> None:
@@ -241,8 +243,37 @@ class SwitchPort(HubPort):
         return not self.targets or super().can_receive()
 
     def receive(self, data: bytes) -> int:
+        if STATE.live and type(data) is TracedFrame:
+            start = now_ns()
+            outs: dict[SwitchPort, list[bytes]] = {}
+            copies = self._forward_traced(data, outs)
+            for port, out in outs.items():
+                for copy in out:
+                    port.send_packet(copy)
+            self.forwarded((data,), start, (copies,))
+            return len(data)
         self.hub.forward(self, data)
         return len(data)
+
+    def _forward_traced(self, data: TracedFrame, outs: dict[SwitchPort, list[bytes]]
+                        ) -> list[TracedFrame]:
+        """``Switch.forward`` of a traced frame into ``outs``: the copies it
+        re-tagged (new bytes) become TracedFrames too; returns them."""
+        mine: dict[SwitchPort, list[bytes]] = {}
+        self.hub.forward(self, data, mine)
+        copies: list[TracedFrame] = []
+        made: dict[int, TracedFrame] = {}
+        for port, out in mine.items():
+            for i, copy in enumerate(out):
+                if type(copy) is not TracedFrame:
+                    # One copy object may go to several trunk ports: one TracedFrame.
+                    traced = made.get(id(copy))
+                    if traced is None:
+                        traced = made[id(copy)] = TracedFrame(copy, data.ctx)
+                        copies.append(traced)
+                    out[i] = traced
+            outs.setdefault(port, []).extend(out)
+        return copies
 
     def deliver_packets(self, sender: NetClient, frames: Sequence[bytes],
                         recheck: bool = False) -> int:
@@ -252,6 +283,8 @@ class SwitchPort(HubPort):
         if not self.batch_fast(frames):
             return NetClient.deliver_packets(self, sender, frames, recheck)
         forward = self.hub.forward
+        start = now_ns() if STATE.live else 0
+        copies: list[list[TracedFrame]] = []
         n = len(frames)
         taken = 0
         while taken < n:
@@ -265,14 +298,24 @@ class SwitchPort(HubPort):
                     break
             run = frames if room == n else frames[taken:taken + room]
             outs: dict[SwitchPort, list[bytes]] = {}
-            for data in run:
-                forward(self, data, outs)
+            if start:
+                for data in run:
+                    if type(data) is TracedFrame:
+                        copies.append(self._forward_traced(data, outs))
+                    else:
+                        forward(self, data, outs)
+                        copies.append([])
+            else:
+                for data in run:
+                    forward(self, data, outs)
             for port, out in outs.items():
                 port.send_packets(out)
             taken += len(run)
         stats = self.stats
         stats.rx_frames += taken
         stats.rx_bytes += sum(map(len, frames[:taken])) if taken < n else sum(map(len, frames))
+        if start:
+            self.forwarded(frames[:taken] if taken < n else frames, start, copies)
         return taken
 
     def describe(self) -> str:

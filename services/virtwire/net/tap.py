@@ -218,6 +218,8 @@ class TapBackend(NetClient):
     """
 
     kind = "tap"
+    #: Frames read from outside the LAN start their trace here (docs/tracing.md).
+    ingress_span = "tap.read"
 
     def __init__(self, name: str, ifname: str = "", *, vnet_hdr: bool = False,
                  no_padding: bool = False, script: str = "", downscript: str = "",

@@ -51,13 +51,17 @@ ServerContext = grpc.aio.ServicerContext[link_pb2.ConnectRequest, link_pb2.Conne
 
 # -- LinkBatch <-> Batch ----------------------------------------------------------------
 def batch_from_wire(msg: link_pb2.LinkBatch) -> Batch:
-    """The core's view of a LinkBatch that arrived."""
-    return Batch(
+    """The core's view of a LinkBatch that arrived (its traces are checked by
+    ``LinkPeer.on_batch``, which counts a bad one as a protocol error)."""
+    batch = Batch(
         frames=msg.frames,
         completion_requests={r.index: r.id for r in msg.completion_requests},
         completions=[(c.id, c.ret) for c in msg.completions],
         credits=msg.credits,
         ready=msg.ready.can_receive if msg.HasField("ready") else None)
+    if msg.traces:
+        batch.traces = [(t.index, t.context) for t in msg.traces]
+    return batch
 
 
 def batch_to_wire(batch: Batch) -> link_pb2.LinkBatch:
@@ -69,6 +73,9 @@ def batch_to_wire(batch: Batch) -> link_pb2.LinkBatch:
         msg.completions.add(id=cid, ret=ret)
     if batch.ready is not None:
         msg.ready.can_receive = batch.ready
+    if batch.traces:
+        for index, context in batch.traces:
+            msg.traces.add(index=index, context=context)
     return msg
 
 

@@ -7,18 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LinkBatch(_message.Message):
-    __slots__ = ("frames", "completion_requests", "completions", "credits", "ready")
+    __slots__ = ("frames", "completion_requests", "completions", "credits", "ready", "traces")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    TRACES_FIELD_NUMBER: _ClassVar[int]
     frames: _containers.RepeatedScalarFieldContainer[bytes]
     completion_requests: _containers.RepeatedCompositeFieldContainer[CompletionRequest]
     completions: _containers.RepeatedCompositeFieldContainer[Completion]
     credits: int
     ready: ReadyState
-    def __init__(self, frames: _Optional[_Iterable[bytes]] = ..., completion_requests: _Optional[_Iterable[_Union[CompletionRequest, _Mapping]]] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., credits: _Optional[int] = ..., ready: _Optional[_Union[ReadyState, _Mapping]] = ...) -> None: ...
+    traces: _containers.RepeatedCompositeFieldContainer[FrameTrace]
+    def __init__(self, frames: _Optional[_Iterable[bytes]] = ..., completion_requests: _Optional[_Iterable[_Union[CompletionRequest, _Mapping]]] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., credits: _Optional[int] = ..., ready: _Optional[_Union[ReadyState, _Mapping]] = ..., traces: _Optional[_Iterable[_Union[FrameTrace, _Mapping]]] = ...) -> None: ...
+
+class FrameTrace(_message.Message):
+    __slots__ = ("index", "context")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    context: bytes
+    def __init__(self, index: _Optional[int] = ..., context: _Optional[bytes] = ...) -> None: ...
 
 class CompletionRequest(_message.Message):
     __slots__ = ("index", "id")
