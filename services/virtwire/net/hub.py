@@ -62,7 +62,7 @@ class HubPort(NetClient):
     """QEMU's NetHubPort, named ``hub_port_name`` unless given a name."""
 
     kind = "hubport"
-    #: The span a traced frame gets for crossing the hub (docs/hub.md).
+    #: The span a traced frame gets for crossing the hub (docs/tracing.md).
     forward_span = "hub.forward"
 
     def __init__(self, hub: Hub, name: str, port_id: int) -> None:
