@@ -10,7 +10,11 @@ import asyncio
 import struct
 from collections.abc import Callable, Iterator
 
+import grpc
 import pytest
+from test_caps import hello as caps_hello
+from test_caps import refused
+from test_fastpath import unix_hello
 
 from virtwire import tracing
 from virtwire.address import parse_peer
@@ -279,3 +283,43 @@ async def test_a_sampled_frame_over_real_links_to_a_hub_service(
     assert b.frames[1].ctx.span_id == second.span_id  # type: ignore[attr-defined]
     for dialer in dialers:
         await dialer.stop()
+
+
+async def test_a_bad_frame_trace_on_the_connect_stream_ends_the_link_counted(
+        hub: HubServer) -> None:
+    port = hub.add_port("victim")
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        call = await caps_hello(channel, "victim", credits=8)
+        first = await call.read()
+        assert isinstance(first, link_pb2.ConnectResponse) and first.welcome.credits
+        batch = link_pb2.LinkBatch(frames=[frame(0)])
+        batch.traces.add(index=1, context=_ctx())
+        await call.write(link_pb2.ConnectRequest(batch=batch))
+        err = await refused(call)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+        assert "frame trace" in (err.details() or "")
+        await until(lambda: not isinstance(port.peer, LinkPeer) or port.peer.session is None,
+                    what="link down")
+        info = hub.registry.info(port)
+        assert info.counters.link_protocol_errors == 1
+        assert info.counters.rx_frames == 0
+
+
+async def test_a_bad_frame_trace_on_the_socket_ends_the_link_counted(hub: HubServer) -> None:
+    port = hub.add_port("victim")
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        call, stream, _granted = await unix_hello(hub, channel, "victim")
+        await until(lambda: isinstance(port.peer, LinkPeer) and port.peer.session is not None,
+                    what="victim linked")
+        first = await asyncio.wait_for(stream.read_batch(), 5)
+        assert first is not None
+        assert stream.transport is not None
+        stream.transport.write(_record([(0, _ctx(trace_id=0))], n=1))
+        err = await refused(call)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+        assert "frame trace" in (err.details() or "")
+        await asyncio.wait_for(stream.wait_closed(), 5)
+        info = hub.registry.info(port)
+        assert info.counters.link_protocol_errors == 1
+        assert info.counters.rx_frames == 0
+        stream.close()
