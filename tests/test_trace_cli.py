@@ -404,3 +404,88 @@ async def test_the_orchestrator_checks_the_request(tiny_lan: dict[str, str]) -> 
                 async for _ in stub.Trace(request, timeout=30):
                     pass
             assert err.value.code() == code, (request, err.value)
+
+
+# -- end to end: a stream tap's frames through the hub --------------------------------------
+E2E_LAN = """\
+name: {name}
+nodes:
+  hub0: {{kind: hub}}
+  q0: {{kind: tap, backend: stream, listen: 127.0.0.1:{port}}}
+  q1: {{kind: tap, backend: stream, listen: 127.0.0.1:{port2}}}
+links:
+  - [q0, hub0]
+  - [q1, hub0]
+"""
+
+
+def _has_trace_service() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("virtwire.server.trace") is not None
+
+
+@pytest.fixture
+def e2e_lan(tmp_path: Path) -> Iterator[tuple[dict[str, str], int]]:
+    """Two stream taps on a hub, up (detached); its environment and q0's port."""
+    port = _free_port()
+    (tmp_path / "lan.yaml").write_text(E2E_LAN.format(name="te2e", port=port,
+                                                      port2=_free_port()))
+    env = {**os.environ, "VIRTWIRE_STATE_DIR": str(tmp_path / "state")}
+    up = subprocess.run([*VIRTWIRE, "up", str(tmp_path / "lan.yaml"), "--detach"],
+                        capture_output=True, text=True, timeout=90, env=env)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield env, port
+    finally:
+        down = subprocess.run([*VIRTWIRE, "down", "te2e"], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+async def _trace_while_sending(env: dict[str, str], writer: asyncio.StreamWriter,
+                               frame: bytes, *args: str) -> tuple[int, str, str]:
+    """`virtwire trace ARGS`, sending ``frame`` (stream framing) every 100 ms until
+    it ends (at most 200 frames: it must arm and trace them before that)."""
+    import struct
+
+    proc = await asyncio.create_subprocess_exec(
+        *VIRTWIRE, "trace", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    done = asyncio.ensure_future(proc.communicate())
+    for _ in range(200):
+        if done.done():
+            break
+        writer.write(struct.pack(">I", len(frame)) + frame)
+        await writer.drain()
+        await asyncio.wait({done}, timeout=0.1)
+    out, err = await asyncio.wait_for(done, 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.skipif(not _has_trace_service(), reason="the services serve no TraceService yet")
+async def test_trace_a_stream_taps_frames_through_the_hub(
+        e2e_lan: tuple[dict[str, str], int]) -> None:
+    env, port = e2e_lan
+    frame = (b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5"
+             + b"virtwire trace".ljust(46, b"\0"))
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    rc, out, err = await _trace_while_sending(
+        env, writer, frame, "q0", "--match", "ethertype=0x88b5", "--count", "2",
+        "--timeout", "20s", "--json")
+    assert rc == 0, (out, err)
+    frames = [json.loads(line) for line in out.splitlines()]
+    assert len(frames) == 2
+    for got in frames:
+        path = [(s["name"], s["service"]) for s in got["spans"]]
+        assert path[:3] == [("tap.read", "q0"), ("link.send", "q0"),
+                            ("hub.forward", "hub0")], path
+        # The hub sends it on to q1's link (not back to q0's).
+        assert ("link.send", "hub0") in path[3:], path
+        assert all(s["hop_us"] is None or s["hop_us"] >= 0 for s in got["spans"])
+    # And as a table.
+    rc, out, err = await _trace_while_sending(env, writer, frame, "q0", "-m",
+                                              "ethertype=0x88b5", "-t", "20s")
+    assert rc == 0, (out, err)
+    assert "tap.read" in out and "hub.forward" in out and "HOP µs" in out, out
+    writer.close()
