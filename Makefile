@@ -10,7 +10,7 @@ GEN_DIR := services
 # Debian packages the real-peer tests and benchmarks use (libpcap0.8: pcap-filter
 # matches, virtwire.net.match).
 DEBS := qemu-system-x86 linux-image-amd64 busybox-static iproute2 iperf3 tcpdump \
-        tshark vde2 cpio kmod docker.io debootstrap docker-compose libpcap0.8 graphviz
+        tshark vde2 cpio kmod docker.io debootstrap docker-compose libpcap0.8 graphviz prometheus
 PYTEST_ARGS ?=
 
 BUF_VERSION := 1.75.0
