@@ -489,3 +489,32 @@ async def test_trace_a_stream_taps_frames_through_the_hub(
     assert rc == 0, (out, err)
     assert "tap.read" in out and "hub.forward" in out and "HOP µs" in out, out
     writer.close()
+
+
+def _serve_takes_trace_flags() -> bool:
+    out = subprocess.run([*VIRTWIRE, "serve", "hub", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    return "--trace-sample" in out.stdout and "--trace-file" in out.stdout
+
+
+@pytest.mark.skipif(not _serve_takes_trace_flags(), reason="serve has no --trace-* flags yet")
+def test_up_passes_the_trace_flags_to_each_process_service(tmp_path: Path) -> None:
+    file = tmp_path / "t.yaml"
+    file.write_text(TINY_LAN.format(name="tup", port=_free_port()))
+    env = {**os.environ, "VIRTWIRE_STATE_DIR": str(tmp_path / "state")}
+    up = subprocess.run([*VIRTWIRE, "up", str(file), "--detach", "--trace-sample", "1/50",
+                         "--trace-otlp", "127.0.0.1:4317", "--trace-file"],
+                        capture_output=True, text=True, timeout=90, env=env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = json.loads((tmp_path / "state" / "tup" / "state.json").read_text())
+        for rec in state["services"]:
+            argv = Path(f"/proc/{rec['pid']}/cmdline").read_bytes().decode().split("\0")
+            assert argv[argv.index("--trace-sample") + 1] == "1/50", argv
+            assert argv[argv.index("--trace-otlp") + 1] == "127.0.0.1:4317", argv
+            assert argv[argv.index("--trace-file") + 1] == str(
+                tmp_path / "state" / "tup" / "traces" / f"{rec['name']}.jsonl"), argv
+    finally:
+        down = subprocess.run([*VIRTWIRE, "down", "tup"], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert down.returncode == 0, down.stderr
