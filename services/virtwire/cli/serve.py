@@ -29,6 +29,7 @@ from virtwire.logfmt import LOG_FORMATS
 from virtwire.server.base import SHUTDOWN_GRACE_S, ServiceHost
 from virtwire.server.guest import SERVICE_RING, GuestServer
 from virtwire.server.link import LINK_TRANSPORTS
+from virtwire.server.tracesetup import TraceSetup
 
 if TYPE_CHECKING:
     from virtwire.net.netdev import Netdev
@@ -80,8 +81,13 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         # listening. Empty until serving, as the waiters expect.
         with user_file(args.ready_file, "write"):
             Path(args.ready_file).write_text("")
-    name_service(args.kind, args.log_name or args.metrics_service or args.kind)
+    service = args.log_name or args.metrics_service or args.kind
+    name_service(args.kind, service)
+    # Checked before the service is built, so a bad flag opens nothing.
+    trace = TraceSetup.from_flags(service, args.metrics_lan, args.trace_file,
+                                  args.trace_otlp, args.trace_sample)
     host = SERVE_KINDS[args.kind].build(args)
+    host.trace = trace
     configure_filters(host, args)
     host.registry.max_captures = args.max_captures
     host.registry.set_link_transport(args.link_transport)
@@ -160,6 +166,22 @@ def _add_metrics_arguments(sp: argparse.ArgumentParser) -> None:
                        help="the lan label of every metric (default empty)")
     group.add_argument("--metrics-service", default="", metavar="NAME",
                        help="the service label of every metric (default: the kind)")
+
+
+def _add_trace_arguments(sp: argparse.ArgumentParser) -> None:
+    group = sp.add_argument_group("per-frame tracing (docs/tracing.md)")
+    group.add_argument("--trace-file", default="", metavar="PATH",
+                       help="append every span this service records to PATH, one "
+                            "OpenTelemetry JSON object per line")
+    group.add_argument("--trace-otlp", default="", metavar="ENDPOINT",
+                       help="export spans to an OpenTelemetry collector over OTLP/gRPC: "
+                            "HOST:PORT (plaintext on loopback, TLS elsewhere), "
+                            "http://HOST:PORT (loopback only) or https://HOST:PORT; "
+                            "TLS uses this service's TLS flags")
+    group.add_argument("--trace-sample", default="", metavar="1/N|off",
+                       help="trace one frame in N, at random, where frames enter the LAN "
+                            "here (tap, stream and dgram backends, an e1000); default off. "
+                            "TraceService's ArmTrace changes it at run time")
 
 
 # -- the kinds -----------------------------------------------------------------------
@@ -489,6 +511,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                              "the gRPC stream; the default) or grpc (always the stream)")
         _add_log_arguments(sp)
         _add_metrics_arguments(sp)
+        _add_trace_arguments(sp)
         _add_filter_arguments(sp)
         tls.add_arguments(sp, default_name=name, server=True)
         kind.add_arguments(sp)

@@ -4,6 +4,7 @@
   WaitForFrame / ExpectNoFrame / CountFrames) over its registry;
 - FilterService (NetFilters on its NetClients, server.filter);
 - LinkService, so peers can dial its NetClients;
+- TraceService (server.trace) and its tracing flags (server.tracesetup);
 - gRPC server reflection and grpc.health.v1;
 - graceful shutdown within a bounded grace.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -46,6 +47,8 @@ from virtwire.server.metrics import (
     rpc_histogram,
 )
 from virtwire.server.registry import NetClientRegistry
+from virtwire.server.trace import TraceServicer
+from virtwire.server.tracesetup import TraceSetup
 from virtwire.v1 import (
     filter_pb2,
     filter_pb2_grpc,
@@ -53,6 +56,8 @@ from virtwire.v1 import (
     link_pb2_grpc,
     netclient_pb2,
     netclient_pb2_grpc,
+    trace_pb2,
+    trace_pb2_grpc,
 )
 
 logger = logging.getLogger(__name__)
@@ -233,16 +238,27 @@ def _matched(item: CapturedFrame) -> netclient_pb2.MatchedFrame:
 
 
 def inject(nc: NetClient, frame: bytes, repeat: int = 1) -> tuple[int, int]:
-    """Deliver ``frame`` to ``nc`` as if from its peer; (accepted, dropped)."""
+    """Deliver ``frame`` to ``nc`` as if from its peer; (accepted, dropped).
+
+    With a sampler armed on ``nc`` (ArmTrace, --trace-sample), the copies it
+    picks are traced, each the root of a trace with an ``inject`` span."""
     injector = _Injector(nc)
     queue = nc.incoming_queue
     before = nc.dropped_total
+    sampler = nc.sampler
+    if sampler is not None and sampler.idle:
+        sampler = None
+    attrs: dict[str, str | int] = {"netclient": nc.name}
     for _ in range(repeat):
+        if sampler is not None:
+            sent = sampler.sample((frame,), "inject", attrs)[0]
+        else:
+            sent = frame
         # As a frame from the peer would, it walks nc's rx filters first
         # (docs/filters.md); one they take is theirs to pass on or drop.
-        if nc.filters and filter_send(injector, nc, 0, frame):
+        if nc.filters and filter_send(injector, nc, 0, sent):
             continue
-        queue.send(injector, 0, frame, None)
+        queue.send(injector, 0, sent, None)
     dropped = nc.dropped_total - before
     return repeat - dropped, dropped
 
@@ -258,6 +274,20 @@ class LinkServicer(link_pb2_grpc.LinkServiceServicer):
         await self.registry.acceptor.serve(context)
 
 
+class HostRegistry(NetClientRegistry):
+    """A ServiceHost's registry: ``on_add`` sees each NetClient it takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_add: Callable[[NetClient], None] | None = None
+
+    def add(self, nc: NetClient) -> NetClient:
+        super().add(nc)
+        if self.on_add is not None:
+            self.on_add(nc)
+        return nc
+
+
 class ServiceHost:
     """A grpc.aio server with reflection, health and the common services.
 
@@ -270,7 +300,8 @@ class ServiceHost:
 
     def __init__(self, listen: str = "127.0.0.1:0") -> None:
         self.listen_addr: SockAddr = parse_sockaddr(listen)
-        self.registry = NetClientRegistry()
+        self.registry = HostRegistry()
+        self.registry.on_add = self._netclient_added
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state = ServerState.IDLE
@@ -287,6 +318,13 @@ class ServiceHost:
         self.metrics_lan = ""
         self.metrics_service = ""
         self.metrics: MetricsEndpoint | None = None
+        #: ``--trace-file/--trace-otlp/--trace-sample`` (None: this process's
+        #: tracing is left as it is; TraceService answers either way).
+        self.trace: TraceSetup | None = None
+
+    def _netclient_added(self, nc: NetClient) -> None:
+        if self.trace is not None and self.trace.started:
+            self.trace.arm(nc)
 
     @property
     def metrics_address(self) -> str:
@@ -316,14 +354,27 @@ class ServiceHost:
         return str(SockAddr(self.listen_addr.host, self.port))
 
     async def start(self) -> None:
-        # The --object filters go on the NetClients the subclass made (a bad one
-        # fails the start, before anything listens).
-        await self.filters.start()
+        # The exporters first: one that cannot be made fails the start.
+        if self.trace is not None:
+            self.trace.start()
+            for nc in self.registry.all():  # and those added later: _netclient_added
+                self.trace.arm(nc)
         try:
-            await self._listen()
+            # The --object filters go on the NetClients the subclass made (a bad
+            # one fails the start, before anything listens).
+            await self.filters.start()
+            try:
+                await self._listen()
+            except BaseException:
+                await self.filters.stop()
+                raise
         except BaseException:
-            await self.filters.stop()
+            self._stop_trace()
             raise
+
+    def _stop_trace(self) -> None:
+        if self.trace is not None:
+            self.trace.stop()
 
     async def _listen(self) -> None:
         # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
@@ -364,10 +415,12 @@ class ServiceHost:
             NetClientServicer(self.registry), server)
         link_pb2_grpc.add_LinkServiceServicer_to_server(LinkServicer(self.registry), server)
         filter_pb2_grpc.add_FilterServiceServicer_to_server(self.filter_servicer(), server)
+        trace_pb2_grpc.add_TraceServiceServicer_to_server(TraceServicer(self.registry), server)
         names = [
             netclient_pb2.DESCRIPTOR.services_by_name["NetClientService"].full_name,
             link_pb2.DESCRIPTOR.services_by_name["LinkService"].full_name,
             filter_pb2.DESCRIPTOR.services_by_name["FilterService"].full_name,
+            trace_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
             *self.add_servicers(server),
         ]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -409,6 +462,9 @@ class ServiceHost:
         if self.server is not None:
             remove_deferral(self._flush_defer)
         await self._stop_metrics()
+        # Last, so the spans of the last frames are flushed too (off the loop:
+        # an OTLP export may wait for its collector).
+        await asyncio.to_thread(self._stop_trace)
         self.state = ServerState.STOPPED
 
     async def close_backends(self) -> None:
