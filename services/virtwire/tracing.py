@@ -46,6 +46,7 @@ __all__ = [
     "Sampler",
     "TracedFrame",
     "add_span",
+    "begin",
     "configure",
     "context_of",
     "from_wire",
@@ -260,6 +261,18 @@ def add_span(name: str, parent: SpanContext | None, start_ns: int,
                              attributes=attributes)
     span.end(end_time=end_ns if end_ns is not None else now_ns())
     return span.get_span_context()
+
+
+def begin(name: str, parent: SpanContext | None, start_ns: int,
+          attributes: dict[str, str | int] | None = None) -> otel_trace.Span:
+    """Start span ``name`` now known by its context (``get_span_context()``),
+    for hops that hand the context on before they finish; end it with
+    ``span.end(end_time=ns)``."""
+    tracer = _tracing.get_tracer()
+    ctx = None
+    if parent is not None:
+        ctx = otel_trace.set_span_in_context(NonRecordingSpan(parent))
+    return tracer.start_span(name, context=ctx, start_time=start_ns, attributes=attributes)
 
 
 def context_of(frame: bytes) -> SpanContext | None:
