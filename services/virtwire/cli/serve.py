@@ -150,8 +150,9 @@ def _add_log_arguments(sp: argparse.ArgumentParser) -> None:
                          "line: ts, level, logger, service, kind, msg, netclient...; "
                          "docs/logs.md); an orchestrator passes its own to its services")
     sp.add_argument("--log-name", default="", metavar="NAME",
-                    help="the service field of JSON log lines (default: --metrics-service, "
-                         "else the kind)")
+                    help="the service field of JSON log lines and the service.name of its "
+                         "spans (default: --metrics-service, else the kind); an "
+                         "orchestrator gives each service its name")
 
 
 def _add_metrics_arguments(sp: argparse.ArgumentParser) -> None:

@@ -265,6 +265,7 @@ from virtwire.hw.eeprom import MicrowireEeprom, eeprom_image
 from virtwire.hw.timer import NS_PER_MS, Scheduler, SliceBudget, TimerHandle
 from virtwire.net.eth import format_mac
 from virtwire.net.net import NetClient
+from virtwire.tracing import TracedFrame, add_span, begin, now_ns
 
 logger = logging.getLogger(__name__)
 
@@ -553,6 +554,8 @@ class E1000(NetClient):
 
     kind = "nic"
     is_nic = True
+    #: Frames the guest transmits enter the LAN here (docs/tracing.md).
+    ingress_span = "e1000.transmit"
 
     def __init__(self, name: str, mac: bytes, dma: DmaMemory, *,
                  model: ModelName = "82540EM",
@@ -1687,6 +1690,8 @@ class E1000(NetClient):
         if not self.budget.active:
             self.budget.begin()
             self.scheduler.call_later(0, self.budget.end)
+        if type(data) is TracedFrame:
+            return self._receive_traced(data)
         owned = not self._engaged_in_io
         self._engaged_in_io = True
         try:
@@ -1698,6 +1703,45 @@ class E1000(NetClient):
                 self.dma.dma_flush()
             except DmaError:
                 self.dma_errors += 1
+        return ret
+
+    def _receive_traced(self, data: TracedFrame) -> int:
+        """``receive`` of a traced frame, with its spans (docs/tracing.md):
+        e1000.receive (the whole receive, descriptors written back and flushed),
+        and as its children dma.write (the frame's descriptor writes and the
+        DMA flush that commits them) and irq (the cause set: whether the line
+        rose, stayed up, or waits for the mitigation timer)."""
+        mac = self.mac_reg
+        start = now_ns()
+        rdh = mac[RDH]
+        irq_before = self.irq_level
+        span = begin("e1000.receive", data.ctx, start,
+                     {"netclient": self.name, "frame.len": len(data), "rx.desc": rdh})
+        ctx = span.get_span_context()
+        owned = not self._engaged_in_io
+        self._engaged_in_io = True
+        try:
+            ret = self._receive_iov(bytes(data))
+        finally:
+            if owned:
+                self._engaged_in_io = False
+            cause_ns = now_ns()
+            try:
+                self.dma.dma_flush()
+            except DmaError:
+                self.dma_errors += 1
+            end = now_ns()
+            if ret > 0:
+                descs = (mac[RDH] - rdh) % max(1, mac[RDLEN] // DESC_SIZE)
+                add_span("dma.write", ctx, start, end,
+                         {"netclient": self.name, "bytes": ret, "rx.descriptors": descs})
+                add_span("irq", ctx, cause_ns, cause_ns,
+                         {"netclient": self.name, "icr": mac[ICR],
+                          "raised": str(self.irq_level and not irq_before).lower(),
+                          "level": str(self.irq_level).lower(),
+                          "mitigated": str(self.mit_timer_on).lower()})
+            span.set_attribute("ret", ret)
+            span.end(end_time=now_ns())
         return ret
 
     def _receive_iov(self, data: bytes) -> int:

@@ -113,8 +113,10 @@ class ProcessRuntime:
         # Spawned from the event loop's thread: PDEATHSIG follows the thread
         # that forked, and this one lives as long as the orchestrator.
         tls_args = self.tls_args(name, self.host) if self.tls_args is not None else []
+        # --log-name names the service in JSON logs and in its spans (docs/tracing.md).
+        tls_args = [*tls_args, "--log-name", name]
         if log_format() != "text":  # the orchestrator's own --log-format
-            tls_args = [*tls_args, "--log-format", log_format(), "--log-name", name]
+            tls_args = [*tls_args, "--log-format", log_format()]
         proc = _spawn([*VIRTWIRE_CMD, "serve", kind, "--listen", listen, *args, *tls_args,
                        "--ready-file", str(ready)], log)
         self.procs[name] = proc
