@@ -42,6 +42,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from opentelemetry.trace import SpanContext
+
 from virtwire.errors import BackendError, ConfigError
 from virtwire.guest.mmio import InlineIrqPort, MmioPort
 from virtwire.hw.dma import DmaError, DmaMemory
@@ -116,6 +118,7 @@ from virtwire.hw.e1000_regs import (
     TX_DESC_UPPER_OFFSET,
 )
 from virtwire.net.eth import format_mac
+from virtwire.tracing import add_span, now_ns
 
 logger = logging.getLogger(__name__)
 
@@ -467,6 +470,10 @@ class E1000Driver:
         self._rx_ntc = 0
         self._rx_partial: bytearray | None = None
         self._rx_partial_bad = False
+        #: Tracing: the first descriptor of the frame being cleaned, and the
+        #: traced frames of this batch (irq context, seen ns, descriptor, index).
+        self._rx_first = 0
+        self._rx_traced: list[tuple[SpanContext, int, int, int]] = []
         self._tx_ntu = 0
         self._tx_ntc = 0
         #: For the first slot of each in-flight packet: its last slot; else -1.
@@ -851,6 +858,30 @@ class E1000Driver:
                 except Exception:
                     self.counters.handler_errors += 1
                     logger.exception("%s: receive handler failed", self.name)
+        if self._rx_traced:
+            self._end_rx_traces(frames)
+
+    # -- tracing (docs/tracing.md) -----------------------------------------------------------
+    def _match_trace(self, traces: dict[int, tuple[SpanContext, int]], index: int) -> None:
+        """The frame that began at descriptor ``_rx_first`` was cleaned (``index``
+        in this batch, -1 if dropped): take the trace its interrupt brought."""
+        hit = traces.pop(self._rx_first, None)
+        if hit is not None:
+            self._rx_traced.append((hit[0], hit[1], self._rx_first, index))
+
+    def _end_rx_traces(self, frames: list[bytes]) -> None:
+        """guest.rx for each traced frame of the batch just handed on: from the
+        guest learning of its interrupt to the frame delivered (or dropped)."""
+        traced, self._rx_traced = self._rx_traced, []
+        end = now_ns()
+        raised = self.mmio.irq.raised_ns
+        for ctx, seen, desc, index in traced:
+            attrs: dict[str, str | int] = {"netclient": self.name, "rx.desc": desc}
+            if 0 <= index < len(frames):
+                attrs["frame.len"] = len(frames[index])
+            else:
+                attrs["dropped"] = "true"
+            add_span("guest.rx", ctx, min(max(seen, raised), end), end, attrs)
 
     # -- receive -------------------------------------------------------------------------------
     def _clean_rx(self) -> list[bytes]:
@@ -866,6 +897,7 @@ class E1000Driver:
         frames: list[bytes] = []
         counters = self.counters
         fcs = self._fcs
+        traces = self.mmio.irq.traces  # traced frames' interrupts (mostly empty)
         # At most n - 1 descriptors can be done (the NIC never fills the RDT slot).
         while done < n - 1:
             chunk = min(n - c, RX_SCAN_CHUNK, n - 1 - done)
@@ -881,6 +913,8 @@ class E1000Driver:
                 errors = raw[off + RX_DESC_STATUS_OFFSET + 1]
                 data = mem.dma_read(lay.rx_bufs + (c + k) * bs, min(length, bs))
                 partial = self._rx_partial
+                if traces and partial is None:
+                    self._rx_first = c + k
                 if partial is not None:
                     if len(partial) + len(data) <= MAX_FRAME + fcs:
                         partial += data
@@ -900,6 +934,8 @@ class E1000Driver:
                     whole = data
                 bad, self._rx_partial_bad = self._rx_partial_bad, False
                 size = len(whole) - fcs
+                if traces:
+                    self._match_trace(traces, len(frames) if not bad and size > 0 else -1)
                 if bad or size <= 0:
                     counters.rx_dropped += 1
                     continue

@@ -16,31 +16,59 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import grpc
+from opentelemetry.trace import SpanContext
 
 from virtwire import tls
 from virtwire.errors import BackendError, VirtwireError
 from virtwire.rpc.options import GRPC_EOF, GRPC_OPTIONS
 from virtwire.rpc.status import translated
+from virtwire.tracing import now_ns
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 
+#: Traced frames' interrupts a driver may have waiting (RX descriptor -> irq
+#: context); more are dropped and counted in ``IrqLine.traces_dropped``.
+MAX_PENDING_TRACES = 256
+
+
 class IrqLine:
-    """A level-triggered interrupt line as the driver sees it (INTx)."""
+    """A level-triggered interrupt line as the driver sees it (INTx).
+
+    With it come the traces of traced frames (docs/tracing.md): ``traces``
+    maps a frame's first RX descriptor to (the context of its irq span, when
+    the guest learnt of it), for the driver to find as it cleans that
+    descriptor; the NIC's notification brings them before (or with) the level.
+    """
 
     def __init__(self) -> None:
         self.level = False
         self.changes = 0
         self._raised = asyncio.Event()
+        self.traces: dict[int, tuple[SpanContext, int]] = {}
+        #: When the line last rose while traces were waiting (tracing.now_ns).
+        self.raised_ns = 0
+        #: Traces refused at MAX_PENDING_TRACES.
+        self.traces_dropped = 0
 
     def set(self, level: bool) -> None:
         self.changes += 1
         self.level = level
         if level:
+            if self.traces:
+                self.raised_ns = now_ns()
             self._raised.set()
         else:
             self._raised.clear()
+
+    def add_trace(self, desc: int, ctx: SpanContext) -> None:
+        """A traced frame's interrupt: written back at RX descriptor ``desc``."""
+        traces = self.traces
+        if len(traces) >= MAX_PENDING_TRACES and desc not in traces:
+            self.traces_dropped += 1
+            return
+        traces[desc] = (ctx, now_ns())
 
     async def wait_high(self) -> None:
         """Return once the line is (or becomes) asserted."""
@@ -103,6 +131,8 @@ class LocalMmio:
 
     def attach(self, nic: LocalNic) -> None:
         self.nic = nic
+        if hasattr(nic, "rx_trace"):  # an E1000: its traced frames' interrupts
+            nic.rx_trace = self.irq.add_trace
 
     def _nic(self) -> LocalNic:
         if self.nic is None:

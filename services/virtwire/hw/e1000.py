@@ -45,6 +45,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from opentelemetry.trace import Span, SpanContext
+
 from virtwire.errors import ConfigError
 from virtwire.hw.dma import DmaError, DmaMemory
 from virtwire.hw.e1000_regs import (
@@ -281,6 +283,9 @@ RX_FLUSH_DELAY_MS = 1000
 #: 1 + 1 per KiB, a descriptor 1, DMA 1 per KiB). Generous, so that what any
 #: sane driver (and the QEMU-compared programs) does in one write completes
 #: inside it; under a real clock ``SLICE_NS`` ends a slice first.
+#: irq spans of traced frames kept open while mitigation defers their interrupt;
+#: past this many, one ends at once (the trace stays whole, the delay unseen).
+MAX_OPEN_IRQ_SPANS = 256
 WORK_BUDGET_UNITS = 8192
 #: ... and at most this long on the scheduler's clock (a unit overshoots it by
 #: well under a millisecond with shared-memory DMA).
@@ -626,6 +631,11 @@ class E1000(NetClient):
         self._in_loopback = False
         #: Set during a purging flush: frames are not left queued at the budget.
         self._rx_no_defer = False
+        #: ``rx_trace(desc, irq_ctx)``: told of each traced frame written back
+        #: (its first RX descriptor, its irq span's context) before the line changes.
+        self.rx_trace: Callable[[int, SpanContext], None] | None = None
+        #: irq spans of traced frames whose interrupt the mitigation timer defers.
+        self._irq_spans: list[Span] = []
         self._readops, self._writeops = self._build_ops()
         self.reset()
 
@@ -641,6 +651,8 @@ class E1000(NetClient):
     def reset(self) -> None:
         """PCI function reset (QEMU's e1000_reset_hold plus the PCI core's part)."""
         self.cleanup()
+        if self._irq_spans:
+            self._end_irq_spans(False)
         self.mit_timer_on = False
         self.mit_irq_level = False
         self.mit_ide = 0
@@ -804,6 +816,8 @@ class E1000(NetClient):
         if level != self.irq_level:  # _pci_set_irq
             self.irq_level = level
             self._set_irq(level)
+        if self._irq_spans and level:
+            self._end_irq_spans(True)
 
     def set_ics(self, val: int) -> None:
         """set_ics: OR causes into ICR."""
@@ -1708,9 +1722,14 @@ class E1000(NetClient):
     def _receive_traced(self, data: TracedFrame) -> int:
         """``receive`` of a traced frame, with its spans (docs/tracing.md):
         e1000.receive (the whole receive, descriptors written back and flushed),
-        and as its children dma.write (the frame's descriptor writes and the
-        DMA flush that commits them) and irq (the cause set: whether the line
-        rose, stayed up, or waits for the mitigation timer)."""
+        and as its children dma.write (the frame's data and descriptor DMA and
+        the flush that commits it) and irq (the cause set, until the line is up:
+        at once when it rises or is already high, ``raised`` telling which; at
+        the mitigation timer when that defers it).
+
+        ``rx_trace(desc, irq_ctx)`` learns the frame's first RX descriptor and
+        the irq span's context before the line changes, so that whatever tells
+        the guest of the interrupt can carry the trace with it."""
         mac = self.mac_reg
         start = now_ns()
         rdh = mac[RDH]
@@ -1718,11 +1737,16 @@ class E1000(NetClient):
         span = begin("e1000.receive", data.ctx, start,
                      {"netclient": self.name, "frame.len": len(data), "rx.desc": rdh})
         ctx = span.get_span_context()
+        levels: list[bool] = []
+        set_irq = self._set_irq
+        self._set_irq = levels.append  # held back until the trace is reported
         owned = not self._engaged_in_io
         self._engaged_in_io = True
+        ret = -1
         try:
             ret = self._receive_iov(bytes(data))
         finally:
+            self._set_irq = set_irq
             if owned:
                 self._engaged_in_io = False
             cause_ns = now_ns()
@@ -1731,18 +1755,47 @@ class E1000(NetClient):
             except DmaError:
                 self.dma_errors += 1
             end = now_ns()
-            if ret > 0:
-                descs = (mac[RDH] - rdh) % max(1, mac[RDLEN] // DESC_SIZE)
-                add_span("dma.write", ctx, start, end,
-                         {"netclient": self.name, "bytes": ret, "rx.descriptors": descs})
-                add_span("irq", ctx, cause_ns, cause_ns,
-                         {"netclient": self.name, "icr": mac[ICR],
-                          "raised": str(self.irq_level and not irq_before).lower(),
-                          "level": str(self.irq_level).lower(),
-                          "mitigated": str(self.mit_timer_on).lower()})
-            span.set_attribute("ret", ret)
-            span.end(end_time=now_ns())
+            try:
+                if ret > 0 and mac[RDH] != rdh:
+                    self._trace_rx_done(ctx, rdh, ret, start, cause_ns, end, irq_before)
+            finally:
+                for level in levels:
+                    set_irq(level)
+                span.set_attribute("ret", ret)
+                span.end(end_time=now_ns())
         return ret
+
+    def _trace_rx_done(self, ctx: SpanContext, rdh: int, size: int, start: int,
+                       cause_ns: int, end: int, irq_before: bool) -> None:
+        """dma.write and irq for a traced frame written back at descriptor ``rdh``."""
+        mac = self.mac_reg
+        descs = (mac[RDH] - rdh) % max(1, mac[RDLEN] // DESC_SIZE)
+        add_span("dma.write", ctx, start, end,
+                 {"netclient": self.name, "bytes": size, "rx.descriptors": descs,
+                  "path": getattr(self.dma, "path", "local")})
+        pending = mac[IMS] & mac[ICR]
+        deferred = bool(pending) and not self.irq_level and self.mit_timer_on
+        irq = begin("irq", ctx, cause_ns, {"netclient": self.name, "icr": mac[ICR],
+                                           "rx.desc": rdh})
+        if deferred and len(self._irq_spans) < MAX_OPEN_IRQ_SPANS:
+            irq.set_attribute("mitigated", "true")
+            self._irq_spans.append(irq)  # ends when the mitigation timer raises the line
+        else:
+            irq.set_attribute("raised", str(self.irq_level and not irq_before).lower())
+            irq.set_attribute("level", str(self.irq_level).lower())
+            irq.end(end_time=now_ns())
+        sink = self.rx_trace
+        if sink is not None:
+            sink(rdh, irq.get_span_context())
+
+    def _end_irq_spans(self, raised: bool) -> None:
+        """The line rose (or the device reset): end the irq spans it deferred."""
+        spans, self._irq_spans = self._irq_spans, []
+        t = now_ns()
+        for irq in spans:
+            irq.set_attribute("raised", str(raised).lower())
+            irq.set_attribute("level", str(self.irq_level).lower())
+            irq.end(end_time=t)
 
     def _receive_iov(self, data: bytes) -> int:
         mac = self.mac_reg
