@@ -5,10 +5,10 @@ hub -> stream backend through virtwire, as bench/filterbench.py, at 64 and
 - ``off`` and ``off-again``: no ``--trace-sample`` (the baseline, twice: the
   gap between the two is this run's noise, against which "unmeasurable" is
   judged);
-- ``1/1000``: ``--trace-sample 1/1000``: one frame in 1000 traced at random,
+- ``1-in-1000``: ``--trace-sample 1/1000``: one frame in 1000 traced at random,
   each leaving spans tap.read and link.send in the tap, hub.forward and
   link.send in the hub, and link.send's peer (the receiving tap) handing it on;
-- ``1/100``: the same, ten times as often;
+- ``1-in-100``: the same, ten times as often;
 - ``every``: ``--trace-sample 1/1``, every frame traced: what one traced
   frame costs, per frame (not a mode to run a LAN in).
 
@@ -31,8 +31,8 @@ BASELINE = "off"
 #: (variant, the --trace-sample value for the sending tap; "" for none).
 VARIANTS: tuple[tuple[str, str], ...] = (
     ("off", ""),
-    ("1/1000", "1/1000"),
-    ("1/100", "1/100"),
+    ("1-in-1000", "1/1000"),
+    ("1-in-100", "1/100"),
     ("every", "1/1"),
     ("off-again", ""),
 )
@@ -67,7 +67,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(table(runs, BASELINE, "trace sampling on the sending tap"))
     for size in ("64", "1514"):
         noise = noise_pct(figs, size)
-        rate = figs.get("1/1000", {}).get(size, {}).get("cpu_delta_pct")
+        rate = figs.get("1-in-1000", {}).get(size, {}).get("cpu_delta_pct")
         if noise is not None and rate is not None:
             print(f"\n{size} B: 1/1000 costs {rate:+.1f}% CPU per frame; off-again vs off "
                   f"{noise:+.1f}% (noise)")

@@ -144,32 +144,39 @@ class FinishedSpan:
 
 
 class RecentSpans(SpanProcessor):
-    """The latest MAX_RECENT_SPANS finished spans, numbered from 1 (``seq``)."""
+    """The latest MAX_RECENT_SPANS finished spans, numbered from 1 (``seq``).
+
+    A span is kept as the SDK made it and turned into a FinishedSpan only when
+    read, so ending a span costs the data path one append."""
 
     def __init__(self, maxlen: int = MAX_RECENT_SPANS) -> None:
-        self._spans: collections.deque[FinishedSpan] = collections.deque(maxlen=maxlen)
+        self._spans: collections.deque[tuple[int, ReadableSpan]] = collections.deque(
+            maxlen=maxlen)
         self._lock = threading.Lock()
         self.seq = 0
         #: Spans pushed out of the ring before anyone read past them.
         self.dropped = 0
 
     def on_end(self, span: ReadableSpan) -> None:
-        ctx = span.context
-        if ctx is None:
-            return
-        parent = span.parent
-        resource = span.resource.attributes if span.resource is not None else {}
-        attrs = {k: str(v) for k, v in (span.attributes or {}).items()}
         with self._lock:
             self.seq += 1
             if len(self._spans) == self._spans.maxlen:
                 self.dropped += 1
-            self._spans.append(FinishedSpan(
-                seq=self.seq, trace_id=ctx.trace_id, span_id=ctx.span_id,
-                parent_span_id=parent.span_id if parent is not None else 0,
-                name=span.name, service=str(resource.get("service.name", "")),
-                start_ns=span.start_time or 0, end_ns=span.end_time or 0,
-                attributes=attrs))
+            self._spans.append((self.seq, span))
+
+    @staticmethod
+    def _finished(seq: int, span: ReadableSpan) -> FinishedSpan | None:
+        ctx = span.context
+        if ctx is None:
+            return None
+        parent = span.parent
+        resource = span.resource.attributes if span.resource is not None else {}
+        return FinishedSpan(
+            seq=seq, trace_id=ctx.trace_id, span_id=ctx.span_id,
+            parent_span_id=parent.span_id if parent is not None else 0,
+            name=span.name, service=str(resource.get("service.name", "")),
+            start_ns=span.start_time or 0, end_ns=span.end_time or 0,
+            attributes={k: str(v) for k, v in (span.attributes or {}).items()})
 
     def after(self, seq: int, limit: int, trace_ids: frozenset[int] = frozenset()
               ) -> list[FinishedSpan]:
@@ -178,10 +185,17 @@ class RecentSpans(SpanProcessor):
         with self._lock:
             spans = list(self._spans)
         out: list[FinishedSpan] = []
-        for span in spans:
-            if span.seq <= seq or (trace_ids and span.trace_id not in trace_ids):
+        for n, span in spans:
+            if n <= seq:
                 continue
-            out.append(span)
+            if trace_ids:
+                ctx = span.context
+                if ctx is None or ctx.trace_id not in trace_ids:
+                    continue
+            done = self._finished(n, span)
+            if done is None:
+                continue
+            out.append(done)
             if len(out) >= limit:
                 break
         return out
