@@ -9,13 +9,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import grpc
 from opentelemetry.trace import SpanContext, TraceFlags
 from test_guest import MAC_A, MAC_B, Rig, frame_to, make_rig, plug
 
 from virtwire import tracing
-from virtwire.guest.mmio import MAX_PENDING_TRACES, IrqLine
+from virtwire.guest.driver import E1000Driver
+from virtwire.guest.mmio import MAX_PENDING_TRACES, GrpcMmio, IrqLine
 from virtwire.hw import e1000_regs as r
+from virtwire.mem.client import GuestMemClient
+from virtwire.net.eth import format_mac
+from virtwire.server.e1000 import MAX_PENDING_RX_TRACES, E1000Server, IrqWatch
+from virtwire.server.guestmem import GuestMemServer
 from virtwire.tracing import FinishedSpan, TracedFrame
+from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 from support.doubles import Sink, until
 
@@ -46,7 +53,7 @@ async def rig_up(**kw: float) -> AsyncIterator[tuple[Rig, Sink]]:
 
 
 def check_chain(spans: list[FinishedSpan], root: SpanContext, frame: bytes,
-                raised: str | None = None) -> None:
+                raised: str | None = None, nic: str = "nic") -> None:
     named = by_name(spans)
     assert sorted(named) == ["dma.write", "e1000.receive", "guest.rx", "irq"], named
     (rx,), (dma,), (irq,), (grx,) = (named[n] for n in
@@ -55,7 +62,7 @@ def check_chain(spans: list[FinishedSpan], root: SpanContext, frame: bytes,
     assert rx.parent_span_id == root.span_id
     assert dma.parent_span_id == rx.span_id and irq.parent_span_id == rx.span_id
     assert grx.parent_span_id == irq.span_id
-    assert rx.attributes["netclient"] == "nic"
+    assert rx.attributes["netclient"] == nic
     assert rx.attributes["frame.len"] == str(len(frame))
     desc = rx.attributes["rx.desc"]
     assert irq.attributes["rx.desc"] == desc and grx.attributes["rx.desc"] == desc
@@ -138,3 +145,76 @@ async def test_filtered_frame_makes_no_dma_or_irq_span() -> None:
         assert sorted(named) == ["e1000.receive"]
         assert rig.nic.drops.rx_filtered == 1
         assert rig.port.irq.traces == {}
+
+
+# -- across services: the e1000 service's WatchIrq stream ---------------------------------
+@contextlib.asynccontextmanager
+async def grpc_rig() -> AsyncIterator[tuple[E1000Server, E1000Driver, list[bytes], Sink]]:
+    mem = GuestMemServer("127.0.0.1:0", 4 << 20)
+    await mem.start()
+    nic = E1000Server("127.0.0.1:0", guestmem=mem.address, mac=format_mac(MAC_A))
+    await nic.start()
+    port = GrpcMmio(nic.address)
+    await port.connect()
+    gmem = await GuestMemClient.connect(mem.address)
+    driver = E1000Driver(port, gmem)
+    received: list[bytes] = []
+    driver.rx_handlers.append(received.extend)
+    peer = Sink("peer")
+    plug(nic.device(), peer)
+    await driver.up()
+    try:
+        yield nic, driver, received, peer
+    finally:
+        await driver.down()
+        await port.close()
+        await gmem.close()
+        await nic.stop(grace=0.1)
+        await mem.stop(grace=0.1)
+
+
+async def test_watch_irq_carries_traces_to_a_grpc_guest() -> None:
+    async with grpc_rig() as (_nic, driver, received, peer):
+        seq = tracing.recent().seq
+        frames = [frame_to(MAC_A, i, 100 + i) for i in range(3)]
+        peer.send_packet(frames[0])
+        peer.send_packet(TracedFrame(frames[1], ROOT))
+        peer.send_packet(frames[2])
+        await until(lambda: len(received) == 3, what="three frames")
+        await until(lambda: "guest.rx" in by_name(spans_since(seq)), what="guest.rx")
+        assert received == frames
+        check_chain(spans_since(seq), ROOT, frames[1], nic="e1000")
+        # The line may already be high: a second traced frame still gets its guest.rx.
+        seq = tracing.recent().seq
+        root2 = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1))
+        peer.send_packet(TracedFrame(frames[0], root2))
+        await until(lambda: "guest.rx" in by_name(spans_since(seq)), what="guest.rx")
+        check_chain(spans_since(seq), root2, frames[0], nic="e1000")
+        assert driver.mmio.irq.traces_dropped == 0
+
+
+async def test_irq_traces_a_watcher_has_no_room_for_are_counted() -> None:
+    async with grpc_rig() as (nic, _driver, _received, _peer):
+        watch = IrqWatch()
+        nic._irq_watchers.append(watch)  # a watcher that never reads
+        try:
+            for i in range(MAX_PENDING_RX_TRACES + 5):
+                nic._on_rx_trace(i % 64, ROOT)
+            assert len(watch.traces) == MAX_PENDING_RX_TRACES
+            # Each watcher (ours, and the driver's, which had no turn to read) drops 5.
+            assert nic.irq_traces_dropped == 5 * len(nic._irq_watchers) == 10
+            async with grpc.aio.insecure_channel(nic.address) as channel:
+                stub = e1000_pb2_grpc.E1000ServiceStub(channel)
+                stats = await stub.GetStats(e1000_pb2.GetStatsRequest())
+            assert stats.drops["irq_traces_dropped"] == 10
+        finally:
+            nic._irq_watchers.remove(watch)
+
+
+def test_malformed_wire_trace_is_refused_and_counted() -> None:
+    line = IrqLine()
+    line.add_wire_trace(3, b"\x00" * 25)
+    line.add_wire_trace(4, b"short")
+    assert line.traces == {} and line.traces_refused == 2
+    line.add_wire_trace(5, tracing.to_wire(ROOT))
+    assert line.traces[5][0].span_id == ROOT.span_id

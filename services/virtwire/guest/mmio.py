@@ -19,10 +19,10 @@ import grpc
 from opentelemetry.trace import SpanContext
 
 from virtwire import tls
-from virtwire.errors import BackendError, VirtwireError
+from virtwire.errors import BackendError, ConfigError, VirtwireError
 from virtwire.rpc.options import GRPC_EOF, GRPC_OPTIONS
 from virtwire.rpc.status import translated
-from virtwire.tracing import now_ns
+from virtwire.tracing import from_wire, now_ns
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ class IrqLine:
         self.traces: dict[int, tuple[SpanContext, int]] = {}
         #: When the line last rose while traces were waiting (tracing.now_ns).
         self.raised_ns = 0
-        #: Traces refused at MAX_PENDING_TRACES.
+        #: Traces refused at MAX_PENDING_TRACES, and for a malformed context.
         self.traces_dropped = 0
+        self.traces_refused = 0
 
     def set(self, level: bool) -> None:
         self.changes += 1
@@ -69,6 +70,16 @@ class IrqLine:
             self.traces_dropped += 1
             return
         traces[desc] = (ctx, now_ns())
+
+    def add_wire_trace(self, desc: int, context: bytes) -> None:
+        """``add_trace`` from a notification: a malformed context is counted in
+        ``traces_refused`` and ignored (the frame is still received)."""
+        try:
+            ctx = from_wire(context)
+        except ConfigError:
+            self.traces_refused += 1
+            return
+        self.add_trace(desc, ctx)
 
     async def wait_high(self) -> None:
         """Return once the line is (or becomes) asserted."""
@@ -296,7 +307,13 @@ class GrpcMmio:
             e1000_pb2.WatchIrqRequest, e1000_pb2.WatchIrqResponse]) -> None:
         with contextlib.suppress(VirtwireError), translated():
             async for change in call:
-                self.irq.set(change.level)
+                irq = self.irq
+                if change.traces:
+                    for trace in change.traces:
+                        irq.add_wire_trace(trace.rx_desc, trace.context)
+                    if change.level == irq.level:
+                        continue  # traces for an interrupt already told
+                irq.set(change.level)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+from opentelemetry.trace import SpanContext
 
 from virtwire.address import parse_peer, parse_sockaddr
 from virtwire.errors import ConfigError, LimitError, OutOfRangeError
@@ -37,6 +38,7 @@ from virtwire.net.eth import format_mac, parse_mac
 from virtwire.server.base import ServiceHost
 from virtwire.server.link import boot_id
 from virtwire.server.metrics import MetricSet, Snapshot, mem_metrics
+from virtwire.tracing import to_wire
 from virtwire.v1 import e1000_pb2, e1000_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ ACCESS_SLICE = 512
 #: What a read of BAR0 returns while memory decode is off (a master abort).
 MASTER_ABORT = 0xFFFFFFFF
 IRQ_QUEUE_LEN = 1024
+#: Traced frames' interrupts waiting for one IRQ watcher (WatchIrq stream or
+#: same-host session); more are dropped and counted (irq_traces_dropped).
+MAX_PENDING_RX_TRACES = 256
 #: Same-host MMIO sessions one NIC serves at once (a driver needs one).
 MAX_MMIO_SESSIONS = 8
 #: An offer not taken within this long is withdrawn.
@@ -67,6 +72,22 @@ def check_offset(offset: int) -> None:
 #: 64-bit octet counters hw_stats() joins from their halves (the halves are left out).
 _OCTET_REGISTERS = frozenset({"GORC", "GOTC", "TOR", "TOT"})
 _OCTET_HALVES = frozenset({f"{r}{h}" for r in _OCTET_REGISTERS for h in "LH"})
+
+
+class IrqWatch:
+    """One IRQ watcher's messages: (level, seq) in order (the oldest dropped when
+    full: the seq shows the gap), and the traces the next one carries."""
+
+    __slots__ = ("queue", "traces")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[bool, int]] = asyncio.Queue(IRQ_QUEUE_LEN)
+        self.traces: list[tuple[int, bytes]] = []
+
+    def put(self, level: bool, seq: int) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait((level, seq))
 
 
 class E1000Server(ServiceHost):
@@ -102,8 +123,12 @@ class E1000Server(ServiceHost):
         self.irq_seq = 0
         #: Rising edges of the interrupt line (interrupts delivered to the guest).
         self.irq_raised = 0
-        self._irq_watchers: list[asyncio.Queue[tuple[bool, int]]] = []
+        self._irq_watchers: list[IrqWatch] = []
         self._irq_sinks: list[Callable[[bool, int], None]] = []
+        #: Same-host sessions' trace sinks: ``sink(rx_desc, context wire bytes)``.
+        self._trace_sinks: list[Callable[[int, bytes], None]] = []
+        #: Traced frames' interrupts no watcher had room for (GetStats drops).
+        self.irq_traces_dropped = 0
         #: The same-host MMIO socket (made on the first offer) and its sessions.
         self.mmio_listener: fastpath.FastPathListener | None = None
         self.mmio_sessions: set[UnixMmioDevice] = set()
@@ -125,6 +150,7 @@ class E1000Server(ServiceHost):
                              model=self.model,  # type: ignore[arg-type]
                              set_irq=self._on_irq, scheduler=AsyncioScheduler(),
                              compat=self.compat)  # type: ignore[arg-type]
+            self.nic.rx_trace = self._on_rx_trace
             self.registry.add(self.nic)
             if self.peer:
                 self.registry.connect(self.nic, self.peer)
@@ -206,20 +232,42 @@ class E1000Server(ServiceHost):
         self.irq_raised += level
         for sink in self._irq_sinks:
             sink(level, self.irq_seq)
-        for queue in self._irq_watchers:
-            if queue.full():
-                queue.get_nowait()  # the newest level matters; the seq shows the gap
-            queue.put_nowait((level, self.irq_seq))
+        for watch in self._irq_watchers:
+            watch.put(level, self.irq_seq)
 
-    async def watch_irq(self) -> AsyncIterator[tuple[bool, int]]:
-        queue: asyncio.Queue[tuple[bool, int]] = asyncio.Queue(IRQ_QUEUE_LEN)
-        queue.put_nowait((self.device().irq_level, self.irq_seq))
-        self._irq_watchers.append(queue)
+    def _on_rx_trace(self, desc: int, ctx: SpanContext) -> None:
+        """A traced frame's interrupt (before the line changes): to every watcher,
+        with the next message (one with the same level if the line stays)."""
+        wire = to_wire(ctx)
+        level = self.device().irq_level
+        for watch in self._irq_watchers:
+            if len(watch.traces) >= MAX_PENDING_RX_TRACES:
+                self.irq_traces_dropped += 1
+                continue
+            watch.traces.append((desc, wire))
+            if watch.queue.empty():
+                watch.put(level, self.irq_seq)
+        for sink in self._trace_sinks:
+            sink(desc, wire)
+
+    async def watch_irq(self) -> AsyncIterator[tuple[bool, int, list[tuple[int, bytes]]]]:
+        """(level, seq, traces) now and on every change or traced frame."""
+        watch = IrqWatch()
+        watch.put(self.device().irq_level, self.irq_seq)
+        self._irq_watchers.append(watch)
         try:
             while True:
-                yield await queue.get()
+                level, seq = await watch.queue.get()
+                traces, watch.traces = watch.traces, []
+                yield level, seq, traces
         finally:
-            self._irq_watchers.remove(queue)
+            self._irq_watchers.remove(watch)
+
+    def watch_rx_traces(self, sink: Callable[[int, bytes], None]) -> Callable[[], None]:
+        """``sink(rx_desc, context)`` for each traced frame, before its level; the
+        unwatch (a same-host session, which caps what it holds itself)."""
+        self._trace_sinks.append(sink)
+        return lambda: self._trace_sinks.remove(sink)
 
     def watch_irq_level(self, sink: Callable[[bool, int], None]) -> Callable[[], None]:
         """``sink(level, seq)`` now and on every change, in the NIC's call; the unwatch."""
@@ -391,8 +439,10 @@ class E1000Servicer(e1000_pb2_grpc.E1000ServiceServicer):
     async def WatchIrq(self, request: e1000_pb2.WatchIrqRequest,
                        context: grpc.aio.ServicerContext[Any, Any]
                        ) -> AsyncIterator[e1000_pb2.WatchIrqResponse]:
-        async for level, seq in self.host.watch_irq():
-            yield e1000_pb2.WatchIrqResponse(level=level, seq=seq)
+        async for level, seq, traces in self.host.watch_irq():
+            yield e1000_pb2.WatchIrqResponse(
+                level=level, seq=seq,
+                traces=[e1000_pb2.RxTrace(rx_desc=d, context=c) for d, c in traces])
 
     async def OfferMmioSocket(self, request: e1000_pb2.OfferMmioSocketRequest,
                               context: grpc.aio.ServicerContext[Any, Any]
@@ -405,7 +455,8 @@ class E1000Servicer(e1000_pb2_grpc.E1000ServiceServicer):
                        ) -> e1000_pb2.GetStatsResponse:
         nic = self.host.device()
         return e1000_pb2.GetStatsResponse(
-            registers=nic.hw_stats(), drops=nic.drop_counters(),
+            registers=nic.hw_stats(),
+            drops={**nic.drop_counters(), "irq_traces_dropped": self.host.irq_traces_dropped},
             deferred=nic.deferred_counters(), mmio_socket=self.host.mmio_counters(),
             link_up=bool(nic.mac_reg[STATUS] & E1000_STATUS_LU),
             irq_level=nic.irq_level)

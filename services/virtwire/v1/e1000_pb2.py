@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17virtwire/v1/e1000.proto\x12\x0bvirtwire.v1\">\n\x0eRegisterAccess\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12\r\n\x05write\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\r\"%\n\x13ReadRegisterRequest\x12\x0e\n\x06offset\x18\x01 \x01(\r\"%\n\x14ReadRegisterResponse\x12\r\n\x05value\x18\x01 \x01(\r\"5\n\x14WriteRegisterRequest\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\r\"\x17\n\x15WriteRegisterResponse\"G\n\x16\x41\x63\x63\x65ssRegistersRequest\x12-\n\x08\x61\x63\x63\x65sses\x18\x01 \x03(\x0b\x32\x1b.virtwire.v1.RegisterAccess\")\n\x17\x41\x63\x63\x65ssRegistersResponse\x12\x0e\n\x06values\x18\x01 \x03(\r\"W\n\x0bMmioRequest\x12-\n\x08\x61\x63\x63\x65sses\x18\x01 \x03(\x0b\x32\x1b.virtwire.v1.RegisterAccess\x12\x0c\n\x04sync\x18\x02 \x01(\x08\x12\x0b\n\x03tag\x18\x03 \x01(\x04\"+\n\x0cMmioResponse\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x0e\n\x06values\x18\x02 \x03(\r\":\n\x14SetPciCommandRequest\x12\x12\n\nbus_master\x18\x01 \x01(\x08\x12\x0e\n\x06memory\x18\x02 \x01(\x08\"\x17\n\x15SetPciCommandResponse\"\x11\n\x0fWatchIrqRequest\".\n\x10WatchIrqResponse\x12\r\n\x05level\x18\x01 \x01(\x08\x12\x0b\n\x03seq\x18\x02 \x01(\x04\")\n\x16OfferMmioSocketRequest\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\"H\n\x17OfferMmioSocketResponse\x12\x0e\n\x06socket\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xf7\x03\n\x10GetStatsResponse\x12?\n\tregisters\x18\x01 \x03(\x0b\x32,.virtwire.v1.GetStatsResponse.RegistersEntry\x12\x37\n\x05\x64rops\x18\x02 \x03(\x0b\x32(.virtwire.v1.GetStatsResponse.DropsEntry\x12\x0f\n\x07link_up\x18\x03 \x01(\x08\x12\x11\n\tirq_level\x18\x04 \x01(\x08\x12=\n\x08\x64\x65\x66\x65rred\x18\x05 \x03(\x0b\x32+.virtwire.v1.GetStatsResponse.DeferredEntry\x12\x42\n\x0bmmio_socket\x18\x06 \x03(\x0b\x32-.virtwire.v1.GetStatsResponse.MmioSocketEntry\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rDeferredEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x31\n\x0fMmioSocketEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x17\n\x15\x44\x65scribeDeviceRequest\"~\n\x16\x44\x65scribeDeviceResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\r\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x10\n\x08guestmem\x18\x04 \x01(\t\x12\x10\n\x08\x64ma_path\x18\x05 \x01(\t\x12\x11\n\tnetclient\x18\x06 \x01(\t\"\x14\n\x12ResetDeviceRequest\"\x15\n\x13ResetDeviceResponse2\xd1\x06\n\x0c\x45\x31\x30\x30\x30Service\x12S\n\x0cReadRegister\x12 .virtwire.v1.ReadRegisterRequest\x1a!.virtwire.v1.ReadRegisterResponse\x12V\n\rWriteRegister\x12!.virtwire.v1.WriteRegisterRequest\x1a\".virtwire.v1.WriteRegisterResponse\x12\\\n\x0f\x41\x63\x63\x65ssRegisters\x12#.virtwire.v1.AccessRegistersRequest\x1a$.virtwire.v1.AccessRegistersResponse\x12?\n\x04Mmio\x12\x18.virtwire.v1.MmioRequest\x1a\x19.virtwire.v1.MmioResponse(\x01\x30\x01\x12V\n\rSetPciCommand\x12!.virtwire.v1.SetPciCommandRequest\x1a\".virtwire.v1.SetPciCommandResponse\x12I\n\x08WatchIrq\x12\x1c.virtwire.v1.WatchIrqRequest\x1a\x1d.virtwire.v1.WatchIrqResponse0\x01\x12\\\n\x0fOfferMmioSocket\x12#.virtwire.v1.OfferMmioSocketRequest\x1a$.virtwire.v1.OfferMmioSocketResponse\x12G\n\x08GetStats\x12\x1c.virtwire.v1.GetStatsRequest\x1a\x1d.virtwire.v1.GetStatsResponse\x12Y\n\x0e\x44\x65scribeDevice\x12\".virtwire.v1.DescribeDeviceRequest\x1a#.virtwire.v1.DescribeDeviceResponse\x12P\n\x0bResetDevice\x12\x1f.virtwire.v1.ResetDeviceRequest\x1a .virtwire.v1.ResetDeviceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17virtwire/v1/e1000.proto\x12\x0bvirtwire.v1\">\n\x0eRegisterAccess\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12\r\n\x05write\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\r\"%\n\x13ReadRegisterRequest\x12\x0e\n\x06offset\x18\x01 \x01(\r\"%\n\x14ReadRegisterResponse\x12\r\n\x05value\x18\x01 \x01(\r\"5\n\x14WriteRegisterRequest\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\r\"\x17\n\x15WriteRegisterResponse\"G\n\x16\x41\x63\x63\x65ssRegistersRequest\x12-\n\x08\x61\x63\x63\x65sses\x18\x01 \x03(\x0b\x32\x1b.virtwire.v1.RegisterAccess\")\n\x17\x41\x63\x63\x65ssRegistersResponse\x12\x0e\n\x06values\x18\x01 \x03(\r\"W\n\x0bMmioRequest\x12-\n\x08\x61\x63\x63\x65sses\x18\x01 \x03(\x0b\x32\x1b.virtwire.v1.RegisterAccess\x12\x0c\n\x04sync\x18\x02 \x01(\x08\x12\x0b\n\x03tag\x18\x03 \x01(\x04\"+\n\x0cMmioResponse\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x0e\n\x06values\x18\x02 \x03(\r\":\n\x14SetPciCommandRequest\x12\x12\n\nbus_master\x18\x01 \x01(\x08\x12\x0e\n\x06memory\x18\x02 \x01(\x08\"\x17\n\x15SetPciCommandResponse\"\x11\n\x0fWatchIrqRequest\"+\n\x07RxTrace\x12\x0f\n\x07rx_desc\x18\x01 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\"T\n\x10WatchIrqResponse\x12\r\n\x05level\x18\x01 \x01(\x08\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12$\n\x06traces\x18\x03 \x03(\x0b\x32\x14.virtwire.v1.RxTrace\")\n\x16OfferMmioSocketRequest\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\"H\n\x17OfferMmioSocketResponse\x12\x0e\n\x06socket\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xf7\x03\n\x10GetStatsResponse\x12?\n\tregisters\x18\x01 \x03(\x0b\x32,.virtwire.v1.GetStatsResponse.RegistersEntry\x12\x37\n\x05\x64rops\x18\x02 \x03(\x0b\x32(.virtwire.v1.GetStatsResponse.DropsEntry\x12\x0f\n\x07link_up\x18\x03 \x01(\x08\x12\x11\n\tirq_level\x18\x04 \x01(\x08\x12=\n\x08\x64\x65\x66\x65rred\x18\x05 \x03(\x0b\x32+.virtwire.v1.GetStatsResponse.DeferredEntry\x12\x42\n\x0bmmio_socket\x18\x06 \x03(\x0b\x32-.virtwire.v1.GetStatsResponse.MmioSocketEntry\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rDeferredEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x31\n\x0fMmioSocketEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x17\n\x15\x44\x65scribeDeviceRequest\"~\n\x16\x44\x65scribeDeviceResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\r\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x10\n\x08guestmem\x18\x04 \x01(\t\x12\x10\n\x08\x64ma_path\x18\x05 \x01(\t\x12\x11\n\tnetclient\x18\x06 \x01(\t\"\x14\n\x12ResetDeviceRequest\"\x15\n\x13ResetDeviceResponse2\xd1\x06\n\x0c\x45\x31\x30\x30\x30Service\x12S\n\x0cReadRegister\x12 .virtwire.v1.ReadRegisterRequest\x1a!.virtwire.v1.ReadRegisterResponse\x12V\n\rWriteRegister\x12!.virtwire.v1.WriteRegisterRequest\x1a\".virtwire.v1.WriteRegisterResponse\x12\\\n\x0f\x41\x63\x63\x65ssRegisters\x12#.virtwire.v1.AccessRegistersRequest\x1a$.virtwire.v1.AccessRegistersResponse\x12?\n\x04Mmio\x12\x18.virtwire.v1.MmioRequest\x1a\x19.virtwire.v1.MmioResponse(\x01\x30\x01\x12V\n\rSetPciCommand\x12!.virtwire.v1.SetPciCommandRequest\x1a\".virtwire.v1.SetPciCommandResponse\x12I\n\x08WatchIrq\x12\x1c.virtwire.v1.WatchIrqRequest\x1a\x1d.virtwire.v1.WatchIrqResponse0\x01\x12\\\n\x0fOfferMmioSocket\x12#.virtwire.v1.OfferMmioSocketRequest\x1a$.virtwire.v1.OfferMmioSocketResponse\x12G\n\x08GetStats\x12\x1c.virtwire.v1.GetStatsRequest\x1a\x1d.virtwire.v1.GetStatsResponse\x12Y\n\x0e\x44\x65scribeDevice\x12\".virtwire.v1.DescribeDeviceRequest\x1a#.virtwire.v1.DescribeDeviceResponse\x12P\n\x0bResetDevice\x12\x1f.virtwire.v1.ResetDeviceRequest\x1a .virtwire.v1.ResetDeviceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,32 +63,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETPCICOMMANDRESPONSE']._serialized_end=595
   _globals['_WATCHIRQREQUEST']._serialized_start=597
   _globals['_WATCHIRQREQUEST']._serialized_end=614
-  _globals['_WATCHIRQRESPONSE']._serialized_start=616
-  _globals['_WATCHIRQRESPONSE']._serialized_end=662
-  _globals['_OFFERMMIOSOCKETREQUEST']._serialized_start=664
-  _globals['_OFFERMMIOSOCKETREQUEST']._serialized_end=705
-  _globals['_OFFERMMIOSOCKETRESPONSE']._serialized_start=707
-  _globals['_OFFERMMIOSOCKETRESPONSE']._serialized_end=779
-  _globals['_GETSTATSREQUEST']._serialized_start=781
-  _globals['_GETSTATSREQUEST']._serialized_end=798
-  _globals['_GETSTATSRESPONSE']._serialized_start=801
-  _globals['_GETSTATSRESPONSE']._serialized_end=1304
-  _globals['_GETSTATSRESPONSE_REGISTERSENTRY']._serialized_start=1110
-  _globals['_GETSTATSRESPONSE_REGISTERSENTRY']._serialized_end=1158
-  _globals['_GETSTATSRESPONSE_DROPSENTRY']._serialized_start=1160
-  _globals['_GETSTATSRESPONSE_DROPSENTRY']._serialized_end=1204
-  _globals['_GETSTATSRESPONSE_DEFERREDENTRY']._serialized_start=1206
-  _globals['_GETSTATSRESPONSE_DEFERREDENTRY']._serialized_end=1253
-  _globals['_GETSTATSRESPONSE_MMIOSOCKETENTRY']._serialized_start=1255
-  _globals['_GETSTATSRESPONSE_MMIOSOCKETENTRY']._serialized_end=1304
-  _globals['_DESCRIBEDEVICEREQUEST']._serialized_start=1306
-  _globals['_DESCRIBEDEVICEREQUEST']._serialized_end=1329
-  _globals['_DESCRIBEDEVICERESPONSE']._serialized_start=1331
-  _globals['_DESCRIBEDEVICERESPONSE']._serialized_end=1457
-  _globals['_RESETDEVICEREQUEST']._serialized_start=1459
-  _globals['_RESETDEVICEREQUEST']._serialized_end=1479
-  _globals['_RESETDEVICERESPONSE']._serialized_start=1481
-  _globals['_RESETDEVICERESPONSE']._serialized_end=1502
-  _globals['_E1000SERVICE']._serialized_start=1505
-  _globals['_E1000SERVICE']._serialized_end=2354
+  _globals['_RXTRACE']._serialized_start=616
+  _globals['_RXTRACE']._serialized_end=659
+  _globals['_WATCHIRQRESPONSE']._serialized_start=661
+  _globals['_WATCHIRQRESPONSE']._serialized_end=745
+  _globals['_OFFERMMIOSOCKETREQUEST']._serialized_start=747
+  _globals['_OFFERMMIOSOCKETREQUEST']._serialized_end=788
+  _globals['_OFFERMMIOSOCKETRESPONSE']._serialized_start=790
+  _globals['_OFFERMMIOSOCKETRESPONSE']._serialized_end=862
+  _globals['_GETSTATSREQUEST']._serialized_start=864
+  _globals['_GETSTATSREQUEST']._serialized_end=881
+  _globals['_GETSTATSRESPONSE']._serialized_start=884
+  _globals['_GETSTATSRESPONSE']._serialized_end=1387
+  _globals['_GETSTATSRESPONSE_REGISTERSENTRY']._serialized_start=1193
+  _globals['_GETSTATSRESPONSE_REGISTERSENTRY']._serialized_end=1241
+  _globals['_GETSTATSRESPONSE_DROPSENTRY']._serialized_start=1243
+  _globals['_GETSTATSRESPONSE_DROPSENTRY']._serialized_end=1287
+  _globals['_GETSTATSRESPONSE_DEFERREDENTRY']._serialized_start=1289
+  _globals['_GETSTATSRESPONSE_DEFERREDENTRY']._serialized_end=1336
+  _globals['_GETSTATSRESPONSE_MMIOSOCKETENTRY']._serialized_start=1338
+  _globals['_GETSTATSRESPONSE_MMIOSOCKETENTRY']._serialized_end=1387
+  _globals['_DESCRIBEDEVICEREQUEST']._serialized_start=1389
+  _globals['_DESCRIBEDEVICEREQUEST']._serialized_end=1412
+  _globals['_DESCRIBEDEVICERESPONSE']._serialized_start=1414
+  _globals['_DESCRIBEDEVICERESPONSE']._serialized_end=1540
+  _globals['_RESETDEVICEREQUEST']._serialized_start=1542
+  _globals['_RESETDEVICEREQUEST']._serialized_end=1562
+  _globals['_RESETDEVICERESPONSE']._serialized_start=1564
+  _globals['_RESETDEVICERESPONSE']._serialized_end=1585
+  _globals['_E1000SERVICE']._serialized_start=1588
+  _globals['_E1000SERVICE']._serialized_end=2437
 # @@protoc_insertion_point(module_scope)

@@ -86,13 +86,23 @@ class WatchIrqRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RxTrace(_message.Message):
+    __slots__ = ("rx_desc", "context")
+    RX_DESC_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    rx_desc: int
+    context: bytes
+    def __init__(self, rx_desc: _Optional[int] = ..., context: _Optional[bytes] = ...) -> None: ...
+
 class WatchIrqResponse(_message.Message):
-    __slots__ = ("level", "seq")
+    __slots__ = ("level", "seq", "traces")
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    TRACES_FIELD_NUMBER: _ClassVar[int]
     level: bool
     seq: int
-    def __init__(self, level: _Optional[bool] = ..., seq: _Optional[int] = ...) -> None: ...
+    traces: _containers.RepeatedCompositeFieldContainer[RxTrace]
+    def __init__(self, level: _Optional[bool] = ..., seq: _Optional[int] = ..., traces: _Optional[_Iterable[_Union[RxTrace, _Mapping]]] = ...) -> None: ...
 
 class OfferMmioSocketRequest(_message.Message):
     __slots__ = ("boot_id",)
