@@ -21,6 +21,7 @@ import lanbench
 import procstat
 import report
 import run as bench_run
+import tracebench
 from loadgen import Endpoint, LoadConfig
 from peers import (
     LoopPeer,
@@ -294,6 +295,22 @@ def test_run_sets_guests_against_direct_only_when_vm_measured_it(
     assert got["mean_ratio"] == pytest.approx(0.25)
     assert [t["passed"] for t in got["targets"]] == [False, True, True]
     assert "0.25x FAIL" in capsys.readouterr().out
+
+
+# -- bench/tracebench.py ----------------------------------------------------------------
+def test_tracebench_variants_are_flags_serve_takes() -> None:
+    from virtwire.cli import build_parser
+    from virtwire.tracing import parse_sample
+
+    seen = set()
+    for variant, sample in tracebench.VARIANTS:
+        assert "/" not in variant  # names a temporary directory
+        args = build_parser().parse_args(["serve", "tap", *tracebench.tap_args(sample)])
+        every = parse_sample(args.trace_sample or "off")
+        seen.add(every)
+        assert (every == 0) == (sample == "")
+    assert seen == {0, 1, 100, 1000}
+    assert tracebench.BASELINE in dict(tracebench.VARIANTS)
 
 
 # -- bench/filterbench.py ----------------------------------------------------------------
