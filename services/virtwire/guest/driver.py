@@ -474,6 +474,7 @@ class E1000Driver:
         #: traced frames of this batch (irq context, seen ns, descriptor, index).
         self._rx_first = 0
         self._rx_traced: list[tuple[SpanContext, int, int, int]] = []
+        mmio.irq.on_trace = self._late_trace
         self._tx_ntu = 0
         self._tx_ntc = 0
         #: For the first slot of each in-flight packet: its last slot; else -1.
@@ -868,6 +869,24 @@ class E1000Driver:
         hit = traces.pop(self._rx_first, None)
         if hit is not None:
             self._rx_traced.append((hit[0], hit[1], self._rx_first, index))
+
+    def _late_trace(self, desc: int, ctx: SpanContext) -> bool:
+        """A trace that comes after its frame was taken (the driver polled the
+        ring before the NIC's notification arrived): its descriptor no longer
+        has DD. guest.rx is then recorded at once, ``polled``."""
+        if self.state != "up" or not 0 <= desc < self.rx_count:
+            return False
+        try:
+            raw = self.mem.dma_read(self.layout.rx_desc + desc * DESC_SIZE
+                                    + RX_DESC_STATUS_OFFSET, 1)
+        except DmaError:
+            return False
+        if raw[0] & E1000_RXD_STAT_DD:
+            return False  # not taken yet: the RX cleanup will find the trace
+        t = now_ns()
+        add_span("guest.rx", ctx, t, t, {"netclient": self.name, "rx.desc": desc,
+                                         "polled": "true"})
+        return True
 
     def _end_rx_traces(self, frames: list[bytes]) -> None:
         """guest.rx for each traced frame of the batch just handed on: from the

@@ -49,6 +49,9 @@ class IrqLine:
         self.traces: dict[int, tuple[SpanContext, int]] = {}
         #: When the line last rose while traces were waiting (tracing.now_ns).
         self.raised_ns = 0
+        #: The driver's look at a trace as it comes: True if the frame was
+        #: already taken (polled before the notification arrived), not kept.
+        self.on_trace: Callable[[int, SpanContext], bool] | None = None
         #: Traces refused at MAX_PENDING_TRACES, and for a malformed context.
         self.traces_dropped = 0
         self.traces_refused = 0
@@ -65,6 +68,9 @@ class IrqLine:
 
     def add_trace(self, desc: int, ctx: SpanContext) -> None:
         """A traced frame's interrupt: written back at RX descriptor ``desc``."""
+        on_trace = self.on_trace
+        if on_trace is not None and on_trace(desc, ctx):
+            return
         traces = self.traces
         if len(traces) >= MAX_PENDING_TRACES and desc not in traces:
             self.traces_dropped += 1

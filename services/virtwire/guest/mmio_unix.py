@@ -10,7 +10,13 @@ carry fixed 12-byte records (``RECORD``: kind, a, b), in order:
 - NIC -> driver: ANSWER (a: the value read, 0 for SYNC and PCI_COMMAND), one
   for every READ, SYNC and PCI_COMMAND, in the order they were sent; and IRQ
   (a: the level, b: its sequence number), first the current level, then every
-  change, in order with the answers.
+  change, in order with the answers; and before the IRQ record of its
+  interrupt (or alone, if the line stays up), a traced frame's trace
+  (docs/tracing.md): TRACE (a: its first RX descriptor, b: the context's
+  trace flags) and three TRACE_DATA records whose a, b hold the trace id
+  (16 bytes) and span id (8) of its irq span, as ``tracing.to_wire`` orders
+  them. At most ``MAX_HELD_TRACES`` are written while the driver does not
+  read; more are dropped (counted by the NIC's host).
 
 So a read sees every write posted before it, as on the Mmio stream; the
 driver's ``UnixMmio`` needs no tags, and an ICR read's answer comes after the
@@ -39,7 +45,13 @@ MASK32 = 0xFFFFFFFF
 # Driver -> NIC.
 WRITE, READ, SYNC, PCI_COMMAND = 1, 2, 3, 4
 # NIC -> driver.
-ANSWER, IRQ = 1, 2
+ANSWER, IRQ, TRACE, TRACE_DATA = 1, 2, 3, 4
+#: TRACE_DATA records after each TRACE (8 bytes of trace and span id each).
+TRACE_PARTS = 3
+_TRACE_DATA = struct.Struct("<Bxxx8s")
+_PAIR = struct.Struct("<II")
+#: Traces the NIC's end writes while the driver does not take what it writes.
+MAX_HELD_TRACES = 256
 PCI_BUS_MASTER, PCI_MEMORY = 1, 2
 #: Records the NIC's end runs between two turns of its event loop.
 ACCESS_SLICE = 512
@@ -91,6 +103,8 @@ class UnixMmio(asyncio.Protocol):
         #: once when the socket fails: a driver's inline interrupt handler.
         self.on_read: Callable[[], None] | None = None
         self.error: BaseException | None = None
+        #: A TRACE record's desc and flags, and the TRACE_DATA so far.
+        self._trace: list[int] | None = None
         #: Socket writes made and accesses carried (posted writes share writes).
         self.requests = 0
         self.accesses = 0
@@ -110,7 +124,7 @@ class UnixMmio(asyncio.Protocol):
         level = -1
         changes = 0
         waiting = self._waiting
-        for kind, a, _ in _whole_records(self._buf):
+        for kind, a, b in _whole_records(self._buf):
             if kind == IRQ:
                 level = a
                 changes += 1
@@ -118,6 +132,16 @@ class UnixMmio(asyncio.Protocol):
                 waiter = waiting.popleft()
                 if not waiter.done():  # a cancelled caller's answer is dropped
                     waiter.set_result(a)
+            elif kind == TRACE and self._trace is None:
+                self._trace = [a, b]
+            elif kind == TRACE_DATA and self._trace is not None:
+                trace = self._trace
+                trace.extend((a, b))
+                if len(trace) == 2 + 2 * TRACE_PARTS:
+                    self._trace = None
+                    ids = b"".join(_PAIR.pack(trace[i], trace[i + 1])
+                                   for i in range(2, len(trace), 2))
+                    self.irq.add_wire_trace(trace[0], ids + bytes((trace[1] & 0xFF,)))
             else:
                 self._fail(LimitError(f"an MMIO record of kind {kind} nobody asked for"))
                 return
@@ -232,6 +256,11 @@ class MmioTarget(Protocol):
         """Call ``sink(level, seq)`` now and on every change; returns the unwatch."""
         ...
 
+    def watch_rx_traces(self, sink: Callable[[int, bytes], bool]) -> Callable[[], None]:
+        """Call ``sink(rx_desc, context)`` for each traced frame's interrupt, before
+        its level (False: dropped, counted by the host); returns the unwatch."""
+        ...
+
     def mmio_session_opened(self, session: UnixMmioDevice) -> bool:
         """False (counted) to refuse one more session."""
         ...
@@ -254,6 +283,9 @@ class UnixMmioDevice(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused = False
         self._unwatch: Callable[[], None] | None = None
+        self._unwatch_traces: Callable[[], None] | None = None
+        #: Traces written since the driver stopped taking what is written.
+        self._traces_held = 0
         self.closed = False
         #: Records run.
         self.records = 0
@@ -269,11 +301,15 @@ class UnixMmioDevice(asyncio.Protocol):
             transport.abort()
             return
         self._unwatch = self.target.watch_irq_level(self._on_irq)
+        self._unwatch_traces = self.target.watch_rx_traces(self._on_trace)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
+        if self._unwatch_traces is not None:
+            self._unwatch_traces()
+            self._unwatch_traces = None
         self.closed = True
         self.target.mmio_session_closed(self)
 
@@ -282,6 +318,7 @@ class UnixMmioDevice(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._traces_held = 0
         self._schedule()
 
     def data_received(self, data: bytes) -> None:
@@ -299,6 +336,22 @@ class UnixMmioDevice(asyncio.Protocol):
         self._out += RECORD.pack(IRQ, int(level), seq & MASK32)
         if not self._running:
             self._flush()
+
+    def _on_trace(self, desc: int, context: bytes) -> bool:
+        """A traced frame's interrupt (``context``: tracing.to_wire bytes)."""
+        if self.closed:
+            return True
+        if self._writing_paused:
+            if self._traces_held >= MAX_HELD_TRACES:
+                return False
+            self._traces_held += 1
+        out = self._out
+        out += RECORD.pack(TRACE, desc & MASK32, context[24])
+        for i in range(TRACE_PARTS):
+            out += _TRACE_DATA.pack(TRACE_DATA, context[8 * i:8 * i + 8])
+        if not self._running:
+            self._flush()
+        return True
 
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.closed:

@@ -125,8 +125,9 @@ class E1000Server(ServiceHost):
         self.irq_raised = 0
         self._irq_watchers: list[IrqWatch] = []
         self._irq_sinks: list[Callable[[bool, int], None]] = []
-        #: Same-host sessions' trace sinks: ``sink(rx_desc, context wire bytes)``.
-        self._trace_sinks: list[Callable[[int, bytes], None]] = []
+        #: Same-host sessions' trace sinks: ``sink(rx_desc, context wire bytes)``,
+        #: False when the trace was dropped.
+        self._trace_sinks: list[Callable[[int, bytes], bool]] = []
         #: Traced frames' interrupts no watcher had room for (GetStats drops).
         self.irq_traces_dropped = 0
         #: The same-host MMIO socket (made on the first offer) and its sessions.
@@ -248,7 +249,8 @@ class E1000Server(ServiceHost):
             if watch.queue.empty():
                 watch.put(level, self.irq_seq)
         for sink in self._trace_sinks:
-            sink(desc, wire)
+            if not sink(desc, wire):
+                self.irq_traces_dropped += 1
 
     async def watch_irq(self) -> AsyncIterator[tuple[bool, int, list[tuple[int, bytes]]]]:
         """(level, seq, traces) now and on every change or traced frame."""
@@ -263,7 +265,7 @@ class E1000Server(ServiceHost):
         finally:
             self._irq_watchers.remove(watch)
 
-    def watch_rx_traces(self, sink: Callable[[int, bytes], None]) -> Callable[[], None]:
+    def watch_rx_traces(self, sink: Callable[[int, bytes], bool]) -> Callable[[], None]:
         """``sink(rx_desc, context)`` for each traced frame, before its level; the
         unwatch (a same-host session, which caps what it holds itself)."""
         self._trace_sinks.append(sink)
