@@ -419,12 +419,6 @@ links:
 """
 
 
-def _has_trace_service() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("virtwire.server.trace") is not None
-
-
 @pytest.fixture
 def e2e_lan(tmp_path: Path) -> Iterator[tuple[dict[str, str], int]]:
     """Two stream taps on a hub, up (detached); its environment and q0's port."""
@@ -463,7 +457,6 @@ async def _trace_while_sending(env: dict[str, str], writer: asyncio.StreamWriter
     return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.mark.skipif(not _has_trace_service(), reason="the services serve no TraceService yet")
 async def test_trace_a_stream_taps_frames_through_the_hub(
         e2e_lan: tuple[dict[str, str], int]) -> None:
     env, port = e2e_lan
@@ -491,13 +484,6 @@ async def test_trace_a_stream_taps_frames_through_the_hub(
     writer.close()
 
 
-def _serve_takes_trace_flags() -> bool:
-    out = subprocess.run([*VIRTWIRE, "serve", "hub", "--help"], capture_output=True,
-                         text=True, timeout=60)
-    return "--trace-sample" in out.stdout and "--trace-file" in out.stdout
-
-
-@pytest.mark.skipif(not _serve_takes_trace_flags(), reason="serve has no --trace-* flags yet")
 def test_up_passes_the_trace_flags_to_each_process_service(tmp_path: Path) -> None:
     file = tmp_path / "t.yaml"
     file.write_text(TINY_LAN.format(name="tup", port=_free_port()))
