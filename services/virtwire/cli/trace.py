@@ -2,7 +2,7 @@
 
 The LAN's orchestrator arms the node's service with the match and gathers the
 spans every service records for the frames it picks
-(OrchestratorService.Trace, docs/cli-trace.md). Per frame this prints a table
+(OrchestratorService.Trace, docs/tracing.md). Per frame this prints a table
 of its spans in causal order (parents first, siblings by start time): the
 span, the service, the NetClient, its start from the root's, its duration,
 and its hop latency (its start minus its parent's), all in microseconds;
@@ -107,7 +107,7 @@ def build_table(frame: orchestrator_pb2.TracedFrame, index: int) -> Table:
 
 
 def frame_dict(frame: orchestrator_pb2.TracedFrame) -> dict[str, Any]:
-    """One traced frame as ``--json`` prints it (docs/cli-trace.md)."""
+    """One traced frame as ``--json`` prints it (docs/tracing.md)."""
     return {
         "trace_id": frame.trace_id.hex(), "summary": frame.summary,
         "delivered": frame.delivered, "spans_dropped": frame.spans_dropped,
@@ -181,4 +181,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                     help="how long to wait for them: 2s, 500ms, or seconds; at most 1h "
                          "(default 5s)")
     sp.add_argument("--json", action="store_true",
-                    help="one JSON object per traced frame, one per line (docs/cli-trace.md)")
+                    help="one JSON object per traced frame, one per line (docs/tracing.md)")

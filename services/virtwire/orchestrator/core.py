@@ -378,7 +378,7 @@ class Orchestrator:
         self.hostnodes: NetnsHosts | None = None
         #: The LAN's container nodes (containers.py), created before any service.
         self.containers: ContainerNodes | None = None
-        #: What ``up --trace-*`` gives every service (docs/cli-trace.md).
+        #: What ``up --trace-*`` gives every service (docs/tracing.md).
         self.trace = NO_TRACE
 
     # -- lifecycle -----------------------------------------------------------------

@@ -182,7 +182,7 @@ _OTLP_MAX = 256
 
 @dataclasses.dataclass(frozen=True)
 class TraceFlags:
-    """What ``up/render --trace-*`` give every service (docs/cli-trace.md).
+    """What ``up/render --trace-*`` give every service (docs/tracing.md).
 
     ``sample``: ``1/N`` (``--trace-sample``), "" or off for none; ``otlp``: the
     ``--trace-otlp`` endpoint; ``file_dir``: with the process backend, each

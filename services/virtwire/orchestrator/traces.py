@@ -1,6 +1,6 @@
 """TraceCollector: the spans of frames traced at one node, from every service.
 
-``virtwire trace NODE --match EXPR`` (docs/cli-trace.md) ends here. The
+``virtwire trace NODE --match EXPR`` (docs/tracing.md) ends here. The
 collector is only a gRPC client of the LAN's services' TraceService:
 
 1. it reads each service's ``last_seq`` (ReadSpans), so only newer spans count;
