@@ -287,6 +287,79 @@ def test_unreachable_host_is_a_clear_error(hosts: tuple[Host, Host], tmp_path: P
     assert not (ctl.state_dir / "lost" / "state.json").exists()
 
 
+#: Run in a host: /metrics at ADDR, parsed with prometheus-client's parser; the
+#: lan/service labels of virtwire_netclients and whether it came over HTTPS.
+SCRAPE = """\
+import json, ssl, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+ctx = None
+if len(sys.argv) > 2:
+    ctx = ssl.create_default_context(cafile=sys.argv[2] + "/ca.pem")
+    ctx.load_cert_chain(sys.argv[2] + "/viewer.pem", sys.argv[2] + "/viewer-key.pem")
+    ctx.check_hostname = False
+scheme = "https" if ctx else "http"
+with urllib.request.urlopen(f"{scheme}://{sys.argv[1]}/metrics", timeout=10,
+                            context=ctx) as resp:
+    text = resp.read().decode()
+for family in text_string_to_metric_families(text):
+    for sample in family.samples:
+        if sample.name == "virtwire_netclients":
+            print(json.dumps(sample.labels, sort_keys=True))
+"""
+
+
+def test_services_on_hosts_serve_metrics_traces_and_json_logs(hosts: tuple[Host, Host],
+                                                                tmp_path: Path) -> None:
+    """With `metrics:` each host numbers its own services from the port up, on its
+    address; up's --trace-* and --log-format reach them through StartService, and
+    each host keeps their spans in its own state dir (agent/LAN/traces/)."""
+    a, b = hosts
+    topo = tmp_path / "twohosts.yaml"
+    topo.write_text(TOPOLOGY + "metrics: {port: 9700}\n")
+    ctl = Host(a.ns, a.address, tmp_path / "controller")
+    up = ctl.virtwire("up", str(topo), "--detach",
+                      "--trace-sample", "1/1", "--trace-file", "--log-format", "json",
+                      timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        status = ctl.virtwire("status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        services = [svc for node in json.loads(status.stdout)["nodes"]
+                    for svc in node["services"]]
+        order = [s["name"] for s in json.loads(
+            (ctl.state_dir / "twohosts" / "state.json").read_text())["services"]]
+        services.sort(key=lambda svc: order.index(svc["name"]))
+        for host, ip in (("a", A_IP), ("b", B_IP)):
+            mine = [svc for svc in services if svc["host"] == host]
+            assert [svc["metrics"] for svc in mine] == [f"{ip}:{9700 + i}"
+                                                        for i in range(len(mine))], mine
+        # Scraped from the other host: its /metrics is on its LAN address.
+        e1000 = next(svc for svc in services if svc["name"] == "vm2-e1000")
+        got = a.ns.exec(VIRTWIRE[0], "-c", SCRAPE, e1000["metrics"]).stdout.splitlines()
+        assert [json.loads(line) for line in got] == [{"lan": "twohosts",
+                                                        "service": "vm2-e1000"}]
+        ping = ctl.virtwire("ping", "vm2", "vm1", "-c", "3")
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        down = ctl.virtwire("down", "twohosts")
+    assert down.returncode == 0, down.stdout + down.stderr
+    traces = b.state_dir / "agent" / "twohosts" / "traces"
+    files = sorted(p.name for p in traces.iterdir())
+    assert files == sorted(f"{n}.jsonl" for n in ("vm2-guestmem", "vm2-e1000", "vm2-guest",
+                                                  "qemu0")), files
+    spans = [json.loads(line) for p in traces.iterdir() for line in p.read_text().splitlines()]
+    assert spans, "no spans on host b"
+    assert {s["resource"]["attributes"]["service.name"] for s in spans} <= {
+        "vm2-guestmem", "vm2-e1000", "vm2-guest", "qemu0"}
+    assert {s["resource"]["attributes"]["virtwire.lan"] for s in spans} == {"twohosts"}
+    # Their logs are JSON lines, naming the service.
+    log = b.state_dir / "agent" / "twohosts" / "vm2-e1000.log"
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert events and {e.get("service") for e in events} == {"vm2-e1000"}, events
+    # Nothing of it on the controller's machine: the path was the host's choice.
+    assert not (ctl.state_dir / "twohosts" / "traces").exists()
+
+
 def test_agent_rpcs_refuse_bad_requests(hosts: tuple[Host, Host]) -> None:
     a, _ = hosts
     script = ("import sys, grpc\n"
@@ -341,7 +414,8 @@ def test_one_lan_on_two_hosts_with_mutual_tls(tls_hosts: tuple[Host, Host],
     a, b = tls_hosts
     pki = tmp_path / "pki"
     topo = tmp_path / "twohosts.yaml"
-    topo.write_text(TOPOLOGY.replace("hosts:", "tls: {dir: pki}\nhosts:", 1))
+    topo.write_text(TOPOLOGY.replace("hosts:", "tls: {dir: pki}\nhosts:", 1)
+                    + "metrics: {port: 9700}\n")
     ctl = Host(a.ns, a.address, tmp_path / "controller")
     up = ctl.virtwire("up", str(topo), "--detach", timeout=120)
     try:
@@ -349,6 +423,16 @@ def test_one_lan_on_two_hosts_with_mutual_tls(tls_hosts: tuple[Host, Host],
         for src, dst in (("vm1", "vm2"), ("vm2", "vm1")):
             ping = ctl.virtwire("ping", src, dst, "-c", "3")
             assert ping.returncode == 0, ping.stdout + ping.stderr
+        # /metrics on host B is HTTPS under B's identity, with client certificates.
+        state = json.loads((ctl.state_dir / "twohosts" / "state.json").read_text())
+        metrics = next(s["metrics"] for s in state["services"] if s["name"] == "vm2-e1000")
+        assert metrics.startswith(f"{B_IP}:97")
+        got = a.ns.exec(VIRTWIRE[0], "-c", SCRAPE, metrics, str(pki)).stdout.splitlines()
+        assert [json.loads(line) for line in got] == [{"lan": "twohosts",
+                                                        "service": "vm2-e1000"}]
+        plain = subprocess.run([*a.ns.exec_prefix, VIRTWIRE[0], "-c", SCRAPE, metrics],
+                               capture_output=True, text=True, timeout=30)
+        assert plain.returncode != 0 and not plain.stdout
         status = ctl.virtwire("status")
         assert status.returncode == 0, status.stdout + status.stderr
         assert len(_agent_services(b, "twohosts", f"{pki}:viewer")) == 4

@@ -464,6 +464,50 @@ def test_metrics_plan_gives_each_local_service_the_next_port(tmp_path: Path) -> 
         parse_topology(LAN_YAML.format(name="m") + "metrics: {port: 70000}\n", "lan.yaml")
 
 
+HOSTS_YAML = """\
+name: spread
+metrics: {port: 9600}
+hosts:
+  a: {address: 198.18.7.1}
+  b: {address: "fd00::2"}
+nodes:
+  hub0: {kind: hub, host: a}
+  vm1: {kind: vm, ip: 198.18.0.1/24, memory: 16M, host: a}
+  vm2: {kind: vm, ip: 198.18.0.2/24, memory: 16M, host: b}
+  vm3: {kind: vm, ip: 198.18.0.3/24, memory: 16M}
+links:
+  - [vm1, hub0]
+  - [vm2, hub0]
+  - [vm3, hub0]
+"""
+
+
+def test_metrics_plan_numbers_each_machine_on_its_own() -> None:
+    """Each host's services get ITS address from the first port up, in start
+    order, as this machine's get loopback's: the same port on two machines is
+    two endpoints."""
+    from virtwire.orchestrator.core import metrics_plan
+    from virtwire.topology import parse_topology
+
+    topo = parse_topology(HOSTS_YAML, "spread.yaml")
+    planned = metrics_plan(topo)
+    assert list(planned) == [s.name for s in topo.services]  # start order, all of them
+    for host, address in (("a", "198.18.7.1"), ("b", "[fd00::2]"), (None, "127.0.0.1")):
+        names = [s.name for s in topo.services if s.host == host]
+        assert names, host
+        assert [planned[n] for n in names] == [f"{address}:{9600 + i}"
+                                               for i in range(len(names))], host
+    # The docker backend's containers get theirs from the docker runtime: only the
+    # hosts' services are planned here.
+    docker = metrics_plan(topo, "docker")
+    assert docker == {n: a for n, a in planned.items()
+                      if next(s.host for s in topo.services if s.name == n)}
+    # A host whose services do not fit below 65536 is named.
+    crowded = HOSTS_YAML.replace("port: 9600", "port: 65533")
+    with pytest.raises(ConfigError, match="do not fit 4 services of host a"):
+        metrics_plan(parse_topology(crowded, "spread.yaml"))
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     out = subprocess.run([*VIRTWIRE, *args], capture_output=True, text=True, timeout=120,
                          env=env)

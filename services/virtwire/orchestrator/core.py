@@ -49,6 +49,7 @@ from virtwire.errors import (
     PermissionDeniedError,
     VirtwireError,
 )
+from virtwire.logfmt import log_format
 from virtwire.orchestrator import pids
 from virtwire.orchestrator.containers import ContainerNodes
 from virtwire.orchestrator.forward import PortForwarder
@@ -332,16 +333,27 @@ def read_state(name: str | None = None, root: Path | None = None) -> LanState:
 
 def metrics_plan(topo: Topology, backend: str = "process") -> dict[str, str]:
     """Each metrics-serving service's ``--metrics-listen``: with ``metrics_port``
-    N, the process services of this machine get 127.0.0.1:N, N+1... in start order
-    (docs/metrics.md). Services of other hosts and containers get none here."""
-    if not topo.metrics_port or backend != "process":
+    N, the services of each machine get ports N, N+1... in start order, each
+    machine numbered on its own (docs/metrics.md): this machine's process
+    services on 127.0.0.1, those of a topology host on its address (passed in
+    StartService). This machine's containers get none here (the docker runtime
+    gives each the topology's port in its own namespace)."""
+    if not topo.metrics_port:
         return {}
-    local = [svc.name for svc in topo.services
-             if not svc.host and svc.kind in METRICS_KINDS]
-    if topo.metrics_port + len(local) - 1 > 65535:
-        raise ConfigError(f"metrics ports {topo.metrics_port} and up do not fit "
-                          f"{len(local)} services below 65536")
-    return {name: f"127.0.0.1:{topo.metrics_port + i}" for i, name in enumerate(local)}
+    by_host: dict[str, list[str]] = {}
+    for svc in topo.services:
+        if svc.kind in METRICS_KINDS and (svc.host or backend == "process"):
+            by_host.setdefault(svc.host or "", []).append(svc.name)
+    out: dict[str, str] = {}
+    for host, names in by_host.items():
+        if topo.metrics_port + len(names) - 1 > 65535:
+            where = f"host {host}" if host else "this machine"
+            raise ConfigError(f"metrics ports {topo.metrics_port} and up do not fit "
+                              f"{len(names)} services of {where} below 65536")
+        address = topo.hosts[host].address if host else "127.0.0.1"
+        address = f"[{address}]" if ":" in address else address
+        out.update({name: f"{address}:{topo.metrics_port + i}" for i, name in enumerate(names)})
+    return {svc.name: out[svc.name] for svc in topo.services if svc.name in out}
 
 
 class Orchestrator:
@@ -394,10 +406,10 @@ class Orchestrator:
 
         ``backend`` runs this machine's services (process or docker; ``subnet``
         is the docker network's); nodes placed on a host run through that host's
-        orchestrator. ``trace``: the --trace-* flags of this machine's services
-        (its ``file_dir`` set means "traces/ in the LAN's state dir", process
-        backend only). On failure everything started is stopped and an ``error``
-        event is the last.
+        orchestrator. ``trace``: the --trace-* flags of every service (its
+        ``file_dir`` set means "traces/ in the LAN's state dir", process backend
+        only; a host's services write in that host's state dir). On failure
+        everything started is stopped and an ``error`` event is the last.
         """
         if self.state not in (RunState.IDLE, RunState.STOPPED, RunState.FAILED):
             raise ConfigError(f"a LAN is already {self.state.value}")
@@ -593,14 +605,15 @@ class Orchestrator:
 
     def _make_runtime(self, topo: Topology, host: str, backend: str, subnet: str) -> Runtime:
         if host:
-            return RemoteRuntime(topo.hosts[host], topo.name)
+            return RemoteRuntime(topo.hosts[host], topo.name, extras=self._remote_fields)
         if backend == "docker":
             return DockerRuntime(topo, subnet, pki=self.pki, trace=self.trace)
         return ProcessRuntime(self.dir, tls_args=self._service_args)
 
     def _metrics_address(self, name: str, kind: str, runtime: Runtime) -> str:
         """Where service ``name`` serves /metrics, as this machine reaches it: its
-        planned loopback port, or a container's address with the topology's port
+        planned port (on loopback, or on its host's address for a service placed
+        on a host), or a container's address with the topology's port
         (the docker runtime gives it --metrics-listen 0.0.0.0:PORT); "" for none."""
         assert self.topology is not None
         if runtime.kind == "docker" and self.topology.metrics_port and kind in METRICS_KINDS:
@@ -617,6 +630,15 @@ class Orchestrator:
             args += ["--metrics-listen", listen, "--metrics-lan", self.topology.name,
                      "--metrics-service", name]
         return args
+
+    def _remote_fields(self, name: str) -> dict[str, Any]:
+        """What service ``name`` on another host gets beyond its spec, as
+        StartService fields: its planned /metrics address on that host, up's
+        --trace-* flags (its spans' file in that host's state dir) and this
+        orchestrator's --log-format. Its TLS is its host's (the agent's identity)."""
+        return {"metrics_listen": self.metrics.get(name, ""),
+                "trace_sample": self.trace.sample, "trace_otlp": self.trace.otlp,
+                "trace_file": bool(self.trace.file_dir), "log_format": log_format()}
 
     @staticmethod
     def _runtime_message(topo: Topology, host: str, backend: str) -> str:

@@ -40,6 +40,7 @@ from virtwire.rpc.status import forwarded, translated
 from virtwire.server.base import ServiceHost
 from virtwire.server.filter import LanFilterServicer
 from virtwire.server.switch import LanSwitchServicer
+from virtwire.server.tracesetup import parse_otlp_endpoint
 from virtwire.topology import Topology, TopologyError, parse_topology
 from virtwire.v1 import (
     filter_pb2_grpc,
@@ -92,7 +93,8 @@ class OrchestratorServer(ServiceHost):
         self.exit_on_down = exit_on_down
         self.orchestrator = Orchestrator(state_dir=state_dir)
         #: Services this host runs for other hosts' orchestrators.
-        self.agent = Agent((state_dir or state_root()) / "agent", self.rpc_policy)
+        self.agent = Agent((state_dir or state_root()) / "agent", self.rpc_policy,
+                           parse_otlp=parse_otlp_endpoint)
         self.lan_down = asyncio.Event()
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:

@@ -403,12 +403,17 @@ class StartGuestOptions(_message.Message):
     def __init__(self, e1000: _Optional[str] = ..., guestmem: _Optional[str] = ..., ip: _Optional[str] = ..., bridge_tap: _Optional[str] = ..., bridge_ip: _Optional[str] = ..., netns: _Optional[str] = ..., rpc_dma: _Optional[bool] = ...) -> None: ...
 
 class OrchestratorServiceStartServiceRequest(_message.Message):
-    __slots__ = ("lan", "name", "listen", "link_transport", "filters", "hub", "tap", "guestmem", "e1000", "guest")
+    __slots__ = ("lan", "name", "listen", "link_transport", "filters", "metrics_listen", "trace_sample", "trace_otlp", "trace_file", "log_format", "hub", "tap", "guestmem", "e1000", "guest")
     LAN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LISTEN_FIELD_NUMBER: _ClassVar[int]
     LINK_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_LISTEN_FIELD_NUMBER: _ClassVar[int]
+    TRACE_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_OTLP_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FILE_FIELD_NUMBER: _ClassVar[int]
+    LOG_FORMAT_FIELD_NUMBER: _ClassVar[int]
     HUB_FIELD_NUMBER: _ClassVar[int]
     TAP_FIELD_NUMBER: _ClassVar[int]
     GUESTMEM_FIELD_NUMBER: _ClassVar[int]
@@ -419,12 +424,17 @@ class OrchestratorServiceStartServiceRequest(_message.Message):
     listen: str
     link_transport: str
     filters: _containers.RepeatedScalarFieldContainer[str]
+    metrics_listen: str
+    trace_sample: str
+    trace_otlp: str
+    trace_file: bool
+    log_format: str
     hub: StartHubOptions
     tap: StartTapOptions
     guestmem: StartGuestMemOptions
     e1000: StartE1000Options
     guest: StartGuestOptions
-    def __init__(self, lan: _Optional[str] = ..., name: _Optional[str] = ..., listen: _Optional[str] = ..., link_transport: _Optional[str] = ..., filters: _Optional[_Iterable[str]] = ..., hub: _Optional[_Union[StartHubOptions, _Mapping]] = ..., tap: _Optional[_Union[StartTapOptions, _Mapping]] = ..., guestmem: _Optional[_Union[StartGuestMemOptions, _Mapping]] = ..., e1000: _Optional[_Union[StartE1000Options, _Mapping]] = ..., guest: _Optional[_Union[StartGuestOptions, _Mapping]] = ...) -> None: ...
+    def __init__(self, lan: _Optional[str] = ..., name: _Optional[str] = ..., listen: _Optional[str] = ..., link_transport: _Optional[str] = ..., filters: _Optional[_Iterable[str]] = ..., metrics_listen: _Optional[str] = ..., trace_sample: _Optional[str] = ..., trace_otlp: _Optional[str] = ..., trace_file: _Optional[bool] = ..., log_format: _Optional[str] = ..., hub: _Optional[_Union[StartHubOptions, _Mapping]] = ..., tap: _Optional[_Union[StartTapOptions, _Mapping]] = ..., guestmem: _Optional[_Union[StartGuestMemOptions, _Mapping]] = ..., e1000: _Optional[_Union[StartE1000Options, _Mapping]] = ..., guest: _Optional[_Union[StartGuestOptions, _Mapping]] = ...) -> None: ...
 
 class OrchestratorServiceStartServiceResponse(_message.Message):
     __slots__ = ("address", "pid")

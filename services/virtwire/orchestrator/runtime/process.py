@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: (service name, the host it listens on) -> the TLS flags it is started with.
 TlsArgs = Callable[[str, str], list[str]]
+#: Service name -> its --log-format ("" for this process's own).
+LogFormats = Callable[[str], str]
 
 
 #: Run before the service's own command: PR_SET_PDEATHSIG(SIGKILL), then exec.
@@ -77,6 +79,8 @@ class ProcessRuntime:
     """Services as local child processes (``virtwire serve KIND``), logs in ``workdir``.
 
     ``host`` is the address services listen on (loopback unless the LAN spans hosts).
+    ``log_formats`` names a service's --log-format (an agent's caller chooses it);
+    without it, or where it says "", a service logs as this process does.
     ``workdir`` and every directory from ``root`` (default: its parent, the
     state root) down to it are private (statedir.py).
     """
@@ -84,12 +88,14 @@ class ProcessRuntime:
     kind = "process"
 
     def __init__(self, workdir: Path, host: str = "127.0.0.1",
-                 tls_args: TlsArgs | None = None, root: Path | None = None) -> None:
+                 tls_args: TlsArgs | None = None, root: Path | None = None,
+                 log_formats: LogFormats | None = None) -> None:
         self.workdir = workdir
         self.root = root or workdir.parent
         self.host = host
         #: The TLS flags service NAME is started with (its identity), or none.
         self.tls_args = tls_args
+        self.log_formats = log_formats
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def listen_address(self, name: str) -> str:
@@ -115,8 +121,10 @@ class ProcessRuntime:
         tls_args = self.tls_args(name, self.host) if self.tls_args is not None else []
         # --log-name names the service in JSON logs and in its spans (docs/tracing.md).
         tls_args = [*tls_args, "--log-name", name]
-        if log_format() != "text":  # the orchestrator's own --log-format
-            tls_args = [*tls_args, "--log-format", log_format()]
+        # The orchestrator's own --log-format, unless the service's is given.
+        fmt = (self.log_formats(name) if self.log_formats is not None else "") or log_format()
+        if fmt != "text":
+            tls_args = [*tls_args, "--log-format", fmt]
         proc = _spawn([*VIRTWIRE_CMD, "serve", kind, "--listen", listen, *args, *tls_args,
                        "--ready-file", str(ready)], log)
         self.procs[name] = proc

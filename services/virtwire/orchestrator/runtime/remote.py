@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -27,16 +29,24 @@ logger = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 10.0
 #: How long one ListServices answer stands for a host's services.
 LIST_CACHE_S = 0.2
+#: Service name -> the StartService fields it gets beyond its spec (metrics_listen,
+#: trace_sample, trace_otlp, trace_file, log_format).
+StartFields = Callable[[str], dict[str, Any]]
 
 
 class RemoteRuntime:
-    """Services on topology host ``host``, through its ``virtwire serve orchestrator``."""
+    """Services on topology host ``host``, through its ``virtwire serve orchestrator``.
+
+    ``extras`` gives each service's StartService fields beyond its spec (how it is
+    observed: its /metrics address, tracing, log format), asked at every start so
+    a restarted service gets them again."""
 
     kind = "remote"
 
-    def __init__(self, host: Host, lan: str) -> None:
+    def __init__(self, host: Host, lan: str, extras: StartFields | None = None) -> None:
         self.host = host
         self.lan = lan
+        self.extras = extras
         self.names: list[str] = []
         self._listed: dict[str, str] = {}
         self._listed_at = -1e9
@@ -72,6 +82,8 @@ class RemoteRuntime:
     async def start(self, name: str, spec: ServiceSpec, listen: str) -> tuple[str, int]:
         assert self._stub is not None
         options = to_start_options(spec)
+        if self.extras is not None:
+            options.update(self.extras(name))
         self.names.append(name)
         self._listed_at = -1e9
         try:
