@@ -44,6 +44,7 @@ CHAIN = [
     ("e1000.receive", "vm1-e1000", "link.send"),
     ("dma.write", "vm1-e1000", "e1000.receive"),
     ("irq", "vm1-e1000", "e1000.receive"),
+    ("guest.rx", "vm1-guest", "irq"),
 ]
 
 #: An ARP request for vm1 (198.18.0.1) from 02:00:00:00:00:99 (198.18.0.99).
@@ -172,6 +173,15 @@ def _file_spans(traces: Path) -> list[dict[str, Any]]:
     return spans
 
 
+def _complete(spans: list[dict[str, Any]], roots: list[dict[str, Any]]
+              ) -> list[dict[str, Any]]:
+    """The roots whose trace holds a span of every (name, service) of CHAIN."""
+    want = {(name, service) for name, service, _ in CHAIN}
+    return [r for r in roots
+            if want <= {(s["name"], s["service"]) for s in spans
+                        if s["trace_id"] == r["trace_id"]}]
+
+
 async def test_every_frame_traced_into_the_services_json_lines_files(tmp_path: Path) -> None:
     env, port = _up(tmp_path, "tfile", "--trace-sample", "1/1", "--trace-file")
     traces = tmp_path / "state" / "tfile" / "traces"
@@ -187,13 +197,37 @@ async def test_every_frame_traced_into_the_services_json_lines_files(tmp_path: P
         while True:
             spans = _file_spans(traces)
             roots = [s for s in spans if s["name"] == "tap.read" and s["service"] == "q0"]
-            complete = [r for r in roots
-                        if {"irq"} <= {s["name"] for s in spans if s["trace_id"] == r["trace_id"]}]
+            complete = _complete(spans, roots)
             if len(complete) >= 5 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
     finally:
         _down(env, "tfile")
+    # Each service's processor writes on its own schedule; a service's exit
+    # flushes what it still holds, so after `down` every file is whole.
+    spans = _file_spans(traces)
+    complete = _complete(spans, [s for s in spans
+                                 if s["name"] == "tap.read" and s["service"] == "q0"])
     assert len(complete) >= 5, sorted({(s["name"], s["service"]) for s in spans})
     for root in complete[:5]:
         check_chain([s for s in spans if s["trace_id"] == root["trace_id"]])
+
+
+def test_removing_a_lan_dir_keeps_its_trace_files(tmp_path: Path) -> None:
+    from virtwire.orchestrator.core import DUMP_DIR, TRACES_DIR, remove_lan_dir
+    from virtwire.orchestrator.statedir import private_dir
+
+    lan = private_dir(tmp_path, "lab")
+    assert lan is not None
+    (lan / "state.json").write_text("{}")
+    traces = private_dir(tmp_path, "lab", TRACES_DIR)
+    dumps = private_dir(tmp_path, "lab", DUMP_DIR)
+    assert traces is not None and dumps is not None
+    (traces / "hub0.jsonl").write_text("{}\n")
+    remove_lan_dir("lab", tmp_path)
+    # The empty dump dir goes, the traces stay.
+    assert sorted(p.name for p in lan.iterdir()) == [TRACES_DIR]
+    assert (traces / "hub0.jsonl").read_text() == "{}\n"
+    (traces / "hub0.jsonl").unlink()
+    remove_lan_dir("lab", tmp_path)
+    assert not lan.exists()

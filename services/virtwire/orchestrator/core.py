@@ -250,32 +250,39 @@ def remove_lan_dir(name: str, root: Path | None = None) -> None:
     """Remove LAN ``name``'s state directory: only ``root/NAME``, only when the
     root and it are private directories of ours (PermissionDeniedError if not).
 
-    Its dumps (``dump/``, a private directory holding files) are kept: the
-    captures are what a run was for. The next ``up`` of the LAN overwrites them.
+    What a run was for is kept: its dumps (``dump/``) and its trace files
+    (``traces/``), each when it is a private directory holding files. The next
+    ``up`` of the LAN overwrites them.
     """
     path = private_dir(root or state_root(), check_lan(name), create=False)
     if path is None:
         return
     # A crashed orchestrator's network namespaces (netns nodes) go with the LAN.
     remove_recorded_netns(path, check_lan(name))
-    dumps = path / DUMP_DIR
-    try:
-        keep = (not dumps.is_symlink() and dumps.is_dir()
-                and any(p.is_file() for p in dumps.rglob("*"))
-                and private_dir(path, DUMP_DIR, create=False) is not None)
-    except (OSError, PermissionDeniedError):
-        keep = False
+    keep = {sub for sub in (DUMP_DIR, TRACES_DIR) if _holds_files(path, sub)}
     if not keep:
         shutil.rmtree(path, ignore_errors=True)
         return
     for entry in path.iterdir():
-        if entry.name == DUMP_DIR:
+        if entry.name in keep:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-    logger.info("LAN %s: its dumps stay in %s", name, dumps)
+    for sub in sorted(keep):
+        logger.info("LAN %s: its %s stay in %s", name, sub, path / sub)
+
+
+def _holds_files(path: Path, sub: str) -> bool:
+    """``path/sub`` is a private directory of ours (not a link) holding files."""
+    entry = path / sub
+    try:
+        return (not entry.is_symlink() and entry.is_dir()
+                and any(p.is_file() for p in entry.rglob("*"))
+                and private_dir(path, sub, create=False) is not None)
+    except (OSError, PermissionDeniedError):
+        return False
 
 
 def _read_state_file(path: Path) -> Any:
