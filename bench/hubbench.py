@@ -1,5 +1,7 @@
 """The hub hop: stream backend -> hub -> stream backend (unix sockets), side by
-side with QEMU's hub and vde_switch, at 64 and 1514 bytes.
+side with QEMU's hub and vde_switch, at 64 and 1514 bytes, and with ``pyrelay``
+(bench/pyrelay.py: a bare asyncio relay, the floor of one Python process hop,
+for reading the latency figures).
 
 For every peer (bench/peers.py) and size, each on a fresh peer:
 
@@ -28,7 +30,7 @@ from loadgen import LoadConfig, LoadgenError
 from peers import Measured, PeerError, has_link_transport, make_peer, run_measured, wait_for_idle
 from report import Target, md_table, num, ratio
 
-PEERS = ("virtwire", "virtwire-grpc", "virtwire-tls", "virtwire-3p", "vde", "qemu")
+PEERS = ("virtwire", "virtwire-grpc", "virtwire-tls", "virtwire-3p", "vde", "qemu", "pyrelay")
 VIRTWIRE_PEERS = tuple(p for p in PEERS if p.startswith("virtwire"))
 MEMORY_PEERS = ("virtwire", "virtwire-grpc", "virtwire-3p", "qemu")
 SIZES = (64, 1514)
@@ -40,7 +42,7 @@ FLOOD_SENDS_PER_S = 2000
 FLOOD_MAX_FRAMES = 1_000_000
 #: A NetQueue's cap (nq_maxlen), for reading the memory figures.
 NQ_MAXLEN = 10_000
-REF_NAMES = {"qemu": "QEMU's hub", "vde": "vde_switch"}
+REF_NAMES = {"qemu": "QEMU's hub", "vde": "vde_switch", "pyrelay": "a bare asyncio relay"}
 #: Tries per run, and how much of an error (with the peer's logs) the JSON keeps.
 ATTEMPTS = 2
 ERROR_CHARS = 2000
@@ -281,9 +283,11 @@ def targets(results: dict[str, Any], name: str) -> list[Target]:
 
 def ratios_table(results: dict[str, Any], names: Sequence[str]) -> str:
     rows = []
-    for ref in ("qemu", "vde"):
+    for ref in ("qemu", "vde", "pyrelay"):
         for what, label in (("cpu", "CPU per frame"), ("fps", "frames/s"),
                             ("p50", "p50 at 1000/s")):
+            if ref == "pyrelay" and what != "p50":
+                continue  # the relay is a latency floor, not a hub
             for size in SIZES:
                 base = _figure(results, ref, size, what)
                 rows.append([f"{label}, {size} B, / {REF_NAMES[ref]}"] + [

@@ -31,6 +31,8 @@ Peers
               the switch port into a byte stream on its stdin/stdout with
               libvdeplug's ``vdestream`` framing (2-byte big-endian length,
               verified here; ``len16`` endpoints over a socketpair).
+``pyrelay``   bench/pyrelay.py, a bare asyncio relay between two unix sockets:
+              the floor of one Python process hop, no virtwire code.
 ``virtwire``  `virtwire serve hub` and one `serve tap` with both stream backends
               (``virtwire-3p``: a tap service each; ``virtwire-tls``: mutual TLS;
               ``virtwire-grpc``: every service with ``--link-transport grpc``,
@@ -95,6 +97,7 @@ __all__ = [
     "Peer",
     "PeerError",
     "ProcPeer",
+    "PyRelayPeer",
     "QemuHubPeer",
     "VdeHubPeer",
     "VirtwireHubPeer",
@@ -460,6 +463,21 @@ class VdeHubPeer(ProcPeer):
         return eps[0], eps[1]
 
 
+class PyRelayPeer(ProcPeer):
+    """bench/pyrelay.py: a bare asyncio relay between two unix sockets, the
+    floor of one Python process hop (no virtwire code at all)."""
+
+    name = "pyrelay"
+
+    async def start(self) -> tuple[Endpoint, Endpoint]:
+        tmp = self.mktemp()
+        a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")
+        relay = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyrelay.py")
+        proc = await self.spawn(sys.executable, relay, a, b, label="pyrelay")
+        await wait_paths([a, b], [proc], 10.0)
+        return Endpoint("unix", a), Endpoint("unix", b)
+
+
 class VirtwireHubPeer(ProcPeer):
     """virtwire: `serve hub` plus `stream` backends (unix, listen) on new hub ports.
 
@@ -552,6 +570,8 @@ def make_peer(name: str) -> Peer:
         return VdeHubPeer("native")
     if name == "vde_plug":
         return VdeHubPeer("vde_plug")
+    if name == "pyrelay":
+        return PyRelayPeer()
     if name == "virtwire":
         return VirtwireHubPeer(taps=1)
     if name == "virtwire-3p":
@@ -564,7 +584,7 @@ def make_peer(name: str) -> Peer:
 
 
 PEER_NAMES = ("loop", "loop-tcp", "loop-dgram", "qemu", "qemu-tcp", "vde", "vde_plug",
-              "virtwire", "virtwire-3p", "virtwire-tls", "virtwire-grpc")
+              "pyrelay", "virtwire", "virtwire-3p", "virtwire-tls", "virtwire-grpc")
 
 
 @functools.cache

@@ -22,15 +22,13 @@ import procstat
 import report
 import run as bench_run
 import tracebench
-from loadgen import Endpoint, LoadConfig
+from loadgen import LoadConfig
 from peers import (
     LoopPeer,
     PeerError,
-    ProcPeer,
     VirtwireHubPeer,
     make_peer,
     run_measured,
-    wait_paths,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,37 +76,21 @@ async def test_loop_peer_has_no_process_to_count() -> None:
     assert m.cpu_us_per_frame == {} and m.memory == {}
 
 
-class _RelayPeer(ProcPeer):
-    """A path of one process of ours: a Python relay copying the bytes that come
-    in at endpoint A out at endpoint B."""
-
-    name = "relay"
-
-    async def start(self) -> tuple[Endpoint, Endpoint]:
-        tmp = self.mktemp()
-        a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")
-        code = ("import socket,sys\n"
-                "s=[socket.socket(socket.AF_UNIX) for _ in range(2)]\n"
-                "[x.bind(p) or x.listen(1) for x,p in zip(s,sys.argv[1:])]\n"
-                "i,_=s[0].accept(); o,_=s[1].accept()\n"
-                "while (d:=i.recv(65536)): o.sendall(d)\n"
-                "import time; time.sleep(60)\n")  # alive until the peer stops it
-        proc = await self.spawn(sys.executable, "-c", code, a, b, label="relay")
-        await wait_paths([a, b], [proc], 20.0)
-        return Endpoint("unix", a), Endpoint("unix", b)
-
-
 async def test_a_process_of_the_path_is_measured_by_its_label() -> None:
-    peer = _RelayPeer()
+    """bench/pyrelay.py (the pyrelay peer, one Python process copying A to B)."""
+    peer = make_peer("pyrelay")
     async with peer:
-        assert [label for label, _ in peer.path_procs()] == ["relay"]
-    m = await asyncio.wait_for(run_measured(_RelayPeer(), LoadConfig(
+        assert [label for label, _ in peer.path_procs()] == ["pyrelay"]
+    m = await asyncio.wait_for(run_measured(make_peer("pyrelay"), LoadConfig(
         size=512, count=20000, timeout=30), rss=True), 60)
-    assert m.result.received == 20000
-    assert set(m.cpu_us_per_frame) == {"relay", "sum"}
+    assert m.result.received == 20000 and m.result.lost == 0
+    assert set(m.cpu_us_per_frame) == {"pyrelay", "sum"}
     assert m.cpu_us_per_frame["sum"] >= 0
-    assert m.memory["relay"]["peak_kib"] >= m.memory["relay"]["before_kib"] > 0
-    assert m.memory["relay"]["hwm_kib"] > 0
+    assert m.memory["pyrelay"]["peak_kib"] >= m.memory["pyrelay"]["before_kib"] > 0
+    assert m.memory["pyrelay"]["hwm_kib"] > 0
+    paced = await asyncio.wait_for(run_measured(make_peer("pyrelay"), LoadConfig(
+        size=64, count=50, rate=500.0, timeout=20)), 60)
+    assert paced.result.received == 50 and paced.result.lat_p50_us is not None
 
 
 def test_virtwire_grpc_peer_passes_the_transport_to_every_service() -> None:
