@@ -28,7 +28,7 @@ import collections
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import trace as otel_trace
@@ -103,6 +103,14 @@ class TracedFrame(bytes):
 
     def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:  # pickles as plain bytes
         return (bytes, (bytes(self),))
+
+
+def any_traced(frames: Iterable[bytes]) -> bool:
+    """Whether any of ``frames`` is a TracedFrame: False at once while no
+    traced frame is alive in this process, else one pass over their types in
+    C (``in`` on a ``map``), so that a batch with nothing traced in it costs no
+    Python-level loop even while a traced frame waits elsewhere."""
+    return STATE.live > 0 and TracedFrame in map(type, frames)
 
 
 def traced(frame: bytes) -> SpanContext | None:
@@ -372,6 +380,15 @@ class Sampler:
                attributes: dict[str, str | int]) -> Sequence[bytes]:
         """``frames`` with the chosen ones replaced by TracedFrames, each the
         root of a new trace with a ``span`` span (``frames`` itself if none)."""
+        if self.match is None or self.done:
+            # Rate only: the countdown skips whole batches without a frame's
+            # call (frames traced upstream count as gaps, which a random
+            # choice of one in N does not notice).
+            if not self.every:
+                return frames
+            if self._countdown > len(frames):
+                self._countdown -= len(frames)
+                return frames
         out: list[bytes] | None = None
         for i, frame in enumerate(frames):
             if type(frame) is TracedFrame or not self.pick(frame):

@@ -47,7 +47,15 @@ from dataclasses import dataclass, field
 from virtwire.errors import ConfigError, LimitError
 from virtwire.net.net import NetClient
 from virtwire.net.queue import NET_PACKET_FLAG_SENT_CB
-from virtwire.tracing import STATE, TracedFrame, add_span, from_wire, now_ns, to_wire
+from virtwire.tracing import (
+    STATE,
+    TracedFrame,
+    add_span,
+    any_traced,
+    from_wire,
+    now_ns,
+    to_wire,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +215,7 @@ class LinkPeer(NetClient):
         stats.rx_frames += taken
         stats.rx_bytes += sum(map(len, frames[:taken])) if taken < len(frames) \
             else sum(map(len, frames))
-        if STATE.live:
+        if any_traced(frames):
             self._note_traced(frames[:taken] if taken < len(frames) else frames)
         self.kick()
         return taken
@@ -414,8 +422,10 @@ class LinkPeer(NetClient):
         when we took it to now, as the batch goes to the writer), parented on
         the frame's context; the batch's traces. The frame's own ``ctx`` stays
         as it is: the same frame object may be going out of other ports too."""
-        starts = self._trace_start
         traces: list[tuple[int, bytes]] = []
+        if not any_traced(frames):
+            return traces
+        starts = self._trace_start
         attrs: dict[str, str | int] = {"netclient": self.local.name,
                                        "link.peer": self.remote_name,
                                        "link.transport": self.transport or "grpc"}

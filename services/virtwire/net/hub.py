@@ -16,7 +16,7 @@ from virtwire.address import NAME_MAX, shorten
 from virtwire.errors import ConfigError
 from virtwire.logfmt import netclient_extra
 from virtwire.net.net import NetClient
-from virtwire.tracing import STATE, TracedFrame, add_span, now_ns
+from virtwire.tracing import STATE, TracedFrame, add_span, any_traced, now_ns
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class HubPort(NetClient):
         one-by-one sends would stop at can_receive."""
         if not self.batch_fast(frames):
             return super().deliver_packets(sender, frames, recheck)
-        start = now_ns() if STATE.live else 0
+        start = now_ns() if any_traced(frames) else 0
         others = [port for port in self.hub.ports if port is not self]
         n = len(frames)
         taken = 0

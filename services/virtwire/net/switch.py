@@ -36,7 +36,7 @@ from virtwire.errors import ConfigError, NotFoundError
 from virtwire.net.eth import ETH_HLEN, ETH_P_8021Q, format_mac
 from virtwire.net.hub import Hub, HubPort
 from virtwire.net.net import NetClient
-from virtwire.tracing import STATE, TracedFrame, now_ns
+from virtwire.tracing import STATE, TracedFrame, any_traced, now_ns
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class SwitchPort(HubPort):
         if not self.batch_fast(frames):
             return NetClient.deliver_packets(self, sender, frames, recheck)
         forward = self.hub.forward
-        start = now_ns() if STATE.live else 0
+        start = now_ns() if any_traced(frames) else 0
         copies: list[list[TracedFrame]] = []
         n = len(frames)
         taken = 0
