@@ -81,3 +81,34 @@ def test_any_traced_looks_at_types_only_while_a_traced_frame_lives() -> None:
 def test_a_rate_out_of_range_is_refused(every: int) -> None:
     with pytest.raises(ConfigError, match="sample every"):
         Sampler(every=every)
+
+
+def test_a_recorded_span_is_what_the_sdk_would_have_made() -> None:
+    """add_span makes a ReadableSpan itself (no tracer.start_span): the parent's
+    trace, a new span id, sampled, this process's resource and scope, the
+    attributes copied (callers reuse their dict), in the ring."""
+    before = tracing._tracing.service
+    tracing.configure("sampler-test", "lan1")
+    try:
+        _check_recorded_spans()
+    finally:
+        tracing.configure(before)  # a plain provider again, as other tests expect
+
+
+def _check_recorded_spans() -> None:
+    attrs: dict[str, str | int] = {"netclient": "p0"}
+    root = tracing.add_span("tap.read", None, 100, 200, attrs)
+    attrs["netclient"] = "changed"
+    child = tracing.add_span("hub.forward", root, 300, None, attrs)
+    assert child.trace_id == root.trace_id and child.span_id not in (0, root.span_id)
+    assert root.trace_flags.sampled and child.trace_flags.sampled
+    spans = {s.span_id: s for s in tracing.recent().after(0, 10_000)}
+    first, second = spans[root.span_id], spans[child.span_id]
+    assert (first.name, first.parent_span_id, first.start_ns, first.end_ns) == (
+        "tap.read", 0, 100, 200)
+    assert first.attributes == {"netclient": "p0"}
+    assert second.parent_span_id == root.span_id and second.end_ns >= 300
+    assert first.service == second.service == "sampler-test"
+    provider = tracing.provider()
+    assert provider is not None
+    assert provider.resource.attributes["virtwire.lan"] == "lan1"
