@@ -408,22 +408,43 @@ class Sampler:
         """``frames`` with the chosen ones replaced by TracedFrames, each the
         root of a new trace with a ``span`` span (``frames`` itself if none)."""
         if self.match is None or self.done:
-            # Rate only: the countdown skips whole batches without a frame's
-            # call (frames traced upstream count as gaps, which a random
-            # choice of one in N does not notice).
-            if not self.every:
-                return frames
-            if self._countdown > len(frames):
-                self._countdown -= len(frames)
-                return frames
+            return self._sample_rate(frames, span, attributes)
         out: list[bytes] | None = None
         for i, frame in enumerate(frames):
             if type(frame) is TracedFrame or not self.pick(frame):
                 continue
             if out is None:
                 out = list(frames)
-            t = now_ns()
-            attrs = dict(attributes)
-            attrs["frame.len"] = len(frame)
-            out[i] = TracedFrame(frame, add_span(span, None, t, t, attrs))
+            out[i] = self._root(frame, span, attributes)
         return frames if out is None else out
+
+    def _sample_rate(self, frames: Sequence[bytes], span: str,
+                     attributes: dict[str, str | int]) -> Sequence[bytes]:
+        """Rate only: the countdown jumps from one chosen frame to the next, so
+        a batch costs the number of frames chosen, not of frames (a frame
+        traced upstream takes its turn and stays as it is, which a random
+        choice of one in N does not notice)."""
+        n = len(frames)
+        if not self.every:
+            return frames
+        if self._countdown > n:
+            self._countdown -= n
+            return frames
+        out = list(frames)
+        i = self._countdown - 1
+        while i < n:
+            frame = out[i]
+            if type(frame) is not TracedFrame:
+                self.traced += 1
+                out[i] = self._root(frame, span, attributes)
+            i += self._next_gap()
+        self._countdown = i - n + 1
+        return out
+
+    @staticmethod
+    def _root(frame: bytes, span: str, attributes: dict[str, str | int]) -> TracedFrame:
+        """``frame`` as the root of a new trace, with a ``span`` span."""
+        t = now_ns()
+        attrs = dict(attributes)
+        attrs["frame.len"] = len(frame)
+        return TracedFrame(frame, add_span(span, None, t, t, attrs))
