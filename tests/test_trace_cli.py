@@ -18,12 +18,15 @@ import grpc
 import pytest
 from rich.console import Console
 
+from virtwire import tracing
 from virtwire.cli.trace import build_table, causal_order, check_args, frame_dict
 from virtwire.errors import ConfigError, OutOfRangeError
 from virtwire.orchestrator.core import Orchestrator
-from virtwire.orchestrator.render import TraceFlags, render, service_commands
+from virtwire.orchestrator.render import TraceFlags, check_otlp, render, service_commands
 from virtwire.orchestrator.spec import HubServiceSpec
 from virtwire.orchestrator.traces import CollectedTrace, TraceCollector, summary
+from virtwire.server import tracesetup
+from virtwire.server.tracesetup import TraceSetup
 from virtwire.topology import parse_topology
 from virtwire.v1 import orchestrator_pb2, orchestrator_pb2_grpc, trace_pb2, trace_pb2_grpc
 
@@ -312,6 +315,79 @@ def test_trace_flags_are_checked() -> None:
                 TraceFlags(otlp="file:///etc/passwd"), TraceFlags(otlp="h:70000")):
         with pytest.raises(ConfigError):
             bad.checked()
+
+
+_FORMS = "expected HOST:PORT, http://HOST:PORT or https://HOST:PORT"
+OTLP_REFUSED = [
+    # A URL path, a query or a fragment: OTLP/gRPC has none, so none is dropped quietly.
+    ("http://127.0.0.1:4317/v1/traces", "--trace-otlp 'http://127.0.0.1:4317/v1/traces': "
+                                        f"OTLP/gRPC takes no path, query or fragment; {_FORMS}"),
+    ("otel:4317/v1/traces", "--trace-otlp 'otel:4317/v1/traces': OTLP/gRPC takes no path, "
+                            f"query or fragment; {_FORMS}"),
+    ("https://otel:4317?tenant=a", "--trace-otlp 'https://otel:4317?tenant=a': OTLP/gRPC "
+                                   f"takes no path, query or fragment; {_FORMS}"),
+    ("https://otel:4317/?tenant=a", "--trace-otlp 'https://otel:4317/?tenant=a': OTLP/gRPC "
+                                    f"takes no path, query or fragment; {_FORMS}"),
+    ("http://otel:4317#x", "--trace-otlp 'http://otel:4317#x': OTLP/gRPC takes no path, "
+                           f"query or fragment; {_FORMS}"),
+    # A bare host: the port is not guessed.
+    ("otel", f"--trace-otlp: bad address 'otel': no port; {_FORMS}"),
+    ("http://otel", f"--trace-otlp: bad address 'otel': no port; {_FORMS}"),
+    (":4317", f"--trace-otlp: bad address ':4317': no host; {_FORMS}"),
+    # Bad ports.
+    ("otel:0", "--trace-otlp: bad address 'otel:0': port '0' out of range"),
+    ("otel:70000", "--trace-otlp: bad address 'otel:70000': port '70000' out of range"),
+    ("otel:", "--trace-otlp: bad address 'otel:': port '' is not a number"),
+    ("otel:43x7", "--trace-otlp: bad address 'otel:43x7': port '43x7' is not a number"),
+    ("otel:+4317", "--trace-otlp: bad address 'otel:+4317': port '+4317' is not a number"),
+    # Other schemes, hosts and IPv6 spellings.
+    ("ftp://otel:4317", f"--trace-otlp 'ftp://otel:4317': {_FORMS}"),
+    ("file:///etc/passwd", f"--trace-otlp 'file:///etc/passwd': {_FORMS}"),
+    ("unix:/tmp/otel.sock", "--trace-otlp: bad address 'unix:/tmp/otel.sock': unix sockets "
+                            "are not allowed here"),
+    ("a b:4317", "--trace-otlp: bad address 'a b:4317': 'a b' is not a host name or IP"),
+    ("http://user@otel:4317", "--trace-otlp: bad address 'user@otel:4317': 'user@otel' is "
+                              "not a host name or IP"),
+    ("::1:4317", "--trace-otlp: bad address '::1:4317': write IPv6 hosts as [ADDR]:PORT"),
+    ("[::1:4317", "--trace-otlp: bad address '[::1:4317': expected [IPV6]:PORT"),
+    ("[otel]:4317", "--trace-otlp: bad address '[otel]:4317': 'otel' is not an IPv6 address"),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "message"), OTLP_REFUSED, ids=[e for e, _ in OTLP_REFUSED])
+def test_up_render_and_serve_refuse_the_same_otlp_endpoints(endpoint: str,
+                                                              message: str) -> None:
+    """up/render (check_otlp, TraceFlags) and the services (tracesetup) check an
+    endpoint with one parser, so they refuse the same ones with the same words."""
+    refusals = []
+    for check in (lambda: check_otlp(endpoint), lambda: TraceFlags(otlp=endpoint).checked(),
+                  lambda: tracesetup.parse_otlp_endpoint(endpoint),
+                  lambda: TraceSetup.from_flags("s", "", "", endpoint, ""),
+                  lambda: tracing.parse_otlp_endpoint(endpoint)):
+        with pytest.raises(ConfigError) as err:
+            check()
+        refusals.append(str(err.value))
+    assert refusals == [message] * 5
+
+
+@pytest.mark.parametrize(("endpoint", "parsed"), [
+    ("127.0.0.1:4317", ("127.0.0.1", 4317, None)),
+    ("otel:4317", ("otel", 4317, None)),
+    (" otel:4317 ", ("otel", 4317, None)),
+    ("http://127.0.0.1:4317", ("127.0.0.1", 4317, False)),
+    ("http://otel:4317/", ("otel", 4317, False)),
+    ("https://otel.example.:65535", ("otel.example.", 65535, True)),
+    ("HTTPS://otel:1", ("otel", 1, True)),
+    ("[::1]:4317", ("::1", 4317, None)),
+    ("https://[2001:db8::1]:4317/", ("2001:db8::1", 4317, True)),
+])
+def test_up_render_and_serve_take_the_same_otlp_endpoints(
+        endpoint: str, parsed: tuple[str, int, bool | None]) -> None:
+    assert tracing.parse_otlp_endpoint(endpoint) == parsed
+    check_otlp(endpoint)
+    assert TraceFlags(otlp=endpoint).checked().otlp == endpoint
+    addr, _want_tls = tracesetup.parse_otlp_endpoint(endpoint)
+    assert (addr.host, addr.port) == parsed[:2]
 
 
 def test_the_process_services_get_the_trace_flags(tmp_path: Path) -> None:

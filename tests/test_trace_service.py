@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.trace import TracerProvider
 
 from virtwire import tracing
+from virtwire.address import SockAddr
 from virtwire.errors import ConfigError
 from virtwire.net.net import NetClient
 from virtwire.net.netdev import parse_backend_spec
@@ -275,6 +276,62 @@ def test_trace_flags_are_checked_before_anything_opens(tmp_path: Path) -> None:
         otlp_exporter("198.18.0.1:4317")
 
 
+SAMPLE_REFUSED = [
+    ("2/3", "--trace-sample '2/3': expected off or 1/N: the top must be 1, write 1/N "
+            "(one frame in N)"),
+    ("0/5", "--trace-sample '0/5': expected off or 1/N: the top must be 1, write 1/N "
+            "(one frame in N)"),
+    ("1/0", f"--trace-sample '1/0': N must be 1 to {tracing.MAX_SAMPLE_EVERY}"),
+    (f"1/{tracing.MAX_SAMPLE_EVERY + 1}", f"--trace-sample '1/{tracing.MAX_SAMPLE_EVERY + 1}'"
+                                          f": N must be 1 to {tracing.MAX_SAMPLE_EVERY}"),
+    ("abc", "--trace-sample 'abc': expected off or 1/N, N a whole number"),
+    ("1/x", "--trace-sample '1/x': expected off or 1/N, N a whole number"),
+    ("x/3", "--trace-sample 'x/3': expected off or 1/N, N a whole number"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), SAMPLE_REFUSED)
+def test_parse_sample_says_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        tracing.parse_sample(text)
+    assert str(err.value) == message
+    with pytest.raises(ConfigError) as flags_err:
+        TraceSetup.from_flags("s", "", "", "", text)
+    assert str(flags_err.value) == message
+
+
+@pytest.mark.parametrize(("text", "every"), [
+    ("0", 0), ("off", 0), (" OFF ", 0), ("none", 0), ("", 0), ("1/1", 1), ("1", 1),
+    ("1/1000", 1000), ("1000", 1000), (f"1/{tracing.MAX_SAMPLE_EVERY}", 1 << 30)])
+def test_parse_sample_takes_off_and_one_in_n(text: str, every: int) -> None:
+    assert tracing.parse_sample(text) == every
+
+
+def test_parse_sample_shows_a_long_value_shortened() -> None:
+    with pytest.raises(ConfigError) as err:
+        tracing.parse_sample("x" * 100000)
+    assert "(100000 characters)" in str(err.value) and len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize(("endpoint", "addr", "want_tls"), [
+    ("127.0.0.1:4317", SockAddr("127.0.0.1", 4317), False),
+    ("localhost:4317", SockAddr("localhost", 4317), False),
+    (" 127.0.0.1:4317 ", SockAddr("127.0.0.1", 4317), False),
+    ("http://127.0.0.1:4317", SockAddr("127.0.0.1", 4317), False),
+    ("http://127.0.0.1:4317/", SockAddr("127.0.0.1", 4317), False),
+    ("https://127.0.0.1:4317", SockAddr("127.0.0.1", 4317), True),
+    ("HTTPS://otel.example.:4317/", SockAddr("otel.example.", 4317), True),
+    ("198.18.0.1:4317", SockAddr("198.18.0.1", 4317), True),
+    ("otel:65535", SockAddr("otel", 65535), True),
+    ("[::1]:4317", SockAddr("::1", 4317), False),
+    ("https://[2001:db8::1]:1", SockAddr("2001:db8::1", 1), True),
+])
+def test_tracesetup_parses_the_collector_and_whether_it_wants_tls(
+        endpoint: str, addr: SockAddr, want_tls: bool) -> None:
+    assert parse_otlp_endpoint(endpoint) == (addr, want_tls)
+    assert TraceSetup.from_flags("s", "", "", endpoint, "").otlp == endpoint
+
+
 # -- --trace-otlp to a real OTLP/gRPC receiver ----------------------------------------------
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     """An OpenTelemetry collector's trace endpoint, keeping what it is sent."""
@@ -338,6 +395,7 @@ def test_serve_refuses_bad_trace_flags(tmp_path: Path) -> None:
     assert "--trace-sample" in _serve_fails("--trace-sample", "sometimes")
     assert "not a directory" in _serve_fails("--trace-file", str(tmp_path / "no" / "x"))
     assert "--trace-otlp" in _serve_fails("--trace-otlp", "ftp://127.0.0.1:4317")
+    assert "no port" in _serve_fails("--trace-otlp", "otel")
     err = _serve_fails("--trace-otlp", "198.18.0.1:4317")
     assert "--tls-dir" in err, err
     assert "refusing plaintext" in _serve_fails("--trace-otlp", "http://198.18.0.1:4317")

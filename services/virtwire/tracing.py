@@ -25,11 +25,14 @@ once per send. Only traced frames pay for spans.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
@@ -44,6 +47,7 @@ __all__ = [
     "MAX_RECENT_SPANS",
     "STATE",
     "WIRE_SIZE",
+    "OtlpEndpoint",
     "RecentSpans",
     "Sampler",
     "TracedFrame",
@@ -53,6 +57,7 @@ __all__ = [
     "context_of",
     "from_wire",
     "now_ns",
+    "parse_otlp_endpoint",
     "parse_sample",
     "provider",
     "recent",
@@ -65,6 +70,12 @@ __all__ = [
 MAX_RECENT_SPANS = 8192
 #: Bytes of a context on the wire: trace id (16), span id (8), flags (1).
 WIRE_SIZE = 25
+#: Characters of a bad value shown in a message.
+_SHOWN_MAX = 64
+#: Host names of OTLP endpoints: the rule of ``address.parse_sockaddr``.
+_HOST_MAX = 253
+_HOST_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
 #: The largest N of ``--trace-sample 1/N``.
 MAX_SAMPLE_EVERY = 1 << 30
 #: The most frames one armed match may trace.
@@ -329,6 +340,14 @@ def context_of(frame: bytes) -> SpanContext | None:
     return traced(frame)
 
 
+def _shown(text: str) -> str:
+    """``text`` as it appears in a message: its repr, cut to ``_SHOWN_MAX``
+    characters (it may come from a peer); the same rule as ``address.shorten``."""
+    if len(text) <= _SHOWN_MAX:
+        return repr(text)
+    return f"{text[:_SHOWN_MAX]!r}... ({len(text)} characters)"
+
+
 def parse_sample(text: str) -> int:
     """``--trace-sample``: ``off``/``0`` -> 0, ``1/N`` or ``N`` -> N (one frame
     in N); ConfigError otherwise."""
@@ -337,18 +356,92 @@ def parse_sample(text: str) -> int:
         return 0
     num, sep, den = value.partition("/")
     try:
-        if sep:
-            if int(num) != 1:
-                raise ConfigError(f"--trace-sample {text!r}: write 1/N (one frame in N)")
-            every = int(den)
-        else:
-            every = int(num)
+        top = int(num) if sep else 1
+        every = int(den) if sep else int(num)
     except ValueError:
-        raise ConfigError(f"--trace-sample {text!r}: expected off or 1/N, N a whole "
+        raise ConfigError(f"--trace-sample {_shown(text)}: expected off or 1/N, N a whole "
                           "number") from None
+    if top != 1:
+        raise ConfigError(f"--trace-sample {_shown(text)}: expected off or 1/N: the top "
+                          "must be 1, write 1/N (one frame in N)")
     if not 1 <= every <= MAX_SAMPLE_EVERY:
-        raise ConfigError(f"--trace-sample {text!r}: N must be 1 to {MAX_SAMPLE_EVERY}")
+        raise ConfigError(f"--trace-sample {_shown(text)}: N must be 1 to {MAX_SAMPLE_EVERY}")
     return every
+
+
+class OtlpEndpoint(NamedTuple):
+    """A ``--trace-otlp`` endpoint as written (``parse_otlp_endpoint``)."""
+
+    #: A host name or IP address (an IPv6 one without its brackets).
+    host: str
+    #: 1 to 65535.
+    port: int
+    #: ``https://``: True, ``http://``: False, a bare ``HOST:PORT``: None (the
+    #: server decides: plaintext on loopback, TLS elsewhere; docs/tracing.md).
+    tls: bool | None
+
+
+#: What ``--trace-otlp`` takes, in its messages.
+_OTLP_FORMS = "expected HOST:PORT, http://HOST:PORT or https://HOST:PORT"
+
+
+def parse_otlp_endpoint(text: str) -> OtlpEndpoint:
+    """``--trace-otlp``: ``HOST:PORT``, ``[V6]:PORT``, ``http://HOST:PORT`` or
+    ``https://HOST:PORT`` (a trailing ``/`` allowed) -> OtlpEndpoint;
+    ConfigError (a ValueError) saying what is wrong otherwise.
+
+    Syntax only, so every layer checks an endpoint the same way: the services
+    (``server.tracesetup``), the agent and ``up``/``render``
+    (``orchestrator.render.check_otlp``). OTLP/gRPC has no URL path, so a path,
+    query or fragment is refused rather than dropped, and so is a host without
+    a port.
+    """
+    value = text.strip()
+    scheme = ""
+    rest = value
+    if "://" in value:
+        scheme, _, rest = value.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"--trace-otlp {_shown(text)}: {_OTLP_FORMS}")
+    elif value.startswith("unix:"):
+        raise ConfigError(f"--trace-otlp: bad address {_shown(value)}: unix sockets are "
+                          "not allowed here")
+    host_port, _, path = rest.partition("/")
+    if path or "?" in rest or "#" in rest:
+        raise ConfigError(f"--trace-otlp {_shown(text)}: OTLP/gRPC takes no path, query "
+                          f"or fragment; {_OTLP_FORMS}")
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"--trace-otlp: bad address {_shown(host_port)}: {why}")
+
+    if host_port.startswith("["):
+        host, sep, port_text = host_port[1:].partition("]:")
+        if not sep:
+            raise bad("expected [IPV6]:PORT")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"{_shown(host)} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = host_port.rpartition(":")
+        if not sep:
+            raise bad(f"no port; {_OTLP_FORMS}")
+        if not host:
+            raise bad(f"no host; {_OTLP_FORMS}")
+        if ":" in host:
+            raise bad("write IPv6 hosts as [ADDR]:PORT")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if len(host) > _HOST_MAX or _HOST_RE.fullmatch(host) is None:
+                raise bad(f"{_shown(host)} is not a host name or IP") from None
+    if _PORT_RE.fullmatch(port_text) is None:
+        raise bad(f"port {_shown(port_text)} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise bad(f"port {_shown(port_text)} out of range")
+    return OtlpEndpoint(host, port, {"https": True, "http": False}.get(scheme))
 
 
 class Sampler:

@@ -266,7 +266,7 @@ def _add_trace_arguments(sp: argparse.ArgumentParser) -> None:
                          "LAN, recording a span per hop (docs/tracing.md); off by default")
     sp.add_argument("--trace-otlp", metavar="ENDPOINT", default="",
                     help="every service exports its spans over OTLP to ENDPOINT "
-                         "(HOST:PORT or http(s)://HOST[:PORT][/PATH])")
+                         "(HOST:PORT, http://HOST:PORT or https://HOST:PORT; no path)")
 
 
 # -- down, status, link, ping ----------------------------------------------------------
@@ -469,9 +469,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                     "198.18.0.0/15 (default: the highest free 198.19.N.0/24)")
     up.add_argument("--metrics", nargs="?", type=_metrics_port, const=DEFAULT_METRICS_PORT,
                     default=0, metavar="PORT",
-                    help="every service of this machine serves Prometheus /metrics on "
-                         f"127.0.0.1, from PORT up in start order (default {DEFAULT_METRICS_PORT}"
-                         "; also the topology's metrics: {port: N}); 'status' lists them")
+                    help="every service serves Prometheus /metrics from PORT up in start "
+                         "order, numbered per machine: this machine's on 127.0.0.1 (docker: "
+                         "each container on PORT), those with a host: on that host's "
+                         "address (default "
+                         f"{DEFAULT_METRICS_PORT}; also the topology's metrics: {{port: N}}; "
+                         "docs/metrics.md); 'status' lists them")
     up.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                     help="text (the default) or json (one object per line; docs/logs.md): "
                          "the orchestrator's log and those of the services it starts "

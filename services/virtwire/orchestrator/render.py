@@ -44,7 +44,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,7 +65,7 @@ from virtwire.orchestrator.spec import (
 )
 from virtwire.orchestrator.subnet import check_subnet
 from virtwire.topology import METRICS_KINDS, ContainerNode, Service, TapNode, Topology, VmNode
-from virtwire.tracing import parse_sample
+from virtwire.tracing import parse_otlp_endpoint, parse_sample
 
 PORT = 50051
 LISTEN = f"0.0.0.0:{PORT}"
@@ -175,11 +174,6 @@ def container_tls_env(name: str, directory: str = SECRETS_DIR) -> dict[str, str]
     return {tls.ENV_DIR: directory, tls.ENV_NAME: name}
 
 
-#: An OTLP endpoint: HOST:PORT, or http(s)://HOST[:PORT][/PATH].
-_OTLP_RE = re.compile(r"(https?://)?([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:(\d{1,5}))?(/[\w./\-]*)?")
-_OTLP_MAX = 256
-
-
 @dataclasses.dataclass(frozen=True)
 class TraceFlags:
     """What ``up/render --trace-*`` give every service (docs/tracing.md).
@@ -215,16 +209,11 @@ NO_TRACE = TraceFlags()
 
 
 def check_otlp(endpoint: str) -> None:
-    """ConfigError unless ``endpoint`` is "" or an OTLP endpoint (no spaces, at most
-    256 characters, HOST[:PORT] with an optional http(s):// and path)."""
-    if not endpoint:
-        return
-    m = _OTLP_RE.fullmatch(endpoint)
-    ok = (m is not None and len(endpoint) <= _OTLP_MAX
-          and (m.group(4) is None or 1 <= int(m.group(4)) <= 65535))
-    if not ok:
-        raise ConfigError(f"--trace-otlp {endpoint[:60]!r}: expected HOST:PORT or "
-                          "http(s)://HOST[:PORT][/PATH]")
+    """ConfigError unless ``endpoint`` is "" or an OTLP endpoint the services take
+    (``tracing.parse_otlp_endpoint``: HOST:PORT or http(s)://HOST:PORT, no path),
+    with the message ``serve`` would give."""
+    if endpoint:
+        parse_otlp_endpoint(endpoint)
 
 
 def service_commands(topo: Topology, directory: str = SECRETS_DIR,

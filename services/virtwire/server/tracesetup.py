@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit
 
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -22,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from virtwire import tls, tracing
-from virtwire.address import SockAddr, parse_sockaddr, shorten
+from virtwire.address import SockAddr, shorten
 from virtwire.errors import ConfigError
 from virtwire.net.net import NetClient
 from virtwire.tracing import Sampler
@@ -41,28 +40,13 @@ def json_line(span: ReadableSpan) -> str:
 
 def parse_otlp_endpoint(text: str) -> tuple[SockAddr, bool]:
     """``HOST:PORT``, ``http://HOST:PORT`` or ``https://HOST:PORT`` -> (address,
-    TLS wanted). ``http://`` asks for plaintext, ``https://`` for TLS; a bare
-    address gets plaintext on loopback and TLS elsewhere."""
-    value = text.strip()
-    scheme = ""
-    if "://" in value:
-        parts = urlsplit(value)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ConfigError(f"--trace-otlp {shorten(text)}: expected HOST:PORT, "
-                              "http://HOST:PORT or https://HOST:PORT")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ConfigError(f"--trace-otlp {shorten(text)}: OTLP/gRPC takes no path")
-        value = parts.netloc
-    try:
-        addr = parse_sockaddr(value, allow_unix=False, allow_port_zero=False)
-    except ConfigError as exc:
-        raise ConfigError(f"--trace-otlp: {exc}") from None
-    if scheme == "https":
-        return addr, True
-    if scheme == "http":
-        return addr, False
-    return addr, not tls.is_local(addr)
+    TLS wanted); ConfigError otherwise (``tracing.parse_otlp_endpoint``, the one
+    syntax check that ``up``/``render`` use too). ``http://`` asks for plaintext,
+    ``https://`` for TLS; a bare address gets plaintext on loopback and TLS
+    elsewhere."""
+    endpoint = tracing.parse_otlp_endpoint(text)
+    addr = SockAddr(host=endpoint.host, port=endpoint.port)
+    return addr, endpoint.tls if endpoint.tls is not None else not tls.is_local(addr)
 
 
 def otlp_exporter(text: str) -> OTLPSpanExporter:
