@@ -252,7 +252,9 @@ def remove_lan_dir(name: str, root: Path | None = None) -> None:
 
     What a run was for is kept: its dumps (``dump/``) and its trace files
     (``traces/``), each when it is a private directory holding files. The next
-    ``up`` of the LAN overwrites them.
+    ``up`` of the LAN writes its dumps anew (a dump filter starts its pcap file
+    over) and appends to the trace files (services open ``--trace-file`` for
+    appending), as docs/tracing.md says.
     """
     path = private_dir(root or state_root(), check_lan(name), create=False)
     if path is None:
