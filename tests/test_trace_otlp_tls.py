@@ -3,12 +3,16 @@ spans go"): a real ``virtwire serve tap`` with ``https://`` and the shared TLS
 flags exports its spans over mutual TLS, trusting the collector through the
 flags' CA and showing its own certificate; with ``http://`` to the same
 collector nothing arrives, the service keeps answering, logs why the export
-failed, and still stops on SIGTERM."""
+failed, and still stops on SIGTERM within a few seconds however many batches
+wait. Its /metrics counts the spans each way (docs/metrics.md, tracing)."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -18,10 +22,11 @@ from typing import Any
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from virtwire import certs
 from virtwire.orchestrator.launch import ServiceProcess
-from virtwire.server.tracesetup import OTLP_TIMEOUT_S
+from virtwire.server.tracesetup import EXPORT_SHUTDOWN_S, OTLP_TIMEOUT_S
 from virtwire.v1 import netclient_pb2, netclient_pb2_grpc, trace_pb2, trace_pb2_grpc
 
 from support.doubles import frame
@@ -128,10 +133,43 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def tap_args(pki: Pki, endpoint: str) -> list[str]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tap_args(pki: Pki, endpoint: str, metrics: str) -> list[str]:
     return ["--backend", "stream,listen=127.0.0.1:0,id=vm", "--log-name", "otlp-tap",
             "--trace-sample", "1/1", "--trace-otlp", endpoint,
-            "--tls-dir", str(pki.dir), "--tls-name", "svc"]
+            "--tls-dir", str(pki.dir), "--tls-name", "svc", "--metrics-listen", metrics]
+
+
+def trace_counts(pki: Pki, metrics: str) -> dict[str, float]:
+    """The service's trace span counters from its /metrics (HTTPS: it has a TLS
+    identity, so it wants a client certificate): exported, failed (the otlp
+    exporter's) and ring_dropped."""
+    ctx = ssl.create_default_context(cafile=str(pki.dir / certs.CA_CERT))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(certs.cert_path(pki.dir, "controller")),
+                        str(certs.key_path(pki.dir, "controller")))
+    with urllib.request.urlopen(f"https://{metrics}/metrics", timeout=10,
+                                context=ctx) as resp:
+        text = resp.read().decode()
+    wanted = {"virtwire_trace_spans_exported_total": "exported",
+              "virtwire_trace_spans_export_failed_total": "failed",
+              "virtwire_trace_spans_ring_dropped_total": "ring_dropped"}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            key = wanted.get(sample.name)
+            if key is None:
+                continue
+            assert sample.labels["service"] == "tap", sample
+            assert sample.labels.get("exporter", "otlp") == "otlp", sample
+            out[key] = sample.value
+    assert set(out) == set(wanted.values()), text
+    return out
 
 
 def test_https_collector_gets_the_spans_over_mutual_tls(
@@ -139,11 +177,20 @@ def test_https_collector_gets_the_spans_over_mutual_tls(
         monkeypatch: pytest.MonkeyPatch) -> None:
     receiver, port = collector
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY_MS)
-    with serve("tap", tap_args(pki, f"https://127.0.0.1:{port}"), tmp_path) as svc:
+    metrics = f"127.0.0.1:{free_port()}"
+    with serve("tap", tap_args(pki, f"https://127.0.0.1:{port}", metrics), tmp_path) as svc:
+        assert trace_counts(pki, metrics) == {"exported": 0, "failed": 0, "ring_dropped": 0}
         assert inject(pki, svc, 3) == 3
         # Exported while the service runs (not only by the flush at exit).
         wait_for(lambda: sum(s[1] == "inject" for s in receiver.spans()) >= 3, 15,
                  "three inject spans at the collector")
+        # Counted once the export has returned, which is just after the collector
+        # kept the request.
+        wait_for(lambda: trace_counts(pki, metrics)["exported"] >= 3, 5,
+                 "the spans counted as exported")
+        counts = trace_counts(pki, metrics)
+        assert counts["exported"] == len(receiver.spans()), (counts, receiver.spans())
+        assert counts["failed"] == 0
     spans = [s for s in receiver.spans() if s[1] == "inject"]
     assert [(s[0], s[1], s[3]) for s in spans] == [("otlp-tap", "inject", b"")] * 3, spans
     assert len({s[2] for s in spans}) == 3  # each frame is its own trace
@@ -158,12 +205,17 @@ def test_plaintext_to_a_tls_only_collector_fails_logged_and_does_not_hang(
     service's own port still takes TLS). The collector refuses the handshake;
     the exporter retries in the batch processor's thread, not the event loop,
     so the service goes on answering; the SDK logs each failure in the
-    service's log and, at the export's deadline, drops the batch. SIGTERM waits
-    for the export in flight, no longer than its timeout."""
+    service's log and, at the export's deadline, drops the batch, counted in
+    /metrics as failed. SIGTERM with many batches still queued behind the one
+    in flight gives up on them at EXPORT_SHUTDOWN_S, counting them too, instead
+    of waiting out each one's timeout."""
     receiver, port = collector
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY_MS)
+    # Batches of 2 spans: the 40 frames injected below wait as 20 batches.
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
     endpoint = f"127.0.0.1:{port}"
-    with serve("tap", tap_args(pki, f"http://{endpoint}"), tmp_path) as svc:
+    metrics = f"127.0.0.1:{free_port()}"
+    with serve("tap", tap_args(pki, f"http://{endpoint}", metrics), tmp_path) as svc:
         assert inject(pki, svc, 3) == 3
         wait_for(lambda: "Transient error StatusCode.UNAVAILABLE encountered while "
                          f"exporting traces to {endpoint}" in svc.log.read_text(), 15,
@@ -176,12 +228,29 @@ def test_plaintext_to_a_tls_only_collector_fails_logged_and_does_not_hang(
                 trace_pb2.ReadSpansRequest(), timeout=5)
         assert time.monotonic() - t < 2.0
         assert sum(s.name == "inject" for s in read.spans) == 3  # kept in the ring
+        # The first batch fails at its export's deadline (its retries' backoff
+        # would pass OTLP_TIMEOUT_S); then it is counted.
+        wait_for(lambda: trace_counts(pki, metrics)["failed"] >= 2, OTLP_TIMEOUT_S + 5,
+                 "the first batch counted as failed")
+        counts = trace_counts(pki, metrics)
+        assert counts["exported"] == 0, counts
+        # Twenty more batches wait; each would take up to OTLP_TIMEOUT_S.
+        assert inject(pki, svc, 40) == 40
+        with pki.channel(svc.address) as ch:
+            made = len(trace_pb2_grpc.TraceServiceStub(ch).ReadSpans(
+                trace_pb2.ReadSpansRequest(), timeout=5).spans)
+        assert made >= 43
         t = time.monotonic()
         code = svc.stop(timeout=OTLP_TIMEOUT_S + 10)
         stopped_in = time.monotonic() - t
     log = svc.log.read_text()
     assert code == 0, log
-    assert stopped_in < OTLP_TIMEOUT_S + 3, (stopped_in, log)
+    # The exporters' EXPORT_SHUTDOWN_S and the rest of the shutdown; not one
+    # OTLP_TIMEOUT_S per batch, nor ServiceProcess's 10 s before it kills.
+    assert EXPORT_SHUTDOWN_S < 8
+    assert stopped_in < 8, (stopped_in, log)
     assert (f"Failed to export traces to {endpoint}, error code: StatusCode.UNAVAILABLE"
             in log), log
+    # Every span the service made is accounted for: none exported, all failed.
+    assert f"tracing: otlp exporter: 0 spans exported, {made} failed" in log, log
     assert receiver.spans() == []

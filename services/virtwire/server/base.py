@@ -45,6 +45,7 @@ from virtwire.server.metrics import (
     parse_metrics_listen,
     registry_metrics,
     rpc_histogram,
+    trace_metrics,
 )
 from virtwire.server.registry import NetClientRegistry
 from virtwire.server.trace import TraceServicer
@@ -339,6 +340,7 @@ class ServiceHost:
         scrape, a step between yields, so it only reads counters. Subclasses add
         their own after these (``yield from super().collect_metrics(ms)``)."""
         yield from registry_metrics(self.registry, ms)
+        trace_metrics(self.trace, ms)
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         return ()

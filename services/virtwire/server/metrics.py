@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from virtwire import tls
+from virtwire import tls, tracing
 from virtwire.address import SockAddr, parse_sockaddr
 from virtwire.errors import ConfigError
 from virtwire.rpc.status import WrappingInterceptor
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from virtwire.link import LinkPeer
     from virtwire.mem.guestmem import MemCounters
     from virtwire.server.registry import NetClientRegistry
+    from virtwire.server.tracesetup import TraceSetup
 
 logger = logging.getLogger(__name__)
 
@@ -383,6 +384,23 @@ def registry_metrics(registry: NetClientRegistry, ms: MetricSet) -> Snapshot:
                        f"ServerCounters.{fd.name} (docs/metrics.md)", value)
 
 
+def trace_metrics(trace: TraceSetup | None, ms: MetricSet) -> None:
+    """The span ring's overflow, always; with the service's tracing flags set
+    up (``trace`` started once), each exporter's spans exported and lost."""
+    ms.counter("virtwire_trace_spans_ring_dropped",
+               "Spans pushed out of the in-memory ring (TraceService) before being read",
+               tracing.recent().dropped)
+    if trace is None:
+        return
+    for kind, counts in list(trace.counts.items()):
+        ms.counter("virtwire_trace_spans_exported",
+                   "Spans an exporter (otlp: --trace-otlp, file: --trace-file) exported",
+                   counts.exported, exporter=kind)
+        ms.counter("virtwire_trace_spans_export_failed",
+                   "Spans an exporter failed to export (an export that failed, or not "
+                   "exported by the deadline at exit)", counts.failed, exporter=kind)
+
+
 def _link_metrics(peer: LinkPeer, name: str, ms: MetricSet) -> None:
     ms.counter("virtwire_link_batches_sent", "Batches this side sent over the link",
                peer.batches_sent, netclient=name)
@@ -442,4 +460,4 @@ def mem_metrics(counters: MemCounters, ms: MetricSet, **labels: str) -> None:
 
 __all__ = ["MetricSet", "MetricsEndpoint", "RpcMetricsInterceptor", "Snapshot",
            "SnapshotCollector", "mem_metrics", "parse_metrics_listen", "registry_metrics",
-           "rpc_histogram"]
+           "rpc_histogram", "trace_metrics"]
