@@ -1,8 +1,12 @@
 """What /proc says about the processes of a benchmarked path: CPU time and memory.
 
-``cpu_seconds(pid)`` is utime + stime of the whole process (every thread,
-living or exited; /proc/PID/stat fields 14 and 15, in clock ticks of
-``SC_CLK_TCK``, usually 10 ms). Children are not counted (cutime/cstime):
+``cpu_seconds(pid)`` is the CPU time of the whole process (every thread,
+living or exited), in nanoseconds: the kernel's CPU-time clock of the process
+(``clock_getcpuclockid(3)``), the scheduler's runtime from which /proc/PID/stat
+derives utime + stime. Those two fields (14 and 15) are rounded to clock ticks
+of ``SC_CLK_TCK``, usually 10 ms, which on a load of a fraction of a second is
+several percent of a process's time; they are read only where the clock
+cannot be (``stat_cpu_seconds``). Children are not counted (cutime/cstime):
 the benchmarks spawn every process of a path themselves and name each one.
 ``memory_kib(pid)`` is VmRSS and VmHWM from /proc/PID/status.
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -50,13 +55,31 @@ def parse_status_kib(text: str) -> dict[str, int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """The process's CPU time so far, or None once it is gone."""
+def process_clock(pid: int) -> int:
+    """The clock id of ``pid``'s CPU time, as ``clock_getcpuclockid(3)`` makes
+    it (Linux: the complement of the pid, shifted by 3, and 2 for the
+    scheduler's runtime of the whole thread group)."""
+    return (~pid << 3) | 2
+
+
+def stat_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` from /proc/PID/stat (in clock ticks), or None
+    once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return parse_stat_cpu(f.read())
     except (OSError, ValueError, IndexError):
         return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """The process's CPU time so far (ns precision), or None once it is gone."""
+    try:
+        return time.clock_gettime(process_clock(pid))
+    except (OSError, OverflowError):
+        # Not ours to read, or not a live process (gone, or a zombie: /proc
+        # still has its times).
+        return stat_cpu_seconds(pid)
 
 
 def memory_kib(pid: int) -> dict[str, int]:

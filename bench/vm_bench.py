@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import procstat
 from peers import QemuHubPeer, wait_for_idle
 
 from virtwire.orchestrator.launch import VIRTWIRE_CMD
@@ -63,13 +64,15 @@ BOOT_TIMEOUT = 150.0
 TARGET_HUB_RATIO = 0.8
 TARGET_GUESTS_OVER_DIRECT = 0.4
 TARGET_GUESTS_MBIT = 150.0
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14, 15 of proc(5)
+    """CPU time of ``pid`` (all its threads; procstat.cpu_seconds); a VM or
+    hub gone in the middle of a run is an error, not a zero."""
+    used = procstat.cpu_seconds(pid)
+    if used is None:
+        raise RuntimeError(f"process {pid} exited during the run")
+    return used
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,49 @@ def test_readers_on_this_process_and_a_gone_one() -> None:
     assert mem["VmHWM"] >= mem["VmRSS"] > 0
     assert procstat.cpu_seconds(2**22 + 1) is None  # above pid_max's limit
     assert procstat.memory_kib(2**22 + 1) == {}
+
+
+def _refused(clock: int) -> float:
+    raise PermissionError(1, "not permitted")
+
+
+def test_cpu_time_of_another_process_is_finer_than_a_tick(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process clock counts a child's every thread, as utime + stime do,
+    but in ns; it still reads an exited child until it is reaped, and where it
+    cannot be read /proc/PID/stat is."""
+    code = ("import threading, time\n"
+            "def spin():\n"
+            "    t = time.process_time()\n"
+            "    while time.process_time() - t < 0.1: pass\n"
+            "w = threading.Thread(target=spin); w.start(); w.join(); spin()\n"
+            "print('done', flush=True); input()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
+        used = procstat.cpu_seconds(child.pid)
+        ticks = procstat.stat_cpu_seconds(child.pid)
+        assert used is not None and ticks is not None
+        assert used >= 0.2  # the exited thread's time is in it
+        assert abs(used - ticks) <= 2 * procstat.TICK_S
+        assert used * 1e3 != pytest.approx(round(used * 1e3))  # not whole ms: ns precision
+    finally:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.close()
+        child.stdout.close()
+        deadline = time.monotonic() + 10
+        while not os.path.exists(f"/proc/{child.pid}") or \
+                open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        zombie = procstat.cpu_seconds(child.pid)
+        assert zombie is not None and used is not None and zombie >= used
+        with monkeypatch.context() as m:
+            m.setattr(time, "clock_gettime", _refused)
+            assert procstat.cpu_seconds(child.pid) == procstat.stat_cpu_seconds(child.pid)
+        child.wait()
+    assert procstat.cpu_seconds(child.pid) is None
 
 
 def test_cpu_meter_per_frame() -> None:
