@@ -6,8 +6,8 @@ for reading the latency figures).
 For every peer (bench/peers.py) and size, each on a fresh peer:
 
 - throughput: a bounded blast; frames/s, loss, and the CPU time of every
-  process of the path (/proc/PID/stat utime + stime, from just before the
-  frames start until the receiver is done) divided by the frames delivered;
+  process of the path (utime + stime in ns, procstat.cpu_seconds, from just
+  before the frames start until the receiver is done) divided by the frames delivered;
 - latency: one frame per send, paced at 10, 100 and 1000 frames/s; p50, p99;
 - memory (virtwire's peers and QEMU's hub): a flood paced at twice the rate
   the throughput run delivered, bounded in count and time, with VmRSS of every

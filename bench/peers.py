@@ -649,12 +649,12 @@ class Measured:
 
 async def run_measured(peer: Peer, cfg: LoadConfig, rss: bool = False,
                        after: Callable[[Peer], Awaitable[None]] | None = None) -> Measured:
-    """:func:`run_one`, reading every process of the path from /proc: utime +
-    stime just before the frames start and as soon as the receiver is done
-    (before the peer is stopped), and with ``rss`` their resident sets
-    throughout (the load generator is not part of the path: not counted).
-    ``after`` is awaited once the load is done, before the peer stops (e.g. to
-    read its counters)."""
+    """:func:`run_one`, reading the CPU time (utime + stime, in ns:
+    procstat.cpu_seconds) of every process of the path just before the frames
+    start and as soon as the receiver is done (before the peer is stopped),
+    and with ``rss`` their resident sets throughout (the load generator is not
+    part of the path: not counted). ``after`` is awaited once the load is done,
+    before the peer stops (e.g. to read its counters)."""
     async with peer as (a, b):
         procs = peer.path_procs() if isinstance(peer, ProcPeer) else []
         meter = CpuMeter(procs)

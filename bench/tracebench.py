@@ -24,10 +24,15 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
-from filterbench import FULL, QUICK, matrix, summary, table
+from filterbench import Plan, matrix, summary, table
 from peers import VirtwireHubPeer
 
 BASELINE = "off"
+#: Frames a run: at 64 B a blast of 1M takes about 3 s, so that the lowest of
+#: three runs resolves a few percent of CPU per frame (filterbench's 100k, a
+#: netem limit, would be a third of a second).
+QUICK = Plan(200_000, 1, 3.0, 1.5)
+FULL = Plan(1_000_000, 3, 15.0, 1.5)
 #: (variant, the --trace-sample value for the sending tap; "" for none).
 VARIANTS: tuple[tuple[str, str], ...] = (
     ("off", ""),
@@ -55,6 +60,20 @@ def noise_pct(figs: dict[str, dict[str, Any]], size: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def expected_pct(figs: dict[str, dict[str, Any]], size: str, every: int) -> float | None:
+    """What tracing one frame in ``every`` should cost, in % of ``off``'s CPU
+    per frame: the CPU one traced frame costs (``every`` - ``off``, a delta
+    far above the noise), spread over ``every`` frames. Next to the measured
+    1-in-1000 delta, which is of the size of the run's noise, it shows whether
+    that delta is the spans or something else."""
+    traced = figs.get("every", {}).get(size, {})
+    base = figs.get(BASELINE, {}).get(size, {}).get("cpu_us_per_frame")
+    per = traced.get("cpu_delta_us")
+    if per is None or not base:
+        return None
+    return 100.0 * float(per) / every / float(base)
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """Every variant x size; prints progress lines and the table."""
     plan = QUICK if quick else FULL
@@ -65,11 +84,18 @@ def run(quick: bool = False) -> dict[str, Any]:
           f"of {plan.repeat} run(s); {plan.count:,} frames a run; Δ against `off` of this run; "
           f"`off-again` shows the run's noise)\n")
     print(table(runs, BASELINE, "trace sampling on the sending tap"))
+    expected: dict[str, float] = {}
     for size in ("64", "1514"):
         noise = noise_pct(figs, size)
         rate = figs.get("1-in-1000", {}).get(size, {}).get("cpu_delta_pct")
         if noise is not None and rate is not None:
             print(f"\n{size} B: 1/1000 costs {rate:+.1f}% CPU per frame; off-again vs off "
                   f"{noise:+.1f}% (noise)")
-    return {"bench": "trace", "runs": runs, "summary": figs,
+        pct = expected_pct(figs, size, 1000)
+        if pct is not None:
+            expected[size] = pct
+            per = figs["every"][size]["cpu_delta_us"]
+            print(f"{size} B: one traced frame costs {per:.1f} µs of CPU (every - off), so "
+                  f"tracing 1 in 1000 adds {per / 1000:.3f} µs a frame: {pct:+.1f}% of off")
+    return {"bench": "trace", "runs": runs, "summary": figs, "expected_1_in_1000_pct": expected,
             "variants": dict(VARIANTS), "plan": asdict(plan)}

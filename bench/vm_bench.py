@@ -9,8 +9,8 @@
 
 Every path boots a fresh pair of VMs (tests/support/qemu_vm.py), pings B from A
 (PINGS at 0.2 s: RTT p50/p99), then runs iperf3 A -> B and B -> A (``-R``) for
-SECONDS each. Around each iperf3 run the CPU seconds (utime + stime from
-/proc/PID/stat) of every process of the path are read: the two VMs' QEMUs and
+SECONDS each. Around each iperf3 run the CPU seconds (utime + stime,
+procstat.cpu_seconds) of every process of the path are read: the two VMs' QEMUs and
 the hub's processes, reported per MB that arrived. KVM when usable, else TCG:
 the ratios only compare paths measured in one run, with one accelerator.
 

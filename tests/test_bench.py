@@ -340,6 +340,15 @@ def test_tracebench_variants_are_flags_serve_takes() -> None:
     assert tracebench.BASELINE in dict(tracebench.VARIANTS)
 
 
+def test_tracebench_expects_one_traced_frames_cost_spread_over_n() -> None:
+    figs = {"off": {"64": {"cpu_us_per_frame": 4.0, "cpu_delta_us": 0.0}},
+            "every": {"64": {"cpu_us_per_frame": 84.0, "cpu_delta_us": 80.0}}}
+    assert tracebench.expected_pct(figs, "64", 1000) == pytest.approx(2.0)
+    assert tracebench.expected_pct(figs, "1514", 1000) is None  # no run at that size
+    figs["every"]["64"]["cpu_delta_us"] = None  # the traced run failed
+    assert tracebench.expected_pct(figs, "64", 1000) is None
+
+
 # -- bench/filterbench.py ----------------------------------------------------------------
 def test_filterbench_objects_are_filters_the_services_take(tmp_path: Path) -> None:
     from virtwire.net.filter import FilterContext, FilterDirection
