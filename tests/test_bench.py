@@ -458,3 +458,28 @@ def test_filterbench_drop_causes_come_from_the_counters_not_their_totals() -> No
     assert filterbench._drops_text(run) == "not read"
     run["drops"] = {}
     assert filterbench._drops_text(run) == "none"
+
+
+def test_tracebench_judges_1_in_1000_by_the_median_of_paired_deltas() -> None:
+    off = [10.0, 8.0, 12.0, 10.0, 9.0]
+    on = [10.5, 7.6, 12.6, 11.0, 9.0]  # +5%, -5%, +5%, +10%, 0%
+    got = tracebench.paired_deltas(off, on)
+    assert got["deltas_pct"] == pytest.approx([5.0, -5.0, 5.0, 10.0, 0.0])
+    assert got["median_pct"] == pytest.approx(5.0)
+    assert got["q1_pct"] <= got["median_pct"] <= got["q3_pct"]
+    assert tracebench.paired_deltas([4.0], [4.2])["median_pct"] == pytest.approx(5.0)
+    assert tracebench.paired_deltas([], [])["median_pct"] is None
+    with pytest.raises(ValueError):
+        tracebench.paired_deltas([1.0, 2.0], [1.0])  # an unpaired run is a bug
+
+
+async def test_tracebench_toggles_sampling_in_one_hub_and_tap() -> None:
+    """Two quick pairs through real services: every load delivered, both
+    figures read, and the sampling really switched (the tap's spans grow only
+    while on)."""
+    plan = tracebench.Toggled(pairs=2, count=20_000, rate=20_000.0)
+    got = await tracebench._toggled_size(64, plan, "1/100")
+    assert len(got["off_us"]) == len(got["on_us"]) == 2
+    assert all(v > 0 for v in got["off_us"] + got["on_us"])
+    assert got["median_pct"] is not None
+    assert got["spans_on"] > 0 and got["spans_off"] == 0
