@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import grpc
 from filterbench import Plan, matrix, summary, table
 from loadgen import LoadConfig, run_load
 from peers import VirtwireHubPeer, wait_for_idle
@@ -153,7 +154,7 @@ def toggled(plan: Toggled, sample: str = "1/1000") -> dict[str, Any]:
     for size in (64, 1514):
         try:
             by_size[str(size)] = asyncio.run(_toggled_size(size, plan, sample))
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, grpc.RpcError) as exc:
             by_size[str(size)] = {"error": str(exc), "median_pct": None}
             print(f"  toggled {size} B FAILED: {exc}", flush=True)
     print(f"\n**Tracing {sample}, paced and toggled** ({plan.rate:,.0f} frames/s in sends of "
