@@ -30,9 +30,10 @@ from loadgen import LoadConfig, LoadgenError
 from peers import Measured, PeerError, has_link_transport, make_peer, run_measured, wait_for_idle
 from report import Target, md_table, num, ratio
 
-PEERS = ("virtwire", "virtwire-grpc", "virtwire-tls", "virtwire-3p", "vde", "qemu", "pyrelay")
+PEERS = ("virtwire", "virtwire-1p", "virtwire-grpc", "virtwire-tls", "virtwire-3p", "vde", "qemu",
+         "pyrelay")
 VIRTWIRE_PEERS = tuple(p for p in PEERS if p.startswith("virtwire"))
-MEMORY_PEERS = ("virtwire", "virtwire-grpc", "virtwire-3p", "qemu")
+MEMORY_PEERS = ("virtwire", "virtwire-1p", "virtwire-grpc", "virtwire-3p", "qemu")
 SIZES = (64, 1514)
 RATES = (10, 100, 1000)
 #: The flood: at least this many frames per paced send, about FLOOD_SENDS_PER_S

@@ -34,7 +34,9 @@ Peers
 ``pyrelay``   bench/pyrelay.py, a bare asyncio relay between two unix sockets:
               the floor of one Python process hop, no virtwire code.
 ``virtwire``  `virtwire serve hub` and one `serve tap` with both stream backends
-              (``virtwire-3p``: a tap service each; ``virtwire-tls``: mutual TLS;
+              (``virtwire-1p``: the hub opens both stream backends on its own
+              ports, ``--port-backend``, as QEMU's hub holds its netdevs: one
+              process; ``virtwire-3p``: a tap service each; ``virtwire-tls``: mutual TLS;
               ``virtwire-grpc``: every service with ``--link-transport grpc``,
               frames on the gRPC stream only, see :func:`has_link_transport`).
 
@@ -492,6 +494,8 @@ class VirtwireHubPeer(ProcPeer):
     b the second, so an ``--object`` can name them (else new unnamed ports).
     ``hub_kind``: ``switch`` runs `serve switch` (the learning switch) in the
     hub's place, with the same ports (bench/switchbench.py).
+    ``taps=0``: no tap service; the hub opens both stream backends itself
+    (``--port-backend``), one process in all.
     """
 
     def __init__(self, taps: int = 1, secure: bool = False,
@@ -510,7 +514,8 @@ class VirtwireHubPeer(ProcPeer):
         self.secure = secure
         self.tls_args: list[str] = []
         self.transport_args = ["--link-transport", link_transport] if link_transport else []
-        self.name = ("virtwire" if taps == 1 else "virtwire-3p") + ("-tls" if secure else "")
+        self.name = {0: "virtwire-1p", 1: "virtwire"}.get(taps, "virtwire-3p") \
+            + ("-tls" if secure else "")
         if link_transport:
             self.name += f"-{link_transport}"
         if name:
@@ -541,8 +546,14 @@ class VirtwireHubPeer(ProcPeer):
 
             self.tls_args = benchtls.service_args(benchtls.make_pki(pathlib.Path(tmp, "pki")))
         ports = list(self.hub_ports or ("", ""))
-        hub = await self._serve(self.hub_kind, *(a for p in ports if p for a in ("--port", p)))
         socks = [os.path.join(tmp, "a"), os.path.join(tmp, "b")]
+        if self.taps == 0:
+            await self._serve(self.hub_kind, *(
+                a for i, (path, port) in enumerate(zip(socks, ports, strict=True))
+                for a in ("--port-backend", f"{port or f'p{i}'}=stream,listen=unix:{path}")))
+            await wait_paths(socks, self.procs, 10.0)
+            return Endpoint("unix", socks[0]), Endpoint("unix", socks[1])
+        hub = await self._serve(self.hub_kind, *(a for p in ports if p for a in ("--port", p)))
         backends = [["--backend", f"stream,listen=unix:{path}", "--peer", f"{hub}/{port}"]
                     for path, port in zip(socks, ports, strict=True)]
         if self.taps == 1:
@@ -574,6 +585,8 @@ def make_peer(name: str) -> Peer:
         return PyRelayPeer()
     if name == "virtwire":
         return VirtwireHubPeer(taps=1)
+    if name == "virtwire-1p":
+        return VirtwireHubPeer(taps=0)
     if name == "virtwire-3p":
         return VirtwireHubPeer(taps=2)
     if name == "virtwire-tls":
@@ -584,7 +597,7 @@ def make_peer(name: str) -> Peer:
 
 
 PEER_NAMES = ("loop", "loop-tcp", "loop-dgram", "qemu", "qemu-tcp", "vde", "vde_plug",
-              "pyrelay", "virtwire", "virtwire-3p", "virtwire-tls", "virtwire-grpc")
+              "pyrelay", "virtwire", "virtwire-1p", "virtwire-3p", "virtwire-tls", "virtwire-grpc")
 
 
 @functools.cache

@@ -195,6 +195,11 @@ def _hub_arguments(sp: argparse.ArgumentParser) -> None:
                     help="create N ports that wait to be dialled")
     sp.add_argument("--port", action="append", default=[], metavar="NAME[=PEER]",
                     help="create a named port; with =ADDR/NETCLIENT it dials that peer")
+    sp.add_argument("--port-backend", action="append", default=[], metavar="NAME=SPEC",
+                    help="create port NAME whose peer is a backend opened in this process, "
+                         "SPEC as serve tap's --backend (e.g. "
+                         "qemu0=stream,listen=127.0.0.1:10555): QEMU's -netdev "
+                         "hubport,netdev=; no link between them (repeatable)")
     sp.add_argument("--max-ports", type=int, default=256, metavar="N",
                     help="refuse AddPort and anonymous links beyond N ports "
                          "(default 256)")
@@ -248,6 +253,15 @@ def _add_hub_ports(host: ServiceHost, args: argparse.Namespace) -> None:
         if not name:
             raise ConfigError(f"bad --port {spec!r}: expected NAME or NAME=ADDR/NETCLIENT")
         host.add_port(name, peer if sep else "")
+    if args.port_backend:
+        from virtwire.net.netdev import parse_backend_spec
+
+        for text in args.port_backend:
+            name, sep, spec = text.partition("=")
+            if not name or not sep or not spec:
+                raise ConfigError(f"bad --port-backend {text!r}: expected NAME=SPEC, e.g. "
+                                  "qemu0=stream,listen=127.0.0.1:10555")
+            host.add_port_backend(name, parse_backend_spec(spec))
 
 
 def _build_hub(args: argparse.Namespace) -> ServiceHost:

@@ -4,6 +4,14 @@ Unlike QEMU's hub, the number of ports is capped (``max_ports``; refusals are
 counted in ListPorts), and a port made for a link that named none (a dial to
 ``HUB_ADDR/``) is removed when that link's stream ends; ports named on the
 command line or made by AddPort stay.
+
+A port's peer may also be a backend opened in the hub's own process
+(``serve hub --port-backend PORT=SPEC``), as QEMU's ``-netdev
+hubport,netdev=ID`` plugs a netdev into a hub in one process: a frame then
+crosses no link between the backend and the hub, so a QEMU VM on a stream
+port reaches the other ports with one process hop (docs/hub.md). Such
+backends come from the command line only, never from an RPC; their port
+cannot be removed (RemovePort answers FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from virtwire.allowlist import RpcPolicy
 from virtwire.errors import ConfigError, ConflictError, LimitError, NotFoundError
 from virtwire.net.hub import Hub, HubPort
 from virtwire.net.net import NetClient
-from virtwire.server.base import ServiceHost
+from virtwire.net.netdev import Netdev, check_netdev
+from virtwire.server.backends import backend_view, open_backend, run_downscripts
+from virtwire.server.base import SHUTDOWN_GRACE_S, ServerState, ServiceHost
 from virtwire.v1 import hub_pb2, hub_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -49,6 +59,11 @@ class HubServer(ServiceHost):
         # plugs a backend in without first calling AddPort.
         self.registry.on_anonymous_link = self._add_anonymous_port
         self.registry.on_anonymous_link_end = self._remove_anonymous_port
+        self.registry.backend_view = backend_view
+        #: Ports whose backend opens when the server starts (``add_port_backend``).
+        self._pending_backends: list[tuple[HubPort, Netdev]] = []
+        #: Port -> the backend opened in this process that is its peer.
+        self.port_backends: dict[HubPort, NetClient] = {}
 
     def add_servicers(self, server: grpc.aio.Server) -> Sequence[str]:
         hub_pb2_grpc.add_HubServiceServicer_to_server(HubServicer(self), server)
@@ -71,6 +86,47 @@ class HubServer(ServiceHost):
             self.registry.connect(port, peer)
         return port
 
+    def add_port_backend(self, port_name: str, config: Netdev) -> HubPort:
+        """Port ``port_name`` whose peer is ``config``'s backend, opened in this
+        process when the server starts (``serve hub --port-backend``; never from
+        an RPC: a spec may name host paths). ConfigError for a bad spec or one
+        that names a peer of its own."""
+        if config.peer:
+            raise ConfigError(f"port {shorten(port_name)}: its backend's peer is the port; "
+                              "the spec must not name one")
+        check_netdev(config)
+        if not port_name:
+            raise ConfigError("a port backend needs its port's name")
+        if config.name and (config.name in self.registry or config.name == port_name
+                            or any(c.name == config.name for _, c in self._pending_backends)):
+            raise ConflictError(f"a NetClient named {config.name!r} already exists")
+        port = self.add_port(port_name)
+        self._pending_backends.append((port, config))
+        return port
+
+    async def start(self) -> None:
+        """Open the port backends, then serve; nothing stays open on failure."""
+        try:
+            while self._pending_backends:
+                port, config = self._pending_backends.pop(0)
+                backend = await open_backend(self.registry, config)
+                port.peer = backend
+                backend.peer = port
+                self.port_backends[port] = backend
+                logger.info("hub %s: port %s has %s backend %s: %s", self.hub.name, port.name,
+                            config.type, backend.name, backend.describe())
+            await super().start()
+        except BaseException:
+            await run_downscripts(self.port_backends.values())
+            await self.registry.close()
+            raise
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop serving; each TAP's downscript runs first, while its device is open."""
+        if self.state not in (ServerState.STOPPING, ServerState.STOPPED):
+            await run_downscripts(self.port_backends.values())
+        await super().stop(grace)
+
     def _add_anonymous_port(self, dialler: str) -> HubPort:
         port = self.add_port()
         self._anonymous.add(port)
@@ -86,6 +142,10 @@ class HubServer(ServiceHost):
         nc: NetClient = self.registry.get(name)
         if not isinstance(nc, HubPort):
             raise NotFoundError(f"{shorten(name)} is not a port of this hub")
+        backend = self.port_backends.get(nc)
+        if backend is not None:
+            raise ConflictError(f"port {nc.name}'s peer is backend {backend.name}, opened by "
+                                "this hub's command line (--port-backend): it stays")
         self._anonymous.discard(nc)
         await self.registry.remove(name)
 

@@ -1,8 +1,9 @@
 """The tap service: virtwire.v1.TapService over host-side backends.
 
 Backends are QEMU's ``-netdev tap|stream|dgram`` (net/tap.py, net/stream.py,
-net/dgram.py), each a NetClient whose peer is usually reached over a link
-(``Netdev.peer``); their options, specs and init table are ``net.netdev``.
+net/dgram.py, opened by ``server.backends``), each a NetClient whose peer is
+usually reached over a link (``Netdev.peer``); their options, specs and init
+table are ``net.netdev``.
 
 Unlike QEMU's netdev_add, AddBackend names no program and no host path: its
 ``script=``/``downscript=`` are NAMEs this service's command line maps to
@@ -12,7 +13,6 @@ paths (``--allow-script NAME=PATH``), and unix socket addresses are refused
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,38 +21,20 @@ import grpc
 
 from virtwire.address import is_valid_name
 from virtwire.allowlist import RpcPolicy
-from virtwire.errors import ConflictError, NotFoundError
-from virtwire.net.dgram import DgramBackend
 from virtwire.net.net import NetClient
-from virtwire.net.netdev import NETDEV_TYPES, Netdev, check_netdev, net_init_netdev
-from virtwire.net.stream import StreamBackend
-from virtwire.net.tap import TapBackend
+from virtwire.net.netdev import Netdev
 from virtwire.rpc.netdev import rpc_netdev
+from virtwire.server.backends import (
+    backend_view,
+    close_backend,
+    is_backend,
+    open_backend,
+    run_downscripts,
+)
 from virtwire.server.base import SHUTDOWN_GRACE_S, ServerState, ServiceHost
-from virtwire.server.registry import BackendView
-from virtwire.v1 import netclient_pb2, tap_pb2, tap_pb2_grpc
+from virtwire.v1 import tap_pb2, tap_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-
-def backend_view(nc: NetClient) -> BackendView:
-    """NetClientInfo's backend_state and backend_address of a backend.
-
-    A stream backend is connected while it has a connection, else it waits
-    for a client at its bound address (listen) or dials its address
-    (connect); a dgram backend's socket and a TAP's device are always open.
-    """
-    if isinstance(nc, StreamBackend):
-        address = str(nc.local_address if nc.listen else nc.addr)
-        if nc.conn is not None:
-            return netclient_pb2.BACKEND_STATE_CONNECTED, address
-        return (netclient_pb2.BACKEND_STATE_LISTENING if nc.listen
-                else netclient_pb2.BACKEND_STATE_CONNECTING), address
-    if isinstance(nc, DgramBackend):
-        return netclient_pb2.BACKEND_STATE_CONNECTED, str(nc.local_address)
-    if isinstance(nc, TapBackend):
-        return netclient_pb2.BACKEND_STATE_CONNECTED, ""
-    return netclient_pb2.BACKEND_STATE_UNSPECIFIED, ""
 
 
 class TapServer(ServiceHost):
@@ -96,8 +78,7 @@ class TapServer(ServiceHost):
         await super().stop(grace)
 
     async def _run_downscripts(self) -> None:
-        await asyncio.gather(*(nc.run_downscript() for nc in self.registry.all()
-                               if isinstance(nc, TapBackend)))
+        await run_downscripts(self.registry.all())
 
     async def add_backend(self, config: Netdev) -> NetClient:
         """Open a backend and, if ``config.peer`` is set, dial its peer.
@@ -107,41 +88,20 @@ class TapServer(ServiceHost):
         subprocess: the server answers other RPCs meanwhile (the backend is
         listed, its name taken, but its device is not read until the script is done).
         """
-        check_netdev(config)
-        name = config.name or self.registry.unique_name(config.type)
-        if name in self.registry:
-            raise ConflictError(f"a backend named {name!r} already exists")
-        backend = net_init_netdev(name, config)
-        try:
-            self.registry.add(backend)
-        except BaseException:
-            backend.cleanup()
-            raise
-        if isinstance(backend, TapBackend):
-            try:
-                await backend.run_script()
-            except BaseException:
-                if name in self.registry and self.registry.get(name) is backend:
-                    await self.registry.remove(name)
-                raise
+        backend = await open_backend(self.registry, config)
         if config.peer:
             self.registry.connect(backend, config.peer)
-        logger.info("added %s backend %s: %s%s", config.type, name, backend.describe(),
+        logger.info("added %s backend %s: %s%s", config.type, backend.name, backend.describe(),
                     f" peer={config.peer}" if config.peer else "")
         return backend
 
     async def remove_backend(self, name: str) -> None:
         """Close a backend (runs a TAP's downscript) and its link."""
-        nc = self.registry.get(name)
-        if nc.kind not in NETDEV_TYPES:
-            raise NotFoundError(f"{name!r} is not a backend of this server")
-        if isinstance(nc, TapBackend):
-            await nc.run_downscript()  # a subprocess: other RPCs go on
-        await self.registry.remove(name)
+        await close_backend(self.registry, name)
         logger.info("removed backend %s", name)
 
     def backends(self) -> list[NetClient]:
-        return [nc for nc in self.registry.all() if nc.kind in NETDEV_TYPES]
+        return [nc for nc in self.registry.all() if is_backend(nc)]
 
 
 class TapServicer(tap_pb2_grpc.TapServiceServicer):
