@@ -52,7 +52,7 @@ Call = grpc.aio.StreamStreamCall[link_pb2.ConnectRequest, link_pb2.ConnectRespon
 def view(batch: Batch) -> tuple[Any, ...]:
     """A batch's fields, comparable whatever sequence type carries the frames."""
     return ([bytes(f) for f in batch.frames], dict(batch.completion_requests),
-            list(batch.completions), batch.credits, batch.ready)
+            list(batch.completions), batch.credits, batch.ready, batch.discards)
 
 
 ROUND_TRIPS = {
@@ -61,6 +61,7 @@ ROUND_TRIPS = {
     "credits only": Batch(credits=7),
     "not ready": Batch(ready=False, credits=3),
     "ready": Batch(ready=True),
+    "ready and discarding": Batch(ready=True, discards=True, credits=1),
     "everything": Batch(
         frames=[frame(i, size=s) for i, s in enumerate((1, 60, 1514, 9000, NET_BUFSIZE))],
         completion_requests={0: 1, 3: 2**64 - 1, 4: 0},
@@ -129,7 +130,7 @@ MALFORMED = {
                                       body=lengths(1) + struct.pack("<IQ", 1, 5) + b"x"),
     "two requests for one frame": raw(n=2, n_req=2, body=lengths(1, 1)
                                       + struct.pack("<IQIQ", 1, 5, 1, 6) + b"xy"),
-    "ready byte 3": raw(ready=3),
+    "ready byte 4": raw(ready=4),
     "ready byte 255": raw(ready=255),
 }
 

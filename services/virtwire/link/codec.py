@@ -6,7 +6,7 @@ as one record per batch, little-endian:
 
     header   u32 body length, u32 frames, u32 completion requests,
              u32 completions, u32 credits, u8 ready (0 unchanged, 1 false,
-             2 true), 1 byte zero, u16 frame traces
+             2 true, 3 true and discards), 1 byte zero, u16 frame traces
     body     u32 length of each frame
              (u32 frame index, u64 id) of each completion request
              (u64 id, i64 ret) of each completion
@@ -52,7 +52,9 @@ MAX_BODY = (MAX_BATCH_BYTES + MAX_BATCH_FRAMES * (4 + _REQUEST.size + _TRACE.siz
             + MAX_COMPLETIONS * _COMPLETION.size)
 
 _READY_BYTE = {None: 0, False: 1, True: 2}
-_READY_OF = (None, False, True)
+#: The ready byte's values: (Batch.ready, Batch.discards).
+_READY_OF: tuple[tuple[bool | None, bool], ...] = (
+    (None, False), (False, False), (True, False), (True, True))
 
 
 def encode(batch: Batch) -> bytes:
@@ -74,7 +76,8 @@ def encode(batch: Batch) -> bytes:
     parts.extend(frames)
     body = b"".join(parts)
     return _HEADER.pack(len(body), n, len(requests), len(completions), batch.credits,
-                        _READY_BYTE[batch.ready], len(traces)) + body
+                        3 if batch.discards and batch.ready else _READY_BYTE[batch.ready],
+                        len(traces)) + body
 
 
 def body_length(header: bytes | bytearray | memoryview, offset: int = 0) -> int:
@@ -96,7 +99,7 @@ def decode(record: bytes, offset: int = 0) -> tuple[Batch, int]:
     """
     length = body_length(record, offset)
     _, n, n_req, n_comp, credits, ready, n_trace = _HEADER.unpack_from(record, offset)
-    if n > MAX_BATCH_FRAMES or n_req > n or n_comp > MAX_COMPLETIONS or ready > 2 \
+    if n > MAX_BATCH_FRAMES or n_req > n or n_comp > MAX_COMPLETIONS or ready > 3 \
             or n_trace > n:
         raise LimitError(f"a bad link record header ({n} frames, {n_req} completion "
                          f"requests, {n_comp} completions, {n_trace} frame traces, "
@@ -146,5 +149,6 @@ def decode(record: bytes, offset: int = 0) -> tuple[Batch, int]:
         nxt = pos + size
         frames.append(record[pos:nxt])
         pos = nxt
+    is_ready, discards = _READY_OF[ready]
     return Batch(frames=frames, completion_requests=requests, completions=completions,
-                 credits=credits, ready=_READY_OF[ready], traces=traces), end
+                 credits=credits, ready=is_ready, discards=discards, traces=traces), end

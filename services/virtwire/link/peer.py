@@ -68,6 +68,8 @@ MAX_BATCH_BYTES = 1 << 20
 READY_POLL_S = 0.02
 #: How long either side waits for the other's LinkHello / LinkWelcome.
 HELLO_TIMEOUT_S = 10.0
+#: ``receive_room`` while the remote discards: we drop any number at once.
+DISCARD_ROOM = 1 << 30
 
 
 class LinkRunState(enum.Enum):
@@ -92,6 +94,10 @@ class Batch:
     credits: int = 0
     #: Whether the sender's NetClient can receive; None when unchanged.
     ready: bool | None = None
+    #: With ``ready`` True: the sender's NetClient drops on arrival whatever it
+    #: is sent (its link is down and no filter sees the frames), so the other
+    #: side drops instead of sending, and counts the drops (``LinkPeer.discards``).
+    discards: bool = False
     #: (index in ``frames``, ``tracing.to_wire`` context) of the traced frames:
     #: the context is the sender's ``link.send`` span (docs/links.md, Tracing).
     traces: Sequence[tuple[int, bytes]] = ()
@@ -119,6 +125,8 @@ class LinkPeer(NetClient):
         # Credits the remote granted us, and whether its NetClient can receive.
         self.credits = 0
         self.remote_ready = False
+        #: The remote said its NetClient drops whatever arrives: we drop instead.
+        self.remote_discards = False
         # Outgoing state, drained by the session's writer.
         self.out_frames: list[bytes] = []
         self.out_requests: list[tuple[int, int]] = []  # (index in out_frames, id)
@@ -126,6 +134,8 @@ class LinkPeer(NetClient):
         self.out_credits = 0
         self.out_ready: bool | None = None
         self.advertised_ready = False
+        self.out_discards = False
+        self.advertised_discards = False
         self._next_completion_id = 1
         self._wakeup = asyncio.Event()
         #: Called whenever ``take_batch`` may have something: wakes a pulling
@@ -168,9 +178,18 @@ class LinkPeer(NetClient):
         """A frame may go on the wire now: link up, a credit, the remote ready."""
         return self.session is not None and self.credits > 0 and self.remote_ready
 
+    @property
+    def discards(self) -> bool:
+        """Frames for the remote are dropped here, counted as our link_down
+        drops (they would be dropped on arrival: the remote NetClient is
+        link_down, nothing filters them): no wire, no credit, no wake-up there."""
+        return self.remote_discards and self.session is not None and not self.link_down
+
     def can_receive(self) -> bool:
         if self.session is None:
             # A broken link drops (counted, link_down) rather than stalls.
+            return True
+        if self.discards:
             return True
         # While a backlog waits for the wire, new frames queue behind it: so a
         # hub port does not count as ready while its link is still catching up.
@@ -191,14 +210,26 @@ class LinkPeer(NetClient):
         return len(data)
 
     def receive_room(self) -> int:
-        """Frames we take now: our credits, while the wire is open and nothing waits."""
+        """Frames we take now: our credits, while the wire is open and nothing
+        waits; any number while we drop for a discarding remote."""
+        if self.discards:
+            return DISCARD_ROOM
         return self.credits if self.can_receive() else 0
+
+    def _deliver_packet(self, sender: NetClient | None, flags: int, data: bytes) -> int:
+        if self.discards:
+            self.stats.dropped_link_down += 1
+            return len(data)
+        return super()._deliver_packet(sender, flags, data)
 
     def deliver_packets(self, sender: NetClient, frames: Sequence[bytes],
                         recheck: bool = False) -> int:
         """A batch of ``receive_flags``: as many frames as there are credits go
         in the outgoing batch; at the first that finds none the NetClient stops
         receiving, as a 0 from ``receive`` makes it."""
+        if self.discards:
+            self.stats.dropped_link_down += len(frames)
+            return len(frames)
         if not self.batch_fast(frames):
             return super().deliver_packets(sender, frames, recheck)
         if not self._wire_open():
@@ -238,11 +269,21 @@ class LinkPeer(NetClient):
         self.incoming_queue.flush()
         super().flush_queued_packets(purge)
 
+    def _local_discards(self) -> bool:
+        """Whether the local NetClient drops on arrival whatever the remote
+        sends it: link_down (a stream backend with no client, set_link down)
+        with no filter on the way (QEMU runs the receiver's RX filters before
+        its link_down drop, so a filter keeps frames coming)."""
+        local = self.local
+        return local.link_down and not local.filters and not self.filters
+
     def peer_ready_changed(self) -> None:
         ready = self.local.can_receive_packet()
-        if ready != self.advertised_ready:
+        discards = ready and self._local_discards()
+        if ready != self.advertised_ready or discards != self.advertised_discards:
             self.out_ready = ready
             self.advertised_ready = ready
+            self.out_discards = self.advertised_discards = discards
             self.kick()
 
     # -- frames from the wire towards the local NetClient ----------------------
@@ -300,8 +341,12 @@ class LinkPeer(NetClient):
             frames = self._traced_frames(frames, batch.traces)
         if batch.credits:
             self._accept_credits(batch.credits)
+        discards_changed = False
         if batch.ready is not None:
             self.remote_ready = batch.ready
+            discards = batch.ready and batch.discards
+            discards_changed = discards != self.remote_discards
+            self.remote_discards = discards
         for _cid, ret in batch.completions:
             if ret < 0:
                 self.completions_refused += 1
@@ -316,8 +361,9 @@ class LinkPeer(NetClient):
                 self.kick()
         # Newly sendable (credits, remote ready): flush what waits for us, and,
         # if our NetClient is a hub port, what the other ports hold back.
-        if self._wire_open() and (
+        if (self._wire_open() or self.discards) and (
             not was_sendable or self.receive_disabled or self.incoming_queue.packets
+            or discards_changed
         ):
             self.flush_queued_packets()
         self.peer_ready_changed()
@@ -412,6 +458,7 @@ class LinkPeer(NetClient):
             self.out_credits = 0
         if self.out_ready is not None:
             batch.ready = self.out_ready
+            batch.discards = self.out_discards
             self.out_ready = None
         if not (batch.frames or batch.completions or batch.credits or batch.ready is not None):
             return None
@@ -465,6 +512,7 @@ class LinkPeer(NetClient):
         self.remote_credits = self.window
         self.pending_requests = 0
         self.remote_ready = remote_ready
+        self.remote_discards = False
         self.out_frames.clear()
         self._trace_start.clear()
         self.out_requests.clear()
@@ -476,6 +524,8 @@ class LinkPeer(NetClient):
         # in the first batch, since it may have changed in between.
         self.advertised_ready = self.local.can_receive_packet()
         self.out_ready = self.advertised_ready
+        self.out_discards = self.advertised_discards = \
+            self.advertised_ready and self._local_discards()
         self.kick()
         self.set_carrier(True)
         self.local.set_carrier(True)
@@ -487,6 +537,7 @@ class LinkPeer(NetClient):
         if self.session is None:
             return
         self.session = None
+        self.remote_discards = False
         dropped = len(self.out_frames)
         self.stats.dropped_link_down += dropped
         self.out_frames.clear()

@@ -559,6 +559,9 @@ class FilterChain:
     def iter_filters(self) -> Iterator[NetFilter]:
         return iter(self.filters)
 
+    def filters_changed(self) -> None:
+        """Called after a filter was added or removed (NetClient tells its peer)."""
+
     def find_filter(self, fid: str) -> NetFilter:
         for nf in self.filters:
             if nf.id == fid:
@@ -588,6 +591,7 @@ class FilterChain:
             raise LimitError(f"{self} already has {MAX_FILTERS} filters, the most it takes")
         nf.netdev = cast("NetClient", self)
         self.filters.insert(index, nf)
+        self.filters_changed()
 
     def remove_filter(self, fid: str) -> NetFilter:
         """object-del: release what it holds, then take it out and clean up."""
@@ -596,6 +600,7 @@ class FilterChain:
         self.filters.remove(nf)
         nf.cleanup()
         nf.netdev = None
+        self.filters_changed()
         return nf
 
     def remove_all_filters(self) -> None:

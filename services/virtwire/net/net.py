@@ -95,7 +95,13 @@ class NetClient(FilterChain):
         """Called after link_down changed."""
 
     def peer_ready_changed(self) -> None:
-        """Hint that our peer's can_receive may have changed (used by links)."""
+        """Hint that our peer's can_receive (or its link state, or its filters)
+        may have changed (used by links)."""
+
+    def filters_changed(self) -> None:
+        """A filter was added or removed: our peer may care (a link's discarding)."""
+        if self.peer is not None:
+            self.peer.peer_ready_changed()
 
     def cleanup(self) -> None:
         """Release backend resources."""
@@ -351,6 +357,8 @@ class NetClient(FilterChain):
             return False
         self.link_down = down
         self.link_status_changed()
+        if self.peer is not None:
+            self.peer.peer_ready_changed()
         return True
 
     def set_link(self, up: bool) -> None:
@@ -368,6 +376,8 @@ class NetClient(FilterChain):
             peer.admin_down = not up
             peer.link_down = peer.admin_down or bool(peer.carrier_down)
             peer.link_status_changed()
+        if peer is not None:
+            peer.peer_ready_changed()
 
     def set_carrier(self, up: bool, source: str = "link") -> None:
         """Carrier from ``source`` ("link" or "backend") went up or down.

@@ -58,7 +58,8 @@ def batch_from_wire(msg: link_pb2.LinkBatch) -> Batch:
         completion_requests={r.index: r.id for r in msg.completion_requests},
         completions=[(c.id, c.ret) for c in msg.completions],
         credits=msg.credits,
-        ready=msg.ready.can_receive if msg.HasField("ready") else None)
+        ready=msg.ready.can_receive if msg.HasField("ready") else None,
+        discards=msg.HasField("ready") and msg.ready.can_receive and msg.ready.discards)
     if msg.traces:
         batch.traces = [(t.index, t.context) for t in msg.traces]
     return batch
@@ -73,6 +74,8 @@ def batch_to_wire(batch: Batch) -> link_pb2.LinkBatch:
         msg.completions.add(id=cid, ret=ret)
     if batch.ready is not None:
         msg.ready.can_receive = batch.ready
+        if batch.ready and batch.discards:
+            msg.ready.discards = True
     if batch.traces:
         for index, context in batch.traces:
             msg.traces.add(index=index, context=context)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16virtwire/v1/link.proto\x12\x0bvirtwire.v1\"\xe8\x01\n\tLinkBatch\x12\x0e\n\x06\x66rames\x18\x01 \x03(\x0c\x12;\n\x13\x63ompletion_requests\x18\x02 \x03(\x0b\x32\x1e.virtwire.v1.CompletionRequest\x12,\n\x0b\x63ompletions\x18\x03 \x03(\x0b\x32\x17.virtwire.v1.Completion\x12\x0f\n\x07\x63redits\x18\x04 \x01(\r\x12&\n\x05ready\x18\x05 \x01(\x0b\x32\x17.virtwire.v1.ReadyState\x12\'\n\x06traces\x18\x06 \x03(\x0b\x32\x17.virtwire.v1.FrameTrace\",\n\nFrameTrace\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\".\n\x11\x43ompletionRequest\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\x04\"%\n\nCompletion\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0b\n\x03ret\x18\x02 \x01(\x03\"!\n\nReadyState\x12\x13\n\x0b\x63\x61n_receive\x18\x01 \x01(\x08\"\x85\x01\n\tLinkHello\x12\x11\n\tnetclient\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0f\n\x07\x63redits\x18\x03 \x01(\r\x12\x13\n\x0b\x63\x61n_receive\x18\x04 \x01(\x08\x12\x31\n\tfast_path\x18\x05 \x01(\x0b\x32\x1e.virtwire.v1.LinkFastPathOffer\"$\n\x11LinkFastPathOffer\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\"-\n\x0cLinkFastPath\x12\x0e\n\x06socket\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"7\n\x12LinkFastPathResult\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"t\n\x0bLinkWelcome\x12\x11\n\tnetclient\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\r\x12\x13\n\x0b\x63\x61n_receive\x18\x03 \x01(\x08\x12,\n\tfast_path\x18\x04 \x01(\x0b\x32\x19.virtwire.v1.LinkFastPath\"\x99\x01\n\x0e\x43onnectRequest\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x16.virtwire.v1.LinkHello\x12%\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.virtwire.v1.LinkBatch\x12\x39\n\x10\x66\x61st_path_result\x18\x03 \x01(\x0b\x32\x1f.virtwire.v1.LinkFastPathResult\"c\n\x0f\x43onnectResponse\x12)\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.virtwire.v1.LinkWelcome\x12%\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.virtwire.v1.LinkBatch2W\n\x0bLinkService\x12H\n\x07\x43onnect\x12\x1b.virtwire.v1.ConnectRequest\x1a\x1c.virtwire.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16virtwire/v1/link.proto\x12\x0bvirtwire.v1\"\xe8\x01\n\tLinkBatch\x12\x0e\n\x06\x66rames\x18\x01 \x03(\x0c\x12;\n\x13\x63ompletion_requests\x18\x02 \x03(\x0b\x32\x1e.virtwire.v1.CompletionRequest\x12,\n\x0b\x63ompletions\x18\x03 \x03(\x0b\x32\x17.virtwire.v1.Completion\x12\x0f\n\x07\x63redits\x18\x04 \x01(\r\x12&\n\x05ready\x18\x05 \x01(\x0b\x32\x17.virtwire.v1.ReadyState\x12\'\n\x06traces\x18\x06 \x03(\x0b\x32\x17.virtwire.v1.FrameTrace\",\n\nFrameTrace\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\".\n\x11\x43ompletionRequest\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\x04\"%\n\nCompletion\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0b\n\x03ret\x18\x02 \x01(\x03\"3\n\nReadyState\x12\x13\n\x0b\x63\x61n_receive\x18\x01 \x01(\x08\x12\x10\n\x08\x64iscards\x18\x02 \x01(\x08\"\x85\x01\n\tLinkHello\x12\x11\n\tnetclient\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0f\n\x07\x63redits\x18\x03 \x01(\r\x12\x13\n\x0b\x63\x61n_receive\x18\x04 \x01(\x08\x12\x31\n\tfast_path\x18\x05 \x01(\x0b\x32\x1e.virtwire.v1.LinkFastPathOffer\"$\n\x11LinkFastPathOffer\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\"-\n\x0cLinkFastPath\x12\x0e\n\x06socket\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"7\n\x12LinkFastPathResult\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"t\n\x0bLinkWelcome\x12\x11\n\tnetclient\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\r\x12\x13\n\x0b\x63\x61n_receive\x18\x03 \x01(\x08\x12,\n\tfast_path\x18\x04 \x01(\x0b\x32\x19.virtwire.v1.LinkFastPath\"\x99\x01\n\x0e\x43onnectRequest\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x16.virtwire.v1.LinkHello\x12%\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.virtwire.v1.LinkBatch\x12\x39\n\x10\x66\x61st_path_result\x18\x03 \x01(\x0b\x32\x1f.virtwire.v1.LinkFastPathResult\"c\n\x0f\x43onnectResponse\x12)\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.virtwire.v1.LinkWelcome\x12%\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.virtwire.v1.LinkBatch2W\n\x0bLinkService\x12H\n\x07\x43onnect\x12\x1b.virtwire.v1.ConnectRequest\x1a\x1c.virtwire.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,21 +40,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETION']._serialized_start=368
   _globals['_COMPLETION']._serialized_end=405
   _globals['_READYSTATE']._serialized_start=407
-  _globals['_READYSTATE']._serialized_end=440
-  _globals['_LINKHELLO']._serialized_start=443
-  _globals['_LINKHELLO']._serialized_end=576
-  _globals['_LINKFASTPATHOFFER']._serialized_start=578
-  _globals['_LINKFASTPATHOFFER']._serialized_end=614
-  _globals['_LINKFASTPATH']._serialized_start=616
-  _globals['_LINKFASTPATH']._serialized_end=661
-  _globals['_LINKFASTPATHRESULT']._serialized_start=663
-  _globals['_LINKFASTPATHRESULT']._serialized_end=718
-  _globals['_LINKWELCOME']._serialized_start=720
-  _globals['_LINKWELCOME']._serialized_end=836
-  _globals['_CONNECTREQUEST']._serialized_start=839
-  _globals['_CONNECTREQUEST']._serialized_end=992
-  _globals['_CONNECTRESPONSE']._serialized_start=994
-  _globals['_CONNECTRESPONSE']._serialized_end=1093
-  _globals['_LINKSERVICE']._serialized_start=1095
-  _globals['_LINKSERVICE']._serialized_end=1182
+  _globals['_READYSTATE']._serialized_end=458
+  _globals['_LINKHELLO']._serialized_start=461
+  _globals['_LINKHELLO']._serialized_end=594
+  _globals['_LINKFASTPATHOFFER']._serialized_start=596
+  _globals['_LINKFASTPATHOFFER']._serialized_end=632
+  _globals['_LINKFASTPATH']._serialized_start=634
+  _globals['_LINKFASTPATH']._serialized_end=679
+  _globals['_LINKFASTPATHRESULT']._serialized_start=681
+  _globals['_LINKFASTPATHRESULT']._serialized_end=736
+  _globals['_LINKWELCOME']._serialized_start=738
+  _globals['_LINKWELCOME']._serialized_end=854
+  _globals['_CONNECTREQUEST']._serialized_start=857
+  _globals['_CONNECTREQUEST']._serialized_end=1010
+  _globals['_CONNECTRESPONSE']._serialized_start=1012
+  _globals['_CONNECTRESPONSE']._serialized_end=1111
+  _globals['_LINKSERVICE']._serialized_start=1113
+  _globals['_LINKSERVICE']._serialized_end=1200
 # @@protoc_insertion_point(module_scope)

@@ -47,10 +47,12 @@ class Completion(_message.Message):
     def __init__(self, id: _Optional[int] = ..., ret: _Optional[int] = ...) -> None: ...
 
 class ReadyState(_message.Message):
-    __slots__ = ("can_receive",)
+    __slots__ = ("can_receive", "discards")
     CAN_RECEIVE_FIELD_NUMBER: _ClassVar[int]
+    DISCARDS_FIELD_NUMBER: _ClassVar[int]
     can_receive: bool
-    def __init__(self, can_receive: _Optional[bool] = ...) -> None: ...
+    discards: bool
+    def __init__(self, can_receive: _Optional[bool] = ..., discards: _Optional[bool] = ...) -> None: ...
 
 class LinkHello(_message.Message):
     __slots__ = ("netclient", "peer", "credits", "can_receive", "fast_path")
