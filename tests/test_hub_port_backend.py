@@ -12,7 +12,7 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -250,3 +250,70 @@ def test_serve_hub_port_backend_process_forwards(tmp_path: Path, sockdir: Path) 
         rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:] if line.split()}
         assert {"a", "b", "stream0", "stream1"} <= set(rows), out.stdout
         assert "stream0" in rows["a"] or "stream1" in rows["a"], out.stdout
+
+
+async def test_a_read_of_many_frames_leaves_for_a_stream_port_in_one_run(sockdir: Path) -> None:
+    """A stream backend takes any batch whole (``receive_room``), so the hub
+    forwards a read's frames to it in one run, not one frame at a time."""
+    from virtwire.net.net import ROOM_ANY
+
+    host = HubServer("127.0.0.1:0")
+    host.add_port_backend("a", parse_backend_spec(f"stream,listen=unix:{sockdir}/a"))
+    host.add_port_backend("b", parse_backend_spec(f"stream,listen=unix:{sockdir}/b"))
+    await host.start()
+    try:
+        _, wa = await asyncio.open_unix_connection(f"{sockdir}/a")
+        rb, wb = await asyncio.open_unix_connection(f"{sockdir}/b")
+        a, b = backend_of(host, "a"), backend_of(host, "b")
+        await until(lambda: not a.link_down and not b.link_down, what="both clients in")
+        assert b.receive_room() == ROOM_ANY
+        runs: list[int] = []
+        conn = b.conn
+        assert conn is not None
+        write_frames = conn.write_frames
+
+        def counting(frames: Sequence[bytes]) -> None:
+            runs.append(len(frames))
+            write_frames(frames)
+
+        conn.write_frames = counting  # type: ignore[method-assign]
+        frames = [frame(i) for i in range(100)]
+        wa.write(b"".join(qemu_frame(f) for f in frames))
+        assert [await read_qemu_frame(rb) for _ in frames] == frames
+        assert sum(runs) == 100 and len(runs) < 10, runs
+        conn.write_paused = True  # the transport is above its high-water mark
+        assert b.receive_room() == 0
+        conn.write_paused = False
+        for w in (wa, wb):
+            w.close()
+    finally:
+        await host.stop(grace=0.1)
+
+
+async def test_a_lone_frame_is_written_at_once_and_the_rest_of_the_turn_gathered() -> None:
+    """A stream connection's first write in a turn of the loop goes to the
+    transport at once; what follows in the same turn leaves as one write."""
+    from virtwire.net.stream import FramedConnection
+
+    class Transport:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+
+    loop = asyncio.get_running_loop()
+    conn = FramedConnection(loop, "test")
+    transport = Transport()
+    conn.transport = transport  # type: ignore[assignment]
+    conn._write(loop, b"one")
+    assert transport.writes == [b"one"]
+    conn._write(loop, b"two")
+    conn._write(loop, b"three")
+    assert transport.writes == [b"one"]
+    await asyncio.sleep(0)
+    assert transport.writes == [b"one", b"twothree"]
+    conn._write(loop, b"next turn")
+    assert transport.writes[-1] == b"next turn"
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 3

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from virtwire.errors import ConfigError, LimitError
-from virtwire.net.net import NetClient
+from virtwire.net.net import ROOM_ANY, NetClient
 from virtwire.net.queue import NET_PACKET_FLAG_SENT_CB
 from virtwire.tracing import (
     STATE,
@@ -68,8 +68,6 @@ MAX_BATCH_BYTES = 1 << 20
 READY_POLL_S = 0.02
 #: How long either side waits for the other's LinkHello / LinkWelcome.
 HELLO_TIMEOUT_S = 10.0
-#: ``receive_room`` while the remote discards: we drop any number at once.
-DISCARD_ROOM = 1 << 30
 
 
 class LinkRunState(enum.Enum):
@@ -213,7 +211,7 @@ class LinkPeer(NetClient):
         """Frames we take now: our credits, while the wire is open and nothing
         waits; any number while we drop for a discarding remote."""
         if self.discards:
-            return DISCARD_ROOM
+            return ROOM_ANY
         return self.credits if self.can_receive() else 0
 
     def _deliver_packet(self, sender: NetClient | None, flags: int, data: bytes) -> int:

@@ -23,6 +23,11 @@ logger = logging.getLogger(__name__)
 CaptureHook = Callable[[str, bytes], None]
 
 
+#: ``receive_room`` of a NetClient that takes any batch whole while it can
+#: receive (a stream backend's connection buffer, a link that discards).
+ROOM_ANY = 1 << 30
+
+
 @dataclass
 class NetClientStats:
     """Counters of one NetClient (mirrors virtwire.v1.NetClientCounters)."""
@@ -303,7 +308,7 @@ class NetClient(FilterChain):
     def receive_room(self) -> int:
         """How many frames we can surely take now, one by one, without
         can_receive turning false (0 when it is false). The default knows only
-        the next frame; links know their credits."""
+        the next frame; links know their credits; ROOM_ANY: any batch."""
         return 1 if self.can_receive_packet() else 0
 
     def batch_fast(self, frames: Sequence[bytes]) -> bool:

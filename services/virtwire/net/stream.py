@@ -41,7 +41,7 @@ from virtwire.address import SockAddr
 from virtwire.errors import BackendError, ConfigError
 from virtwire.logfmt import netclient_extra
 from virtwire.net.eth import NET_BUFSIZE
-from virtwire.net.net import NetClient
+from virtwire.net.net import ROOM_ANY, NetClient
 
 logger = logging.getLogger(__name__)
 
@@ -267,11 +267,16 @@ class FramedConnection(asyncio.Protocol):
             self.closed.set_result(None)
 
     def _write(self, loop: asyncio.AbstractEventLoop, data: bytes) -> None:
-        self._wbuf += data
         if not self._flush_scheduled:
+            # The turn's first write leaves at once (a lone frame waits for no
+            # other turn of the loop); what follows it in this turn is gathered.
             self._flush_scheduled = True
             loop.call_soon(self._flush_writes)
-        elif len(self._wbuf) >= WRITE_CHUNK:
+            if not self.dead and self.transport is not None:
+                self.transport.write(data)
+            return
+        self._wbuf += data
+        if len(self._wbuf) >= WRITE_CHUNK:
             self._write_out()
 
     def _flush_writes(self) -> None:
@@ -522,6 +527,13 @@ class StreamBackend(NetClient, StreamEndpoint[NetStreamConnection]):
     def can_receive(self) -> bool:
         conn = self.conn
         return conn is None or not conn.write_paused
+
+    def receive_room(self) -> int:
+        """Any batch while we can receive: ``deliver_packets`` puts it in the
+        connection's buffer whole, and the transport's high-water mark is
+        checked as it is handed over (passed by one batch at most). So a hub
+        forwards a read's frames to a stream port in one run, not one by one."""
+        return ROOM_ANY if self.can_receive_packet() else 0
 
     def cleanup(self) -> None:
         if self.closed:
