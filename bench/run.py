@@ -2,7 +2,8 @@
 """`make bench`: every virtwire benchmark, with the reference peers, in one run.
 
 - hub: the hub hop (bench/hubbench.py): stream backend -> hub -> stream
-  backend at 64 and 1514 B through virtwire (hub + one tap service; with
+  backend at 64 and 1514 B through virtwire (hub + one tap service; the hub
+  alone with both stream backends on its ports, ``--port-backend``; with
   mutual TLS; with ``--link-transport grpc`` when the services take it; hub +
   two tap services), QEMU's own hub and ``vde_switch --hub``: frames/s, CPU µs
   per frame of every process of the path (/proc), latency p50/p99 at 10, 100
@@ -20,7 +21,8 @@
 - guest: guest to guest through e1000 -> hub -> e1000 (guest_bench);
 - iperf: iperf3 between two guests bridged to TAPs (iperf_bench, root);
 - vm: two real QEMU VMs with iperf3, direct, through QEMU's hub and through a
-  virtwire hub (vm_bench, when bench/vm_bench.py is there).
+  virtwire hub (hub + tap service, and the hub alone with the VMs' stream
+  ports as its port backends) (vm_bench, when bench/vm_bench.py is there).
 
 After every part has run, two virtwire guests (iperf) are set against two QEMU
 VMs direct (vm) of the same run: the ratio each way, and issue 10's targets for
