@@ -46,6 +46,16 @@ def sockdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+async def started_hub(sockdir: Path, *ports: str) -> HubServer:
+    """A started hub whose ``ports`` each have a stream backend listening at
+    ``sockdir/PORT``."""
+    host = HubServer("127.0.0.1:0")
+    for port in ports:
+        host.add_port_backend(port, parse_backend_spec(f"stream,listen=unix:{sockdir}/{port}"))
+    await host.start()
+    return host
+
+
 def backend_of(host: HubServer, port: str) -> StreamBackend:
     nc = host.registry.get(port).peer
     assert isinstance(nc, StreamBackend)
@@ -115,10 +125,7 @@ async def test_a_port_backend_reaches_a_linked_tap_backend(sockdir: Path) -> Non
 
 
 async def test_frames_for_a_port_backend_without_client_are_counted(sockdir: Path) -> None:
-    host = HubServer("127.0.0.1:0")
-    host.add_port_backend("a", parse_backend_spec(f"stream,listen=unix:{sockdir}/a"))
-    host.add_port_backend("idle", parse_backend_spec(f"stream,listen=unix:{sockdir}/i"))
-    await host.start()
+    host = await started_hub(sockdir, "a", "idle")
     try:
         _, wa = await asyncio.open_unix_connection(f"{sockdir}/a")
         a, idle = backend_of(host, "a"), backend_of(host, "idle")
@@ -257,10 +264,7 @@ async def test_a_read_of_many_frames_leaves_for_a_stream_port_in_one_run(sockdir
     forwards a read's frames to it in one run, not one frame at a time."""
     from virtwire.net.net import ROOM_ANY
 
-    host = HubServer("127.0.0.1:0")
-    host.add_port_backend("a", parse_backend_spec(f"stream,listen=unix:{sockdir}/a"))
-    host.add_port_backend("b", parse_backend_spec(f"stream,listen=unix:{sockdir}/b"))
-    await host.start()
+    host = await started_hub(sockdir, "a", "b")
     try:
         _, wa = await asyncio.open_unix_connection(f"{sockdir}/a")
         rb, wb = await asyncio.open_unix_connection(f"{sockdir}/b")

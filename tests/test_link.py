@@ -18,26 +18,7 @@ from virtwire.server.link import LinkDialer
 from virtwire.v1 import link_pb2, link_pb2_grpc, netclient_pb2, netclient_pb2_grpc
 
 from support.doubles import Sink, frame, pump, until
-from support.links import plug, ready
-
-
-def linked(window_a: int, window_b: int) -> tuple[Sink, LinkPeer, Sink, LinkPeer]:
-    """Sinks a and b joined by two LinkPeers, no transport: the test carries
-    each ``take_batch`` to the other side's ``on_batch`` itself."""
-    a, b = Sink("a"), Sink("b")
-    pa, pb = LinkPeer(a, "b", window_a), LinkPeer(b, "a", window_b)
-    # As the hello and welcome do: each side is granted the other's window.
-    pa.attach(object(), credits=pb.window, remote_ready=b.can_receive_packet())
-    pb.attach(object(), credits=pa.window, remote_ready=a.can_receive_packet())
-    return a, pa, b, pb
-
-
-def carry(src: LinkPeer, dst: LinkPeer) -> Batch | None:
-    """One message of the link from ``src`` to ``dst``."""
-    batch = src.take_batch()
-    if batch is not None:
-        dst.on_batch(batch)
-    return batch
+from support.links import carry, linked, plug, ready
 
 
 async def test_credits_bound_what_is_in_flight_without_grpc() -> None:

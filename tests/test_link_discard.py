@@ -27,23 +27,14 @@ from virtwire.server.link import batch_from_wire, batch_to_wire
 from virtwire.server.tap import TapServer
 
 from support.doubles import Sink, frame, until
+from support.links import carry, linked
 
 
-def linked() -> tuple[Sink, LinkPeer, Sink, LinkPeer]:
-    """Sinks a and b joined by two LinkPeers, no transport (``carry`` moves batches)."""
-    a, b = Sink("a"), Sink("b")
-    pa, pb = LinkPeer(a, "b", 64), LinkPeer(b, "a", 64)
-    pa.attach(object(), credits=pb.window, remote_ready=True)
-    pb.attach(object(), credits=pa.window, remote_ready=True)
+def linked_pair() -> tuple[Sink, LinkPeer, Sink, LinkPeer]:
+    """``support.links.linked`` with small windows, its first batches carried."""
+    a, pa, b, pb = linked(64, 64)
     exchange(pa, pb)
     return a, pa, b, pb
-
-
-def carry(src: LinkPeer, dst: LinkPeer) -> Batch | None:
-    batch = src.take_batch()
-    if batch is not None:
-        dst.on_batch(batch)
-    return batch
 
 
 def exchange(pa: LinkPeer, pb: LinkPeer) -> None:
@@ -70,7 +61,7 @@ class Seen(NetFilter):
 
 
 def test_a_link_down_receiver_makes_the_sender_drop_and_count() -> None:
-    a, pa, b, pb = linked()
+    a, pa, b, pb = linked_pair()
     b.set_carrier(False, "backend")  # e.g. a stream backend whose client left
     assert b.link_down
     batch = carry(pb, pa)
@@ -94,7 +85,7 @@ def test_a_link_down_receiver_makes_the_sender_drop_and_count() -> None:
 
 
 def test_set_link_down_discards_and_set_link_up_ends_it() -> None:
-    a, pa, b, pb = linked()
+    a, pa, b, pb = linked_pair()
     b.set_link(False)
     exchange(pa, pb)
     assert pa.discards
@@ -110,7 +101,7 @@ def test_set_link_down_discards_and_set_link_up_ends_it() -> None:
 
 def test_a_filter_on_the_receiver_keeps_frames_coming() -> None:
     """QEMU runs the receiver's RX filters before its link_down drop."""
-    a, pa, b, pb = linked()
+    a, pa, b, pb = linked_pair()
     seen = Seen("seen")
     b.add_filter(seen)
     b.set_carrier(False, "backend")
@@ -130,7 +121,7 @@ def test_a_filter_on_the_receiver_keeps_frames_coming() -> None:
 
 def test_a_receiver_that_cannot_receive_makes_frames_wait_not_drop() -> None:
     """An e1000 with its link down cannot receive (STATUS.LU): frames wait."""
-    a, pa, b, pb = linked()
+    a, pa, b, pb = linked_pair()
     b.ready = False
     b.set_link(False)
     exchange(pa, pb)
@@ -141,7 +132,7 @@ def test_a_receiver_that_cannot_receive_makes_frames_wait_not_drop() -> None:
 
 
 def test_frames_held_for_credits_are_dropped_once_the_remote_discards() -> None:
-    a, pa, b, pb = linked()
+    a, pa, b, pb = linked_pair()
     for i in range(pa.credits + 10):
         a.send_packet(frame(i))
     assert len(pa.incoming_queue) == 10  # no credit left for these
@@ -152,7 +143,7 @@ def test_frames_held_for_credits_are_dropped_once_the_remote_discards() -> None:
 
 
 def test_a_new_session_starts_not_discarding() -> None:
-    _a, pa, b, pb = linked()
+    _a, pa, b, pb = linked_pair()
     b.set_carrier(False, "backend")
     exchange(pa, pb)
     assert pa.discards
