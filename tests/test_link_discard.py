@@ -211,3 +211,4 @@ async def test_a_stream_port_without_client_costs_its_tap_service_nothing(
     finally:
         await tap.stop(grace=0.1)
         await hub.stop(grace=0.1)
+

@@ -323,3 +323,26 @@ async def test_a_bad_frame_trace_on_the_socket_ends_the_link_counted(hub: HubSer
         assert info.counters.link_protocol_errors == 1
         assert info.counters.rx_frames == 0
         stream.close()
+
+
+@pytest.mark.parametrize("via", VIAS.values(), ids=VIAS.keys())
+def test_a_frame_a_discarding_link_drops_ends_with_link_discard(
+        via: Via, spans: Callable[[], list[FinishedSpan]]) -> None:
+    """c is link_down (a stream port with no client): its link tells the hub's
+    side, which drops the copy for c and ends that branch with link.discard."""
+    tap, b, c, _hub, pairs = hub_lan(via)
+    c.set_carrier(False, "backend")
+    settle(pairs, via)
+    tap.sampler = Sampler(every=1)
+    tap.send_packet(frame(1))
+    settle(pairs, via)
+    assert b.frames == [frame(1)] and c.frames == []
+    got = spans()
+    (forward,) = named(got, "hub.forward")
+    (discard,) = named(got, "link.discard")
+    assert discard.parent_span_id == forward.span_id
+    assert discard.attributes["netclient"] == "pc"
+    assert discard.attributes["drop.reason"] == "link_down"
+    # b's copy went on the wire as before; c's side saw nothing.
+    assert [s.attributes["netclient"] for s in named(got, "link.send")] == ["tap", "pb"]
+    assert pairs[2][0].stats.dropped_link_down == 1 and c.stats.dropped_link_down == 0

@@ -163,6 +163,9 @@ class LinkPeer(NetClient):
         #: id() of each traced frame in ``out_frames`` -> when we took it (the
         #: start of its ``link.send`` span); at most one per frame there.
         self._trace_start: dict[int, int] = {}
+        #: Traced frames dropped for a discarding remote, and when: their
+        #: ``link.discard`` spans wait for the writer's next look.
+        self._discarded_traces: list[tuple[TracedFrame, int]] = []
         # Not up until a session attaches.
         self.set_carrier(False)
         local.set_carrier(False)
@@ -216,9 +219,34 @@ class LinkPeer(NetClient):
 
     def _deliver_packet(self, sender: NetClient | None, flags: int, data: bytes) -> int:
         if self.discards:
-            self.stats.dropped_link_down += 1
+            self._discard((data,))
             return len(data)
         return super()._deliver_packet(sender, flags, data)
+
+    def _discard(self, frames: Sequence[bytes]) -> None:
+        """Drop ``frames`` for a discarding remote, counted. A traced one ends
+        its trace with a ``link.discard`` span where ``link.send`` would be:
+        recorded as the writer next looks (``take_batch``), so that, as for
+        ``link.send``, its parent is what the sending hop set (``hub.forward``)."""
+        self.stats.dropped_link_down += len(frames)
+        if STATE.live and any_traced(frames):
+            start = now_ns()
+            held = self._discarded_traces
+            for data in frames:
+                if type(data) is TracedFrame:
+                    held.append((data, start))
+            if len(held) >= MAX_BATCH_FRAMES:
+                self._end_discards()
+            self.kick()
+
+    def _end_discards(self) -> None:
+        """The ``link.discard`` spans of the traced frames dropped since the last look."""
+        attrs: dict[str, str | int] = {"netclient": self.local.name,
+                                       "link.peer": self.remote_name,
+                                       "drop.reason": "link_down"}
+        held, self._discarded_traces = self._discarded_traces, []
+        for data, start in held:
+            add_span("link.discard", data.ctx, start, None, attrs)
 
     def deliver_packets(self, sender: NetClient, frames: Sequence[bytes],
                         recheck: bool = False) -> int:
@@ -226,7 +254,7 @@ class LinkPeer(NetClient):
         in the outgoing batch; at the first that finds none the NetClient stops
         receiving, as a 0 from ``receive`` makes it."""
         if self.discards:
-            self.stats.dropped_link_down += len(frames)
+            self._discard(frames)
             return len(frames)
         if not self.batch_fast(frames):
             return super().deliver_packets(sender, frames, recheck)
@@ -424,6 +452,8 @@ class LinkPeer(NetClient):
 
         The frames taken count as on the wire until the remote credits them back.
         """
+        if self._discarded_traces:
+            self._end_discards()
         batch = Batch()
         if self.out_frames:
             frames = self.out_frames
@@ -536,6 +566,8 @@ class LinkPeer(NetClient):
             return
         self.session = None
         self.remote_discards = False
+        if self._discarded_traces:
+            self._end_discards()
         dropped = len(self.out_frames)
         self.stats.dropped_link_down += dropped
         self.out_frames.clear()
