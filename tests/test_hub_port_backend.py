@@ -56,6 +56,16 @@ async def started_hub(sockdir: Path, *ports: str) -> HubServer:
     return host
 
 
+class WriteLog:
+    """A transport that records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
 def backend_of(host: HubServer, port: str) -> StreamBackend:
     nc = host.registry.get(port).peer
     assert isinstance(nc, StreamBackend)
@@ -240,16 +250,19 @@ def test_serve_hub_port_backend_process_forwards(tmp_path: Path, sockdir: Path) 
         with socket.socket(socket.AF_UNIX) as sa, socket.socket(socket.AF_UNIX) as sb:
             sa.connect(str(sockdir / "a"))
             sb.connect(str(sockdir / "b"))
-            sb.settimeout(10)
-            got = b""
+            import select
+
             for _ in range(100):  # until both backends have their client
                 sa.sendall(qemu_frame(frame(9)))
-                try:
-                    sb.settimeout(0.2)
-                    got = sb.recv(4 + len(frame(9)), socket.MSG_WAITALL)
+                if select.select([sb], [], [], 0.2)[0]:
                     break
-                except TimeoutError:
-                    continue
+            sb.settimeout(10)
+            want = len(qemu_frame(frame(9)))
+            got = b""
+            while len(got) < want:
+                chunk = sb.recv(want - len(got))
+                assert chunk, "the hub closed b's connection"
+                got += chunk
             assert got == qemu_frame(frame(9))
         out = subprocess.run([*VIRTWIRE, "list", "-s", hub.address], capture_output=True,
                              text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -299,16 +312,9 @@ async def test_a_lone_frame_is_written_at_once_and_the_rest_of_the_turn_gathered
     transport at once; what follows in the same turn leaves as one write."""
     from virtwire.net.stream import FramedConnection
 
-    class Transport:
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.writes.append(bytes(data))
-
     loop = asyncio.get_running_loop()
     conn = FramedConnection(loop, "test")
-    transport = Transport()
+    transport = WriteLog()
     conn.transport = transport  # type: ignore[assignment]
     conn._write(loop, b"one")
     assert transport.writes == [b"one"]
@@ -321,3 +327,19 @@ async def test_a_lone_frame_is_written_at_once_and_the_rest_of_the_turn_gathered
     assert transport.writes[-1] == b"next turn"
     await asyncio.sleep(0)
     assert len(transport.writes) == 3
+
+
+async def test_a_turns_first_write_stays_behind_output_still_buffered() -> None:
+    """Output buffered while there was no transport leaves first, in order."""
+    from virtwire.net.stream import FramedConnection
+
+    loop = asyncio.get_running_loop()
+    conn = FramedConnection(loop, "test")
+    conn._write(loop, b"early")  # no transport yet: kept
+    await asyncio.sleep(0)
+    transport = WriteLog()
+    conn.transport = transport  # type: ignore[assignment]
+    conn._write(loop, b"later")
+    assert transport.writes == []
+    await asyncio.sleep(0)
+    assert transport.writes == [b"earlylater"]

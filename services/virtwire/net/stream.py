@@ -272,9 +272,9 @@ class FramedConnection(asyncio.Protocol):
             # other turn of the loop); what follows it in this turn is gathered.
             self._flush_scheduled = True
             loop.call_soon(self._flush_writes)
-            if not self.dead and self.transport is not None:
+            if not self._wbuf and not self.dead and self.transport is not None:
                 self.transport.write(data)
-            return
+                return
         self._wbuf += data
         if len(self._wbuf) >= WRITE_CHUNK:
             self._write_out()
